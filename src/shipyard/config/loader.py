@@ -1,0 +1,238 @@
+"""Load `shipyard.yaml`: parse, resolve secret references, apply env overrides, validate.
+
+A bad file fails fast with one `ConfigError` that lists every problem with the file, the key
+path, the bad value and what to do about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from shipyard.config import env
+from shipyard.config.schema import Config
+from shipyard.errors import ConfigError
+
+__all__ = ["load_config", "parse_config"]
+
+_SECTIONS_WITH_OVERRIDES = ("server", "store", "traces")
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file.
+
+    >>> config = load_config("examples/quickstart/shipyard.yaml")  # doctest: +SKIP
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Config file '{file}' does not exist; create one with 'shipyard init' "
+            "or pass the right path with --config."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file '{file}' cannot be read: {exc}.") from None
+    return parse_config(text, source=str(file), base_dir=file.parent, environ=environ)
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate config text (YAML). `base_dir` anchors relative `$file` references."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{source}: is not valid YAML{where}: {problem}. Fix the syntax "
+            "(check indentation and quotes)."
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections (server, providers, "
+            f"models, ...), not a {type(raw).__name__}."
+        )
+    problems: list[str] = []
+    resolved = _resolve(raw, "", base_dir or Path.cwd(), environ, problems)
+    if problems:
+        raise ConfigError(_join(source, problems))
+    _apply_overrides(resolved, env.overrides(environ), problems)
+    if problems:
+        raise ConfigError(_join(source, problems))
+    try:
+        return Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_join(source, _explain(exc, resolved))) from None
+
+
+def _join(source: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{source}: {len(problems)} problems:\n{lines}"
+
+
+def _resolve(
+    node: Any,
+    path: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None,
+    problems: list[str],
+) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"$env"}:
+            name = node["$env"]
+            value = env.get(str(name), environ)
+            if value is None:
+                problems.append(
+                    f"key '{path}' references environment variable {name}, which is not set; "
+                    f"export {name}=... before starting Shipyard."
+                )
+            return value
+        if set(node) == {"$file"}:
+            file = Path(str(node["$file"]))
+            if not file.is_absolute():
+                file = base_dir / file
+            try:
+                return file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problems.append(
+                    f"key '{path}' references file '{file}', which cannot be read "
+                    f"({exc.strerror or exc}); create it or fix the path."
+                )
+                return None
+        if any(str(k).startswith("$") for k in node):
+            problems.append(
+                f"key '{path}' has {sorted(node)}; a secret reference is exactly one of "
+                "{$env: NAME} or {$file: path}."
+            )
+            return None
+        return {
+            str(k): _resolve(v, f"{path}.{k}" if path else str(k), base_dir, environ, problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [
+            _resolve(v, f"{path}[{i}]", base_dir, environ, problems) for i, v in enumerate(node)
+        ]
+    return node
+
+
+def _apply_overrides(data: dict[str, Any], values: dict[str, str], problems: list[str]) -> None:
+    for name, value in sorted(values.items()):
+        section, _, key = name.partition("_")
+        model = Config.model_fields.get(section)
+        if section not in _SECTIONS_WITH_OVERRIDES or model is None or not key:
+            problems.append(
+                f"environment variable SHIPYARD_{name.upper()} is not a known setting; "
+                "overrides look like SHIPYARD_SERVER_PORT or SHIPYARD_STORE_URL."
+            )
+            continue
+        fields = model.annotation.model_fields  # type: ignore[union-attr]
+        if key not in fields:
+            problems.append(
+                f"environment variable SHIPYARD_{name.upper()} names no setting "
+                f"'{section}.{key}'{_suggest(key, fields)}."
+            )
+            continue
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            continue
+        target[key] = value
+
+
+def _suggest(word: str, options: Mapping[str, Any] | list[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _model_for_parent(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    # Walk the loc, treating mapping keys (aliases) as transparent.
+    model: Any = Config
+    i = 0
+    while i < len(loc):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(loc[i]))
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        if getattr(annotation, "__origin__", None) is dict and len(args) == 2:
+            model = args[1]
+            i += 2
+            continue
+        model = annotation
+        i += 1
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _explain(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        key = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        msg = str(err["msg"])
+        if kind == "extra_forbidden":
+            parent = _model_for_parent(loc[:-1])
+            hint = _suggest(str(loc[-1]), parent.model_fields) if parent else ""
+            out.append(
+                f"key '{key}' is not a known setting{hint or ''}; remove it or check the "
+                "spelling (see docs/configuration.md)."
+            )
+            continue
+        if kind == "missing":
+            out.append(f"key '{key}' is required but missing; add it (see docs/configuration.md).")
+            continue
+        value = _lookup(data, loc)
+        shown = _show(value, key)
+        if kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            where = f"key '{key}'" if key else "the config"
+            out.append(f"{where}: {msg}.")
+            continue
+        field_help = ""
+        parent = _model_for_parent(loc[:-1]) if loc else None
+        if parent is not None and str(loc[-1]) in parent.model_fields:
+            field_help = parent.model_fields[str(loc[-1])].description or ""
+        fix = f" ({field_help})" if field_help else ""
+        out.append(f"key '{key}' is {shown}; it {_lower_first(msg)}{fix}.")
+    return out
+
+
+def _show(value: Any, key: str) -> str:
+    if any(word in key for word in ("api_key", "secret", "password", "token")):
+        return "set (value hidden)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lower_first(msg: str) -> str:
+    msg = msg.rstrip(".")
+    if msg.startswith("Input should be"):
+        return "should be" + msg[len("Input should be") :]
+    return msg[:1].lower() + msg[1:]

@@ -1,0 +1,67 @@
+"""Store tables (SQLAlchemy Core). Alembic migrations in `migrations/` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+__all__ = ["metadata", "traces"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("request_id", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    # Tenancy placeholders: filled by the security layer; "default" until then.
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("key_id", String(64), nullable=True),
+    Column("route", String(32), nullable=False),
+    Column("service", String(128), nullable=True),
+    Column("model_alias", String(128), nullable=True),
+    Column("provider", String(128), nullable=True),
+    Column("upstream_model", String(256), nullable=True),
+    Column("stream", Boolean, nullable=False, server_default=false()),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("queue_ms", Float, nullable=True),
+    Column("upstream_ms", Float, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("overhead_ms", Float, nullable=True),
+    Column("total_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("tokens_estimated", Boolean, nullable=False, server_default=false()),
+    Column("finish_reason", String(32), nullable=True),
+    Column("capture", String(16), nullable=False),
+    Column("request_bytes", Integer, nullable=True),
+    Column("response_bytes", Integer, nullable=True),
+    Column("attributes", Text, nullable=True),
+    Column("request_body", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Index(None, "started_at"),
+    Index(None, "tenant_id", "started_at"),
+    Index(None, "service", "started_at"),
+    Index(None, "request_id"),
+)

@@ -1,0 +1,140 @@
+"""Trace records: build them on the hot path, read them back for the CLI and the API."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, func, or_, select
+
+from shipyard.store.tables import traces
+
+__all__ = ["TraceFilter", "count_traces", "get_trace", "iter_traces", "new_trace_record"]
+
+_COLUMNS = tuple(c.name for c in traces.columns)
+
+
+def new_trace_record(**values: Any) -> dict[str, Any]:
+    """A complete trace row with defaults; keyword arguments override columns.
+
+    >>> new_trace_record(route="chat", status=200)["status"]
+    200
+    """
+    now = datetime.now(UTC)
+    record: dict[str, Any] = dict.fromkeys(_COLUMNS)
+    record.update(
+        id=uuid.uuid4().hex,
+        request_id="",
+        started_at=now,
+        ended_at=now,
+        tenant_id="default",
+        route="unknown",
+        stream=False,
+        status=0,
+        total_ms=0.0,
+        tokens_estimated=False,
+        capture="metadata",
+    )
+    unknown = set(values) - set(_COLUMNS)
+    if unknown:
+        raise TypeError(f"unknown trace columns: {sorted(unknown)}")
+    record.update(values)
+    return record
+
+
+@dataclass(frozen=True, kw_only=True)
+class TraceFilter:
+    """Filters for listing traces; every field is optional."""
+
+    tenant_id: str | None = None
+    service: str | None = None
+    model: str | None = None
+    status: int | None = None
+    errors_only: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        if self.tenant_id is not None:
+            query = query.where(traces.c.tenant_id == self.tenant_id)
+        if self.service is not None:
+            query = query.where(traces.c.service == self.service)
+        if self.model is not None:
+            query = query.where(traces.c.model_alias == self.model)
+        if self.status is not None:
+            query = query.where(traces.c.status == self.status)
+        if self.errors_only:
+            query = query.where(traces.c.status >= 400)
+        if self.since is not None:
+            query = query.where(traces.c.started_at >= self.since)
+        if self.until is not None:
+            query = query.where(traces.c.started_at < self.until)
+        if self.text:
+            pattern = f"%{self.text}%"
+            query = query.where(
+                or_(
+                    traces.c.error_message.like(pattern),
+                    traces.c.request_body.like(pattern),
+                    traces.c.response_body.like(pattern),
+                    traces.c.request_id.like(pattern),
+                )
+            )
+        return query
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    row = dict(mapping)
+    for key in ("started_at", "ended_at"):
+        value = row.get(key)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            row[key] = value.replace(tzinfo=UTC)
+    return row
+
+
+def iter_traces(
+    engine: Engine,
+    filters: TraceFilter | None = None,
+    *,
+    limit: int | None = 50,
+    newest_first: bool = True,
+    after: datetime | None = None,
+    batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Yield traces matching `filters`, newest first by default; streams large exports."""
+    query = select(traces)
+    if filters is not None:
+        query = filters.apply(query)
+    if after is not None:
+        query = query.where(traces.c.started_at > after)
+    order = traces.c.started_at.desc() if newest_first else traces.c.started_at.asc()
+    query = query.order_by(order, traces.c.id)
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=batch).execute(
+            query
+        )
+        for mapping in result.mappings():
+            yield _row(mapping)
+
+
+def get_trace(engine: Engine, trace_id: str, *, tenant_id: str | None = None) -> dict[str, Any] | None:
+    """One trace by its id, or by request id (client-supplied ids are looked up too)."""
+    query = select(traces).where(or_(traces.c.id == trace_id, traces.c.request_id == trace_id))
+    if tenant_id is not None:
+        query = query.where(traces.c.tenant_id == tenant_id)
+    with engine.connect() as connection:
+        mapping = connection.execute(query.limit(1)).mappings().first()
+    return _row(mapping) if mapping is not None else None
+
+
+def count_traces(engine: Engine, filters: TraceFilter | None = None) -> int:
+    query = select(func.count()).select_from(traces)
+    if filters is not None:
+        query = filters.apply(query)
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
