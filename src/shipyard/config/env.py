@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = ["PREFIX", "config_path_from_env", "get", "overrides"]
+__all__ = ["PREFIX", "config_path_from_env", "export", "get", "overrides", "snapshot"]
 
 PREFIX = "SHIPYARD_"
 # Names under SHIPYARD_ that are not setting overrides.
@@ -34,3 +34,13 @@ def overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         for name, value in env.items()
         if name.startswith(PREFIX) and name not in _RESERVED
     }
+
+
+def snapshot() -> dict[str, str]:
+    """A copy of the environment, for code that passes it on (`load_config(environ=...)`)."""
+    return dict(os.environ)
+
+
+def export(name: str, value: str) -> None:
+    """Set a variable for child processes (worker processes read SHIPYARD_CONFIG)."""
+    os.environ[name] = value

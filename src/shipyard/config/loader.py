@@ -23,8 +23,13 @@ __all__ = ["load_config", "parse_config"]
 _SECTIONS_WITH_OVERRIDES = ("server", "store", "traces")
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, *, environ: Mapping[str, str] | None = None, secrets: bool = True
+) -> Config:
     """Read and validate a config file.
+
+    With `secrets=False` (read-only tools such as `shipyard traces`), secret references that
+    cannot be resolved are replaced by a placeholder instead of failing.
 
     >>> config = load_config("examples/quickstart/shipyard.yaml")  # doctest: +SKIP
     """
@@ -38,7 +43,8 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Config file '{file}' cannot be read: {exc}.") from None
-    return parse_config(text, source=str(file), base_dir=file.parent, environ=environ)
+    return parse_config(text, source=str(file), base_dir=file.parent, environ=environ,
+                        secrets=secrets)
 
 
 def parse_config(
@@ -47,6 +53,7 @@ def parse_config(
     source: str = "<string>",
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    secrets: bool = True,
 ) -> Config:
     """Validate config text (YAML). `base_dir` anchors relative `$file` references."""
     try:
@@ -67,7 +74,8 @@ def parse_config(
             f"models, ...), not a {type(raw).__name__}."
         )
     problems: list[str] = []
-    resolved = _resolve(raw, "", base_dir or Path.cwd(), environ, problems)
+    resolved = _resolve(raw, "", base_dir or Path.cwd(), environ, problems,
+                        None if secrets else _PLACEHOLDER)
     if problems:
         raise ConfigError(_join(source, problems))
     _apply_overrides(resolved, env.overrides(environ), problems)
@@ -86,17 +94,23 @@ def _join(source: str, problems: list[str]) -> str:
     return f"{source}: {len(problems)} problems:\n{lines}"
 
 
+_PLACEHOLDER = "unresolved-secret-placeholder"
+
+
 def _resolve(
     node: Any,
     path: str,
     base_dir: Path,
     environ: Mapping[str, str] | None,
     problems: list[str],
+    placeholder: str | None = None,
 ) -> Any:
     if isinstance(node, dict):
         if set(node) == {"$env"}:
             name = node["$env"]
             value = env.get(str(name), environ)
+            if value is None and placeholder is not None:
+                return placeholder
             if value is None:
                 problems.append(
                     f"key '{path}' references environment variable {name}, which is not set; "
@@ -110,6 +124,8 @@ def _resolve(
             try:
                 return file.read_text(encoding="utf-8").strip()
             except OSError as exc:
+                if placeholder is not None:
+                    return placeholder
                 problems.append(
                     f"key '{path}' references file '{file}', which cannot be read "
                     f"({exc.strerror or exc}); create it or fix the path."
@@ -122,12 +138,14 @@ def _resolve(
             )
             return None
         return {
-            str(k): _resolve(v, f"{path}.{k}" if path else str(k), base_dir, environ, problems)
+            str(k): _resolve(v, f"{path}.{k}" if path else str(k), base_dir, environ, problems,
+                             placeholder)
             for k, v in node.items()
         }
     if isinstance(node, list):
         return [
-            _resolve(v, f"{path}[{i}]", base_dir, environ, problems) for i, v in enumerate(node)
+            _resolve(v, f"{path}[{i}]", base_dir, environ, problems, placeholder)
+            for i, v in enumerate(node)
         ]
     return node
 

@@ -149,6 +149,12 @@ class ProviderConfig(_Section):
     max_connections: int = Field(
         256, ge=1, description="openai: size of the keep-alive connection pool to the upstream."
     )
+    stream_usage: bool = Field(
+        True,
+        description="openai: ask the upstream for usage in streams "
+        "(`stream_options.include_usage`) so token counts are exact; the extra usage event is "
+        "removed when the client did not ask for it. Turn off for upstreams that reject it.",
+    )
     latency_ms: float = Field(
         0.0, ge=0, description="sim: fixed latency before the first token, in milliseconds."
     )

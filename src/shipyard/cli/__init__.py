@@ -1,0 +1,1 @@
+"""The `shipyard` command line: thin Typer commands over the Python API."""

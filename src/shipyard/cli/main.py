@@ -1,0 +1,247 @@
+"""`shipyard`: init, serve, config, traces, sim, demo, version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from shipyard._version import __version__
+from shipyard.cli import traces as traces_cli
+from shipyard.cli.common import config_path, console, fail, resolve_config
+from shipyard.config import env
+from shipyard.config.docs import render_reference
+from shipyard.config.starter import STARTER_CONFIG
+from shipyard.errors import ShipyardError
+from shipyard.gateway.app import create_app
+from shipyard.gateway.runtime import Gateway
+from shipyard.sim.engine import Faults
+from shipyard.sim.server import SimServer, run_sim
+from shipyard.store import create_store_engine, migrate
+
+app = typer.Typer(
+    help="Shipyard takes AI prototypes to production: an OpenAI-compatible gateway and "
+    "service host with traces, limits and proof.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate and document shipyard.yaml.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(traces_cli.app, name="traces")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
+                      help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the Shipyard version."""
+    console.print(f"shipyard {__version__}")
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option("--path", help="Where to write the file.")] = Path(
+        "shipyard.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter shipyard.yaml."""
+    if path.exists() and not force:
+        raise fail(f"'{path}' already exists; pass --force to overwrite it or --path to write "
+                   "elsewhere.")
+    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    console.print(f"Wrote {path}. Next: export SHIPYARD_API_KEY=$(python -c 'import secrets; "
+                  "print(secrets.token_urlsafe(24))'), then 'shipyard config check' and "
+                  "'shipyard serve'.", highlight=False)
+
+
+@config_app.command("check")
+def config_check(
+    config: ConfigOpt = None,
+    store: Annotated[bool, typer.Option(help="Also connect to the store.")] = True,
+) -> None:
+    """Validate shipyard.yaml (and import every Python function it names) without serving."""
+    file, cfg = resolve_config(config)
+    try:
+        gateway = Gateway(cfg)  # imports functions and schemas: the same checks as serve
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    if store:
+        try:
+            migrate_ok = asyncio.run(gateway.store_reachable())
+        finally:
+            gateway.engine.dispose()
+        if not migrate_ok:
+            raise fail(f"{file}: the store at store.url cannot be reached; check the URL and "
+                       "that the database is running.")
+    console.print(f"[green]✓[/] {file} is valid: {len(cfg.providers)} providers, "
+                  f"{len(cfg.models)} models, {len(cfg.services)} services.")
+
+
+@config_app.command("docs")
+def config_docs(
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                      help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the configuration reference (Markdown) generated from the settings table."""
+    text = render_reference()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"Wrote {output}.")
+
+
+def _serve(file: Path, host: str, port: int, workers: int, log_level: str,
+           access_log: bool, environ: dict[str, str] | None = None) -> None:
+    _, cfg = resolve_config(file, environ)
+    _logging(log_level)
+    common = dict(host=host, port=port, log_level=log_level, access_log=access_log,
+                  loop="uvloop", http="httptools", timeout_graceful_shutdown=30,
+                  server_header=False, date_header=False)
+    if workers == 1:
+        try:
+            application = create_app(cfg)
+        except ShipyardError as exc:
+            raise fail(exc) from None
+        uvicorn.run(application, **common)  # type: ignore[arg-type]
+        return
+    # Migrate once here so worker processes never race on the schema.
+    if cfg.store.migrate:
+        engine = create_store_engine(cfg.store.url)
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+    env.export("SHIPYARD_CONFIG", str(file.resolve()))
+    uvicorn.run("shipyard.gateway.app:app_from_env", factory=True, workers=workers,
+                **common)  # type: ignore[arg-type]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (server.workers).")] = None,
+) -> None:
+    """Serve the gateway: OpenAI-compatible API, hosted services, /metrics and probes."""
+    file, cfg = resolve_config(config)
+    server = cfg.server
+    _serve(file, host or server.host, port or server.port, workers or server.workers,
+           server.log_level, server.access_log)
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9100,
+    latency: Annotated[str, typer.Option(
+        help="Latency before answering: ms (50) or uniform:20,80 | normal:50,10 | "
+        "lognormal:50,0.5 | exp:50.")] = "0",
+    token_delay_ms: Annotated[float, typer.Option(
+        help="Delay between streamed chunks (slow streams), ms.")] = 0.0,
+    error_rate: Annotated[list[str] | None, typer.Option(
+        help="STATUS=RATE, repeatable: --error-rate 500=0.3 --error-rate 429=0.05 "
+        "(408, 429, 500, 502, 503, 504).")] = None,
+    hang_rate: Annotated[float, typer.Option(help="Share of requests that hang.")] = 0.0,
+    hang_s: Annotated[float, typer.Option(help="How long a hang lasts, seconds.")] = 3600.0,
+    reset_rate: Annotated[float, typer.Option(
+        help="Share of requests whose connection is reset.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(
+        help="Share of answers that are malformed JSON.")] = 0.0,
+    cut_rate: Annotated[float, typer.Option(
+        help="Share of answers cut mid-way (streams: after --cut-after chunks).")] = 0.0,
+    cut_after: Annotated[int, typer.Option(help="Chunks sent before a cut.")] = 2,
+    omit_usage: Annotated[bool, typer.Option(help="Leave 'usage' out of answers.")] = False,
+    api_key: Annotated[str | None, typer.Option(
+        help="Require this bearer key on model routes, like a real provider.")] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        help="Require this bearer token on the /_sim admin routes.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for fault draws.")] = None,
+) -> None:
+    """Serve a SIMULATED OpenAI-compatible model with fault knobs (tests, demos, chaos).
+
+    Knobs can be changed while it runs: curl -X PATCH localhost:9100/_sim/faults
+    -d '{"error_rates": {"500": 0.3}}'.
+    """
+    rates: dict[str, float] = {}
+    for item in error_rate or []:
+        status, _, rate = item.partition("=")
+        try:
+            rates[status.strip()] = float(rate)
+        except ValueError:
+            raise fail(f"--error-rate is '{item}'; write STATUS=RATE, e.g. 500=0.3.") from None
+    try:
+        faults = Faults(latency=latency, token_delay_ms=token_delay_ms, error_rates=rates,
+                        hang_rate=hang_rate, hang_s=hang_s, reset_rate=reset_rate,
+                        malformed_rate=malformed_rate, cut_rate=cut_rate,
+                        cut_after_chunks=cut_after, omit_usage=omit_usage)
+    except ValueError as exc:
+        raise fail(f"Fault knobs are invalid: {exc}.") from None
+    _logging("info")
+    console.print(f"[bold yellow]SIMULATED[/] OpenAI-compatible model on "
+                  f"http://{host}:{port}/v1 (models: sim-chat, sim-embed). Not a real model.")
+    run_sim(SimServer(faults, api_key=api_key, admin_token=admin_token, seed=seed),
+            host=host, port=port)
+
+
+def _wait_http(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - local URL only
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    sim_port: Annotated[int, typer.Option(help="Port of the simulated upstream.")] = 9100,
+) -> None:
+    """Run the quick start: a SIMULATED upstream plus the gateway in front of it."""
+    file = config_path(config or Path("examples/quickstart/shipyard.yaml"))
+    environ = env.snapshot()
+    if not environ.get("SHIPYARD_API_KEY"):
+        environ["SHIPYARD_API_KEY"] = "sk-demo-" + secrets.token_urlsafe(18)
+    sim_process = subprocess.Popen(
+        [sys.executable, "-m", "shipyard", "sim", "--port", str(sim_port)])
+    try:
+        if not _wait_http(f"http://127.0.0.1:{sim_port}/livez", 15):
+            raise fail(f"The simulated upstream did not start on port {sim_port}; is the port "
+                       "free?")
+        console.print(
+            "\n[bold]Shipyard demo[/] — the model behind it is a [bold yellow]SIMULATION[/].\n"
+            f"  export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\n"
+            f"  export OPENAI_API_KEY={environ['SHIPYARD_API_KEY']}\n"
+            "  python -c \"from openai import OpenAI; print(OpenAI().chat.completions.create("
+            "model='demo', messages=[{'role': 'user', 'content': 'Hello'}]).choices[0]"
+            ".message.content)\"\n", highlight=False, soft_wrap=True)
+        _, cfg = resolve_config(file, environ)
+        _serve(file, cfg.server.host, port, 1, cfg.server.log_level, cfg.server.access_log,
+               environ)
+    finally:
+        sim_process.terminate()
+        sim_process.wait(10)
+
+
+def main() -> None:
+    app()

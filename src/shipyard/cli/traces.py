@@ -1,0 +1,183 @@
+"""`shipyard traces list|show|tail|export`: read traces back from the store."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from shipyard.cli.common import console, fail, resolve_config
+from shipyard.store import TraceFilter, create_store_engine, get_trace, iter_traces
+
+app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
+                      help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
+StoreOpt = Annotated[str | None, typer.Option("--store-url",
+                     help="Read this store instead of the config's store.url.")]
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    match = _DURATION.match(value.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--since is '{value}'; use a duration like 15m, 2h, 7d or an ISO time "
+                   "like 2026-11-27T10:00:00.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _engine(config: Path | None, store_url: str | None) -> Any:
+    if store_url:
+        return create_store_engine(store_url)
+    _, cfg = resolve_config(config, secrets=False)
+    return create_store_engine(cfg.store.url)
+
+
+def _jsonable(row: dict[str, Any]) -> bytes:
+    return orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+
+
+def _filters(service: str | None, model: str | None, status: int | None, errors: bool,
+             since: str | None, text: str | None) -> TraceFilter:
+    return TraceFilter(service=service, model=model, status=status, errors_only=errors,
+                       since=_since(since), text=text)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("time", "trace id", "route", "service", "status", "total ms", "upstream ms",
+                 "tokens", "error"):
+        table.add_column(name, no_wrap=name != "error")
+    for r in rows:
+        status = str(r["status"])
+        style = "red" if r["status"] >= 500 else "yellow" if r["status"] >= 400 else "green"
+        tokens = "" if r["total_tokens"] is None else (
+            f"{r['total_tokens']}{'~' if r['tokens_estimated'] else ''}")
+        table.add_row(
+            r["started_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"), r["id"][:12],
+            r["route"], r["service"] or "-", f"[{style}]{status}[/]", f"{r['total_ms']:.1f}",
+            "" if r["upstream_ms"] is None else f"{r['upstream_ms']:.1f}", tokens,
+            (r["error_type"] or "") if r["status"] >= 400 else "")
+    return table
+
+
+@app.command("list")
+def list_(
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+    limit: Annotated[int, typer.Option(help="How many traces, newest first.")] = 20,
+    service: Annotated[str | None, typer.Option(help="Only this service or model alias.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model alias.")] = None,
+    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+    since: Annotated[str | None, typer.Option(help="Only since: 15m, 2h, 7d or ISO time.")] = None,
+    text: Annotated[str | None, typer.Option(help="Only traces containing this text.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List recent traces (newest first). Tokens marked ~ are estimates."""
+    engine = _engine(config, store_url)
+    rows = list(iter_traces(engine, _filters(service, model, status, errors, since, text),
+                            limit=limit))
+    if as_json:
+        for row in rows:
+            sys.stdout.buffer.write(_jsonable(row) + b"\n")
+        return
+    if not rows:
+        console.print("No traces match.")
+        return
+    console.print(_table(rows))
+
+
+@app.command()
+def show(
+    trace_id: Annotated[str, typer.Argument(help="A trace id or a request id.")],
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+) -> None:
+    """Show one trace in full (JSON)."""
+    engine = _engine(config, store_url)
+    row = get_trace(engine, trace_id)
+    if row is None:
+        # Short ids as printed by `traces list` work too.
+        for candidate in iter_traces(engine, limit=5000):
+            if candidate["id"].startswith(trace_id):
+                row = candidate
+                break
+    if row is None:
+        raise fail(f"No trace has id or request id '{trace_id}'; list them with "
+                   "'shipyard traces list'.")
+    sys.stdout.buffer.write(orjson.dumps(row, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+                            + b"\n")
+
+
+@app.command()
+def tail(
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Follow new traces as they are written (Ctrl-C to stop)."""
+    engine = _engine(config, store_url)
+    last = datetime.now(UTC) - timedelta(seconds=2)
+    seen: set[str] = set()
+    try:
+        while True:
+            rows = list(iter_traces(engine, None, limit=1000, newest_first=False,
+                                    after=last - timedelta(seconds=5)))
+            fresh = [r for r in rows if r["id"] not in seen]
+            for row in fresh:
+                seen.add(row["id"])
+                if as_json:
+                    sys.stdout.buffer.write(_jsonable(row) + b"\n")
+                    sys.stdout.flush()
+            if fresh:
+                last = max(r["started_at"] for r in fresh)
+                if not as_json:
+                    console.print(_table(fresh))
+            if len(seen) > 100_000:
+                seen = {r["id"] for r in fresh}
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def export(
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl).")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                      help="Write to this file instead of stdout.")] = None,
+    service: Annotated[str | None, typer.Option(help="Only this service or model alias.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only since: 15m, 2h, 7d or ISO time.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+) -> None:
+    """Export traces, oldest first, one JSON object per line."""
+    if fmt != "jsonl":
+        raise fail(f"--format is '{fmt}'; the supported format is jsonl.")
+    engine = _engine(config, store_url)
+    rows = iter_traces(engine, _filters(service, None, None, errors, since, None), limit=None,
+                       newest_first=False)
+    count = 0
+    with (output.open("wb") if output else open(sys.stdout.fileno(), "wb",  # noqa: SIM115
+                                                  closefd=False)) as out:
+        for row in rows:
+            out.write(_jsonable(row) + b"\n")
+            count += 1
+    if output:
+        console.print(f"Exported {count} traces to {output}.")

@@ -1,0 +1,96 @@
+"""The ASGI app factory: `create_app(config)` returns a Starlette app serving the gateway."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipyard.config import env
+from shipyard.config.loader import load_config
+from shipyard.config.schema import Config
+from shipyard.errors import (
+    ClientError,
+    ConfigError,
+    MethodNotAllowed,
+    NotFound,
+    ShipyardError,
+)
+from shipyard.gateway.health import health_routes
+from shipyard.gateway.http import error_response
+from shipyard.gateway.openai_routes import openai_routes
+from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.service_routes import service_routes
+
+__all__ = ["app_from_env", "create_app"]
+
+log = logging.getLogger("shipyard.gateway")
+
+
+def create_app(config: Config, *, engine: Engine | None = None) -> Starlette:
+    """Build the gateway app for `config`.
+
+    >>> from shipyard.config import parse_config
+    >>> app = create_app(parse_config("auth: {disabled: true}"))  # doctest: +SKIP
+    """
+    gateway = Gateway(config, engine=engine)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    async def shipyard_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ShipyardError):  # pragma: no cover - registered for this type
+            raise exc
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        if status == 404:
+            error: ShipyardError = NotFound(
+                f"There is no route {request.method} {request.url.path}; the API lives under "
+                "/v1 (e.g. POST /v1/chat/completions).")
+        elif status == 405:
+            error = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}; see the API reference "
+                "for the methods it accepts.")
+        else:
+            error = ClientError(str(getattr(exc, "detail", "Bad request.")))
+            error.status = status
+        return error_response(error)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(ShipyardError(
+            f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
+
+    app = Starlette(
+        routes=[*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway)],
+        lifespan=lifespan,
+        exception_handlers={
+            ShipyardError: shipyard_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` and worker processes: config from SHIPYARD_CONFIG."""
+    path = env.config_path_from_env()
+    if not path:
+        raise ConfigError("SHIPYARD_CONFIG is not set; start the gateway with "
+                          "'shipyard serve --config PATH'.")
+    return create_app(load_config(path))

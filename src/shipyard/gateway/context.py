@@ -1,0 +1,109 @@
+"""Per-request state, filled in by each stage and turned into one trace at the end."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+__all__ = ["RequestContext"]
+
+
+class RequestContext:
+    """Everything known about one request; cheap to create (slots, no validation)."""
+
+    __slots__ = (
+        "attributes", "capture", "completion_tokens", "error_message", "error_type",
+        "finish_reason", "key_id", "model_alias", "prompt_tokens", "provider", "queue_ms",
+        "request_body", "request_bytes", "request_id", "response_body", "response_bytes",
+        "route", "service", "started_at", "status", "stream", "t0", "tenant_id",
+        "tokens_estimated", "total_tokens", "ttft_ms", "upstream_ms", "upstream_model",
+    )
+
+    def __init__(self, request_id: str, route: str) -> None:
+        self.t0 = time.perf_counter()
+        self.started_at = datetime.now(UTC)
+        self.request_id = request_id
+        self.route = route
+        self.tenant_id = "default"
+        self.key_id: str | None = None
+        self.service: str | None = None
+        self.model_alias: str | None = None
+        self.provider: str | None = None
+        self.upstream_model: str | None = None
+        self.stream = False
+        self.status = 0
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.queue_ms: float | None = None
+        self.upstream_ms: float | None = None
+        self.ttft_ms: float | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.total_tokens: int | None = None
+        self.tokens_estimated = False
+        self.finish_reason: str | None = None
+        self.capture = "metadata"
+        self.request_bytes: int | None = None
+        self.response_bytes: int | None = None
+        self.request_body: str | None = None
+        self.response_body: str | None = None
+        self.attributes: dict[str, Any] | None = None
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+    def overhead_ms(self) -> float:
+        """Time spent in Shipyard so far, excluding the time waiting on the upstream."""
+        return max(0.0, self.elapsed_ms() - (self.upstream_ms or 0.0))
+
+    def set_usage(self, usage: Any, *, estimated: bool = False) -> None:
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        self.prompt_tokens = prompt if isinstance(prompt, int) else None
+        self.completion_tokens = completion if isinstance(completion, int) else None
+        if not isinstance(total, int):
+            total = (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+        self.total_tokens = total
+        self.tokens_estimated = estimated or bool(usage.get("estimated"))
+
+    def to_record(self, trace_id: str) -> dict[str, Any]:
+        total_ms = self.elapsed_ms()
+        return {
+            "id": trace_id,
+            "request_id": self.request_id,
+            "started_at": self.started_at,
+            "ended_at": self.started_at + timedelta(milliseconds=total_ms),
+            "tenant_id": self.tenant_id,
+            "key_id": self.key_id,
+            "route": self.route,
+            "service": self.service,
+            "model_alias": self.model_alias,
+            "provider": self.provider,
+            "upstream_model": self.upstream_model,
+            "stream": self.stream,
+            "status": self.status,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "queue_ms": self.queue_ms,
+            "upstream_ms": self.upstream_ms,
+            "ttft_ms": self.ttft_ms,
+            "overhead_ms": max(0.0, total_ms - (self.upstream_ms or 0.0)),
+            "total_ms": total_ms,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "finish_reason": self.finish_reason,
+            "capture": self.capture,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "attributes": orjson.dumps(self.attributes).decode() if self.attributes else None,
+            "request_body": self.request_body,
+            "response_body": self.response_body,
+        }

@@ -1,0 +1,40 @@
+"""Health probes (unauthenticated by design) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.gateway.http import json_response
+from shipyard.gateway.runtime import Gateway
+from shipyard.observe.metrics import CONTENT_TYPE_LATEST
+
+__all__ = ["health_routes"]
+
+
+def health_routes(gateway: Gateway) -> list[Route]:
+    async def livez(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {
+            "config": True,
+            "started": gateway.started,
+            "draining": gateway.draining,
+            "store": await gateway.store_reachable(),
+        }
+        ready = checks["started"] and checks["store"] and not checks["draining"]
+        return json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                             status=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        if not gateway.config.server.metrics_public:
+            gateway.auth.authenticate(request.headers)
+        return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,86 @@
+"""Reading request bodies within limits, and writing JSON and error responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipyard.errors import InvalidJSON, PayloadTooLarge, ShipyardError
+
+__all__ = ["error_response", "json_response", "read_json"]
+
+log = logging.getLogger("shipyard.gateway")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it with 413 as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"The request body is {int(declared)} bytes; the limit is {limit} bytes "
+            "(server.max_body_bytes). Send a smaller request."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"The request body exceeds the limit of {limit} bytes (server.max_body_bytes). "
+                "Send a smaller request."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
+    """Read and parse a JSON object body; returns the object and its size in bytes."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        raise InvalidJSON(
+            "The request body is empty; send a JSON object with Content-Type: application/json."
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"The request body is not valid JSON ({exc.msg} at position {exc.pos}); "
+            "send a JSON object with Content-Type: application/json."
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidJSON(
+            f"The request body must be a JSON object, not a JSON {_json_type(data)}."
+        )
+    return data, len(body)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null"
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None,
+                  body: bytes | None = None) -> Response:
+    return Response(
+        body if body is not None else orjson.dumps(data),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_response(exc: ShipyardError, *, headers: dict[str, str] | None = None) -> Response:
+    """The one place errors become HTTP answers (OpenAI error shape)."""
+    merged = {**exc.headers, **(headers or {})}
+    return json_response(exc.to_dict(), status=exc.status, headers=merged)

@@ -1,0 +1,233 @@
+"""The OpenAI-compatible routes: chat and legacy completions, embeddings, models."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from shipyard.errors import ModelNotFound, ShipyardError, UpstreamError
+from shipyard.gateway.context import RequestContext
+from shipyard.gateway.http import error_response, json_response, read_json
+from shipyard.gateway.pipeline import Call, ModelTarget
+from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.streaming import relay_sse
+from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
+from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+from shipyard.providers.base import Endpoint, Reply
+
+__all__ = ["openai_routes"]
+
+log = logging.getLogger("shipyard.gateway")
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class OpenAIRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, "chat/completions", "chat", validate_chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "completions", "completions", validate_completion)
+
+    async def _generate(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        route: str,
+        validate: Callable[[dict[str, Any]], tuple[str, bool]],
+    ) -> Response:
+        gw = self.gw
+        ctx = gw.begin(request, route)
+        trace_id = uuid.uuid4().hex
+        streaming = False
+        try:
+            gw.authenticate(request, ctx)
+            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            alias, stream = validate(body)
+            target = gw.model(alias, "chat", ctx)
+            ctx.stream = stream
+            ctx.request_body = gw.capture_body(ctx, body)
+            payload = dict(body)
+            payload["model"] = target.upstream_model
+            options = body.get("stream_options") or {}
+            wants_usage = stream and bool(options.get("include_usage"))
+            drop_usage = False
+            provider_config = getattr(target.provider, "config", None)
+            if (stream and not wants_usage and target.provider.kind == "openai"
+                    and getattr(provider_config, "stream_usage", False)):
+                payload["stream_options"] = {**options, "include_usage": True}
+                drop_usage = True
+            started = time.perf_counter()
+            reply = await target.handler(Call(ctx, endpoint, payload, stream, target))
+            if stream and reply.stream is not None:
+                ctx.upstream_ms = reply.upstream_ms
+                headers = {**_SSE_HEADERS, **gw.headers(ctx, trace_id),
+                           "x-shipyard-model": alias}
+                streaming = True
+                return StreamingResponse(
+                    self._stream(ctx, trace_id, reply.stream, payload, wants_usage,
+                                 drop_usage, started),
+                    media_type="text/event-stream", headers=headers)
+            return self._complete(ctx, trace_id, target, endpoint, payload, reply)
+        except ShipyardError as exc:
+            gw.fail(ctx, exc)
+            return error_response(exc, headers=gw.headers(ctx, trace_id))
+        except Exception as exc:
+            return self._internal(ctx, trace_id, exc)
+        finally:
+            if not streaming:
+                gw.finish(ctx, trace_id)
+
+    def _internal(self, ctx: RequestContext, trace_id: str, exc: Exception) -> Response:
+        log.exception("internal error in request %s", ctx.request_id)
+        error = ShipyardError(
+            f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged with "
+            f"request id {ctx.request_id}. Retry, and report it if it persists.")
+        self.gw.fail(ctx, error)
+        return error_response(error, headers=self.gw.headers(ctx, trace_id))
+
+    async def _stream(self, ctx: RequestContext, trace_id: str, source: AsyncIterator[bytes],
+                      payload: dict[str, Any], wants_usage: bool, drop_usage: bool,
+                      started: float) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async for chunk in relay_sse(
+                source, ctx, payload=payload, client_wants_usage=wants_usage,
+                drop_usage_event=drop_usage, keep_text=ctx.capture == "full",
+                upstream_started=started,
+            ):
+                sent += len(chunk)
+                yield chunk
+        except BaseException:
+            if ctx.status == 0 or ctx.status == 200:
+                ctx.status = 499  # the client went away before the end
+                ctx.error_type = "ClientDisconnected"
+            raise
+        finally:
+            ctx.response_bytes = sent
+            if ctx.response_body is not None:
+                ctx.response_body = self.gw.capture_body(ctx, ctx.response_body)
+            self.gw.finish(ctx, trace_id)
+
+    def _complete(self, ctx: RequestContext, trace_id: str, target: ModelTarget,
+                  endpoint: Endpoint, payload: dict[str, Any], reply: Reply) -> Response:
+        ctx.upstream_ms = reply.upstream_ms
+        body = reply.body
+        data = reply.data
+        if data is None:
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(
+                    f"The upstream '{target.provider.name}' answered with malformed JSON.",
+                    upstream_status=200) from None
+            if not isinstance(data, dict):
+                raise UpstreamError(
+                    f"The upstream '{target.provider.name}' answered with a JSON "
+                    f"{type(data).__name__}, not an object.", upstream_status=200)
+        choices = data.get("choices")
+        if endpoint != "embeddings" and isinstance(choices, list) and choices:
+            first = choices[0]
+            if isinstance(first, dict) and first.get("finish_reason"):
+                ctx.finish_reason = str(first["finish_reason"])
+        headers = {**self.gw.headers(ctx, trace_id), "x-shipyard-model": target.alias}
+        usage = data.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+            ctx.set_usage(usage)
+        else:
+            data["usage"] = _estimate_usage(endpoint, payload, data)
+            ctx.set_usage(data["usage"], estimated=True)
+            body = orjson.dumps(data)
+        if ctx.tokens_estimated:
+            headers["x-shipyard-usage-estimated"] = "true"
+        ctx.response_bytes = len(body)
+        ctx.response_body = self.gw.capture_body(ctx, data)
+        ctx.status = 200
+        headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+        return json_response(None, body=body, headers=headers)
+
+    async def embeddings(self, request: Request) -> Response:
+        gw = self.gw
+        ctx = gw.begin(request, "embeddings")
+        trace_id = uuid.uuid4().hex
+        try:
+            gw.authenticate(request, ctx)
+            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            alias = validate_embeddings(body)
+            target = gw.model(alias, "embedding", ctx)
+            ctx.request_body = gw.capture_body(ctx, body)
+            payload = dict(body)
+            payload["model"] = target.upstream_model
+            reply = await target.handler(Call(ctx, "embeddings", payload, False, target))
+            return self._complete(ctx, trace_id, target, "embeddings", payload, reply)
+        except ShipyardError as exc:
+            gw.fail(ctx, exc)
+            return error_response(exc, headers=gw.headers(ctx, trace_id))
+        except Exception as exc:
+            return self._internal(ctx, trace_id, exc)
+        finally:
+            gw.finish(ctx, trace_id)
+
+    def _model_card(self, target: ModelTarget) -> dict[str, Any]:
+        return {"id": target.alias, "object": "model", "created": self.gw.created,
+                "owned_by": target.config.owned_by}
+
+    async def list_models(self, request: Request) -> Response:
+        self.gw.auth.authenticate(request.headers)
+        cards = [self._model_card(t) for _, t in sorted(self.gw.models.items())]
+        return json_response({"object": "list", "data": cards})
+
+    async def get_model(self, request: Request) -> Response:
+        self.gw.auth.authenticate(request.headers)
+        alias = request.path_params["model"]
+        target = self.gw.models.get(alias)
+        if target is None:
+            raise ModelNotFound(f"The model '{alias}' does not exist; see GET /v1/models for "
+                                "the available models.", param="model")
+        return json_response(self._model_card(target))
+
+
+def _estimate_usage(endpoint: Endpoint, payload: dict[str, Any],
+                    data: dict[str, Any]) -> dict[str, Any]:
+    if endpoint == "embeddings":
+        value = payload.get("input")
+        texts = value if isinstance(value, list) else [value]
+        tokens = sum(estimate_text(t) if isinstance(t, str) else
+                     (len(t) if isinstance(t, list) else 1) for t in texts)
+        return {"prompt_tokens": tokens, "total_tokens": tokens, "estimated": True}
+    if endpoint == "chat/completions":
+        prompt = estimate_chat_prompt(payload.get("messages") or [])
+    else:
+        text = payload.get("prompt")
+        prompt = estimate_text(text if isinstance(text, str) else str(text))
+    completion = 0
+    for choice in data.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if isinstance(content, str):
+            completion += estimate_text(content)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "estimated": True}
+
+
+def openai_routes(gateway: Gateway) -> list[Route]:
+    routes = OpenAIRoutes(gateway)
+    return [
+        Route("/v1/chat/completions", routes.chat, methods=["POST"]),
+        Route("/v1/completions", routes.completions, methods=["POST"]),
+        Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
+        Route("/v1/models", routes.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
+    ]

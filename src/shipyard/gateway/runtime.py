@@ -1,0 +1,193 @@
+"""The gateway runtime: config, providers, store and writer, and the begin/finish of requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine
+from starlette.requests import Request
+
+from shipyard.config.schema import Config
+from shipyard.errors import ConfigError, InvalidRequest, ModelNotFound, ShipyardError
+from shipyard.gateway.auth import Authenticator
+from shipyard.gateway.context import RequestContext
+from shipyard.gateway.pipeline import ModelTarget
+from shipyard.gateway.services import HostedService
+from shipyard.observe.metrics import Metrics
+from shipyard.providers import Provider, build_provider
+from shipyard.store.engine import create_store_engine, migrate, ping
+from shipyard.store.writer import TraceWriter
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("shipyard.gateway")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class Gateway:
+    """Everything one gateway process holds; routes reach it through `request.app.state`."""
+
+    def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.auth = Authenticator(config.auth)
+        self.providers: dict[str, Provider] = {
+            name: build_provider(name, p) for name, p in config.providers.items()
+        }
+        self.models: dict[str, ModelTarget] = {
+            alias: ModelTarget(
+                alias=alias,
+                config=m,
+                provider=self.providers[m.provider],
+                upstream_model=m.model or alias,
+            )
+            for alias, m in config.models.items()
+        }
+        self.services: dict[str, HostedService] = {
+            name: HostedService(name, s) for name, s in config.services.items()
+        }
+        self.engine = engine or create_store_engine(config.store.url)
+        self.writer: TraceWriter | None = None
+        if config.traces.enabled:
+            self.writer = TraceWriter(
+                self.engine,
+                queue_size=config.traces.queue_size,
+                batch_size=config.traces.batch_size,
+                flush_interval_s=config.traces.flush_interval_s,
+                on_drop=lambda n: self.metrics.trace_drops.inc(n),
+                on_write=lambda n: self.metrics.traces_written.inc(n),
+            )
+            self.metrics.watch_queue(lambda: self.writer.depth if self.writer else 0)
+        self.created = int(time.time())
+        self.started = False
+        self.draining = False
+        self._store_ok = (0.0, False)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.config.store.migrate:
+            try:
+                await asyncio.to_thread(migrate, self.engine)
+            except Exception as exc:
+                raise ConfigError(
+                    f"The store at store.url cannot be migrated ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
+                ) from exc
+        if self.writer is not None:
+            self.writer.start()
+        for provider in self.providers.values():
+            await provider.start()
+        self.started = True
+        log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
+
+    async def stop(self) -> None:
+        self.draining = True
+        for provider in self.providers.values():
+            try:
+                await provider.close()
+            except Exception:  # closing must not stop the flush below
+                log.exception("closing provider %s failed", provider.name)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
+            log.info("traces flushed: %d written, %d dropped, %d lost",
+                     self.writer.written, self.writer.dropped, self.writer.lost)
+        self.engine.dispose()
+
+    async def store_reachable(self) -> bool:
+        """Store health, cached for a second so probes stay cheap."""
+        checked, ok = self._store_ok
+        now = time.monotonic()
+        if now - checked > 1.0:
+            ok = await asyncio.to_thread(ping, self.engine)
+            self._store_ok = (now, ok)
+        return ok
+
+    # -- requests ---------------------------------------------------------------------------
+    def begin(self, request: Request, route: str) -> RequestContext:
+        given = request.headers.get("x-request-id")
+        if given is not None and _REQUEST_ID.match(given):
+            request_id = given
+        else:
+            request_id = "req_" + uuid.uuid4().hex
+        self.metrics.in_flight.inc()
+        return RequestContext(request_id, route)
+
+    def authenticate(self, request: Request, ctx: RequestContext) -> None:
+        principal = self.auth.authenticate(request.headers)
+        ctx.tenant_id = principal.tenant_id
+        ctx.key_id = principal.key_id
+
+    def model(self, alias: str, kind: str, ctx: RequestContext) -> ModelTarget:
+        target = self.models.get(alias)
+        if target is None:
+            known = ", ".join(sorted(self.models)) or "none are configured"
+            raise ModelNotFound(
+                f"The model '{alias}' does not exist; available models: {known} "
+                "(see GET /v1/models).", param="model")
+        if target.config.type != kind:
+            route = "/v1/embeddings" if target.config.type == "embedding" else (
+                "/v1/chat/completions")
+            raise InvalidRequest(
+                f"The model '{alias}' is a {target.config.type} model; call {route} with it.",
+                param="model", code="wrong_model_type")
+        ctx.service = alias
+        ctx.model_alias = alias
+        ctx.provider = target.provider.name
+        ctx.upstream_model = target.upstream_model
+        ctx.capture = target.config.capture
+        return target
+
+    def fail(self, ctx: RequestContext, exc: ShipyardError) -> None:
+        ctx.status = exc.status
+        ctx.error_type = type(exc).__name__
+        ctx.error_message = exc.message
+
+    def headers(self, ctx: RequestContext, trace_id: str) -> dict[str, str]:
+        return {
+            "x-request-id": ctx.request_id,
+            "x-shipyard-trace-id": trace_id,
+            "x-shipyard-overhead-ms": f"{ctx.overhead_ms():.3f}",
+        }
+
+    def finish(self, ctx: RequestContext, trace_id: str) -> None:
+        """Count the request and queue its trace; never raises, never blocks."""
+        try:
+            self.metrics.in_flight.dec()
+            status = str(ctx.status)
+            service = ctx.service or ""
+            model = ctx.model_alias or ""
+            total_s = ctx.elapsed_ms() / 1000.0
+            self.metrics.requests.labels(ctx.route, service, model, status).inc()
+            self.metrics.latency.labels(ctx.route, service, model, status).observe(total_s)
+            if ctx.upstream_ms is not None and ctx.provider:
+                self.metrics.upstream_latency.labels(ctx.provider).observe(ctx.upstream_ms / 1e3)
+            self.metrics.overhead.observe(ctx.overhead_ms() / 1000.0)
+            if ctx.ttft_ms is not None:
+                self.metrics.ttft.labels(service, model).observe(ctx.ttft_ms / 1000.0)
+            if ctx.prompt_tokens:
+                self.metrics.tokens.labels(service, model, "prompt").inc(ctx.prompt_tokens)
+            if ctx.completion_tokens:
+                self.metrics.tokens.labels(service, model, "completion").inc(
+                    ctx.completion_tokens)
+            if self.writer is not None:
+                if ctx.capture == "none":
+                    ctx.request_bytes = ctx.response_bytes = None
+                    ctx.finish_reason = None
+                    ctx.attributes = None
+                self.writer.submit(ctx.to_record(trace_id))
+        except Exception:  # recording must never break a response
+            log.exception("recording request %s failed", ctx.request_id)
+
+    def capture_body(self, ctx: RequestContext, value: Any) -> str | None:
+        """Serialise a payload for `capture: full`, truncated to traces.max_payload_chars."""
+        if ctx.capture != "full":
+            return None
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        limit = self.config.traces.max_payload_chars
+        return text if len(text) <= limit else text[:limit] + "…[truncated]"

@@ -1,0 +1,89 @@
+"""Routes of hosted services: list them, and invoke one."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipyard.errors import NotFound, ServiceError, ShipyardError
+from shipyard.gateway.http import error_response, json_response, read_json
+from shipyard.gateway.runtime import Gateway
+
+__all__ = ["service_routes"]
+
+log = logging.getLogger("shipyard.gateway")
+
+
+class ServiceRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def list_services(self, request: Request) -> Response:
+        self.gw.auth.authenticate(request.headers)
+        data = [
+            {"id": name, "object": "service", "description": svc.config.description,
+             "input_schema": svc.input_schema(),
+             "invoke_url": f"/v1/services/{name}/invoke"}
+            for name, svc in sorted(self.gw.services.items())
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def invoke(self, request: Request) -> Response:
+        gw = self.gw
+        ctx = gw.begin(request, "invoke")
+        trace_id = uuid.uuid4().hex
+        try:
+            gw.authenticate(request, ctx)
+            name = request.path_params["name"]
+            service = gw.services.get(name)
+            if service is None:
+                known = ", ".join(sorted(gw.services)) or "none are configured"
+                raise NotFound(f"The service '{name}' does not exist; available services: "
+                               f"{known} (see GET /v1/services).", param="name")
+            ctx.service = name
+            ctx.provider = "python"
+            ctx.capture = service.config.capture
+            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            ctx.request_body = gw.capture_body(ctx, body)
+            argument = service.validate(body)
+            started = ctx.elapsed_ms()
+            output = await service.invoke(argument)
+            ctx.upstream_ms = ctx.elapsed_ms() - started
+            result = {"id": trace_id, "object": "service.result", "service": name,
+                      "output": output}
+            try:
+                payload = orjson.dumps(result)
+            except TypeError as exc:
+                raise ServiceError(
+                    f"Service '{name}' returned a value that is not JSON serialisable ({exc}); "
+                    "return dicts, lists, strings, numbers or a pydantic model.") from None
+            ctx.response_bytes = len(payload)
+            ctx.response_body = gw.capture_body(ctx, output)
+            ctx.status = 200
+            return json_response(None, body=payload, headers=gw.headers(ctx, trace_id))
+        except ShipyardError as exc:
+            gw.fail(ctx, exc)
+            if isinstance(exc, ServiceError):
+                log.warning("service %s failed: %s", ctx.service, exc.message)
+            return error_response(exc, headers=gw.headers(ctx, trace_id))
+        except Exception as exc:
+            log.exception("internal error in request %s", ctx.request_id)
+            error = ShipyardError(f"Shipyard hit an internal error ({type(exc).__name__}); "
+                                  f"request id {ctx.request_id}.")
+            gw.fail(ctx, error)
+            return error_response(error, headers=gw.headers(ctx, trace_id))
+        finally:
+            gw.finish(ctx, trace_id)
+
+
+def service_routes(gateway: Gateway) -> list[Route]:
+    routes = ServiceRoutes(gateway)
+    return [
+        Route("/v1/services", routes.list_services, methods=["GET"]),
+        Route("/v1/services/{name}/invoke", routes.invoke, methods=["POST"]),
+    ]

@@ -1,0 +1,121 @@
+"""Hosted Python services: `services.NAME` served at `POST /v1/services/NAME/invoke`.
+
+The input is validated against the declared JSON Schema or pydantic model before the function
+runs; a bad input gets 422 naming the field, the problem and the expected type. Sync functions
+run in the thread pool and never block the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import pydantic
+from jsonschema.exceptions import SchemaError
+
+from shipyard.config.schema import ServiceConfig
+from shipyard.errors import ConfigError, ValidationFailed
+from shipyard.providers.loading import import_object
+from shipyard.providers.python import call_function
+
+__all__ = ["HostedService"]
+
+
+class HostedService:
+    def __init__(self, name: str, config: ServiceConfig) -> None:
+        self.name = name
+        self.config = config
+        self.function: Callable[..., Any] = import_object(
+            config.function, key=f"services.{name}.function")
+        if not callable(self.function):
+            raise ConfigError(f"Config key 'services.{name}.function' is "
+                              f"'{config.function}', which is not callable.")
+        self.model: type[pydantic.BaseModel] | None = None
+        self.validator: jsonschema.protocols.Validator | None = None
+        if config.input_model is not None:
+            model = import_object(config.input_model, key=f"services.{name}.input_model")
+            if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+                raise ConfigError(f"Config key 'services.{name}.input_model' is "
+                                  f"'{config.input_model}', which is not a pydantic model class.")
+            self.model = model
+        elif config.input_schema is not None:
+            cls = jsonschema.validators.validator_for(config.input_schema)
+            try:
+                cls.check_schema(config.input_schema)
+            except SchemaError as exc:
+                raise ConfigError(f"Config key 'services.{name}.input_schema' is not a valid "
+                                  f"JSON Schema: {exc.message}.") from None
+            self.validator = cls(config.input_schema)
+
+    def input_schema(self) -> dict[str, Any] | None:
+        if self.model is not None:
+            return self.model.model_json_schema()
+        return self.config.input_schema
+
+    def validate(self, data: Any) -> Any:
+        """Return the function's argument, or raise 422 listing every problem."""
+        if self.model is not None:
+            try:
+                return self.model.model_validate(data)
+            except pydantic.ValidationError as exc:
+                problems = [_pydantic_problem(e) for e in exc.errors(include_url=False)]
+                first = exc.errors(include_url=False)[0]
+                raise ValidationFailed(_join(problems), param=_path(first["loc"])) from None
+        if self.validator is not None:
+            errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.path))
+            if errors:
+                problems = [_schema_problem(e) for e in errors[:10]]
+                raise ValidationFailed(_join(problems),
+                                       param=_path(tuple(errors[0].absolute_path))) from None
+        return data
+
+    async def invoke(self, argument: Any) -> Any:
+        result = await call_function(self.function, argument, timeout_s=self.config.timeout_s,
+                                     what=f"Service '{self.name}'")
+        if isinstance(result, pydantic.BaseModel):
+            return result.model_dump(mode="json")
+        return result
+
+
+def _path(loc: tuple[Any, ...] | list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(body)"
+
+
+def _join(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"Invalid input: {problems[0]}"
+    return "Invalid input: " + " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+
+
+def _pydantic_problem(error: Any) -> str:
+    field = _path(error["loc"])
+    if error["type"] == "missing":
+        return f"field '{field}' is required but missing."
+    if error["type"] == "extra_forbidden":
+        return f"field '{field}' is not allowed; remove it."
+    value = error.get("input")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    message = str(error["msg"]).replace("Input should be", "it should be")
+    return f"field '{field}' is {shown}; {message[:1].lower()}{message[1:]}."
+
+
+def _schema_problem(error: jsonschema.ValidationError) -> str:
+    field = _path(tuple(error.absolute_path))
+    if error.validator == "required":
+        missing = str(error.message).split("'")[1] if "'" in error.message else error.message
+        target = f"{field}.{missing}" if field != "(body)" else missing
+        return f"field '{target}' is required but missing."
+    if error.validator == "additionalProperties":
+        return f"{error.message} at '{field}'; remove the extra field(s)."
+    value = error.instance
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    expected = error.validator_value
+    if error.validator == "type":
+        return f"field '{field}' is {shown}; expected type {expected}."
+    if error.validator == "enum":
+        return f"field '{field}' is {shown}; expected one of {expected}."
+    return f"field '{field}' is {shown}; {error.message} (rule '{error.validator}')."

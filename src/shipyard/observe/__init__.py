@@ -1,0 +1,1 @@
+"""Observability: metrics, token estimation, trace recording."""

@@ -1,0 +1,68 @@
+"""Prometheus metrics of one gateway (prometheus-client, a registry per app).
+
+Each app gets its own `CollectorRegistry`, so several apps (and tests) never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)
+
+
+class Metrics:
+    """Every metric the gateway exposes at `/metrics`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # the *_created series only add noise to every scrape
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "shipyard_requests", "Requests answered, by route, service, model and status.",
+            ("route", "service", "model", "status"), registry=r)
+        self.latency = Histogram(
+            "shipyard_request_duration_seconds",
+            "Time from request to the end of the response, by route, service, model, status.",
+            ("route", "service", "model", "status"), buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_latency = Histogram(
+            "shipyard_upstream_duration_seconds", "Time spent waiting on the upstream.",
+            ("provider",), buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "shipyard_time_to_first_token_seconds", "Time to the first streamed token.",
+            ("service", "model"), buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram(
+            "shipyard_overhead_seconds", "Time spent in Shipyard itself, upstream excluded.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1), registry=r)
+        self.tokens = Counter(
+            "shipyard_tokens", "Tokens processed, by service, model and kind (prompt/completion).",
+            ("service", "model", "kind"), registry=r)
+        self.traces_written = Counter(
+            "shipyard_traces_written", "Traces written to the store.", registry=r)
+        self.trace_drops = Counter(
+            "shipyard_trace_queue_dropped",
+            "Traces that could not be queued because the trace queue was full.", registry=r)
+        self.trace_queue_depth = Gauge(
+            "shipyard_trace_queue_depth", "Traces waiting to be written.", registry=r)
+        self.in_flight = Gauge(
+            "shipyard_requests_in_flight", "Requests being processed now.", registry=r)
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.trace_queue_depth.set_function(lambda: float(depth()))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,22 @@
+"""Upstream providers: OpenAI-compatible HTTP, Python callables, the simulated model."""
+
+from __future__ import annotations
+
+from shipyard.config.schema import ProviderConfig
+from shipyard.providers.base import Endpoint, Provider, Reply
+from shipyard.providers.openai import OpenAIProvider
+from shipyard.providers.python import PythonProvider
+from shipyard.providers.sim import SimProvider
+
+__all__ = ["Endpoint", "Provider", "Reply", "build_provider"]
+
+_KINDS: dict[str, type[OpenAIProvider] | type[PythonProvider] | type[SimProvider]] = {
+    "openai": OpenAIProvider,
+    "python": PythonProvider,
+    "sim": SimProvider,
+}
+
+
+def build_provider(name: str, config: ProviderConfig) -> Provider:
+    """Create the provider for one `providers.NAME` entry."""
+    return _KINDS[config.kind](name, config)

@@ -1,0 +1,56 @@
+"""`kind: sim` — the simulated model in process (no HTTP hop), for demos and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+
+from shipyard.config.schema import ProviderConfig
+from shipyard.providers.base import Endpoint, Reply
+from shipyard.sim.engine import SimModel
+
+__all__ = ["SimProvider"]
+
+
+class SimProvider:
+    kind = "sim"
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self.model = SimModel()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool,
+                   headers: dict[str, str] | None = None) -> Reply:
+        started = time.perf_counter()
+        if self.config.latency_ms:
+            await asyncio.sleep(self.config.latency_ms / 1000.0)
+        if stream:
+            chunks = (self.model.chat_chunks(payload) if endpoint == "chat/completions"
+                      else self.model.completion_chunks(payload))
+            return Reply(stream=_sse(chunks),
+                         upstream_ms=(time.perf_counter() - started) * 1000.0)
+        if endpoint == "embeddings":
+            data = self.model.embeddings(payload)
+        elif endpoint == "completions":
+            data = self.model.completion(payload)
+        else:
+            data = self.model.chat(payload)
+        return Reply(data=data, body=orjson.dumps(data),
+                     upstream_ms=(time.perf_counter() - started) * 1000.0)
+
+
+async def _sse(chunks: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    yield b"data: [DONE]\n\n"

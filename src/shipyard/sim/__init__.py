@@ -1,0 +1,1 @@
+"""The simulated OpenAI-compatible upstream (`shipyard sim`) and its model."""
