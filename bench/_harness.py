@@ -71,10 +71,8 @@ class Server:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # Children (uvicorn workers, pip, ...) may outlive the leader: sweep the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -335,9 +333,7 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(
-    wrk: str, url: str, script: Path, *, connections: int, duration_s: float
-) -> WrkResult:
+def run_wrk(wrk: str, url: str, script: Path, *, connections: int, duration_s: float) -> WrkResult:
     threads = 1 if connections < 2 else min(2, connections)
     argv = [
         wrk,
@@ -468,6 +464,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def command_line() -> str:
-    argv = [sys.argv[0] if not sys.argv[0].startswith(str(REPO_DIR)) else
-            os.path.relpath(sys.argv[0], REPO_DIR), *sys.argv[1:]]
-    return ".venv/bin/python " + " ".join(argv)
+    """How this run was started, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO_DIR) if script.is_relative_to(REPO_DIR) else script
+    return " ".join([".venv/bin/python", str(shown), *sys.argv[1:]])

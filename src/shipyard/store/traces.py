@@ -87,7 +87,7 @@ class TraceFilter:
 
 
 def _row(mapping: Any) -> dict[str, Any]:
-    row = dict(mapping)
+    row = {str(k): v for k, v in mapping.items()}
     for key in ("started_at", "ended_at"):
         value = row.get(key)
         if isinstance(value, datetime) and value.tzinfo is None:

@@ -1,0 +1,694 @@
+"""Gateway overhead benchmark: Shipyard vs a bare proxy vs LiteLLM, in front of one fast upstream.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--only a,b,c,d] [--no-write]
+
+Targets, all on 127.0.0.1 and measured in one run on the same machine:
+
+  a  the fake upstream directly (bench/upstream.py)
+  b  a bare pass-through proxy (bench/bare_proxy.py: Starlette + pooled aiohttp, the floor)
+  c  Shipyard (`shipyard serve`, one worker, trace recording on with `metadata` capture)
+  d  LiteLLM proxy (litellm[proxy]==1.100.0, one worker, no database), in bench/.venv-litellm
+
+Each target is validated with one real request, then measured with wrk at concurrency 1 and 16
+(a warm-up run before each measured run) while the peak RSS of its process tree is sampled.
+Results go to stdout, `bench/results/gateway.json` and `docs/benchmarks.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    HttpResult,
+    ProcessGroup,
+    RssSampler,
+    Server,
+    WrkResult,
+    command_line,
+    dist_version,
+    find_wrk,
+    free_port,
+    http_request,
+    log,
+    machine_info,
+    managed_processes,
+    now_iso,
+    run_wrk,
+    wait_for_port,
+    write_docs_section,
+    write_json,
+    write_wrk_script,
+)
+
+LITELLM_VERSION = "1.100.0"
+LITELLM_VENV = BENCH_DIR / ".venv-litellm"
+WORK_ROOT = BENCH_DIR / ".work"
+PATH = "/v1/chat/completions"
+REQUEST_BODY = json.dumps(
+    {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}]},
+    separators=(",", ":"),
+).encode()
+CONCURRENCIES = (1, 16)
+TARGET_NAMES = {
+    "a": "upstream (direct)",
+    "b": "bare proxy (Starlette + aiohttp)",
+    "c": "Shipyard",
+    "d": f"LiteLLM {LITELLM_VERSION}",
+}
+# Goals printed next to the results.
+GOAL_ADDED_P50_MS = 1.0
+GOAL_RPS_VS_BARE = 0.5
+GOAL_RSS_VS_LITELLM = 1 / 3
+
+
+class Unavailable(Exception):
+    """A target that cannot be measured; the message says why."""
+
+
+@dataclass
+class TargetResult:
+    key: str
+    name: str
+    available: bool = False
+    reason: str | None = None
+    version: str | None = None
+    runs: dict[str, WrkResult] = field(default_factory=dict)
+    peak_rss_mib: float | None = None
+    hwm_sum_mib: float | None = None
+    processes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, connections: int) -> WrkResult | None:
+        return self.runs.get(f"c{connections}")
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    wrk: str
+    group: ProcessGroup
+    work_dir: Path
+    upstream: Server
+    upstream_port: int
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+
+
+def start_upstream(group: ProcessGroup) -> tuple[Server, int]:
+    port = free_port()
+    server = group.start(
+        "upstream",
+        [sys.executable, str(BENCH_DIR / "upstream.py"), "--port", str(port)],
+    )
+    error = wait_for_port(server, port, timeout=20)
+    if error:
+        raise SystemExit(f"the upstream did not start: {error}\n{server.log_tail()}")
+    return server, port
+
+
+def start_bare_proxy(ctx: Context) -> tuple[Server, int, str | None]:
+    port = free_port()
+    server = ctx.group.start(
+        "bare_proxy",
+        [
+            sys.executable,
+            str(BENCH_DIR / "bare_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{ctx.upstream_port}",
+        ],
+    )
+    return _ready(server, port, timeout=30), port, None
+
+
+def start_shipyard(ctx: Context) -> tuple[Server, int, str | None]:
+    shipyard = Path(sys.executable).with_name("shipyard")
+    if not shipyard.exists():
+        raise Unavailable(f"{shipyard} not found: run `.venv/bin/pip install -e .`")
+    probe = subprocess.run(
+        [str(shipyard), "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        raise Unavailable(
+            "`shipyard serve --help` failed: " + _last_lines(probe.stderr or probe.stdout)
+        )
+    api_key = "sk-bench-" + secrets.token_hex(12)
+    work = ctx.work_dir / "shipyard"
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "shipyard.yaml"
+    config.write_text(
+        f"""\
+store:
+  url: sqlite:///{work / "shipyard.db"}
+auth:
+  api_keys:
+    - {{$env: SHIPYARD_API_KEY}}
+providers:
+  up:
+    kind: openai
+    base_url: http://127.0.0.1:{ctx.upstream_port}/v1
+models:
+  bench:
+    provider: up
+    model: fixed
+"""
+    )
+    port = free_port()
+    env = {**os.environ, "SHIPYARD_API_KEY": api_key}
+    server = ctx.group.start(
+        "shipyard",
+        [
+            str(shipyard),
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        cwd=work,
+    )
+    return _ready(server, port, timeout=60), port, api_key
+
+
+def ensure_litellm() -> Path:
+    """The LiteLLM venv's `litellm` executable; creates or repairs the venv with pip."""
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        log(f"creating {LITELLM_VENV.relative_to(BENCH_DIR.parent)}")
+        created = subprocess.run(
+            [sys.executable, "-m", "venv", str(LITELLM_VENV)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if created.returncode != 0:
+            raise Unavailable("could not create the venv: " + _last_lines(created.stderr))
+    shown = subprocess.run(
+        [str(python), "-m", "pip", "show", "litellm"], capture_output=True, text=True, check=False
+    )
+    installed = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in shown.stdout.splitlines()
+            if line.startswith("Version:")
+        ),
+        None,
+    )
+    if installed != LITELLM_VERSION:
+        log(f"installing litellm[proxy]=={LITELLM_VERSION} (found {installed}); this takes a while")
+        install_log = LITELLM_VENV / "pip-install.log"
+        with install_log.open("w") as handle:
+            try:
+                done = subprocess.run(
+                    [
+                        str(python),
+                        "-m",
+                        "pip",
+                        "install",
+                        "--disable-pip-version-check",
+                        f"litellm[proxy]=={LITELLM_VERSION}",
+                    ],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    timeout=1200,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise Unavailable("pip install timed out after 20 min") from exc
+        if done.returncode != 0:
+            raise Unavailable(
+                f"pip install litellm[proxy]=={LITELLM_VERSION} failed: "
+                + _last_lines(install_log.read_text(errors="replace"))
+            )
+    executable = LITELLM_VENV / "bin" / "litellm"
+    if not executable.exists():
+        raise Unavailable(f"{executable} missing after install")
+    return executable
+
+
+def start_litellm(ctx: Context) -> tuple[Server, int, str | None]:
+    executable = ensure_litellm()
+    master_key = "sk-bench-" + secrets.token_hex(12)
+    work = ctx.work_dir / "litellm"
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "config.yaml"
+    config.write_text(
+        f"""\
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/fixed
+      api_base: http://127.0.0.1:{ctx.upstream_port}/v1
+      api_key: sk-dummy-upstream-key
+general_settings:
+  master_key: {master_key}
+litellm_settings:
+  telemetry: false
+"""
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "VIRTUAL_ENV"}}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False")
+    server = ctx.group.start(
+        "litellm",
+        [
+            str(executable),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+            "--telemetry",
+            "False",
+        ],
+        env=env,
+        cwd=work,
+    )
+    return _ready(server, port, timeout=180), port, master_key
+
+
+def _ready(server: Server, port: int, *, timeout: float) -> Server:
+    error = wait_for_port(server, port, timeout)
+    if error:
+        raise Unavailable(f"{error}; log tail:\n{server.log_tail()}")
+    return server
+
+
+def _last_lines(text: str, lines: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+
+
+def validate(url: str, api_key: str | None, deadline_s: float = 30.0) -> dict[str, Any]:
+    """One real request; retries while the server finishes starting. Returns the completion."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    deadline = time.monotonic() + deadline_s
+    result = HttpResult(0, b"", "not tried")
+    while time.monotonic() < deadline:
+        result = http_request(url, body=REQUEST_BODY, headers=headers)
+        if result.status == 200:
+            break
+        time.sleep(0.5)
+    if result.status != 200:
+        detail = result.error or result.body.decode(errors="replace")[:2000]
+        raise Unavailable(f"validation request got HTTP {result.status}: {detail}")
+    try:
+        completion = result.json()
+        content = completion["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise Unavailable(
+            f"validation request got 200 but no completion ({exc!r}): {result.body[:2000]!r}"
+        ) from exc
+    if not isinstance(content, str) or not content:
+        raise Unavailable(f"validation completion has no content: {result.body[:2000]!r}")
+    return dict(completion)
+
+
+def measure(
+    ctx: Context, result: TargetResult, server: Server, port: int, api_key: str | None
+) -> None:
+    url = f"http://127.0.0.1:{port}{PATH}"
+    completion = validate(url, api_key)
+    result.available = True
+    result.notes.append(f"validated: {completion['choices'][0]['message']['content']!r}")
+    script = write_wrk_script(ctx.work_dir / f"wrk-{result.key}.lua", REQUEST_BODY, api_key)
+    with RssSampler(server.pid) as sampler:
+        for connections in CONCURRENCIES:
+            run_wrk(ctx.wrk, url, script, connections=connections, duration_s=ctx.args.warmup)
+            run = run_wrk(
+                ctx.wrk, url, script, connections=connections, duration_s=ctx.args.duration
+            )
+            result.runs[f"c{connections}"] = run
+            log(
+                f"  {result.key} c={connections}: {run.rps:,.0f} req/s, "
+                f"p50 {run.p50_ms:.3f} ms, p99 {run.p99_ms:.3f} ms"
+                + (f", ERRORS {run.errors}" if run.errors else "")
+            )
+            if not server.alive():
+                raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
+    result.peak_rss_mib = round(sampler.peak_mib, 1)
+    result.hwm_sum_mib = round(sampler.hwm_sum_mib, 1)
+    result.processes = sampler.processes
+    log(f"  {result.key} peak RSS {result.peak_rss_mib} MiB ({sampler.processes} processes)")
+
+
+def count_traces(db_path: Path) -> tuple[str, int] | None:
+    """Rows in the Shipyard store's trace table, to check tracing really was on."""
+    if not db_path.exists():
+        return None
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%trace%'"
+            )
+        ]
+        if not tables:
+            return None
+        table = "traces" if "traces" in tables else tables[0]
+        return table, int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+
+
+def bench_target(ctx: Context, key: str) -> TargetResult:
+    result = TargetResult(key=key, name=TARGET_NAMES[key])
+    log(f"target {key}: {result.name}")
+    starters: dict[str, Callable[[Context], tuple[Server, int, str | None]]] = {
+        "b": start_bare_proxy,
+        "c": start_shipyard,
+        "d": start_litellm,
+    }
+    server: Server | None = None
+    try:
+        if key == "a":
+            server, port, api_key = ctx.upstream, ctx.upstream_port, None
+        else:
+            server, port, api_key = starters[key](ctx)
+        measure(ctx, result, server, port, api_key)
+    except Unavailable as exc:
+        result.available = False
+        result.runs.clear()
+        result.reason = str(exc)
+        log(f"  {key} UNAVAILABLE: {exc}")
+    finally:
+        if server is not None and server is not ctx.upstream:
+            ctx.group.stop(server)
+    if key == "c" and result.available:
+        sent = sum(run.requests for run in result.runs.values())
+        counted = count_traces(ctx.work_dir / "shipyard" / "shipyard.db")
+        if counted is None:
+            result.notes.append("no trace table found in the store after the run")
+        else:
+            table, rows = counted
+            result.notes.append(
+                f"{rows:,} rows in `{table}` after stop; measured runs sent {sent:,} requests "
+                "(plus validation and warm-up)"
+            )
+        log(f"  {result.notes[-1]}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
+    def p50_c1(key: str) -> float | None:
+        run = results[key].run(1) if key in results else None
+        return run.p50_ms if run else None
+
+    def rps_c16(key: str) -> float | None:
+        run = results[key].run(16) if key in results else None
+        return run.rps if run else None
+
+    def rss(key: str) -> float | None:
+        return results[key].peak_rss_mib if key in results else None
+
+    direct = p50_c1("a")
+    added = {
+        key: round(p50_c1(key) - direct, 3)  # type: ignore[operator]
+        for key in ("b", "c", "d")
+        if direct is not None and p50_c1(key) is not None
+    }
+    out: dict[str, Any] = {"added_p50_ms_c1_vs_direct": added}
+    out["shipyard_rps_c16_vs_bare"] = _ratio(rps_c16("c"), rps_c16("b"))
+    out["shipyard_rps_c16_vs_litellm"] = _ratio(rps_c16("c"), rps_c16("d"))
+    out["shipyard_rss_vs_litellm"] = _ratio(rss("c"), rss("d"))
+    out["goals"] = [
+        _goal(
+            "Shipyard added p50 latency at c=1 vs direct upstream",
+            f"≤ {GOAL_ADDED_P50_MS:g} ms",
+            added.get("c"),
+            lambda v: f"{v:.3f} ms",
+            lambda v: v <= GOAL_ADDED_P50_MS,
+        ),
+        _goal(
+            "Shipyard req/s at c=16 vs bare proxy",
+            f"≥ {GOAL_RPS_VS_BARE:g}x",
+            out["shipyard_rps_c16_vs_bare"],
+            lambda v: f"{v:.2f}x",
+            lambda v: v >= GOAL_RPS_VS_BARE,
+        ),
+        _goal(
+            "Shipyard peak RSS vs LiteLLM",
+            "≤ 1/3 (0.33x)",
+            out["shipyard_rss_vs_litellm"],
+            lambda v: f"{v:.2f}x",
+            lambda v: v <= GOAL_RSS_VS_LITELLM,
+        ),
+    ]
+    return out
+
+
+def _goal(
+    name: str,
+    goal: str,
+    value: float | None,
+    fmt: Callable[[float], str],
+    ok: Callable[[float], bool],
+) -> dict[str, Any]:
+    if value is None:
+        return {"name": name, "goal": goal, "measured": None, "status": "n/a"}
+    return {
+        "name": name,
+        "goal": goal,
+        "measured": fmt(value),
+        "status": "met" if ok(value) else "MISSED",
+    }
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_table(results: dict[str, TargetResult]) -> str:
+    lines = [
+        "| target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=16 p50 ms "
+        "| c=16 p99 ms | peak RSS MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, result in results.items():
+        label = f"({key}) {result.name}"
+        if not result.available:
+            reason = (result.reason or "unavailable").splitlines()[0][:160].replace("|", "/")
+            lines.append(f"| {label} | unavailable: {reason} | | | | | | |")
+            continue
+        one, sixteen = result.run(1), result.run(16)
+        cells = [
+            _num(one.rps if one else None, ",.0f"),
+            _num(one.p50_ms if one else None, ".3f"),
+            _num(one.p99_ms if one else None, ".3f"),
+            _num(sixteen.rps if sixteen else None, ",.0f"),
+            _num(sixteen.p50_ms if sixteen else None, ".3f"),
+            _num(sixteen.p99_ms if sixteen else None, ".3f"),
+            _num(result.peak_rss_mib, ".1f"),
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals_table(summary: dict[str, Any]) -> str:
+    lines = ["| goal | target | measured | status |", "|---|---|--:|---|"]
+    for goal in summary["goals"]:
+        lines.append(
+            f"| {goal['name']} | {goal['goal']} | {goal['measured'] or '-'} | {goal['status']} |"
+        )
+    added = summary["added_p50_ms_c1_vs_direct"]
+    extra = []
+    if added:
+        extra.append(
+            "Added p50 latency at c=1 vs direct upstream: "
+            + ", ".join(f"({k}) {TARGET_NAMES[k]} {v:+.3f} ms" for k, v in added.items())
+            + "."
+        )
+    if summary["shipyard_rps_c16_vs_litellm"] is not None:
+        extra.append(
+            f"Shipyard req/s at c=16 vs LiteLLM: {summary['shipyard_rps_c16_vs_litellm']:.2f}x."
+        )
+    return "\n".join(lines) + ("\n\n" + "\n".join(extra) if extra else "")
+
+
+def markdown(
+    report: dict[str, Any], results: dict[str, TargetResult], summary: dict[str, Any]
+) -> str:
+    machine, versions = report["machine"], report["versions"]
+    version_text = ", ".join(f"{name} {ver or 'not installed'}" for name, ver in versions.items())
+    notes = [
+        f"- ({key}) {note}"
+        for key, result in results.items()
+        for note in result.notes
+        if not note.startswith("validated")
+    ]
+    errors = [
+        f"- ({key}) c={run.connections}: wrk counted errors {run.errors}"
+        for key, result in results.items()
+        for run in result.runs.values()
+        if run.errors
+    ]
+    return f"""\
+## Gateway overhead
+
+Measured {report["date"]} on {machine["cpu"]}, {machine["cores"]} cores, {machine["ram_gib"]} GiB
+RAM, Linux {machine["kernel"]}, Python {machine["python"]}; {version_text}.
+
+One fake upstream (`bench/upstream.py`, a raw asyncio HTTP/1.1 server returning a fixed chat
+completion) is called directly (a), through a bare pass-through proxy (b:
+`bench/bare_proxy.py`, Starlette + a pooled `aiohttp` client under uvicorn), through Shipyard
+(c: `shipyard serve --workers 1`, traces recorded with `metadata` capture into SQLite) and
+through the LiteLLM proxy (d: one worker, no database, master key auth). Load: `wrk` POSTing
+`{REQUEST_BODY.decode()}` with `-t1 -c1` and `-t2 -c16`, {report["warmup_s"]:g} s warm-up then
+{report["duration_s"]:g} s measured for each. Peak RSS is the summed resident memory of the
+target's process tree, sampled every 100 ms (for (a) the upstream's). The load generator,
+the upstream and the proxy share the machine's {machine["cores"]} cores, so absolute numbers are
+only comparable within one run.
+
+{results_table(results)}
+
+{goals_table(summary)}
+{chr(10) + chr(10).join(notes + errors) + chr(10) if notes or errors else ""}
+Reproduce: `{report["command"]}`
+"""
+
+
+def print_summary(results: dict[str, TargetResult], summary: dict[str, Any]) -> None:
+    print()
+    print(results_table(results))
+    print()
+    print(goals_table(summary))
+    for key, result in results.items():
+        if not result.available:
+            print(f"\n({key}) {result.name} unavailable:\n{result.reason}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Gateway overhead benchmark (upstream, bare proxy, Shipyard, LiteLLM).",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
+    parser.add_argument(
+        "--only", default="a,b,c,d", help="comma-separated targets among a,b,c,d (default all)"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/ and results/ alone"
+    )
+    args = parser.parse_args(argv)
+    keys = [key.strip() for key in args.only.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in TARGET_NAMES]
+    if unknown or not keys:
+        parser.error(f"--only takes a comma-separated subset of a,b,c,d, got {args.only!r}")
+    args.targets = sorted(set(keys))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk = find_wrk()
+    if wrk is None:
+        print("wrk is not installed: `apt-get install -y wrk`", file=sys.stderr)
+        return 2
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    work_dir = WORK_ROOT / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
+    work_dir.mkdir()
+    log(f"work dir (logs, configs, store): {work_dir}")
+    results: dict[str, TargetResult] = {}
+    with managed_processes(work_dir) as group:
+        upstream, upstream_port = start_upstream(group)
+        ctx = Context(args, wrk, group, work_dir, upstream, upstream_port)
+        validate(f"http://127.0.0.1:{upstream_port}{PATH}", None)
+        for key in args.targets:
+            results[key] = bench_target(ctx, key)
+    for key in ("c", "d"):
+        if key in results and results[key].available:
+            results[key].version = dist_version("shipyard") if key == "c" else LITELLM_VERSION
+
+    summary = comparisons(results)
+    report: dict[str, Any] = {
+        "benchmark": "gateway",
+        "date": now_iso(),
+        "command": command_line(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "machine": machine_info(),
+        "versions": {
+            "shipyard": dist_version("shipyard"),
+            "uvicorn": dist_version("uvicorn"),
+            "aiohttp": dist_version("aiohttp"),
+            "starlette": dist_version("starlette"),
+            "litellm": litellm_version(),
+            "wrk": wrk_version(wrk),
+        },
+        "request_body": REQUEST_BODY.decode(),
+        "targets": results,
+        "summary": summary,
+    }
+    print_summary(results, summary)
+    if not args.no_write:
+        write_json(RESULTS_DIR / "gateway.json", report)
+        write_docs_section("gateway", markdown(report, results, summary))
+        log("wrote bench/results/gateway.json and docs/benchmarks.md")
+    for db_file in (work_dir / "shipyard").glob("shipyard.db*"):
+        db_file.unlink()  # the logs and configs stay in bench/.work for inspection
+    return 0
+
+
+def litellm_version() -> str | None:
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    shown = subprocess.run(
+        [str(python), "-m", "pip", "show", "litellm"], capture_output=True, text=True, check=False
+    )
+    for line in shown.stdout.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def wrk_version(wrk: str) -> str | None:
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0].removeprefix("wrk ") if first else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shipyard: take AI prototypes to production.
+
+>>> import shipyard
+>>> app = shipyard.create_app(shipyard.load_config("shipyard.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from shipyard._version import __version__
+from shipyard.config import Config, load_config, parse_config
+from shipyard.errors import ShipyardError
+from shipyard.gateway import Call, Handler, Stage, create_app
+from shipyard.providers import Provider, Reply
+
+__all__ = [
+    "Call",
+    "Config",
+    "Handler",
+    "Provider",
+    "Reply",
+    "ShipyardError",
+    "Stage",
+    "__version__",
+    "create_app",
+    "load_config",
+    "parse_config",
+]
