@@ -80,9 +80,38 @@ class Proc:
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None,
            cwd: Path | None = None) -> subprocess.Popen[bytes]:
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    handle = log.open("wb")
-    return subprocess.Popen([sys.executable, "-m", "shipyard", *args], stdout=handle,
-                            stderr=subprocess.STDOUT, env=merged, cwd=cwd or REPO)
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "shipyard", *args], stdout=handle,
+                                stderr=subprocess.STDOUT, env=merged, cwd=cwd or REPO)
+
+
+def launch_sim(folder: Path, *flags: str) -> Proc:
+    """Start `shipyard sim` on a free port and wait until it answers."""
+    port = free_port()
+    log = folder / f"sim-{port}.log"
+    proc = Proc(_spawn(["sim", "--port", str(port), *flags], log), port, log)
+    wait_http(f"{proc.url}/livez", proc=proc.process)
+    return proc
+
+
+def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None = None,
+                   workers: int = 1) -> Proc:
+    """Write a config and start `shipyard serve` on a free port; waits until it answers."""
+    port = free_port()
+    config = folder / f"shipyard-{port}.yaml"
+    config.write_text(config_text)
+    log = folder / f"serve-{port}.log"
+    process = _spawn(["serve", "--config", str(config), "--port", str(port),
+                      "--workers", str(workers)], log,
+                     env={"SHIPYARD_API_KEY": API_KEY, "PYTHONPATH": str(FIXTURES),
+                          **(env or {})})
+    proc = Proc(process, port, log, {"config": config})
+    try:
+        wait_http(f"{proc.url}/livez", proc=process)
+    except RuntimeError as exc:
+        proc.stop()
+        raise RuntimeError(f"{exc}\n--- serve output ---\n{proc.output()}") from None
+    return proc
 
 
 @pytest.fixture
@@ -91,11 +120,8 @@ def start_sim(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     started: list[Proc] = []
 
     def start(*flags: str) -> Proc:
-        port = free_port()
-        log = tmp_path / f"sim-{port}.log"
-        proc = Proc(_spawn(["sim", "--port", str(port), *flags], log), port, log)
+        proc = launch_sim(tmp_path, *flags)
         started.append(proc)
-        wait_http(f"{proc.url}/livez", proc=proc.process)
         return proc
 
     yield start
@@ -110,20 +136,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
     def start(config_text: str, *, env: dict[str, str] | None = None,
               workers: int = 1) -> Proc:
-        port = free_port()
-        config = tmp_path / f"shipyard-{port}.yaml"
-        config.write_text(config_text)
-        log = tmp_path / f"serve-{port}.log"
-        process = _spawn(["serve", "--config", str(config), "--port", str(port),
-                          "--workers", str(workers)], log,
-                         env={"SHIPYARD_API_KEY": API_KEY, "PYTHONPATH": str(FIXTURES),
-                              **(env or {})})
-        proc = Proc(process, port, log, {"config": config})
+        proc = launch_gateway(tmp_path, config_text, env=env, workers=workers)
         started.append(proc)
-        try:
-            wait_http(f"{proc.url}/livez", proc=process)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- serve output ---\n{proc.output()}") from None
         return proc
 
     yield start

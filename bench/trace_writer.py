@@ -1,0 +1,233 @@
+"""Trace writer benchmark: sustained traces/s from the hot path's `submit()` into SQLite.
+
+    .venv/bin/python bench/trace_writer.py [--count 200000] [--no-write]
+
+One producer thread builds realistic trace records with `new_trace_record()` (as the gateway
+does per request) and submits them as fast as the bounded queue accepts them; when the queue is
+full it waits for room instead of dropping. `stop()` flushes the rest. The clock runs from the
+first submit until `stop()` returns, then the rows in the store are counted to check that every
+trace was written. Results go to stdout, `bench/results/trace_writer.json` and
+`docs/benchmarks.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    RESULTS_DIR,
+    RssSampler,
+    command_line,
+    dist_version,
+    log,
+    machine_info,
+    now_iso,
+    write_docs_section,
+    write_json,
+)
+from shipyard.store.engine import create_store_engine, migrate
+from shipyard.store.traces import count_traces, new_trace_record
+from shipyard.store.writer import TraceWriter
+
+WORK_ROOT = Path(__file__).resolve().parent / ".work"
+GOAL_TRACES_PER_S = 10_000
+
+
+def realistic_record(index: int, rng: random.Random, base: datetime) -> dict[str, Any]:
+    """A trace as the gateway writes it for a chat call with `metadata` capture."""
+    started = base + timedelta(microseconds=index * 250)
+    upstream_ms = rng.uniform(80.0, 1200.0)
+    overhead_ms = rng.uniform(0.1, 0.6)
+    prompt_tokens = rng.randint(8, 2000)
+    completion_tokens = rng.randint(1, 800)
+    failed = index % 100 == 99
+    return new_trace_record(
+        request_id=f"req-{index:012d}",
+        started_at=started,
+        ended_at=started + timedelta(milliseconds=upstream_ms + overhead_ms),
+        key_id="key-0001",
+        route="chat",
+        model_alias="bench",
+        provider="up",
+        upstream_model="gpt-4o-mini-2024-07-18",
+        stream=index % 3 == 0,
+        status=502 if failed else 200,
+        error_type="upstream_error" if failed else None,
+        error_message="upstream returned HTTP 503: overloaded" if failed else None,
+        upstream_ms=upstream_ms,
+        ttft_ms=upstream_ms * 0.3 if index % 3 == 0 else None,
+        overhead_ms=overhead_ms,
+        total_ms=upstream_ms + overhead_ms,
+        prompt_tokens=None if failed else prompt_tokens,
+        completion_tokens=None if failed else completion_tokens,
+        total_tokens=None if failed else prompt_tokens + completion_tokens,
+        finish_reason=None if failed else "stop",
+        capture="metadata",
+        request_bytes=rng.randint(80, 20_000),
+        response_bytes=None if failed else rng.randint(300, 6_000),
+        attributes='{"user":"u-42","messages":3}',
+    )
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    url = args.url or f"sqlite:///{work_dir / 'traces.db'}"
+    engine = create_store_engine(url)
+    migrate(engine)
+    before = count_traces(engine)
+    writer = TraceWriter(
+        engine,
+        queue_size=args.queue_size,
+        batch_size=args.batch_size,
+        flush_interval_s=args.flush_interval,
+    )
+    rng = random.Random(7)
+    base = datetime.now(UTC)
+    waits = 0
+    produced_s = 0.0
+
+    def produce() -> None:
+        nonlocal waits, produced_s
+        start = time.perf_counter()
+        for index in range(args.count):
+            record = realistic_record(index, rng, base)
+            # Single producer: the depth only shrinks between this check and submit().
+            while writer.depth >= args.queue_size:
+                waits += 1
+                time.sleep(0.0005)
+            if not writer.submit(record):
+                raise RuntimeError("submit() refused a record although the queue had room")
+        produced_s = time.perf_counter() - start
+
+    log(f"submitting {args.count:,} traces to {engine.url.render_as_string(hide_password=True)}")
+    with RssSampler(os.getpid()) as sampler:
+        writer.start()
+        start = time.perf_counter()
+        producer = threading.Thread(target=produce, name="producer")
+        producer.start()
+        producer.join()
+        writer.stop(timeout=600)
+        elapsed = time.perf_counter() - start
+    rows = count_traces(engine) - before
+    engine.dispose()
+    db_bytes = sum(p.stat().st_size for p in work_dir.glob("traces.db*")) if not args.url else None
+    rate = args.count / elapsed
+    result = {
+        "count": args.count,
+        "rows_written": rows,
+        "all_written": rows == args.count,
+        "writer_written": writer.written,
+        "writer_dropped": writer.dropped,
+        "writer_lost": writer.lost,
+        "writer_failures": writer.failures,
+        "elapsed_s": round(elapsed, 3),
+        "traces_per_s": round(rate, 1),
+        "producer_s": round(produced_s, 3),
+        "producer_waits_for_room": waits,
+        "queue_size": args.queue_size,
+        "batch_size": args.batch_size,
+        "flush_interval_s": args.flush_interval,
+        "store": "sqlite (WAL)" if not args.url else engine.url.get_backend_name(),
+        "db_mib": round(db_bytes / 2**20, 1) if db_bytes is not None else None,
+        "peak_rss_mib": round(sampler.peak_mib, 1),
+        "goal_traces_per_s": GOAL_TRACES_PER_S,
+        "status": "met" if rate >= GOAL_TRACES_PER_S and rows == args.count else "MISSED",
+    }
+    log(
+        f"{rows:,}/{args.count:,} rows in {elapsed:.2f} s: {rate:,.0f} traces/s "
+        f"(producer {produced_s:.2f} s, waited for room {waits:,} times)"
+    )
+    return result
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine, result = report["machine"], report["result"]
+    return f"""\
+## Trace writer
+
+Measured {report["date"]} on {machine["cpu"]}, {machine["cores"]} cores, {machine["ram_gib"]} GiB
+RAM, Python {machine["python"]}; shipyard {report["versions"]["shipyard"]}, SQLAlchemy
+{report["versions"]["sqlalchemy"]}, SQLite {report["versions"]["sqlite"]}.
+
+One producer thread builds {result["count"]:,} realistic chat traces with `new_trace_record()`
+and submits them to a `TraceWriter` (queue {result["queue_size"]:,}, batches of
+{result["batch_size"]}, flush interval {result["flush_interval_s"]} s) as fast as the queue
+takes them, waiting for room when it is full; the clock stops when `stop()` has flushed
+everything. The store is {result["store"]} in a fresh file.
+
+| traces | rows written | elapsed s | traces/s | goal | status | producer s | peak RSS MiB |
+|--:|--:|--:|--:|--:|---|--:|--:|
+| {result["count"]:,} | {result["rows_written"]:,} | {result["elapsed_s"]:.2f} \
+| {result["traces_per_s"]:,.0f} | ≥ {result["goal_traces_per_s"]:,} | {result["status"]} \
+| {result["producer_s"]:.2f} | {result["peak_rss_mib"]:.1f} |
+
+Reproduce: `{report["command"]}`
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Trace writer throughput benchmark.")
+    parser.add_argument("--count", type=int, default=200_000, help="traces to submit")
+    parser.add_argument("--queue-size", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--flush-interval", type=float, default=0.2)
+    parser.add_argument(
+        "--url", default=None, help="store URL (default: a fresh SQLite file under bench/.work)"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/ and results/ alone"
+    )
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    work_dir = WORK_ROOT / f"trace-writer-{time.strftime('%Y%m%d-%H%M%S')}"
+    work_dir.mkdir()
+    try:
+        result = run(args, work_dir)
+    finally:
+        for path in work_dir.glob("traces.db*"):
+            path.unlink()
+        work_dir.rmdir()
+
+    report: dict[str, Any] = {
+        "benchmark": "trace_writer",
+        "date": now_iso(),
+        "command": command_line(),
+        "machine": machine_info(),
+        "versions": {
+            "shipyard": dist_version("shipyard"),
+            "sqlalchemy": dist_version("sqlalchemy"),
+            "sqlite": sqlite3.sqlite_version,
+        },
+        "result": result,
+    }
+    print(
+        f"\n{result['traces_per_s']:,.0f} traces/s "
+        f"(goal ≥ {GOAL_TRACES_PER_S:,}: {result['status']}); "
+        f"{result['rows_written']:,}/{result['count']:,} rows written in {result['elapsed_s']} s"
+    )
+    if not args.no_write:
+        write_json(RESULTS_DIR / "trace_writer.json", report)
+        write_docs_section("trace-writer", markdown(report))
+        log("wrote bench/results/trace_writer.json and docs/benchmarks.md")
+    return 0 if result["all_written"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
