@@ -16,7 +16,14 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from shipyard.errors import ConfigError
 
-__all__ = ["create_store_engine", "current_revision", "head_revision", "migrate", "ping"]
+__all__ = [
+    "create_store_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "migrate",
+    "ping",
+]
 
 log = logging.getLogger("shipyard.store")
 _MIGRATIONS = str(Path(__file__).parent / "migrations")
@@ -73,6 +80,14 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the store schema to `revision` ("base" removes every Shipyard table)."""
+    config = _alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
 
 
 def head_revision() -> str | None:
