@@ -15,9 +15,9 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import API_KEY, Proc, gateway_config, launch_gateway, launch_sim
 from sqlalchemy import create_engine
 
+from conftest import API_KEY, Proc, gateway_config, launch_gateway, launch_sim
 from shipyard.store import TraceFilter, iter_traces
 
 

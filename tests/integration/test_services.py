@@ -11,8 +11,9 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import API_KEY, Proc
 from test_openai_sdk import _http
+
+from conftest import API_KEY, Proc
 
 CONFIG = """
 store:

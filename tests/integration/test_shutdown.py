@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import openai
-from conftest import API_KEY, gateway_config, launch_gateway, launch_sim
 from sqlalchemy import create_engine
 
+from conftest import API_KEY, gateway_config, launch_gateway, launch_sim
 from shipyard.store import iter_traces
 
 

@@ -204,7 +204,7 @@ def _wait_http(url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - local URL only
+            with urllib.request.urlopen(url, timeout=1):
                 return True
         except OSError:
             time.sleep(0.1)

@@ -174,7 +174,7 @@ def export(
     rows = iter_traces(engine, _filters(service, None, None, errors, since, None), limit=None,
                        newest_first=False)
     count = 0
-    with (output.open("wb") if output else open(sys.stdout.fileno(), "wb",  # noqa: SIM115
+    with (output.open("wb") if output else open(sys.stdout.fileno(), "wb",
                                                   closefd=False)) as out:
         for row in rows:
             out.write(_jsonable(row) + b"\n")

@@ -81,6 +81,12 @@ def parse_config(
     _apply_overrides(resolved, env.overrides(environ), problems)
     if problems:
         raise ConfigError(_join(source, problems))
+    folder = base_dir or Path.cwd()
+    if isinstance(resolved.get("python_path"), list):
+        resolved["python_path"] = [
+            str((folder / p).resolve()) if isinstance(p, str) else p
+            for p in resolved["python_path"]
+        ]
     try:
         return Config.model_validate(resolved)
     except ValidationError as exc:
@@ -198,7 +204,7 @@ def _model_for_parent(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
+        args: tuple[Any, ...] = getattr(annotation, "__args__", ())
         if getattr(annotation, "__origin__", None) is dict and len(args) == 2:
             model = args[1]
             i += 2

@@ -232,10 +232,21 @@ def _names_ok(kind: str, names: Iterator[str]) -> None:
 
 
 class Config(_Section):
+    """A validated `shipyard.yaml`; build it with `load_config` or `parse_config`.
+
+    >>> Config().server.port
+    8000
+    """
+
     version: Literal[1] = Field(1, description="Version of the configuration format.")
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    traces: TracesConfig = Field(default_factory=TracesConfig)
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="Folders added to the import path before `module:function` references "
+        "are imported; relative paths are relative to the config file.",
+    )
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig())
+    traces: TracesConfig = Field(default_factory=lambda: TracesConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig(disabled=True))
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Upstreams by name."
@@ -279,7 +290,7 @@ def _type_name(annotation: Any) -> str:
 
 def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[Setting]:
     """Yield every setting of `shipyard.yaml`, depth first, as (path, type, default, help)."""
-    nested = {
+    nested: dict[str, tuple[str, type[BaseModel]]] = {
         "providers": ("providers.NAME", ProviderConfig),
         "models": ("models.ALIAS", ModelConfig),
         "services": ("services.NAME", ServiceConfig),

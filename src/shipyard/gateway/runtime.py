@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 import uuid
 from typing import Any
@@ -35,6 +36,9 @@ class Gateway:
 
     def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
         self.config = config
+        for folder in reversed(config.python_path):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)  # so module:function references import
         self.metrics = Metrics()
         self.auth = Authenticator(config.auth)
         self.providers: dict[str, Provider] = {

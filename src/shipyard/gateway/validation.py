@@ -109,7 +109,7 @@ def validate_completion(body: dict[str, Any]) -> tuple[str, bool]:
         raise _bad("Missing required parameter 'prompt'; send a string.", "prompt",
                    "missing_required_parameter")
     if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(
-            isinstance(p, str | int) or isinstance(p, list) for p in prompt))):
+            isinstance(p, str | int | list) for p in prompt))):
         raise _bad("Parameter 'prompt' must be a string, a list of strings or a list of token "
                    "ids.", "prompt", "invalid_type")
     return model, _common(body)

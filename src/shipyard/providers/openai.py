@@ -5,7 +5,6 @@ Streams pass through untouched: bytes are forwarded as they arrive, never buffer
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -130,7 +129,7 @@ class OpenAIProvider:
         started = time.perf_counter()
         try:
             response = await session.post(url, data=orjson.dumps(payload), headers=headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(
                 f"The upstream '{self.name}' did not answer within "
                 f"{self.config.timeout_s:g}s (providers.{self.name}.timeout_s)."
@@ -144,7 +143,7 @@ class OpenAIProvider:
         if response.status != 200:
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 body = b""
             finally:
                 response.release()
@@ -154,7 +153,7 @@ class OpenAIProvider:
                          upstream_ms=(time.perf_counter() - started) * 1000.0)
         try:
             body = await response.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(
                 f"The upstream '{self.name}' did not finish its answer within "
                 f"{self.config.timeout_s:g}s."
@@ -173,7 +172,7 @@ class OpenAIProvider:
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(
                 f"The upstream '{self.name}' stalled mid-stream; the stream was ended."
             ) from None

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import math
 import random
-import re
 import struct
 import time
 import uuid
@@ -22,11 +21,12 @@ from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 
 __all__ = ["Faults", "SimModel", "parse_latency"]
 
-_WORDS = (
-    "the model considered your request carefully and here is a simulated answer that "
-    "stays deterministic so tests can rely on it while still looking like real prose "
-    "with a few longer sentences about production readiness latency budgets and traces"
-).split()
+_PROSE = """
+the model considered your request carefully and here is a simulated answer that stays
+deterministic so tests can rely on it while still looking like real prose with a few longer
+sentences about production readiness latency budgets and traces
+"""
+_WORDS = _PROSE.split()
 _STATUSES = (408, 429, 500, 502, 503, 504)
 
 
@@ -160,10 +160,20 @@ class SimModel:
     def answer_text(prompt: str, max_tokens: int | None) -> str:
         digest = hashlib.sha256(prompt.encode("utf-8", "replace")).digest()
         n = 12 + digest[0] % 12
-        if max_tokens is not None:
-            n = max(1, min(n, max_tokens))
         words = [_WORDS[(digest[i % len(digest)] + i) % len(_WORDS)] for i in range(n)]
-        return " ".join(words).capitalize() + "."
+        text = " ".join(words).capitalize() + "."
+        if max_tokens is None or estimate_text(text) <= max_tokens:
+            return text
+        # Cut like a real model at max_tokens (counted as usage counts them): whole words
+        # while they fit, no final period.
+        kept: list[str] = []
+        used = 0
+        for word in words:
+            used += estimate_text(word)
+            if used > max_tokens:
+                break
+            kept.append(word)
+        return " ".join(kept or [words[0][:4]]).capitalize()
 
     @staticmethod
     def _prompt_of(body: dict[str, Any]) -> str:
@@ -184,7 +194,8 @@ class SimModel:
         return value if isinstance(value, int) and value > 0 else None
 
     def _finish(self, text: str, max_tokens: int | None) -> str:
-        return "length" if max_tokens is not None and estimate_text(text) >= max_tokens else "stop"
+        # A complete answer ends with a period; one cut at max_tokens does not.
+        return "stop" if text.endswith(".") else "length"
 
     def chat(self, body: dict[str, Any], *, omit_usage: bool = False) -> dict[str, Any]:
         max_tokens = self._max_tokens(body)

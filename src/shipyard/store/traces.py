@@ -122,7 +122,9 @@ def iter_traces(
             yield _row(mapping)
 
 
-def get_trace(engine: Engine, trace_id: str, *, tenant_id: str | None = None) -> dict[str, Any] | None:
+def get_trace(
+    engine: Engine, trace_id: str, *, tenant_id: str | None = None
+) -> dict[str, Any] | None:
     """One trace by its id, or by request id (client-supplied ids are looked up too)."""
     query = select(traces).where(or_(traces.c.id == trace_id, traces.c.request_id == trace_id))
     if tenant_id is not None:
