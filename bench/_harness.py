@@ -239,6 +239,7 @@ class RssSampler:
         self.pid = pid
         self.interval_s = interval_s
         self.peak_kib = 0
+        self.first_kib: int | None = None
         self.processes = 0
         self._hwm: dict[int, int] = {}
         self._stop = threading.Event()
@@ -268,10 +269,16 @@ class RssSampler:
                 self._hwm[pid] = max(self._hwm.get(pid, 0), hwm)
         self.processes = max(self.processes, len(tree))
         self.peak_kib = max(self.peak_kib, total)
+        if self.first_kib is None:
+            self.first_kib = total
 
     @property
     def peak_mib(self) -> float:
         return self.peak_kib / 1024
+
+    @property
+    def first_mib(self) -> float:
+        return (self.first_kib or 0) / 1024
 
     @property
     def hwm_sum_mib(self) -> float:
@@ -391,6 +398,44 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine skews every number."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+    return 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values), idle
+
+
+def cpu_busy(interval_s: float = 1.0) -> float:
+    """Fraction of all cores busy over `interval_s` (0..1), from /proc/stat."""
+    total0, idle0 = _cpu_times()
+    time.sleep(interval_s)
+    total1, idle1 = _cpu_times()
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def wait_for_quiet(max_wait_s: float = 60.0, threshold: float = 0.15) -> float:
+    """Wait until the machine is mostly idle (other work skews every number).
+
+    Returns the last busy fraction seen; logs a warning when the machine never got quiet.
+    """
+    deadline = time.monotonic() + max_wait_s
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        log(f"machine is {busy:.0%} busy with other work; waiting for it to settle")
+        busy = cpu_busy(2.0)
+    if busy > threshold:
+        log(f"WARNING: machine still {busy:.0%} busy after {max_wait_s:.0f} s; numbers will be off")
+    return busy
 
 
 def _meminfo_kib(key: str) -> int:

@@ -44,12 +44,14 @@ from _harness import (
     find_wrk,
     free_port,
     http_request,
+    load_average,
     log,
     machine_info,
     managed_processes,
     now_iso,
     run_wrk,
     wait_for_port,
+    wait_for_quiet,
     write_docs_section,
     write_json,
     write_wrk_script,
@@ -89,6 +91,7 @@ class TargetResult:
     version: str | None = None
     runs: dict[str, WrkResult] = field(default_factory=dict)
     peak_rss_mib: float | None = None
+    start_rss_mib: float | None = None
     hwm_sum_mib: float | None = None
     processes: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -357,10 +360,40 @@ def measure(
             )
             if not server.alive():
                 raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
+        if result.key == "c":
+            result.notes.extend(shipyard_trace_metrics(port, api_key))
     result.peak_rss_mib = round(sampler.peak_mib, 1)
+    result.start_rss_mib = round(sampler.first_mib, 1)
     result.hwm_sum_mib = round(sampler.hwm_sum_mib, 1)
     result.processes = sampler.processes
-    log(f"  {result.key} peak RSS {result.peak_rss_mib} MiB ({sampler.processes} processes)")
+    log(
+        f"  {result.key} peak RSS {result.peak_rss_mib} MiB (after start-up "
+        f"{result.start_rss_mib} MiB; {sampler.processes} processes)"
+    )
+
+
+def shipyard_trace_metrics(port: int, api_key: str | None) -> list[str]:
+    """The trace writer's counters from Shipyard's /metrics, read while it is still up."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    response = http_request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    if response.status != 200:
+        return [f"/metrics answered HTTP {response.status}; trace counters unknown"]
+    values: dict[str, float] = {}
+    for line in response.body.decode(errors="replace").splitlines():
+        name, _, value = line.partition(" ")
+        if name in {
+            "shipyard_traces_written_total",
+            "shipyard_trace_queue_dropped_total",
+            "shipyard_trace_queue_depth",
+        }:
+            values[name] = float(value)
+    note = (
+        f"trace writer after the runs: {values.get('shipyard_traces_written_total', 0):,.0f} "
+        f"written, {values.get('shipyard_trace_queue_dropped_total', 0):,.0f} dropped "
+        f"(queue full), {values.get('shipyard_trace_queue_depth', 0):,.0f} still queued"
+    )
+    log(f"  {note}")
+    return [note]
 
 
 def count_traces(db_path: Path) -> tuple[str, int] | None:
@@ -500,14 +533,14 @@ def _num(value: float | None, spec: str) -> str:
 def results_table(results: dict[str, TargetResult]) -> str:
     lines = [
         "| target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=16 req/s | c=16 p50 ms "
-        "| c=16 p99 ms | peak RSS MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| c=16 p99 ms | RSS idle MiB | peak RSS MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key, result in results.items():
         label = f"({key}) {result.name}"
         if not result.available:
             reason = (result.reason or "unavailable").splitlines()[0][:160].replace("|", "/")
-            lines.append(f"| {label} | unavailable: {reason} | | | | | | |")
+            lines.append(f"| {label} | unavailable: {reason} | | | | | | | |")
             continue
         one, sixteen = result.run(1), result.run(16)
         cells = [
@@ -517,6 +550,7 @@ def results_table(results: dict[str, TargetResult]) -> str:
             _num(sixteen.rps if sixteen else None, ",.0f"),
             _num(sixteen.p50_ms if sixteen else None, ".3f"),
             _num(sixteen.p99_ms if sixteen else None, ".3f"),
+            _num(result.start_rss_mib, ".1f"),
             _num(result.peak_rss_mib, ".1f"),
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -574,7 +608,8 @@ completion) is called directly (a), through a bare pass-through proxy (b:
 through the LiteLLM proxy (d: one worker, no database, master key auth). Load: `wrk` POSTing
 `{REQUEST_BODY.decode()}` with `-t1 -c1` and `-t2 -c16`, {report["warmup_s"]:g} s warm-up then
 {report["duration_s"]:g} s measured for each. Peak RSS is the summed resident memory of the
-target's process tree, sampled every 100 ms (for (a) the upstream's). The load generator,
+target's process tree, sampled every 100 ms (for (a) the upstream's); "idle" is its RSS after
+start-up and one validation request, before any load. The load generator,
 the upstream and the proxy share the machine's {machine["cores"]} cores, so absolute numbers are
 only comparable within one run.
 
@@ -630,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = WORK_ROOT / f"gateway-{time.strftime('%Y%m%d-%H%M%S')}"
     work_dir.mkdir()
     log(f"work dir (logs, configs, store): {work_dir}")
+    load = load_average()
+    busy = wait_for_quiet()
     results: dict[str, TargetResult] = {}
     with managed_processes(work_dir) as group:
         upstream, upstream_port = start_upstream(group)
@@ -646,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gateway",
         "date": now_iso(),
         "command": command_line(),
+        "load_average_at_start": load,
+        "cpu_busy_before_start": round(busy, 3),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "machine": machine_info(),

@@ -33,6 +33,7 @@ from _harness import (
     log,
     machine_info,
     now_iso,
+    wait_for_quiet,
     write_docs_section,
     write_json,
 )
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
     work_dir = WORK_ROOT / f"trace-writer-{time.strftime('%Y%m%d-%H%M%S')}"
     work_dir.mkdir()
+    busy = wait_for_quiet()
     try:
         result = run(args, work_dir)
     finally:
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": now_iso(),
         "command": command_line(),
         "machine": machine_info(),
+        "cpu_busy_before_start": round(busy, 3),
         "versions": {
             "shipyard": dist_version("shipyard"),
             "sqlalchemy": dist_version("sqlalchemy"),
