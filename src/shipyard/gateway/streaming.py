@@ -103,9 +103,9 @@ async def relay_sse(
             if out:
                 yield b"".join(out)
         ctx.upstream_ms = (time.perf_counter() - upstream_started) * 1000.0
+        if ctx.status >= 400:
+            return  # the upstream's own error event already reached the client; no [DONE]
         if not saw_done:
-            if ctx.status >= 400:
-                return  # the upstream's own error event already reached the client
             raise UpstreamUnavailable(
                 f"The upstream '{ctx.provider}' ended the stream before it was complete."
             )
