@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Engine
@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from shipyard.config import env
 from shipyard.config.loader import load_config
@@ -27,13 +28,17 @@ from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
+from shipyard.types import Receive, Scope, Send
 
-__all__ = ["app_from_env", "create_app"]
+__all__ = ["FastPath", "app_from_env", "create_app"]
+
+# Endpoints that render all of their own errors, so they may skip Starlette's middleware.
+_DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 log = logging.getLogger("shipyard.gateway")
 
 
-def create_app(config: Config, *, engine: Engine | None = None) -> Starlette:
+def create_app(config: Config, *, engine: Engine | None = None) -> FastPath:
     """Build the gateway app for `config`.
 
     >>> from shipyard.config import parse_config
@@ -74,8 +79,9 @@ def create_app(config: Config, *, engine: Engine | None = None) -> Starlette:
         return error_response(ShipyardError(
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
+    routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway)]
     app = Starlette(
-        routes=[*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway)],
+        routes=routes,
         lifespan=lifespan,
         exception_handlers={
             ShipyardError: shipyard_error,
@@ -84,10 +90,40 @@ def create_app(config: Config, *, engine: Engine | None = None) -> Starlette:
         },
     )
     app.state.gateway = gateway
-    return app
+    return FastPath(app, routes)
 
 
-def app_from_env() -> Starlette:
+class FastPath:
+    """Dispatch the hot, fixed-path routes straight to their endpoints.
+
+    Starlette's middleware and router cost several percent per request at gateway rates. The
+    inference endpoints catch and render every error themselves, so for exact-path routes this
+    goes straight to the endpoint; everything else (path parameters, 404/405, lifespan) goes
+    through the Starlette app unchanged.
+    """
+
+    def __init__(self, app: Starlette, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.state = app.state
+        self.routes = app.routes
+        self._direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+        for route in routes:
+            if isinstance(route, Route) and route.path in _DIRECT and route.methods:
+                for method in route.methods:
+                    self._direct[(method, route.path)] = route.endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self._direct.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                scope["app"] = self.app
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def app_from_env() -> FastPath:
     """Factory for `uvicorn --factory` and worker processes: config from SHIPYARD_CONFIG."""
     path = env.config_path_from_env()
     if not path:

@@ -40,14 +40,16 @@ class RequestContext:
         "tenant_id",
         "tokens_estimated",
         "total_tokens",
+        "trace_id",
         "ttft_ms",
         "upstream_model",
         "upstream_ms",
     )
 
-    def __init__(self, request_id: str, route: str) -> None:
+    def __init__(self, request_id: str, route: str, trace_id: str) -> None:
         self.t0 = time.perf_counter()
         self.started_at = datetime.now(UTC)
+        self.trace_id = trace_id
         self.request_id = request_id
         self.route = route
         self.tenant_id = "default"
@@ -95,10 +97,10 @@ class RequestContext:
         self.total_tokens = total
         self.tokens_estimated = estimated or bool(usage.get("estimated"))
 
-    def to_record(self, trace_id: str) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
         total_ms = self.elapsed_ms()
         return {
-            "id": trace_id,
+            "id": self.trace_id,
             "request_id": self.request_id,
             "started_at": self.started_at,
             "ended_at": self.started_at + timedelta(milliseconds=total_ms),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -48,7 +47,6 @@ class OpenAIRoutes:
     ) -> Response:
         gw = self.gw
         ctx = gw.begin(request, route)
-        trace_id = uuid.uuid4().hex
         streaming = False
         try:
             gw.authenticate(request, ctx)
@@ -71,32 +69,32 @@ class OpenAIRoutes:
             reply = await target.handler(Call(ctx, endpoint, payload, stream, target))
             if stream and reply.stream is not None:
                 ctx.upstream_ms = reply.upstream_ms
-                headers = {**_SSE_HEADERS, **gw.headers(ctx, trace_id),
+                headers = {**_SSE_HEADERS, **gw.headers(ctx),
                            "x-shipyard-model": alias}
                 streaming = True
                 return StreamingResponse(
-                    self._stream(ctx, trace_id, reply.stream, payload, wants_usage,
+                    self._stream(ctx, reply.stream, payload, wants_usage,
                                  drop_usage, started),
                     media_type="text/event-stream", headers=headers)
-            return self._complete(ctx, trace_id, target, endpoint, payload, reply)
+            return self._complete(ctx, target, endpoint, payload, reply)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
-            return error_response(exc, headers=gw.headers(ctx, trace_id))
+            return error_response(exc, headers=gw.headers(ctx))
         except Exception as exc:
-            return self._internal(ctx, trace_id, exc)
+            return self._internal(ctx, exc)
         finally:
             if not streaming:
-                gw.finish(ctx, trace_id)
+                gw.finish(ctx)
 
-    def _internal(self, ctx: RequestContext, trace_id: str, exc: Exception) -> Response:
+    def _internal(self, ctx: RequestContext, exc: Exception) -> Response:
         log.exception("internal error in request %s", ctx.request_id)
         error = ShipyardError(
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged with "
             f"request id {ctx.request_id}. Retry, and report it if it persists.")
         self.gw.fail(ctx, error)
-        return error_response(error, headers=self.gw.headers(ctx, trace_id))
+        return error_response(error, headers=self.gw.headers(ctx))
 
-    async def _stream(self, ctx: RequestContext, trace_id: str, source: AsyncIterator[bytes],
+    async def _stream(self, ctx: RequestContext, source: AsyncIterator[bytes],
                       payload: dict[str, Any], wants_usage: bool, drop_usage: bool,
                       started: float) -> AsyncIterator[bytes]:
         sent = 0
@@ -117,9 +115,9 @@ class OpenAIRoutes:
             ctx.response_bytes = sent
             if ctx.response_body is not None:
                 ctx.response_body = self.gw.capture_body(ctx, ctx.response_body)
-            self.gw.finish(ctx, trace_id)
+            self.gw.finish(ctx)
 
-    def _complete(self, ctx: RequestContext, trace_id: str, target: ModelTarget,
+    def _complete(self, ctx: RequestContext, target: ModelTarget,
                   endpoint: Endpoint, payload: dict[str, Any], reply: Reply) -> Response:
         ctx.upstream_ms = reply.upstream_ms
         body = reply.body
@@ -140,7 +138,7 @@ class OpenAIRoutes:
             first = choices[0]
             if isinstance(first, dict) and first.get("finish_reason"):
                 ctx.finish_reason = str(first["finish_reason"])
-        headers = {**self.gw.headers(ctx, trace_id), "x-shipyard-model": target.alias}
+        headers = {**self.gw.headers(ctx), "x-shipyard-model": target.alias}
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             ctx.set_usage(usage)
@@ -159,7 +157,6 @@ class OpenAIRoutes:
     async def embeddings(self, request: Request) -> Response:
         gw = self.gw
         ctx = gw.begin(request, "embeddings")
-        trace_id = uuid.uuid4().hex
         try:
             gw.authenticate(request, ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
@@ -169,14 +166,14 @@ class OpenAIRoutes:
             payload = dict(body)
             payload["model"] = target.upstream_model
             reply = await target.handler(Call(ctx, "embeddings", payload, False, target))
-            return self._complete(ctx, trace_id, target, "embeddings", payload, reply)
+            return self._complete(ctx, target, "embeddings", payload, reply)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
-            return error_response(exc, headers=gw.headers(ctx, trace_id))
+            return error_response(exc, headers=gw.headers(ctx))
         except Exception as exc:
-            return self._internal(ctx, trace_id, exc)
+            return self._internal(ctx, exc)
         finally:
-            gw.finish(ctx, trace_id)
+            gw.finish(ctx)
 
     def _model_card(self, target: ModelTarget) -> dict[str, Any]:
         return {"id": target.alias, "object": "model", "created": self.gw.created,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 import orjson
 from starlette.requests import Request
@@ -36,7 +35,6 @@ class ServiceRoutes:
     async def invoke(self, request: Request) -> Response:
         gw = self.gw
         ctx = gw.begin(request, "invoke")
-        trace_id = uuid.uuid4().hex
         try:
             gw.authenticate(request, ctx)
             name = request.path_params["name"]
@@ -54,7 +52,7 @@ class ServiceRoutes:
             started = ctx.elapsed_ms()
             output = await service.invoke(argument)
             ctx.upstream_ms = ctx.elapsed_ms() - started
-            result = {"id": trace_id, "object": "service.result", "service": name,
+            result = {"id": ctx.trace_id, "object": "service.result", "service": name,
                       "output": output}
             try:
                 payload = orjson.dumps(result)
@@ -65,20 +63,20 @@ class ServiceRoutes:
             ctx.response_bytes = len(payload)
             ctx.response_body = gw.capture_body(ctx, output)
             ctx.status = 200
-            return json_response(None, body=payload, headers=gw.headers(ctx, trace_id))
+            return json_response(None, body=payload, headers=gw.headers(ctx))
         except ShipyardError as exc:
             gw.fail(ctx, exc)
             if isinstance(exc, ServiceError):
                 log.warning("service %s failed: %s", ctx.service, exc.message)
-            return error_response(exc, headers=gw.headers(ctx, trace_id))
+            return error_response(exc, headers=gw.headers(ctx))
         except Exception as exc:
             log.exception("internal error in request %s", ctx.request_id)
             error = ShipyardError(f"Shipyard hit an internal error ({type(exc).__name__}); "
                                   f"request id {ctx.request_id}.")
             gw.fail(ctx, error)
-            return error_response(error, headers=gw.headers(ctx, trace_id))
+            return error_response(error, headers=gw.headers(ctx))
         finally:
-            gw.finish(ctx, trace_id)
+            gw.finish(ctx)
 
 
 def service_routes(gateway: Gateway) -> list[Route]:

@@ -58,8 +58,22 @@ class Metrics:
             "Traces that could not be queued because the trace queue was full.", registry=r)
         self.trace_queue_depth = Gauge(
             "shipyard_trace_queue_depth", "Traces waiting to be written.", registry=r)
+        self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r)
+
+    def request_series(self, route: str, service: str, model: str,
+                       status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram children for these labels (cached:
+        `labels()` takes a lock and builds a key on every call)."""
+        key = (route, service, model, status)
+        series = self._series.get(key)
+        if series is None:
+            labels = (route, service, model, str(status))
+            series = (self.requests.labels(*labels), self.latency.labels(*labels))
+            if len(self._series) < 10_000:  # bounded: labels come from config, not clients
+                self._series[key] = series
+        return series
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.trace_queue_depth.set_function(lambda: float(depth()))
