@@ -330,6 +330,7 @@ class WrkResult:
     mean_ms: float
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    foreign_cpu: float = 0.0  # share of the machine used by other processes during the run
 
     @property
     def error_count(self) -> int:
@@ -421,6 +422,59 @@ def cpu_busy(interval_s: float = 1.0) -> float:
     total1, idle1 = _cpu_times()
     total = total1 - total0
     return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def _proc_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class ForeignCpu:
+    """Measures how much of the machine's CPU went to processes outside the benchmark.
+
+    Ours are the trees under `roots`, this process and its waited-for children (wrk).
+    `foreign` is the share of all cores' time used by anything else (0..1).
+    """
+
+    def __init__(self, roots: Sequence[int]) -> None:
+        self.roots = list(roots)
+        self.foreign = 0.0
+        self._start: tuple[int, int, dict[int, int], float] | None = None
+
+    def _ours(self) -> dict[int, int]:
+        pids = {os.getpid()}
+        for root in self.roots:
+            pids.update(process_tree(root))
+        return {pid: _proc_ticks(pid) for pid in pids}
+
+    @staticmethod
+    def _children_ticks() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> ForeignCpu:
+        total, idle = _cpu_times()
+        self._start = (total, idle, self._ours(), self._children_ticks())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._start is not None
+        total0, idle0, ours0, children0 = self._start
+        total1, idle1 = _cpu_times()
+        ours1 = self._ours()
+        ours = sum(ticks - ours0.get(pid, 0) for pid, ticks in ours1.items())
+        busy = (total1 - total0) - (idle1 - idle0)
+        wrk = self._children_ticks() - children0
+        elapsed = total1 - total0
+        self.foreign = max(0.0, (busy - ours - wrk) / elapsed) if elapsed > 0 else 0.0
 
 
 def wait_for_quiet(max_wait_s: float = 60.0, threshold: float = 0.15) -> float:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     BENCH_DIR,
     RESULTS_DIR,
+    ForeignCpu,
     HttpResult,
     ProcessGroup,
     RssSampler,
@@ -76,6 +77,7 @@ TARGET_NAMES = {
 GOAL_ADDED_P50_MS = 1.0
 GOAL_RPS_VS_BARE = 0.5
 GOAL_RSS_VS_LITELLM = 1 / 3
+FOREIGN_CPU_WARN = 0.05  # share of the machine used by processes outside the benchmark
 
 
 class Unavailable(Exception):
@@ -349,14 +351,21 @@ def measure(
     with RssSampler(server.pid) as sampler:
         for connections in CONCURRENCIES:
             run_wrk(ctx.wrk, url, script, connections=connections, duration_s=ctx.args.warmup)
-            run = run_wrk(
-                ctx.wrk, url, script, connections=connections, duration_s=ctx.args.duration
-            )
+            with ForeignCpu([server.pid, ctx.upstream.pid]) as foreign:
+                run = run_wrk(
+                    ctx.wrk, url, script, connections=connections, duration_s=ctx.args.duration
+                )
+            run.foreign_cpu = round(foreign.foreign, 3)
             result.runs[f"c{connections}"] = run
             log(
                 f"  {result.key} c={connections}: {run.rps:,.0f} req/s, "
                 f"p50 {run.p50_ms:.3f} ms, p99 {run.p99_ms:.3f} ms"
                 + (f", ERRORS {run.errors}" if run.errors else "")
+                + (
+                    f", WARNING: {run.foreign_cpu:.0%} of the CPU went to other processes"
+                    if run.foreign_cpu > FOREIGN_CPU_WARN
+                    else ""
+                )
             )
             if not server.alive():
                 raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
@@ -594,6 +603,12 @@ def markdown(
         for key, result in results.items()
         for run in result.runs.values()
         if run.errors
+    ] + [
+        f"- ({key}) c={run.connections}: {run.foreign_cpu:.0%} of the machine's CPU went to "
+        "processes outside the benchmark during this run; its numbers are skewed"
+        for key, result in results.items()
+        for run in result.runs.values()
+        if run.foreign_cpu > FOREIGN_CPU_WARN
     ]
     return f"""\
 ## Gateway overhead
