@@ -5,8 +5,9 @@ daemon thread drains the buffer every `flush_interval_s` (or as soon as a full b
 waiting) in batches of up to `batch_size` rows, each written in one transaction. When the
 buffer is full the record is counted in `dropped` (and the
 `shipyard_trace_queue_dropped_total` metric) and a warning is logged; nothing is dropped
-without a count. `stop()` flushes everything queued. If the store fails, the batch is kept and retried with backoff until it is written or the
-writer is stopped, when the unwritten rows are counted as lost and logged.
+without a count. `stop()` flushes everything queued. If the store fails, the batch is kept
+and retried with backoff until it is written or the writer is stopped, when the unwritten
+rows are counted as lost and logged.
 """
 
 from __future__ import annotations
