@@ -460,21 +460,28 @@ class ForeignCpu:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK")
 
+    @staticmethod
+    def _machine() -> tuple[int, int]:
+        """(all ticks, ticks in processes: user + nice + system). Interrupt time (loopback
+        networking runs in softirq) and steal are left out: no process is charged for them."""
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return sum(values[:8]), values[0] + values[1] + values[2]
+
     def __enter__(self) -> ForeignCpu:
-        total, idle = _cpu_times()
-        self._start = (total, idle, self._ours(), self._children_ticks())
+        total, busy = self._machine()
+        self._start = (total, busy, self._ours(), self._children_ticks())
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._start is not None
-        total0, idle0, ours0, children0 = self._start
-        total1, idle1 = _cpu_times()
+        total0, busy0, ours0, children0 = self._start
+        total1, busy1 = self._machine()
         ours1 = self._ours()
         ours = sum(ticks - ours0.get(pid, 0) for pid, ticks in ours1.items())
-        busy = (total1 - total0) - (idle1 - idle0)
         wrk = self._children_ticks() - children0
         elapsed = total1 - total0
-        self.foreign = max(0.0, (busy - ours - wrk) / elapsed) if elapsed > 0 else 0.0
+        self.foreign = max(0.0, (busy1 - busy0 - ours - wrk) / elapsed) if elapsed > 0 else 0.0
 
 
 def wait_for_quiet(max_wait_s: float = 60.0, threshold: float = 0.15) -> float:
@@ -507,6 +514,28 @@ def dist_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def git_revision() -> str | None:
+    """The repository's commit, with `+dirty` when src/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def now_iso() -> str:

@@ -44,6 +44,7 @@ from _harness import (
     dist_version,
     find_wrk,
     free_port,
+    git_revision,
     http_request,
     load_average,
     log,
@@ -591,7 +592,10 @@ def markdown(
     report: dict[str, Any], results: dict[str, TargetResult], summary: dict[str, Any]
 ) -> str:
     machine, versions = report["machine"], report["versions"]
-    version_text = ", ".join(f"{name} {ver or 'not installed'}" for name, ver in versions.items())
+    shown = {k: v for k, v in versions.items() if k != "shipyard_git"}
+    if versions.get("shipyard_git"):
+        shown["shipyard"] = f"{shown['shipyard']} (git {versions['shipyard_git']})"
+    version_text = ", ".join(f"{name} {ver or 'not installed'}" for name, ver in shown.items())
     notes = [
         f"- ({key}) {note}"
         for key, result in results.items()
@@ -705,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "versions": {
             "shipyard": dist_version("shipyard"),
+            "shipyard_git": git_revision(),
             "uvicorn": dist_version("uvicorn"),
             "aiohttp": dist_version("aiohttp"),
             "starlette": dist_version("starlette"),

@@ -30,6 +30,7 @@ from _harness import (
     RssSampler,
     command_line,
     dist_version,
+    git_revision,
     log,
     machine_info,
     now_iso,
@@ -157,7 +158,8 @@ def markdown(report: dict[str, Any]) -> str:
 ## Trace writer
 
 Measured {report["date"]} on {machine["cpu"]}, {machine["cores"]} cores, {machine["ram_gib"]} GiB
-RAM, Python {machine["python"]}; shipyard {report["versions"]["shipyard"]}, SQLAlchemy
+RAM, Python {machine["python"]}; shipyard {report["versions"]["shipyard"]}
+(git {report["versions"]["shipyard_git"]}), SQLAlchemy
 {report["versions"]["sqlalchemy"]}, SQLite {report["versions"]["sqlite"]}.
 
 One producer thread builds {result["count"]:,} realistic chat traces with `new_trace_record()`
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_busy_before_start": round(busy, 3),
         "versions": {
             "shipyard": dist_version("shipyard"),
+            "shipyard_git": git_revision(),
             "sqlalchemy": dist_version("sqlalchemy"),
             "sqlite": sqlite3.sqlite_version,
         },
