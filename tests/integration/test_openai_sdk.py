@@ -26,11 +26,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("stack")
     sim = launch_sim(folder)
     store = f"sqlite:///{folder}/store.db"
-    gateway = launch_gateway(folder, gateway_config(sim.port, store))
     try:
-        yield {"sim": sim, "gateway": gateway, "store": store}
+        gateway = launch_gateway(folder, gateway_config(sim.port, store))
+        try:
+            yield {"sim": sim, "gateway": gateway, "store": store}
+        finally:
+            gateway.stop()
     finally:
-        gateway.stop()
         sim.stop()
 
 

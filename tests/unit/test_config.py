@@ -205,19 +205,23 @@ def test_env_override_is_validated_like_the_file() -> None:
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("SHIPYARD_SERVR_PORT", "is not a known setting"),
-    ("SHIPYARD_AUTH_DISABLED", "is not a known setting"),
     ("SHIPYARD_SERVER_HOTS", "did you mean 'host'"),
+    ("SHIPYARD_STORE_URLL", "did you mean 'url'"),
+    ("SHIPYARD_TRACES_QUEUE", "names no setting 'traces.queue'"),
 ])
-def test_unknown_shipyard_variable_is_rejected(name: str, expected: str) -> None:
+def test_override_naming_no_setting_is_rejected(name: str, expected: str) -> None:
     message = config_error("", environ={name: "1"})
     assert name in message
     assert expected in message
 
 
-def test_reserved_shipyard_variables_are_not_overrides() -> None:
-    config = parse_config("", environ={"SHIPYARD_API_KEY": KEY, "SHIPYARD_CONFIG": "x.yaml"})
+def test_other_shipyard_variables_are_not_overrides() -> None:
+    # Free for secrets and tooling; and auth can never be switched off from the environment.
+    config = parse_config("auth: {api_keys: [{$env: SHIPYARD_API_KEY}]}", environ={
+        "SHIPYARD_API_KEY": KEY, "SHIPYARD_CONFIG": "x.yaml", "SHIPYARD_AUTH_DISABLED": "true",
+        "SHIPYARD_REQUIRE_SERVICES": "1", "SHIPYARD_SERVR_PORT": "1"})
     assert config.server.port == 8000
+    assert config.auth.disabled is False
 
 
 def test_secrets_false_uses_a_placeholder_for_unresolvable_references(tmp_path: Path) -> None:

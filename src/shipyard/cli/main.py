@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from sqlalchemy import create_engine
 
 from shipyard._version import __version__
 from shipyard.cli import traces as traces_cli
@@ -77,15 +78,18 @@ def config_check(
     """Validate shipyard.yaml (and import every Python function it names) without serving."""
     file, cfg = resolve_config(config)
     try:
-        gateway = Gateway(cfg)  # imports functions and schemas: the same checks as serve
+        # Imports every function and schema: the same checks as serve. Without --store, an
+        # in-memory engine keeps the check from touching the configured store at all.
+        engine = None if store else create_engine("sqlite://")
+        gateway = Gateway(cfg, engine=engine)
     except ShipyardError as exc:
         raise fail(exc) from None
     if store:
         try:
-            migrate_ok = asyncio.run(gateway.store_reachable())
+            reachable = asyncio.run(gateway.store_reachable())
         finally:
             gateway.engine.dispose()
-        if not migrate_ok:
+        if not reachable:
             raise fail(f"{file}: the store at store.url cannot be reached; check the URL and "
                        "that the database is running.")
     console.print(f"[green]✓[/] {file} is valid: {len(cfg.providers)} providers, "

@@ -30,8 +30,9 @@ Secrets are held as opaque values: they never appear in logs, errors, traces or 
 Scalar settings of `server`, `store` and `traces` can be overridden with
 `SHIPYARD_<SECTION>_<KEY>`, e.g. `SHIPYARD_SERVER_PORT=9000` or
 `SHIPYARD_STORE_URL=postgresql+psycopg://app@db:5432/shipyard`. `SHIPYARD_CONFIG` names the
-config file when `--config` is not given. Unknown `SHIPYARD_*` variables are an error, so a
-typo cannot silently do nothing.
+config file when `--config` is not given. A `SHIPYARD_SERVER_*`, `SHIPYARD_STORE_*` or
+`SHIPYARD_TRACES_*` variable that names no setting is an error (with a suggestion), so a typo
+cannot silently do nothing; other `SHIPYARD_*` names are free for your own secrets.
 
 ## Settings
 """

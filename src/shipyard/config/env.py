@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = ["PREFIX", "config_path_from_env", "export", "get", "overrides", "snapshot"]
+__all__ = [
+    "PREFIX",
+    "SECTIONS",
+    "config_path_from_env", "export", "get", "overrides", "snapshot"]
 
 PREFIX = "SHIPYARD_"
-# Names under SHIPYARD_ that are not setting overrides.
-_RESERVED = {"SHIPYARD_CONFIG", "SHIPYARD_API_KEY", "SHIPYARD_STRICT_SERVICES"}
+# Sections whose scalar settings can be overridden: SHIPYARD_<SECTION>_<KEY>. Other SHIPYARD_*
+# variables (SHIPYARD_API_KEY, SHIPYARD_CONFIG, your own secret names) are left alone.
+SECTIONS = ("server", "store", "traces")
 
 
 def get(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -27,12 +31,13 @@ def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None
 
 
 def overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return `SHIPYARD_SECTION_KEY=value` variables as `{"section_key": value}` (lowercase)."""
+    """Return `SHIPYARD_<SECTION>_<KEY>=value` variables as `{"section_key": value}`."""
     env = os.environ if environ is None else environ
+    prefixes = tuple(f"{PREFIX}{section.upper()}_" for section in SECTIONS)
     return {
         name[len(PREFIX) :].lower(): value
         for name, value in env.items()
-        if name.startswith(PREFIX) and name not in _RESERVED
+        if name.startswith(prefixes)
     }
 
 

@@ -20,7 +20,6 @@ from shipyard.errors import ConfigError
 
 __all__ = ["load_config", "parse_config"]
 
-_SECTIONS_WITH_OVERRIDES = ("server", "store", "traces")
 
 
 def load_config(
@@ -160,11 +159,7 @@ def _apply_overrides(data: dict[str, Any], values: dict[str, str], problems: lis
     for name, value in sorted(values.items()):
         section, _, key = name.partition("_")
         model = Config.model_fields.get(section)
-        if section not in _SECTIONS_WITH_OVERRIDES or model is None or not key:
-            problems.append(
-                f"environment variable SHIPYARD_{name.upper()} is not a known setting; "
-                "overrides look like SHIPYARD_SERVER_PORT or SHIPYARD_STORE_URL."
-            )
+        if section not in env.SECTIONS or model is None or not key:
             continue
         fields = model.annotation.model_fields  # type: ignore[union-attr]
         if key not in fields:

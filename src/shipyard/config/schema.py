@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -134,8 +134,15 @@ class ProviderConfig(_Section):
     api_key: SecretStr | None = Field(
         None, description="openai: upstream API key, as `{$env: NAME}` or `{$file: path}`."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="openai: extra headers sent with every upstream call."
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="openai: extra headers sent with every upstream call (values may be secret "
+        "references, e.g. Azure's `api-key: {$env: AZURE_OPENAI_KEY}`).",
+    )
+    query: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai: query parameters added to every upstream URL, e.g. Azure's "
+        "`api-version: 2024-10-21`.",
     )
     function: str | None = Field(
         None, description="python: the callable as `package.module:function` (sync or async)."
@@ -284,8 +291,13 @@ class Setting:
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("pydantic.types.", "")
+    if get_origin(annotation) is not None:
+        text = str(annotation)
+    else:
+        text = getattr(annotation, "__name__", None) or str(annotation)
+    for prefix in ("typing.", "pydantic.types.", "shipyard.config.schema."):
+        text = text.replace(prefix, "")
+    return text
 
 
 def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[Setting]:

@@ -90,7 +90,11 @@ class OpenAIProvider:
         self.config = config
         self.base_url = (config.base_url or "").rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._headers = {"content-type": "application/json", **config.headers}
+        self._headers = {
+            "content-type": "application/json",
+            **{k: v.get_secret_value() for k, v in config.headers.items()},
+        }
+        self._query = config.query or None
         if config.api_key is not None:
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self._timeout = aiohttp.ClientTimeout(
@@ -128,7 +132,8 @@ class OpenAIProvider:
         url = f"{self.base_url}/{endpoint}"
         started = time.perf_counter()
         try:
-            response = await session.post(url, data=orjson.dumps(payload), headers=headers)
+            response = await session.post(url, data=orjson.dumps(payload), headers=headers,
+                                          params=self._query)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"The upstream '{self.name}' did not answer within "
