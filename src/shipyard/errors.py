@@ -16,7 +16,8 @@ ShipyardError                       500 internal_error
 ├── CapacityError                   503 server_error / overloaded (sent with Retry-After)
 ├── UpstreamError                   502 upstream_error
 │   ├── UpstreamTimeout             504 upstream_error / upstream_timeout
-│   └── UpstreamUnavailable         502 upstream_error / upstream_unavailable
+│   ├── UpstreamUnavailable         502 upstream_error / upstream_unavailable
+│   └── CircuitOpen                 503 upstream_error / circuit_open (sent with Retry-After)
 └── ServiceError                    500 service_error (a hosted function raised)
 ```
 
@@ -32,6 +33,7 @@ from typing import Any
 __all__ = [
     "AuthenticationFailed",
     "CapacityError",
+    "CircuitOpen",
     "ClientError",
     "ConfigError",
     "InvalidJSON",
@@ -186,3 +188,10 @@ class ServiceError(ShipyardError):
     status = 500
     type = "service_error"
     code = "service_error"
+
+
+class CircuitOpen(UpstreamError):
+    """Every deployment (and fallback) of a model has an open circuit: fail fast."""
+
+    status = 503
+    code = "circuit_open"

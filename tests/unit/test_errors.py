@@ -61,6 +61,7 @@ EXPECTED = {  # class: (status, type, code)
     "UpstreamError": (502, "upstream_error", "upstream_error"),
     "UpstreamTimeout": (504, "upstream_error", "upstream_timeout"),
     "UpstreamUnavailable": (502, "upstream_error", "upstream_unavailable"),
+    "CircuitOpen": (503, "upstream_error", "circuit_open"),
     "ServiceError": (500, "service_error", "service_error"),
 }
 

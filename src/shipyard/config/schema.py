@@ -54,6 +54,21 @@ class ServerConfig(_Section):
         "info", description="Log level of the gateway and its access log."
     )
     access_log: bool = Field(False, description="Write one uvicorn access-log line per request.")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Most requests processed at once in this process (none: no limit)."
+    )
+    max_queue: int = Field(
+        0, ge=0, description="Requests that may wait for a global slot; beyond it, 503 at once."
+    )
+    max_queue_ms: float = Field(
+        1000.0, ge=0, description="Longest a request waits for a global slot before a 503."
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests (streams too) may finish before "
+        "the process exits.",
+    )
 
 
 class StoreConfig(_Section):
@@ -90,6 +105,17 @@ class TracesConfig(_Section):
     flush_interval_s: float = Field(
         0.2, gt=0, le=60, description="Longest a trace waits in the queue before it is written."
     )
+    spool_dir: str = Field(
+        ".shipyard/spool",
+        description="Where traces wait on disk while the store is down (replayed in order when "
+        "it is back).",
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of spooled traces; beyond it traces are counted as lost and "
+        "logged.",
+    )
     max_payload_chars: int = Field(
         32_768,
         ge=0,
@@ -119,6 +145,102 @@ class AuthConfig(_Section):
             if len(key.get_secret_value()) < 8:
                 raise ValueError("every API key must be at least 8 characters long")
         return self
+
+
+class CircuitConfig(_Section):
+    enabled: bool = Field(True, description="Stop sending to a deployment that keeps failing.")
+    window_s: float = Field(
+        30.0, gt=0, description="Rolling window the failure rate is measured over."
+    )
+    min_requests: int = Field(
+        20, ge=1, description="Fewest requests in the window before the circuit may open."
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Failure share in the window that opens the circuit."
+    )
+    open_s: float = Field(
+        15.0, gt=0, description="How long an open circuit rejects calls before probing."
+    )
+    half_open_probes: int = Field(
+        3, ge=1, description="Successful probe calls in a row that close the circuit again."
+    )
+
+
+class RetryConfig(_Section):
+    attempts: int = Field(
+        3, ge=1, le=10, description="Attempts per model alias, the first one included."
+    )
+    backoff_base_s: float = Field(
+        0.1, ge=0, description="First backoff; doubles per retry, with full jitter."
+    )
+    backoff_max_s: float = Field(5.0, ge=0, description="Longest backoff between attempts.")
+    budget_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="Retries allowed as a share of requests over the budget window "
+        "(0.2 = at most 20% extra attempts), so retries cannot become a retry storm.",
+    )
+    budget_window_s: float = Field(10.0, gt=0, description="Window of the retry budget.")
+    budget_min_per_s: float = Field(
+        1.0, ge=0, description="Retries per second always allowed, so quiet services can retry."
+    )
+
+
+class AdmissionConfig(_Section):
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Most requests processed at once (none: no limit)."
+    )
+    max_queue: int = Field(
+        0, ge=0, description="Requests that may wait for a slot; beyond it, 503 at once."
+    )
+    max_queue_ms: float = Field(
+        1000.0, ge=0, description="Longest a request waits in the queue before a 503."
+    )
+
+
+class LimitsConfig(_Section):
+    max_messages: int | None = Field(
+        None, ge=1, description="Most chat messages in one request (400 beyond)."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on the `max_tokens` a request may ask for (400 beyond; the cap is "
+        "also sent upstream when the request does not set one).",
+    )
+
+
+class CacheConfig(_Section):
+    enabled: bool = Field(False, description="Serve repeated identical requests from a cache.")
+    ttl_s: float = Field(300.0, gt=0, description="How long an answer stays cached.")
+    max_entries: int = Field(10_000, ge=1, description="Most answers kept (in-process backend).")
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Most bytes kept (in-process backend)."
+    )
+    nonzero_temperature: bool = Field(
+        False,
+        description="Also cache requests with temperature > 0 (or unset, which means 1); off by "
+        "default because such answers are meant to vary.",
+    )
+
+
+class StateConfig(_Section):
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where shared state (the response cache) lives: `memory` (one process) or "
+        "`redis` (shared by replicas; install `shipyard[redis]`).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL when `backend: redis`."
+    )
+    key_prefix: str = Field("shipyard:", description="Prefix of every Redis key Shipyard writes.")
+
+
+class DeploymentConfig(_Section):
+    provider: str = Field(description="Name of an entry under `providers`.")
+    model: str | None = Field(None, description="Model name sent upstream (default: the alias).")
+    weight: float = Field(1.0, gt=0, description="Share of traffic, relative to the others.")
 
 
 class ProviderConfig(_Section):
@@ -153,6 +275,19 @@ class ProviderConfig(_Section):
     connect_timeout_s: float = Field(
         10.0, gt=0, description="Time to open a connection to the upstream, in seconds."
     )
+    first_byte_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Time to the answer's first byte (for non-streaming calls, the whole "
+        "generation), per attempt.",
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="Longest silence between two streamed chunks, per attempt."
+    )
+    circuit: CircuitConfig = Field(
+        default_factory=lambda: CircuitConfig(),
+        description="Circuit breaker of each deployment on this provider.",
+    )
     max_connections: int = Field(
         256, ge=1, description="openai: size of the keep-alive connection pool to the upstream."
     )
@@ -186,10 +321,32 @@ class ProviderConfig(_Section):
 
 
 class ModelConfig(_Section):
-    provider: str = Field(description="Name of an entry under `providers`.")
+    provider: str | None = Field(
+        None, description="Name of an entry under `providers` (or list `deployments`)."
+    )
     model: str | None = Field(
         None, description="Model name sent upstream; defaults to the alias itself."
     )
+    deployments: list[DeploymentConfig] = Field(
+        default_factory=list,
+        description="Several deployments of this model, balanced by least in-flight requests "
+        "and weight; a failing one is ejected by its circuit breaker.",
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Aliases tried in order when this one fails in a retryable way, its "
+        "circuits are open or the deadline is near. The answer names the alias that served it.",
+    )
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
+    deadline_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a request may take, retries and fallbacks included; a client's "
+        "own shorter timeout (the OpenAI SDK's `x-stainless-timeout`) wins.",
+    )
+    admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
     type: Literal["chat", "embedding"] = Field(
         "chat", description="`chat` (chat and legacy completions) or `embedding`."
     )
@@ -199,6 +356,20 @@ class ModelConfig(_Section):
         "(sizes, counts, finish reason) or `full` (request and response bodies).",
     )
     owned_by: str = Field("shipyard", description="`owned_by` shown in `GET /v1/models`.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ModelConfig:
+        if self.provider is None and not self.deployments:
+            raise ValueError("needs 'provider' (one deployment) or a list of 'deployments'")
+        if self.provider is not None and self.deployments:
+            raise ValueError("set either 'provider' or 'deployments', not both")
+        return self
+
+    def targets(self, alias: str) -> list[DeploymentConfig]:
+        """The deployments of this alias (one when `provider` is set)."""
+        if self.deployments:
+            return list(self.deployments)
+        return [DeploymentConfig(provider=self.provider or "", model=self.model or alias)]
 
 
 class ServiceConfig(_Section):
@@ -215,6 +386,7 @@ class ServiceConfig(_Section):
     capture: CaptureMode = Field("metadata", description="Payload capture policy for traces.")
     timeout_s: float = Field(60.0, gt=0, description="Longest one call may run, in seconds.")
     description: str = Field("", description="Shown in the service listing.")
+    admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
 
     @field_validator("function", "input_model")
     @classmethod
@@ -254,6 +426,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     traces: TracesConfig = Field(default_factory=lambda: TracesConfig())
+    state: StateConfig = Field(default_factory=lambda: StateConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig(disabled=True))
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Upstreams by name."
@@ -270,13 +443,27 @@ class Config(_Section):
         _names_ok("provider", iter(self.providers))
         _names_ok("model", iter(self.models))
         _names_ok("service", iter(self.services))
+        known = ", ".join(sorted(self.providers)) or "none are defined"
         for alias, model in self.models.items():
-            if model.provider not in self.providers:
-                known = ", ".join(sorted(self.providers)) or "none are defined"
-                raise ValueError(
-                    f"models.{alias}.provider is '{model.provider}', which is not a provider "
-                    f"(known: {known}); add it under 'providers' or fix the name"
-                )
+            for i, target in enumerate(model.targets(alias)):
+                if target.provider not in self.providers:
+                    where = (f"models.{alias}.deployments[{i}].provider" if model.deployments
+                             else f"models.{alias}.provider")
+                    raise ValueError(
+                        f"{where} is '{target.provider}', which is not a provider "
+                        f"(known: {known}); add it under 'providers' or fix the name"
+                    )
+            for fallback in model.fallbacks:
+                if fallback == alias or fallback not in self.models:
+                    raise ValueError(
+                        f"models.{alias}.fallbacks names '{fallback}', which is not another "
+                        f"model alias (known: {', '.join(sorted(self.models))})"
+                    )
+                if self.models[fallback].type != model.type:
+                    raise ValueError(
+                        f"models.{alias}.fallbacks names '{fallback}', a "
+                        f"{self.models[fallback].type} model; fallbacks must be {model.type} models"
+                    )
         return self
 
 
@@ -316,6 +503,12 @@ def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator
             continue
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from iter_settings(annotation, path + ".")
+            continue
+        args = getattr(annotation, "__args__", ())
+        if (get_origin(annotation) is list and args and isinstance(args[0], type)
+                and issubclass(args[0], BaseModel)):
+            yield Setting(path, "list", "[]", field.description or "")
+            yield from iter_settings(args[0], path + "[].")
             continue
         if field.default_factory is not None:
             default = repr(field.default_factory())  # type: ignore[call-arg]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from shipyard.errors import ModelNotFound, ShipyardError, UpstreamError
+from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json
 from shipyard.gateway.pipeline import Call, ModelTarget
@@ -21,6 +22,7 @@ from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.providers.base import Endpoint, Reply
+from shipyard.resilience.admission import BATCH, INTERACTIVE
 
 __all__ = ["openai_routes"]
 
@@ -49,34 +51,29 @@ class OpenAIRoutes:
         ctx = gw.begin(request, route)
         streaming = False
         try:
+            gw.refuse_if_draining()
             gw.authenticate(request, ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias, stream = validate(body)
             target = gw.model(alias, "chat", ctx)
             ctx.stream = stream
             ctx.request_body = gw.capture_body(ctx, body)
-            payload = dict(body)
-            payload["model"] = target.upstream_model
-            options = body.get("stream_options") or {}
-            wants_usage = stream and bool(options.get("include_usage"))
-            drop_usage = False
-            provider_config = getattr(target.provider, "config", None)
-            if (stream and not wants_usage and target.provider.kind == "openai"
-                    and getattr(provider_config, "stream_usage", False)):
-                payload["stream_options"] = {**options, "include_usage": True}
-                drop_usage = True
+            payload = _apply_limits(target, body)
+            wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
+            call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
+                        deadline=_deadline(request, target), priority=_priority(request))
             started = time.perf_counter()
-            reply = await target.handler(Call(ctx, endpoint, payload, stream, target))
+            reply = await target.handler(call)
             if stream and reply.stream is not None:
                 ctx.upstream_ms = reply.upstream_ms
-                headers = {**_SSE_HEADERS, **gw.headers(ctx),
-                           "x-shipyard-model": alias}
+                headers = {**_SSE_HEADERS, **gw.headers(ctx), **_shipyard_headers(reply),
+                           "x-shipyard-model": call.served_by or alias}
                 streaming = True
                 return StreamingResponse(
                     self._stream(ctx, reply.stream, payload, wants_usage,
-                                 drop_usage, started),
+                                 reply.usage_injected, started),
                     media_type="text/event-stream", headers=headers)
-            return self._complete(ctx, target, endpoint, payload, reply)
+            return self._complete(ctx, call, endpoint, payload, reply)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
             return error_response(exc, headers=gw.headers(ctx))
@@ -117,8 +114,8 @@ class OpenAIRoutes:
                 ctx.response_body = self.gw.capture_body(ctx, ctx.response_body)
             self.gw.finish(ctx)
 
-    def _complete(self, ctx: RequestContext, target: ModelTarget,
-                  endpoint: Endpoint, payload: dict[str, Any], reply: Reply) -> Response:
+    def _complete(self, ctx: RequestContext, call: Call, endpoint: Endpoint,
+                  payload: dict[str, Any], reply: Reply) -> Response:
         ctx.upstream_ms = reply.upstream_ms
         body = reply.body
         data = reply.data
@@ -127,18 +124,19 @@ class OpenAIRoutes:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise UpstreamError(
-                    f"The upstream '{target.provider.name}' answered with malformed JSON.",
+                    f"The upstream '{ctx.provider}' answered with malformed JSON.",
                     upstream_status=200) from None
             if not isinstance(data, dict):
                 raise UpstreamError(
-                    f"The upstream '{target.provider.name}' answered with a JSON "
+                    f"The upstream '{ctx.provider}' answered with a JSON "
                     f"{type(data).__name__}, not an object.", upstream_status=200)
         choices = data.get("choices")
         if endpoint != "embeddings" and isinstance(choices, list) and choices:
             first = choices[0]
             if isinstance(first, dict) and first.get("finish_reason"):
                 ctx.finish_reason = str(first["finish_reason"])
-        headers = {**self.gw.headers(ctx), "x-shipyard-model": target.alias}
+        headers = {**self.gw.headers(ctx), **_shipyard_headers(reply),
+                   "x-shipyard-model": call.served_by or call.target.alias}
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             ctx.set_usage(usage)
@@ -158,15 +156,17 @@ class OpenAIRoutes:
         gw = self.gw
         ctx = gw.begin(request, "embeddings")
         try:
+            gw.refuse_if_draining()
             gw.authenticate(request, ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias = validate_embeddings(body)
             target = gw.model(alias, "embedding", ctx)
             ctx.request_body = gw.capture_body(ctx, body)
             payload = dict(body)
-            payload["model"] = target.upstream_model
-            reply = await target.handler(Call(ctx, "embeddings", payload, False, target))
-            return self._complete(ctx, target, "embeddings", payload, reply)
+            call = Call(ctx, "embeddings", payload, False, target,
+                        deadline=_deadline(request, target), priority=_priority(request))
+            reply = await target.handler(call)
+            return self._complete(ctx, call, "embeddings", payload, reply)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
             return error_response(exc, headers=gw.headers(ctx))
@@ -192,6 +192,59 @@ class OpenAIRoutes:
             raise ModelNotFound(f"The model '{alias}' does not exist; see GET /v1/models for "
                                 "the available models.", param="model")
         return json_response(self._model_card(target))
+
+
+def _shipyard_headers(reply: Reply) -> dict[str, str]:
+    return {k: v for k, v in reply.headers.items() if k.startswith("x-shipyard-")}
+
+
+def _deadline(request: Request, target: ModelTarget) -> float:
+    """When the answer must have started: the alias's deadline, or the client's own shorter
+    timeout (the OpenAI SDK sends it as `x-stainless-timeout`, in seconds)."""
+    seconds = target.config.deadline_s
+    given = request.headers.get("x-stainless-timeout")
+    if given:
+        try:
+            client = float(given)
+        except ValueError:
+            client = math.inf
+        if 0 < client < seconds:
+            seconds = client
+    return time.monotonic() + seconds
+
+
+def _priority(request: Request) -> int:
+    value = request.headers.get("x-shipyard-priority")
+    if value is None or value == "interactive":
+        return INTERACTIVE
+    if value == "batch":
+        return BATCH
+    raise InvalidRequest(f"Header 'x-shipyard-priority' is {value!r}; it must be 'interactive' "
+                         "or 'batch'.", param="x-shipyard-priority")
+
+
+def _apply_limits(target: ModelTarget, body: dict[str, Any]) -> dict[str, Any]:
+    """Enforce the alias's request limits; returns the payload to send (a copy)."""
+    limits = target.config.limits
+    payload = dict(body)
+    messages = body.get("messages")
+    if limits.max_messages is not None and isinstance(messages, list) and (
+            len(messages) > limits.max_messages):
+        raise InvalidRequest(
+            f"The request has {len(messages)} messages; model '{target.alias}' accepts at most "
+            f"{limits.max_messages} (models.{target.alias}.limits.max_messages). Shorten the "
+            "conversation.", param="messages", code="too_many_messages")
+    if limits.max_tokens is not None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            asked = body.get(name)
+            if isinstance(asked, int) and asked > limits.max_tokens:
+                raise InvalidRequest(
+                    f"Parameter '{name}' is {asked}; model '{target.alias}' allows at most "
+                    f"{limits.max_tokens} (models.{target.alias}.limits.max_tokens). Ask for "
+                    "fewer tokens.", param=name, code="max_tokens_exceeded")
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            payload["max_tokens"] = limits.max_tokens
+    return payload
 
 
 def _estimate_usage(endpoint: Endpoint, payload: dict[str, Any],

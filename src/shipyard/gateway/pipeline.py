@@ -13,13 +13,17 @@ interface, and so can a user's own stage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shipyard.config.schema import ModelConfig
 from shipyard.gateway.context import RequestContext
-from shipyard.providers.base import Endpoint, Provider, Reply
+from shipyard.providers.base import Endpoint, Reply
+from shipyard.resilience.admission import Admission
+from shipyard.resilience.failover import Deployment, failover
+from shipyard.resilience.retry import RetryBudget
 
 __all__ = ["Call", "Handler", "ModelTarget", "Stage", "compose"]
 
@@ -34,6 +38,10 @@ class Call:
     stream: bool
     target: ModelTarget
     headers: dict[str, str] = field(default_factory=dict)
+    deadline: float = math.inf  # time.monotonic() by which the answer must have started
+    priority: int = 0  # 0 interactive, 1 batch
+    client_wants_usage: bool = False
+    served_by: str | None = None  # the alias that answered (a fallback, maybe)
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
@@ -46,14 +54,7 @@ class Stage:
         return await call_next(call)
 
 
-async def send_to_provider(call: Call) -> Reply:
-    """The terminal step: hand the call to the target's provider."""
-    return await call.target.provider.send(
-        call.endpoint, call.payload, stream=call.stream, headers=call.headers or None
-    )
-
-
-def compose(stages: Sequence[Stage], terminal: Handler = send_to_provider) -> Handler:
+def compose(stages: Sequence[Stage], terminal: Handler = failover) -> Handler:
     """Chain stages around `terminal`, first stage outermost."""
     handler = terminal
     for stage in reversed(stages):
@@ -68,18 +69,23 @@ def _link(stage: Stage, call_next: Handler) -> Handler:
     return handler
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ModelTarget:
     """A model alias and everything needed to serve it."""
 
     alias: str
     config: ModelConfig
-    provider: Provider
-    upstream_model: str
-    handler: Handler = send_to_provider
+    deployments: list[Deployment]
+    budget: RetryBudget
+    fallback_targets: list[ModelTarget] = field(default_factory=list)
+    handler: Handler = failover
     stages: list[Stage] = field(default_factory=list)
+    admissions: list[Admission] = field(default_factory=list)
 
     def use(self, *stages: Stage) -> None:
         """Add stages (outermost first) and recompose the handler."""
         self.stages.extend(stages)
         self.handler = compose(self.stages)
+
+    def open_circuits(self) -> int:
+        return sum(1 for d in self.deployments if d.breaker.state != "closed")

@@ -15,13 +15,24 @@ from sqlalchemy import Engine
 from starlette.requests import Request
 
 from shipyard.config.schema import Config
-from shipyard.errors import ConfigError, InvalidRequest, ModelNotFound, ShipyardError
+from shipyard.errors import (
+    CapacityError,
+    ConfigError,
+    InvalidRequest,
+    ModelNotFound,
+    ShipyardError,
+)
 from shipyard.gateway.auth import Authenticator
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
+from shipyard.gateway.targets import build_targets
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
+from shipyard.resilience.admission import Admission
+from shipyard.state.base import KeyValue
+from shipyard.state.memory import MemoryKeyValue
+from shipyard.state.redis import RedisKeyValue
 from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.store.writer import TraceWriter
 
@@ -44,15 +55,17 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
-        self.models: dict[str, ModelTarget] = {
-            alias: ModelTarget(
-                alias=alias,
-                config=m,
-                provider=self.providers[m.provider],
-                upstream_model=m.model or alias,
-            )
-            for alias, m in config.models.items()
-        }
+        self.kv: KeyValue = (
+            RedisKeyValue(config.state.redis_url, prefix=config.state.key_prefix)
+            if config.state.backend == "redis" else MemoryKeyValue()
+        )
+        server = config.server
+        self.admission = Admission("The gateway", max_in_flight=server.max_in_flight,
+                                   max_queue=server.max_queue, max_queue_ms=server.max_queue_ms)
+        self.models: dict[str, ModelTarget] = build_targets(
+            config, self.providers, self.metrics, global_admission=self.admission,
+            cache_store=self.kv)
+        self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
             name: HostedService(name, s) for name, s in config.services.items()
         }
@@ -90,8 +103,23 @@ class Gateway:
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
 
+    def _queue_depths(self) -> dict[str, int]:
+        depths = {"global": self.admission.queued}
+        for alias, target in self.models.items():
+            for admission in target.admissions:
+                if admission is not self.admission:
+                    depths[alias] = admission.queued
+        return depths
+
+    def drain(self) -> None:
+        """Stop taking new work (readiness goes false, new requests get 503)."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: /readyz is now 503 and new requests are refused")
+
     async def stop(self) -> None:
-        self.draining = True
+        self.drain()
+        await self.kv.close()
         for provider in self.providers.values():
             try:
                 await provider.close()
@@ -126,6 +154,14 @@ class Gateway:
         ctx.tenant_id = principal.tenant_id
         ctx.key_id = principal.key_id
 
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            self.metrics.shed.labels("drain").inc()
+            raise CapacityError(
+                "This Shipyard instance is shutting down and takes no new requests; retry "
+                "(another replica will answer).",
+                headers={"retry-after": "1", "connection": "close"})
+
     def model(self, alias: str, kind: str, ctx: RequestContext) -> ModelTarget:
         target = self.models.get(alias)
         if target is None:
@@ -141,8 +177,6 @@ class Gateway:
                 param="model", code="wrong_model_type")
         ctx.service = alias
         ctx.model_alias = alias
-        ctx.provider = target.provider.name
-        ctx.upstream_model = target.upstream_model
         ctx.capture = target.config.capture
         return target
 
@@ -178,6 +212,8 @@ class Gateway:
             if ctx.completion_tokens:
                 self.metrics.tokens.labels(service, model, "completion").inc(
                     ctx.completion_tokens)
+            if ctx.attributes:
+                self._count_attempts(model, ctx.attributes)
             if self.writer is not None:
                 if ctx.capture == "none":
                     ctx.request_bytes = ctx.response_bytes = None
@@ -186,6 +222,28 @@ class Gateway:
                 self.writer.submit(ctx.to_record())
         except Exception:  # recording must never break a response
             log.exception("recording request %s failed", ctx.request_id)
+
+    def _count_attempts(self, model: str, attributes: dict[str, Any]) -> None:
+        attempts = attributes.get("attempts")
+        if attempts:
+            tried = 0
+            for attempt in attempts:
+                outcome = attempt.get("outcome", "")
+                if outcome == "retry_budget_spent":
+                    self.metrics.retry_budget_spent.labels(model).inc()
+                    continue
+                if "deployment" in attempt:
+                    tried += 1
+                    self.metrics.attempts.labels(
+                        attempt.get("alias", model), attempt["deployment"], outcome).inc()
+            if tried > 1:
+                self.metrics.retries.labels(model).inc(tried - 1)
+            served = attempts[-1].get("alias")
+            if served and served != model and attempts[-1].get("outcome") == "ok":
+                self.metrics.fallbacks.labels(model, served).inc()
+        cache = attributes.get("cache")
+        if cache:
+            self.metrics.cache.labels(model, cache).inc()
 
     def capture_body(self, ctx: RequestContext, value: Any) -> str | None:
         """Serialise a payload for `capture: full`, truncated to traces.max_payload_chars."""

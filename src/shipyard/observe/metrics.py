@@ -5,7 +5,7 @@ Each app gets its own `CollectorRegistry`, so several apps (and tests) never sha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +16,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -58,6 +59,31 @@ class Metrics:
             "Traces that could not be queued because the trace queue was full.", registry=r)
         self.trace_queue_depth = Gauge(
             "shipyard_trace_queue_depth", "Traces waiting to be written.", registry=r)
+        self.circuit_state = Gauge(
+            "shipyard_circuit_state",
+            "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.",
+            ("deployment",), registry=r)
+        self.circuit_transitions = Counter(
+            "shipyard_circuit_transitions", "Circuit breaker state changes, by new state.",
+            ("deployment", "state"), registry=r)
+        self.attempts = Counter(
+            "shipyard_upstream_attempts",
+            "Upstream attempts, by alias, deployment and outcome (ok or the error class).",
+            ("model", "deployment", "outcome"), registry=r)
+        self.retries = Counter(
+            "shipyard_retries", "Attempts beyond the first, by alias.", ("model",), registry=r)
+        self.fallbacks = Counter(
+            "shipyard_fallbacks", "Requests served by a fallback alias, by requested and serving "
+            "alias.", ("model", "served_by"), registry=r)
+        self.retry_budget_spent = Counter(
+            "shipyard_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent.", ("model",), registry=r)
+        self.shed = Counter(
+            "shipyard_requests_shed", "Requests refused with 503 by admission control or drain.",
+            ("scope",), registry=r)
+        self.cache = Counter(
+            "shipyard_cache_requests", "Cache lookups by alias and outcome (hit/miss/bypass).",
+            ("model", "outcome"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r)
@@ -74,6 +100,21 @@ class Metrics:
             if len(self._series) < 10_000:  # bounded: labels come from config, not clients
                 self._series[key] = series
         return series
+
+    def watch_admission(self, depths: Callable[[], dict[str, int]]) -> None:
+        """Report admission queue depths at scrape time."""
+        registry = self.registry
+
+        class _Depths:
+            def collect(self) -> Iterator[Metric]:
+                family = GaugeMetricFamily(
+                    "shipyard_admission_queue_depth", "Requests waiting for an admission slot.",
+                    labels=("scope",))
+                for scope, depth in depths().items():
+                    family.add_metric((scope,), float(depth))
+                yield family
+
+        registry.register(_Depths())
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.trace_queue_depth.set_function(lambda: float(depth()))

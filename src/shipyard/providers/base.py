@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from shipyard.config.schema import ProviderConfig
+
 __all__ = ["Endpoint", "Provider", "Reply"]
 
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
@@ -32,6 +34,8 @@ class Reply:
     stream: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     upstream_ms: float = 0.0
+    # Shipyard asked the upstream for stream usage the client did not ask for: drop that event.
+    usage_injected: bool = False
 
 
 class Provider(Protocol):
@@ -39,6 +43,7 @@ class Provider(Protocol):
 
     name: str
     kind: str
+    config: ProviderConfig
 
     async def start(self) -> None: ...
 
@@ -51,4 +56,7 @@ class Provider(Protocol):
         *,
         stream: bool,
         headers: dict[str, str] | None = None,
-    ) -> Reply: ...
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one attempt; `timeout` is what is left of the request's deadline, in seconds."""
+        ...

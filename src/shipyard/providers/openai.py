@@ -127,13 +127,17 @@ class OpenAIProvider:
         *,
         stream: bool,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Reply:
         session = self._session or await self._open()
         url = f"{self.base_url}/{endpoint}"
         started = time.perf_counter()
+        limit = self._timeout
+        if timeout is not None and timeout < self.config.timeout_s:
+            limit = aiohttp.ClientTimeout(total=timeout, sock_connect=self.config.connect_timeout_s)
         try:
             response = await session.post(url, data=orjson.dumps(payload), headers=headers,
-                                          params=self._query)
+                                          params=self._query, timeout=limit)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"The upstream '{self.name}' did not answer within "

@@ -63,9 +63,10 @@ class PythonProvider:
         return None
 
     async def send(self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool,
-                   headers: dict[str, str] | None = None) -> Reply:
+                   headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
         started = time.perf_counter()
-        result = await call_function(self.function, payload, timeout_s=self.config.timeout_s,
+        limit = min(self.config.timeout_s, timeout) if timeout else self.config.timeout_s
+        result = await call_function(self.function, payload, timeout_s=limit,
                                      what=f"The function of provider '{self.name}'")
         model = str(payload.get("model", self.name))
         if endpoint == "embeddings":

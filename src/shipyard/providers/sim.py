@@ -31,7 +31,7 @@ class SimProvider:
         return None
 
     async def send(self, endpoint: Endpoint, payload: dict[str, Any], *, stream: bool,
-                   headers: dict[str, str] | None = None) -> Reply:
+                   headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
         started = time.perf_counter()
         if self.config.latency_ms:
             await asyncio.sleep(self.config.latency_ms / 1000.0)

@@ -1,0 +1,75 @@
+"""Build the serving side of each model alias from config: deployments with circuit breakers,
+retry budgets, fallback chains and the pipeline stages (admission, cache)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from shipyard.config.schema import Config
+from shipyard.gateway.pipeline import ModelTarget, Stage
+from shipyard.observe.metrics import Metrics
+from shipyard.providers import Provider
+from shipyard.resilience.admission import Admission
+from shipyard.resilience.cache import CacheStage
+from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
+from shipyard.resilience.failover import Deployment
+from shipyard.resilience.retry import RetryBudget
+from shipyard.resilience.stages import AdmissionStage
+from shipyard.state.base import KeyValue
+
+__all__ = ["build_targets"]
+
+log = logging.getLogger("shipyard.resilience")
+
+
+def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
+    def on_change(old: str, new: str) -> None:
+        metrics.circuit_state.labels(name).set(STATE_VALUE[new])
+        metrics.circuit_transitions.labels(name, new).inc()
+        log.warning("circuit of %s: %s -> %s", name, old, new)
+
+    return on_change
+
+
+def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Metrics,
+                  *, global_admission: Admission, cache_store: KeyValue) -> dict[str, ModelTarget]:
+    """One `ModelTarget` per alias; deployments (and their breakers) are shared by aliases
+    that name the same provider and upstream model."""
+    deployments: dict[tuple[str, str], Deployment] = {}
+
+    def deployment(provider: str, model: str, weight: float) -> Deployment:
+        key = (provider, model)
+        if key not in deployments:
+            name = f"{provider}/{model}"
+            metrics.circuit_state.labels(name).set(0)
+            breaker = CircuitBreaker(providers[provider].config.circuit, name=name,
+                                     on_change=_report(metrics, name))
+            deployments[key] = Deployment(providers[provider], model, weight, breaker)
+        found = deployments[key]
+        return Deployment(found.provider, found.model, weight, found.breaker) if (
+            found.weight != weight) else found
+
+    targets: dict[str, ModelTarget] = {}
+    for alias, model in config.models.items():
+        chosen = [deployment(d.provider, d.model or alias, d.weight)
+                  for d in model.targets(alias)]
+        targets[alias] = ModelTarget(alias=alias, config=model, deployments=chosen,
+                                     budget=RetryBudget(model.retry))
+    for alias, target in targets.items():
+        target.fallback_targets = [targets[name] for name in target.config.fallbacks]
+        stages: list[Stage] = []
+        service_admission = Admission(
+            f"Model '{alias}'", max_in_flight=target.config.admission.max_in_flight,
+            max_queue=target.config.admission.max_queue,
+            max_queue_ms=target.config.admission.max_queue_ms)
+        admissions = [a for a in (global_admission, service_admission)
+                      if a.max_in_flight is not None]
+        if admissions:
+            stages.append(AdmissionStage(admissions))
+        target.admissions = admissions
+        if target.config.cache.enabled:
+            stages.append(CacheStage(alias, target.config.cache, cache_store))
+        if stages:
+            target.use(*stages)
+    return targets

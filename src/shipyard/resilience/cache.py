@@ -1,0 +1,253 @@
+"""Exact-match response cache, per model alias (opt-in).
+
+The key is a hash of the alias and the normalised request (every parameter, sorted; `stream`,
+`stream_options` and `user` left out, so a streamed and a plain request share answers).
+Only complete answers are stored — never errors, never partial streams. Requests with
+`temperature` > 0 (or unset, which means 1) bypass the cache unless `nonzero_temperature` is
+on. Identical requests that arrive while the first is still in flight wait for it instead of
+going upstream too (single flight), so at peak an answer is fetched once per TTL. A hit can be
+served as a stream. Hits are marked with `x-shipyard-cache: hit` and in the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from shipyard.config.schema import CacheConfig
+from shipyard.gateway.pipeline import Call, Handler, Stage
+from shipyard.providers.base import Reply
+from shipyard.state.base import KeyValue
+
+__all__ = ["CacheStage", "cache_key", "completion_to_sse", "sse_to_completion"]
+
+log = logging.getLogger("shipyard.cache")
+_IGNORED = frozenset({"stream", "stream_options", "user"})
+
+
+def cache_key(alias: str, endpoint: str, payload: dict[str, Any]) -> str:
+    normal = {k: v for k, v in payload.items() if k not in _IGNORED and k != "model"}
+    blob = orjson.dumps([alias, endpoint, normal], option=orjson.OPT_SORT_KEYS)
+    return "cache:" + hashlib.sha256(blob).hexdigest()
+
+
+def _complete_answer(body: bytes) -> bool:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    if data.get("object") == "list":
+        return bool(data.get("data"))  # embeddings
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    return all(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
+def completion_to_sse(body: bytes, *, include_usage: bool) -> list[bytes]:
+    """Turn a cached (non-streaming) answer into the SSE events of the same answer."""
+    data = orjson.loads(body)
+    chat = data.get("object") == "chat.completion"
+    base = {"id": data.get("id"), "object": "chat.completion.chunk" if chat else
+            "text_completion", "created": data.get("created"), "model": data.get("model")}
+    events: list[dict[str, Any]] = []
+    choices: list[dict[str, Any]] = data.get("choices") or []
+    for choice in choices:
+        index = choice.get("index", 0)
+        if chat:
+            message = choice.get("message") or {}
+            events.append({**base, "choices": [{"index": index, "delta": {
+                "role": "assistant", "content": message.get("content") or ""},
+                "logprobs": None, "finish_reason": None}]})
+            if message.get("tool_calls"):
+                events.append({**base, "choices": [{"index": index, "delta": {
+                    "tool_calls": [{**call, "index": i} for i, call in
+                                   enumerate(message["tool_calls"])]},
+                    "logprobs": None, "finish_reason": None}]})
+            events.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                                "finish_reason": choice.get("finish_reason")}]})
+        else:
+            events.append({**base, "choices": [{"index": index, "text": choice.get("text", ""),
+                                                "logprobs": None,
+                                                "finish_reason": choice.get("finish_reason")}]})
+    if include_usage and data.get("usage"):
+        events.append({**base, "choices": [], "usage": data["usage"]})
+    out = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def sse_to_completion(raw: bytes) -> bytes | None:
+    """Assemble a complete streamed answer (text only) into a non-streaming answer."""
+    text = raw.replace(b"\r\n", b"\n")
+    if b"data: [DONE]" not in text:
+        return None
+    contents: dict[int, list[str]] = {}
+    finishes: dict[int, str] = {}
+    base: dict[str, Any] = {}
+    usage: Any = None
+    chat = True
+    for event in text.split(b"\n\n"):
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return None
+            if not isinstance(obj, dict) or obj.get("error"):
+                return None
+            base = base or {k: obj.get(k) for k in ("id", "created", "model")}
+            chat = obj.get("object") == "chat.completion.chunk"
+            if obj.get("usage"):
+                usage = obj["usage"]
+            for choice in obj.get("choices") or []:
+                index = int(choice.get("index", 0))
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    if delta.get("tool_calls") or delta.get("function_call"):
+                        return None  # tool calls are not reassembled: do not cache
+                    piece = delta.get("content")
+                else:
+                    piece = choice.get("text")
+                if isinstance(piece, str):
+                    contents.setdefault(index, []).append(piece)
+                if choice.get("finish_reason"):
+                    finishes[index] = choice["finish_reason"]
+    if not finishes or set(finishes) != set(contents) | set(finishes):
+        return None
+    choices = []
+    for index in sorted(finishes):
+        content = "".join(contents.get(index, []))
+        if chat:
+            choices.append({"index": index, "message": {"role": "assistant", "content": content},
+                            "logprobs": None, "finish_reason": finishes[index]})
+        else:
+            choices.append({"index": index, "text": content, "logprobs": None,
+                            "finish_reason": finishes[index]})
+    answer = {**base, "object": "chat.completion" if chat else "text_completion",
+              "choices": choices}
+    if usage:
+        answer["usage"] = usage
+    return orjson.dumps(answer)
+
+
+class CacheStage(Stage):
+    def __init__(self, alias: str, config: CacheConfig, store: KeyValue) -> None:
+        self.alias = alias
+        self.config = config
+        self.store = store
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _cacheable(self, call: Call) -> bool:
+        if call.endpoint == "embeddings" or self.config.nonzero_temperature:
+            return True
+        temperature = call.payload.get("temperature", 1)
+        n = call.payload.get("n", 1)
+        return bool(temperature == 0 and n == 1)
+
+    async def __call__(self, call: Call, call_next: Handler) -> Reply:
+        if not self._cacheable(call):
+            _mark(call, "bypass")
+            return await call_next(call)
+        key = cache_key(self.alias, call.endpoint, call.payload)
+        value = await self._get(key)
+        if value is None and key in self._inflight:
+            try:
+                value = await asyncio.shield(self._inflight[key])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the leader failed: go upstream ourselves
+                value = None
+        if value is not None:
+            self.hits += 1
+            return self._hit(call, value)
+        self.misses += 1
+        _mark(call, "miss")
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            reply = await call_next(call)
+        except BaseException:
+            self._settle(key, future, None)
+            raise
+        reply.headers["x-shipyard-cache"] = "miss"
+        if reply.stream is not None:
+            reply.stream = self._store_stream(key, future, reply.stream)
+            return reply
+        body = reply.body or (orjson.dumps(reply.data) if reply.data is not None else b"")
+        stored = body if reply.status == 200 and _complete_answer(body) else None
+        if stored is not None:
+            await self._set(key, stored)
+        self._settle(key, future, stored)
+        return reply
+
+    def _hit(self, call: Call, value: bytes) -> Reply:
+        _mark(call, "hit")
+        call.served_by = self.alias
+        headers = {"x-shipyard-cache": "hit"}
+        if call.stream:
+            events = completion_to_sse(value, include_usage=call.client_wants_usage)
+            return Reply(stream=_replay(events), headers=headers)
+        return Reply(body=value, headers=headers)
+
+    async def _store_stream(self, key: str, future: asyncio.Future[bytes | None],
+                            stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        collected: list[bytes] = []
+        size = 0
+        stored: bytes | None = None
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if size <= self.config.max_bytes:
+                    collected.append(chunk)
+                yield chunk
+            if size <= self.config.max_bytes:
+                stored = sse_to_completion(b"".join(collected))
+                if stored is not None:
+                    await self._set(key, stored)
+        finally:
+            self._settle(key, future, stored)
+
+    def _settle(self, key: str, future: asyncio.Future[bytes | None],
+                value: bytes | None) -> None:
+        if not future.done():
+            future.set_result(value)
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return await self.store.get(key)
+        except Exception as exc:  # a cache outage must never fail the request
+            log.warning("cache read failed (%s); serving without the cache", type(exc).__name__)
+            return None
+
+    async def _set(self, key: str, value: bytes) -> None:
+        try:
+            await self.store.set(key, value, self.config.ttl_s)
+        except Exception as exc:  # a cache outage must never fail the request
+            log.warning("cache write failed (%s)", type(exc).__name__)
+
+
+def _mark(call: Call, outcome: str) -> None:
+    attributes = call.ctx.attributes if call.ctx.attributes is not None else {}
+    attributes["cache"] = outcome
+    call.ctx.attributes = attributes
+
+
+async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
