@@ -98,6 +98,7 @@ class TargetResult:
     hwm_sum_mib: float | None = None
     processes: int | None = None
     notes: list[str] = field(default_factory=list)
+    traces: dict[str, float] = field(default_factory=dict)  # Shipyard's trace writer counters
 
     def run(self, connections: int) -> WrkResult | None:
         return self.runs.get(f"c{connections}")
@@ -371,7 +372,7 @@ def measure(
             if not server.alive():
                 raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
         if result.key == "c":
-            result.notes.extend(shipyard_trace_metrics(port, api_key))
+            result.traces = shipyard_trace_metrics(port, api_key)
     result.peak_rss_mib = round(sampler.peak_mib, 1)
     result.start_rss_mib = round(sampler.first_mib, 1)
     result.hwm_sum_mib = round(sampler.hwm_sum_mib, 1)
@@ -382,28 +383,29 @@ def measure(
     )
 
 
-def shipyard_trace_metrics(port: int, api_key: str | None) -> list[str]:
+def shipyard_trace_metrics(port: int, api_key: str | None) -> dict[str, float]:
     """The trace writer's counters from Shipyard's /metrics, read while it is still up."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     response = http_request(f"http://127.0.0.1:{port}/metrics", headers=headers)
     if response.status != 200:
-        return [f"/metrics answered HTTP {response.status}; trace counters unknown"]
+        log(f"  /metrics answered HTTP {response.status}; trace counters unknown")
+        return {}
+    names = {
+        "shipyard_traces_written_total": "written",
+        "shipyard_trace_queue_dropped_total": "dropped",
+        "shipyard_trace_queue_depth": "queued",
+    }
     values: dict[str, float] = {}
     for line in response.body.decode(errors="replace").splitlines():
         name, _, value = line.partition(" ")
-        if name in {
-            "shipyard_traces_written_total",
-            "shipyard_trace_queue_dropped_total",
-            "shipyard_trace_queue_depth",
-        }:
-            values[name] = float(value)
-    note = (
-        f"trace writer after the runs: {values.get('shipyard_traces_written_total', 0):,.0f} "
-        f"written, {values.get('shipyard_trace_queue_dropped_total', 0):,.0f} dropped "
-        f"(queue full), {values.get('shipyard_trace_queue_depth', 0):,.0f} still queued"
+        if name in names:
+            values[names[name]] = float(value)
+    log(
+        f"  trace writer after the runs: {values.get('written', 0):,.0f} written, "
+        f"{values.get('dropped', 0):,.0f} dropped (queue full), "
+        f"{values.get('queued', 0):,.0f} still queued"
     )
-    log(f"  {note}")
-    return [note]
+    return values
 
 
 def count_traces(db_path: Path) -> tuple[str, int] | None:
@@ -493,6 +495,10 @@ def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
     out["shipyard_rps_c16_vs_bare"] = _ratio(rps_c16("c"), rps_c16("b"))
     out["shipyard_rps_c16_vs_litellm"] = _ratio(rps_c16("c"), rps_c16("d"))
     out["shipyard_rss_vs_litellm"] = _ratio(rss("c"), rss("d"))
+    counters = results["c"].traces if "c" in results else {}
+    dropped = counters.get("dropped")
+    recorded = sum(counters.values())
+    out["shipyard_traces"] = counters
     out["goals"] = [
         _goal(
             "Shipyard added p50 latency at c=1 vs direct upstream",
@@ -514,6 +520,13 @@ def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
             out["shipyard_rss_vs_litellm"],
             lambda v: f"{v:.2f}x",
             lambda v: v <= GOAL_RSS_VS_LITELLM,
+        ),
+        _goal(
+            "Shipyard traces dropped under load (queue full), all runs",
+            "0",
+            dropped,
+            lambda v: f"{v:,.0f} of {recorded:,.0f} ({v / recorded:.0%})" if recorded else "0",
+            lambda v: v == 0,
         ),
     ]
     return out

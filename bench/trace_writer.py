@@ -13,6 +13,7 @@ trace was written. Results go to stdout, `bench/results/trace_writer.json` and
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sqlite3
@@ -152,6 +153,71 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     return result
 
 
+def run_busy_loop(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    """The writer beside a saturated event loop, as in the gateway under load.
+
+    One thread stands in for the event loop: per request it burns `--work-us` of pure-Python
+    CPU (holding the GIL the way request handling does), then submits one trace and never
+    waits for room, like the gateway; it releases the GIL only once per `--poll-every`
+    requests, as uvloop does in its poll for I/O. The writer thread has to win the GIL from it.
+    Reports how many traces were dropped at that offered rate.
+    """
+    url = args.url or f"sqlite:///{work_dir / 'traces-busy.db'}"
+    engine = create_store_engine(url)
+    migrate(engine)
+    before = count_traces(engine)
+    writer = TraceWriter(
+        engine,
+        queue_size=args.queue_size,
+        batch_size=args.batch_size,
+        flush_interval_s=args.flush_interval,
+    )
+    rng = random.Random(11)
+    base = datetime.now(UTC)
+    work_s = args.work_us / 1e6
+    count = args.busy_count
+    log(
+        f"busy event loop: {count:,} traces, {args.work_us:g} µs of Python work before each "
+        f"(offered ≈ {1 / (work_s + 10e-6):,.0f}/s)"
+    )
+    quiet = logging.getLogger("shipyard.traces")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # drops are counted here; skip the writer's warnings
+    writer.start()
+    start = time.perf_counter()
+    for index in range(count):
+        until = time.perf_counter() + work_s
+        while time.perf_counter() < until:
+            pass
+        writer.submit(realistic_record(index, rng, base))
+        if index % args.poll_every == 0:
+            time.sleep(0)  # the loop's poll for I/O: the one moment it lets go of the GIL
+    offered_s = time.perf_counter() - start
+    writer.stop(timeout=600)
+    elapsed = time.perf_counter() - start
+    quiet.setLevel(level)
+    rows = count_traces(engine) - before
+    engine.dispose()
+    dropped = writer.dropped
+    result = {
+        "count": count,
+        "work_us": args.work_us,
+        "poll_every": args.poll_every,
+        "offered_per_s": round(count / offered_s, 1),
+        "rows_written": rows,
+        "dropped": dropped,
+        "dropped_share": round(dropped / count, 4),
+        "written_during_load_per_s": round((count - dropped) / elapsed, 1),
+        "elapsed_s": round(elapsed, 3),
+        "status": "met" if dropped == 0 and rows == count else "MISSED",
+    }
+    log(
+        f"busy event loop: offered {result['offered_per_s']:,.0f}/s, {dropped:,} of {count:,} "
+        f"dropped ({dropped / count:.0%}), {rows:,} rows written"
+    )
+    return result
+
+
 def markdown(report: dict[str, Any]) -> str:
     machine, result = report["machine"], report["result"]
     return f"""\
@@ -173,8 +239,27 @@ everything. The store is {result["store"]} in a fresh file.
 | {result["count"]:,} | {result["rows_written"]:,} | {result["elapsed_s"]:.2f} \
 | {result["traces_per_s"]:,.0f} | ≥ {result["goal_traces_per_s"]:,} | {result["status"]} \
 | {result["producer_s"]:.2f} | {result["peak_rss_mib"]:.1f} |
-
+{busy_section(report.get("busy_loop"))}
 Reproduce: `{report["command"]}`
+"""
+
+
+def busy_section(busy: dict[str, Any] | None) -> str:
+    if not busy:
+        return ""
+    return f"""
+**Beside a saturated event loop.** In the gateway the writer thread shares the GIL with an
+event loop that is busy all the time under load. To reproduce that, one thread burns
+{busy["work_us"]:g} µs of pure-Python CPU per request, submits a trace without ever waiting
+for room, like the gateway, and lets go of the GIL only once per {busy["poll_every"]} requests
+(an event loop's poll for I/O), offering {busy["offered_per_s"]:,.0f} traces/s. This is a model
+of the gateway at saturation, not the gateway itself (see the gateway section for that). Goal:
+the writer keeps up, nothing is dropped.
+
+| traces offered | offered/s | dropped (queue full) | rows written | status |
+|--:|--:|--:|--:|---|
+| {busy["count"]:,} | {busy["offered_per_s"]:,.0f} | {busy["dropped"]:,} \
+({busy["dropped_share"]:.0%}) | {busy["rows_written"]:,} | {busy["status"]} |
 """
 
 
@@ -186,6 +271,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flush-interval", type=float, default=0.2)
     parser.add_argument(
         "--url", default=None, help="store URL (default: a fresh SQLite file under bench/.work)"
+    )
+    parser.add_argument(
+        "--busy-count",
+        type=int,
+        default=50_000,
+        help="traces for the saturated-event-loop run (0 skips it)",
+    )
+    parser.add_argument(
+        "--work-us",
+        type=float,
+        default=150.0,
+        help="pure-Python CPU per request in the saturated-event-loop run, in µs",
+    )
+    parser.add_argument(
+        "--poll-every",
+        type=int,
+        default=16,
+        help="requests per event-loop iteration (GIL released once per iteration)",
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave docs/ and results/ alone"
@@ -202,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = WORK_ROOT / f"trace-writer-{time.strftime('%Y%m%d-%H%M%S')}"
     work_dir.mkdir()
     busy = wait_for_quiet()
+    busy_result: dict[str, Any] | None = None
     try:
         result = run(args, work_dir)
+        if args.busy_count > 0:
+            busy_result = run_busy_loop(args, work_dir)
     finally:
-        for path in work_dir.glob("traces.db*"):
+        for path in work_dir.glob("traces*.db*"):
             path.unlink()
         work_dir.rmdir()
 
@@ -222,12 +328,19 @@ def main(argv: list[str] | None = None) -> int:
             "sqlite": sqlite3.sqlite_version,
         },
         "result": result,
+        "busy_loop": busy_result,
     }
     print(
         f"\n{result['traces_per_s']:,.0f} traces/s "
         f"(goal ≥ {GOAL_TRACES_PER_S:,}: {result['status']}); "
         f"{result['rows_written']:,}/{result['count']:,} rows written in {result['elapsed_s']} s"
     )
+    if busy_result is not None:
+        print(
+            f"beside a saturated event loop: offered {busy_result['offered_per_s']:,.0f}/s, "
+            f"dropped {busy_result['dropped']:,} of {busy_result['count']:,} "
+            f"({busy_result['dropped_share']:.0%}): {busy_result['status']}"
+        )
     if not args.no_write:
         write_json(RESULTS_DIR / "trace_writer.json", report)
         write_docs_section("trace-writer", markdown(report))
