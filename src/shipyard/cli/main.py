@@ -115,7 +115,8 @@ def _serve(file: Path, host: str, port: int, workers: int, log_level: str,
     _, cfg = resolve_config(file, environ)
     _logging(log_level)
     common = dict(host=host, port=port, log_level=log_level, access_log=access_log,
-                  loop="uvloop", http="httptools", timeout_graceful_shutdown=30,
+                  loop="uvloop", http="httptools",
+                  timeout_graceful_shutdown=max(1, int(cfg.server.drain_timeout_s)),
                   server_header=False, date_header=False)
     if workers == 1:
         try:

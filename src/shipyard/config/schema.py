@@ -8,6 +8,7 @@ not documented.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_origin
@@ -105,10 +106,10 @@ class TracesConfig(_Section):
     flush_interval_s: float = Field(
         0.2, gt=0, le=60, description="Longest a trace waits in the queue before it is written."
     )
-    spool_dir: str = Field(
-        ".shipyard/spool",
+    spool_dir: str | None = Field(
+        None,
         description="Where traces wait on disk while the store is down (replayed in order when "
-        "it is back).",
+        "it is back). Default: a `spool` folder beside a SQLite store, else `.shipyard/spool`.",
     )
     spool_max_bytes: int = Field(
         256 * 1024 * 1024,
@@ -121,6 +122,16 @@ class TracesConfig(_Section):
         ge=0,
         description="With `capture: full`, payloads longer than this are truncated (and marked).",
     )
+
+
+def default_spool_dir(config: Config) -> str:
+    """`traces.spool_dir`, or its default for this store."""
+    if config.traces.spool_dir:
+        return config.traces.spool_dir
+    url = config.store.url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return str(Path(url.removeprefix("sqlite:///")).expanduser().parent / "spool")
+    return ".shipyard/spool"
 
 
 class AuthConfig(_Section):

@@ -33,7 +33,12 @@ def health_routes(gateway: Gateway) -> list[Route]:
             gateway.auth.authenticate(request.headers)
         return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    async def status(request: Request) -> Response:
+        gateway.auth.authenticate(request.headers)
+        return json_response(gateway.status())
+
     return [
+        Route("/v1/admin/status", status, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -6,15 +6,18 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from types import FrameType
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine
 from starlette.requests import Request
 
-from shipyard.config.schema import Config
+from shipyard.config.schema import Config, default_spool_dir
 from shipyard.errors import (
     CapacityError,
     ConfigError,
@@ -34,6 +37,7 @@ from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
 from shipyard.store.engine import create_store_engine, migrate, ping
+from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
 
 __all__ = ["Gateway"]
@@ -79,12 +83,15 @@ class Gateway:
                 flush_interval_s=config.traces.flush_interval_s,
                 on_drop=lambda n: self.metrics.trace_drops.inc(n),
                 on_write=lambda n: self.metrics.traces_written.inc(n),
+                spool=Spool(default_spool_dir(config), max_bytes=config.traces.spool_max_bytes),
             )
+            self.metrics.watch_spool(self.writer.spool_status)
             self.metrics.watch_queue(lambda: self.writer.depth if self.writer else 0)
         self.created = int(time.time())
         self.started = False
         self.draining = False
         self._store_ok = (0.0, False)
+        self._previous_sigterm: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -100,8 +107,55 @@ class Gateway:
             self.writer.start()
         for provider in self.providers.values():
             await provider.start()
+        self._watch_sigterm()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
+
+    def _watch_sigterm(self) -> None:
+        """Start draining the moment SIGTERM arrives, then let uvicorn's own handler run.
+
+        uvicorn installs its signal handlers before the app starts, so chaining here works for
+        one worker and for each of `--workers N`; it only affects the main thread.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self.drain()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._previous_sigterm = previous
+
+    def status(self) -> dict[str, Any]:
+        """Live state for `shipyard status`: circuits, admission, cache, trace writer."""
+        models: dict[str, Any] = {}
+        for alias, target in sorted(self.models.items()):
+            deployments = []
+            for d in target.deployments:
+                requests, failures = d.breaker.counts()
+                deployments.append({
+                    "deployment": d.name, "circuit": d.breaker.state, "in_flight": d.in_flight,
+                    "weight": d.weight, "window_requests": requests,
+                    "window_failures": failures,
+                    "retry_after_s": round(d.breaker.retry_after_s(), 3),
+                    "times_opened": d.breaker.opened_count})
+            models[alias] = {
+                "deployments": deployments, "fallbacks": target.config.fallbacks,
+                "retry_budget_exhausted": target.budget.exhausted,
+                "admission": [{"name": a.name, "in_flight": a.in_flight, "queued": a.queued,
+                               "max_in_flight": a.max_in_flight, "shed": a.shed}
+                              for a in target.admissions]}
+        writer = self.writer
+        return {
+            "draining": self.draining,
+            "models": models,
+            "traces": None if writer is None else {
+                "queued": writer.depth, "written": writer.written, "dropped": writer.dropped,
+                "lost": writer.lost, **writer.spool_status()},
+        }
 
     def _queue_depths(self) -> dict[str, int]:
         depths = {"global": self.admission.queued}
@@ -119,6 +173,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self.drain()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         await self.kv.close()
         for provider in self.providers.values():
             try:

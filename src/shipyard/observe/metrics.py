@@ -16,7 +16,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -115,6 +115,28 @@ class Metrics:
                 yield family
 
         registry.register(_Depths())
+
+    def watch_spool(self, status: Callable[[], dict[str, int]]) -> None:
+        """Spool counters, read from the trace writer at scrape time."""
+
+        class _Spool:
+            def collect(self) -> Iterator[Metric]:
+                values = status()
+                for name, key, help_text in (
+                    ("shipyard_traces_spooled", "spooled", "Traces written to the disk spool."),
+                    ("shipyard_traces_replayed", "replayed", "Spooled traces replayed."),
+                    ("shipyard_traces_spool_lost", "spool_lost",
+                     "Traces lost because the spool was full."),
+                ):
+                    family = CounterMetricFamily(name, help_text)
+                    family.add_metric((), float(values[key]))
+                    yield family
+                gauge = GaugeMetricFamily("shipyard_trace_spool_bytes",
+                                          "Bytes of traces waiting in the disk spool.")
+                gauge.add_metric((), float(values["spool_bytes"]))
+                yield gauge
+
+        self.registry.register(_Spool())
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.trace_queue_depth.set_function(lambda: float(depth()))

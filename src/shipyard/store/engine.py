@@ -51,7 +51,10 @@ def create_store_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     try:
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+        # Fail fast when the database is unreachable, so traces spool instead of waiting.
+        connect_args = {"connect_timeout": 5, **kwargs.pop("connect_args", {})}
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                             pool_timeout=5, connect_args=connect_args, **kwargs)
     except (ModuleNotFoundError, NoSuchModuleError):
         raise ConfigError(
             f"Config key 'store.url' uses the '{parsed.drivername}' driver, which is not "

@@ -5,9 +5,10 @@ daemon thread drains the buffer every `flush_interval_s` (or as soon as a full b
 waiting) in batches of up to `batch_size` rows, each written in one transaction. When the
 buffer is full the record is counted in `dropped` (and the
 `shipyard_trace_queue_dropped_total` metric) and a warning is logged; nothing is dropped
-without a count. `stop()` flushes everything queued. If the store fails, the batch is kept
-and retried with backoff until it is written or the writer is stopped, when the unwritten
-rows are counted as lost and logged.
+without a count. `stop()` flushes everything queued. If the store fails, batches go to the
+on-disk spool (`store.spool`) and are replayed in order once it answers again; without a
+spool, a batch is retried with backoff until it is written or the writer stops, when the
+unwritten rows are counted as lost and logged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
+from shipyard.store.spool import Spool
 from shipyard.store.tables import traces
 
 __all__ = ["TraceWriter"]
@@ -44,6 +47,8 @@ class TraceWriter:
         flush_interval_s: float = 0.2,
         on_drop: Callable[[int], None] | None = None,
         on_write: Callable[[int], None] | None = None,
+        spool: Spool | None = None,
+        probe_interval_s: float = 2.0,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
@@ -58,6 +63,9 @@ class TraceWriter:
         self._on_drop = on_drop
         self._on_write = on_write
         self._last_drop_log = 0.0
+        self.spool = spool
+        self.probe_interval_s = probe_interval_s
+        self._store_down_until = 0.0
         self.written = 0
         self.dropped = 0
         self.lost = 0
@@ -66,6 +74,12 @@ class TraceWriter:
     @property
     def depth(self) -> int:
         return len(self._buffer)
+
+    def spool_status(self) -> dict[str, int]:
+        if self.spool is None:
+            return {"spooled": 0, "replayed": 0, "spool_lost": 0, "spool_bytes": 0}
+        return {"spooled": self.spool.spooled, "replayed": self.spool.replayed,
+                "spool_lost": self.spool.lost, "spool_bytes": self.spool.bytes}
 
     def start(self) -> None:
         if self._thread is None:
@@ -112,10 +126,13 @@ class TraceWriter:
         self._thread = None
 
     def _run(self) -> None:
+        if self.spool is not None:
+            self.spool.recover_claims()
         while True:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             stopping = self._stopping
+            self._replay()
             while self._buffer:
                 batch: list[dict[str, Any]] = []
                 popleft = self._buffer.popleft
@@ -126,22 +143,71 @@ class TraceWriter:
                     pass
                 self._write(batch, final=stopping)
             if stopping:
+                self._replay()
                 return
+
+    def _store_down(self) -> bool:
+        return time.monotonic() < self._store_down_until
+
+    def _mark_down(self, exc: Exception, rows: int) -> None:
+        self.failures += 1
+        if not self._store_down():
+            log.warning("writing %d traces failed (%s); spooling to disk until the store is "
+                        "back", rows, type(exc).__name__)
+        self._store_down_until = time.monotonic() + self.probe_interval_s
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(traces.insert(), rows)
+
+    def _replay(self) -> None:
+        """Write spooled segments back, oldest first, before anything newer."""
+        if self.spool is None or self._store_down():
+            return
+        while (claim := self.spool.claim_oldest()) is not None:
+            path, rows = claim
+            try:
+                self._insert(rows)
+            except IntegrityError:
+                self._insert_each(rows)  # a segment written before a crash: skip duplicates
+            except Exception as exc:
+                self.spool.give_back(path)
+                self._mark_down(exc, len(rows))
+                return
+            self.spool.done(path, len(rows))
+            self.written += len(rows)
+            if self._on_write is not None:
+                self._on_write(len(rows))
+            log.info("replayed %d spooled traces", len(rows))
+
+    def _insert_each(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                self._insert([row])
+            except IntegrityError:
+                continue
 
     def _write(self, rows: list[dict[str, Any]], *, final: bool) -> None:
         if not rows:
+            return
+        # Keep the order: while anything is spooled (or the store is down), spool behind it.
+        if self.spool is not None and (self._store_down() or self.spool.pending()):
+            self.spool.append(rows)
             return
         delay = 0.05
         attempts = 0
         while True:
             try:
-                with self.engine.begin() as connection:
-                    connection.execute(traces.insert(), rows)
+                self._insert(rows)
                 self.written += len(rows)
                 if self._on_write is not None:
                     self._on_write(len(rows))
                 return
             except Exception as exc:
+                if self.spool is not None:
+                    self._mark_down(exc, len(rows))
+                    self.spool.append(rows)
+                    return
                 attempts += 1
                 self.failures += 1
                 log.warning("writing %d traces failed (%s); retrying in %.2fs",
