@@ -23,6 +23,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -627,30 +628,44 @@ def markdown(
         for run in result.runs.values()
         if run.foreign_cpu > FOREIGN_CPU_WARN
     ]
-    return f"""\
-## Gateway overhead
+    intro = paragraph(
+        f"Measured {report['date']} on {machine['cpu']}, {machine['cores']} cores,",
+        f"{machine['ram_gib']} GiB RAM, Linux {machine['kernel']}, Python {machine['python']};",
+        f"{version_text}.",
+    )
+    method = paragraph(
+        "One fake upstream (`bench/upstream.py`, a raw asyncio HTTP/1.1 server returning a",
+        "fixed chat completion) is called directly (a), through a bare pass-through proxy",
+        "(b: `bench/bare_proxy.py`, Starlette + a pooled `aiohttp` client under uvicorn),",
+        "through Shipyard (c: `shipyard serve --workers 1`, API-key auth, traces recorded with",
+        "`metadata` capture into SQLite) and through the LiteLLM proxy (d: one worker, no",
+        f"database, master key auth). Load: `wrk` POSTing `{REQUEST_BODY.decode()}` with",
+        f"`-t1 -c1` and `-t2 -c16`, {report['warmup_s']:g} s warm-up then",
+        f"{report['duration_s']:g} s measured for each. Peak RSS is the summed resident memory",
+        "of the target's process tree, sampled every 100 ms (for (a) the upstream's); idle is",
+        "its RSS after start-up and one validation request, before any load. The load",
+        f"generator, the upstream and the proxy share the machine's {machine['cores']} cores,",
+        "so absolute numbers are only comparable within one run.",
+    )
+    listed = "\n".join(notes + errors)
+    return "\n\n".join(
+        part
+        for part in (
+            "## Gateway overhead",
+            intro,
+            method,
+            results_table(results),
+            goals_table(summary),
+            listed,
+            f"Reproduce: `{report['command']}`",
+        )
+        if part
+    )
 
-Measured {report["date"]} on {machine["cpu"]}, {machine["cores"]} cores, {machine["ram_gib"]} GiB
-RAM, Linux {machine["kernel"]}, Python {machine["python"]}; {version_text}.
 
-One fake upstream (`bench/upstream.py`, a raw asyncio HTTP/1.1 server returning a fixed chat
-completion) is called directly (a), through a bare pass-through proxy (b:
-`bench/bare_proxy.py`, Starlette + a pooled `aiohttp` client under uvicorn), through Shipyard
-(c: `shipyard serve --workers 1`, traces recorded with `metadata` capture into SQLite) and
-through the LiteLLM proxy (d: one worker, no database, master key auth). Load: `wrk` POSTing
-`{REQUEST_BODY.decode()}` with `-t1 -c1` and `-t2 -c16`, {report["warmup_s"]:g} s warm-up then
-{report["duration_s"]:g} s measured for each. Peak RSS is the summed resident memory of the
-target's process tree, sampled every 100 ms (for (a) the upstream's); "idle" is its RSS after
-start-up and one validation request, before any load. The load generator,
-the upstream and the proxy share the machine's {machine["cores"]} cores, so absolute numbers are
-only comparable within one run.
-
-{results_table(results)}
-
-{goals_table(summary)}
-{chr(10) + chr(10).join(notes + errors) + chr(10) if notes or errors else ""}
-Reproduce: `{report["command"]}`
-"""
+def paragraph(*parts: str) -> str:
+    """Markdown paragraph text wrapped at 100 columns."""
+    return textwrap.fill(" ".join(parts), width=100, break_on_hyphens=False)
 
 
 def print_summary(results: dict[str, TargetResult], summary: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import os
 import random
 import sqlite3
 import sys
+import textwrap
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -219,48 +220,65 @@ def run_busy_loop(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    machine, result = report["machine"], report["result"]
-    return f"""\
-## Trace writer
+    machine, result, versions = report["machine"], report["result"], report["versions"]
+    intro = paragraph(
+        f"Measured {report['date']} on {machine['cpu']}, {machine['cores']} cores,",
+        f"{machine['ram_gib']} GiB RAM, Python {machine['python']}; shipyard",
+        f"{versions['shipyard']} (git {versions['shipyard_git']}), SQLAlchemy",
+        f"{versions['sqlalchemy']}, SQLite {versions['sqlite']}.",
+    )
+    method = paragraph(
+        f"One producer thread builds {result['count']:,} realistic chat traces with",
+        "`new_trace_record()` and submits them to a `TraceWriter` (queue",
+        f"{result['queue_size']:,}, batches of {result['batch_size']}, flush interval",
+        f"{result['flush_interval_s']} s) as fast as the queue takes them, waiting for room",
+        "when it is full; the clock stops when `stop()` has flushed everything. The store is",
+        f"{result['store']} in a fresh file.",
+    )
+    table = "\n".join(
+        [
+            "| traces | rows written | elapsed s | traces/s | goal | status | producer s "
+            "| peak RSS MiB |",
+            "|--:|--:|--:|--:|--:|---|--:|--:|",
+            f"| {result['count']:,} | {result['rows_written']:,} | {result['elapsed_s']:.2f} "
+            f"| {result['traces_per_s']:,.0f} | ≥ {result['goal_traces_per_s']:,} "
+            f"| {result['status']} | {result['producer_s']:.2f} "
+            f"| {result['peak_rss_mib']:.1f} |",
+        ]
+    )
+    parts = ["## Trace writer", intro, method, table]
+    busy = report.get("busy_loop")
+    if busy:
+        parts.append(
+            paragraph(
+                "**Beside a saturated event loop.** In the gateway the writer thread shares the",
+                "GIL with an event loop that is busy all the time under load. To model that, one",
+                f"thread burns {busy['work_us']:g} µs of pure-Python CPU per request, submits a",
+                "trace without ever waiting for room (like the gateway) and lets go of the GIL",
+                f"only once per {busy['poll_every']} requests (an event loop's poll for I/O),",
+                f"offering {busy['offered_per_s']:,.0f} traces/s. A model of the gateway at",
+                "saturation, not the gateway itself (see the gateway section). Goal: the writer",
+                "keeps up and nothing is dropped.",
+            )
+        )
+        parts.append(
+            "\n".join(
+                [
+                    "| traces offered | offered/s | dropped (queue full) | rows written | status |",
+                    "|--:|--:|--:|--:|---|",
+                    f"| {busy['count']:,} | {busy['offered_per_s']:,.0f} "
+                    f"| {busy['dropped']:,} ({busy['dropped_share']:.0%}) "
+                    f"| {busy['rows_written']:,} | {busy['status']} |",
+                ]
+            )
+        )
+    parts.append(f"Reproduce: `{report['command']}`")
+    return "\n\n".join(parts)
 
-Measured {report["date"]} on {machine["cpu"]}, {machine["cores"]} cores, {machine["ram_gib"]} GiB
-RAM, Python {machine["python"]}; shipyard {report["versions"]["shipyard"]}
-(git {report["versions"]["shipyard_git"]}), SQLAlchemy
-{report["versions"]["sqlalchemy"]}, SQLite {report["versions"]["sqlite"]}.
 
-One producer thread builds {result["count"]:,} realistic chat traces with `new_trace_record()`
-and submits them to a `TraceWriter` (queue {result["queue_size"]:,}, batches of
-{result["batch_size"]}, flush interval {result["flush_interval_s"]} s) as fast as the queue
-takes them, waiting for room when it is full; the clock stops when `stop()` has flushed
-everything. The store is {result["store"]} in a fresh file.
-
-| traces | rows written | elapsed s | traces/s | goal | status | producer s | peak RSS MiB |
-|--:|--:|--:|--:|--:|---|--:|--:|
-| {result["count"]:,} | {result["rows_written"]:,} | {result["elapsed_s"]:.2f} \
-| {result["traces_per_s"]:,.0f} | ≥ {result["goal_traces_per_s"]:,} | {result["status"]} \
-| {result["producer_s"]:.2f} | {result["peak_rss_mib"]:.1f} |
-{busy_section(report.get("busy_loop"))}
-Reproduce: `{report["command"]}`
-"""
-
-
-def busy_section(busy: dict[str, Any] | None) -> str:
-    if not busy:
-        return ""
-    return f"""
-**Beside a saturated event loop.** In the gateway the writer thread shares the GIL with an
-event loop that is busy all the time under load. To reproduce that, one thread burns
-{busy["work_us"]:g} µs of pure-Python CPU per request, submits a trace without ever waiting
-for room, like the gateway, and lets go of the GIL only once per {busy["poll_every"]} requests
-(an event loop's poll for I/O), offering {busy["offered_per_s"]:,.0f} traces/s. This is a model
-of the gateway at saturation, not the gateway itself (see the gateway section for that). Goal:
-the writer keeps up, nothing is dropped.
-
-| traces offered | offered/s | dropped (queue full) | rows written | status |
-|--:|--:|--:|--:|---|
-| {busy["count"]:,} | {busy["offered_per_s"]:,.0f} | {busy["dropped"]:,} \
-({busy["dropped_share"]:.0%}) | {busy["rows_written"]:,} | {busy["status"]} |
-"""
+def paragraph(*parts: str) -> str:
+    """Markdown paragraph text wrapped at 100 columns."""
+    return textwrap.fill(" ".join(parts), width=100, break_on_hyphens=False)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
