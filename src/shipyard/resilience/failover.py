@@ -55,8 +55,13 @@ class Deployment:
 
 def pick(deployments: list[Deployment], avoid: set[Deployment],
          rng: random.Random | None = None) -> Deployment | None:
-    """Least in-flight per unit of weight among deployments whose circuit admits a call;
-    `avoid` is honoured when another candidate exists."""
+    """Weighted least-request choice among deployments whose circuit admits a call.
+
+    Each candidate's chance is its weight divided by (its requests in flight + 1): idle
+    deployments share traffic by weight, busy ones get less (as Envoy's least-request
+    balancer does). `avoid` (deployments already tried) is honoured when another candidate
+    exists.
+    """
     candidates = [d for d in deployments if d.breaker.available()]
     fresh = [d for d in candidates if d not in avoid]
     pool = fresh or candidates
@@ -64,12 +69,7 @@ def pick(deployments: list[Deployment], avoid: set[Deployment],
         return None
     if len(pool) == 1:
         return pool[0]
-    best = min((d.in_flight + 1) / d.weight for d in pool)
-    tied = [d for d in pool if (d.in_flight + 1) / d.weight <= best + 1e-9]
-    if len(tied) == 1:
-        return tied[0]
-    # Ties: weighted random, so equal-load deployments share traffic by weight.
-    return (rng or random).choices(tied, weights=[d.weight for d in tied])[0]
+    return (rng or random).choices(pool, weights=[d.weight / (d.in_flight + 1) for d in pool])[0]
 
 
 def _counts_as_failure(exc: ShipyardError) -> bool:

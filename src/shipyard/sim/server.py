@@ -229,5 +229,6 @@ def build_sim_app(server: SimServer) -> web.Application:
 
 def run_sim(server: SimServer, *, host: str = "127.0.0.1", port: int = 9100) -> None:
     """Serve until interrupted (SIGINT/SIGTERM)."""
+    # A short shutdown timeout: hanging requests (a fault on purpose) must not hold the exit.
     web.run_app(build_sim_app(server), host=host, port=port, print=None,
-                access_log=None, handle_signals=True)
+                access_log=None, handle_signals=True, shutdown_timeout=1.0)
