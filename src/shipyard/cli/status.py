@@ -22,7 +22,7 @@ def fetch_status(url: str, api_key: str, *, timeout: float = 5.0) -> dict[str, A
     request = urllib.request.Request(url.rstrip("/") + "/v1/admin/status",
                                      headers={"authorization": f"Bearer {api_key}"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return dict(orjson.loads(response.read()))
     except urllib.error.HTTPError as exc:
         with exc:
