@@ -1,7 +1,7 @@
 """Shared fixtures: real processes on 127.0.0.1, real PostgreSQL, no mocks of our own parts.
 
-Tests that need PostgreSQL skip with a clear reason when it is unreachable, unless
-SHIPYARD_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
+Tests that need PostgreSQL or Redis skip with a clear reason when they are unreachable,
+unless SHIPYARD_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
 """
 
 from __future__ import annotations
@@ -218,3 +218,36 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
     return str(request.getfixturevalue("postgres_url"))
+
+
+def _redis_reachable() -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=3) as sock:
+            sock.sendall(b"PING\r\n")
+            if not sock.recv(16).startswith(b"+PONG"):
+                return "it did not answer PING"
+        return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own on the Redis at 127.0.0.1:6379; its keys are deleted
+    afterwards."""
+    problem = _redis_reachable()
+    if problem is not None:
+        reason = f"Redis on 127.0.0.1:6379 is unreachable ({problem})"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason + " and SHIPYARD_REQUIRE_SERVICES=1")
+        pytest.skip(reason)
+    import redis
+
+    prefix = f"shipyard-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()

@@ -422,3 +422,29 @@ models:
         assert 'shipyard_traces_replayed_total' in _metrics(gateway)
     finally:
         proxy.close()
+
+
+def test_replicas_share_the_cache_through_redis(start_sim: Callable[..., Proc],
+                                                start_gateway: Callable[..., Proc],
+                                                tmp_path: Path, redis_prefix: str) -> None:
+    sim = start_sim()
+    config = f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+state: {{backend: redis, redis_url: "redis://127.0.0.1:6379/0", key_prefix: "{redis_prefix}"}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+providers:
+  up: {{kind: openai, base_url: "{sim.url}/v1"}}
+models:
+  demo:
+    provider: up
+    model: sim-chat
+    cache: {{enabled: true, ttl_s: 30}}
+"""
+    first, second = start_gateway(config), start_gateway(config)
+    body = {**CHAT, "temperature": 0}
+    [a] = burst(first, 1, body=body)
+    [b] = burst(second, 1, body=body)
+    assert a.status == b.status == 200
+    assert a.headers["x-shipyard-cache"] == "miss" and b.headers["x-shipyard-cache"] == "hit"
+    assert a.body["choices"] == b.body["choices"]
+    assert sim_stats(sim)["requests"] == 1
