@@ -19,6 +19,7 @@ from sqlalchemy import create_engine
 from shipyard._version import __version__
 from shipyard.cli import traces as traces_cli
 from shipyard.cli.common import config_path, console, fail, resolve_config
+from shipyard.cli.loadtest import loadtest
 from shipyard.cli.status import status
 from shipyard.config import env
 from shipyard.config.docs import render_reference
@@ -39,6 +40,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Validate and document shipyard.yaml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(traces_cli.app, name="traces")
+app.command("loadtest")(loadtest)
 app.command("status")(status)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
