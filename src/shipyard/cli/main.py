@@ -18,6 +18,7 @@ from sqlalchemy import create_engine
 
 from shipyard._version import __version__
 from shipyard.cli import traces as traces_cli
+from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, resolve_config
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.status import status
@@ -256,3 +257,4 @@ def main() -> None:
     app()
 
 
+app.command("chaos")(chaos)
