@@ -331,6 +331,7 @@ class WrkResult:
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)
     foreign_cpu: float = 0.0  # share of the machine used by other processes during the run
+    attempts: int = 1  # measured runs made to get one that other work did not skew
 
     @property
     def error_count(self) -> int:

@@ -354,22 +354,19 @@ def measure(
     with RssSampler(server.pid) as sampler:
         for connections in CONCURRENCIES:
             run_wrk(ctx.wrk, url, script, connections=connections, duration_s=ctx.args.warmup)
-            with ForeignCpu([server.pid, ctx.upstream.pid]) as foreign:
-                run = run_wrk(
-                    ctx.wrk, url, script, connections=connections, duration_s=ctx.args.duration
-                )
-            run.foreign_cpu = round(foreign.foreign, 3)
-            result.runs[f"c{connections}"] = run
-            log(
-                f"  {result.key} c={connections}: {run.rps:,.0f} req/s, "
-                f"p50 {run.p50_ms:.3f} ms, p99 {run.p99_ms:.3f} ms"
-                + (f", ERRORS {run.errors}" if run.errors else "")
-                + (
-                    f", WARNING: {run.foreign_cpu:.0%} of the CPU went to other processes"
-                    if run.foreign_cpu > FOREIGN_CPU_WARN
-                    else ""
-                )
-            )
+            best: WrkResult | None = None
+            for attempt in range(1 + ctx.args.retries):
+                if attempt:
+                    log(f"  {result.key} c={connections}: skewed by other work, measuring again")
+                    wait_for_quiet(max_wait_s=30)
+                run = measured_run(ctx, result, server, url, script, connections)
+                if best is None or run.foreign_cpu < best.foreign_cpu:
+                    best = run
+                if run.foreign_cpu <= FOREIGN_CPU_WARN or not server.alive():
+                    break
+            assert best is not None
+            best.attempts = attempt + 1
+            result.runs[f"c{connections}"] = best
             if not server.alive():
                 raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
         if result.key == "c":
@@ -382,6 +379,25 @@ def measure(
         f"  {result.key} peak RSS {result.peak_rss_mib} MiB (after start-up "
         f"{result.start_rss_mib} MiB; {sampler.processes} processes)"
     )
+
+
+def measured_run(
+    ctx: Context, result: TargetResult, server: Server, url: str, script: Path, connections: int
+) -> WrkResult:
+    with ForeignCpu([server.pid, ctx.upstream.pid]) as foreign:
+        run = run_wrk(ctx.wrk, url, script, connections=connections, duration_s=ctx.args.duration)
+    run.foreign_cpu = round(foreign.foreign, 3)
+    log(
+        f"  {result.key} c={connections}: {run.rps:,.0f} req/s, "
+        f"p50 {run.p50_ms:.3f} ms, p99 {run.p99_ms:.3f} ms"
+        + (f", ERRORS {run.errors}" if run.errors else "")
+        + (
+            f", WARNING: {run.foreign_cpu:.0%} of the CPU went to other processes"
+            if run.foreign_cpu > FOREIGN_CPU_WARN
+            else ""
+        )
+    )
+    return run
 
 
 def shipyard_trace_metrics(port: int, api_key: str | None) -> dict[str, float]:
@@ -689,6 +705,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
     parser.add_argument(
         "--only", default="a,b,c,d", help="comma-separated targets among a,b,c,d (default all)"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure a run again (keeping the least skewed) when more than 5%% of the CPU "
+        "went to other processes",
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave docs/ and results/ alone"
