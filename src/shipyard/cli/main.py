@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
@@ -22,11 +22,10 @@ from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, resolve_config
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.status import status
-from shipyard.config import env
+from shipyard.config import Config, env
 from shipyard.config.docs import render_reference
 from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
-from shipyard.gateway.app import create_app
 from shipyard.gateway.runtime import Gateway
 from shipyard.sim.engine import Faults
 from shipyard.sim.server import SimServer, run_sim
@@ -115,31 +114,29 @@ def config_docs(
         console.print(f"Wrote {output}.")
 
 
-def _serve(file: Path, host: str, port: int, workers: int, log_level: str,
-           access_log: bool, environ: dict[str, str] | None = None) -> None:
+def _prepare(file: Path, environ: dict[str, str] | None = None) -> Config:
+    """Validate the config (and every function it names) and migrate the store."""
     _, cfg = resolve_config(file, environ)
-    _logging(log_level)
-    common = dict(host=host, port=port, log_level=log_level, access_log=access_log,
-                  loop="uvloop", http="httptools",
-                  timeout_graceful_shutdown=max(1, int(cfg.server.drain_timeout_s)),
-                  server_header=False, date_header=False)
-    if workers == 1:
-        try:
-            application = create_app(cfg)
-        except ShipyardError as exc:
-            raise fail(exc) from None
-        uvicorn.run(application, **common)  # type: ignore[arg-type]
-        return
-    # Migrate once here so worker processes never race on the schema.
-    if cfg.store.migrate:
-        engine = create_store_engine(cfg.store.url)
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
-    env.export("SHIPYARD_CONFIG", str(file.resolve()))
-    uvicorn.run("shipyard.gateway.app:app_from_env", factory=True, workers=workers,
-                **common)  # type: ignore[arg-type]
+    try:
+        Gateway(cfg, migrate=False).engine.dispose()  # imports and schemas, as serving will
+        if cfg.store.migrate:
+            engine = create_store_engine(cfg.store.url)
+            try:
+                migrate(engine)
+            finally:
+                engine.dispose()
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    except Exception as exc:
+        raise fail(f"{file}: the store at store.url cannot be migrated ({type(exc).__name__}: "
+                   f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
+                   ) from None
+    return cfg
+
+
+def _server_argv(file: Path, host: str, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "shipyard.gateway.server", "--config", str(file.resolve()),
+            "--host", host, "--port", str(port), "--workers", str(workers), "--no-migrate"]
 
 
 @app.command()
@@ -150,10 +147,15 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes (server.workers).")] = None,
 ) -> None:
     """Serve the gateway: OpenAI-compatible API, hosted services, /metrics and probes."""
-    file, cfg = resolve_config(config)
+    file = config_path(config)
+    cfg = _prepare(file)
     server = cfg.server
-    _serve(file, host or server.host, port or server.port, workers or server.workers,
-           server.log_level, server.access_log)
+    argv = _server_argv(file, host or server.host, port or server.port,
+                        workers or server.workers)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the lean serving process: same PID and signals, without the CLI's imports.
+    os.execv(sys.executable, argv)
 
 
 @app.command()
@@ -245,9 +247,14 @@ def demo(
             "  python -c \"from openai import OpenAI; print(OpenAI().chat.completions.create("
             "model='demo', messages=[{'role': 'user', 'content': 'Hello'}]).choices[0]"
             ".message.content)\"\n", highlight=False, soft_wrap=True)
-        _, cfg = resolve_config(file, environ)
-        _serve(file, cfg.server.host, port, 1, cfg.server.log_level, cfg.server.access_log,
-               environ)
+        cfg = _prepare(file, environ)
+        server_process = subprocess.Popen(_server_argv(file, cfg.server.host, port, 1),
+                                          env=environ)
+        try:
+            server_process.wait()
+        except KeyboardInterrupt:
+            server_process.terminate()
+            server_process.wait(30)
     finally:
         sim_process.terminate()
         sim_process.wait(10)

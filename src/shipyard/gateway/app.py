@@ -38,13 +38,17 @@ _DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 log = logging.getLogger("shipyard.gateway")
 
 
-def create_app(config: Config, *, engine: Engine | None = None) -> FastPath:
+def create_app(config: Config, *, engine: Engine | None = None,
+               migrate: bool = True) -> FastPath:
     """Build the gateway app for `config`.
 
     >>> from shipyard.config import parse_config
     >>> app = create_app(parse_config("auth: {disabled: true}"))  # doctest: +SKIP
+
+    With `migrate=False` the store schema is assumed current (`shipyard serve` migrates before
+    it starts the serving process).
     """
-    gateway = Gateway(config, engine=engine)
+    gateway = Gateway(config, engine=engine, migrate=migrate)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -49,8 +49,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 class Gateway:
     """Everything one gateway process holds; routes reach it through `request.app.state`."""
 
-    def __init__(self, config: Config, *, engine: Engine | None = None) -> None:
+    def __init__(self, config: Config, *, engine: Engine | None = None,
+                 migrate: bool = True) -> None:
         self.config = config
+        self._migrate = migrate and config.store.migrate
         for folder in reversed(config.python_path):
             if folder not in sys.path:
                 sys.path.insert(0, folder)  # so module:function references import
@@ -95,7 +97,7 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.config.store.migrate:
+        if self._migrate:
             try:
                 await asyncio.to_thread(migrate, self.engine)
             except Exception as exc:

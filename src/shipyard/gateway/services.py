@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
 import pydantic
-from jsonschema.exceptions import SchemaError
 
 from shipyard.config.schema import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
@@ -32,7 +30,7 @@ class HostedService:
             raise ConfigError(f"Config key 'services.{name}.function' is "
                               f"'{config.function}', which is not callable.")
         self.model: type[pydantic.BaseModel] | None = None
-        self.validator: jsonschema.protocols.Validator | None = None
+        self.validator: Any = None
         if config.input_model is not None:
             model = import_object(config.input_model, key=f"services.{name}.input_model")
             if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
@@ -40,6 +38,11 @@ class HostedService:
                                   f"'{config.input_model}', which is not a pydantic model class.")
             self.model = model
         elif config.input_schema is not None:
+            # jsonschema (~10 MiB with its dependencies) is loaded only by services that
+            # declare a JSON Schema.
+            import jsonschema
+            from jsonschema.exceptions import SchemaError
+
             cls = jsonschema.validators.validator_for(config.input_schema)
             try:
                 cls.check_schema(config.input_schema)
@@ -103,7 +106,7 @@ def _pydantic_problem(error: Any) -> str:
     return f"field '{field}' is {shown}; {message[:1].lower()}{message[1:]}."
 
 
-def _schema_problem(error: jsonschema.ValidationError) -> str:
+def _schema_problem(error: Any) -> str:
     field = _path(tuple(error.absolute_path))
     if error.validator == "required":
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message

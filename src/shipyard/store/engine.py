@@ -6,10 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -71,7 +67,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _alembic_config() -> AlembicConfig:
+# Alembic is imported only where migrations run: it costs ~11 MiB resident, and the serving
+# process (which `shipyard serve` starts after migrating) never needs it.
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", _MIGRATIONS)
     return config
@@ -79,6 +81,8 @@ def _alembic_config() -> AlembicConfig:
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the store schema to `revision` (the latest by default)."""
+    from alembic import command
+
     config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -87,6 +91,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the store schema to `revision` ("base" removes every Shipyard table)."""
+    from alembic import command
+
     config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -95,11 +101,15 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def head_revision() -> str | None:
     """The newest migration shipped with this version of Shipyard."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the store is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
