@@ -68,7 +68,11 @@ class TraceWriter:
         self._last_drop_log = 0.0
         self.spool = spool
         self.probe_interval_s = probe_interval_s
-        self._prepared: tuple[Any, ...] | None = None
+        self._pick: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
+        self._mark: str | None = None
+        self._columns: list[str] = []
+        self._rows_per_statement = 1
+        self._sql_cache: dict[int, str] = {}
         self._store_down_until = 0.0
         self.written = 0
         self.dropped = 0
@@ -161,35 +165,54 @@ class TraceWriter:
         self._store_down_until = time.monotonic() + self.probe_interval_s
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        statement = self._statement()
-        with self.engine.begin() as connection:
-            if statement is None:
-                connection.execute(traces.insert(), rows)
-            else:
-                sql, pick = statement
-                connection.exec_driver_sql(sql, [pick(row) for row in rows])
+        """Insert rows with as few driver calls as possible.
 
-    def _statement(self) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]] | None:
-        """A driver-level INSERT for the whole row (tuples in column order).
-
-        SQLAlchemy's per-row, per-column bind processing costs ~20x the database work and
-        holds the GIL the event loop needs; the driver binds tuples in C. Datetimes reach
-        SQLite in SQLAlchemy's own storage format, so reads are unchanged.
+        Two costs matter beside a busy event loop: SQLAlchemy's per-row, per-column bind
+        processing (Python, under the GIL), and the GIL hand-off the driver makes around
+        every statement execution — an `executemany` of 500 rows waits for the GIL 500
+        times. So rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of up
+        to a few hundred rows, bound by the driver in C. Datetimes reach SQLite in
+        SQLAlchemy's own storage format, so reads are unchanged.
         """
-        if self._prepared is not None:
-            return self._prepared or None
+        pick = self._pick or self._prepare()
+        with self.engine.begin() as connection:
+            if self._mark is None:
+                connection.execute(traces.insert(), rows)
+                return
+            start = 0
+            while start < len(rows):
+                # Statement sizes are powers of two, so only a handful of SQL texts exist
+                # (each compiled once by the driver's statement cache).
+                size = self._rows_per_statement
+                while size > len(rows) - start:
+                    size //= 2
+                params: list[Any] = []
+                for row in rows[start : start + size]:
+                    params.extend(pick(row))
+                connection.exec_driver_sql(self._sql(size), tuple(params))
+                start += size
+
+    def _prepare(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
         dialect = self.engine.dialect
-        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
-        if mark is None:
-            self._prepared = ()
-            return None
+        self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
         if dialect.name == "sqlite":
             sqlite3.register_adapter(datetime, _sqlite_datetime)
         columns = [c.name for c in traces.columns]
-        sql = (f"INSERT INTO traces ({', '.join(columns)}) "
-               f"VALUES ({', '.join([mark] * len(columns))})")
-        self._prepared = (sql, operator.itemgetter(*columns))
-        return self._prepared
+        self._columns = columns
+        self._pick = pick = operator.itemgetter(*columns)
+        # SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535.
+        limit = max(1, min(self.batch_size, 32_000 // len(columns)))
+        self._rows_per_statement = 1 << (limit.bit_length() - 1)  # a power of two
+        return self._pick
+
+    def _sql(self, rows: int) -> str:
+        sql = self._sql_cache.get(rows)
+        if sql is None:
+            one = f"({', '.join([self._mark or '?'] * len(self._columns))})"
+            sql = (f"INSERT INTO traces ({', '.join(self._columns)}) VALUES "
+                   + ", ".join([one] * rows))
+            self._sql_cache[rows] = sql
+        return sql
 
     def _replay(self) -> None:
         """Write spooled segments back, oldest first, before anything newer."""
