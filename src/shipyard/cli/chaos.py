@@ -86,10 +86,10 @@ def _print(report: engine.ChaosReport) -> None:
     for r in report.scenarios:
         for note in ([f"skipped: {r.skipped}"] if r.skipped else []) + r.notes:
             console.print(f"[yellow]note[/] {r.name}: {escape(note)}", highlight=False)
-    console.print(f"Recovery: time from removing the faults until every {report.window_s:g} s "
-                  "window is back to the baseline success rate with p99 within "
-                  f"{report.latency_factor:g}x baseline. Latency runs from each request's "
-                  "scheduled send time.", highlight=False)
+    console.print(f"Recovery: time from removing the faults until the {report.window_s:g} s "
+                  "windows are back to the baseline success rate with p99 within "
+                  f"{report.latency_factor:g}x baseline, for {report.hold_s:g} s. Latency runs "
+                  "from each request's scheduled send time.", highlight=False)
 
 
 def chaos(
@@ -116,6 +116,9 @@ def chaos(
         "circuits' open_s).")] = 15.0,
     window: Annotated[float, typer.Option(
         help="Sliding window that must be back to baseline to count as recovered, s.")] = 1.0,
+    hold: Annotated[float, typer.Option(
+        help="How long the windows must stay back to baseline to count as recovered, s.")
+    ] = 3.0,
     latency_factor: Annotated[float, typer.Option(
         help="Recovered means p99 within this factor of the baseline p99.")] = 2.0,
     timeout: Annotated[float, typer.Option(help="Client timeout per request, seconds.")] = 30.0,
@@ -185,7 +188,7 @@ def chaos(
             report = engine.run_scenarios(
                 url, key, model, sim, chosen, rate=rate, stream_share=stream_share,
                 baseline_s=baseline, fault_s=fault, recovery_s=recovery, window_s=window,
-                latency_factor=latency_factor, timeout_s=timeout, settle_s=settle,
+                hold_s=hold, latency_factor=latency_factor, timeout_s=timeout, settle_s=settle,
                 status=status, sim_admin_token=sim_admin_token,
                 store_down_cmd=store_down_cmd, store_up_cmd=store_up_cmd, seed=seed,
                 on_progress=on_progress)

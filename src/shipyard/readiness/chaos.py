@@ -6,8 +6,9 @@ gateway's OpenAI API through three phases: a healthy **baseline**, one or more *
 cannot cause, such as the store going down) and a **recovery** phase after the faults are
 removed. For each phase it reports the client-visible success rate, p50/p99 latency (measured
 from each request's *scheduled* send time, so queueing cannot hide) and errors by kind; for the
-scenario, the recovery time: from the removal of the faults until every sliding window
-(`window_s`) is back to the baseline success rate with p99 within `latency_factor` x baseline.
+scenario, the recovery time: from the removal of the faults until the sliding windows
+(`window_s`) are back to the baseline success rate with p99 within `latency_factor` x baseline,
+and stay back for `hold_s`.
 
 Streams are checked for correctness as well as success: a stream must end with a
 `finish_reason` and `data: [DONE]`. One that ends with an explicit error event is a visible
@@ -256,6 +257,7 @@ class ChaosReport:
     fault_s: float
     recovery_s: float
     window_s: float
+    hold_s: float
     latency_factor: float
     started_at: str
     scenarios: list[ScenarioResult]
@@ -373,33 +375,33 @@ def _phase(name: str, faults: dict[str, Any], start: float, end: float,
 
 
 def _recovery_time(samples: Sequence[_Sample], baseline: PhaseResult, removed_at: float,
-                   end: float, *, window_s: float, latency_factor: float,
+                   end: float, *, window_s: float, hold_s: float, latency_factor: float,
                    success_tolerance: float, latency_slack_ms: float) -> float | None:
-    """Seconds from `removed_at` until every later sliding window meets the baseline."""
+    """Seconds from `removed_at` until the sliding windows meet the baseline and keep meeting
+    it for `hold_s` (or until the end of the phase, when that comes first)."""
     success_floor = (baseline.success_rate if not math.isnan(baseline.success_rate) else 1.0)
     success_floor -= success_tolerance
     base_p99 = baseline.p99_ms if not math.isnan(baseline.p99_ms) else 0.0
     p99_ceiling = max(latency_factor * base_p99, base_p99 + latency_slack_ms)
     step = max(window_s / 10.0, 0.01)
-    later = sorted((s for s in samples if s.at >= removed_at), key=lambda s: s.at)
+    later = [s for s in samples if s.at >= removed_at]
     starts: list[float] = []
     t = removed_at
     while t + window_s <= end + 1e-9:
         starts.append(t)
         t += step
-    if not starts:
-        return None
-    recovered_from: float | None = None
+    good: list[bool] = []
     for start in starts:
         group = [s for s in later if start <= s.at < start + window_s]
         ok = sum(1 for s in group if s.outcome == OK)
-        p99 = percentile(_ms(group), 99)
-        good = bool(group) and ok / len(group) >= success_floor and p99 <= p99_ceiling
-        if not good:
-            recovered_from = None
-        elif recovered_from is None:
-            recovered_from = start
-    return None if recovered_from is None else round(recovered_from - removed_at, 3)
+        good.append(bool(group) and ok / len(group) >= success_floor
+                    and percentile(_ms(group), 99) <= p99_ceiling)
+    # A window is one sample of the state; a single lucky one is not a recovery.
+    needed = max(1, round(max(hold_s - window_s, 0.0) / step) + 1)
+    for i, start in enumerate(starts):
+        if all(good[i:i + needed]):
+            return round(start - removed_at, 3)
+    return None
 
 
 def _timeline(samples: Sequence[_Sample], end: float) -> list[Second]:
@@ -510,6 +512,7 @@ class _Plan:
     fault_s: float
     recovery_s: float
     window_s: float
+    hold_s: float
     latency_factor: float
     success_tolerance: float
     latency_slack_ms: float
@@ -641,6 +644,7 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
                      "deployment was not healthy before the fault; recovery is measured "
                      "against that baseline.")
     recovery = _recovery_time(samples, baseline, edges[-2], duration, window_s=plan.window_s,
+                              hold_s=plan.hold_s,
                               latency_factor=plan.latency_factor,
                               success_tolerance=plan.success_tolerance,
                               latency_slack_ms=plan.latency_slack_ms)
@@ -683,7 +687,8 @@ async def run_scenarios_async(
     gateway_url: str, api_key: str | None, model: str, sim_admin_urls: Sequence[str],
     scenarios: Sequence[Scenario | str], *, rate: float = 20.0, stream_share: float = 0.2,
     baseline_s: float = 5.0, fault_s: float = 10.0, recovery_s: float = 15.0,
-    window_s: float = 1.0, latency_factor: float = 2.0, success_tolerance: float = 0.01,
+    window_s: float = 1.0, hold_s: float = 3.0, latency_factor: float = 2.0,
+    success_tolerance: float = 0.01,
     latency_slack_ms: float = 10.0, settle_s: float = 1.0, timeout_s: float = 30.0,
     status: bool = True, sim_admin_token: str | None = None,
     store_down_cmd: str | None = None, store_up_cmd: str | None = None,
@@ -703,6 +708,7 @@ async def run_scenarios_async(
                   "second, e.g. 20.")
     for value, what in ((baseline_s, "baseline_s (--baseline)"), (fault_s, "fault_s (--fault)"),
                         (recovery_s, "recovery_s (--recovery)"), (window_s, "window_s (--window)"),
+                        (hold_s, "hold_s (--hold)"),
                         (timeout_s, "timeout_s (--timeout)")):
         _check_number(value, what, "it must be a positive number of seconds, e.g. 5.")
     if window_s > recovery_s:
@@ -721,7 +727,7 @@ async def run_scenarios_async(
         raise ConfigError("No scenario was chosen; pass --scenario NAME (e.g. errors-30) or "
                           "--scenario all.", param="scenario")
     plan = _Plan(rate=float(rate), stream_share=float(stream_share), baseline_s=baseline_s,
-                 fault_s=fault_s, recovery_s=recovery_s, window_s=window_s,
+                 fault_s=fault_s, recovery_s=recovery_s, window_s=window_s, hold_s=hold_s,
                  latency_factor=latency_factor, success_tolerance=success_tolerance,
                  latency_slack_ms=latency_slack_ms, status=status, seed=seed)
     url = f"{gateway}/v1/chat/completions"
@@ -750,8 +756,8 @@ async def run_scenarios_async(
                 on_scenario(result)
     return ChaosReport(gateway_url=gateway, model=model, sims=sims, rate=float(rate),
                        stream_share=float(stream_share), baseline_s=baseline_s, fault_s=fault_s,
-                       recovery_s=recovery_s, window_s=window_s, latency_factor=latency_factor,
-                       started_at=started_at, scenarios=results)
+                       recovery_s=recovery_s, window_s=window_s, hold_s=hold_s,
+                       latency_factor=latency_factor, started_at=started_at, scenarios=results)
 
 
 def run_scenarios(
@@ -763,7 +769,7 @@ def run_scenarios(
     `gateway_url` is the gateway's root (`/v1` optional); `sim_admin_urls` are the roots of the
     `shipyard sim` processes that receive the faults (a healthy fallback sim is simply left out).
     Options are those of `run_scenarios_async`: `rate`, `stream_share`, `baseline_s`,
-    `fault_s`, `recovery_s`, `window_s`, `latency_factor`, `timeout_s`, `status`,
+    `fault_s`, `recovery_s`, `window_s`, `hold_s`, `latency_factor`, `timeout_s`, `status`,
     `sim_admin_token`, `store_down_cmd`, `store_up_cmd`, `seed`, `on_progress`, `on_scenario`.
     The sims are always left healthy (`PUT {}`) when a scenario ends, even on an error.
 

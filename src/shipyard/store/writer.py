@@ -199,7 +199,7 @@ class TraceWriter:
             sqlite3.register_adapter(datetime, _sqlite_datetime)
         columns = [c.name for c in traces.columns]
         self._columns = columns
-        self._pick = pick = operator.itemgetter(*columns)
+        self._pick = operator.itemgetter(*columns)
         # SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535.
         limit = max(1, min(self.batch_size, 32_000 // len(columns)))
         self._rows_per_statement = 1 << (limit.bit_length() - 1)  # a power of two
