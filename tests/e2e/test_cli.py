@@ -8,18 +8,35 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
 from shipyard import __version__
+from shipyard.cli.main import app
 from shipyard.store import TraceWriter, create_store_engine, migrate, new_trace_record
 
 REPO = Path(__file__).resolve().parents[2]
-GROUPS = {
-    (): ["version", "init", "serve", "sim", "demo", "config", "traces"],
-    ("config",): ["check", "docs"],
-    ("traces",): ["list", "show", "tail", "export"],
-}
+
+
+def _command_tree() -> dict[tuple[str, ...], list[str]]:
+    """Every command group of the real Typer app and its subcommands (so a new command is
+    checked the moment it is registered)."""
+    tree: dict[tuple[str, ...], list[str]] = {}
+
+    def walk(group: Any, path: tuple[str, ...]) -> None:
+        # Typer ships its own click; a group is anything with sub-`commands`.
+        tree[path] = sorted(group.commands)
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(command, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return tree
+
+
+GROUPS = _command_tree()
 
 
 def shipyard(*args: str, cwd: Path, env: dict[str, str] | None = None,
