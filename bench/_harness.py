@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.error
@@ -552,6 +553,14 @@ _DOCS_HEADER = """\
 Numbers measured by the scripts in `bench/` (see `bench/README.md`). Each section is rewritten
 by its script; edit the text outside the markers freely.
 """
+
+
+def paragraph(*parts: str, width: int = 100) -> str:
+    """Markdown paragraph wrapped at `width` columns, never inside a `code span`."""
+    text = " ".join(parts)
+    glued = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\x00"), text)
+    wrapped = textwrap.fill(glued, width=width, break_long_words=False, break_on_hyphens=False)
+    return wrapped.replace("\x00", " ")
 
 
 def write_docs_section(name: str, markdown: str, path: Path = DOCS_FILE) -> None:

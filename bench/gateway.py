@@ -23,7 +23,6 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from _harness import (
     machine_info,
     managed_processes,
     now_iso,
+    paragraph,
     run_wrk,
     wait_for_port,
     wait_for_quiet,
@@ -677,11 +677,6 @@ def markdown(
         )
         if part
     )
-
-
-def paragraph(*parts: str) -> str:
-    """Markdown paragraph text wrapped at 100 columns."""
-    return textwrap.fill(" ".join(parts), width=100, break_on_hyphens=False)
 
 
 def print_summary(results: dict[str, TargetResult], summary: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import os
 import random
 import sqlite3
 import sys
-import textwrap
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from _harness import (
     log,
     machine_info,
     now_iso,
+    paragraph,
     wait_for_quiet,
     write_docs_section,
     write_json,
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "queue_size": args.queue_size,
         "batch_size": args.batch_size,
         "flush_interval_s": args.flush_interval,
-        "store": "sqlite (WAL)" if not args.url else engine.url.get_backend_name(),
+        "store": "SQLite (WAL)" if not args.url else engine.url.get_backend_name(),
         "db_mib": round(db_bytes / 2**20, 1) if db_bytes is not None else None,
         "peak_rss_mib": round(sampler.peak_mib, 1),
         "goal_traces_per_s": GOAL_TRACES_PER_S,
@@ -274,11 +274,6 @@ def markdown(report: dict[str, Any]) -> str:
         )
     parts.append(f"Reproduce: `{report['command']}`")
     return "\n\n".join(parts)
-
-
-def paragraph(*parts: str) -> str:
-    """Markdown paragraph text wrapped at 100 columns."""
-    return textwrap.fill(" ".join(parts), width=100, break_on_hyphens=False)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
