@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     RESULTS_DIR,
+    ForeignCpu,
     RssSampler,
     command_line,
     dist_version,
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         produced_s = time.perf_counter() - start
 
     log(f"submitting {args.count:,} traces to {engine.url.render_as_string(hide_password=True)}")
-    with RssSampler(os.getpid()) as sampler:
+    with RssSampler(os.getpid()) as sampler, ForeignCpu([]) as foreign:
         writer.start()
         start = time.perf_counter()
         producer = threading.Thread(target=produce, name="producer")
@@ -144,12 +145,18 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "store": "SQLite (WAL)" if not args.url else engine.url.get_backend_name(),
         "db_mib": round(db_bytes / 2**20, 1) if db_bytes is not None else None,
         "peak_rss_mib": round(sampler.peak_mib, 1),
+        "foreign_cpu": round(foreign.foreign, 3),
         "goal_traces_per_s": GOAL_TRACES_PER_S,
         "status": "met" if rate >= GOAL_TRACES_PER_S and rows == args.count else "MISSED",
     }
     log(
         f"{rows:,}/{args.count:,} rows in {elapsed:.2f} s: {rate:,.0f} traces/s "
         f"(producer {produced_s:.2f} s, waited for room {waits:,} times)"
+        + (
+            f", WARNING: {foreign.foreign:.0%} of the CPU went to other processes"
+            if foreign.foreign > 0.05
+            else ""
+        )
     )
     return result
 
@@ -247,6 +254,11 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     )
     parts = ["## Trace writer", intro, method, table]
+    if result.get("foreign_cpu", 0) > 0.05:
+        parts.append(
+            f"Note: {result['foreign_cpu']:.0%} of the machine's CPU went to processes outside "
+            "the benchmark during this run; its numbers are skewed."
+        )
     busy = report.get("busy_loop")
     if busy:
         parts.append(
