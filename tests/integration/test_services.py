@@ -165,3 +165,30 @@ def test_in_process_sim_provider(gateway: Proc) -> None:
     completion = client.chat.completions.create(
         model="inproc", messages=[{"role": "user", "content": "hi"}])
     assert completion.model == "sim-chat" and completion.choices[0].message.content
+
+
+def test_service_admission_sheds_with_retry_after(start_gateway: Callable[..., Proc],
+                                                  tmp_path: Path) -> None:
+    gateway = start_gateway(f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+services:
+  slow:
+    function: sample_services:slow_async
+    admission: {{max_in_flight: 1, max_queue: 1, max_queue_ms: 2000}}
+""")
+    results: list[tuple[int, Any]] = []
+
+    def call() -> None:
+        results.append(invoke(gateway, "slow", {"seconds": 0.5}))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 200, 503, 503], statuses
+    shed = [body for status, body in results if status == 503]
+    assert all(body["error"]["code"] == "overloaded" for body in shed)
+    assert "Service 'slow' is at capacity" in shed[0]["error"]["message"]

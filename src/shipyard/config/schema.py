@@ -20,6 +20,7 @@ __all__ = [
     "CaptureMode",
     "Config",
     "ModelConfig",
+    "OIDCConfig",
     "ProviderConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -32,6 +33,9 @@ __all__ = [
 CaptureMode = Literal["none", "metadata", "full"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+ROLES = ("admin", "operator", "developer", "client", "viewer")  # highest privilege first
+Role = Literal["admin", "operator", "developer", "client", "viewer"]
+JWT_ALGORITHMS = ("RS256", "ES256")
 
 
 class _Section(BaseModel):
@@ -134,6 +138,103 @@ def default_spool_dir(config: Config) -> str:
     return ".shipyard/spool"
 
 
+class OIDCConfig(_Section):
+    issuer: str = Field(
+        description="Expected `iss` claim, exactly as the identity provider writes it (e.g. "
+        "`https://idp.example.com/realms/acme`; mind a trailing slash)."
+    )
+    audience: str | list[str] = Field(
+        description="Accepted `aud` value(s): a token must name at least one (the API's "
+        "identifier or client id at the identity provider)."
+    )
+    jwks_file: str | None = Field(
+        None,
+        description="Path of a JWKS (JSON Web Key Set) file with the signing keys; relative "
+        "to the working directory. Set this or `jwks_url`.",
+    )
+    jwks_url: str | None = Field(
+        None,
+        description="URL of the identity provider's JWKS (`jwks_uri` in its "
+        "`/.well-known/openid-configuration`). Set this or `jwks_file`.",
+    )
+    jwks_cache_s: float = Field(
+        600.0, gt=0, description="How long fetched signing keys are used before a refresh."
+    )
+    jwks_min_refresh_s: float = Field(
+        30.0,
+        ge=0,
+        description="Least time between two JWKS refreshes caused by unknown `kid`s, so a "
+        "flood of bad tokens cannot hammer the identity provider.",
+    )
+    jwks_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest one JWKS fetch from `jwks_url` may take."
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: list(JWT_ALGORITHMS),
+        description="Signature algorithms accepted: `RS256` and/or `ES256` (never `none` or "
+        "HMAC).",
+    )
+    tenant_claim: str = Field(
+        "tenant",
+        description="Claim holding the tenant id; a dotted path (`org.id`) reaches into "
+        "nested claims.",
+    )
+    role_claim: str = Field(
+        "role",
+        description="Claim holding the role (admin, operator, developer, client, viewer); "
+        "a dotted path such as `realm_access.roles` may hold a list, and the "
+        "highest-privilege known role in it wins.",
+    )
+    default_role: Role | None = Field(
+        None, description="Role of a token without a role claim (none: such tokens are refused)."
+    )
+    leeway_s: float = Field(
+        60.0, ge=0, le=600, description="Clock skew allowed on `exp`, `nbf` and `iat`, in seconds."
+    )
+
+    @field_validator("issuer", "tenant_claim", "role_claim")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _some_audience(cls, value: str | list[str]) -> str | list[str]:
+        values = [value] if isinstance(value, str) else value
+        if not values or not all(v.strip() for v in values):
+            raise ValueError("must name at least one non-empty audience, e.g. audience: shipyard")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in JWT_ALGORITHMS]
+        if bad or not value:
+            raise ValueError(
+                f"may only list {' and '.join(JWT_ALGORITHMS)}, got {value!r}; 'none' and "
+                "HMAC (HS256) are refused because a shared secret would let any holder mint "
+                "tokens"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OIDCConfig:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError(
+                "set exactly one of 'jwks_file' (a local JWKS file) or 'jwks_url' (the "
+                "identity provider's jwks_uri)"
+            )
+        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError(f"jwks_url '{self.jwks_url}' must start with https:// or http://")
+        return self
+
+    def audiences(self) -> list[str]:
+        """`audience` as a list."""
+        return [self.audience] if isinstance(self.audience, str) else list(self.audience)
+
+
 class AuthConfig(_Section):
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -144,12 +245,18 @@ class AuthConfig(_Section):
         False,
         description="Serve without authentication. Only for a laptop: every route is open.",
     )
+    oidc: OIDCConfig | None = Field(
+        None,
+        description="Also accept bearer JWTs from an OpenID Connect identity provider "
+        "(see docs/oidc.md).",
+    )
 
     @model_validator(mode="after")
     def _keys_or_disabled(self) -> AuthConfig:
-        if not self.api_keys and not self.disabled:
+        if not self.api_keys and not self.disabled and self.oidc is None:
             raise ValueError(
-                "no API keys are configured; add 'auth.api_keys: [{$env: SHIPYARD_API_KEY}]' "
+                "no API keys are configured; add 'auth.api_keys: [{$env: SHIPYARD_API_KEY}]', "
+                "configure 'auth.oidc' (see docs/oidc.md) "
                 "or set 'auth.disabled: true' for a local-only setup"
             )
         for key in self.api_keys:
@@ -208,6 +315,28 @@ class AdmissionConfig(_Section):
     max_queue_ms: float = Field(
         1000.0, ge=0, description="Longest a request waits in the queue before a 503."
     )
+    adaptive: bool = Field(
+        False,
+        description="Find the upstream's capacity by itself: the in-flight limit grows by one "
+        "per limit's worth of good answers and shrinks by 10% when latency passes "
+        "`latency_tolerance` x the no-load latency or the upstream signals overload (AIMD). "
+        "`max_in_flight` is the ceiling.",
+    )
+    min_in_flight: int = Field(1, ge=1, description="Floor of the adaptive limit.")
+    latency_tolerance: float = Field(
+        2.0, gt=1, description="Adaptive: latency above this multiple of the no-load latency "
+        "counts as the upstream queueing."
+    )
+
+    @model_validator(mode="after")
+    def _adaptive_needs_ceiling(self) -> AdmissionConfig:
+        if self.adaptive and self.max_in_flight is None:
+            raise ValueError("'adaptive: true' needs 'max_in_flight' as its ceiling")
+        if self.max_in_flight is not None and self.min_in_flight > self.max_in_flight:
+            raise ValueError(
+                f"'min_in_flight' ({self.min_in_flight}) is above 'max_in_flight' "
+                f"({self.max_in_flight})")
+        return self
 
 
 class LimitsConfig(_Section):
@@ -516,6 +645,11 @@ def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator
             yield from iter_settings(annotation, path + ".")
             continue
         args = getattr(annotation, "__args__", ())
+        optional = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(args) == 2 and type(None) in args and optional:  # an optional section
+            yield Setting(path, f"{optional[0].__name__} | None", "None", field.description or "")
+            yield from iter_settings(optional[0], path + ".")
+            continue
         if (get_origin(annotation) is list and args and isinstance(args[0], type)
                 and issubclass(args[0], BaseModel)):
             yield Setting(path, "list", "[]", field.description or "")

@@ -9,9 +9,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidJSON, PayloadTooLarge, ShipyardError
+from shipyard.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, ShipyardError
+from shipyard.resilience.admission import BATCH, INTERACTIVE
 
-__all__ = ["error_response", "json_response", "read_json"]
+__all__ = ["error_response", "json_response", "read_json", "request_priority"]
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -68,6 +69,17 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     return "null"
+
+
+def request_priority(request: Request) -> int:
+    """`x-shipyard-priority: interactive` (default) or `batch`; batch waits behind interactive."""
+    value = request.headers.get("x-shipyard-priority")
+    if value is None or value == "interactive":
+        return INTERACTIVE
+    if value == "batch":
+        return BATCH
+    raise InvalidRequest(f"Header 'x-shipyard-priority' is {value!r}; it must be 'interactive' "
+                         "or 'batch'.", param="x-shipyard-priority")
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None,

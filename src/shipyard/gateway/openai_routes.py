@@ -15,14 +15,13 @@ from starlette.routing import Route
 
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.context import RequestContext
-from shipyard.gateway.http import error_response, json_response, read_json
+from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pipeline import Call, ModelTarget
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.providers.base import Endpoint, Reply
-from shipyard.resilience.admission import BATCH, INTERACTIVE
 
 __all__ = ["openai_routes"]
 
@@ -61,7 +60,7 @@ class OpenAIRoutes:
             payload = _apply_limits(target, body)
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
             call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
-                        deadline=_deadline(request, target), priority=_priority(request))
+                        deadline=_deadline(request, target), priority=request_priority(request))
             started = time.perf_counter()
             reply = await target.handler(call)
             if stream and reply.stream is not None:
@@ -164,7 +163,7 @@ class OpenAIRoutes:
             ctx.request_body = gw.capture_body(ctx, body)
             payload = dict(body)
             call = Call(ctx, "embeddings", payload, False, target,
-                        deadline=_deadline(request, target), priority=_priority(request))
+                        deadline=_deadline(request, target), priority=request_priority(request))
             reply = await target.handler(call)
             return self._complete(ctx, call, "embeddings", payload, reply)
         except ShipyardError as exc:
@@ -211,16 +210,6 @@ def _deadline(request: Request, target: ModelTarget) -> float:
         if 0 < client < seconds:
             seconds = client
     return time.monotonic() + seconds
-
-
-def _priority(request: Request) -> int:
-    value = request.headers.get("x-shipyard-priority")
-    if value is None or value == "interactive":
-        return INTERACTIVE
-    if value == "batch":
-        return BATCH
-    raise InvalidRequest(f"Header 'x-shipyard-priority' is {value!r}; it must be 'interactive' "
-                         "or 'batch'.", param="x-shipyard-priority")
 
 
 def _apply_limits(target: ModelTarget, body: dict[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,8 @@ class Gateway:
                 "deployments": deployments, "fallbacks": target.config.fallbacks,
                 "retry_budget_exhausted": target.budget.exhausted,
                 "admission": [{"name": a.name, "in_flight": a.in_flight, "queued": a.queued,
-                               "max_in_flight": a.max_in_flight, "shed": a.shed}
+                               "max_in_flight": a.max_in_flight, "shed": a.shed,
+                               "adaptive": a.adaptive is not None}
                               for a in target.admissions]}
         writer = self.writer
         return {

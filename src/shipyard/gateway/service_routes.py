@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shipyard.errors import NotFound, ServiceError, ShipyardError
-from shipyard.gateway.http import error_response, json_response, read_json
+from shipyard.errors import NotFound, ServiceError, ShipyardError, UpstreamTimeout
+from shipyard.gateway.context import RequestContext
+from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.services import HostedService
+from shipyard.resilience.admission import Admission
 
 __all__ = ["service_routes"]
 
@@ -49,9 +53,9 @@ class ServiceRoutes:
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             ctx.request_body = gw.capture_body(ctx, body)
             argument = service.validate(body)
-            started = ctx.elapsed_ms()
-            output = await service.invoke(argument)
-            ctx.upstream_ms = ctx.elapsed_ms() - started
+            held = [a for a in (gw.admission, service.admission) if a.max_in_flight is not None]
+            output = await self._admitted(ctx, held, service, argument,
+                                          request_priority(request))
             result = {"id": ctx.trace_id, "object": "service.result", "service": name,
                       "output": output}
             try:
@@ -77,6 +81,31 @@ class ServiceRoutes:
             return error_response(error, headers=gw.headers(ctx))
         finally:
             gw.finish(ctx)
+
+
+    async def _admitted(self, ctx: RequestContext, admissions: list[Admission],
+                        service: HostedService, argument: Any, priority: int) -> Any:
+        """Run the service inside its admission slots (global, then its own)."""
+        held: list[Admission] = []
+        try:
+            for admission in admissions:
+                ctx.queue_ms = (ctx.queue_ms or 0.0) + await admission.acquire(priority)
+                held.append(admission)
+            started = ctx.elapsed_ms()
+            try:
+                output = await service.invoke(argument)
+            except ShipyardError as exc:
+                overloaded = isinstance(exc, UpstreamTimeout)
+                for admission in held:
+                    admission.observe((ctx.elapsed_ms() - started) / 1e3, overloaded=overloaded)
+                raise
+            ctx.upstream_ms = ctx.elapsed_ms() - started
+            for admission in held:
+                admission.observe(ctx.upstream_ms / 1e3, overloaded=False)
+            return output
+        finally:
+            for admission in reversed(held):
+                admission.release()
 
 
 def service_routes(gateway: Gateway) -> list[Route]:

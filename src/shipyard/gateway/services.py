@@ -16,6 +16,7 @@ from shipyard.config.schema import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
 from shipyard.providers.loading import import_object
 from shipyard.providers.python import call_function
+from shipyard.resilience.admission import Admission
 
 __all__ = ["HostedService"]
 
@@ -24,6 +25,7 @@ class HostedService:
     def __init__(self, name: str, config: ServiceConfig) -> None:
         self.name = name
         self.config = config
+        self.admission = Admission.from_config(f"Service '{name}'", config.admission)
         self.function: Callable[..., Any] = import_object(
             config.function, key=f"services.{name}.function")
         if not callable(self.function):

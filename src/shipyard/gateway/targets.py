@@ -59,10 +59,7 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
     for alias, target in targets.items():
         target.fallback_targets = [targets[name] for name in target.config.fallbacks]
         stages: list[Stage] = []
-        service_admission = Admission(
-            f"Model '{alias}'", max_in_flight=target.config.admission.max_in_flight,
-            max_queue=target.config.admission.max_queue,
-            max_queue_ms=target.config.admission.max_queue_ms)
+        service_admission = Admission.from_config(f"Model '{alias}'", target.config.admission)
         admissions = [a for a in (global_admission, service_admission)
                       if a.max_in_flight is not None]
         if admissions:

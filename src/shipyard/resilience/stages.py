@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 
+from shipyard.errors import CapacityError, CircuitOpen, ShipyardError, UpstreamTimeout
 from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.providers.base import Reply
 from shipyard.resilience.admission import Admission
@@ -30,16 +32,33 @@ class AdmissionStage(Stage):
             raise
         if held:
             call.ctx.queue_ms = queued
+        started = time.monotonic()
         try:
             reply = await call_next(call)
+        except ShipyardError as exc:
+            _observe(held, time.monotonic() - started, overloaded=_overload(exc))
+            _release(held)
+            raise
         except BaseException:
             _release(held)
             raise
+        _observe(held, time.monotonic() - started, overloaded=False)
         if reply.stream is not None and held:
             reply.stream = _release_after(reply.stream, held)
         else:
             _release(held)
         return reply
+
+
+def _overload(exc: ShipyardError) -> bool:
+    """Signals that the upstream is past its capacity (not that the caller erred)."""
+    return isinstance(exc, UpstreamTimeout | CircuitOpen | CapacityError) or exc.status in (
+        429, 503)
+
+
+def _observe(held: list[Admission], latency_s: float, *, overloaded: bool) -> None:
+    for admission in held:
+        admission.observe(latency_s, overloaded=overloaded)
 
 
 def _release(held: list[Admission]) -> None:
