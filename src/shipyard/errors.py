@@ -9,6 +9,7 @@ ShipyardError                       500 internal_error
 │   ├── ValidationFailed            422 invalid_request_error / validation_error
 │   ├── PayloadTooLarge             413 invalid_request_error / payload_too_large
 │   ├── AuthenticationFailed        401 authentication_error / invalid_api_key
+│   ├── RateLimited                 429 rate_limit_error / rate_limit_exceeded (Retry-After)
 │   ├── PermissionDenied            403 permission_error
 │   ├── NotFound                    404 invalid_request_error / not_found
 │   │   └── ModelNotFound           404 invalid_request_error / model_not_found
@@ -43,6 +44,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "RateLimited",
     "ServiceError",
     "ShipyardError",
     "UpstreamError",
@@ -122,6 +124,12 @@ class AuthenticationFailed(ClientError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class PermissionDenied(ClientError):

@@ -212,12 +212,15 @@ def _http(method: str, url: str, body: bytes | None = None,
     parsed = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
     try:
-        conn.request(method, parsed.path, body=body, headers={
+        target = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        conn.request(method, target, body=body, headers={
             **({"authorization": f"Bearer {API_KEY}"} if auth else {}),
             "content-type": "application/json", **(headers or {})})
         response = conn.getresponse()
         data = response.read()
-        return response.status, json.loads(data) if data else None
+        if response.getheader("content-type", "").startswith("application/json"):
+            return response.status, json.loads(data) if data else None
+        return response.status, data.decode(errors="replace")
     finally:
         conn.close()
 

@@ -54,6 +54,7 @@ EXPECTED = {  # class: (status, type, code)
     "PayloadTooLarge": (413, "invalid_request_error", "payload_too_large"),
     "AuthenticationFailed": (401, "authentication_error", "invalid_api_key"),
     "PermissionDenied": (403, "permission_error", "permission_denied"),
+    "RateLimited": (429, "rate_limit_error", "rate_limit_exceeded"),
     "NotFound": (404, "invalid_request_error", "not_found"),
     "ModelNotFound": (404, "invalid_request_error", "model_not_found"),
     "MethodNotAllowed": (405, "invalid_request_error", "method_not_allowed"),

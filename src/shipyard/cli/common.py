@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from shipyard.config import Config, env, load_config
 from shipyard.errors import ShipyardError
+from shipyard.store import create_store_engine
+from shipyard.store import migrate as run_migrations
 
-__all__ = ["console", "err_console", "fail", "resolve_config"]
+__all__ = [
+    "console",
+    "err_console",
+    "fail",
+    "open_store",
+    "parse_since",
+    "resolve_config",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -37,3 +49,33 @@ def resolve_config(
         return file, load_config(file, environ=environ, secrets=secrets)
     except ShipyardError as exc:
         raise fail(exc) from None
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    match = _DURATION.match(value.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--since is '{value}'; use a duration like 15m, 2h, 7d or an ISO time "
+                   "like 2026-11-27T10:00:00.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def open_store(config: Path | None, store_url: str | None, *, migrate: bool = False) -> Engine:
+    """The store named by --store-url, or by the config's store.url (secrets not needed)."""
+    if store_url:
+        engine = create_store_engine(store_url)
+    else:
+        _, cfg = resolve_config(config, secrets=False)
+        engine = create_store_engine(cfg.store.url)
+    if migrate:
+        run_migrations(engine)
+    return engine

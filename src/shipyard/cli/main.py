@@ -20,8 +20,10 @@ from shipyard._version import __version__
 from shipyard.cli import traces as traces_cli
 from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, resolve_config
+from shipyard.cli.keys import keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.status import status
+from shipyard.cli.usage import usage
 from shipyard.config import Config, env
 from shipyard.config.docs import render_reference
 from shipyard.config.starter import STARTER_CONFIG
@@ -42,6 +44,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(traces_cli.app, name="traces")
 app.command("loadtest")(loadtest)
 app.command("status")(status)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

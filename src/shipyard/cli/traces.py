@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,8 +12,8 @@ import orjson
 import typer
 from rich.table import Table
 
-from shipyard.cli.common import console, fail, resolve_config
-from shipyard.store import TraceFilter, create_store_engine, get_trace, iter_traces
+from shipyard.cli.common import console, fail, open_store, parse_since
+from shipyard.store import TraceFilter, get_trace, iter_traces
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
 
@@ -22,31 +21,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
 StoreOpt = Annotated[str | None, typer.Option("--store-url",
                      help="Read this store instead of the config's store.url.")]
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    match = _DURATION.match(value.strip())
-    if match:
-        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(f"--since is '{value}'; use a duration like 15m, 2h, 7d or an ISO time "
-                   "like 2026-11-27T10:00:00.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _engine(config: Path | None, store_url: str | None) -> Any:
-    if store_url:
-        return create_store_engine(store_url)
-    _, cfg = resolve_config(config, secrets=False)
-    return create_store_engine(cfg.store.url)
-
-
 def _jsonable(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
 
@@ -54,7 +28,7 @@ def _jsonable(row: dict[str, Any]) -> bytes:
 def _filters(service: str | None, model: str | None, status: int | None, errors: bool,
              since: str | None, text: str | None) -> TraceFilter:
     return TraceFilter(service=service, model=model, status=status, errors_only=errors,
-                       since=_since(since), text=text)
+                       since=parse_since(since), text=text)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
@@ -89,7 +63,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List recent traces (newest first). Tokens marked ~ are estimates."""
-    engine = _engine(config, store_url)
+    engine = open_store(config, store_url)
     rows = list(iter_traces(engine, _filters(service, model, status, errors, since, text),
                             limit=limit))
     if as_json:
@@ -109,7 +83,7 @@ def show(
     store_url: StoreOpt = None,
 ) -> None:
     """Show one trace in full (JSON)."""
-    engine = _engine(config, store_url)
+    engine = open_store(config, store_url)
     row = get_trace(engine, trace_id)
     if row is None:
         # Short ids as printed by `traces list` work too.
@@ -132,7 +106,7 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Follow new traces as they are written (Ctrl-C to stop)."""
-    engine = _engine(config, store_url)
+    engine = open_store(config, store_url)
     last = datetime.now(UTC) - timedelta(seconds=2)
     seen: set[str] = set()
     try:
@@ -170,7 +144,7 @@ def export(
     """Export traces, oldest first, one JSON object per line."""
     if fmt != "jsonl":
         raise fail(f"--format is '{fmt}'; the supported format is jsonl.")
-    engine = _engine(config, store_url)
+    engine = open_store(config, store_url)
     rows = iter_traces(engine, _filters(service, None, None, errors, since, None), limit=None,
                        newest_first=False)
     count = 0

@@ -339,6 +339,48 @@ class AdmissionConfig(_Section):
         return self
 
 
+class RateLimitConfig(_Section):
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (a burst of this many, "
+                            "then an even refill).")
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute: estimated before the call (prompt + "
+        "max_tokens), reconciled with the real usage after it.")
+    concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+
+class RateLimitsConfig(_Section):
+    key: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(),
+        description="Default limits of every API key (a key's own rpm/tpm/max_concurrent win).")
+    tenant: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(),
+        description="Limits of each tenant, all its keys together.")
+    default_max_tokens: int = Field(
+        512, ge=1, description="Answer tokens assumed for the tpm estimate when a request "
+        "sets no max_tokens.")
+
+
+class PriceConfig(_Section):
+    input_per_1m: float = Field(ge=0, description="USD per million prompt tokens.")
+    output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+class BudgetConfig(_Section):
+    tenant: str | None = Field(None, description="The tenant this budget caps (or `key`).")
+    key: str | None = Field(None, description="The API key id this budget caps (or `tenant`).")
+    period: Literal["day", "month"] = Field("month", description="`day` or `month` (UTC).")
+    limit_usd: float = Field(gt=0, description="Hard limit: requests are refused beyond it.")
+    soft_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of the limit that raises an alert event (logged, "
+        "counted in `shipyard_budget_alerts_total` and audited).")
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> BudgetConfig:
+        if (self.tenant is None) == (self.key is None):
+            raise ValueError("a budget names exactly one of 'tenant' or 'key'")
+        return self
+
+
 class LimitsConfig(_Section):
     max_messages: int | None = Field(
         None, ge=1, description="Most chat messages in one request (400 beyond)."
@@ -487,6 +529,9 @@ class ModelConfig(_Section):
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     cache: CacheConfig = Field(default_factory=lambda: CacheConfig())
+    rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(),
+        description="Limits of this model alias, all callers together.")
     type: Literal["chat", "embedding"] = Field(
         "chat", description="`chat` (chat and legacy completions) or `embedding`."
     )
@@ -567,6 +612,13 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     traces: TracesConfig = Field(default_factory=lambda: TracesConfig())
     state: StateConfig = Field(default_factory=lambda: StateConfig())
+    rate_limits: RateLimitsConfig = Field(default_factory=lambda: RateLimitsConfig())
+    pricing: dict[str, PriceConfig] = Field(
+        default_factory=dict,
+        description="Prices by model alias or upstream model name, adding to or overriding the "
+        "shipped table (`shipyard.security.pricing`).")
+    budgets: list[BudgetConfig] = Field(
+        default_factory=list, description="Spend caps per tenant or key and period.")
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig(disabled=True))
     providers: dict[str, ProviderConfig] = Field(
         default_factory=dict, description="Upstreams by name."

@@ -23,6 +23,7 @@ from shipyard.errors import (
     NotFound,
     ShipyardError,
 )
+from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
@@ -83,7 +84,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
         return error_response(ShipyardError(
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
-    routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway)]
+    routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
+              *admin_routes(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

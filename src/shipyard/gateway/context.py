@@ -18,6 +18,7 @@ class RequestContext:
         "attributes",
         "capture",
         "completion_tokens",
+        "cost_usd",
         "error_message",
         "error_type",
         "finish_reason",
@@ -26,6 +27,7 @@ class RequestContext:
         "prompt_tokens",
         "provider",
         "queue_ms",
+        "rate_limit",
         "request_body",
         "request_bytes",
         "request_id",
@@ -76,6 +78,8 @@ class RequestContext:
         self.request_body: str | None = None
         self.response_body: str | None = None
         self.attributes: dict[str, Any] | None = None
+        self.cost_usd: float | None = None
+        self.rate_limit: Any = None  # token buckets to settle once usage is known
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -131,4 +135,5 @@ class RequestContext:
             "attributes": orjson.dumps(self.attributes).decode() if self.attributes else None,
             "request_body": self.request_body,
             "response_body": self.response_body,
+            "cost_usd": self.cost_usd,
         }

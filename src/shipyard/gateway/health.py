@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipyard.gateway.http import json_response
 from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
 from shipyard.observe.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["health_routes"]
 
 
-def health_routes(gateway: Gateway) -> list[Route]:
+def health_routes(gateway: Gateway) -> list[ScopedRoute]:
     async def livez(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -30,16 +30,16 @@ def health_routes(gateway: Gateway) -> list[Route]:
 
     async def metrics(request: Request) -> Response:
         if not gateway.config.server.metrics_public:
-            gateway.auth.authenticate(request.headers)
+            await gateway.authorize(request, "metrics:read")
         return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def status(request: Request) -> Response:
-        gateway.auth.authenticate(request.headers)
+        await gateway.authorize(request, "status:read")
         return json_response(gateway.status())
 
     return [
-        Route("/v1/admin/status", status, methods=["GET"]),
-        Route("/livez", livez, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        ScopedRoute("/v1/admin/status", status, methods=["GET"], scope="status:read"),
+        ScopedRoute("/livez", livez, methods=["GET"], scope=None),
+        ScopedRoute("/readyz", readyz, methods=["GET"], scope=None),
+        ScopedRoute("/metrics", metrics, methods=["GET"], scope="metrics:read"),
     ]

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pipeline import Call, ModelTarget
 from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
@@ -51,16 +51,18 @@ class OpenAIRoutes:
         streaming = False
         try:
             gw.refuse_if_draining()
-            gw.authenticate(request, ctx)
+            principal = await gw.authorize(request, "inference", ctx)
+            gw.check_budget(ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias, stream = validate(body)
-            target = gw.model(alias, "chat", ctx)
+            target = gw.model(alias, "chat", ctx, principal)
             ctx.stream = stream
             ctx.request_body = gw.capture_body(ctx, body)
             payload = _apply_limits(target, body)
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
             call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
-                        deadline=_deadline(request, target), priority=request_priority(request))
+                        deadline=_deadline(request, target), priority=request_priority(request),
+                        principal=principal)
             started = time.perf_counter()
             reply = await target.handler(call)
             if stream and reply.stream is not None:
@@ -156,14 +158,16 @@ class OpenAIRoutes:
         ctx = gw.begin(request, "embeddings")
         try:
             gw.refuse_if_draining()
-            gw.authenticate(request, ctx)
+            principal = await gw.authorize(request, "inference", ctx)
+            gw.check_budget(ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias = validate_embeddings(body)
-            target = gw.model(alias, "embedding", ctx)
+            target = gw.model(alias, "embedding", ctx, principal)
             ctx.request_body = gw.capture_body(ctx, body)
             payload = dict(body)
             call = Call(ctx, "embeddings", payload, False, target,
-                        deadline=_deadline(request, target), priority=request_priority(request))
+                        deadline=_deadline(request, target), priority=request_priority(request),
+                        principal=principal)
             reply = await target.handler(call)
             return self._complete(ctx, call, "embeddings", payload, reply)
         except ShipyardError as exc:
@@ -179,22 +183,24 @@ class OpenAIRoutes:
                 "owned_by": target.config.owned_by}
 
     async def list_models(self, request: Request) -> Response:
-        self.gw.auth.authenticate(request.headers)
-        cards = [self._model_card(t) for _, t in sorted(self.gw.models.items())]
+        principal = await self.gw.authorize(request, "models:read")
+        cards = [self._model_card(t) for alias, t in sorted(self.gw.models.items())
+                 if principal.models is None or alias in principal.models]
         return json_response({"object": "list", "data": cards})
 
     async def get_model(self, request: Request) -> Response:
-        self.gw.auth.authenticate(request.headers)
+        principal = await self.gw.authorize(request, "models:read")
         alias = request.path_params["model"]
         target = self.gw.models.get(alias)
-        if target is None:
+        if target is None or (principal.models is not None and alias not in principal.models):
             raise ModelNotFound(f"The model '{alias}' does not exist; see GET /v1/models for "
                                 "the available models.", param="model")
         return json_response(self._model_card(target))
 
 
 def _shipyard_headers(reply: Reply) -> dict[str, str]:
-    return {k: v for k, v in reply.headers.items() if k.startswith("x-shipyard-")}
+    return {k: v for k, v in reply.headers.items()
+            if k.startswith(("x-shipyard-", "x-ratelimit-"))}
 
 
 def _deadline(request: Request, target: ModelTarget) -> float:
@@ -261,12 +267,14 @@ def _estimate_usage(endpoint: Endpoint, payload: dict[str, Any],
             "total_tokens": prompt + completion, "estimated": True}
 
 
-def openai_routes(gateway: Gateway) -> list[Route]:
+def openai_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = OpenAIRoutes(gateway)
     return [
-        Route("/v1/chat/completions", routes.chat, methods=["POST"]),
-        Route("/v1/completions", routes.completions, methods=["POST"]),
-        Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
-        Route("/v1/models", routes.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
+        ScopedRoute("/v1/chat/completions", routes.chat, methods=["POST"], scope="inference"),
+        ScopedRoute("/v1/completions", routes.completions, methods=["POST"],
+                    scope="inference"),
+        ScopedRoute("/v1/embeddings", routes.embeddings, methods=["POST"], scope="inference"),
+        ScopedRoute("/v1/models", routes.list_models, methods=["GET"], scope="models:read"),
+        ScopedRoute("/v1/models/{model:path}", routes.get_model, methods=["GET"],
+                    scope="models:read"),
     ]

@@ -42,6 +42,7 @@ class Call:
     priority: int = 0  # 0 interactive, 1 batch
     client_wants_usage: bool = False
     served_by: str | None = None  # the alias that answered (a fallback, maybe)
+    principal: Any = None  # the caller (shipyard.gateway.auth.Principal)
 
 
 Handler = Callable[[Call], Awaitable[Reply]]

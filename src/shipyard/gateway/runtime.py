@@ -25,7 +25,7 @@ from shipyard.errors import (
     ModelNotFound,
     ShipyardError,
 )
-from shipyard.gateway.auth import Authenticator
+from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
@@ -33,6 +33,10 @@ from shipyard.gateway.targets import build_targets
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
+from shipyard.security.budgets import BudgetGuard
+from shipyard.security.limits_stage import settle_tokens
+from shipyard.security.pricing import Price, PriceTable
+from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
@@ -57,7 +61,8 @@ class Gateway:
             if folder not in sys.path:
                 sys.path.insert(0, folder)  # so module:function references import
         self.metrics = Metrics()
-        self.auth = Authenticator(config.auth)
+        self.engine = engine or create_store_engine(config.store.url)
+        self.auth = Authenticator(config.auth, self.engine)
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
@@ -68,14 +73,20 @@ class Gateway:
         server = config.server
         self.admission = Admission("The gateway", max_in_flight=server.max_in_flight,
                                    max_queue=server.max_queue, max_queue_ms=server.max_queue_ms)
+        self.limiter: RateLimiter = (
+            RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
+            if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
         self.models: dict[str, ModelTarget] = build_targets(
             config, self.providers, self.metrics, global_admission=self.admission,
-            cache_store=self.kv)
+            cache_store=self.kv, limiter=self.limiter)
+        self._background: set[asyncio.Task[None]] = set()
+        self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
+                                  for name, p in config.pricing.items()})
+        self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
             name: HostedService(name, s) for name, s in config.services.items()
         }
-        self.engine = engine or create_store_engine(config.store.url)
         self.writer: TraceWriter | None = None
         if config.traces.enabled:
             self.writer = TraceWriter(
@@ -94,6 +105,7 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
+        self.audit_log: Any = None  # set when the audit log is wired in
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +119,8 @@ class Gateway:
                 ) from exc
         if self.writer is not None:
             self.writer.start()
+        if self.budgets.budgets:
+            await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
             await provider.start()
         self._watch_sigterm()
@@ -154,6 +168,7 @@ class Gateway:
         writer = self.writer
         return {
             "draining": self.draining,
+            "budgets": self.budgets.status(),
             "models": models,
             "traces": None if writer is None else {
                 "queued": writer.depth, "written": writer.written, "dropped": writer.dropped,
@@ -209,10 +224,46 @@ class Gateway:
         self.metrics.in_flight.inc()
         return RequestContext(request_id, route, trace_id)
 
-    def authenticate(self, request: Request, ctx: RequestContext) -> None:
-        principal = self.auth.authenticate(request.headers)
-        ctx.tenant_id = principal.tenant_id
-        ctx.key_id = principal.key_id
+    async def authorize(self, request: Request, scope: str,
+                        ctx: RequestContext | None = None) -> Principal:
+        """Authenticate the caller and check `scope`; notes the tenant and key on `ctx`."""
+        principal = await self.auth.authenticate(request.headers, scope)
+        if ctx is not None:
+            ctx.tenant_id = principal.tenant_id
+            ctx.key_id = principal.key_id
+        return principal
+
+    def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
+              outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
+        """Append a control-plane action to the audit log (when the audit log is available)."""
+        if self.audit_log is None:
+            return
+        try:
+            self.audit_log.append(tenant_id=tenant_id, actor=actor, action=action,
+                                  target=target, outcome=outcome, details=details)
+        except Exception:  # the action happened; a failed audit write is loud, not fatal
+            log.exception("audit log append failed for %s %s", action, target)
+
+    def check_budget(self, ctx: RequestContext) -> None:
+        """Refuse the request when its tenant's or key's hard budget is spent."""
+        if not self.budgets.budgets:
+            return
+        if self.budgets.claim_reload():
+            self._spawn(asyncio.to_thread(self.budgets.reload))
+        self.budgets.check(ctx.tenant_id, ctx.key_id)
+
+    def _budget_alert(self, budget: Any, spent: float) -> None:
+        scope = "key" if budget.key else "tenant"
+        self.metrics.budget_alerts.labels(scope).inc()
+        self.audit(tenant_id=budget.tenant or "default", actor="shipyard",
+                   action="budget.soft_threshold", target=budget.key or budget.tenant,
+                   details={"period": budget.period, "limit_usd": budget.limit_usd,
+                            "spent_usd": round(spent, 6)})
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def refuse_if_draining(self) -> None:
         if self.draining:
@@ -222,7 +273,8 @@ class Gateway:
                 "(another replica will answer).",
                 headers={"retry-after": "1", "connection": "close"})
 
-    def model(self, alias: str, kind: str, ctx: RequestContext) -> ModelTarget:
+    def model(self, alias: str, kind: str, ctx: RequestContext,
+              principal: Principal) -> ModelTarget:
         target = self.models.get(alias)
         if target is None:
             known = ", ".join(sorted(self.models)) or "none are configured"
@@ -235,6 +287,7 @@ class Gateway:
             raise InvalidRequest(
                 f"The model '{alias}' is a {target.config.type} model; call {route} with it.",
                 param="model", code="wrong_model_type")
+        principal.may_use_model(alias)
         ctx.service = alias
         ctx.model_alias = alias
         ctx.capture = target.config.capture
@@ -274,6 +327,15 @@ class Gateway:
                     ctx.completion_tokens)
             if ctx.attributes:
                 self._count_attempts(model, ctx.attributes)
+            if ctx.rate_limit is not None:
+                self._spawn(settle_tokens(ctx))
+            if ctx.total_tokens and ctx.cost_usd is None and ctx.status < 400:
+                ctx.cost_usd = self.prices.cost(
+                    alias=ctx.model_alias, upstream_model=ctx.upstream_model,
+                    prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
+                if ctx.cost_usd:
+                    self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
+                    self.budgets.add(ctx.tenant_id, ctx.key_id, ctx.cost_usd)
             if self.writer is not None:
                 if ctx.capture == "none":
                     ctx.request_bytes = ctx.response_bytes = None

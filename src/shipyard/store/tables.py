@@ -16,7 +16,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["metadata", "traces"]
+__all__ = ["audit_log", "metadata", "traces"]
 
 metadata = MetaData(
     naming_convention={
@@ -60,8 +60,25 @@ traces = Table(
     Column("attributes", Text, nullable=True),
     Column("request_body", Text, nullable=True),
     Column("response_body", Text, nullable=True),
+    Column("cost_usd", Float, nullable=True),
     Index(None, "started_at"),
     Index(None, "tenant_id", "started_at"),
     Index(None, "service", "started_at"),
     Index(None, "request_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("details", Text, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index(None, "tenant_id", "seq"),
 )

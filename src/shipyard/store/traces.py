@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, func, or_, select
+from sqlalchemy import Engine, Select, case, func, or_, select
 
 from shipyard.store.tables import traces
 
-__all__ = ["TraceFilter", "count_traces", "get_trace", "iter_traces", "new_trace_record"]
+__all__ = [
+    "TraceFilter",
+    "count_traces",
+    "get_trace",
+    "iter_traces",
+    "new_trace_record",
+    "usage",
+]
 
 _COLUMNS = tuple(c.name for c in traces.columns)
 
@@ -132,6 +139,37 @@ def get_trace(
     with engine.connect() as connection:
         mapping = connection.execute(query.limit(1)).mappings().first()
     return _row(mapping) if mapping is not None else None
+
+
+_USAGE_COLUMNS = {
+    "tenant": traces.c.tenant_id,
+    "key": traces.c.key_id,
+    "service": traces.c.service,
+    "model": traces.c.model_alias,
+}
+
+
+def usage(engine: Engine, *, by: str, since: datetime, until: datetime | None = None,
+          tenant_id: str | None = None) -> list[dict[str, Any]]:
+    """Requests, tokens and spend grouped by tenant, key, service or model over a period."""
+    if by not in _USAGE_COLUMNS:
+        raise ValueError(f"usage can be grouped by {', '.join(_USAGE_COLUMNS)}, not {by!r}")
+    group = _USAGE_COLUMNS[by]
+    query = (select(group.label("group"), func.count().label("requests"),
+                    func.sum(func.coalesce(traces.c.prompt_tokens, 0)).label("prompt_tokens"),
+                    func.sum(func.coalesce(traces.c.completion_tokens, 0))
+                    .label("completion_tokens"),
+                    func.sum(func.coalesce(traces.c.cost_usd, 0.0)).label("cost_usd"),
+                    func.sum(case((traces.c.status >= 400, 1), else_=0)).label("errors"))
+             .where(traces.c.started_at >= since).group_by(group)
+             .order_by(func.sum(func.coalesce(traces.c.cost_usd, 0.0)).desc()))
+    if until is not None:
+        query = query.where(traces.c.started_at < until)
+    if tenant_id is not None:
+        query = query.where(traces.c.tenant_id == tenant_id)
+    with engine.connect() as connection:
+        return [{str(k): v for k, v in row.items()}
+                for row in connection.execute(query).mappings()]
 
 
 def count_traces(engine: Engine, filters: TraceFilter | None = None) -> int:

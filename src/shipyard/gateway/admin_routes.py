@@ -1,0 +1,213 @@
+"""The admin API: tenants, API keys and traces — every query scoped to the caller's tenant.
+
+Admins of the platform tenant (`default`) may act on other tenants with `?tenant=ID`; everyone
+else only ever sees and changes their own tenant's data: an id from another tenant is
+answered exactly like an id that does not exist (404), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipyard.errors import InvalidRequest, NotFound, PermissionDenied
+from shipyard.gateway.auth import Principal
+from shipyard.gateway.http import json_response, read_json
+from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
+from shipyard.store import tenants as store
+from shipyard.store.traces import TraceFilter, get_trace, iter_traces
+
+__all__ = ["admin_routes"]
+
+
+def _tenant(principal: Principal, request: Request) -> str:
+    """The tenant a request acts on: the caller's own, or `?tenant=` for platform admins."""
+    asked = request.query_params.get("tenant")
+    if asked is None or asked == principal.tenant_id:
+        return principal.tenant_id
+    if not principal.platform_admin:
+        raise PermissionDenied(
+            f"This key belongs to tenant '{principal.tenant_id}' and may not act on tenant "
+            f"'{asked}'. Leave out ?tenant= to act on your own tenant.", param="tenant")
+    return asked
+
+
+def _actor(principal: Principal) -> str:
+    return f"key:{principal.key_id or 'anonymous'}"
+
+
+def _str_list(body: dict[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidRequest(f"Field '{name}' must be a list of names, e.g. [\"demo\"], or "
+                             "null for no restriction.", param=name)
+    return value
+
+
+def _int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a positive integer.",
+                             param=name)
+    return value
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a number of seconds.",
+                             param=name)
+    return float(value)
+
+
+class AdminRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        body, _ = await read_json(request, self.gw.config.server.max_body_bytes)
+        return body
+
+    # -- tenants ----------------------------------------------------------------------------
+    async def list_tenants(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "tenants:manage")
+        rows = await asyncio.to_thread(store.list_tenants, self.gw.engine)
+        if not principal.platform_admin:
+            rows = [r for r in rows if r["id"] == principal.tenant_id]
+        return json_response({"object": "list", "data": rows})
+
+    async def create_tenant(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "tenants:manage")
+        if not principal.platform_admin:
+            raise PermissionDenied("Only admins of the platform tenant ('default') create "
+                                   "tenants.")
+        body = await self._body(request)
+        tenant_id = body.get("id")
+        if not isinstance(tenant_id, str):
+            raise InvalidRequest("Field 'id' is required: the new tenant's id, e.g. \"acme\".",
+                                 param="id")
+        name = body.get("name")
+        row = await asyncio.to_thread(store.create_tenant, self.gw.engine, tenant_id,
+                                      name=name if isinstance(name, str) else None)
+        self.gw.audit(tenant_id=tenant_id, actor=_actor(principal), action="tenant.create",
+                      target=tenant_id)
+        return json_response(row, status=201)
+
+    # -- keys -------------------------------------------------------------------------------
+    async def list_keys(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "keys:manage")
+        tenant = _tenant(principal, request)
+        records = await asyncio.to_thread(store.list_keys, self.gw.engine, tenant_id=tenant)
+        return json_response({"object": "list", "data": [r.public() for r in records]})
+
+    async def create_key(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "keys:manage")
+        tenant = _tenant(principal, request)
+        body = await self._body(request)
+        name = body.get("name")
+        role = body.get("role", "client")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("Field 'name' is required: what the key is for, e.g. "
+                                 "\"support-bot prod\".", param="name")
+        if not isinstance(role, str):
+            raise InvalidRequest("Field 'role' must be a role name.", param="role")
+        if role == "admin" and principal.role != "admin":
+            raise PermissionDenied("Only admins may create admin keys.", param="role")
+        record, secret = await asyncio.to_thread(
+            store.create_key, self.gw.engine, tenant_id=tenant, name=name.strip(), role=role,
+            services=_str_list(body, "services"), models=_str_list(body, "models"),
+            expires_in_s=_number(body, "expires_in_s"), created_by=_actor(principal),
+            rpm=_int(body, "rpm"), tpm=_int(body, "tpm"),
+            max_concurrent=_int(body, "max_concurrent"))
+        self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.create",
+                      target=record.id, details={"role": role, "name": record.name})
+        return json_response({**record.public(), "secret": secret,
+                              "note": "The secret is shown once; store it now."}, status=201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "keys:manage")
+        tenant = _tenant(principal, request)
+        key_id = request.path_params["key_id"]
+        record = await asyncio.to_thread(store.revoke_key, self.gw.engine, key_id,
+                                         tenant_id=tenant)
+        self.gw.auth.forget(key_id)
+        self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.revoke",
+                      target=key_id)
+        return json_response(record.public())
+
+    async def rotate_key(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "keys:manage")
+        tenant = _tenant(principal, request)
+        key_id = request.path_params["key_id"]
+        body = await self._body(request) if await request.body() else {}
+        overlap = _number(body, "overlap_s")
+        new, secret, old = await asyncio.to_thread(
+            store.rotate_key, self.gw.engine, key_id, tenant_id=tenant,
+            overlap_s=3600.0 if overlap is None else overlap, created_by=_actor(principal))
+        self.gw.auth.forget(key_id)
+        self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.rotate",
+                      target=key_id, details={"new_key": new.id,
+                                              "old_expires_at": str(old.expires_at)})
+        return json_response({**new.public(), "secret": secret, "replaces": old.public(),
+                              "note": "The secret is shown once; store it now."}, status=201)
+
+    # -- traces -----------------------------------------------------------------------------
+    async def list_traces(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "traces:read")
+        tenant = _tenant(principal, request)
+        params = request.query_params
+        try:
+            limit = min(1000, max(1, int(params.get("limit", "50"))))
+            status = int(params["status"]) if "status" in params else None
+            since = datetime.fromisoformat(params["since"]) if "since" in params else None
+        except ValueError:
+            raise InvalidRequest("Query parameters 'limit' and 'status' must be integers and "
+                                 "'since' an ISO time such as 2026-11-27T10:00:00Z.") from None
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        filters = TraceFilter(tenant_id=tenant, service=params.get("service"),
+                              model=params.get("model"), status=status,
+                              errors_only=params.get("errors") == "true", since=since,
+                              text=params.get("text"))
+        rows = await asyncio.to_thread(
+            lambda: list(iter_traces(self.gw.engine, filters, limit=limit)))
+        return json_response({"object": "list", "data": rows})
+
+    async def get_trace(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "traces:read")
+        tenant = _tenant(principal, request)
+        trace_id = request.path_params["trace_id"]
+        row = await asyncio.to_thread(get_trace, self.gw.engine, trace_id, tenant_id=tenant)
+        if row is None:
+            raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
+        return json_response(row)
+
+
+def admin_routes(gateway: Gateway) -> list[ScopedRoute]:
+    routes = AdminRoutes(gateway)
+    return [
+        ScopedRoute("/v1/admin/tenants", routes.list_tenants, methods=["GET"],
+                    scope="tenants:manage"),
+        ScopedRoute("/v1/admin/tenants", routes.create_tenant, methods=["POST"],
+                    scope="tenants:manage"),
+        ScopedRoute("/v1/admin/keys", routes.list_keys, methods=["GET"], scope="keys:manage"),
+        ScopedRoute("/v1/admin/keys", routes.create_key, methods=["POST"], scope="keys:manage"),
+        ScopedRoute("/v1/admin/keys/{key_id}/revoke", routes.revoke_key, methods=["POST"],
+                    scope="keys:manage"),
+        ScopedRoute("/v1/admin/keys/{key_id}/rotate", routes.rotate_key, methods=["POST"],
+                    scope="keys:manage"),
+        ScopedRoute("/v1/traces", routes.list_traces, methods=["GET"], scope="traces:read"),
+        ScopedRoute("/v1/traces/{trace_id}", routes.get_trace, methods=["GET"],
+                    scope="traces:read"),
+    ]

@@ -1,0 +1,55 @@
+"""Roles and scopes: least privilege, declared per route.
+
+Every route names the one scope it needs; a role is a set of scopes. A test walks the route
+table and fails if a route other than the health probes declares none.
+
+| role | can |
+|---|---|
+| admin | everything in its tenant; admins of the `default` (platform) tenant manage all tenants |
+| operator | call models, read traces, usage, status, metrics and the audit log, roll out |
+| developer | call models, read traces, usage and status, change configuration, run evals |
+| client | call the inference routes and list models |
+| viewer | read traces, usage, status and metrics (dashboards) |
+"""
+
+from __future__ import annotations
+
+from shipyard.errors import PermissionDenied
+
+__all__ = ["PLATFORM_TENANT", "ROLE_SCOPES", "SCOPES", "check_scope"]
+
+PLATFORM_TENANT = "default"
+
+SCOPES = (
+    "inference",  # chat, completions, embeddings, service invoke
+    "models:read",  # list models and services
+    "traces:read",
+    "usage:read",
+    "status:read",
+    "metrics:read",
+    "audit:read",
+    "keys:manage",
+    "tenants:manage",
+    "config:write",
+    "deploy",
+)
+
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "admin": frozenset(SCOPES),
+    "operator": frozenset({"inference", "models:read", "traces:read", "usage:read",
+                           "status:read", "metrics:read", "audit:read", "deploy"}),
+    "developer": frozenset({"inference", "models:read", "traces:read", "usage:read",
+                            "status:read", "config:write"}),
+    "client": frozenset({"inference", "models:read"}),
+    "viewer": frozenset({"models:read", "traces:read", "usage:read", "status:read",
+                         "metrics:read"}),
+}
+
+
+def check_scope(role: str, scope: str) -> None:
+    """Raise 403 unless `role` grants `scope`."""
+    if scope not in ROLE_SCOPES.get(role, frozenset()):
+        allowed = sorted(r for r, scopes in ROLE_SCOPES.items() if scope in scopes)
+        raise PermissionDenied(
+            f"A key with role '{role}' may not do this (it needs scope '{scope}', which roles "
+            f"{', '.join(allowed)} have). Use a key with one of those roles.")
