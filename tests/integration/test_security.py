@@ -357,3 +357,39 @@ budgets:
 def store_usage(engine: Any) -> dict[str, dict[str, Any]]:
     return {r["group"]: r for r in usage(engine, by="tenant",
                                          since=datetime.now(UTC) - timedelta(hours=1))}
+
+
+def test_payloads_are_encrypted_at_rest(start_sim: Callable[..., Proc],
+                                        start_gateway: Callable[..., Proc],
+                                        tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+    from sqlalchemy import text
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    url = f"sqlite:///{tmp_path}/store.db"
+    sim = start_sim()
+    config = f"""
+store: {{url: "{url}"}}
+traces: {{flush_interval_s: 0.05, encryption_keys: [{{$env: NEW_KEY}}, {{$env: OLD_KEY}}]}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+providers:
+  sim: {{kind: openai, base_url: "{sim.url}/v1"}}
+models:
+  demo: {{provider: sim, model: sim-chat, capture: full}}
+"""
+    gateway = start_gateway(config, env={"NEW_KEY": new, "OLD_KEY": old})
+    world = {"gateway": gateway, "keys": {}}
+    secret_words = "my card number is in this prompt"
+    body = {**CHAT, "messages": [{"role": "user", "content": secret_words}]}
+    assert call(world, "POST", "/v1/chat/completions", API_KEY, body)[0] == 200
+    time.sleep(0.5)
+    engine = create_store_engine(url)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT request_body, response_body FROM traces"))
+        request_body, response_body = stored.one()
+    engine.dispose()
+    assert request_body.startswith("enc:v1:") and response_body.startswith("enc:v1:")
+    assert secret_words not in request_body
+    assert Fernet(new.encode()).decrypt(request_body[7:].encode())  # the first key encrypts
+    _, listed = call(world, "GET", "/v1/traces", API_KEY)
+    assert secret_words in listed["data"][0]["request_body"]  # readable through the API

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store
 from shipyard.errors import ShipyardError
+from shipyard.security.crypto import generate_key
 from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store import tenants as store
 
@@ -182,6 +183,15 @@ def keys_rotate(
     _audit(engine, new.tenant_id, "key.rotate", key_id, {"new_key": new.id})
     console.print(f"Key {old.id} keeps working until {old.expires_at:%Y-%m-%d %H:%M:%S} UTC.")
     _show_secret(new, secret)
+
+
+@keys_app.command("encryption-key")
+def keys_encryption_key() -> None:
+    """Print a new Fernet key for traces.encryption_keys (store it as a secret)."""
+    try:
+        print(generate_key())
+    except ShipyardError as exc:
+        raise fail(exc) from None
 
 
 def _audit(engine: Engine, tenant: str, action: str, target: str,

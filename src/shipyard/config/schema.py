@@ -121,6 +121,12 @@ class TracesConfig(_Section):
         description="Most bytes of spooled traces; beyond it traces are counted as lost and "
         "logged.",
     )
+    encryption_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Fernet keys (as `{$env: NAME}` references) that encrypt captured payloads "
+        "at rest; the first encrypts, all decrypt (rotation: put the new key first). Make one "
+        "with `shipyard keys encryption-key`; needs `shipyard[encryption]`.",
+    )
     max_payload_chars: int = Field(
         32_768,
         ge=0,
@@ -281,6 +287,10 @@ class CircuitConfig(_Section):
     )
     half_open_probes: int = Field(
         3, ge=1, description="Successful probe calls in a row that close the circuit again."
+    )
+    consecutive_failures: int = Field(
+        10, ge=1, description="Failures in a row that open the circuit at once, without "
+        "waiting for the window's failure rate (a healthy past no longer delays the opening)."
     )
 
 

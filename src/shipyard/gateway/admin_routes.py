@@ -182,7 +182,7 @@ class AdminRoutes:
                               text=params.get("text"))
         rows = await asyncio.to_thread(
             lambda: list(iter_traces(self.gw.engine, filters, limit=limit)))
-        return json_response({"object": "list", "data": rows})
+        return json_response({"object": "list", "data": [self.gw.readable(r) for r in rows]})
 
     async def get_trace(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "traces:read")
@@ -191,7 +191,7 @@ class AdminRoutes:
         row = await asyncio.to_thread(get_trace, self.gw.engine, trace_id, tenant_id=tenant)
         if row is None:
             raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
-        return json_response(row)
+        return json_response(self.gw.readable(row))
 
 
 def admin_routes(gateway: Gateway) -> list[ScopedRoute]:

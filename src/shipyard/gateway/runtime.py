@@ -34,6 +34,7 @@ from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
 from shipyard.security.budgets import BudgetGuard
+from shipyard.security.crypto import PayloadCipher, redact_encrypted
 from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
@@ -80,6 +81,8 @@ class Gateway:
             config, self.providers, self.metrics, global_admission=self.admission,
             cache_store=self.kv, limiter=self.limiter)
         self._background: set[asyncio.Task[None]] = set()
+        keys = [k.get_secret_value() for k in config.traces.encryption_keys]
+        self.cipher = PayloadCipher(keys) if keys else None
         self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
                                   for name, p in config.pricing.items()})
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
@@ -373,4 +376,14 @@ class Gateway:
             return None
         text = value if isinstance(value, str) else orjson.dumps(value).decode()
         limit = self.config.traces.max_payload_chars
-        return text if len(text) <= limit else text[:limit] + "…[truncated]"
+        if len(text) > limit:
+            text = text[:limit] + "…[truncated]"
+        return self.cipher.encrypt(text) if self.cipher is not None else text
+
+    def readable(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A stored trace with its payloads decrypted (when this gateway holds the keys)."""
+        for key in ("request_body", "response_body"):
+            value = row.get(key)
+            if isinstance(value, str):
+                row[key] = self.cipher.decrypt(value) if self.cipher else redact_encrypted(value)
+        return row

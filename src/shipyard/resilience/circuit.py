@@ -1,6 +1,7 @@
 """Circuit breakers: stop calling a deployment that keeps failing, probe it, close again.
 
-closed --(failure rate >= threshold over the window, with enough requests)--> open
+closed --(failure rate >= threshold over the window, with enough requests;
+          or `consecutive_failures` failures in a row)--> open
 open   --(open_s elapsed)--> half-open: up to `half_open_probes` calls at a time are let through
 half-open --(that many successes in a row)--> closed;  --(any failure)--> open
 """
@@ -34,6 +35,7 @@ class CircuitBreaker:
         self._buckets: deque[list[float]] = deque()  # [second, ok, failed]
         self._probes_in_flight = 0
         self._probe_successes = 0
+        self._consecutive_failures = 0
         self.opened_count = 0
 
     def _set(self, state: str) -> None:
@@ -83,6 +85,11 @@ class CircuitBreaker:
         self._probes_in_flight += 1
         return True
 
+    def release(self) -> None:
+        """A call let through ended without a verdict (cancelled): free its probe slot."""
+        if self.state == HALF_OPEN:
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+
     def record(self, success: bool) -> None:
         """Record the outcome of a call let through by `acquire()`."""
         if not self.config.enabled:
@@ -104,6 +111,10 @@ class CircuitBreaker:
         if not self._buckets or self._buckets[-1][0] != second:
             self._buckets.append([second, 0, 0])
         self._buckets[-1][1 if success else 2] += 1
+        self._consecutive_failures = 0 if success else self._consecutive_failures + 1
+        if not success and self._consecutive_failures >= self.config.consecutive_failures:
+            self._open(now)  # a run of failures: no need to wait for the window's rate
+            return
         if not success:
             requests, failures = self.counts()
             if (requests >= self.config.min_requests
@@ -111,6 +122,7 @@ class CircuitBreaker:
                 self._open(now)
 
     def _open(self, now: float) -> None:
+        self._consecutive_failures = 0
         self.opened_at = now
         self.opened_count += 1
         self._probes_in_flight = 0

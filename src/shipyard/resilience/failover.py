@@ -119,7 +119,7 @@ async def _attempt(call: Call, target: ModelTarget, deployment: Deployment,
         deployment.breaker.record(not _counts_as_failure(exc))
         raise
     except BaseException:
-        deployment.breaker.record(True)  # cancelled by the caller: not the upstream's fault
+        deployment.breaker.release()  # cancelled by the caller: no verdict on the upstream
         raise
     finally:
         if not released:
@@ -171,6 +171,8 @@ async def failover(call: Call) -> Reply:
                     wait = backoff_s(attempt - 1, retry)
                     hinted = retry_after_s(last)
                     if hinted is not None:
+                        if position < len(chain) - 1 and hinted > wait:
+                            break  # busy for a while: the next alias answers sooner
                         wait = max(wait, hinted)
                     if call.deadline - time.monotonic() - wait < _MIN_ATTEMPT_S:
                         break  # deadline pressure: the next alias is the better bet
