@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,7 +41,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            # Probes only: a self-signed test certificate is fine here.
+            context = ssl._create_unverified_context() if url.startswith("https") else None
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except urllib.error.HTTPError:
             return  # it answered, even if not 200
@@ -58,10 +61,11 @@ class Proc:
     port: int
     log: Path
     extra: dict[str, object] = field(default_factory=dict)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -105,7 +109,8 @@ def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None
                       "--workers", str(workers)], log,
                      env={"SHIPYARD_API_KEY": API_KEY, "PYTHONPATH": str(FIXTURES),
                           **(env or {})})
-    proc = Proc(process, port, log, {"config": config})
+    scheme = "https" if "tls_certfile" in config_text else "http"
+    proc = Proc(process, port, log, {"config": config}, scheme=scheme)
     try:
         wait_http(f"{proc.url}/livez", proc=process)
     except RuntimeError as exc:

@@ -74,6 +74,7 @@ def test_every_command_is_in_the_cli_docs() -> None:
 def test_init_writes_a_valid_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
     created = shipyard("init", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
+    assert "sk-sy-" in created.stdout  # the first admin key, printed once
     config = tmp_path / "shipyard.yaml"
     text = config.read_text()
     assert "{$env: SHIPYARD_API_KEY}" in text

@@ -3,7 +3,10 @@ isolation (property-based) and rate limits (one process, and two replicas sharin
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -393,3 +396,60 @@ models:
     assert Fernet(new.encode()).decrypt(request_body[7:].encode())  # the first key encrypts
     _, listed = call(world, "GET", "/v1/traces", API_KEY)
     assert secret_words in listed["data"][0]["request_body"]  # readable through the API
+
+
+def test_cors_is_closed_unless_configured(start_sim: Callable[..., Proc],
+                                          start_gateway: Callable[..., Proc],
+                                          tmp_path: Path) -> None:
+    sim = start_sim()
+    base = _limited_config(tmp_path, sim)
+    closed = start_gateway(base)
+    opened = start_gateway(base + '\nserver: {cors: {allow_origins: ["https://app.example"]}}')
+    preflight = {"origin": "https://app.example", "access-control-request-method": "POST",
+                 "access-control-request-headers": "authorization,content-type"}
+    for gateway, allowed in ((closed, False), (opened, True)):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+        conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+        response = conn.getresponse()
+        response.read()
+        origin = response.getheader("access-control-allow-origin")
+        conn.close()
+        assert (origin == "https://app.example") is allowed, (gateway.port, origin)
+    status, _ = _http("POST", f"{opened.url}/v1/chat/completions", json.dumps(CHAT).encode(),
+                      headers={"origin": "https://evil.example"})
+    assert status == 200  # CORS guards browsers; the key still authenticates every call
+
+
+def test_tls(start_sim: Callable[..., Proc], start_gateway: Callable[..., Proc],
+             tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    sim = start_sim()
+    gateway = start_gateway(_limited_config(tmp_path, sim) + f"""
+server: {{tls_certfile: "{tmp_path}/cert.pem", tls_keyfile: "{tmp_path}/key.pem"}}
+""")
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=context, timeout=5)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT),
+                 headers={"authorization": f"Bearer {API_KEY}",
+                          "content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["choices"]
+    conn.close()

@@ -107,11 +107,7 @@ def keys_create(
     """
     engine = open_store(config, store_url, migrate=True)
     if bootstrap:
-        admins = [k for k in store.list_keys(engine, tenant_id=PLATFORM_TENANT)
-                  if k.role == "admin" and k.status() == "active"]
-        if admins and not force:
-            raise fail(f"The platform tenant already has {len(admins)} active admin key(s) "
-                       f"({', '.join(k.id for k in admins)}); use one of them, or add --force.")
+        refuse_second_bootstrap(engine, force=force)
         tenant, role = PLATFORM_TENANT, "admin"
         name = name if name != "admin" else "bootstrap admin"
     try:
@@ -122,6 +118,30 @@ def keys_create(
     except ShipyardError as exc:
         raise fail(exc) from None
     _audit(engine, tenant, "key.create", record.id, {"role": role, "name": name})
+    _show_secret(record, secret)
+
+
+def _admins(engine: Engine) -> list[store.KeyRecord]:
+    return [k for k in store.list_keys(engine, tenant_id=PLATFORM_TENANT)
+            if k.role == "admin" and k.status() == "active"]
+
+
+def has_admin(engine: Engine) -> bool:
+    return bool(_admins(engine))
+
+
+def refuse_second_bootstrap(engine: Engine, *, force: bool) -> None:
+    admins = _admins(engine)
+    if admins and not force:
+        raise fail(f"The platform tenant already has {len(admins)} active admin key(s) "
+                   f"({', '.join(k.id for k in admins)}); use one of them, or add --force.")
+
+
+def bootstrap_admin(engine: Engine) -> None:
+    """Create and print the first admin key of the platform tenant."""
+    record, secret = store.create_key(engine, tenant_id=PLATFORM_TENANT,
+                                      name="bootstrap admin", role="admin", created_by=actor())
+    _audit(engine, PLATFORM_TENANT, "key.create", record.id, {"role": "admin"})
     _show_secret(record, secret)
 
 

@@ -19,8 +19,8 @@ from sqlalchemy import create_engine
 from shipyard._version import __version__
 from shipyard.cli import traces as traces_cli
 from shipyard.cli.chaos import chaos
-from shipyard.cli.common import config_path, console, fail, resolve_config
-from shipyard.cli.keys import keys_app, tenants_app
+from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
+from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
@@ -68,15 +68,28 @@ def init(
     path: Annotated[Path, typer.Option("--path", help="Where to write the file.")] = Path(
         "shipyard.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    key: Annotated[bool, typer.Option(
+        help="Also create the first admin API key in the new store (printed once).")] = True,
 ) -> None:
-    """Write a commented starter shipyard.yaml."""
+    """Write a commented starter shipyard.yaml and create the first admin key."""
     if path.exists() and not force:
         raise fail(f"'{path}' already exists; pass --force to overwrite it or --path to write "
                    "elsewhere.")
     path.write_text(STARTER_CONFIG, encoding="utf-8")
-    console.print(f"Wrote {path}. Next: export SHIPYARD_API_KEY=$(python -c 'import secrets; "
-                  "print(secrets.token_urlsafe(24))'), then 'shipyard config check' and "
-                  "'shipyard serve'.", highlight=False)
+    console.print(f"Wrote {path}.")
+    if key:
+        engine = open_store(path, None, migrate=True)
+        try:
+            if has_admin(engine):
+                console.print("The store already has an admin key; not creating another "
+                              "('shipyard keys create --bootstrap --force' makes one).")
+            else:
+                bootstrap_admin(engine)
+        finally:
+            engine.dispose()
+    console.print("Next: export SHIPYARD_API_KEY (the key callers of auth.api_keys use, or the "
+                  "admin key above), then 'shipyard config check' and 'shipyard serve'.",
+                  highlight=False)
 
 
 @config_app.command("check")

@@ -42,7 +42,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CorsConfig(_Section):
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (e.g. https://app.example.com). "
+        "Empty (the default): no cross-origin access at all.")
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"],
+                                     description="Methods allowed cross-origin.")
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id"],
+        description="Request headers allowed cross-origin.")
+    allow_credentials: bool = Field(False, description="Allow cookies and HTTP auth.")
+    max_age_s: int = Field(600, ge=0, description="How long browsers cache a preflight.")
+
+
 class ServerConfig(_Section):
+    """How `shipyard serve` listens."""
+
     host: str = Field("127.0.0.1", description="Interface `shipyard serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port `shipyard serve` listens on.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes for `shipyard serve`.")
@@ -68,6 +84,21 @@ class ServerConfig(_Section):
     max_queue_ms: float = Field(
         1000.0, ge=0, description="Longest a request waits for a global slot before a 503."
     )
+    cors: CorsConfig = Field(default_factory=lambda: CorsConfig())
+    tls_certfile: str | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS; with `tls_keyfile`.")
+    tls_keyfile: str | None = Field(None, description="PEM private key of `tls_certfile`.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both 'tls_certfile' and 'tls_keyfile' to serve HTTPS, or "
+                             "neither")
+        for name in ("tls_certfile", "tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"'{name}' is '{path}', which is not a readable file")
+        return self
     drain_timeout_s: float = Field(
         30.0,
         ge=0,

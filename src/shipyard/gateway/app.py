@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shipyard.config import env
 from shipyard.config.loader import load_config
-from shipyard.config.schema import Config
+from shipyard.config.schema import Config, CorsConfig
 from shipyard.errors import (
     ClientError,
     ConfigError,
@@ -29,7 +30,7 @@ from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
-from shipyard.types import Receive, Scope, Send
+from shipyard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FastPath", "app_from_env", "create_app"]
 
@@ -96,7 +97,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
         },
     )
     app.state.gateway = gateway
-    return FastPath(app, routes)
+    return FastPath(app, routes, cors=config.server.cors)
 
 
 class FastPath:
@@ -108,10 +109,20 @@ class FastPath:
     through the Starlette app unchanged.
     """
 
-    def __init__(self, app: Starlette, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: Starlette, routes: Sequence[BaseRoute], *,
+                 cors: CorsConfig | None = None) -> None:
         self.app = app
         self.state = app.state
         self.routes = app.routes
+        # CORS is closed unless origins are configured; then every response (fast path too)
+        # goes through Starlette's CORS middleware, and preflights are answered there.
+        self._entry: ASGIApp = self._dispatch
+        if cors is not None and cors.allow_origins:
+            self._entry = CORSMiddleware(
+                self._dispatch, allow_origins=cors.allow_origins,
+                allow_methods=cors.allow_methods, allow_headers=cors.allow_headers,
+                allow_credentials=cors.allow_credentials, max_age=cors.max_age_s,
+                expose_headers=["x-request-id", "x-shipyard-trace-id", "retry-after"])
         self._direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
         for route in routes:
             if isinstance(route, Route) and route.path in _DIRECT and route.methods:
@@ -119,6 +130,9 @@ class FastPath:
                     self._direct[(method, route.path)] = route.endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self._direct.get((scope["method"], scope["path"]))
             if endpoint is not None:
@@ -126,7 +140,28 @@ class FastPath:
                 response = await endpoint(Request(scope, receive, send))
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _with_security_headers(send))
+
+
+_HTML_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+def _with_security_headers(send: Send) -> Send:
+    """Add security headers to HTML pages (the dashboard); API responses are JSON."""
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                message["headers"] = [*headers, *_HTML_HEADERS]
+        await send(message)
+
+    return sender
 
 
 def app_from_env() -> FastPath:

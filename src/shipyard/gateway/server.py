@@ -54,7 +54,8 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
     options = dict(host=host, port=port, log_level=server.log_level,
                    access_log=server.access_log, loop="uvloop", http="httptools",
                    timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
-                   server_header=False, date_header=False)
+                   server_header=False, date_header=False,
+                   ssl_certfile=server.tls_certfile, ssl_keyfile=server.tls_keyfile)
     if workers == 1:
         app = create_app(config, migrate=migrate)
         _freeze_heap()
