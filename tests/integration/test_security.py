@@ -453,3 +453,53 @@ server: {{tls_certfile: "{tmp_path}/cert.pem", tls_keyfile: "{tmp_path}/key.pem"
     response = conn.getresponse()
     assert response.status == 200 and json.loads(response.read())["choices"]
     conn.close()
+
+
+def test_oidc_bearer_tokens_through_the_gateway(start_sim: Callable[..., Proc],
+                                                start_gateway: Callable[..., Proc],
+                                                tmp_path: Path) -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1",
+                                                              "alg": "RS256", "use": "sig"}]}))
+    url = f"sqlite:///{tmp_path}/store.db"
+    engine = create_store_engine(url)
+    migrate(engine)
+    store.create_tenant(engine, "acme")
+    engine.dispose()
+    sim = start_sim()
+    gateway = start_gateway(f"""
+store: {{url: "{url}"}}
+traces: {{flush_interval_s: 0.05}}
+auth:
+  oidc: {{issuer: "https://idp.test", audience: shipyard, jwks_file: "{tmp_path}/jwks.json"}}
+providers:
+  sim: {{kind: openai, base_url: "{sim.url}/v1"}}
+models:
+  demo: {{provider: sim, model: sim-chat}}
+""")
+
+    def token(**claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": "https://idp.test", "aud": "shipyard", "sub": "alice", "iat": now,
+                "exp": now + 300, "tenant": "acme", "role": "client", **claims}
+        return str(pyjwt.encode(body, private, algorithm="RS256", headers={"kid": "k1"}))
+
+    world = {"gateway": gateway, "keys": {}}
+    status, answer = call(world, "POST", "/v1/chat/completions", token(), CHAT)
+    assert status == 200, answer
+    status, answer = call(world, "GET", "/v1/traces", token())
+    assert status == 403  # a client may not read traces
+    status, answer = call(world, "POST", "/v1/chat/completions", token(aud="other"), CHAT)
+    assert status == 401 and "aud" in answer["error"]["message"]
+    status, answer = call(world, "POST", "/v1/chat/completions",
+                          token(exp=int(time.time()) - 3600), CHAT)
+    assert status == 401 and "expired" in answer["error"]["message"].lower()
+    status, answer = call(world, "GET", "/v1/traces", token(role="viewer"))
+    assert status == 200 and all(t["tenant_id"] == "acme" for t in answer["data"])
+    time.sleep(0.3)
+    status, answer = call(world, "GET", "/v1/traces", token(role="viewer"))
+    assert [t["tenant_id"] for t in answer["data"]][:1] == ["acme"], answer

@@ -15,14 +15,14 @@ import asyncio
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 from starlette.datastructures import Headers
 
 from shipyard.config.schema import AuthConfig
-from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied
+from shipyard.errors import AuthenticationFailed, NotFound
+from shipyard.security.principal import Principal
 from shipyard.security.roles import PLATFORM_TENANT, check_scope
 from shipyard.store.tenants import KEY_PREFIX, KeyRecord, get_key
 
@@ -30,38 +30,6 @@ __all__ = ["Authenticator", "Principal"]
 
 _CACHE_S = 5.0
 _CACHE_MAX = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a tenant, a key id (never the secret), a role and restrictions."""
-
-    tenant_id: str
-    key_id: str | None
-    role: str = "admin"
-    subject: str | None = None
-    services: tuple[str, ...] | None = None
-    models: tuple[str, ...] | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrent: int | None = None
-
-    @property
-    def platform_admin(self) -> bool:
-        return self.role == "admin" and self.tenant_id == PLATFORM_TENANT
-
-    def may_use_model(self, alias: str) -> None:
-        if self.models is not None and alias not in self.models:
-            raise PermissionDenied(
-                f"This key may not use model '{alias}'; it is limited to "
-                f"{', '.join(self.models)}. Use an allowed model or another key.",
-                param="model")
-
-    def may_use_service(self, name: str) -> None:
-        if self.services is not None and name not in self.services:
-            raise PermissionDenied(
-                f"This key may not call service '{name}'; it is limited to "
-                f"{', '.join(self.services)}. Use another key.", param="name")
 
 
 _ANONYMOUS = Principal(tenant_id=PLATFORM_TENANT, key_id=None, role="admin")

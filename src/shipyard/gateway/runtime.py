@@ -35,6 +35,7 @@ from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
 from shipyard.security.budgets import BudgetGuard
 from shipyard.security.crypto import PayloadCipher, redact_encrypted
+from shipyard.security.jwt import JWTVerifier
 from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
@@ -63,7 +64,8 @@ class Gateway:
                 sys.path.insert(0, folder)  # so module:function references import
         self.metrics = Metrics()
         self.engine = engine or create_store_engine(config.store.url)
-        self.auth = Authenticator(config.auth, self.engine)
+        verifier = JWTVerifier(config.auth.oidc) if config.auth.oidc is not None else None
+        self.auth = Authenticator(config.auth, self.engine, verifier)
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }

@@ -55,7 +55,7 @@ from shipyard.errors import (
     PermissionDenied,
     UpstreamUnavailable,
 )
-from shipyard.gateway.auth import Principal
+from shipyard.security.principal import Principal
 
 __all__ = ["INSTALL_HINT", "Fetch", "JWTVerifier", "fetch_url"]
 
