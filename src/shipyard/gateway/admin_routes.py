@@ -174,6 +174,9 @@ class AdminRoutes:
         except ValueError:
             raise InvalidRequest("Query parameters 'limit' and 'status' must be integers and "
                                  "'since' an ISO time such as 2026-11-27T10:00:00Z.") from None
+        if status is not None and not 100 <= status <= 599:
+            raise InvalidRequest(f"Query parameter 'status' is {status}; it must be an HTTP "
+                                 "status from 100 to 599.", param="status")
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         filters = TraceFilter(tenant_id=tenant, service=params.get("service"),
