@@ -11,8 +11,13 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.table import Table
+from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store, parse_since
+from shipyard.cli.keys import actor
+from shipyard.errors import ShipyardError
+from shipyard.security.audit import AuditLog
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store import TraceFilter, get_trace, iter_traces
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
@@ -144,14 +149,38 @@ def export(
     """Export traces, oldest first, one JSON object per line."""
     if fmt != "jsonl":
         raise fail(f"--format is '{fmt}'; the supported format is jsonl.")
-    engine = open_store(config, store_url)
-    rows = iter_traces(engine, _filters(service, None, None, errors, since, None), limit=None,
-                       newest_first=False)
+    engine = open_store(config, store_url, migrate=True)  # migrated: the export is audited
+    filters = _filters(service, None, None, errors, since, None)
+    rows = iter_traces(engine, filters, limit=None, newest_first=False)
     count = 0
-    with (output.open("wb") if output else open(sys.stdout.fileno(), "wb",
-                                                  closefd=False)) as out:
-        for row in rows:
-            out.write(_jsonable(row) + b"\n")
-            count += 1
+    details = {"format": fmt, "service": service, "errors": errors,
+               "since": None if filters.since is None else filters.since.isoformat()}
+    target = str(output.resolve()) if output else "stdout"
+    try:
+        with (output.open("wb") if output else open(sys.stdout.fileno(), "wb",
+                                                      closefd=False)) as out:
+            for row in rows:
+                out.write(_jsonable(row) + b"\n")
+                count += 1
+    except BaseException:
+        _audit_export(engine, target, {**details, "rows": count}, "error")
+        raise
+    problem = _audit_export(engine, target, {**details, "rows": count}, "ok")
+    if problem:
+        raise fail(f"Exported {count} traces to {target}, but the export could not be recorded "
+                   f"in the audit log ({problem}); check the store and record it by hand.")
     if output:
         console.print(f"Exported {count} traces to {output}.")
+
+
+def _audit_export(engine: Engine, target: str, details: dict[str, Any],
+                  outcome: str) -> str | None:
+    """Record the export (a data export is a control-plane action); the reason when it fails."""
+    try:
+        AuditLog(engine).append(tenant_id=PLATFORM_TENANT, actor=actor(), action="traces.export",
+                                target=target, outcome=outcome, details=details)
+    except ShipyardError as exc:
+        return exc.message
+    except Exception as exc:  # the store's own error: report it, do not hide the export
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None

@@ -16,7 +16,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["audit_log", "metadata", "traces"]
+__all__ = ["audit_head", "audit_log", "metadata", "traces"]
 
 metadata = MetaData(
     naming_convention={
@@ -81,4 +81,16 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index(None, "tenant_id", "seq"),
+)
+
+# One row (id 1): the seq and hash of the last audit entry, updated in the same transaction as
+# each append. It makes a deleted *last* entry visible (the chain alone cannot show it), and it is
+# the row appenders lock to take turns. See shipyard.security.audit.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
