@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store
 from shipyard.errors import ShipyardError
+from shipyard.security.audit import AuditLog
 from shipyard.security.crypto import generate_key
 from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store import tenants as store
@@ -60,6 +61,7 @@ def tenants_create(
         store.create_tenant(engine, tenant_id, name=name)
     except ShipyardError as exc:
         raise fail(exc) from None
+    _audit(engine, tenant_id, "tenant.create", tenant_id, None)
     console.print(f"Created tenant '{tenant_id}'.")
 
 
@@ -216,10 +218,6 @@ def keys_encryption_key() -> None:
 
 def _audit(engine: Engine, tenant: str, action: str, target: str,
            details: dict[str, Any] | None) -> None:
-    """Record the action in the audit log when this build has one."""
-    try:
-        from shipyard.security.audit import AuditLog
-    except ImportError:  # the audit log is not part of this build yet
-        return
+    """Record the action in the audit log."""
     AuditLog(engine).append(tenant_id=tenant, actor=actor(), action=action, target=target,
                             details=details)

@@ -162,6 +162,20 @@ class AdminRoutes:
         return json_response({**new.public(), "secret": secret, "replaces": old.public(),
                               "note": "The secret is shown once; store it now."}, status=201)
 
+    # -- audit ----------------------------------------------------------------------------
+    async def list_audit(self, request: Request) -> Response:
+        principal = await self.gw.authorize(request, "audit:read")
+        tenant = _tenant(principal, request)
+        try:
+            limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
+        except ValueError:
+            raise InvalidRequest("Query parameter 'limit' must be an integer.",
+                                 param="limit") from None
+        entries = await asyncio.to_thread(
+            self.gw.audit_log.list, tenant_id=tenant,
+            action=request.query_params.get("action"), limit=limit)
+        return json_response({"object": "list", "data": [e.to_dict() for e in entries]})
+
     # -- traces -----------------------------------------------------------------------------
     async def list_traces(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "traces:read")
@@ -210,6 +224,7 @@ def admin_routes(gateway: Gateway) -> list[ScopedRoute]:
                     scope="keys:manage"),
         ScopedRoute("/v1/admin/keys/{key_id}/rotate", routes.rotate_key, methods=["POST"],
                     scope="keys:manage"),
+        ScopedRoute("/v1/admin/audit", routes.list_audit, methods=["GET"], scope="audit:read"),
         ScopedRoute("/v1/traces", routes.list_traces, methods=["GET"], scope="traces:read"),
         ScopedRoute("/v1/traces/{trace_id}", routes.get_trace, methods=["GET"],
                     scope="traces:read"),

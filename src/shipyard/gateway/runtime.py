@@ -33,6 +33,7 @@ from shipyard.gateway.targets import build_targets
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
+from shipyard.security.audit import AuditLog
 from shipyard.security.budgets import BudgetGuard
 from shipyard.security.crypto import PayloadCipher, redact_encrypted
 from shipyard.security.jwt import JWTVerifier
@@ -110,7 +111,7 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
-        self.audit_log: Any = None  # set when the audit log is wired in
+        self.audit_log = AuditLog(self.engine)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -240,14 +241,15 @@ class Gateway:
 
     def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
               outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
-        """Append a control-plane action to the audit log (when the audit log is available)."""
-        if self.audit_log is None:
-            return
-        try:
-            self.audit_log.append(tenant_id=tenant_id, actor=actor, action=action,
-                                  target=target, outcome=outcome, details=details)
-        except Exception:  # the action happened; a failed audit write is loud, not fatal
-            log.exception("audit log append failed for %s %s", action, target)
+        """Append a control-plane action to the audit log, off the event loop."""
+        def append() -> None:
+            try:
+                self.audit_log.append(tenant_id=tenant_id, actor=actor, action=action,
+                                      target=target, outcome=outcome, details=details)
+            except Exception:  # the action happened; a failed audit write is loud, not fatal
+                log.exception("audit log append failed for %s %s", action, target)
+
+        self._spawn(asyncio.to_thread(append))
 
     def check_budget(self, ctx: RequestContext) -> None:
         """Refuse the request when its tenant's or key's hard budget is spent."""
