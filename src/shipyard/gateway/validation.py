@@ -78,7 +78,7 @@ def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
             raise _bad(f"'{where}' is {type(message).__name__}; each message must be an object "
                        'with "role" and "content".', where, "invalid_type")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(f"'{where}.role' is {role!r}; it must be one of "
                        f"{', '.join(sorted(_ROLES))}.", f"{where}.role")
         content = message.get("content")
