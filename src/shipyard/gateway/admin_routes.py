@@ -26,7 +26,13 @@ __all__ = ["admin_routes"]
 
 
 def _tenant(principal: Principal, request: Request) -> str:
-    """The tenant a request acts on: the caller's own, or `?tenant=` for platform admins."""
+    """The tenant a request acts on: the caller's own, or `?tenant=` for platform admins.
+
+    Every route that reads the store by tenant passes here, so this also refuses a NUL
+    character anywhere in the query or path: PostgreSQL text cannot hold one.
+    """
+    for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+        _no_nul(value, name)
     asked = request.query_params.get("tenant")
     if asked is None or asked == principal.tenant_id:
         return principal.tenant_id
@@ -35,6 +41,20 @@ def _tenant(principal: Principal, request: Request) -> str:
             f"This key belongs to tenant '{principal.tenant_id}' and may not act on tenant "
             f"'{asked}'. Leave out ?tenant= to act on your own tenant.", param="tenant")
     return asked
+
+
+# Bounds the store can hold: INTEGER columns are 32-bit on PostgreSQL, names VARCHAR(256), and
+# a datetime past year 9999 overflows; beyond them a request is a 400, never a 500.
+_INT_MAX = 2**31 - 1
+_SECONDS_MAX = 100 * 365.25 * 86400
+_NAME_MAX = 256
+
+
+def _no_nul(value: str, name: str) -> None:
+    if "\x00" in value or "\x00" in name:
+        shown = name.replace("\x00", "")
+        raise InvalidRequest(f"Parameter '{shown}' contains a NUL character; remove it.",
+                             param=shown)
 
 
 def _actor(principal: Principal) -> str:
@@ -55,9 +75,9 @@ def _int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a positive integer.",
-                             param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a positive integer up "
+                             f"to {_INT_MAX}.", param=name)
     return value
 
 
@@ -65,9 +85,10 @@ def _number(body: dict[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a number of seconds.",
-                             param=name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            abs(value) > _SECONDS_MAX):
+        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a number of seconds, "
+                             f"at most {_SECONDS_MAX:.0f} (100 years).", param=name)
     return float(value)
 
 
@@ -98,6 +119,11 @@ class AdminRoutes:
             raise InvalidRequest("Field 'id' is required: the new tenant's id, e.g. \"acme\".",
                                  param="id")
         name = body.get("name")
+        if isinstance(name, str):
+            _no_nul(name, "name")
+        if isinstance(name, str) and len(name) > _NAME_MAX:
+            raise InvalidRequest(f"Field 'name' has {len(name)} characters; the limit is "
+                                 f"{_NAME_MAX}.", param="name")
         row = await asyncio.to_thread(store.create_tenant, self.gw.engine, tenant_id,
                                       name=name if isinstance(name, str) else None)
         self.gw.audit(tenant_id=tenant_id, actor=_actor(principal), action="tenant.create",
@@ -120,6 +146,10 @@ class AdminRoutes:
         if not isinstance(name, str) or not name.strip():
             raise InvalidRequest("Field 'name' is required: what the key is for, e.g. "
                                  "\"support-bot prod\".", param="name")
+        _no_nul(name, "name")
+        if len(name.strip()) > _NAME_MAX:
+            raise InvalidRequest(f"Field 'name' has {len(name.strip())} characters; the limit "
+                                 f"is {_NAME_MAX}.", param="name")
         if not isinstance(role, str):
             raise InvalidRequest("Field 'role' must be a role name.", param="role")
         if role == "admin" and principal.role != "admin":
