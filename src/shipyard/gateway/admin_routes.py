@@ -29,11 +29,11 @@ def _tenant(principal: Principal, request: Request) -> str:
     """The tenant a request acts on: the caller's own, or `?tenant=` for platform admins.
 
     Every route that reads the store by tenant passes here, so this also refuses a NUL
-    character anywhere in the query or path: PostgreSQL text cannot hold one.
+    character in its path parameters: PostgreSQL text cannot hold one.
     """
-    for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+    for name, value in request.path_params.items():
         _no_nul(value, name)
-    asked = request.query_params.get("tenant")
+    asked = _param(request, "tenant")
     if asked is None or asked == principal.tenant_id:
         return principal.tenant_id
     if not principal.platform_admin:
@@ -51,10 +51,17 @@ _NAME_MAX = 256
 
 
 def _no_nul(value: str, name: str) -> None:
-    if "\x00" in value or "\x00" in name:
-        shown = name.replace("\x00", "")
-        raise InvalidRequest(f"Parameter '{shown}' contains a NUL character; remove it.",
-                             param=shown)
+    if "\x00" in value:
+        raise InvalidRequest(f"Parameter '{name}' contains a NUL character; remove it.",
+                             param=name)
+
+
+def _param(request: Request, name: str) -> str | None:
+    """A query parameter that goes to the store (so it may not hold a NUL character)."""
+    value = request.query_params.get(name)
+    if value is not None:
+        _no_nul(value, name)
+    return value
 
 
 def _actor(principal: Principal) -> str:
@@ -203,7 +210,7 @@ class AdminRoutes:
                                  param="limit") from None
         entries = await asyncio.to_thread(
             self.gw.audit_log.list, tenant_id=tenant,
-            action=request.query_params.get("action"), limit=limit)
+            action=_param(request, "action"), limit=limit)
         return json_response({"object": "list", "data": [e.to_dict() for e in entries]})
 
     # -- traces -----------------------------------------------------------------------------
@@ -223,10 +230,10 @@ class AdminRoutes:
                                  "status from 100 to 599.", param="status")
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        filters = TraceFilter(tenant_id=tenant, service=params.get("service"),
-                              model=params.get("model"), status=status,
+        filters = TraceFilter(tenant_id=tenant, service=_param(request, "service"),
+                              model=_param(request, "model"), status=status,
                               errors_only=params.get("errors") == "true", since=since,
-                              text=params.get("text"))
+                              text=_param(request, "text"))
         rows = await asyncio.to_thread(
             lambda: list(iter_traces(self.gw.engine, filters, limit=limit)))
         return json_response({"object": "list", "data": [self.gw.readable(r) for r in rows]})
