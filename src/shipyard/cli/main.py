@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -270,9 +271,11 @@ def demo(
         cfg = _prepare(file, environ)
         server_process = subprocess.Popen(_server_argv(file, cfg.server.host, port, 1),
                                           env=environ)
+        # SIGTERM (not just Ctrl-C) must stop both children, not orphan them.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             server_process.wait()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             server_process.terminate()
             server_process.wait(30)
     finally:
