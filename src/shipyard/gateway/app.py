@@ -28,6 +28,7 @@ from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
+from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,7 +87,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
-              *admin_routes(gateway)]
+              *admin_routes(gateway), openapi_route(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

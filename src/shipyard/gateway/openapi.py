@@ -1,0 +1,492 @@
+"""The OpenAPI 3.1 document of the gateway, built from its route table.
+
+Paths, methods and scopes come from the `ScopedRoute`s the app serves; what each operation takes
+and answers is declared once in `_OPERATIONS`. A route without an entry there is left out of the
+document, and `tests/unit/test_openapi.py` fails until it is documented.
+
+>>> from shipyard.config import parse_config
+>>> from shipyard.gateway.app import create_app
+>>> app = create_app(parse_config("auth: {disabled: true}"))  # doctest: +SKIP
+>>> openapi_document(app.routes)["paths"]["/v1/embeddings"]["post"]["x-scope"]  # doctest: +SKIP
+'inference'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from shipyard._version import __version__
+from shipyard.gateway.http import json_response
+from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
+
+__all__ = ["openapi_document", "openapi_path", "openapi_route", "route_operations"]
+
+JSON = dict[str, Any]
+_CONVERTER = re.compile(r"{(\w+)(?::\w+)?}")
+
+
+def _ref(name: str) -> JSON:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: JSON) -> JSON:
+    return {"application/json": {"schema": schema}}
+
+
+def _nullable(kind: str, **extra: Any) -> JSON:
+    return {"type": [kind, "null"], **extra}
+
+
+_STRING = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+_NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NAMES = _nullable("array", items={"type": "string"})
+_POSITIVE = _nullable("integer", minimum=1)
+_LIMIT = _nullable("integer", minimum=1, maximum=2**31 - 1)
+_SECONDS = 100 * 365.25 * 86400
+
+
+def _list_of(name: str) -> JSON:
+    return {"type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"},
+                           "data": {"type": "array", "items": _ref(name)}}}
+
+
+_CONTENT_PART = {"type": "object", "required": ["type"], "properties": {"type": _STRING}}
+
+_KEY_FIELDS: JSON = {
+    "id": _STRING, "tenant": _STRING, "name": _STRING,
+    "role": {"enum": ["admin", "operator", "developer", "client", "viewer"]},
+    "prefix": {"type": "string", "pattern": "^sk-sy-"}, "services": _NAMES, "models": _NAMES,
+    "created_at": _TIME, "expires_at": _NULL_TIME, "revoked_at": _NULL_TIME,
+    "rotated_from": _nullable("string"), "status": {"enum": ["active", "expired", "revoked"]},
+    "rpm": _nullable("integer"), "tpm": _nullable("integer"),
+    "max_concurrent": _nullable("integer"), "created_by": _nullable("string"),
+}
+_SECRET = {"type": "string", "pattern": "^sk-sy-",
+           "description": "The key itself, shown only in this answer; store it now."}
+
+# Request and answer bodies. Requests list what Shipyard checks; every other OpenAI parameter
+# passes through to the upstream (additional properties are allowed).
+_SCHEMAS: dict[str, JSON] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
+            "additionalProperties": False,
+            "properties": {"message": _STRING, "type": _STRING,
+                           "param": _nullable("string"), "code": _nullable("string")}}},
+    },
+    "Message": {
+        "type": "object", "required": ["role", "content"],
+        "description": "A chat message. Assistant messages with `tool_calls`, `function_call` "
+                       "or `refusal` may also leave out `content`.",
+        "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+            "content": {"anyOf": [_STRING, {"type": "array", "items": _CONTENT_PART}]}},
+    },
+    "ChatCompletionRequest": {
+        "type": "object", "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "A model alias."},
+            "messages": {"type": "array", "minItems": 1, "items": _ref("Message")},
+            "stream": _nullable("boolean"),
+            "stream_options": {"type": "object", "description": "Only with `stream: true`."},
+            "max_tokens": _POSITIVE, "max_completion_tokens": _POSITIVE, "n": _POSITIVE,
+            "temperature": _nullable("number", minimum=0, maximum=2),
+            "top_p": _nullable("number", minimum=0, maximum=1)},
+        "dependentSchemas": {"stream_options": {"required": ["stream"],
+                                                "properties": {"stream": {"const": True}}}},
+    },
+    "CompletionRequest": {
+        "type": "object", "required": ["model", "prompt"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "prompt": {"anyOf": [_STRING, {"type": "array", "minItems": 1, "items": {
+                "anyOf": [_STRING, {"type": "integer"}, {"type": "array"}]}}]},
+            "stream": _nullable("boolean"),
+            "stream_options": {"type": "object", "description": "Only with `stream: true`."},
+            "max_tokens": _POSITIVE, "n": _POSITIVE,
+            "temperature": _nullable("number", minimum=0, maximum=2),
+            "top_p": _nullable("number", minimum=0, maximum=1)},
+        "dependentSchemas": {"stream_options": {"required": ["stream"],
+                                                "properties": {"stream": {"const": True}}}},
+    },
+    "EmbeddingRequest": {
+        "type": "object", "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "input": {"anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "items": {"anyOf": [
+                    {"type": "string", "minLength": 1}, {"type": "integer"},
+                    {"type": "array", "minItems": 1, "items": {"type": "integer"}}]}}]},
+            "encoding_format": {"enum": ["float", "base64", None]},
+            "dimensions": _POSITIVE},
+    },
+    "Usage": {
+        "type": "object", "required": ["prompt_tokens", "total_tokens"],
+        "properties": {"prompt_tokens": {"type": "integer"},
+                       "completion_tokens": {"type": "integer"},
+                       "total_tokens": {"type": "integer"},
+                       "estimated": {"type": "boolean",
+                                     "description": "Present when Shipyard estimated it."}},
+    },
+    "ChatCompletion": {
+        "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {"id": _STRING, "object": {"const": "chat.completion"},
+                       "created": {"type": "integer"}, "model": _STRING,
+                       "choices": {"type": "array", "items": {"type": "object"}},
+                       "usage": _ref("Usage")},
+    },
+    "TextCompletion": {
+        "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {"id": _STRING, "object": {"const": "text_completion"},
+                       "created": {"type": "integer"}, "model": _STRING,
+                       "choices": {"type": "array", "items": {"type": "object"}},
+                       "usage": _ref("Usage")},
+    },
+    "Embedding": {
+        "type": "object", "required": ["object", "index", "embedding"],
+        "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
+                       "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                               _STRING]}},
+    },
+    "EmbeddingList": {
+        "type": "object", "required": ["object", "data", "model", "usage"],
+        "properties": {"object": {"const": "list"},
+                       "data": {"type": "array", "items": _ref("Embedding")},
+                       "model": _STRING, "usage": _ref("Usage")},
+    },
+    "Model": {
+        "type": "object", "required": ["id", "object", "created", "owned_by"],
+        "additionalProperties": False,
+        "properties": {"id": _STRING, "object": {"const": "model"},
+                       "created": {"type": "integer"}, "owned_by": _STRING},
+    },
+    "ModelList": _list_of("Model"),
+    "Service": {
+        "type": "object", "required": ["id", "object", "description", "input_schema",
+                                       "invoke_url"],
+        "additionalProperties": False,
+        "properties": {"id": _STRING, "object": {"const": "service"}, "description": _STRING,
+                       "input_schema": _nullable("object"), "invoke_url": _STRING},
+    },
+    "ServiceList": _list_of("Service"),
+    "ServiceInput": {"type": "object", "description": "The service's input; validated against "
+                     "its `input_schema` (see GET /v1/services)."},
+    "ServiceResult": {
+        "type": "object", "required": ["id", "object", "service", "output"],
+        "additionalProperties": False,
+        "properties": {"id": _STRING, "object": {"const": "service.result"},
+                       "service": _STRING, "output": {}},
+    },
+    "Tenant": {
+        "type": "object", "required": ["id", "name", "created_at", "disabled"],
+        "additionalProperties": False,
+        "properties": {"id": _STRING, "name": _STRING, "created_at": _TIME,
+                       "disabled": {"type": "boolean"}},
+    },
+    "TenantList": _list_of("Tenant"),
+    "TenantCreate": {
+        "type": "object", "required": ["id"],
+        "properties": {"id": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+                       "name": _nullable("string", maxLength=256)},
+    },
+    "Key": {
+        "type": "object", "required": list(_KEY_FIELDS), "additionalProperties": False,
+        "description": "An API key as the admin API shows it: never its secret or digest.",
+        "properties": _KEY_FIELDS,
+    },
+    "KeyList": _list_of("Key"),
+    "KeyCreate": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string", "pattern": r"\S", "maxLength": 256},
+                       "role": {"enum": ["admin", "operator", "developer", "client", "viewer"]},
+                       "services": _nullable("array", items={"type": "string", "minLength": 1}),
+                       "models": _nullable("array", items={"type": "string", "minLength": 1}),
+                       "expires_in_s": _nullable("number", exclusiveMinimum=0,
+                                                 maximum=_SECONDS),
+                       "rpm": _LIMIT, "tpm": _LIMIT, "max_concurrent": _LIMIT},
+    },
+    "KeyCreated": {
+        "type": "object", "required": [*_KEY_FIELDS, "secret", "note"],
+        "additionalProperties": False,
+        "properties": {**_KEY_FIELDS, "secret": _SECRET, "note": _STRING},
+    },
+    "KeyRotate": {
+        "type": "object",
+        "properties": {"overlap_s": _nullable(
+            "number", minimum=0, maximum=_SECONDS,
+            description="How long the old key keeps working (3600).")},
+    },
+    "KeyRotated": {
+        "type": "object", "required": [*_KEY_FIELDS, "secret", "note", "replaces"],
+        "additionalProperties": False,
+        "properties": {**_KEY_FIELDS, "secret": _SECRET, "note": _STRING,
+                       "replaces": _ref("Key")},
+    },
+    "Trace": {
+        "type": "object", "required": ["id", "request_id", "tenant_id", "route", "status"],
+        "properties": {"id": _STRING, "request_id": _STRING, "tenant_id": _STRING,
+                       "route": _STRING, "status": {"type": "integer"},
+                       "started_at": _TIME, "ended_at": _TIME,
+                       "request_body": _nullable("string"),
+                       "response_body": _nullable("string")},
+    },
+    "TraceList": _list_of("Trace"),
+    "AuditEntry": {
+        "type": "object", "additionalProperties": False,
+        "required": ["seq", "tenant_id", "at", "actor", "action", "target", "outcome",
+                     "details", "prev_hash", "hash"],
+        "properties": {"seq": {"type": "integer"}, "tenant_id": _STRING, "at": _STRING,
+                       "actor": _STRING, "action": _STRING, "target": _STRING,
+                       "outcome": _STRING, "details": _nullable("object"),
+                       "prev_hash": _STRING, "hash": _STRING},
+    },
+    "AuditList": _list_of("AuditEntry"),
+    "Status": {
+        "type": "object", "required": ["draining", "budgets", "models", "traces"],
+        "properties": {"draining": {"type": "boolean"},
+                       "budgets": {"type": "array", "items": {"type": "object"}},
+                       "models": {"type": "object"}, "traces": _nullable("object")},
+    },
+    "StreamEvent": {
+        "type": "object", "required": ["data"],
+        "description": "One server-sent event: a JSON chunk (`chat.completion.chunk` or "
+                       "`text_completion`), a JSON error object when the stream fails, or "
+                       "`[DONE]` after a complete answer.",
+        "properties": {"data": {"anyOf": [{"const": "[DONE]"},
+                                          {"type": "string", "pattern": "^\\s*\\{",
+                                           "contentMediaType": "application/json"}]},
+                       "event": _STRING, "id": _STRING, "retry": {"type": "integer"}},
+    },
+    "Live": {"type": "object", "required": ["status"],
+             "properties": {"status": {"const": "ok"}}},
+    "Ready": {
+        "type": "object", "required": ["status", "checks"],
+        "properties": {"status": {"enum": ["ready", "not ready"]},
+                       "checks": {"type": "object",
+                                  "additionalProperties": {"type": "boolean"}}},
+    },
+    "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
+}
+
+_ERRORS: dict[int, str] = {
+    400: "Invalid request: bad JSON, a missing or invalid parameter (`param` names it).",
+    401: "No key, a malformed `Authorization` header, or an unknown, expired or revoked key.",
+    403: "The key's role lacks the operation's scope, or it may not use this model, service "
+         "or tenant.",
+    404: "The model, service, key, trace or tenant does not exist (or is another tenant's).",
+    413: "The body is larger than `server.max_body_bytes`.",
+    422: "The input does not match the service's schema, or the upstream refused it.",
+    429: "A rate limit or budget is spent; `Retry-After` says when to retry.",
+    500: "Shipyard hit an internal error, or a hosted service raised.",
+    502: "The upstream failed (5xx, reset, malformed answer).",
+    503: "Shipyard is at capacity or shutting down, or every deployment's circuit is open.",
+    504: "The upstream (or the hosted service) did not answer in time.",
+}
+_AUTH = (401, 403, 500)
+_INFERENCE = (400, *_AUTH, 404, 413, 422, 429, 502, 503, 504)
+
+_PRIORITY = {"name": "x-shipyard-priority", "in": "header", "required": False,
+             "description": "`batch` requests wait behind interactive ones.",
+             "schema": {"enum": ["interactive", "batch"]}}
+_TENANT = {"name": "tenant", "in": "query", "required": False,
+           "description": "Act on another tenant (admins of the platform tenant only).",
+           "schema": _STRING}
+
+
+def _path_param(name: str, description: str) -> JSON:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": _STRING}
+
+
+def _query(name: str, schema: JSON, description: str) -> JSON:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema}
+
+
+@dataclass(frozen=True)
+class _Op:
+    """What one operation takes and answers (its path, method and scope come from the route)."""
+
+    id: str
+    summary: str
+    tag: str
+    ok: JSON  # status -> response object
+    errors: tuple[int, ...] = _AUTH
+    body: str | None = None
+    body_required: bool = True
+    params: tuple[JSON, ...] = ()
+    extra: JSON = field(default_factory=dict)
+
+
+def _ok(schema: str, status: int = 200, description: str = "OK.") -> JSON:
+    return {str(status): {"description": description, "content": _json(_ref(schema))}}
+
+
+def _streaming(schema: str) -> JSON:
+    return {"200": {"description": "The answer; with `stream: true`, server-sent events ending "
+                                   "in `data: [DONE]` (or an error event and no `[DONE]`).",
+                    "content": {**_json(_ref(schema)),
+                                "text/event-stream": {"schema": _ref("StreamEvent")}}}}
+
+
+_OPERATIONS: dict[tuple[str, str], _Op] = {
+    ("POST", "/v1/chat/completions"): _Op(
+        "createChatCompletion", "Chat completion (OpenAI-compatible)", "inference",
+        _streaming("ChatCompletion"), _INFERENCE, "ChatCompletionRequest", params=(_PRIORITY,)),
+    ("POST", "/v1/completions"): _Op(
+        "createCompletion", "Legacy text completion", "inference",
+        _streaming("TextCompletion"), _INFERENCE, "CompletionRequest", params=(_PRIORITY,)),
+    ("POST", "/v1/embeddings"): _Op(
+        "createEmbedding", "Embeddings", "inference", _ok("EmbeddingList"), _INFERENCE,
+        "EmbeddingRequest", params=(_PRIORITY,)),
+    ("GET", "/v1/models"): _Op("listModels", "The model aliases this key may use", "models",
+                               _ok("ModelList")),
+    ("GET", "/v1/models/{model}"): _Op(
+        "getModel", "One model alias", "models", _ok("Model"), (*_AUTH, 404),
+        params=(_path_param("model", "A model alias."),)),
+    ("GET", "/v1/services"): _Op("listServices", "The hosted services this key may use",
+                                 "services", _ok("ServiceList")),
+    ("POST", "/v1/services/{name}/invoke"): _Op(
+        "invokeService", "Invoke a hosted Python service", "services", _ok("ServiceResult"),
+        (400, *_AUTH, 404, 413, 422, 429, 503, 504), "ServiceInput",
+        params=(_path_param("name", "A service name."), _PRIORITY)),
+    ("GET", "/v1/admin/tenants"): _Op("listTenants", "Tenants (the caller's own unless it is "
+                                      "a platform admin)", "admin", _ok("TenantList")),
+    ("POST", "/v1/admin/tenants"): _Op(
+        "createTenant", "Create a tenant (platform admins)", "admin",
+        _ok("Tenant", 201, "Created."), (400, *_AUTH, 413), "TenantCreate"),
+    ("GET", "/v1/admin/keys"): _Op("listKeys", "The tenant's API keys", "admin",
+                                   _ok("KeyList"), (400, *_AUTH), params=(_TENANT,)),
+    ("POST", "/v1/admin/keys"): _Op(
+        "createKey", "Create an API key (the secret is shown once)", "admin",
+        _ok("KeyCreated", 201, "Created."), (400, *_AUTH, 404, 413), "KeyCreate",
+        params=(_TENANT,)),
+    ("POST", "/v1/admin/keys/{key_id}/revoke"): _Op(
+        "revokeKey", "Revoke an API key", "admin", _ok("Key"), (400, *_AUTH, 404),
+        params=(_path_param("key_id", "The key's id."), _TENANT)),
+    ("POST", "/v1/admin/keys/{key_id}/rotate"): _Op(
+        "rotateKey", "Rotate an API key; the old one works for `overlap_s` more", "admin",
+        _ok("KeyRotated", 201, "Created."), (400, *_AUTH, 404, 413), "KeyRotate",
+        body_required=False, params=(_path_param("key_id", "The key's id."), _TENANT)),
+    ("GET", "/v1/admin/audit"): _Op(
+        "listAudit", "The tenant's audit log, newest first", "admin", _ok("AuditList"),
+        (400, *_AUTH),
+        params=(_query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
+                _query("action", _STRING, "Only this action, or a prefix ending in `*`."),
+                _TENANT)),
+    ("GET", "/v1/traces"): _Op(
+        "listTraces", "The tenant's traces, newest first", "traces", _ok("TraceList"),
+        (400, *_AUTH),
+        params=(_query("limit", {"type": "integer"}, "How many (1-1000, default 50)."),
+                _query("status", {"type": "integer", "minimum": 100, "maximum": 599},
+                       "Only this HTTP status."),
+                _query("since", _TIME, "Only traces started at or after this time."),
+                _query("service", _STRING, "Only this service or model alias."),
+                _query("model", _STRING, "Only this model alias."),
+                _query("errors", {"type": "boolean"}, "Only failed requests."),
+                _query("text", _STRING, "Only traces whose error or payload has this text."),
+                _TENANT)),
+    ("GET", "/v1/traces/{trace_id}"): _Op(
+        "getTrace", "One trace, by trace id or request id", "traces", _ok("Trace"),
+        (400, *_AUTH, 404), params=(_path_param("trace_id", "A trace id or request id."), _TENANT)),
+    ("GET", "/v1/admin/status"): _Op("getStatus", "Live state: circuits, admission, budgets, "
+                                     "the trace writer", "admin", _ok("Status")),
+    ("GET", "/metrics"): _Op(
+        "getMetrics", "Prometheus metrics (public when `server.metrics_public`)", "health",
+        {"200": {"description": "Prometheus text exposition.",
+                 "content": {"text/plain": {"schema": _STRING}}}}),
+    ("GET", "/livez"): _Op("livez", "Liveness probe", "health", _ok("Live"), ()),
+    ("GET", "/readyz"): _Op(
+        "readyz", "Readiness probe", "health",
+        {"200": {"description": "Ready.", "content": _json(_ref("Ready"))},
+         "503": {"description": "Not ready (starting, draining, or the store is unreachable).",
+                 "content": _json(_ref("Ready"))}}, ()),
+    ("GET", "/openapi.json"): _Op("getOpenAPI", "This document", "meta", _ok("OpenAPI")),
+}
+
+
+def _operation(op: _Op, scope: str | None) -> JSON:
+    description = (f"Needs scope `{scope}`." if scope is not None
+                   else "Public: no credentials needed.")
+    out: JSON = {
+        "operationId": op.id, "summary": op.summary, "description": description,
+        "tags": [op.tag], "x-scope": scope,
+        "security": [{"bearer": []}] if scope is not None else [],
+        "responses": {**op.ok, **{str(s): {"$ref": f"#/components/responses/E{s}"}
+                                  for s in op.errors}},
+    }
+    if op.params:
+        out["parameters"] = list(op.params)
+    if op.body is not None:
+        out["requestBody"] = {"required": op.body_required, "content": _json(_ref(op.body))}
+    return out
+
+
+def openapi_path(route_path: str) -> str:
+    """`/v1/models/{model:path}` -> `/v1/models/{model}` (OpenAPI has no converters)."""
+    return _CONVERTER.sub(r"{\1}", route_path)
+
+
+def route_operations(routes: Sequence[BaseRoute]) -> list[tuple[str, str, ScopedRoute]]:
+    """(method, OpenAPI path, route) for every operation the route table serves (HEAD is
+    Starlette's automatic companion of GET, not an operation of its own)."""
+    out = []
+    for route in routes:
+        if isinstance(route, ScopedRoute):
+            for method in sorted(route.methods or ()):
+                if method != "HEAD":
+                    out.append((method, openapi_path(route.path), route))
+    return out
+
+
+def openapi_document(routes: Sequence[BaseRoute]) -> JSON:
+    """The OpenAPI 3.1 document for `routes` (the app's route table)."""
+    paths: dict[str, JSON] = {}
+    for method, path, route in route_operations(routes):
+        op = _OPERATIONS.get((method, path))
+        if op is not None:
+            paths.setdefault(path, {})[method.lower()] = _operation(op, route.scope)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Shipyard gateway", "version": __version__,
+                 "description": "An OpenAI-compatible AI gateway. Every error has the OpenAI "
+                                "shape `{\"error\": {\"message\", \"type\", \"param\", "
+                                "\"code\"}}`."},
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": {f"E{s}": {"description": text, "content": _json(_ref("Error"))}
+                          for s, text in _ERRORS.items()},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key (`sk-sy-…` or from `auth.api_keys`) or an OIDC "
+                               "JWT; Azure-style `api-key: <key>` also works."}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def openapi_route(gateway: Gateway) -> ScopedRoute:
+    """`GET /openapi.json`: the document of the routes the app serves (authenticated)."""
+    cached: list[bytes] = []
+
+    async def endpoint(request: Request) -> Response:
+        await gateway.authorize(request, "models:read")
+        if not cached:
+            cached.append(orjson.dumps(openapi_document(request.app.routes)))
+        return json_response(None, body=cached[0])
+
+    return ScopedRoute("/openapi.json", endpoint, methods=["GET"], scope="models:read")
