@@ -92,3 +92,26 @@ def test_reads_and_filters(store_url: str) -> None:
         assert [r["request_id"] for r in oldest] == ["r29", "r28"]
     finally:
         engine.dispose()
+
+
+def test_rows_the_store_cannot_hold_are_cleaned_not_fatal(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    writer = TraceWriter(engine, flush_interval_s=0.01)
+    writer.start()
+    good = [new_trace_record(route="chat", status=200, request_id=f"ok-{i}", total_ms=1.0)
+            for i in range(5)]
+    bad = new_trace_record(route="chat", status=400, request_id="nul",
+                           error_message="model 'a\x00b' does not exist", total_ms=1.0,
+                           service="s" * 500)
+    for record in [*good[:2], bad, *good[2:]]:
+        writer.submit(record)
+    writer.stop()
+    try:
+        assert writer.lost == 0 and writer.written == 6
+        row = get_trace(engine, "nul")
+        assert row is not None and count_traces(engine) == 6
+        if engine.dialect.name == "postgresql":  # SQLite stores both as they are
+            assert "\x00" not in row["error_message"] and len(row["service"]) <= 128
+    finally:
+        engine.dispose()

@@ -302,12 +302,19 @@ class SimModel:
 
     def embeddings(self, body: dict[str, Any], *, omit_usage: bool = False) -> dict[str, Any]:
         inputs = body.get("input")
-        items = inputs if isinstance(inputs, list) else [inputs]
+        token_ids = isinstance(inputs, list) and bool(inputs) and all(
+            isinstance(x, int) for x in inputs)
+        items = [inputs] if token_ids or not isinstance(inputs, list) else inputs
         dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else None
         data = []
         tokens = 0
         for i, item in enumerate(items):
-            text = item if isinstance(item, str) else " ".join(map(str, item or []))
+            if isinstance(item, str):
+                text = item
+            elif isinstance(item, list):
+                text = " ".join(map(str, item))
+            else:
+                text = str(item)  # one token id of a flat list
             tokens += estimate_text(text)
             vector = self.embedding_vector(text, dims)
             if body.get("encoding_format") == "base64":

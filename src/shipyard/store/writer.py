@@ -23,8 +23,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from shipyard.store.spool import Spool
 from shipyard.store.tables import traces
@@ -221,9 +222,7 @@ class TraceWriter:
         while (claim := self.spool.claim_oldest()) is not None:
             path, rows = claim
             try:
-                self._insert(rows)
-            except IntegrityError:
-                self._insert_each(rows)  # a segment written before a crash: skip duplicates
+                self._insert_checked(rows)
             except Exception as exc:
                 self.spool.give_back(path)
                 self._mark_down(exc, len(rows))
@@ -234,12 +233,42 @@ class TraceWriter:
                 self._on_write(len(rows))
             log.info("replayed %d spooled traces", len(rows))
 
-    def _insert_each(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_checked(self, rows: list[dict[str, Any]]) -> None:
+        """Insert a batch; rows the store refuses do not take the batch down with them.
+
+        A duplicate (a spooled segment written just before a crash) is skipped. A row the
+        database cannot hold (PostgreSQL refuses NUL characters in text; a value too long for
+        its column) is cleaned and retried, and if it is still refused it is kept in
+        `rejected.jsonl` beside the spool and counted as lost — logged, never silent.
+        Connection errors propagate: the caller spools the batch.
+        """
+        try:
+            self._insert(rows)
+            return
+        except (IntegrityError, DataError):
+            pass
         for row in rows:
             try:
                 self._insert([row])
             except IntegrityError:
-                continue
+                continue  # already stored
+            except DataError:
+                try:
+                    self._insert([_clean(row)])
+                except IntegrityError:
+                    continue
+                except DataError as exc:
+                    self._reject(row, exc)
+
+    def _reject(self, row: dict[str, Any], exc: Exception) -> None:
+        self.lost += 1
+        kept = ""
+        if self.spool is not None:
+            self.spool.folder.mkdir(parents=True, exist_ok=True)
+            with (self.spool.folder / "rejected.jsonl").open("ab") as handle:
+                handle.write(orjson.dumps(row, default=str) + b"\n")
+            kept = f"; kept in {self.spool.folder / 'rejected.jsonl'}"
+        log.error("the store refused trace %s (%s)%s", row.get("id"), type(exc).__name__, kept)
 
     def _write(self, rows: list[dict[str, Any]], *, final: bool) -> None:
         if not rows:
@@ -252,7 +281,7 @@ class TraceWriter:
         attempts = 0
         while True:
             try:
-                self._insert(rows)
+                self._insert_checked(rows)
                 self.written += len(rows)
                 if self._on_write is not None:
                     self._on_write(len(rows))
@@ -272,6 +301,22 @@ class TraceWriter:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+_LENGTHS = {c.name: getattr(c.type, "length", None) for c in traces.columns}
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy any database can hold: no NUL characters, strings cut to their column size."""
+    clean = dict(row)
+    for key, value in row.items():
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")
+            length = _LENGTHS.get(key)
+            if length is not None and len(value) > length:
+                value = value[: length - 1] + "…"
+            clean[key] = value
+    return clean
 
 
 def _sqlite_datetime(value: datetime) -> str:
