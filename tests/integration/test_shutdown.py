@@ -63,3 +63,24 @@ def test_sigterm_during_burst_loses_no_completed_trace(tmp_path: Path) -> None:
     log = gateway.output()
     assert "Finished server process" in log and "traces flushed" in log
     assert "0 dropped, 0 lost" in log
+
+
+def test_several_workers_serve_and_trace(tmp_path: Path) -> None:
+    sim = launch_sim(tmp_path)
+    store = f"sqlite:///{tmp_path}/store.db"
+    gateway = launch_gateway(tmp_path, gateway_config(sim.port, store), workers=2)
+    try:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0)
+        ids = [client.chat.completions.with_raw_response.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}]).request_id
+            for _ in range(20)]
+    finally:
+        gateway.stop()
+        sim.stop()
+    engine = create_engine(store)
+    try:
+        stored = {r["request_id"] for r in iter_traces(engine, limit=None)}
+    finally:
+        engine.dispose()
+    assert set(ids) <= stored
+    assert gateway.output().count("gateway ready") == 2  # two worker processes

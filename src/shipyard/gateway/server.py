@@ -40,17 +40,23 @@ def worker_app() -> FastPath:
     if not path:
         raise ConfigError("SHIPYARD_CONFIG is not set; start the gateway with "
                           "'shipyard serve --config PATH'.")
-    app = create_app(load_config(path), migrate=False)
+    config = load_config(path)
+    _configure_logging(config.server.log_level)  # worker processes start with a fresh runtime
+    app = create_app(config, migrate=False)
     _freeze_heap()
     return app
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool = True) -> None:
     """Serve until SIGTERM/SIGINT; drains in-flight requests and flushes traces on the way out."""
     config = load_config(config_path)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(server.log_level)
     options = dict(host=host, port=port, log_level=server.log_level,
                    access_log=server.access_log, loop="uvloop", http="httptools",
                    timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
