@@ -43,6 +43,7 @@ from shipyard._version import __version__
 from shipyard.errors import ConfigError, UpstreamUnavailable
 from shipyard.readiness.loadtest import percentile
 from shipyard.readiness.report import INSTALL_HINT
+from shipyard.readiness.sse import sse_data
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -293,31 +294,23 @@ def _ms(samples: Sequence[_Sample]) -> list[float]:
 
 async def _read_stream(response: aiohttp.ClientResponse, sample: _Sample, scheduled: float,
                        loop: asyncio.AbstractEventLoop) -> str:
-    buffer = b""
     finished = False
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return OK if finished else CLEAN_DONE_AFTER_CUT
-            if sample.ttft is None:
-                sample.ttft = loop.time() - scheduled
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                return BAD_RESPONSE
-            if not isinstance(event, dict):
-                return BAD_RESPONSE
-            if event.get("error"):
-                return STREAM_ERROR_EVENT
-            for choice in event.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("finish_reason"):
-                    finished = True
+    async for data in sse_data(response):
+        if data == b"[DONE]":
+            return OK if finished else CLEAN_DONE_AFTER_CUT
+        if sample.ttft is None:
+            sample.ttft = loop.time() - scheduled
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return BAD_RESPONSE
+        if not isinstance(event, dict):
+            return BAD_RESPONSE
+        if event.get("error"):
+            return STREAM_ERROR_EVENT
+        for choice in event.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                finished = True
     return STREAM_NO_DONE
 
 

@@ -33,6 +33,7 @@ import aiohttp
 import orjson
 
 from shipyard.errors import ConfigError, UpstreamUnavailable
+from shipyard.readiness.sse import sse_data
 
 __all__ = [
     "SLO",
@@ -407,26 +408,18 @@ class _Sample:
 async def _read_stream(response: aiohttp.ClientResponse, sample: _Sample, started: float,
                        loop: asyncio.AbstractEventLoop) -> str:
     """Consume an SSE answer; notes the time to first token; returns the outcome."""
-    buffer = b""
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return OK
-            if sample.ttft is None:
-                sample.ttft = loop.time() - started
-            if data.startswith(b"{") and b'"error"' in data:
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    return STREAM_ERROR
-                if isinstance(event, dict) and event.get("error"):
-                    return STREAM_ERROR
+    async for data in sse_data(response):
+        if data == b"[DONE]":
+            return OK
+        if sample.ttft is None:
+            sample.ttft = loop.time() - started
+        if data.startswith(b"{") and b'"error"' in data:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return STREAM_ERROR
+            if isinstance(event, dict) and event.get("error"):
+                return STREAM_ERROR
     return STREAM_ERROR  # ended without [DONE]
 
 
