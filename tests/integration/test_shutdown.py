@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from conftest import API_KEY, gateway_config, launch_gateway, launch_sim
@@ -74,6 +76,17 @@ def test_several_workers_serve_and_trace(tmp_path: Path) -> None:
         ids = [client.chat.completions.with_raw_response.create(
             model="demo", messages=[{"role": "user", "content": "hi"}]).request_id
             for _ in range(20)]
+        # Whichever worker answers the scrape reports the sum over both workers.
+        for _ in range(4):
+            request = urllib.request.Request(f"{gateway.url}/metrics",
+                                             headers={"authorization": f"Bearer {API_KEY}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                text = response.read().decode()
+            total = sum(
+                sample.value for family in text_string_to_metric_families(text)
+                if family.name == "shipyard_requests" for sample in family.samples
+                if sample.name == "shipyard_requests_total" and sample.labels["status"] == "200")
+            assert total == 20, text
     finally:
         gateway.stop()
         sim.stop()

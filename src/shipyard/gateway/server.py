@@ -8,8 +8,11 @@ Alembic (~20 MiB less resident memory per process). Same PID, same signals.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import logging
+import shutil
+import tempfile
 
 import uvicorn
 
@@ -68,6 +71,10 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return
     env.export("SHIPYARD_CONFIG", config_path)
+    # Workers share their metrics through files, so any worker's /metrics shows the sum.
+    metrics_dir = tempfile.mkdtemp(prefix="shipyard-metrics-")
+    atexit.register(shutil.rmtree, metrics_dir, True)
+    env.export("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     uvicorn.run("shipyard.gateway.server:worker_app", factory=True, workers=workers,
                 **options)  # type: ignore[arg-type]
 

@@ -17,6 +17,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from shipyard.config import env
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -27,11 +30,20 @@ _LATENCY_BUCKETS = (
 
 
 class Metrics:
-    """Every metric the gateway exposes at `/metrics`."""
+    """Every metric the gateway exposes at `/metrics`.
+
+    With several worker processes (`shipyard serve --workers N` sets PROMETHEUS_MULTIPROC_DIR
+    for them), counters, histograms and gauges live in shared files and every scrape, whichever
+    worker answers it, reports the sum over all workers; state that only one process knows (its
+    trace queue, its spool, its admission queues) is reported by the worker that answers.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call] # the *_created series only add noise to every scrape
+        self.multiprocess_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        # Collectors computed at scrape time from this process's own state.
+        self.local_registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
             "shipyard_requests", "Requests answered, by route, service, model and status.",
@@ -64,11 +76,12 @@ class Metrics:
             "shipyard_trace_queue_dropped",
             "Traces that could not be queued because the trace queue was full.", registry=r)
         self.trace_queue_depth = Gauge(
-            "shipyard_trace_queue_depth", "Traces waiting to be written.", registry=r)
+            "shipyard_trace_queue_depth", "Traces waiting to be written.",
+            registry=self.local_registry)
         self.circuit_state = Gauge(
             "shipyard_circuit_state",
             "Circuit breaker state per deployment: 0 closed, 1 half-open, 2 open.",
-            ("deployment",), registry=r)
+            ("deployment",), registry=r, multiprocess_mode="max")
         self.circuit_transitions = Counter(
             "shipyard_circuit_transitions", "Circuit breaker state changes, by new state.",
             ("deployment", "state"), registry=r)
@@ -92,7 +105,8 @@ class Metrics:
             ("model", "outcome"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
-            "shipyard_requests_in_flight", "Requests being processed now.", registry=r)
+            "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
+            multiprocess_mode="livesum")
 
     def request_series(self, route: str, service: str, model: str,
                        status: int) -> tuple[Counter, Histogram]:
@@ -109,8 +123,6 @@ class Metrics:
 
     def watch_admission(self, depths: Callable[[], dict[str, int]]) -> None:
         """Report admission queue depths at scrape time."""
-        registry = self.registry
-
         class _Depths:
             def collect(self) -> Iterator[Metric]:
                 family = GaugeMetricFamily(
@@ -120,7 +132,7 @@ class Metrics:
                     family.add_metric((scope,), float(depth))
                 yield family
 
-        registry.register(_Depths())
+        self.local_registry.register(_Depths())
 
     def watch_spool(self, status: Callable[[], dict[str, int]]) -> None:
         """Spool counters, read from the trace writer at scrape time."""
@@ -142,10 +154,14 @@ class Metrics:
                 gauge.add_metric((), float(values["spool_bytes"]))
                 yield gauge
 
-        self.registry.register(_Spool())
+        self.local_registry.register(_Spool())
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.trace_queue_depth.set_function(lambda: float(depth()))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir:
+            shared = CollectorRegistry()
+            MultiProcessCollector(shared, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(shared) + generate_latest(self.local_registry)
+        return generate_latest(self.registry) + generate_latest(self.local_registry)
