@@ -1,0 +1,341 @@
+"""PII recognizers: one precompiled candidate regex each, validation only on candidates.
+
+A recognizer finds spans of one entity type. Candidates come from a regex compiled once at import;
+checksums and validity rules (Luhn, mod-97, SSN rules, `ipaddress`, `phonenumbers`) run only on
+those candidates. Context words in a short window before a match raise its score.
+
+    >>> [f.entity for f in EmailRecognizer().find("mail bob@example.com")]
+    ['EMAIL']
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import phonenumbers
+
+__all__ = [
+    "BUILTIN_RECOGNIZERS",
+    "CreditCardRecognizer",
+    "DenyListRecognizer",
+    "EmailRecognizer",
+    "Finding",
+    "IbanRecognizer",
+    "IpAddressRecognizer",
+    "MacAddressRecognizer",
+    "PhoneRecognizer",
+    "Recognizer",
+    "UrlRecognizer",
+    "UsSsnRecognizer",
+    "default_recognizers",
+]
+
+_CONTEXT_WINDOW = 40
+_CONTEXT_BOOST = 0.35
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected entity: `text[start:end]` is `text`, found by `recognizer`."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+    recognizer: str
+    text: str
+
+
+def _context_regex(words: Iterable[str]) -> re.Pattern[str] | None:
+    words = sorted(set(words))
+    if not words:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE)
+
+
+class Recognizer:
+    """Base class: subclasses set `entity`, `pattern`, `base_score` and may override `validate`.
+
+    `find(text)` is the one method the engine calls; a custom recognizer may override it
+    entirely. `validate` returns the score for a candidate match, or None to reject it.
+    """
+
+    entity: ClassVar[str] = ""
+    pattern: ClassVar[re.Pattern[str] | None] = None
+    base_score: ClassVar[float] = 0.5
+    context: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.name = type(self).__name__
+        self._context = _context_regex(self.context)
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        """Return (start, end, score) for a candidate, or None to reject it."""
+        return match.start(), match.end(), self.base_score
+
+    def find(self, text: str) -> list[Finding]:
+        """All findings of this recognizer in `text`."""
+        pattern = self.pattern
+        if pattern is None:
+            return []
+        found: list[Finding] = []
+        for match in pattern.finditer(text):
+            checked = self.validate(match)
+            if checked is None:
+                continue
+            start, end, score = checked
+            if self._context is not None and score < 1.0:
+                window = text[max(0, start - _CONTEXT_WINDOW) : start]
+                if self._context.search(window):
+                    score = min(1.0, score + _CONTEXT_BOOST)
+            found.append(Finding(self.entity, start, end, score, self.name, text[start:end]))
+        return found
+
+
+class EmailRecognizer(Recognizer):
+    entity = "EMAIL"
+    base_score = 0.9
+    context = ("email", "e-mail", "mail", "contact")
+    pattern = re.compile(
+        r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}"
+        r"(?![A-Za-z0-9-])",
+        re.ASCII,
+    )
+
+
+class UrlRecognizer(Recognizer):
+    entity = "URL"
+    base_score = 0.6
+    context = ("url", "link", "website", "site")
+    pattern = re.compile(
+        r"(?<![A-Za-z0-9])(?:(?:https?|ftp)://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
+        re.ASCII | re.IGNORECASE,
+    )
+    _trailing = ".,;:!?'\")]}"
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        value = match.group().rstrip(self._trailing)
+        if "." not in value.split("//", 1)[-1]:
+            return None
+        return match.start(), match.start() + len(value), self.base_score
+
+
+class MacAddressRecognizer(Recognizer):
+    entity = "MAC_ADDRESS"
+    base_score = 0.8
+    context = ("mac", "hardware", "ethernet", "wifi", "device")
+    pattern = re.compile(
+        r"(?<![\w:.-])(?:[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
+        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![\w:.-])",
+        re.ASCII,
+    )
+
+
+class IpAddressRecognizer(Recognizer):
+    entity = "IP_ADDRESS"
+    base_score = 0.8
+    context = ("ip", "address", "host", "server", "client")
+    # A word character, dot or dash beside it means a longer string (e.g. "v1.2.3.4-rc1").
+    pattern = re.compile(
+        r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w-]|\.\w)"
+        r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?"
+        r"(?![\w:]|\.\w)",
+        re.ASCII,
+    )
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        value = match.group()
+        if value.strip(":") == "":
+            return None  # a bare "::" in prose ("a :: b") is punctuation, not an address
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return None
+        return match.start(), match.end(), self.base_score
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+class CreditCardRecognizer(Recognizer):
+    entity = "CREDIT_CARD"
+    base_score = 0.9
+    context = ("card", "credit", "visa", "mastercard", "amex", "cc", "pan", "payment")
+    pattern = re.compile(r"(?<![\w#-])[0-9](?:[ -]?[0-9]){12,18}(?![\w-])", re.ASCII)
+    # Issuer prefixes (Visa, Mastercard, Amex, Diners, JCB, Discover/UnionPay): cheap first cut.
+    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[0478]|6", re.ASCII)
+    _separator = re.compile(r"[ -]")
+    # Printed layouts; other groupings (e.g. the tail of a spaced IBAN) are not card numbers.
+    _layouts = frozenset({(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 1),
+                          (4, 4, 4, 3)})  # fmt: skip
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        groups = self._separator.split(match.group())
+        digits = "".join(groups)
+        if not 13 <= len(digits) <= 19 or not self._issuer.match(digits):
+            return None
+        if len(groups) > 1 and tuple(len(g) for g in groups) not in self._layouts:
+            return None
+        if len(set(digits)) == 1 or not _luhn_ok(digits):
+            return None
+        return match.start(), match.end(), self.base_score
+
+
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AT": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "CH": 21, "CY": 28,
+    "CZ": 24, "DE": 22, "DK": 18, "EE": 20, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22,
+    "GI": 23, "GL": 18, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27,
+    "KW": 30, "KZ": 20, "LB": 28, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31,
+    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26, "UA": 29,
+}  # fmt: skip
+
+
+def _iban_ok(iban: str) -> bool:
+    rearranged = iban[4:] + iban[:4]
+    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(numeric) % 97 == 1
+
+
+class IbanRecognizer(Recognizer):
+    entity = "IBAN"
+    base_score = 0.95
+    context = ("iban", "account", "bank", "transfer")
+    pattern = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}", re.ASCII)
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        raw = match.group()
+        expected = _IBAN_LENGTHS.get(raw[:2])
+        if expected is None:
+            return None
+        # The candidate may run into a following upper-case word; cut it at the country length.
+        count = 0
+        end = 0
+        for i, ch in enumerate(raw):
+            if ch != " ":
+                count += 1
+                if count == expected:
+                    end = i + 1
+                    break
+        if end == 0:
+            return None
+        tail = match.string[match.start() + end : match.start() + end + 1]
+        if tail.isascii() and tail.isalnum():
+            return None
+        if not _iban_ok(raw[:end].replace(" ", "")):
+            return None
+        return match.start(), match.start() + end, self.base_score
+
+
+class UsSsnRecognizer(Recognizer):
+    entity = "US_SSN"
+    base_score = 0.6
+    context = ("ssn", "social security", "social", "ss#", "taxpayer")
+    pattern = re.compile(
+        r"(?<![\w#.-])([0-9]{3})([- ]?)([0-9]{2})\2([0-9]{4})(?![\w-]|\.[0-9])", re.ASCII
+    )
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        area, sep, group, serial = match.groups()
+        if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+            return None
+        digits = area + group + serial
+        if len(set(digits)) == 1 or digits in ("123456789", "987654321"):
+            return None
+        # A bare 9-digit run is as likely an order or account number: it needs context.
+        score = self.base_score if sep else 0.3
+        return match.start(), match.end(), score
+
+
+class PhoneRecognizer(Recognizer):
+    """Phone numbers validated with `phonenumbers`; numbers without `+CC` use `regions` in order."""
+
+    entity = "PHONE"
+    base_score = 0.7
+    context = ("phone", "tel", "telephone", "mobile", "cell", "call", "fax", "whatsapp")
+    pattern = re.compile(
+        r"(?:(?<=tel:)|(?<![\w+#/.:-]))(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?"
+        r"[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){1,5}(?![\w/:-]|\.[0-9])",
+        re.ASCII,
+    )
+
+    def __init__(self, regions: Iterable[str] = ("US",)) -> None:
+        super().__init__()
+        self.regions = tuple(regions)
+
+    def _valid(self, candidate: str) -> bool:
+        regions: tuple[str | None, ...] = (None,) if candidate.startswith("+") else self.regions
+        for region in regions:
+            try:
+                number = phonenumbers.parse(candidate, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number):
+                return True
+        return False
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        candidate = match.group()
+        digits = sum(ch.isdigit() for ch in candidate)
+        if not 7 <= digits <= 15 or not self._valid(candidate):
+            return None
+        # A bare digit run with no "+" and no separators reads like an ID: it needs context.
+        bare = candidate.isdigit()
+        return match.start(), match.end(), 0.4 if bare else self.base_score
+
+
+class DenyListRecognizer(Recognizer):
+    """Flags every whole-word, case-insensitive occurrence of the given terms."""
+
+    entity = "DENY_LIST"
+    base_score = 1.0
+
+    def __init__(self, terms: Iterable[str], *, entity: str = "DENY_LIST") -> None:
+        super().__init__()
+        self.entity_name = entity
+        words = sorted({t for t in terms if t}, key=len, reverse=True)
+        self._terms = (
+            re.compile(
+                r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE
+            )
+            if words
+            else None
+        )
+
+    def find(self, text: str) -> list[Finding]:
+        if self._terms is None:
+            return []
+        return [
+            Finding(self.entity_name, m.start(), m.end(), 1.0, self.name, m.group())
+            for m in self._terms.finditer(text)
+        ]
+
+
+BUILTIN_RECOGNIZERS: tuple[type[Recognizer], ...] = (
+    EmailRecognizer,
+    UrlRecognizer,
+    IbanRecognizer,
+    CreditCardRecognizer,
+    UsSsnRecognizer,
+    PhoneRecognizer,
+    IpAddressRecognizer,
+    MacAddressRecognizer,
+)
+
+
+def default_recognizers() -> list[Recognizer]:
+    """A fresh instance of every built-in recognizer."""
+    return [cls() for cls in BUILTIN_RECOGNIZERS]
