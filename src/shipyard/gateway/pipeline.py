@@ -87,6 +87,3 @@ class ModelTarget:
         """Add stages (outermost first) and recompose the handler."""
         self.stages.extend(stages)
         self.handler = compose(self.stages)
-
-    def open_circuits(self) -> int:
-        return sum(1 for d in self.deployments if d.breaker.state != "closed")
