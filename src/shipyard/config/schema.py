@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ModelConfig",
     "OIDCConfig",
+    "PIIConfig",
     "ProviderConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 CaptureMode = Literal["none", "metadata", "full"]
+PIITarget = Literal["request", "response", "traces"]
+_PII_TARGETS: tuple[PIITarget, ...] = ("request", "response", "traces")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 ROLES = ("admin", "operator", "developer", "client", "viewer")  # highest privilege first
@@ -543,6 +546,40 @@ class ProviderConfig(_Section):
         return self
 
 
+class PIIConfig(_Section):
+    mode: Literal["off", "detect", "redact", "pseudonymize", "block"] = Field(
+        "off",
+        description="`off`; `detect` (count PII on traces and metrics, change nothing); `redact` "
+        "(the upstream sees typed placeholders such as `<EMAIL_1>`); `pseudonymize` (as redact, "
+        "and placeholders in the answer are turned back into the caller's values); `block` "
+        "(refuse requests that contain PII with a 400).")
+    entities: list[str] | None = Field(
+        None, description="Entity types to look for (default: every built-in recognizer).")
+    apply_to: list[PIITarget] = Field(
+        default_factory=lambda: list(_PII_TARGETS),
+        description="`request`: clean what the upstream sees; `response`: replace PII the model "
+        "produced itself with `<ENTITY>`; `traces`: store only cleaned payloads.")
+    allow: list[str] = Field(
+        default_factory=list, description="Values never treated as PII (case-insensitive).")
+    deny: list[str] = Field(
+        default_factory=list, description="Terms always treated as PII (entity `DENY_LIST`).")
+    min_score: float = Field(
+        0.5, ge=0, le=1, description="Findings scoring below this are ignored.")
+    scope: Literal["request", "conversation"] = Field(
+        "request",
+        description="Placeholders are consistent within one request, or within a conversation "
+        "named by the `x-shipyard-conversation` header (the table is kept encrypted in the state "
+        "backend, per tenant).")
+    conversation_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long a conversation's placeholder table is kept.")
+    restore: bool = Field(
+        True, description="In `pseudonymize` mode, give the caller back its own values.")
+    stream_window_chars: int = Field(
+        64, ge=16, le=4096,
+        description="Streamed answers are checked for PII with this much text held back, so an "
+        "entity split across chunks is seen whole.")
+
+
 class ModelConfig(_Section):
     provider: str | None = Field(
         None, description="Name of an entry under `providers` (or list `deployments`)."
@@ -582,6 +619,8 @@ class ModelConfig(_Section):
         "(sizes, counts, finish reason) or `full` (request and response bodies).",
     )
     owned_by: str = Field("shipyard", description="`owned_by` shown in `GET /v1/models`.")
+    pii: PIIConfig = Field(
+        default_factory=lambda: PIIConfig(), description="Personal data protection.")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelConfig:
@@ -613,6 +652,8 @@ class ServiceConfig(_Section):
     timeout_s: float = Field(60.0, gt=0, description="Longest one call may run, in seconds.")
     description: str = Field("", description="Shown in the service listing.")
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
+    pii: PIIConfig = Field(
+        default_factory=lambda: PIIConfig(), description="Personal data protection.")
 
     @field_validator("function", "input_model")
     @classmethod

@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
+from shipyard.gateway.pii import PIISession
 from shipyard.gateway.pipeline import Call, ModelTarget
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
@@ -49,6 +50,7 @@ class OpenAIRoutes:
         gw = self.gw
         ctx = gw.begin(request, route)
         streaming = False
+        pii: PIISession | None = None
         try:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
@@ -57,8 +59,9 @@ class OpenAIRoutes:
             alias, stream = validate(body)
             target = gw.model(alias, "chat", ctx, principal)
             ctx.stream = stream
-            ctx.request_body = gw.capture_body(ctx, body)
             payload = _apply_limits(target, body)
+            pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
+            payload = self._protect(ctx, pii, body, payload)
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
             call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
                         deadline=_deadline(request, target), priority=request_priority(request),
@@ -72,9 +75,9 @@ class OpenAIRoutes:
                 streaming = True
                 return StreamingResponse(
                     self._stream(ctx, reply.stream, payload, wants_usage,
-                                 reply.usage_injected, started),
+                                 reply.usage_injected, started, pii),
                     media_type="text/event-stream", headers=headers)
-            return self._complete(ctx, call, endpoint, payload, reply)
+            return self._complete(ctx, call, endpoint, payload, reply, pii)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
             return error_response(exc, headers=gw.headers(ctx))
@@ -82,7 +85,21 @@ class OpenAIRoutes:
             return self._internal(ctx, exc)
         finally:
             if not streaming:
+                if pii is not None:
+                    await pii.close()
                 gw.finish(ctx)
+
+    def _protect(self, ctx: RequestContext, pii: PIISession | None, body: dict[str, Any],
+                 payload: dict[str, Any]) -> dict[str, Any]:
+        """Capture the request for the trace and return what the upstream gets, both cleaned
+        of personal data as the alias's `pii` policy says."""
+        if pii is None:
+            ctx.request_body = self.gw.capture_body(ctx, body)
+            return payload
+        cleaned = pii.clean_chat(payload)
+        ctx.request_body = self.gw.capture_body(
+            ctx, cleaned if pii.policy.clean_traces else body)
+        return cleaned if pii.policy.clean_request else payload
 
     def _internal(self, ctx: RequestContext, exc: Exception) -> Response:
         log.exception("internal error in request %s", ctx.request_id)
@@ -94,13 +111,14 @@ class OpenAIRoutes:
 
     async def _stream(self, ctx: RequestContext, source: AsyncIterator[bytes],
                       payload: dict[str, Any], wants_usage: bool, drop_usage: bool,
-                      started: float) -> AsyncIterator[bytes]:
+                      started: float, pii: PIISession | None) -> AsyncIterator[bytes]:
         sent = 0
+        rewriter = pii.stream() if pii is not None else None
         try:
             async for chunk in relay_sse(
                 source, ctx, payload=payload, client_wants_usage=wants_usage,
                 drop_usage_event=drop_usage, keep_text=ctx.capture == "full",
-                upstream_started=started,
+                upstream_started=started, rewrite=rewriter,
             ):
                 sent += len(chunk)
                 yield chunk
@@ -112,11 +130,16 @@ class OpenAIRoutes:
         finally:
             ctx.response_bytes = sent
             if ctx.response_body is not None:
+                if rewriter is not None and rewriter.session.policy.clean_traces:
+                    ctx.response_body = rewriter.trace_text()
                 ctx.response_body = self.gw.capture_body(ctx, ctx.response_body)
+            if pii is not None:
+                await pii.close()
             self.gw.finish(ctx)
 
     def _complete(self, ctx: RequestContext, call: Call, endpoint: Endpoint,
-                  payload: dict[str, Any], reply: Reply) -> Response:
+                  payload: dict[str, Any], reply: Reply,
+                  pii: PIISession | None = None) -> Response:
         ctx.upstream_ms = reply.upstream_ms
         body = reply.body
         data = reply.data
@@ -147,8 +170,14 @@ class OpenAIRoutes:
             body = orjson.dumps(data)
         if ctx.tokens_estimated:
             headers["x-shipyard-usage-estimated"] = "true"
+        traced = data
+        if pii is not None and endpoint != "embeddings":
+            traced, data = pii.answer_chat(data)
+            if not pii.policy.clean_traces:
+                traced = data
+            body = orjson.dumps(data)
         ctx.response_bytes = len(body)
-        ctx.response_body = self.gw.capture_body(ctx, data)
+        ctx.response_body = self.gw.capture_body(ctx, traced)
         ctx.status = 200
         headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
         return json_response(None, body=body, headers=headers)
@@ -156,6 +185,7 @@ class OpenAIRoutes:
     async def embeddings(self, request: Request) -> Response:
         gw = self.gw
         ctx = gw.begin(request, "embeddings")
+        pii: PIISession | None = None
         try:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
@@ -163,8 +193,8 @@ class OpenAIRoutes:
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias = validate_embeddings(body)
             target = gw.model(alias, "embedding", ctx, principal)
-            ctx.request_body = gw.capture_body(ctx, body)
-            payload = dict(body)
+            pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
+            payload = self._protect(ctx, pii, body, dict(body))
             call = Call(ctx, "embeddings", payload, False, target,
                         deadline=_deadline(request, target), priority=request_priority(request),
                         principal=principal)
@@ -176,6 +206,8 @@ class OpenAIRoutes:
         except Exception as exc:
             return self._internal(ctx, exc)
         finally:
+            if pii is not None:
+                await pii.close()
             gw.finish(ctx)
 
     def _model_card(self, target: ModelTarget) -> dict[str, Any]:

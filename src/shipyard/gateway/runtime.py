@@ -27,6 +27,7 @@ from shipyard.errors import (
 )
 from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.context import RequestContext
+from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
@@ -93,6 +94,10 @@ class Gateway:
         self.services: dict[str, HostedService] = {
             name: HostedService(name, s) for name, s in config.services.items()
         }
+        self.model_pii = {alias: self._pii_policy(m.pii, f"models.{alias}", alias)
+                          for alias, m in config.models.items() if m.pii.mode != "off"}
+        self.service_pii = {name: self._pii_policy(s.pii, f"services.{name}", name)
+                            for name, s in config.services.items() if s.pii.mode != "off"}
         self.writer: TraceWriter | None = None
         if config.traces.enabled:
             self.writer = TraceWriter(
@@ -112,6 +117,22 @@ class Gateway:
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
         self.audit_log = AuditLog(self.engine)
+
+    def _pii_policy(self, config: Any, where: str, name: str) -> PIIPolicy:
+        counter = self.metrics.pii_findings
+
+        def count(entity: str, found_in: str, n: int) -> None:
+            counter.labels(name, entity, found_in).inc(n)
+
+        return PIIPolicy(config, where, kv=self.kv, cipher=self.cipher,
+                         persistent_kv=isinstance(self.kv, RedisKeyValue), count=count)
+
+    async def pii_session(self, ctx: RequestContext, policy: PIIPolicy | None,
+                          request: Request) -> PIISession | None:
+        """The request's PII session when its alias or service protects personal data."""
+        if policy is None:
+            return None
+        return await policy.open(ctx, request.headers.get(CONVERSATION_HEADER))
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from shipyard.errors import NotFound, ServiceError, ShipyardError, UpstreamTimeout
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
+from shipyard.gateway.pii import PIISession
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.services import HostedService
@@ -40,6 +41,7 @@ class ServiceRoutes:
     async def invoke(self, request: Request) -> Response:
         gw = self.gw
         ctx = gw.begin(request, "invoke")
+        pii: PIISession | None = None
         try:
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
@@ -54,11 +56,23 @@ class ServiceRoutes:
             ctx.provider = "python"
             ctx.capture = service.config.capture
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
-            ctx.request_body = gw.capture_body(ctx, body)
+            pii = await gw.pii_session(ctx, gw.service_pii.get(name), request)
+            if pii is not None:
+                cleaned = pii.clean_json(body)
+                ctx.request_body = gw.capture_body(
+                    ctx, cleaned if pii.policy.clean_traces else body)
+                body = cleaned if pii.policy.clean_request else body
+            else:
+                ctx.request_body = gw.capture_body(ctx, body)
             argument = service.validate(body)
             held = [a for a in (gw.admission, service.admission) if a.max_in_flight is not None]
             output = await self._admitted(ctx, held, service, argument,
                                           request_priority(request))
+            traced = output
+            if pii is not None:
+                traced, output = pii.answer_json(output)
+                if not pii.policy.clean_traces:
+                    traced = output
             result = {"id": ctx.trace_id, "object": "service.result", "service": name,
                       "output": output}
             try:
@@ -68,7 +82,7 @@ class ServiceRoutes:
                     f"Service '{name}' returned a value that is not JSON serialisable ({exc}); "
                     "return dicts, lists, strings, numbers or a pydantic model.") from None
             ctx.response_bytes = len(payload)
-            ctx.response_body = gw.capture_body(ctx, output)
+            ctx.response_body = gw.capture_body(ctx, traced)
             ctx.status = 200
             return json_response(None, body=payload, headers=gw.headers(ctx))
         except ShipyardError as exc:
@@ -83,6 +97,8 @@ class ServiceRoutes:
             gw.fail(ctx, error)
             return error_response(error, headers=gw.headers(ctx))
         finally:
+            if pii is not None:
+                await pii.close()
             gw.finish(ctx)
 
 

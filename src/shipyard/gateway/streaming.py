@@ -17,6 +17,7 @@ import orjson
 
 from shipyard.errors import ShipyardError, UpstreamUnavailable
 from shipyard.gateway.context import RequestContext
+from shipyard.gateway.pii import StreamRewriter
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 
 __all__ = ["relay_sse"]
@@ -45,8 +46,12 @@ async def relay_sse(
     drop_usage_event: bool,
     keep_text: bool,
     upstream_started: float,
+    rewrite: StreamRewriter | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield SSE bytes for the client; fills `ctx` (ttft, usage, finish reason, status)."""
+    """Yield SSE bytes for the client; fills `ctx` (ttft, usage, finish reason, status).
+
+    `rewrite` (personal data protection) may change each event's text before it is sent, and
+    releases the text it held back before the end of the stream."""
     buffer = b""
     pieces: list[str] = []
     saw_done = False
@@ -91,6 +96,9 @@ async def relay_sse(
                     if not base and "id" in obj:
                         base = {k: obj[k] for k in ("id", "object", "created", "model")
                                 if k in obj}
+                    if rewrite is not None:
+                        obj = rewrite.event(obj)
+                        event = b"data: " + orjson.dumps(obj)
                     choices = obj.get("choices")
                     if choices:
                         _note_choices(choices, ctx, pieces)
@@ -109,6 +117,10 @@ async def relay_sse(
             raise UpstreamUnavailable(
                 f"The upstream '{ctx.provider}' ended the stream before it was complete."
             )
+        if rewrite is not None:
+            for obj in rewrite.finish():
+                _note_choices(obj["choices"], ctx, pieces)
+                yield b"data: " + orjson.dumps(obj) + b"\n\n"
         if ctx.total_tokens is None:
             text = "".join(pieces)
             prompt = _prompt_tokens(payload)

@@ -103,6 +103,9 @@ class Metrics:
         self.cache = Counter(
             "shipyard_cache_requests", "Cache lookups by alias and outcome (hit/miss/bypass).",
             ("model", "outcome"), registry=r)
+        self.pii_findings = Counter(
+            "shipyard_pii_findings", "Personal data found, by alias or service, entity type and "
+            "where (request or response).", ("service", "entity", "where"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
