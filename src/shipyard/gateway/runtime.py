@@ -364,7 +364,7 @@ class Gateway:
     def finish(self, ctx: RequestContext) -> None:
         """Count the request and queue its trace; never raises, never blocks."""
         try:
-            finishing = time.perf_counter()  # the root span ends here: the answer is done
+            queued = finishing = time.perf_counter()  # the root span ends with this call
             self.metrics.in_flight.dec()
             service = ctx.service or ""
             model = ctx.model_alias or ""
@@ -403,8 +403,8 @@ class Gateway:
                 record = ctx.to_record()
                 if self.store_spans and ctx.capture != "none":
                     # Raw tuples: the writer thread turns them into rows, off the event loop.
-                    record_span(ctx, "store.write", finishing, time.perf_counter(),
-                                parent=ctx.root_span)
+                    finishing = time.perf_counter()
+                    record_span(ctx, "store.write", queued, finishing, parent=ctx.root_span)
                     record["spans"] = [(ctx.root_span, ctx.parent_span_id, ctx.route,
                                         ctx.t0, finishing, ctx.error_type, None), *ctx.spans]
                     record["spans_t0"] = ctx.t0
