@@ -3,6 +3,9 @@ recording upstream, exporting to a real OTLP/HTTP receiver, and keeping spans in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +132,18 @@ def test_retry_and_fallback_span_tree_exported_and_stored(
         engine.dispose()
         assert trace is not None and trace["trace_id"] == CALLER_TRACE
         gateway.stop()  # while the receiver still answers its last export
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "shipyard", "traces", "show", record_id, "--spans",
+         "--store-url", f"sqlite:///{tmp_path}/store.db"], capture_output=True, text=True,
+        check=False, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    names = [line.split()[0] for line in lines[2:] if line]
+    assert names == ["chat", "auth", "upstream", "upstream.attempt", "backoff",
+                     "upstream.attempt", "backoff", "upstream.attempt", "upstream.attempt",
+                     "store.write"]
+    assert sum("UpstreamError" in line for line in lines) == 3
 
 
 def test_new_trace_without_traceparent_and_unsampled_caller(

@@ -19,7 +19,7 @@ from shipyard.config.schema import RetentionConfig
 from shipyard.errors import ShipyardError
 from shipyard.security.audit import AuditLog
 from shipyard.security.roles import PLATFORM_TENANT
-from shipyard.store import TraceFilter, get_trace, iter_traces, purge
+from shipyard.store import TraceFilter, get_spans, get_trace, iter_traces, purge
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
 
@@ -87,8 +87,10 @@ def show(
     trace_id: Annotated[str, typer.Argument(help="A trace id or a request id.")],
     config: ConfigOpt = None,
     store_url: StoreOpt = None,
+    with_spans: Annotated[bool, typer.Option(
+        "--spans", help="Print the span waterfall (stages, upstream attempts) instead.")] = False,
 ) -> None:
-    """Show one trace in full (JSON)."""
+    """Show one trace in full (JSON), or with --spans its span waterfall."""
     engine = open_store(config, store_url)
     row = get_trace(engine, trace_id)
     if row is None:
@@ -100,8 +102,34 @@ def show(
     if row is None:
         raise fail(f"No trace has id or request id '{trace_id}'; list them with "
                    "'shipyard traces list'.")
+    if with_spans:
+        console.print(_waterfall(get_spans(engine, row["id"])))
+        return
     sys.stdout.buffer.write(orjson.dumps(row, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
                             + b"\n")
+
+
+def _waterfall(spans: list[dict[str, Any]]) -> Table:
+    """Spans as an indented tree with their offsets, durations and errors."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    ids = {s["span_id"] for s in spans}
+    for s in spans:
+        parent = s["parent_id"] if s["parent_id"] in ids else None
+        children.setdefault(parent, []).append(s)
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("span", "start ms", "duration ms", "error", "attributes"):
+        table.add_column(name, no_wrap=name != "attributes")
+
+    def add(parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda x: x["start_ms"]):
+            attributes = " ".join(f"{k.removeprefix('shipyard.')}={v}"
+                                  for k, v in s["attributes"].items())
+            table.add_row("  " * depth + s["name"], f"{s['start_ms']:.2f}",
+                          f"{s['duration_ms']:.2f}", s["error"] or "", attributes)
+            add(s["span_id"], depth + 1)
+
+    add(None, 0)
+    return table
 
 
 @app.command()
