@@ -58,10 +58,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 def _otlp_exporter(config: Config, metrics: Metrics) -> Any:
     """The OTLP exporter; its module (and the OpenTelemetry SDK, ~15 MiB resident) is imported
     only when `traces.otlp` is configured."""
-    from shipyard.observe.otlp import OTLPExporter
-
     if config.traces.otlp is None:
         return None
+    from shipyard.observe.otlp import OTLPExporter
+
     return OTLPExporter(config.traces.otlp,
                         on_failed=lambda n: metrics.spans_export_failed.inc(n))
 
@@ -106,9 +106,8 @@ class Gateway:
         self.services: dict[str, HostedService] = {
             name: HostedService(name, s) for name, s in config.services.items()
         }
-        self.otlp: Any = None  # shipyard.observe.otlp.OTLPExporter when traces.otlp is set
-        if config.traces.otlp is not None:
-            self.otlp = _otlp_exporter(config, self.metrics)
+        # shipyard.observe.otlp.OTLPExporter when traces.otlp is set, else None
+        self.otlp: Any = _otlp_exporter(config, self.metrics)
         self.store_spans = config.traces.spans
         self.sample_payloads = config.traces.sample_payloads
         self.retention: RetentionTask | None = None
