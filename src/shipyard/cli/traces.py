@@ -1,4 +1,4 @@
-"""`shipyard traces list|show|tail|export`: read traces back from the store."""
+"""`shipyard traces list|show|tail|export|purge`: read traces from the store, purge old ones."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from shipyard.cli.common import console, fail, open_store, parse_since
+from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
 from shipyard.cli.keys import actor
+from shipyard.config.schema import RetentionConfig
 from shipyard.errors import ShipyardError
 from shipyard.security.audit import AuditLog
 from shipyard.security.roles import PLATFORM_TENANT
-from shipyard.store import TraceFilter, get_trace, iter_traces
+from shipyard.store import TraceFilter, get_spans, get_trace, iter_traces, purge
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
 
@@ -86,8 +87,10 @@ def show(
     trace_id: Annotated[str, typer.Argument(help="A trace id or a request id.")],
     config: ConfigOpt = None,
     store_url: StoreOpt = None,
+    with_spans: Annotated[bool, typer.Option(
+        "--spans", help="Print the span waterfall (stages, upstream attempts) instead.")] = False,
 ) -> None:
-    """Show one trace in full (JSON)."""
+    """Show one trace in full (JSON), or with --spans its span waterfall."""
     engine = open_store(config, store_url)
     row = get_trace(engine, trace_id)
     if row is None:
@@ -99,8 +102,34 @@ def show(
     if row is None:
         raise fail(f"No trace has id or request id '{trace_id}'; list them with "
                    "'shipyard traces list'.")
+    if with_spans:
+        console.print(_waterfall(get_spans(engine, row["id"])))
+        return
     sys.stdout.buffer.write(orjson.dumps(row, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
                             + b"\n")
+
+
+def _waterfall(spans: list[dict[str, Any]]) -> Table:
+    """Spans as an indented tree with their offsets, durations and errors."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    ids = {s["span_id"] for s in spans}
+    for s in spans:
+        parent = s["parent_id"] if s["parent_id"] in ids else None
+        children.setdefault(parent, []).append(s)
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("span", "start ms", "duration ms", "error", "attributes"):
+        table.add_column(name, no_wrap=name != "attributes")
+
+    def add(parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda x: x["start_ms"]):
+            attributes = " ".join(f"{k.removeprefix('shipyard.')}={v}"
+                                  for k, v in s["attributes"].items())
+            table.add_row("  " * depth + s["name"], f"{s['start_ms']:.2f}",
+                          f"{s['duration_ms']:.2f}", s["error"] or "", attributes)
+            add(s["span_id"], depth + 1)
+
+    add(None, 0)
+    return table
 
 
 @app.command()
@@ -173,11 +202,82 @@ def export(
         console.print(f"Exported {count} traces to {output}.")
 
 
+@app.command("purge")
+def purge_(
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+    days: Annotated[float | None, typer.Option(
+        help="Delete traces older than this many days (replaces traces.retention.days; "
+        "per-tenant overrides still apply).")] = None,
+    payload_days: Annotated[float | None, typer.Option(
+        help="Clear request and response bodies older than this many days (replaces "
+        "traces.retention.payload_days).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+                       help="Count what would go; change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Apply the retention policy now: clear old payloads, delete old traces and their spans.
+
+    Uses `traces.retention` from the config (the gateway also runs it in the background every
+    `interval_s`). Works in small batches, so a running gateway keeps writing meanwhile.
+    """
+    policy = RetentionConfig()
+    if store_url is None or config is not None:
+        _, cfg = resolve_config(config, secrets=False)
+        policy = cfg.traces.retention
+    changes = {k: v for k, v in (("days", days), ("payload_days", payload_days))
+               if v is not None}
+    for name, value in changes.items():
+        if value <= 0:
+            raise fail(f"--{name.replace('_', '-')} is {value:g}; it must be a positive "
+                       "number of days.")
+    if changes:
+        policy = policy.model_copy(update=changes)
+    if policy.days is None and policy.payload_days is None and not policy.tenants:
+        raise fail("No retention is configured; set traces.retention.days or "
+                   "traces.retention.payload_days in shipyard.yaml, or pass --days or "
+                   "--payload-days.")
+    engine = open_store(config, store_url, migrate=not dry_run)
+    result = purge(engine, policy, dry_run=dry_run)
+    if not dry_run:
+        problem = _audit(engine, "traces.purge", "store", {
+            "traces": result.traces, "spans": result.spans, "payloads": result.payloads,
+            "days": policy.days, "payload_days": policy.payload_days}, "ok")
+        if problem:
+            raise fail(f"The purge ran, but it could not be recorded in the audit log "
+                       f"({problem}).")
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps({
+            "dry_run": dry_run, "traces": result.traces, "spans": result.spans,
+            "payloads": result.payloads, "scopes": result.scopes}) + b"\n")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("scope", "days", "payload days", "traces", "spans", "payloads"):
+        table.add_column(name)
+    for scope in result.scopes:
+        table.add_row(scope["scope"], _days(scope["days"]), _days(scope["payload_days"]),
+                      str(scope["traces"]), str(scope["spans"]), str(scope["payloads"]))
+    console.print(table)
+    verb = "Would delete" if dry_run else "Deleted"
+    console.print(f"{verb} {result.traces} traces ({result.spans} spans) and "
+                  f"{'would clear' if dry_run else 'cleared'} {result.payloads} payloads.")
+
+
+def _days(value: float | None) -> str:
+    return "keep" if value is None else f"{value:g}"
+
+
 def _audit_export(engine: Engine, target: str, details: dict[str, Any],
                   outcome: str) -> str | None:
     """Record the export (a data export is a control-plane action); the reason when it fails."""
+    return _audit(engine, "traces.export", target, details, outcome)
+
+
+def _audit(engine: Engine, action: str, target: str, details: dict[str, Any],
+           outcome: str) -> str | None:
+    """Record a control-plane action on traces; the reason when that fails."""
     try:
-        AuditLog(engine).append(tenant_id=PLATFORM_TENANT, actor=actor(), action="traces.export",
+        AuditLog(engine).append(tenant_id=PLATFORM_TENANT, actor=actor(), action=action,
                                 target=target, outcome=outcome, details=details)
     except ShipyardError as exc:
         return exc.message

@@ -21,12 +21,15 @@ __all__ = [
     "Config",
     "ModelConfig",
     "OIDCConfig",
+    "OTLPConfig",
     "PIIConfig",
     "ProviderConfig",
+    "RetentionConfig",
     "ServerConfig",
     "ServiceConfig",
     "Setting",
     "StoreConfig",
+    "TenantRetention",
     "TracesConfig",
     "iter_settings",
 ]
@@ -132,8 +135,79 @@ class StoreConfig(_Section):
         return value
 
 
+class OTLPConfig(_Section):
+    """Where spans are exported with OTLP/HTTP (protobuf); needs `shipyard[otel]`."""
+
+    endpoint: str = Field(
+        description="OTLP/HTTP traces URL of a collector, e.g. "
+        "`http://127.0.0.1:4318/v1/traces` (the full path, as OpenTelemetry's "
+        "`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra headers for the collector (e.g. an API key as `{$env: NAME}`).")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest one export may take.")
+    service_name: str = Field("shipyard", description="The `service.name` resource attribute.")
+    max_queue_size: int = Field(
+        20_000, ge=100, description="Spans buffered for export; beyond it spans are dropped "
+        "(and logged by OpenTelemetry).")
+    schedule_delay_s: float = Field(
+        1.0, gt=0, le=60, description="Longest a span waits before its batch is exported.")
+
+
+class TenantRetention(_Section):
+    tenant: str = Field(description="The tenant id these retention periods apply to.")
+    days: float | None = Field(
+        None, gt=0, description="Delete this tenant's traces (and spans) older than this many "
+        "days; None: the global `days`.")
+    payload_days: float | None = Field(
+        None, gt=0, description="Clear this tenant's captured request and response bodies "
+        "older than this many days (the trace itself stays); None: the global "
+        "`payload_days`.")
+
+
+class RetentionConfig(_Section):
+    """How long traces and their payloads are kept; purged in the background."""
+
+    days: float | None = Field(
+        None, gt=0, description="Delete traces (and their spans) older than this many days; "
+        "None (the default) keeps them forever.")
+    payload_days: float | None = Field(
+        None, gt=0, description="Clear captured request and response bodies older than this "
+        "many days, keeping the trace's counts, latency, tokens and cost; None keeps them.")
+    tenants: list[TenantRetention] = Field(
+        default_factory=list, description="Per-tenant periods that replace `days` and "
+        "`payload_days` for that tenant.")
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique_tenants(cls, value: list[TenantRetention]) -> list[TenantRetention]:
+        seen: set[str] = set()
+        for item in value:
+            if item.tenant in seen:
+                raise ValueError(f"tenant '{item.tenant}' is listed twice; keep one entry")
+            seen.add(item.tenant)
+        return value
+    interval_s: float = Field(
+        3600.0, ge=1, description="How often the gateway purges in the background (each "
+        "worker; the purge is idempotent). `shipyard traces purge` runs one purge now.")
+    batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Rows deleted or cleared per transaction: small "
+        "batches keep the store free for the trace writer between them.")
+
+
 class TracesConfig(_Section):
     enabled: bool = Field(True, description="Record a trace for every request.")
+    sample_payloads: float = Field(
+        1.0, ge=0, le=1, description="Share of requests whose bodies are captured (for models "
+        "and services with `capture: full`); decided from the trace id, so every service of "
+        "one distributed trace agrees. Counts, latency, tokens and cost are always recorded.")
+    spans: bool = Field(
+        True, description="Store each request's spans (pipeline stages, upstream attempts) in "
+        "the `spans` table, for a waterfall without a collector.")
+    otlp: OTLPConfig | None = Field(
+        None, description="Export spans to an OpenTelemetry collector over OTLP/HTTP.")
+    retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig(),
+                                       description="Retention of traces and payloads.")
     queue_size: int = Field(
         10_000,
         ge=100,

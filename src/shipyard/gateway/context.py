@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from shipyard.observe.tracing import SpanTuple, new_span_id
+
 __all__ = ["RequestContext"]
 
 
@@ -19,11 +21,14 @@ class RequestContext:
         "capture",
         "completion_tokens",
         "cost_usd",
+        "current_span",
         "error_message",
         "error_type",
         "finish_reason",
         "key_id",
         "model_alias",
+        "otel_trace_id",
+        "parent_span_id",
         "prompt_tokens",
         "provider",
         "queue_ms",
@@ -33,8 +38,12 @@ class RequestContext:
         "request_id",
         "response_body",
         "response_bytes",
+        "root_span",
         "route",
+        "sampled",
         "service",
+        "shed_by",
+        "spans",
         "started_at",
         "status",
         "stream",
@@ -48,10 +57,22 @@ class RequestContext:
         "upstream_ms",
     )
 
-    def __init__(self, request_id: str, route: str, trace_id: str) -> None:
+    def __init__(self, request_id: str, route: str, trace_id: str, *,
+                 parent: tuple[str, str, str] | None = None) -> None:
         self.t0 = time.perf_counter()
         self.started_at = datetime.now(UTC)
-        self.trace_id = trace_id
+        self.trace_id = trace_id  # this request's record id (unique)
+        # The W3C trace: the caller's (from `traceparent`) or a new one named by trace_id.
+        self.otel_trace_id = trace_id
+        self.parent_span_id: str | None = None
+        self.sampled = True  # OTLP export (the caller's sampled flag, when it sent one)
+        if parent is not None:
+            self.otel_trace_id, self.parent_span_id, flags = parent
+            self.sampled = flags[-1] in "13579bdf"
+        self.root_span = new_span_id()
+        self.current_span = self.root_span
+        self.spans: list[SpanTuple] = []
+        self.shed_by: str | None = None
         self.request_id = request_id
         self.route = route
         self.tenant_id = "default"
@@ -105,6 +126,7 @@ class RequestContext:
         total_ms = self.elapsed_ms()
         return {
             "id": self.trace_id,
+            "trace_id": self.otel_trace_id,
             "request_id": self.request_id,
             "started_at": self.started_at,
             "ended_at": self.started_at + timedelta(milliseconds=total_ms),

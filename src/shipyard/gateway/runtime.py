@@ -32,6 +32,7 @@ from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
 from shipyard.observe.metrics import Metrics
+from shipyard.observe.tracing import parse_traceparent, record_span, sampled
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
 from shipyard.security.audit import AuditLog
@@ -45,6 +46,7 @@ from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
 from shipyard.store.engine import create_store_engine, migrate, ping
+from shipyard.store.retention import RetentionTask
 from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
 
@@ -52,6 +54,17 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("shipyard.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _otlp_exporter(config: Config, metrics: Metrics) -> Any:
+    """The OTLP exporter; its module (and the OpenTelemetry SDK, ~15 MiB resident) is imported
+    only when `traces.otlp` is configured."""
+    if config.traces.otlp is None:
+        return None
+    from shipyard.observe.otlp import OTLPExporter
+
+    return OTLPExporter(config.traces.otlp,
+                        on_failed=lambda n: metrics.spans_export_failed.inc(n))
 
 
 class Gateway:
@@ -98,6 +111,11 @@ class Gateway:
                           for alias, m in config.models.items() if m.pii.mode != "off"}
         self.service_pii = {name: self._pii_policy(s.pii, f"services.{name}", name)
                             for name, s in config.services.items() if s.pii.mode != "off"}
+        # shipyard.observe.otlp.OTLPExporter when traces.otlp is set, else None
+        self.otlp: Any = _otlp_exporter(config, self.metrics)
+        self.store_spans = config.traces.spans
+        self.sample_payloads = config.traces.sample_payloads
+        self.retention: RetentionTask | None = None
         self.writer: TraceWriter | None = None
         if config.traces.enabled:
             self.writer = TraceWriter(
@@ -146,6 +164,12 @@ class Gateway:
                 ) from exc
         if self.writer is not None:
             self.writer.start()
+            if self.config.traces.retention.days or self.config.traces.retention.payload_days \
+                    or self.config.traces.retention.tenants:
+                self.retention = RetentionTask(
+                    self.engine, self.config.traces.retention,
+                    on_purge=self.metrics.count_purge)
+                self.retention.start()
         if self.budgets.budgets:
             await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
@@ -227,10 +251,14 @@ class Gateway:
                 await provider.close()
             except Exception:  # closing must not stop the flush below
                 log.exception("closing provider %s failed", provider.name)
+        if self.retention is not None:
+            await self.retention.stop()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
             log.info("traces flushed: %d written, %d dropped, %d lost",
                      self.writer.written, self.writer.dropped, self.writer.lost)
+        if self.otlp is not None:
+            await asyncio.to_thread(self.otlp.shutdown)
         self.engine.dispose()
 
     async def store_reachable(self) -> bool:
@@ -244,20 +272,31 @@ class Gateway:
 
     # -- requests ---------------------------------------------------------------------------
     def begin(self, request: Request, route: str) -> RequestContext:
-        """Start a request: its context carries a fresh trace id and the request id."""
+        """Start a request: its context carries a fresh trace id, the request id, and the
+        caller's W3C trace when it sent `traceparent`."""
         trace_id = os.urandom(16).hex()  # 4x cheaper than uuid4().hex, same entropy
-        given = request.headers.get("x-request-id")
+        headers = request.headers
+        given = headers.get("x-request-id")
         request_id = given if given is not None and _REQUEST_ID.match(given) else "req_" + trace_id
         self.metrics.in_flight.inc()
-        return RequestContext(request_id, route, trace_id)
+        parent = headers.get("traceparent")
+        return RequestContext(request_id, route, trace_id,
+                              parent=parse_traceparent(parent) if parent else None)
 
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:
         """Authenticate the caller and check `scope`; notes the tenant and key on `ctx`."""
-        principal = await self.auth.authenticate(request.headers, scope)
-        if ctx is not None:
-            ctx.tenant_id = principal.tenant_id
-            ctx.key_id = principal.key_id
+        if ctx is None:
+            return await self.auth.authenticate(request.headers, scope)
+        started = time.perf_counter()
+        try:
+            principal = await self.auth.authenticate(request.headers, scope)
+        except BaseException as exc:
+            record_span(ctx, "auth", started, time.perf_counter(), error=type(exc).__name__)
+            raise
+        record_span(ctx, "auth", started, time.perf_counter())
+        ctx.tenant_id = principal.tenant_id
+        ctx.key_id = principal.key_id
         return principal
 
     def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
@@ -318,8 +357,17 @@ class Gateway:
         principal.may_use_model(alias)
         ctx.service = alias
         ctx.model_alias = alias
-        ctx.capture = target.config.capture
+        self.set_capture(ctx, target.config.capture)
         return target
+
+    def set_capture(self, ctx: RequestContext, capture: str) -> None:
+        """Note what the trace keeps; `full` capture of bodies is sampled
+        (`traces.sample_payloads`, decided from the trace id), everything else is always kept."""
+        if capture == "full" and self.sample_payloads < 1.0 and not sampled(
+                ctx.otel_trace_id, self.sample_payloads):
+            capture = "metadata"
+            self.metrics.payloads_skipped.inc()
+        ctx.capture = capture
 
     def fail(self, ctx: RequestContext, exc: ShipyardError) -> None:
         ctx.status = exc.status
@@ -336,6 +384,7 @@ class Gateway:
     def finish(self, ctx: RequestContext) -> None:
         """Count the request and queue its trace; never raises, never blocks."""
         try:
+            queued = finishing = time.perf_counter()  # the root span ends with this call
             self.metrics.in_flight.dec()
             service = ctx.service or ""
             model = ctx.model_alias or ""
@@ -364,14 +413,54 @@ class Gateway:
                 if ctx.cost_usd:
                     self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
                     self.budgets.add(ctx.tenant_id, ctx.key_id, ctx.cost_usd)
+            if ctx.shed_by is not None:
+                self.metrics.shed.labels(ctx.shed_by).inc()
             if self.writer is not None:
                 if ctx.capture == "none":
                     ctx.request_bytes = ctx.response_bytes = None
                     ctx.finish_reason = None
                     ctx.attributes = None
-                self.writer.submit(ctx.to_record())
+                record = ctx.to_record()
+                if self.store_spans and ctx.capture != "none":
+                    # Raw tuples: the writer thread turns them into rows, off the event loop.
+                    finishing = time.perf_counter()
+                    record_span(ctx, "store.write", queued, finishing, parent=ctx.root_span)
+                    record["spans"] = [(ctx.root_span, ctx.parent_span_id, ctx.route,
+                                        ctx.t0, finishing, ctx.error_type, None), *ctx.spans]
+                    record["spans_t0"] = ctx.t0
+                self.writer.submit(record)
+            if self.otlp is not None and ctx.sampled:
+                # After the response has gone out: the loop runs this on its next turn.
+                asyncio.get_running_loop().call_soon(self._export, ctx, finishing)
         except Exception:  # recording must never break a response
             log.exception("recording request %s failed", ctx.request_id)
+
+    def _export(self, ctx: RequestContext, end: float) -> None:
+        try:
+            attributes: dict[str, Any] = {
+                "shipyard.route": ctx.route, "shipyard.request_id": ctx.request_id,
+                "shipyard.record_id": ctx.trace_id, "shipyard.tenant": ctx.tenant_id,
+                "http.response.status_code": ctx.status}
+            for key, value in (("shipyard.service", ctx.service),
+                               ("gen_ai.request.model", ctx.model_alias),
+                               ("gen_ai.response.model", ctx.upstream_model),
+                               ("shipyard.provider", ctx.provider),
+                               ("gen_ai.usage.input_tokens", ctx.prompt_tokens),
+                               ("gen_ai.usage.output_tokens", ctx.completion_tokens),
+                               ("shipyard.cost_usd", ctx.cost_usd),
+                               ("shipyard.ttft_ms", ctx.ttft_ms),
+                               ("shipyard.queue_ms", ctx.queue_ms),
+                               ("error.type", ctx.error_type)):
+                if value is not None:
+                    attributes[key] = value
+            name = f"{ctx.route} {ctx.service}" if ctx.service else ctx.route
+            self.otlp.export(
+                trace_id=ctx.otel_trace_id, remote_parent=ctx.parent_span_id,
+                root_span=ctx.root_span, root_name=name, root_attributes=attributes,
+                error=ctx.error_type, spans=ctx.spans, t0=ctx.t0,
+                t0_ns=int(ctx.started_at.timestamp() * 1e9), end=end)
+        except Exception:  # exporting must never break serving
+            log.exception("exporting the spans of request %s failed", ctx.request_id)
 
     def _count_attempts(self, model: str, attributes: dict[str, Any]) -> None:
         attempts = attributes.get("attempts")

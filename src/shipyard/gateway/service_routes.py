@@ -9,13 +9,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import NotFound, ServiceError, ShipyardError, UpstreamTimeout
+from shipyard.errors import CapacityError, NotFound, ServiceError, ShipyardError, UpstreamTimeout
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pii import PIISession
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.services import HostedService
+from shipyard.observe.tracing import span
 from shipyard.resilience.admission import Admission
 
 __all__ = ["service_routes"]
@@ -54,7 +55,7 @@ class ServiceRoutes:
             principal.may_use_service(name)
             ctx.service = name
             ctx.provider = "python"
-            ctx.capture = service.config.capture
+            gw.set_capture(ctx, service.config.capture)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             pii = await gw.pii_session(ctx, gw.service_pii.get(name), request)
             if pii is not None:
@@ -107,12 +108,21 @@ class ServiceRoutes:
         """Run the service inside its admission slots (global, then its own)."""
         held: list[Admission] = []
         try:
-            for admission in admissions:
-                ctx.queue_ms = (ctx.queue_ms or 0.0) + await admission.acquire(priority)
-                held.append(admission)
+            if admissions:
+                with span(ctx, "admission"):
+                    for admission in admissions:
+                        try:
+                            waited = await admission.acquire(priority)
+                        except CapacityError:
+                            ctx.shed_by = ("global" if admission is self.gw.admission
+                                           else service.name)
+                            raise
+                        ctx.queue_ms = (ctx.queue_ms or 0.0) + waited
+                        held.append(admission)
             started = ctx.elapsed_ms()
             try:
-                output = await service.invoke(argument)
+                with span(ctx, "service", {"shipyard.service": service.name}):
+                    output = await service.invoke(argument)
             except ShipyardError as exc:
                 overloaded = isinstance(exc, UpstreamTimeout)
                 for admission in held:

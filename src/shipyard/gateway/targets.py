@@ -64,10 +64,12 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         stages: list[Stage] = [RateLimitStage(alias, limiter, config.rate_limits,
                                               target.config.rate_limit)]
         service_admission = Admission.from_config(f"Model '{alias}'", target.config.admission)
-        admissions = [a for a in (global_admission, service_admission)
-                      if a.max_in_flight is not None]
+        scoped = [(a, scope) for a, scope in ((global_admission, "global"),
+                                               (service_admission, alias))
+                  if a.max_in_flight is not None]
+        admissions = [a for a, _ in scoped]
         if admissions:
-            stages.append(AdmissionStage(admissions))
+            stages.append(AdmissionStage(admissions, [scope for _, scope in scoped]))
         target.admissions = admissions
         if target.config.cache.enabled:
             stages.append(CacheStage(alias, target.config.cache, cache_store))

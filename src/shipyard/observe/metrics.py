@@ -98,8 +98,21 @@ class Metrics:
             "shipyard_retry_budget_exhausted",
             "Retries not made because the retry budget was spent.", ("model",), registry=r)
         self.shed = Counter(
-            "shipyard_requests_shed", "Requests refused with 503 by admission control or drain.",
-            ("scope",), registry=r)
+            "shipyard_requests_shed", "Requests refused with 503 by admission control or drain, "
+            "by scope (global, a model alias or service, drain).", ("scope",), registry=r)
+        self.guard_trips = Counter(
+            "shipyard_guard_trips", "Guards that fired, by guard, stage (input/output) and "
+            "action (block, redact, escalate, warn).", ("guard", "stage", "action"),
+            registry=r)
+        self.payloads_skipped = Counter(
+            "shipyard_payloads_unsampled", "Requests whose bodies were not captured because of "
+            "traces.sample_payloads (their trace is still recorded).", registry=r)
+        self.spans_export_failed = Counter(
+            "shipyard_spans_export_failed", "Spans the OTLP collector did not accept.",
+            registry=r)
+        self.purged = Counter(
+            "shipyard_traces_purged", "Rows removed by the retention policy, by kind (traces: "
+            "deleted with their spans; payloads: bodies cleared).", ("kind",), registry=r)
         self.cache = Counter(
             "shipyard_cache_requests", "Cache lookups by alias and outcome (hit/miss/bypass).",
             ("model", "outcome"), registry=r)
@@ -123,6 +136,19 @@ class Metrics:
             if len(self._series) < 10_000:  # bounded: labels come from config, not clients
                 self._series[key] = series
         return series
+
+    def guard_trip(self, guard: str, stage: str, action: str) -> None:
+        """Count a guard that fired (`guard` is its configured name: bounded by config).
+
+        >>> metrics.guard_trip("pii", "input", "redact")  # doctest: +SKIP
+        """
+        self.guard_trips.labels(guard, stage, action).inc()
+
+    def count_purge(self, traces: int, payloads: int) -> None:
+        if traces:
+            self.purged.labels("traces").inc(traces)
+        if payloads:
+            self.purged.labels("payloads").inc(payloads)
 
     def watch_admission(self, depths: Callable[[], dict[str, int]]) -> None:
         """Report admission queue depths at scrape time."""

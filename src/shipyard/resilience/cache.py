@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import orjson
 
 from shipyard.config.schema import CacheConfig
 from shipyard.gateway.pipeline import Call, Handler, Stage
+from shipyard.observe.tracing import record_span
 from shipyard.providers.base import Reply
 from shipyard.state.base import KeyValue
 
@@ -162,6 +164,7 @@ class CacheStage(Stage):
         if not self._cacheable(call):
             _mark(call, "bypass")
             return await call_next(call)
+        looked = time.perf_counter()
         key = cache_key(self.alias, call.endpoint, call.payload)
         value = await self._get(key)
         if value is None and key in self._inflight:
@@ -173,9 +176,13 @@ class CacheStage(Stage):
                 value = None
         if value is not None:
             self.hits += 1
+            record_span(call.ctx, "cache", looked, time.perf_counter(),
+                        attributes={"shipyard.cache": "hit"})
             return self._hit(call, value)
         self.misses += 1
         _mark(call, "miss")
+        record_span(call.ctx, "cache", looked, time.perf_counter(),
+                    attributes={"shipyard.cache": "miss"})
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import CircuitOpen, ShipyardError, UpstreamTimeout
+from shipyard.observe.tracing import new_span_id, record_span, traceparent
 from shipyard.providers.base import Provider, Reply
 from shipyard.resilience.circuit import CircuitBreaker
 from shipyard.resilience.retry import backoff_s, is_retryable, retry_after_s
@@ -78,8 +79,12 @@ def _counts_as_failure(exc: ShipyardError) -> bool:
 
 
 async def _attempt(call: Call, target: ModelTarget, deployment: Deployment,
-                   remaining: float) -> Reply:
+                   remaining: float, span_id: str) -> Reply:
     config = deployment.provider.config
+    ctx = call.ctx
+    # The upstream continues our trace, with this attempt's span as its parent.
+    headers = {**call.headers, "traceparent": traceparent(
+        ctx.otel_trace_id, span_id, "01" if ctx.sampled else "00")}
     payload = dict(call.payload)
     payload["model"] = deployment.model
     injected = False
@@ -99,7 +104,7 @@ async def _attempt(call: Call, target: ModelTarget, deployment: Deployment,
         try:
             async with asyncio.timeout(first_byte):
                 reply = await deployment.provider.send(
-                    call.endpoint, payload, stream=call.stream, headers=call.headers or None,
+                    call.endpoint, payload, stream=call.stream, headers=headers,
                     timeout=remaining)
                 if call.stream and reply.stream is not None:
                     first = await anext(reply.stream, None)
@@ -153,12 +158,27 @@ async def _guard_stream(first: bytes | None, rest: AsyncIterator[bytes], deploym
         deployment.in_flight -= 1
 
 
+def _attempt_attributes(target: ModelTarget, deployment: Deployment, attempt: int,
+                        position: int, exc: ShipyardError | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "shipyard.model": target.alias, "shipyard.deployment": deployment.name,
+        "shipyard.attempt": attempt + 1, "shipyard.fallback": position > 0,
+        "shipyard.outcome": "ok" if exc is None else type(exc).__name__}
+    if exc is not None:
+        attributes["shipyard.status"] = exc.status
+    return attributes
+
+
 async def failover(call: Call) -> Reply:
     """Serve `call` from its target's deployments, retrying and falling back as configured."""
     ctx = call.ctx
     attempts: list[dict[str, Any]] = []
     last: ShipyardError | None = None
     chain = [call.target, *call.target.fallback_targets]
+    # One "upstream" span; each attempt (and each backoff wait) is a child of it.
+    upstream_span = new_span_id()
+    parent = ctx.current_span
+    upstream_started = time.perf_counter()
     try:
         for position, target in enumerate(chain):
             retry = target.config.retry
@@ -180,7 +200,10 @@ async def failover(call: Call) -> Reply:
                         attempts.append({"alias": target.alias, "outcome": "retry_budget_spent"})
                         break
                     if wait > 0:
+                        slept = time.perf_counter()
                         await asyncio.sleep(wait)
+                        record_span(ctx, "backoff", slept, time.perf_counter(),
+                                    parent=upstream_span, attributes={"shipyard.wait_s": wait})
                 remaining = call.deadline - time.monotonic()
                 if remaining <= 0:
                     raise UpstreamTimeout(
@@ -196,20 +219,30 @@ async def failover(call: Call) -> Reply:
                     attempts.append({"alias": target.alias, "outcome": "circuit_open"})
                     break
                 tried.add(deployment)
+                attempt_span = new_span_id()
                 started = time.perf_counter()
                 try:
-                    reply = await _attempt(call, target, deployment, remaining)
+                    reply = await _attempt(call, target, deployment, remaining, attempt_span)
                 except ShipyardError as exc:
+                    ended = time.perf_counter()
                     attempts.append({"alias": target.alias, "deployment": deployment.name,
                                      "outcome": type(exc).__name__,
-                                     "ms": round((time.perf_counter() - started) * 1e3, 3)})
+                                     "ms": round((ended - started) * 1e3, 3)})
+                    record_span(ctx, "upstream.attempt", started, ended, span_id=attempt_span,
+                                parent=upstream_span, error=type(exc).__name__,
+                                attributes=_attempt_attributes(target, deployment, attempt,
+                                                               position, exc))
                     last = exc
                     if not is_retryable(exc):
                         raise
                     continue
+                ended = time.perf_counter()
                 attempts.append({"alias": target.alias, "deployment": deployment.name,
-                                 "outcome": "ok",
-                                 "ms": round((time.perf_counter() - started) * 1e3, 3)})
+                                 "outcome": "ok", "ms": round((ended - started) * 1e3, 3)})
+                record_span(ctx, "upstream.attempt", started, ended, span_id=attempt_span,
+                            parent=upstream_span,
+                            attributes=_attempt_attributes(target, deployment, attempt,
+                                                           position, None))
                 call.served_by = target.alias
                 if position:
                     log.info("request %s served by fallback %s", ctx.request_id, target.alias)
@@ -217,6 +250,12 @@ async def failover(call: Call) -> Reply:
         raise last if last is not None else CircuitOpen(
             f"No deployment of '{call.target.alias}' could be tried.")
     finally:
+        failed = last if attempts and attempts[-1].get("outcome") != "ok" else None
+        record_span(ctx, "upstream", upstream_started, time.perf_counter(),
+                    span_id=upstream_span, parent=parent,
+                    error=type(failed).__name__ if failed is not None else None,
+                    attributes={"shipyard.model": call.target.alias,
+                                "shipyard.attempts": sum("deployment" in a for a in attempts)})
         rerouted = bool(attempts) and attempts[-1].get("alias") != call.target.alias
         if len(attempts) > 1 or rerouted:
             attributes = ctx.attributes if ctx.attributes is not None else {}

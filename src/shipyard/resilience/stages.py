@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from shipyard.errors import CapacityError, CircuitOpen, ShipyardError, UpstreamTimeout
 from shipyard.gateway.pipeline import Call, Handler, Stage
+from shipyard.observe.tracing import record_span
 from shipyard.providers.base import Reply
 from shipyard.resilience.admission import Admission
 
@@ -17,21 +18,35 @@ class AdmissionStage(Stage):
     """Hold a slot in each admission (global, then per service) for the whole request —
     for streams, until the last byte."""
 
-    def __init__(self, admissions: Sequence[Admission]) -> None:
-        self.admissions = [a for a in admissions if a.max_in_flight is not None]
+    def __init__(self, admissions: Sequence[Admission],
+                 scopes: Sequence[str] | None = None) -> None:
+        kept = [(a, scope) for a, scope in zip(
+            admissions, scopes or [a.name for a in admissions], strict=True)
+            if a.max_in_flight is not None]
+        self.admissions = [a for a, _ in kept]
+        self.scopes = [scope for _, scope in kept]  # metric label of each (global or alias)
 
     async def __call__(self, call: Call, call_next: Handler) -> Reply:
         held: list[Admission] = []
         queued = 0.0
+        waited = time.perf_counter()
         try:
             for admission in self.admissions:
                 queued += await admission.acquire(call.priority)
                 held.append(admission)
+        except CapacityError as exc:
+            call.ctx.shed_by = self.scopes[len(held)]
+            record_span(call.ctx, "admission", waited, time.perf_counter(),
+                        error=type(exc).__name__)
+            _release(held)
+            raise
         except BaseException:
             _release(held)
             raise
         if held:
             call.ctx.queue_ms = queued
+            record_span(call.ctx, "admission", waited, time.perf_counter(),
+                        attributes={"shipyard.queue_ms": round(queued, 3)} if queued else None)
         started = time.monotonic()
         try:
             reply = await call_next(call)

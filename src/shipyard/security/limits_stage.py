@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from shipyard.errors import RateLimited
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+from shipyard.observe.tracing import record_span
 from shipyard.providers.base import Reply
 from shipyard.security.ratelimit import Bucket, Decision, RateLimiter
 
@@ -77,6 +79,7 @@ class RateLimitStage(Stage):
         scopes = self._scopes(call)
         if not scopes:
             return await call_next(call)
+        checked = time.perf_counter()
         estimate = _estimate(call, self.limits.default_max_tokens)
         taken: list[tuple[Bucket, float]] = []
         slots: list[str] = []
@@ -102,9 +105,12 @@ class RateLimitStage(Stage):
                             "finishes.", headers={"retry-after": "1"})
                     slots.append(slot)
         except RateLimited:
+            record_span(call.ctx, "rate_limit", checked, time.perf_counter(),
+                        error="RateLimited")
             await asyncio.gather(*(self.limiter.give_back(b, c) for b, c in taken))
             await self._release(slots)
             raise
+        record_span(call.ctx, "rate_limit", checked, time.perf_counter())
         call.ctx.rate_limit = (self.limiter, [(b, c) for b, c in taken if
                                               b.key.startswith("tokens:")], estimate)
         try:

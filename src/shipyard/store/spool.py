@@ -116,6 +116,7 @@ def _alive(pid: int) -> bool:
 
 
 def _revive(row: dict[str, Any]) -> dict[str, Any]:
+    row.setdefault("trace_id", None)  # spooled by a version before traces.trace_id
     for key in _DATETIMES:
         value = row.get(key)
         if isinstance(value, str):

@@ -16,7 +16,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["audit_head", "audit_log", "metadata", "traces"]
+__all__ = ["audit_head", "audit_log", "metadata", "spans", "traces"]
 
 metadata = MetaData(
     naming_convention={
@@ -61,10 +61,34 @@ traces = Table(
     Column("request_body", Text, nullable=True),
     Column("response_body", Text, nullable=True),
     Column("cost_usd", Float, nullable=True),
+    # The W3C trace id: the caller's (from `traceparent`) or, without one, equal to `id`.
+    # Several requests of one distributed trace share it; `id` stays unique per request.
+    Column("trace_id", String(32), nullable=True),
     Index(None, "started_at"),
     Index(None, "tenant_id", "started_at"),
     Index(None, "service", "started_at"),
     Index(None, "request_id"),
+    Index(None, "trace_id"),
+)
+
+# One row per span of a traced request (the pipeline stages and every upstream attempt), so a
+# waterfall can be drawn without a collector. Written with its trace by the batched writer.
+spans = Table(
+    "spans",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("record_id", String(32), nullable=False),  # traces.id of the request
+    Column("parent_id", String(16), nullable=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),  # the request's start
+    Column("name", String(128), nullable=False),
+    Column("start_ms", Float, nullable=False),  # from the request's start
+    Column("duration_ms", Float, nullable=False),
+    Column("error", String(64), nullable=True),
+    Column("attributes", Text, nullable=True),
+    Index(None, "record_id"),
+    Index(None, "started_at"),
 )
 
 audit_log = Table(

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, Select, case, func, or_, select
 
-from shipyard.store.tables import traces
+from shipyard.store.tables import spans, traces
 
 __all__ = [
     "TraceFilter",
     "count_traces",
+    "get_spans",
     "get_trace",
     "iter_traces",
     "new_trace_record",
@@ -139,6 +141,31 @@ def get_trace(
     with engine.connect() as connection:
         mapping = connection.execute(query.limit(1)).mappings().first()
     return _row(mapping) if mapping is not None else None
+
+
+def get_spans(engine: Engine, trace_id: str, *,
+              tenant_id: str | None = None) -> list[dict[str, Any]]:
+    """The spans of one trace, in start order, for a waterfall.
+
+    `trace_id` is the W3C trace id (several requests of one distributed trace share it) or a
+    request's own trace record id (`x-shipyard-trace-id`). Each span has `span_id`,
+    `parent_id`, `name`, `start_ms` (from its request's start), `duration_ms`, `error`,
+    `attributes` (a dict) and `record_id` (the request it belongs to).
+
+    >>> [s["name"] for s in get_spans(engine, trace_id)]  # doctest: +SKIP
+    ['chat', 'auth', 'upstream', 'upstream.attempt', 'store.write']
+    """
+    query = select(spans).where(or_(spans.c.trace_id == trace_id,
+                                    spans.c.record_id == trace_id))
+    if tenant_id is not None:
+        query = query.where(spans.c.tenant_id == tenant_id)
+    with engine.connect() as connection:
+        rows = [_row(m) for m in connection.execute(
+            query.order_by(spans.c.started_at, spans.c.start_ms)).mappings()]
+    for row in rows:
+        text = row.get("attributes")
+        row["attributes"] = orjson.loads(text) if text else {}
+    return rows
 
 
 _USAGE_COLUMNS = {

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
 from shipyard.store.spool import Spool
-from shipyard.store.tables import traces
+from shipyard.store.tables import spans, traces
 
 __all__ = ["TraceWriter"]
 
@@ -73,7 +73,7 @@ class TraceWriter:
         self._mark: str | None = None
         self._columns: list[str] = []
         self._rows_per_statement = 1
-        self._sql_cache: dict[int, str] = {}
+        self._sql_cache: dict[tuple[str, int], str] = {}
         self._store_down_until = 0.0
         self.written = 0
         self.dropped = 0
@@ -166,32 +166,47 @@ class TraceWriter:
         self._store_down_until = time.monotonic() + self.probe_interval_s
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """Insert rows with as few driver calls as possible.
+        """Insert rows (and the spans they carry) in one transaction, with as few driver
+        calls as possible.
 
         Two costs matter beside a busy event loop: SQLAlchemy's per-row, per-column bind
         processing (Python, under the GIL), and the GIL hand-off the driver makes around
         every statement execution — an `executemany` of 500 rows waits for the GIL 500
         times. So rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of up
         to a few hundred rows, bound by the driver in C. Datetimes reach SQLite in
-        SQLAlchemy's own storage format, so reads are unchanged.
+        SQLAlchemy's own storage format, so reads are unchanged. A record's spans (the
+        `spans` key: lists from `shipyard.observe.tracing.span_rows`) go to the `spans` table.
         """
         pick = self._pick or self._prepare()
+        span_rows = _span_params(rows)
         with self.engine.begin() as connection:
             if self._mark is None:
-                connection.execute(traces.insert(), rows)
+                connection.execute(traces.insert(), [
+                    {c: row.get(c) for c in self._columns} for row in rows])
+                if span_rows:
+                    connection.execute(spans.insert(), [
+                        dict(zip(_SPAN_COLUMNS, values, strict=True)) for values in span_rows])
                 return
-            start = 0
-            while start < len(rows):
-                # Statement sizes are powers of two, so only a handful of SQL texts exist
-                # (each compiled once by the driver's statement cache).
-                size = self._rows_per_statement
-                while size > len(rows) - start:
-                    size //= 2
-                params: list[Any] = []
-                for row in rows[start : start + size]:
-                    params.extend(pick(row))
-                connection.exec_driver_sql(self._sql(size), tuple(params))
-                start += size
+            self._insert_many(connection, "traces", self._columns, [pick(row) for row in rows])
+            if span_rows:
+                self._insert_many(connection, "spans", _SPAN_COLUMNS, span_rows)
+
+    def _insert_many(self, connection: Any, table: str, columns: list[str],
+                     values: list[tuple[Any, ...]]) -> None:
+        per_statement = max(1, min(self._rows_per_statement, 32_000 // len(columns)))
+        per_statement = 1 << (per_statement.bit_length() - 1)
+        start = 0
+        while start < len(values):
+            # Statement sizes are powers of two, so only a handful of SQL texts exist
+            # (each compiled once by the driver's statement cache).
+            size = per_statement
+            while size > len(values) - start:
+                size //= 2
+            params: list[Any] = []
+            for row in values[start : start + size]:
+                params.extend(row)
+            connection.exec_driver_sql(self._sql(table, columns, size), tuple(params))
+            start += size
 
     def _prepare(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
         dialect = self.engine.dialect
@@ -206,13 +221,13 @@ class TraceWriter:
         self._rows_per_statement = 1 << (limit.bit_length() - 1)  # a power of two
         return self._pick
 
-    def _sql(self, rows: int) -> str:
-        sql = self._sql_cache.get(rows)
+    def _sql(self, table: str, columns: list[str], rows: int) -> str:
+        sql = self._sql_cache.get((table, rows))
         if sql is None:
-            one = f"({', '.join([self._mark or '?'] * len(self._columns))})"
-            sql = (f"INSERT INTO traces ({', '.join(self._columns)}) VALUES "
+            one = f"({', '.join([self._mark or '?'] * len(columns))})"
+            sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                    + ", ".join([one] * rows))
-            self._sql_cache[rows] = sql
+            self._sql_cache[(table, rows)] = sql
         return sql
 
     def _replay(self) -> None:
@@ -304,6 +319,31 @@ class TraceWriter:
 
 
 _LENGTHS = {c.name: getattr(c.type, "length", None) for c in traces.columns}
+_SPAN_COLUMNS = ["trace_id", "span_id", "record_id", "parent_id", "tenant_id", "started_at",
+                 "name", "start_ms", "duration_ms", "error", "attributes"]
+
+
+def _span_params(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The `spans` rows carried by trace records, in `_SPAN_COLUMNS` order.
+
+    A record carries its spans as the gateway recorded them — (span id, parent id, name,
+    start, end, error, attributes) with `perf_counter` times — and `spans_t0`, the request's
+    start on the same clock; they become milliseconds from the request's start here, in the
+    writer thread, so the event loop never pays for it.
+    """
+    out: list[tuple[Any, ...]] = []
+    for row in rows:
+        carried = row.get("spans")
+        if not carried:
+            continue
+        trace_id = row.get("trace_id") or row["id"]
+        t0 = row.get("spans_t0") or 0.0
+        record_id, tenant_id, started_at = row["id"], row["tenant_id"], row["started_at"]
+        for sid, parent, name, start, end, error, attributes in carried:
+            out.append((trace_id, sid, record_id, parent, tenant_id, started_at, name,
+                        round((start - t0) * 1000.0, 3), round(max(0.0, end - start) * 1000.0, 3),
+                        error, orjson.dumps(attributes).decode() if attributes else None))
+    return out
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
