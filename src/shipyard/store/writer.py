@@ -27,6 +27,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
+from shipyard.store.rollups import aggregate, upsert
 from shipyard.store.spool import Spool
 from shipyard.store.tables import traces
 
@@ -173,12 +174,15 @@ class TraceWriter:
         every statement execution — an `executemany` of 500 rows waits for the GIL 500
         times. So rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of up
         to a few hundred rows, bound by the driver in C. Datetimes reach SQLite in
-        SQLAlchemy's own storage format, so reads are unchanged.
+        SQLAlchemy's own storage format, so reads are unchanged. The batch's per-minute
+        rollups (`store.rollups`) are added in the same transaction.
         """
         pick = self._pick or self._prepare()
+        rollups = aggregate(rows)
         with self.engine.begin() as connection:
             if self._mark is None:
                 connection.execute(traces.insert(), rows)
+                upsert(connection, rollups)
                 return
             start = 0
             while start < len(rows):
@@ -192,6 +196,7 @@ class TraceWriter:
                     params.extend(pick(row))
                 connection.exec_driver_sql(self._sql(size), tuple(params))
                 start += size
+            upsert(connection, rollups)
 
     def _prepare(self) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
         dialect = self.engine.dialect
