@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,11 +85,14 @@ class FeedbackRoutes:
         engine = self.gw.engine
         row = await asyncio.to_thread(get_trace, engine, trace_id, tenant_id=tenant)
         writer = self.gw.writer
-        if row is None and writer is not None and writer.depth:
+        if row is None and writer is not None:
             # Traces are written off the hot path; feedback sent right after the answer may
-            # arrive before its trace. Give the writer one flush to catch up.
-            await asyncio.sleep(min(1.0, writer.flush_interval_s * 2 + 0.05))
-            row = await asyncio.to_thread(get_trace, engine, trace_id, tenant_id=tenant)
+            # arrive before its trace (queued, or in a batch being committed). Give the writer
+            # a few flushes to catch up before answering 404.
+            deadline = time.monotonic() + min(2.0, writer.flush_interval_s * 3 + 0.2)
+            while row is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                row = await asyncio.to_thread(get_trace, engine, trace_id, tenant_id=tenant)
         if row is None:
             raise NotFound(f"There is no trace '{trace_id}' in this tenant; send the "
                            "x-shipyard-trace-id (or x-request-id) of one of your own requests.",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, select
@@ -90,31 +90,43 @@ def upsert(connection: Connection, rollups: Sequence[dict[str, Any]]) -> None:
     connection.execute(stmt, list(rollups))
 
 
-def rebuild(engine: Engine, *, since: datetime | None = None, batch: int = 5000) -> int:
+def rebuild(engine: Engine, *, since: datetime | None = None,
+            window: timedelta = timedelta(hours=6)) -> int:
     """Recompute rollups from the stored traces (from `since`, else all); returns traces read.
 
     For traces stored before rollups existed, or after a restore. Minutes from `since` on are
-    replaced, so run it with the gateway stopped or over minutes no longer written to.
+    replaced, so run it with the gateway stopped or over minutes no longer written to. Traces
+    are read `window` at a time (through the started_at index), so memory stays bounded.
     """
-    start = _minute(since) if since is not None else None
     columns = [traces.c[c] for c in ("tenant_id", "started_at", "service", "model_alias",
                                      "status", "error_type", "total_ms", "prompt_tokens",
                                      "completion_tokens", "cost_usd")]
-    query = select(*columns)
-    if since is not None and start is not None:
-        query = query.where(traces.c.started_at >= datetime.fromtimestamp(start * 60, UTC))
     read = 0
     with engine.begin() as connection:
+        first, last = connection.execute(
+            select(func.min(traces.c.started_at), func.max(traces.c.started_at))).one()
+        start = None if since is None else datetime.fromtimestamp(_minute(since) * 60, UTC)
         wipe = delete(trace_rollups)
         if start is not None:
-            wipe = wipe.where(trace_rollups.c.minute >= start)
+            wipe = wipe.where(trace_rollups.c.minute >= _minute(start))
         connection.execute(wipe)
-        result = connection.execution_options(yield_per=batch).execute(query)
-        for part in result.mappings().partitions(batch):
-            rows = [dict(r) for r in part]
+        if first is None:
+            return 0
+        at = _aware(first) if start is None else max(start, _aware(first))
+        end = _aware(last)
+        while at <= end:
+            upto = at + window
+            rows = [dict(r) for r in connection.execute(
+                select(*columns).where(traces.c.started_at >= at,
+                                       traces.c.started_at < upto)).mappings()]
             read += len(rows)
             upsert(connection, aggregate(rows))
+            at = upto
     return read
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def percentile(buckets: Sequence[int], q: float) -> float | None:

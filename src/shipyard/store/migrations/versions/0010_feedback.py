@@ -60,7 +60,7 @@ def upgrade() -> None:
                     ["tenant_id", "service", "minute"])
     op.create_index("ix_traces_tenant_id_service_started_at", "traces",
                     ["tenant_id", "service", "started_at"])
-    # Traces written before this revision are rolled up with `shipyard traces rollup`.
+    # Traces written before this revision: `shipyard traces rollup` builds their rollups.
 
 
 def downgrade() -> None:
