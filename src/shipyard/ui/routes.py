@@ -56,6 +56,8 @@ _PAGE_HEADERS = {"content-security-policy": CSP, "cache-control": "no-store",
                  "x-content-type-options": "nosniff"}
 _STATIC_DIR = Path(__file__).parent / "static"
 _TEMPLATES = Path(__file__).parent / "templates"
+_STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css",
+                 "favicon.svg": "image/svg+xml"}
 _KEY_CHECK_S = 5.0
 _LOGIN_MAX_BYTES = 16_384
 _MISSING = ("The dashboard needs the 'ui' extra, which is not installed; run: "
@@ -107,8 +109,8 @@ class Dashboard:
                 from plotly.offline import get_plotlyjs
 
                 asset = _Asset(get_plotlyjs().encode(), "text/javascript")
-            elif name in ("app.js", "app.css"):
-                kind = "text/javascript" if name.endswith(".js") else "text/css"
+            elif name in _STATIC_TYPES:
+                kind = _STATIC_TYPES[name]
                 asset = _Asset((_STATIC_DIR / name).read_bytes(), kind)
             else:
                 return None
@@ -160,11 +162,12 @@ class Dashboard:
         return active
 
     # -- login and logout -------------------------------------------------------------------
-    def _login_form(self, request: Request, *, error: str | None = None,
-                    status: int = 200) -> Response:
+    def _login_form(self, request: Request, *, error: str | None = None, status: int = 200,
+                    next_path: str | None = None) -> Response:
         nonce = secrets.token_urlsafe(24)
+        target = _safe_next(next_path or request.query_params.get("next"))
         response = self.html("login.html", status, csrf=self.signer.token(nonce), error=error,
-                             next=_safe_next(request.query_params.get("next")))
+                             next=target)
         self._cookie(response, CSRF_COOKIE, nonce, request, 1800)
         return response
 
@@ -175,19 +178,21 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         form = await _form(request)
+        back = form.get("next")
         nonce = request.cookies.get(CSRF_COOKIE, "")
         if not nonce or not hmac.compare_digest(form.get("csrf", ""), self.signer.token(nonce)):
-            return self._login_form(request, status=400, error=(
+            return self._login_form(request, status=400, next_path=back, error=(
                 "The login form expired or was sent from elsewhere; try again."))
         secret = form.get("key", "").strip()
         if not secret:
-            return self._login_form(request, status=401,
+            return self._login_form(request, status=401, next_path=back,
                                     error="Paste an API key (or OIDC token) to sign in.")
         try:
             principal = await self.gw.auth.authenticate(
                 Headers({"authorization": f"Bearer {secret}"}), "traces:read")
         except (AuthenticationFailed, PermissionDenied) as exc:
-            return self._login_form(request, status=exc.status, error=exc.message)
+            return self._login_form(request, status=exc.status, next_path=back,
+                                    error=exc.message)
         kind, not_after = "static", None
         if secret.startswith(KEY_PREFIX):
             kind = "stored"
