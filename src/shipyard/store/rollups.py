@@ -1,11 +1,12 @@
-"""Per-minute trace rollups: written with every trace batch, read by the dashboard.
+"""Per-minute and per-hour trace rollups: written with every trace batch, read by the dashboard.
 
 The trace writer aggregates each batch in Python (`aggregate`) and upserts the result
 (`upsert`) in the same transaction as the traces, so a rollup never counts a trace the store
 does not hold. Dashboards read rollups only (`series`, `summary`, `breakdown`, `top_errors`):
-a page over a day of traffic sums at most 1,440 rows per service, model and status, however
-many millions of traces that day holds. Percentiles come from the latency histogram kept per
-row (`LATENCY_BOUNDS_MS`), interpolated inside the bucket.
+windows under 12 hours read minute rows, longer ones hour rows, so a page over a week sums at
+most 168 rows per service, model and status, however many millions of traces it holds.
+Percentiles come from the latency histogram kept per row (`LATENCY_BOUNDS_MS`), interpolated
+inside the bucket.
 
 >>> from shipyard.store.traces import new_trace_record
 >>> aggregate([new_trace_record(route="chat", status=200, total_ms=12.0)])[0]["requests"]
@@ -33,12 +34,14 @@ __all__ = [
     "percentile",
     "rebuild",
     "series",
+    "span_for",
     "summary",
     "top_errors",
     "upsert",
 ]
 
-_KEY = ("tenant_id", "minute", "service", "model", "status", "error_type")
+_KEY = ("tenant_id", "span", "minute", "service", "model", "status", "error_type")
+MINUTE, HOUR = 1, 60
 _BUCKETS = tuple(f"b{i}" for i in range(LATENCY_BUCKETS))
 _SUMS = ("requests", "errors", "latency_sum_ms", "prompt_tokens", "completion_tokens",
          "cost_usd", *_BUCKETS)
@@ -51,14 +54,15 @@ def _minute(value: datetime) -> int:
 
 
 def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One rollup row per (tenant, minute, service, model, status, error type) in `rows`."""
+    """Rollup rows for `rows`: one per (tenant, minute, service, model, status, error type),
+    and the same per hour (summed from the minutes, so the hour costs next to nothing)."""
     groups: dict[tuple[Any, ...], list[Any]] = {}
     n = len(_SUMS)
     for row in rows:
         status = int(row["status"])
-        key = (row["tenant_id"] or "default", _minute(row["started_at"]), row["service"] or "",
-               row["model_alias"] or "", status, (row["error_type"] or "") if status >= 400
-               else "")
+        key = (row["tenant_id"] or "default", MINUTE, _minute(row["started_at"]),
+               row["service"] or "", row["model_alias"] or "", status,
+               (row["error_type"] or "") if status >= 400 else "")
         sums = groups.get(key)
         if sums is None:
             sums = groups[key] = [0] * n
@@ -70,7 +74,23 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         sums[4] += row["completion_tokens"] or 0
         sums[5] += row["cost_usd"] or 0.0
         sums[6 + bisect_left(LATENCY_BOUNDS_MS, total)] += 1
+    hours: dict[tuple[Any, ...], list[Any]] = {}
+    for key, sums in groups.items():
+        hour = (key[0], HOUR, key[2] - key[2] % 60, *key[3:])
+        into = hours.get(hour)
+        if into is None:
+            hours[hour] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                into[i] += value
+    groups.update(hours)
     return [dict(zip(_KEY + _SUMS, (*key, *sums), strict=True)) for key, sums in groups.items()]
+
+
+def span_for(since: datetime, until: datetime, step_minutes: int = 60) -> int:
+    """Hourly rollups for windows of 12 hours or more (when the step allows), else minutes."""
+    long = until - since >= timedelta(hours=12)
+    return HOUR if long and step_minutes % 60 == 0 else MINUTE
 
 
 def upsert(connection: Connection, rollups: Sequence[dict[str, Any]]) -> None:
@@ -184,9 +204,14 @@ def _sums() -> list[Any]:
     return [func.coalesce(func.sum(trace_rollups.c[name]), 0).label(name) for name in _SUMS]
 
 
-def _where(tenant_id: str, since: datetime, until: datetime, service: str | None) -> Any:
-    clauses = [trace_rollups.c.tenant_id == tenant_id,
-               trace_rollups.c.minute >= _minute(since),
+def _where(tenant_id: str, since: datetime, until: datetime, service: str | None,
+           span: int | None = None) -> Any:
+    """Rows of the window; hourly rows cover the hours the window touches (so a day's window
+    starts at the top of its first hour)."""
+    span = span_for(since, until) if span is None else span
+    start = _minute(since)
+    clauses = [trace_rollups.c.tenant_id == tenant_id, trace_rollups.c.span == span,
+               trace_rollups.c.minute >= start - start % span,
                trace_rollups.c.minute < _minute(until) + 1]
     if service is not None:
         clauses.append(trace_rollups.c.service == service)
@@ -204,8 +229,9 @@ def series(engine: Engine, *, tenant_id: str, since: datetime, until: datetime,
            step_minutes: int, service: str | None = None) -> list[Point]:
     """Points every `step_minutes` from `since` to `until` (minutes without traffic included)."""
     step = max(1, step_minutes)
+    span = span_for(since, until, step)
     slot = (trace_rollups.c.minute // step).label("slot")
-    query = (select(slot, *_sums()).where(_where(tenant_id, since, until, service))
+    query = (select(slot, *_sums()).where(_where(tenant_id, since, until, service, span))
              .group_by(slot).order_by(slot))
     with engine.connect() as connection:
         found = {int(row.slot): row for row in connection.execute(query)}

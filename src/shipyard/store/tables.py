@@ -74,7 +74,9 @@ traces = Table(
     Index(None, "tenant_id", "started_at"),
     Index(None, "service", "started_at"),
     Index(None, "request_id"),
-    Index(None, "tenant_id", "service", "started_at"),
+    # Newest-first keyset pages of the trace explorer, whole tenant or one service.
+    Index(None, "tenant_id", "started_at", "id"),
+    Index(None, "tenant_id", "service", "started_at", "id"),
 )
 
 audit_log = Table(
@@ -113,13 +115,15 @@ LATENCY_BOUNDS_MS: tuple[float, ...] = (
 )
 LATENCY_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 
-# Per-minute aggregates of `traces`, kept by the trace writer in the same transaction as the
-# traces themselves, so dashboards never scan raw traces. Empty strings stand for "none" in the
-# key columns (primary-key columns cannot be NULL). `minute` is Unix time // 60.
+# Aggregates of `traces` per minute (`span` 1) and per hour (`span` 60), kept by the trace
+# writer in the same transaction as the traces themselves, so dashboards never scan raw traces.
+# Empty strings stand for "none" in the key columns (primary-key columns cannot be NULL).
+# `minute` is Unix time // 60 (for hourly rows, the hour's first minute).
 trace_rollups = Table(
     "trace_rollups",
     metadata,
     Column("tenant_id", String(64), primary_key=True),
+    Column("span", Integer, primary_key=True, autoincrement=False),
     Column("minute", Integer, primary_key=True, autoincrement=False),
     Column("service", String(128), primary_key=True),
     Column("model", String(128), primary_key=True),
@@ -133,7 +137,7 @@ trace_rollups = Table(
     Column("cost_usd", Float, nullable=False),
     *(Column(f"b{i}", Integer, nullable=False, server_default="0")
       for i in range(LATENCY_BUCKETS)),
-    Index(None, "tenant_id", "service", "minute"),
+    Index(None, "tenant_id", "span", "service", "minute"),
 )
 
 # Feedback on traced requests: a score and/or a label, with who gave it. `service` and

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, or_, select, tuple_
 
 from shipyard.security.roles import ROLE_SCOPES
 from shipyard.store import rollups
@@ -37,7 +37,7 @@ __all__ = ["PAGES", "RANGES", "Page", "PageContext", "PageError", "nav", "regist
 RANGES: dict[str, tuple[timedelta, int]] = {
     "1h": (timedelta(hours=1), 1),
     "6h": (timedelta(hours=6), 5),
-    "24h": (timedelta(hours=24), 15),
+    "24h": (timedelta(hours=24), 60),
     "7d": (timedelta(days=7), 120),
     "30d": (timedelta(days=30), 360),
 }
@@ -220,9 +220,8 @@ def explore(ctx: PageContext) -> dict[str, Any]:
                                 traces.c.response_body.like(pattern)))
     cursor = _cursor(params.get("before"))
     if cursor is not None:
-        at, trace_id = cursor
-        query = query.where(or_(traces.c.started_at < at,
-                                and_(traces.c.started_at == at, traces.c.id < trace_id)))
+        # A row-value comparison: both stores walk the (tenant, started_at, id) index with it.
+        query = query.where(tuple_(traces.c.started_at, traces.c.id) < tuple_(*cursor))
     query = query.order_by(traces.c.started_at.desc(), traces.c.id.desc()).limit(PAGE_SIZE + 1)
     with ctx.engine.connect() as connection:
         rows = [dict(r) for r in connection.execute(query).mappings()]

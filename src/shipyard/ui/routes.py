@@ -106,8 +106,11 @@ class Dashboard:
         asset = self._assets.get(name)
         if asset is None:
             if name == "plotly.min.js":
-                from plotly.offline import get_plotlyjs
-
+                # Imported on first use: plotly is heavy, and only browsers need its script.
+                try:
+                    from plotly.offline import get_plotlyjs
+                except ImportError:  # the `ui` extra is not installed
+                    return None
                 asset = _Asset(get_plotlyjs().encode(), "text/javascript")
             elif name in _STATIC_TYPES:
                 kind = _STATIC_TYPES[name]

@@ -1,4 +1,4 @@
-"""Feedback on traces; per-minute trace rollups for the dashboard.
+"""Feedback on traces; per-minute and per-hour trace rollups for the dashboard.
 
 Revision ID: 0010
 Revises: 0004
@@ -40,6 +40,7 @@ def upgrade() -> None:
     op.create_table(
         "trace_rollups",
         sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("span", sa.Integer, nullable=False, autoincrement=False),
         sa.Column("minute", sa.Integer, nullable=False, autoincrement=False),
         sa.Column("service", sa.String(128), nullable=False),
         sa.Column("model", sa.String(128), nullable=False),
@@ -53,17 +54,20 @@ def upgrade() -> None:
         sa.Column("cost_usd", sa.Float, nullable=False),
         *(sa.Column(f"b{i}", sa.Integer, nullable=False, server_default="0")
           for i in range(BUCKETS)),
-        sa.PrimaryKeyConstraint("tenant_id", "minute", "service", "model", "status",
+        sa.PrimaryKeyConstraint("tenant_id", "span", "minute", "service", "model", "status",
                                 "error_type", name="pk_trace_rollups"),
     )
-    op.create_index("ix_trace_rollups_tenant_id_service_minute", "trace_rollups",
-                    ["tenant_id", "service", "minute"])
-    op.create_index("ix_traces_tenant_id_service_started_at", "traces",
-                    ["tenant_id", "service", "started_at"])
+    op.create_index("ix_trace_rollups_tenant_id_span_service_minute", "trace_rollups",
+                    ["tenant_id", "span", "service", "minute"])
+    op.create_index("ix_traces_tenant_id_started_at_id", "traces",
+                    ["tenant_id", "started_at", "id"])
+    op.create_index("ix_traces_tenant_id_service_started_at_id", "traces",
+                    ["tenant_id", "service", "started_at", "id"])
     # Traces written before this revision: `shipyard traces rollup` builds their rollups.
 
 
 def downgrade() -> None:
-    op.drop_index("ix_traces_tenant_id_service_started_at", "traces")
+    op.drop_index("ix_traces_tenant_id_service_started_at_id", "traces")
+    op.drop_index("ix_traces_tenant_id_started_at_id", "traces")
     op.drop_table("trace_rollups")
     op.drop_table("feedback")
