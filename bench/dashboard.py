@@ -234,13 +234,15 @@ def main() -> None:
     pages = serve_pages(path, args.repeat)
     naive_ms, naive_rows = naive_overview(path, datetime.now(UTC) - timedelta(hours=24))
     cost = rollup_cost()
+    load = os.getloadavg()[0]
     overview = pages[0]["median_ms"]
     result = {"when": now_iso(), "machine": machine_info(), "git": git_revision(),
               "sqlite": sqlite3.sqlite_version, "sqlalchemy": dist_version("sqlalchemy"),
               "traces": args.traces, "days": args.days, "repeat": args.repeat, **filled,
               "pages": pages, "naive_overview_ms": naive_ms, "naive_rows": naive_rows,
               "rollup_cost": cost, "goal_ms": GOAL_MS, "met": overview <= GOAL_MS,
-              "latency_buckets": LATENCY_BUCKETS, "command": command_line()}
+              "latency_buckets": LATENCY_BUCKETS, "load_average_1m": load,
+              "command": command_line()}
     write_json(RESULTS_DIR / "dashboard.json", result)
     m = result["machine"]
     lines = [
@@ -248,7 +250,8 @@ def main() -> None:
         "",
         paragraph(f"Measured {result['when']} on {m['cpu'].split()[0]} {m['cpu'].split()[1]}, "
                   f"{m['cores']} cores, {m['ram_gib']} GiB RAM; shipyard git {result['git']}, "
-                  f"SQLAlchemy {result['sqlalchemy']}, SQLite {result['sqlite']}."),
+                  f"SQLAlchemy {result['sqlalchemy']}, SQLite {result['sqlite']}; 1-minute load "
+                  f"average {load:.1f} at the end (the machine is shared)."),
         "",
         paragraph(f"{args.traces:,} traces over {args.days:g} days (5 services, 2 models each, ~4% "
                   "errors) in one SQLite file, with their per-minute rollups "

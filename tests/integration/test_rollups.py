@@ -7,10 +7,19 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from shipyard.store import create_store_engine, migrate
-from shipyard.store.rollups import percentile, rebuild, series, summary, top_errors
+from shipyard.store.rollups import (
+    breakdown,
+    percentile,
+    rebuild,
+    series,
+    summary,
+    top_errors,
+    window,
+)
 from shipyard.store.tables import LATENCY_BOUNDS_MS, trace_rollups, traces
 from shipyard.store.traces import new_trace_record
 from shipyard.store.writer import TraceWriter
@@ -111,6 +120,19 @@ def test_rollups_match_raw_traces(store_url: str) -> None:
     errors = {(e["status"], e["error_type"]): e["count"]
               for e in top_errors(engine, tenant_id="acme", since=since, until=until)}
     assert errors[(502, "UpstreamError")] == sum(r["status"] == 502 for r in acme)
+
+    # The one-query window the pages use agrees with the separate queries.
+    for step in (15, 60):
+        seen = window(engine, tenant_id="acme", since=since, until=until, step_minutes=step)
+        alone = series(engine, tenant_id="acme", since=since, until=until,
+                       step_minutes=step)
+        assert [(p.minute, p.requests, p.errors, p.tokens, p.buckets) for p in seen.points] == [
+            (p.minute, p.requests, p.errors, p.tokens, p.buckets) for p in alone]
+        assert [p.cost_usd for p in seen.points] == pytest.approx([p.cost_usd for p in alone])
+        assert seen.total.buckets == total.buckets and seen.total.requests == total.requests
+        assert dict(seen.breakdown).keys() == dict(breakdown(
+            engine, tenant_id="acme", since=since, until=until)).keys()
+        assert {(e["status"], e["error_type"]): e["count"] for e in seen.errors} == errors
 
     # Percentiles from the histogram land in the same bucket as the exact ones.
     exact = sorted(r["total_ms"] for r in acme)

@@ -29,6 +29,7 @@ from shipyard.store.tables import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, trace_roll
 
 __all__ = [
     "Point",
+    "Window",
     "aggregate",
     "breakdown",
     "percentile",
@@ -38,6 +39,7 @@ __all__ = [
     "summary",
     "top_errors",
     "upsert",
+    "window",
 ]
 
 _KEY = ("tenant_id", "span", "minute", "service", "model", "status", "error_type")
@@ -93,21 +95,29 @@ def span_for(since: datetime, until: datetime, step_minutes: int = 60) -> int:
     return HOUR if long and step_minutes % 60 == 0 else MINUTE
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_statement(dialect: str) -> Any:
+    """Built once per dialect, so SQLAlchemy's compiled-statement cache serves every batch."""
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        if dialect == "sqlite":
+            stmt = sqlite_insert(trace_rollups)
+        elif dialect == "postgresql":
+            stmt = pg_insert(trace_rollups)
+        else:  # pragma: no cover - Shipyard stores are SQLite or PostgreSQL
+            raise NotImplementedError(f"rollups need SQLite or PostgreSQL, not {dialect}")
+        stmt = _UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=list(_KEY),
+            set_={name: trace_rollups.c[name] + stmt.excluded[name] for name in _SUMS})
+    return stmt
+
+
 def upsert(connection: Connection, rollups: Sequence[dict[str, Any]]) -> None:
     """Add `rollups` to the stored ones (insert, or sum into an existing row)."""
-    if not rollups:
-        return
-    dialect = connection.dialect.name
-    if dialect == "sqlite":
-        stmt: Any = sqlite_insert(trace_rollups)
-    elif dialect == "postgresql":
-        stmt = pg_insert(trace_rollups)
-    else:  # pragma: no cover - Shipyard stores are SQLite or PostgreSQL
-        raise NotImplementedError(f"rollups need SQLite or PostgreSQL, not {dialect}")
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={name: trace_rollups.c[name] + stmt.excluded[name] for name in _SUMS})
-    connection.execute(stmt, list(rollups))
+    if rollups:
+        connection.execute(_upsert_statement(connection.dialect.name), list(rollups))
 
 
 def rebuild(engine: Engine, *, since: datetime | None = None,
@@ -262,13 +272,64 @@ def breakdown(engine: Engine, *, tenant_id: str, since: datetime, until: datetim
 
 
 def top_errors(engine: Engine, *, tenant_id: str, since: datetime, until: datetime,
-               service: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+               service: str | None = None, limit: int = 10,
+               span: int | None = None) -> list[dict[str, Any]]:
     """The most frequent (status, error type) pairs over a window."""
     count = func.sum(trace_rollups.c.requests).label("n")
     query = (select(trace_rollups.c.status, trace_rollups.c.error_type, count)
-             .where(_where(tenant_id, since, until, service), trace_rollups.c.status >= 400)
+             .where(_where(tenant_id, since, until, service, span),
+                    trace_rollups.c.status >= 400)
              .group_by(trace_rollups.c.status, trace_rollups.c.error_type)
              .order_by(count.desc()).limit(limit))
     with engine.connect() as connection:
         return [{"status": int(r.status), "error_type": r.error_type or "-",
                  "count": int(r.n)} for r in connection.execute(query)]
+
+
+@dataclass
+class Window:
+    """Everything a traffic page shows about one window, from one rollup query."""
+
+    points: list[Point]
+    total: Point
+    breakdown: list[tuple[str, Point]]
+    errors: list[dict[str, Any]]
+
+
+def _add(point: Point, values: Sequence[Any]) -> None:
+    point.requests += values[0]
+    point.errors += values[1]
+    point.latency_sum_ms += values[2]
+    point.prompt_tokens += values[3]
+    point.completion_tokens += values[4]
+    point.cost_usd += values[5]
+    point.buckets = [a + b for a, b in zip(point.buckets, values[6:], strict=True)]
+
+
+def window(engine: Engine, *, tenant_id: str, since: datetime, until: datetime,
+           step_minutes: int, service: str | None = None, by: str = "service",
+           errors_limit: int = 10) -> Window:
+    """`series`, `summary`, `breakdown` and `top_errors` of one window in two queries: rows
+    grouped by (point, `by`) folded together in Python, and the top errors."""
+    if by not in ("service", "model"):
+        raise ValueError(f"window breakdown is by 'service' or 'model', not {by!r}")
+    step = max(1, step_minutes)
+    span = span_for(since, until, step)
+    slot = (trace_rollups.c.minute // step).label("slot")
+    group = trace_rollups.c[by]
+    query = (select(slot, group.label("name"), *_sums())
+             .where(_where(tenant_id, since, until, service, span)).group_by(slot, group))
+    first, last = _minute(since) // step, _minute(until) // step
+    points = {s: Point(minute=s * step) for s in range(first, last + 1)}
+    total = Point()
+    names: dict[str, Point] = {}
+    with engine.connect() as connection:
+        for at, name, *values in connection.execute(query):
+            # Rows of the hour before a day's window (hourly rows) count in its first point.
+            _add(points.get(at) or points[first], values)
+            _add(total, values)
+            _add(names.setdefault(str(name), Point()), values)
+    return Window(points=[points[s] for s in sorted(points)], total=total,
+                  breakdown=sorted(names.items(), key=lambda item: -item[1].requests),
+                  errors=top_errors(engine, tenant_id=tenant_id, since=since, until=until,
+                                    service=service, limit=errors_limit, span=span))

@@ -116,13 +116,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _traffic(ctx: PageContext, service: str | None) -> dict[str, Any]:
-    """Totals, charts and top errors over the window, from rollups only."""
-    until = ctx.now
-    total = rollups.summary(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=until,
-                            service=service)
-    points = rollups.series(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=until,
-                            step_minutes=ctx.step_minutes, service=service)
+def _traffic(ctx: PageContext, service: str | None, by: str = "service") -> dict[str, Any]:
+    """Totals, charts, a breakdown and top errors over the window: one rollup query."""
+    seen = rollups.window(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.now,
+                          step_minutes=ctx.step_minutes, service=service, by=by)
+    points, total = seen.points, seen.total
     x = [p.time.isoformat() for p in points]
     charts = [
         bar_chart("Requests", x, {"ok": [p.requests - p.errors for p in points],
@@ -143,9 +141,8 @@ def _traffic(ctx: PageContext, service: str | None) -> dict[str, Any]:
              ("p50", f"{_ms(total.p(0.5))} ms"), ("p95", f"{_ms(total.p(0.95))} ms"),
              ("p99", f"{_ms(total.p(0.99))} ms"), ("Tokens", f"{total.tokens:,}"),
              ("Cost", f"${total.cost_usd:,.4f}")]
-    errors = rollups.top_errors(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since,
-                                until=until, service=service)
-    return {"cards": cards, "charts": charts, "errors": errors, "total": total}
+    return {"cards": cards, "charts": charts, "errors": seen.errors, "total": total,
+            "breakdown": _rows(seen.breakdown)}
 
 
 def _rows(items: list[tuple[str, rollups.Point]]) -> list[dict[str, Any]]:
@@ -156,8 +153,7 @@ def _rows(items: list[tuple[str, rollups.Point]]) -> list[dict[str, Any]]:
 
 def overview(ctx: PageContext) -> dict[str, Any]:
     context = _traffic(ctx, None)
-    context["services"] = _rows(rollups.breakdown(
-        ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.now))
+    context["services"] = context.pop("breakdown")
     return context
 
 
@@ -168,11 +164,9 @@ def services(ctx: PageContext) -> dict[str, Any]:
 
 def service(ctx: PageContext) -> dict[str, Any]:
     name = ctx.path_params["name"]
-    context = _traffic(ctx, name)
+    context = _traffic(ctx, name, by="model")
     context["service"] = name
-    context["models"] = _rows(rollups.breakdown(
-        ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.now, by="model",
-        service=name))
+    context["models"] = context.pop("breakdown")
     context["feedback"] = _feedback_table(ctx, name)
     return context
 
