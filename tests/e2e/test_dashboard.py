@@ -218,12 +218,16 @@ def test_trace_explorer_finds_the_planted_trace(site: dict[str, Any],
     assert rows.count() == 50
     first_page = browser_page.page.inner_text("#trace-table tbody")
     browser_page.page.click("#older")  # keyset pagination: the next 50, none repeated
+    browser_page.page.wait_for_url("**/ui/traces?before=*")
+    browser_page.page.wait_for_load_state("load")
     second_page = browser_page.page.locator("#trace-table a.trace-link").all_inner_texts()
     assert len(second_page) == 50 and not set(second_page) & set(first_page.split())
 
     browser_page.goto("/ui/traces")
     browser_page.page.fill("input[name=q]", NEEDLE)
     browser_page.page.click("#trace-filters button[type=submit]")
+    browser_page.page.wait_for_url(f"**q={NEEDLE}*")
+    browser_page.page.wait_for_load_state("load")
     links = browser_page.page.locator("#trace-table a.trace-link")
     assert links.count() == 1
     browser_page.shot("traces-search")
@@ -235,10 +239,18 @@ def test_trace_explorer_finds_the_planted_trace(site: dict[str, Any],
     assert NEEDLE in browser_page.page.inner_text("main")
     browser_page.shot("trace-detail")
 
+    # An explicit time range: the needle is found inside it, not outside.
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    browser_page.goto(f"/ui/traces?q={NEEDLE}&from={day}T00:00&to={day}T23:59:59")
+    assert browser_page.page.locator("#trace-table a.trace-link").count() == 1
+    browser_page.goto(f"/ui/traces?q={NEEDLE}&from=2020-01-01T00:00&to=2020-01-02T00:00")
+    assert "No traces match" in browser_page.page.inner_text("#trace-table")
+    assert browser_page.goto("/ui/traces?from=yesterday").status == 400
+
     browser_page.goto("/ui/traces?status=502&service=search")
     statuses = browser_page.page.locator("#trace-table tbody tr td:nth-child(6)")
     assert statuses.count() > 0 and set(statuses.all_inner_texts()) == {"502"}
-    browser_page.clean()
+    browser_page.clean(400)  # the refused ?from=yesterday
 
 
 def test_viewers_see_less_than_admins(site: dict[str, Any], browser_page: Watched) -> None:

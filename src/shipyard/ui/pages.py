@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Engine, or_, select, tuple_
 
@@ -68,14 +69,39 @@ class PageContext:
     def can(self, scope: str) -> bool:
         return scope in ROLE_SCOPES.get(self.role, frozenset())
 
+    def _time(self, name: str) -> datetime | None:
+        value = (self.params.get(name) or "").strip()
+        if not value:
+            return None
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise PageError(400, f"'{name}' is {value!r}; use an ISO time such as "
+                                 "2026-11-27T10:00 (UTC).") from None
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
     @property
-    def range(self) -> str:
-        value = self.params.get("range", "24h")
-        return value if value in RANGES else "24h"
+    def until(self) -> datetime:
+        """End of the window: `?to=` (ISO, UTC by default), else now."""
+        return self._time("to") or self.now
 
     @property
     def since(self) -> datetime:
-        return self.now - RANGES[self.range][0]
+        """Start of the window: `?from=`, else `?range=` (1h ... 30d) before `until`."""
+        start = self._time("from")
+        if start is None:
+            return self.until - RANGES[self.range][0]
+        if start >= self.until:
+            raise PageError(400, "'from' must be before 'to'.")
+        return start
+
+    @property
+    def range(self) -> str:
+        if self._time("from") is not None:  # the smallest preset that spans the window
+            length = self.until - self.since
+            return next((name for name, (size, _) in RANGES.items() if size >= length), "30d")
+        value = self.params.get("range", "24h")
+        return value if value in RANGES else "24h"
 
     @property
     def step_minutes(self) -> int:
@@ -118,8 +144,8 @@ def _ms(value: float | None) -> str:
 
 def _traffic(ctx: PageContext, service: str | None, by: str = "service") -> dict[str, Any]:
     """Totals, charts, a breakdown and top errors over the window: one rollup query."""
-    seen = rollups.window(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.now,
-                          step_minutes=ctx.step_minutes, service=service, by=by)
+    seen = rollups.window(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since,
+                          until=ctx.until, step_minutes=ctx.step_minutes, service=service, by=by)
     points, total = seen.points, seen.total
     x = [p.time.isoformat() for p in points]
     charts = [
@@ -159,7 +185,7 @@ def overview(ctx: PageContext) -> dict[str, Any]:
 
 def services(ctx: PageContext) -> dict[str, Any]:
     return {"services": _rows(rollups.breakdown(
-        ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.now))}
+        ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since, until=ctx.until))}
 
 
 def service(ctx: PageContext) -> dict[str, Any]:
@@ -191,7 +217,8 @@ def explore(ctx: PageContext) -> dict[str, Any]:
     query = select(traces.c.id, traces.c.request_id, traces.c.started_at, traces.c.service,
                    traces.c.model_alias, traces.c.status, traces.c.error_type,
                    traces.c.total_ms, traces.c.total_tokens, traces.c.route).where(
-        traces.c.tenant_id == ctx.tenant_id, traces.c.started_at >= ctx.since)
+        traces.c.tenant_id == ctx.tenant_id, traces.c.started_at >= ctx.since,
+        traces.c.started_at <= ctx.until)
     service_name = params.get("service") or None
     if service_name:
         query = query.where(traces.c.service == service_name)
@@ -229,10 +256,13 @@ def explore(ctx: PageContext) -> dict[str, Any]:
         last = rows[-1]
         after = f"{last['started_at'].isoformat()}~{last['id']}"
     names = [name for name, _ in rollups.breakdown(ctx.engine, tenant_id=ctx.tenant_id,
-                                                    since=ctx.since, until=ctx.now) if name]
+                                                    since=ctx.since, until=ctx.until) if name]
+    kept = {k: ctx.params.get(k, "") for k in ("service", "status", "range", "q", "from", "to")}
     return {"rows": rows, "next_cursor": after, "services": names,
+            "query": urlencode({k: v for k, v in kept.items() if v}),
             "filters": {"service": service_name or "", "status": status, "q": text,
-                        "range": ctx.range}}
+                        "range": ctx.range, "from": ctx.params.get("from", ""),
+                        "to": ctx.params.get("to", "")}}
 
 
 def trace_detail(ctx: PageContext) -> dict[str, Any]:
@@ -264,7 +294,7 @@ def _feedback_table(ctx: PageContext, service_name: str | None) -> list[dict[str
     bucket_s = max(3600, ctx.step_minutes * 60)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for b in feedback_series(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since,
-                             until=ctx.now, bucket_s=bucket_s, service=service_name):
+                             until=ctx.until, bucket_s=bucket_s, service=service_name):
         g = groups.setdefault((b.service, b.version), {"service": b.service,
                                                        "version": b.version, "count": 0,
                                                        "scored": 0, "sum": 0.0, "labels": {}})
@@ -284,7 +314,7 @@ def _feedback_table(ctx: PageContext, service_name: str | None) -> list[dict[str
 def feedback_page(ctx: PageContext) -> dict[str, Any]:
     bucket_s = max(3600, ctx.step_minutes * 60)
     buckets = feedback_series(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since,
-                              until=ctx.now, bucket_s=bucket_s)
+                              until=ctx.until, bucket_s=bucket_s)
     slots = sorted({b.start for b in buckets})
     x = [s.isoformat() for s in slots]
     scores: dict[str, list[float | None]] = {}
