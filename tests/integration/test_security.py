@@ -130,14 +130,18 @@ ROUTES = [  # method, path, body, scope
     ("GET", "/v1/admin/keys", None, "keys:manage"),
     ("GET", "/v1/admin/tenants", None, "tenants:manage"),
     ("GET", "/v1/admin/audit", None, "audit:read"),
+    ("POST", "/v1/feedback", {"trace_id": "acme-req-0", "score": 1}, "feedback:write"),
+    ("GET", "/v1/feedback", None, "feedback:read"),
+    ("GET", "/v1/feedback/summary", None, "feedback:read"),
 ]
 ROLE_CAN = {
     "admin": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
-              "keys:manage", "tenants:manage", "audit:read"},
+              "keys:manage", "tenants:manage", "audit:read", "feedback:write",
+              "feedback:read"},
     "operator": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
-                 "audit:read"},
-    "developer": {"inference", "models:read", "traces:read", "status:read"},
-    "client": {"inference", "models:read"},
+                 "audit:read", "feedback:write", "feedback:read"},
+    "developer": {"inference", "models:read", "traces:read", "status:read", "feedback:write"},
+    "client": {"inference", "models:read", "feedback:write"},
     "viewer": {"models:read", "traces:read", "status:read", "metrics:read"},
 }
 
@@ -218,7 +222,7 @@ def test_no_tenant_sees_or_changes_another_tenants_data(world: dict[str, Any], c
     key = f"{caller}:{role}"
     theirs = world["traces"][other]
     action = data.draw(st.sampled_from(["list", "get", "filter", "tenant-param", "keys",
-                                        "revoke", "guess"]))
+                                        "revoke", "feedback", "guess"]))
     if action == "list":
         status, answer = call(world, "GET", "/v1/traces?limit=1000", key)
         assert status == 200
@@ -240,6 +244,12 @@ def test_no_tenant_sees_or_changes_another_tenants_data(world: dict[str, Any], c
         status, answer = call(world, "GET", "/v1/admin/keys", key)
         if status == 200:
             assert {k["tenant"] for k in answer["data"]} == {caller}
+    elif action == "feedback":
+        trace = data.draw(st.sampled_from(theirs))
+        status, _ = call(world, "POST", "/v1/feedback", key, {"trace_id": trace, "score": 1})
+        assert status == (403 if role == "viewer" else 404)
+        status, answer = call(world, "GET", f"/v1/feedback?tenant={other}", key)
+        assert status == 403
     elif action == "revoke":
         victim = next(k for k in store.list_keys(world["engine"], tenant_id=other)
                       if k.status() == "active")

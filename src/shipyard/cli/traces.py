@@ -1,4 +1,5 @@
-"""`shipyard traces list|show|tail|export|purge`: read traces from the store, purge old ones."""
+"""`shipyard traces list|show|tail|export|purge|rollup`: read traces from the store, purge old
+ones, rebuild rollups."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shipyard.errors import ShipyardError
 from shipyard.security.audit import AuditLog
 from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store import TraceFilter, get_spans, get_trace, iter_traces, purge
+from shipyard.store.rollups import rebuild
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
 
@@ -284,3 +286,20 @@ def _audit(engine: Engine, action: str, target: str, details: dict[str, Any],
     except Exception as exc:  # the store's own error: report it, do not hide the export
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return None
+
+
+@app.command()
+def rollup(
+    config: ConfigOpt = None,
+    store_url: StoreOpt = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only minutes since: 15m, 2h, 7d or ISO time (default: all traces).")] = None,
+) -> None:
+    """Rebuild the per-minute rollups the dashboard reads, from the stored traces.
+
+    The trace writer keeps rollups current; run this once after upgrading a store that held
+    traces before rollups existed, or after restoring traces from a backup.
+    """
+    engine = open_store(config, store_url, migrate=True)
+    read = rebuild(engine, since=parse_since(since))
+    console.print(f"Rolled up {read} traces.")

@@ -525,6 +525,22 @@ class CacheConfig(_Section):
     )
 
 
+class UIConfig(_Section):
+    """The dashboard at /ui (needs `pip install 'shipyard[ui]'`)."""
+
+    enabled: bool = Field(True, description="Serve the dashboard at /ui.")
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs dashboard session cookies; reference it as "
+        "`{$env: NAME}`. Set it when several machines serve the dashboard; without it a random "
+        "secret is kept in `ui_session.key` beside the trace spool.",
+    )
+    session_ttl_s: float = Field(
+        28_800.0, gt=0, le=30 * 86400,
+        description="How long a dashboard login lasts, in seconds (default 8 hours).",
+    )
+
+
 class StateConfig(_Section):
     backend: Literal["memory", "redis"] = Field(
         "memory",
@@ -768,6 +784,7 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     traces: TracesConfig = Field(default_factory=lambda: TracesConfig())
     state: StateConfig = Field(default_factory=lambda: StateConfig())
+    ui: UIConfig = Field(default_factory=lambda: UIConfig())
     rate_limits: RateLimitsConfig = Field(default_factory=lambda: RateLimitsConfig())
     pricing: dict[str, PriceConfig] = Field(
         default_factory=dict,

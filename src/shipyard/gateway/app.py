@@ -25,6 +25,7 @@ from shipyard.errors import (
     ShipyardError,
 )
 from shipyard.gateway.admin_routes import admin_routes
+from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
@@ -32,6 +33,7 @@ from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
+from shipyard.ui.routes import ui_routes
 
 __all__ = ["FastPath", "app_from_env", "create_app"]
 
@@ -87,7 +89,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
-              *admin_routes(gateway), openapi_route(gateway)]
+              *admin_routes(gateway), *feedback_routes(gateway), openapi_route(gateway),
+              *ui_routes(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -153,13 +156,16 @@ _HTML_HEADERS = [
 
 
 def _with_security_headers(send: Send) -> Send:
-    """Add security headers to HTML pages (the dashboard); API responses are JSON."""
+    """Add security headers to HTML pages (the dashboard); API responses are JSON. A page
+    that sets its own (the dashboard's stricter policy) keeps it."""
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = message.get("headers", [])
             if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
-                message["headers"] = [*headers, *_HTML_HEADERS]
+                present = {k for k, _ in headers}
+                message["headers"] = [*headers, *(h for h in _HTML_HEADERS
+                                                  if h[0] not in present)]
         await send(message)
 
     return sender

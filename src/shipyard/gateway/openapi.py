@@ -244,6 +244,41 @@ _SCHEMAS: dict[str, JSON] = {
                        "response_body": _nullable("string")},
     },
     "TraceList": _list_of("Trace"),
+    "FeedbackCreate": {
+        "type": "object", "required": ["trace_id"], "additionalProperties": False,
+        "description": "Feedback on one of the caller's traces: a `score`, a `label`, or both.",
+        "properties": {
+            "trace_id": {"type": "string", "maxLength": 128,
+                         "description": "The `x-shipyard-trace-id` (or `x-request-id`) of the "
+                                        "request."},
+            "score": {"type": "number", "minimum": -1e9, "maximum": 1e9,
+                      "description": "E.g. 1 / 0 for thumbs up / down, or 1-5 stars."},
+            "label": {"type": "string", "maxLength": 64},
+            "comment": {"type": "string", "maxLength": 4000},
+            "by": {"type": "string", "maxLength": 128,
+                   "description": "Who gave the feedback (an end-user id, a reviewer)."}},
+    },
+    "Feedback": {
+        "type": "object",
+        "required": ["id", "object", "trace_id", "tenant", "created_at", "service", "version",
+                     "score", "label", "comment", "by", "key_id"],
+        "properties": {"id": _STRING, "object": {"const": "feedback"}, "trace_id": _STRING,
+                       "tenant": _STRING, "created_at": _TIME, "service": _STRING,
+                       "version": _STRING, "score": _nullable("number"),
+                       "label": _nullable("string"), "comment": _nullable("string"),
+                       "by": _nullable("string"), "key_id": _nullable("string")},
+    },
+    "FeedbackList": _list_of("Feedback"),
+    "FeedbackBucket": {
+        "type": "object",
+        "required": ["start", "service", "version", "count", "scored", "mean_score", "labels"],
+        "properties": {"start": _TIME, "service": _STRING, "version": _STRING,
+                       "count": {"type": "integer"}, "scored": {"type": "integer"},
+                       "mean_score": _nullable("number"),
+                       "labels": {"type": "object",
+                                  "additionalProperties": {"type": "integer"}}},
+    },
+    "FeedbackSummary": _list_of("FeedbackBucket"),
     "AuditEntry": {
         "type": "object", "additionalProperties": False,
         "required": ["seq", "tenant_id", "at", "actor", "action", "target", "outcome",
@@ -402,6 +437,22 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("GET", "/v1/traces/{trace_id}"): _Op(
         "getTrace", "One trace, by trace id or request id", "traces", _ok("Trace"),
         (400, *_AUTH, 404), params=(_path_param("trace_id", "A trace id or request id."), _TENANT)),
+    ("POST", "/v1/feedback"): _Op(
+        "createFeedback", "Give feedback on one of the tenant's traces", "feedback",
+        _ok("Feedback", 201, "Created."), (400, *_AUTH, 404, 413, 422), "FeedbackCreate"),
+    ("GET", "/v1/feedback"): _Op(
+        "listFeedback", "The tenant's feedback, newest first", "feedback", _ok("FeedbackList"),
+        (400, *_AUTH),
+        params=(_query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
+                _query("since", _TIME, "Only feedback given at or after this time."),
+                _query("service", _STRING, "Only this service or model alias."), _TENANT)),
+    ("GET", "/v1/feedback/summary"): _Op(
+        "summarizeFeedback", "Feedback count, mean score and labels per time bucket, service "
+        "and version", "feedback", _ok("FeedbackSummary"), (400, *_AUTH),
+        params=(_query("bucket", {"enum": ["minute", "hour", "day"]},
+                       "Bucket size (default hour)."),
+                _query("since", _TIME, "Start of the window (default: 7 days ago)."),
+                _query("service", _STRING, "Only this service or model alias."), _TENANT)),
     ("GET", "/v1/admin/status"): _Op("getStatus", "Live state: circuits, admission, budgets, "
                                      "the trace writer", "admin", _ok("Status")),
     ("GET", "/metrics"): _Op(
@@ -442,10 +493,11 @@ def openapi_path(route_path: str) -> str:
 
 def route_operations(routes: Sequence[BaseRoute]) -> list[tuple[str, str, ScopedRoute]]:
     """(method, OpenAPI path, route) for every operation the route table serves (HEAD is
-    Starlette's automatic companion of GET, not an operation of its own)."""
+    Starlette's automatic companion of GET, not an operation of its own). The dashboard's
+    HTML pages are not API operations (`include_in_schema=False`)."""
     out = []
     for route in routes:
-        if isinstance(route, ScopedRoute):
+        if isinstance(route, ScopedRoute) and route.include_in_schema:
             for method in sorted(route.methods or ()):
                 if method != "HEAD":
                     out.append((method, openapi_path(route.path), route))

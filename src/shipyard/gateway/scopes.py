@@ -11,8 +11,9 @@ from starlette.routing import Route
 
 __all__ = ["PUBLIC_PATHS", "ScopedRoute"]
 
-# The only routes anyone may call without credentials.
-PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
+# The only routes anyone may call without credentials: the health probes, and the dashboard's
+# login form and static assets (every other /ui page needs a session).
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/ui/login", "/ui/static/{name}"})
 
 
 class ScopedRoute(Route):

@@ -6,9 +6,9 @@ table and fails if a route other than the health probes declares none.
 | role | can |
 |---|---|
 | admin | everything in its tenant; admins of the `default` (platform) tenant manage all tenants |
-| operator | call models, read traces, usage, status, metrics and the audit log, roll out |
-| developer | call models, read traces, usage and status, change configuration, run evals |
-| client | call the inference routes and list models |
+| operator | call models, read traces, usage, status, metrics, feedback, audit log; roll out |
+| developer | call models, read traces, usage and status, give feedback, change configuration |
+| client | call the inference routes, list models, give feedback on its tenant's traces |
 | viewer | read traces, usage, status and metrics (dashboards) |
 """
 
@@ -32,15 +32,18 @@ SCOPES = (
     "tenants:manage",
     "config:write",
     "deploy",
+    "feedback:write",  # give feedback on a trace
+    "feedback:read",  # list individual feedback (comments, who gave it)
 )
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(SCOPES),
     "operator": frozenset({"inference", "models:read", "traces:read", "usage:read",
-                           "status:read", "metrics:read", "audit:read", "deploy"}),
+                           "status:read", "metrics:read", "audit:read", "deploy",
+                           "feedback:write", "feedback:read"}),
     "developer": frozenset({"inference", "models:read", "traces:read", "usage:read",
-                            "status:read", "config:write"}),
-    "client": frozenset({"inference", "models:read"}),
+                            "status:read", "config:write", "feedback:write"}),
+    "client": frozenset({"inference", "models:read", "feedback:write"}),
     "viewer": frozenset({"models:read", "traces:read", "usage:read", "status:read",
                          "metrics:read"}),
 }

@@ -16,7 +16,17 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["audit_head", "audit_log", "metadata", "spans", "traces"]
+__all__ = [
+    "LATENCY_BOUNDS_MS",
+    "LATENCY_BUCKETS",
+    "audit_head",
+    "audit_log",
+    "feedback",
+    "metadata",
+    "spans",
+    "trace_rollups",
+    "traces",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -69,6 +79,9 @@ traces = Table(
     Index(None, "service", "started_at"),
     Index(None, "request_id"),
     Index(None, "trace_id"),
+    # Newest-first keyset pages of the trace explorer, whole tenant or one service.
+    Index(None, "tenant_id", "started_at", "id"),
+    Index(None, "tenant_id", "service", "started_at", "id"),
 )
 
 # One row per span of a traced request (the pipeline stages and every upstream attempt), so a
@@ -117,4 +130,58 @@ audit_head = Table(
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Upper bounds (ms) of the latency histogram buckets kept per rollup row; a last, open bucket
+# holds everything slower. Roughly x1.5 apart: percentiles read from them are within ~20%.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000,
+    3000, 5000, 7500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000,
+)
+LATENCY_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+
+# Aggregates of `traces` per minute (`span` 1) and per hour (`span` 60), kept by the trace
+# writer in the same transaction as the traces themselves, so dashboards never scan raw traces.
+# Empty strings stand for "none" in the key columns (primary-key columns cannot be NULL).
+# `minute` is Unix time // 60 (for hourly rows, the hour's first minute).
+trace_rollups = Table(
+    "trace_rollups",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("span", Integer, primary_key=True, autoincrement=False),
+    Column("minute", Integer, primary_key=True, autoincrement=False),
+    Column("service", String(128), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("status", Integer, primary_key=True, autoincrement=False),
+    Column("error_type", String(64), primary_key=True),
+    Column("requests", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("latency_sum_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    *(Column(f"b{i}", Integer, nullable=False, server_default="0")
+      for i in range(LATENCY_BUCKETS)),
+    Index(None, "tenant_id", "span", "service", "minute"),
+)
+
+# Feedback on traced requests: a score and/or a label, with who gave it. `service` and
+# `version` are copied from the trace so aggregates need no join.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("service", String(128), nullable=False, server_default=""),
+    Column("version", String(256), nullable=False, server_default=""),
+    Column("score", Float, nullable=True),
+    Column("label", String(64), nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("author", String(128), nullable=True),
+    Column("key_id", String(64), nullable=True),
+    Index(None, "tenant_id", "created_at"),
+    Index(None, "tenant_id", "service", "created_at"),
+    Index(None, "trace_id"),
 )

@@ -27,6 +27,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
+from shipyard.store.rollups import aggregate, upsert
 from shipyard.store.spool import Spool
 from shipyard.store.tables import spans, traces
 
@@ -175,10 +176,12 @@ class TraceWriter:
         times. So rows go in as multi-row `INSERT ... VALUES (...), (...)` statements of up
         to a few hundred rows, bound by the driver in C. Datetimes reach SQLite in
         SQLAlchemy's own storage format, so reads are unchanged. A record's spans (the
-        `spans` key: lists from `shipyard.observe.tracing.span_rows`) go to the `spans` table.
+        `spans` key: lists from `shipyard.observe.tracing.span_rows`) go to the `spans` table,
+        and the batch's per-minute rollups (`store.rollups`) are added in the same transaction.
         """
         pick = self._pick or self._prepare()
         span_rows = _span_params(rows)
+        rollups = aggregate(rows)
         with self.engine.begin() as connection:
             if self._mark is None:
                 connection.execute(traces.insert(), [
@@ -186,10 +189,12 @@ class TraceWriter:
                 if span_rows:
                     connection.execute(spans.insert(), [
                         dict(zip(_SPAN_COLUMNS, values, strict=True)) for values in span_rows])
+                upsert(connection, rollups)
                 return
             self._insert_many(connection, "traces", self._columns, [pick(row) for row in rows])
             if span_rows:
                 self._insert_many(connection, "spans", _SPAN_COLUMNS, span_rows)
+            upsert(connection, rollups)
 
     def _insert_many(self, connection: Any, table: str, columns: list[str],
                      values: list[tuple[Any, ...]]) -> None:

@@ -1,0 +1,322 @@
+"""The dashboard's HTTP side: login and logout, static assets, and one route per page.
+
+Every route but `/ui/login` and `/ui/static/*` needs a session cookie (see `ui.session`);
+without one the browser is sent to the login form. Pages are rendered on the server (Jinja2)
+and draw their charts with the plotly.js that ships inside the `plotly` package, served from
+`/ui/static/` with long cache headers: nothing is fetched from anywhere else, and the content
+security policy forbids it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from shipyard._version import __version__
+from shipyard.config.schema import default_spool_dir
+from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied
+from shipyard.gateway.runtime import Gateway
+from shipyard.gateway.scopes import ScopedRoute
+from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
+from shipyard.store.tenants import KEY_PREFIX, get_key
+from shipyard.ui.charts import figure_json
+from shipyard.ui.pages import PAGES, RANGES, Page, PageContext, PageError, nav
+from shipyard.ui.session import COOKIE, CSRF_COOKIE, Session, SessionSigner, load_secret
+
+try:
+    import jinja2
+except ImportError:  # pragma: no cover - the `ui` extra is not installed
+    jinja2 = None  # type: ignore[assignment]
+
+__all__ = ["CSP", "ui_routes"]
+
+log = logging.getLogger("shipyard.ui")
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_PAGE_HEADERS = {"content-security-policy": CSP, "cache-control": "no-store",
+                 "x-frame-options": "DENY", "referrer-policy": "no-referrer",
+                 "x-content-type-options": "nosniff"}
+_STATIC_DIR = Path(__file__).parent / "static"
+_TEMPLATES = Path(__file__).parent / "templates"
+_STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css",
+                 "favicon.svg": "image/svg+xml"}
+_KEY_CHECK_S = 5.0
+_LOGIN_MAX_BYTES = 16_384
+_MISSING = ("The dashboard needs the 'ui' extra, which is not installed; run: "
+            "pip install 'shipyard[ui]'")
+
+
+class _Asset:
+    """One static file held in memory (and gzipped), named by a hash of its content."""
+
+    def __init__(self, body: bytes, media_type: str) -> None:
+        self.body = body
+        self.media_type = media_type
+        self.version = hashlib.sha256(body).hexdigest()[:12]
+
+    @cached_property
+    def gzipped(self) -> bytes:
+        return gzip.compress(self.body, 6)
+
+
+class Dashboard:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.config = gateway.config.ui
+        self._signer: SessionSigner | None = None
+        self._assets: dict[str, _Asset] = {}
+        self._keys: dict[str, tuple[float, bool]] = {}
+        self.env: Any = None
+        if jinja2 is not None:
+            self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+                                          autoescape=True, trim_blocks=True,
+                                          lstrip_blocks=True)
+            self.env.globals.update(static=self.static_url, figure_json=figure_json,
+                                    ranges=list(RANGES), version=__version__)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def signer(self) -> SessionSigner:
+        if self._signer is None:  # lazily: building an app must not write files
+            configured = self.config.session_secret
+            secret = load_secret(configured.get_secret_value() if configured else None,
+                                 Path(default_spool_dir(self.gw.config)).parent)
+            self._signer = SessionSigner(secret, ttl_s=self.config.session_ttl_s)
+        return self._signer
+
+    def asset(self, name: str) -> _Asset | None:
+        asset = self._assets.get(name)
+        if asset is None:
+            if name == "plotly.min.js":
+                # Imported on first use: plotly is heavy, and only browsers need its script.
+                try:
+                    from plotly.offline import get_plotlyjs
+                except ImportError:  # the `ui` extra is not installed
+                    return None
+                asset = _Asset(get_plotlyjs().encode(), "text/javascript")
+            elif name in _STATIC_TYPES:
+                kind = _STATIC_TYPES[name]
+                asset = _Asset((_STATIC_DIR / name).read_bytes(), kind)
+            else:
+                return None
+            self._assets[name] = asset
+        return asset
+
+    def static_url(self, name: str) -> str:
+        asset = self.asset(name)
+        return f"/ui/static/{name}?v={asset.version if asset else __version__}"
+
+    def html(self, template: str, status: int = 200, **context: Any) -> Response:
+        if self.env is None:
+            return HTMLResponse(f"<!doctype html><title>Shipyard</title><p>{_MISSING}</p>",
+                                status_code=501, headers=_PAGE_HEADERS)
+        body = self.env.get_template(template).render(**context)
+        return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+
+    def _cookie(self, response: Response, name: str, value: str, request: Request,
+                max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+
+    # -- sessions ---------------------------------------------------------------------------
+    async def session(self, request: Request) -> Session | None:
+        if self.gw.auth.disabled:
+            return Session(tenant_id=PLATFORM_TENANT, key_id=None, role="admin", kind="open",
+                           expires=time.time() + 3600, csrf=self.signer.token("open"))
+        session = self.signer.verify(request.cookies.get(COOKIE))
+        if session is None:
+            return None
+        if session.kind == "stored" and session.key_id is not None and (
+                not await self._key_active(session.key_id)):
+            return None
+        return session
+
+    async def _key_active(self, key_id: str) -> bool:
+        now = time.monotonic()
+        cached = self._keys.get(key_id)
+        if cached is not None and now - cached[0] < _KEY_CHECK_S:
+            return cached[1]
+        try:
+            record = await asyncio.to_thread(get_key, self.gw.engine, key_id, tenant_id=None)
+            active = record.status() == "active"
+        except NotFound:
+            active = False
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[key_id] = (now, active)
+        return active
+
+    # -- login and logout -------------------------------------------------------------------
+    def _login_form(self, request: Request, *, error: str | None = None, status: int = 200,
+                    next_path: str | None = None) -> Response:
+        nonce = secrets.token_urlsafe(24)
+        target = _safe_next(next_path or request.query_params.get("next"))
+        response = self.html("login.html", status, csrf=self.signer.token(nonce), error=error,
+                             next=target)
+        self._cookie(response, CSRF_COOKIE, nonce, request, 1800)
+        return response
+
+    async def login_page(self, request: Request) -> Response:
+        if await self.session(request) is not None:
+            return RedirectResponse(_safe_next(request.query_params.get("next")), 303)
+        return self._login_form(request)
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request)
+        back = form.get("next")
+        nonce = request.cookies.get(CSRF_COOKIE, "")
+        if not nonce or not hmac.compare_digest(form.get("csrf", ""), self.signer.token(nonce)):
+            return self._login_form(request, status=400, next_path=back, error=(
+                "The login form expired or was sent from elsewhere; try again."))
+        secret = form.get("key", "").strip()
+        if not secret:
+            return self._login_form(request, status=401, next_path=back,
+                                    error="Paste an API key (or OIDC token) to sign in.")
+        try:
+            principal = await self.gw.auth.authenticate(
+                Headers({"authorization": f"Bearer {secret}"}), "traces:read")
+        except (AuthenticationFailed, PermissionDenied) as exc:
+            return self._login_form(request, status=exc.status, next_path=back,
+                                    error=exc.message)
+        kind, not_after = "static", None
+        if secret.startswith(KEY_PREFIX):
+            kind = "stored"
+        elif self.gw.auth.verifier is not None and secret.count(".") == 2:
+            kind, not_after = "oidc", _jwt_expiry(secret)
+        session = Session(tenant_id=principal.tenant_id, key_id=principal.key_id,
+                          role=principal.role, kind=kind)
+        target = _safe_next(request.query_params.get("next") or form.get("next"))
+        response = RedirectResponse(target, 303)
+        self._cookie(response, COOKIE, self.signer.sign(session, not_after=not_after), request,
+                     int(self.config.session_ttl_s))
+        response.delete_cookie(CSRF_COOKIE, path="/ui")
+        self.gw.audit(tenant_id=principal.tenant_id, actor=f"key:{principal.key_id or 'oidc'}",
+                      action="ui.login", target="/ui")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = await self.session(request)
+        form = await _form(request)
+        if session is not None and not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self.html("error.html", 400, title="Sign out", session=session, nav=[],
+                             message="The sign-out form expired; reload the page and try again.")
+        response = RedirectResponse("/ui/login", 303)
+        response.delete_cookie(COOKIE, path="/ui")
+        return response
+
+    # -- static assets ----------------------------------------------------------------------
+    async def static(self, request: Request) -> Response:
+        asset = self.asset(request.path_params["name"])
+        if asset is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        headers = {"cache-control": "public, max-age=31536000, immutable",
+                   "x-content-type-options": "nosniff", "vary": "accept-encoding"}
+        body = asset.body
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            body = asset.gzipped
+            headers["content-encoding"] = "gzip"
+        return Response(body, media_type=asset.media_type, headers=headers)
+
+    # -- pages ------------------------------------------------------------------------------
+    def page_endpoint(self, path: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            session = await self.session(request)
+            if session is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query
+                                             else "")
+                return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303)
+            return await self.render(PAGES[path], request, session)
+
+        return endpoint
+
+    async def render(self, page: Page, request: Request, session: Session) -> Response:
+        base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
+                "path": request.url.path, "params": request.query_params}
+        if page.scope not in ROLE_SCOPES.get(session.role, frozenset()):
+            return self.html("error.html", 403, title=page.title, **base, message=(
+                f"This page needs scope '{page.scope}', which the role '{session.role}' "
+                "does not have. Sign in with another key to see it."))
+        tenant = session.tenant_id
+        asked = request.query_params.get("tenant")
+        if asked and asked != tenant and session.role == "admin" and (
+                session.tenant_id == PLATFORM_TENANT):
+            tenant = asked  # platform admins may look at any tenant
+        ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
+                          params=request.query_params, path_params=request.path_params,
+                          readable=self.gw.readable)
+        try:
+            data = await asyncio.to_thread(page.render, ctx)
+        except PageError as exc:
+            return self.html("error.html", exc.status, title=page.title, **base,
+                             message=exc.message)
+        title = data.pop("title", page.title)
+        return self.html(page.template, title=title, tenant=tenant, range=ctx.range, **base,
+                         **data)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only ever redirect within the dashboard (no open redirects)."""
+    if value and value.startswith("/ui") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/ui"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (small; the dashboard's forms only)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOGIN_MAX_BYTES:
+            break
+    parsed = parse_qs(body[:_LOGIN_MAX_BYTES].decode("utf-8", "replace"))
+    return {k: v[0] for k, v in parsed.items() if v}
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """The `exp` claim of an already verified JWT (so a session never outlives its token)."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) else None
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
+def ui_routes(gateway: Gateway) -> list[ScopedRoute]:
+    """The dashboard's routes (none when `ui.enabled` is false)."""
+    if not gateway.config.ui.enabled:
+        return []
+    ui = Dashboard(gateway)
+    routes = [
+        ScopedRoute("/ui/login", ui.login_page, methods=["GET"], scope=None,
+                    include_in_schema=False),
+        ScopedRoute("/ui/login", ui.login, methods=["POST"], scope=None,
+                    include_in_schema=False),
+        ScopedRoute("/ui/logout", ui.logout, methods=["POST"], scope="traces:read",
+                    include_in_schema=False),
+        ScopedRoute("/ui/static/{name}", ui.static, methods=["GET"], scope=None,
+                    include_in_schema=False),
+    ]
+    for path, page in PAGES.items():
+        routes.append(ScopedRoute(path, ui.page_endpoint(path), methods=["GET"],
+                                  scope=page.scope, include_in_schema=False))
+    return routes
