@@ -87,7 +87,7 @@ SECRETS = [
     ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA", "{}"),
     ("Zx9kQ2mP7vL4nR8tW1yB", "api_key = '{}'"),
     ("9f8e7d6c5b4a39281706f5e4d3c2b1a0", 'client_secret: "{}"'),
-    ("hunter2", "my password is {}!"),
+    ("hunter2!", "my password is {}"),
     ("S3cure#Pass", "DB_PASSWORD={}"),
     ("dGhpc2lzYXRva2VuMTIzNDU2Nzg5", "Authorization: Bearer {}"),
 ]

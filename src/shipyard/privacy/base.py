@@ -25,6 +25,7 @@ __all__ = [
     "CONTEXT_BOOST",
     "CONTEXT_WINDOW",
     "ID_WORDS",
+    "NEGATIVE_WINDOW",
     "Finding",
     "Recognizer",
     "context_regex",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 CONTEXT_WINDOW = 40
+# Negative words must be right before the value: "order no. 123..." lowers the score, an
+# "order" earlier in the sentence does not.
+NEGATIVE_WINDOW = 24
 CONTEXT_BOOST = 0.35
 # Words before a number that say it identifies something else than a person: negative context.
 ID_WORDS = ("order", "invoice", "tracking", "ticket", "serial", "isbn", "sku", "ref",
@@ -77,12 +81,25 @@ class Finding:
     text: str
 
 
-def context_regex(words: Iterable[str]) -> re.Pattern[str] | None:
-    """A case-insensitive regex matching any of `words` at a word start, or None for none."""
+def negative_regex(words: Iterable[str]) -> re.Pattern[str] | None:
+    """Any of `words` right before the value: only "no.", "#", ":" and the like in between."""
     words = sorted(set(words))
     if not words:
         return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE)
+    alternatives = "|".join(re.escape(w) for w in words)
+    return re.compile(
+        r"(?<!\w)(?:" + alternatives + r")s?(?:\s*(?:no\.?|nr\.?|number|num|id|#|:))*\s*[#:]?\s*\Z",
+        re.IGNORECASE,
+    )
+
+
+def context_regex(words: Iterable[str]) -> re.Pattern[str] | None:
+    """A case-insensitive regex matching any of `words` (or its plural) as a whole word."""
+    words = sorted(set(words))
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in words)
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")s?(?!\w)", re.IGNORECASE)
 
 
 class Recognizer:
@@ -93,6 +110,8 @@ class Recognizer:
     `needles` (any must occur in the text) and `gate` (a regex that must match somewhere) let a
     recognizer skip texts that cannot contain its entity without running `pattern`; with
     `digit_runs` the pattern only runs around runs of seven or more digits (`digit_windows`).
+    After a rejected candidate the scan goes on after it, or from its next character with
+    `rescan` (when a real value can hide inside a rejected one).
     """
 
     entity: ClassVar[str] = ""
@@ -103,11 +122,12 @@ class Recognizer:
     needles: ClassVar[tuple[str, ...]] = ()
     gate: ClassVar[re.Pattern[str] | None] = None
     digit_runs: ClassVar[bool] = False
+    rescan: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.name = type(self).__name__
         self._context = context_regex(self.context)
-        self._negative = context_regex(self.negative_context)
+        self._negative = negative_regex(self.negative_context)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         """Return (start, end, score) for a candidate, or None to reject it."""
@@ -125,11 +145,16 @@ class Recognizer:
         """`score` raised by context words and lowered by negative ones just before `start`."""
         if self._context is None and self._negative is None:
             return score
-        window = text[max(0, start - CONTEXT_WINDOW) : start]
-        if self._context is not None and score < 1.0 and self._context.search(window):
+        # Searched in place (no slice): a word cut by the window's edge is not a word.
+        negative = self._negative
+        if negative is not None and negative.search(text, max(0, start - NEGATIVE_WINDOW), start):
+            # "order no. 415-555-2671": the word right before the value outweighs any other.
+            return max(0.0, score - CONTEXT_BOOST)
+        context = self._context
+        if context is not None and score < 1.0 and context.search(
+            text, max(0, start - CONTEXT_WINDOW), start
+        ):
             score = min(1.0, score + CONTEXT_BOOST)
-        if self._negative is not None and self._negative.search(window):
-            score = max(0.0, score - CONTEXT_BOOST)
         return score
 
     def find(self, text: str) -> list[Finding]:
@@ -139,12 +164,17 @@ class Recognizer:
             return []
         found: list[Finding] = []
         windows = digit_windows(text) if self.digit_runs else ((0, len(text)),)
+        search = pattern.search
         for pos, endpos in windows:
-            for match in pattern.finditer(text, pos, endpos):
+            match = search(text, pos, endpos)
+            while match is not None:
                 checked = self.validate(match)
                 if checked is None:
+                    match = search(text, match.start() + 1 if self.rescan else match.end(), endpos)
                     continue
                 start, end, score = checked
                 score = self.adjust(text, start, score)
                 found.append(Finding(self.entity, start, end, score, self.name, text[start:end]))
+                # Continue after the value, not the candidate: validate may have shortened it.
+                match = search(text, max(end, match.start() + 1), endpos)
         return found

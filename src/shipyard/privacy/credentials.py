@@ -136,7 +136,7 @@ class SecretRecognizer(Recognizer):
         if match is None:
             return
         start = match.start("value")
-        value = match.group("value").rstrip(".:!?")
+        value = match.group("value").rstrip(".,:;?")  # "!" ends many passwords
         end = start + len(value)
         if any(s < end and start < e for s, e in taken):
             return

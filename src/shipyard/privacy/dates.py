@@ -1,9 +1,9 @@
 """Dates of birth: a real calendar date with a birth word ("born", "DOB", ...) just before it.
 
 A date alone is not PII (meetings, releases, timestamps); a date of birth is. So this recognizer
-reports a date only when a birth word is within a short window before it (or right after it,
-as in "12/03/1985 (DOB)") and no identifier word ("version", "order", ...) is right before it,
-and never reports dates in the future or before 1900.
+reports a date only when a birth word is within a short window before it (or in brackets right
+after it, as in "12/03/1985 (DOB)") and no identifier word ("version", "order", ...) is right
+before it, and never reports dates in the future or before 1900.
 
     >>> [f.text for f in DateOfBirthRecognizer().find("DOB: 1985-03-12, joined 2021-06-01")]
     ['1985-03-12']
@@ -36,7 +36,11 @@ _BIRTH_WORDS = (
 _BIRTH = re.compile(
     r"(?<!\w)(?:" + "|".join(re.escape(w) for w in sorted(_BIRTH_WORDS)) + r")", re.IGNORECASE
 )
-_AFTER_WINDOW = 24
+# After the date only in brackets: "12/03/1985 (DOB)"; "..., my birthday is" starts a new claim.
+_BIRTH_AFTER = re.compile(
+    r"\s*[(\[]\s*(?:" + "|".join(re.escape(w) for w in sorted(_BIRTH_WORDS)) + r")",
+    re.IGNORECASE,
+)
 # Substrings of the birth words, for the cheap check before any regex runs.
 _GATE_WORDS = ("born", "birth", "dob", "d.o.b", "geb", "né", "naci", "naissance", "nascita")
 
@@ -67,15 +71,20 @@ class DateOfBirthRecognizer(Recognizer):
             return []
         found: list[Finding] = []
         birth = _BIRTH
+        previous_end = 0
         for match in self.pattern.finditer(text):
             start, end = match.span()
-            before = text[max(0, start - CONTEXT_WINDOW) : start]
-            after = text[end : end + _AFTER_WINDOW]
-            if not (birth.search(before) or birth.search(after)):
+            # A birth word vouches for the first date after it, not for every date nearby.
+            window_start = max(previous_end, start - CONTEXT_WINDOW)
+            previous_end = end
+            after = _BIRTH_AFTER.match(text, end)
+            if after is not None:
+                previous_end = after.end()  # "(DOB)" is taken: it vouches for no later date
+            elif not birth.search(text, window_start, start):
                 continue
             # The nearest words decide: "born ... version 1.2.2024" is a version.
-            near = before[-16:]
-            if self._negative is not None and self._negative.search(near):
+            negative = self._negative
+            if negative is not None and negative.search(text, max(0, start - 24), start):
                 continue
             if not _plausible(match):
                 continue

@@ -23,6 +23,7 @@ from shipyard.privacy.base import ID_WORDS, Recognizer
 __all__ = ["PhoneRecognizer", "phone_is_valid"]
 
 _NON_DIGITS = re.compile(r"[^0-9]+")
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
 _CC_REGIONS: dict[int, tuple[str, ...]] = {
     cc: tuple(regions) for cc, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
 }
@@ -118,7 +119,7 @@ class PhoneRecognizer(Recognizer):
     negative_context = ID_WORDS
     digit_runs = True
     pattern = re.compile(
-        r"(?:(?<=tel:)|(?<![\w+#/.:-]))(?:\+[0-9]{1,3}[ .-]?)?(?:\(0\)[ .-]?)?"
+        r"(?:(?<=tel:)|(?<![\w+#/.:@-]))(?:\+[0-9]{1,3}[ .-]?)?(?:\(0\)[ .-]?)?"
         r"(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){1,5}(?![\w/:-]|\.[0-9])",
         re.ASCII,
     )
@@ -135,9 +136,27 @@ class PhoneRecognizer(Recognizer):
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         candidate = match.group()
-        digits = sum(ch.isdigit() for ch in candidate)
-        if not 7 <= digits <= 15 or not phone_is_valid(candidate, self.regions):
-            return None
+        if _DOTTED_QUAD.match(candidate):
+            return None  # "150.142.95.173" is an IPv4 address
+        # The regex is greedy: "+49 30 122327 4388 6960 ..." ran into the next number. When a
+        # candidate is too long for one number, drop groups from the right until the rest is
+        # a valid number or too short to be one.
+        too_long = False
+        while True:
+            digits = sum(ch.isdigit() for ch in candidate)
+            if digits < 7:
+                return None
+            if digits <= 15:
+                if phone_is_valid(candidate, self.regions):
+                    break
+                if not too_long:
+                    return None
+            too_long = True
+            cut = max(candidate.rfind(" "), candidate.rfind("-"), candidate.rfind("."))
+            if cut <= 0:
+                return None
+            candidate = candidate[:cut]
         # A bare digit run with no "+" and no separators reads like an ID: it needs context.
         bare = candidate.isdigit()
-        return match.start(), match.end(), 0.4 if bare else self.base_score
+        start = match.start()
+        return start, start + len(candidate), 0.4 if bare else self.base_score

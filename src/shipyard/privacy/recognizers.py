@@ -88,7 +88,7 @@ class MacAddressRecognizer(Recognizer):
     )
     pattern = re.compile(
         r"(?<![\w:.-])(?:[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
-        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![\w:.-])",
+        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![\w:-]|\.\w)",
         re.ASCII,
     )
 
@@ -97,6 +97,7 @@ class IpAddressRecognizer(Recognizer):
     entity = "IP_ADDRESS"
     base_score = 0.8
     context = ("ip", "address", "host", "server", "client")
+    negative_context = ID_WORDS
     # A word character, dot or dash beside it means a longer string (e.g. "v1.2.3.4-rc1").
     _v4 = re.compile(
         r"[0-9](?<![\w.][0-9])[0-9]{0,2}\.(?:[0-9]{1,3}\.){2}[0-9]{1,3}(?![\w-]|\.\w)", re.ASCII
@@ -151,24 +152,58 @@ class CreditCardRecognizer(Recognizer):
     context = ("card", "credit", "visa", "mastercard", "amex", "cc", "pan", "payment")
     negative_context = ID_WORDS
     digit_runs = True
-    pattern = re.compile(r"[0-9](?<![\w#-][0-9])(?:[ -]?[0-9]){12,18}(?![\w-])", re.ASCII)
+    pattern = re.compile(
+        r"[0-9](?<![\w#+.-][0-9])(?:[ -]?[0-9]){12,18}(?![\w-]|\.[0-9])", re.ASCII
+    )
+    # "61 3024-824094-6524" (the end of an IP address, then a card) hides a card: look inside.
+    rescan = True
     # Issuer prefixes (Visa, Mastercard, Amex, Diners, JCB, Discover/UnionPay): cheap first cut.
-    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[0478]|6", re.ASCII)
+    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[045-9]|6", re.ASCII)
     _separator = re.compile(r"[ -]")
     # Printed layouts; other groupings (e.g. the tail of a spaced IBAN) are not card numbers.
     _layouts = frozenset({(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 1),
                           (4, 4, 4, 3)})  # fmt: skip
+    # What follows a grouped card: more groups ("4111 1111 1111 1111 2345 67" is a tracking
+    # number, unless they make a second card), not an expiry ("... 1111 12/29").
+    _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9]*(?:/|\.[0-9]))", re.ASCII)
+    _came_from = re.compile(r"(?<!\S)[0-9]{1,6}([ -])\Z", re.ASCII)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        text = match.string
+        start = match.start()
         groups = self._separator.split(match.group())
-        digits = "".join(groups)
-        if not 13 <= len(digits) <= 19 or not self._issuer.match(digits):
-            return None
-        if len(groups) > 1 and tuple(len(g) for g in groups) not in self._layouts:
-            return None
-        if len(set(digits)) == 1 or not _luhn_ok(digits):
-            return None
-        return match.start(), match.end(), self.base_score
+        # The candidate may have run into the next number ("4213506987358 4825 65"): try it
+        # whole, then without its last groups.
+        for k in range(len(groups), 0, -1):
+            head = groups[:k]
+            digits = "".join(head)
+            if len(digits) < 13:
+                return None
+            if len(digits) > 19 or (k > 1 and tuple(len(g) for g in head) not in self._layouts):
+                continue
+            end = start + len(digits) + k - 1
+            if k > 1 and not self._standalone(text, start, end, text[start + len(head[0])]):
+                continue
+            if self._issuer.match(digits) and len(set(digits)) > 1 and _luhn_ok(digits):
+                return start, end, self.base_score
+        return None
+
+    def _standalone(self, text: str, start: int, end: int, sep: str) -> bool:
+        """False when the grouped number goes on in the same layout on either side."""
+        came = self._came_from.search(text, max(0, start - 7), start)
+        if came is not None and came.group(1) == sep:
+            return False
+        follow = self._goes_on.match(text, end)
+        if follow is None or follow.group()[0] != sep:
+            return True
+        rest = follow.group()[1:].split(sep)
+        digits = "".join(rest)
+        # Two cards in a row are two cards.
+        return (
+            tuple(len(g) for g in rest) in self._layouts
+            and 13 <= len(digits) <= 19
+            and _luhn_ok(digits)
+        )
 
 
 _IBAN_LENGTHS: dict[str, int] = {
@@ -191,6 +226,8 @@ class IbanRecognizer(Recognizer):
     entity = "IBAN"
     base_score = 0.95
     context = ("iban", "account", "bank", "transfer")
+    # A rejected candidate ("DE00 ... IBAN PL96 ...", a bad checksum) may run into a real one.
+    rescan = True
     pattern = re.compile(
         r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,30}", re.ASCII
     )
@@ -226,13 +263,18 @@ class UsSsnRecognizer(Recognizer):
     negative_context = ID_WORDS
     digit_runs = True
     pattern = re.compile(
-        r"([0-9])(?<![\w#.-][0-9])([0-9]{2})([- ]?)([0-9]{2})\3([0-9]{4})(?![\w-]|\.[0-9])",
+        r"([0-9])(?<![\w+.-][0-9])([0-9]{2})([- ]?)([0-9]{2})\3([0-9]{4})(?![\w-]|\.[0-9])",
         re.ASCII,
     )
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         first, rest, sep, group, serial = match.groups()
         area = first + rest
+        start = match.start()
+        # "SSN#123-45-6789" is an SSN; "Order #123-45-6789" is not.
+        hashed = start and match.string[start - 1] == "#"
+        if hashed and not match.string[max(0, start - 4) : start].lower().endswith(("ss#", "ssn#")):
+            return None
         if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
             return None
         digits = area + group + serial
