@@ -109,6 +109,32 @@ def phone_is_valid(candidate: str, regions: Iterable[str] = ("US",)) -> bool:
     return False
 
 
+def _digit_count(text: str) -> int:
+    return sum(ch.isdigit() for ch in text)
+
+
+def _shorter(candidate: str) -> list[str]:
+    """Prefixes of a too-long candidate worth validating, most likely first.
+
+    First the part before the separator changes ("+49-30-122327" of "+49-30-122327 4388 6960":
+    a number keeps one style), then whole groups dropped from the right, longest first.
+    """
+    seps = [(i, ch) for i, ch in enumerate(candidate) if ch in " .-"]
+    if candidate.startswith("+") and seps and seps[0][0] <= 4:
+        seps = seps[1:]  # the one after "+CC" may differ ("+1 415-555-2671")
+    seps = [(i, ch) for i, ch in seps if candidate[i - 1] != ")"]  # nor the one after "(415)"
+    if seps:
+        first = seps[0][1]
+        change = next((i for i, ch in seps if ch != first), None)
+        if change is not None:
+            # Mixed styles: the number ends where its style does.
+            seps = [(i, ch) for i, ch in seps if i < change]
+            out = [candidate[:change]] + [candidate[:i] for i, _ in reversed(seps)]
+            return [c for c in out if 7 <= _digit_count(c) <= 15]
+    out = [candidate[:i] for i, _ in reversed(seps)]
+    return [c for c in out if 7 <= _digit_count(c) <= 15]
+
+
 class PhoneRecognizer(Recognizer):
     """Phone numbers validated with `phonenumbers`; numbers without `+CC` use `regions` in order."""
 
@@ -138,24 +164,15 @@ class PhoneRecognizer(Recognizer):
         candidate = match.group()
         if _DOTTED_QUAD.match(candidate):
             return None  # "150.142.95.173" is an IPv4 address
-        # The regex is greedy: "+49 30 122327 4388 6960 ..." ran into the next number. When a
-        # candidate is too long for one number, drop groups from the right until the rest is
-        # a valid number or too short to be one.
-        too_long = False
-        while True:
-            digits = sum(ch.isdigit() for ch in candidate)
-            if digits < 7:
+        if _digit_count(candidate) > 15:
+            # The regex is greedy: "+49-30-122327 4388 6960 ..." ran into the next number.
+            regions = self.regions
+            shorter = next((c for c in _shorter(candidate) if phone_is_valid(c, regions)), None)
+            if shorter is None:
                 return None
-            if digits <= 15:
-                if phone_is_valid(candidate, self.regions):
-                    break
-                if not too_long:
-                    return None
-            too_long = True
-            cut = max(candidate.rfind(" "), candidate.rfind("-"), candidate.rfind("."))
-            if cut <= 0:
-                return None
-            candidate = candidate[:cut]
+            candidate = shorter
+        elif _digit_count(candidate) < 7 or not phone_is_valid(candidate, self.regions):
+            return None
         # A bare digit run with no "+" and no separators reads like an ID: it needs context.
         bare = candidate.isdigit()
         start = match.start()

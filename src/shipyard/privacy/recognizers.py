@@ -165,7 +165,7 @@ class CreditCardRecognizer(Recognizer):
                           (4, 4, 4, 3)})  # fmt: skip
     # What follows a grouped card: more groups ("4111 1111 1111 1111 2345 67" is a tracking
     # number, unless they make a second card), not an expiry ("... 1111 12/29").
-    _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9]*(?:/|\.[0-9]))", re.ASCII)
+    _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9A-Za-z_/]|\.[0-9])", re.ASCII)
     _came_from = re.compile(r"(?<!\S)[0-9]{1,6}([ -])\Z", re.ASCII)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
