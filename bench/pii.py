@@ -1,6 +1,6 @@
 """PII engine: Shipyard's PIIEngine next to Presidio's AnalyzerEngine on the same corpus.
 
-    .venv/bin/python bench/pii.py [--n 5000] [--seed 7] [--messages 400] [--no-write]
+    .venv/bin/python bench/pii.py [--n 5000] [--seed 2026] [--messages 400] [--no-write]
 
 One run, one machine, one corpus (`shipyard.privacy.corpus.generate_corpus`, Faker-generated,
 labelled):
@@ -289,7 +289,8 @@ def render(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="corpus samples (default 5000)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=2026,
+                        help="corpus seed (default 2026: not the one used for tuning)")
     parser.add_argument("--messages", type=int, default=400, help="1 KB messages for latency")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds over the messages")
     parser.add_argument("--presidio-python", type=Path, default=None,

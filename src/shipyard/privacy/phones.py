@@ -56,6 +56,14 @@ def _national_prefix(region: str) -> tuple[int, str | None]:
     return meta.country_code or 0, prefix or ""
 
 
+@lru_cache(maxsize=512)
+def _trunk_prefix(region: str) -> str:
+    """The digits dialled before a national number inside the country ("0" in GB, "1" in US)."""
+    meta = PhoneMetadata.metadata_for_region(region)
+    prefix = meta.national_prefix if meta is not None else None
+    return prefix if prefix and prefix.isdigit() else ""
+
+
 def _number(cc: int, national: str) -> PhoneNumber | None:
     if not national or len(national) not in _lengths(cc):
         return None  # no region of this country code has numbers this long (cheap cut)
@@ -70,32 +78,57 @@ def _number(cc: int, national: str) -> PhoneNumber | None:
     return number
 
 
+_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+          "voicemail", "fixed_line", "mobile")  # fmt: skip
+_Desc = tuple[frozenset[int], re.Pattern[str]]
+
+
 @lru_cache(maxsize=512)
-def _general(region: str) -> re.Pattern[str] | None:
-    """A region's pattern for any of its national numbers: a cheap first cut per region."""
+def _descs(region: str) -> tuple[_Desc | None, tuple[_Desc, ...]] | None:
+    """A region's general description and its number types: (possible lengths, pattern).
+
+    `is_valid_number_for_region` walks the same descriptions, re-fetching metadata and
+    patterns on every call; compiled once here they cost a few regex matches per number.
+    None for regions without metadata (non-geographic codes), checked by `phonenumbers`.
+    """
     meta = PhoneMetadata.metadata_for_region(region)
-    general = meta.general_desc if meta is not None else None
-    if general is None or general.national_number_pattern is None:
+    if meta is None:
         return None
-    return re.compile(f"(?:{general.national_number_pattern})\\Z")
+
+    def desc(d: object) -> _Desc | None:
+        pattern = getattr(d, "national_number_pattern", None)
+        if pattern is None:
+            return None
+        lengths = frozenset(getattr(d, "possible_length", None) or ())
+        return lengths, re.compile(f"(?:{pattern})\\Z")
+
+    types = tuple(d for d in (desc(getattr(meta, name, None)) for name in _TYPES) if d)
+    return desc(meta.general_desc), types
+
+
+def _matches(d: _Desc, nsn: str) -> bool:
+    lengths, pattern = d
+    return (not lengths or len(nsn) in lengths) and pattern.match(nsn) is not None
+
+
+def _valid_in(number: PhoneNumber, nsn: str, region: str) -> bool:
+    descs = _descs(region)
+    if descs is None:
+        return bool(phonenumbers.is_valid_number_for_region(number, region))
+    general, types = descs
+    if general is None or not _matches(general, nsn):
+        return False
+    return any(_matches(d, nsn) for d in types)
 
 
 def _valid_for(number: PhoneNumber, regions: tuple[str, ...]) -> bool:
     """Valid in one of `regions` (those sharing the country code, the likeliest first).
 
-    `is_valid_number` tries each of the 25 regions of +1 in turn with its full metadata;
-    the regions' general patterns rule most of them out for a fraction of the cost.
+    The same rules as `phonenumbers.is_valid_number` (a number of +1 is valid when one of the
+    25 regions of +1 has a number type matching it), on descriptions compiled once.
     """
-    if len(regions) == 1:
-        return bool(phonenumbers.is_valid_number_for_region(number, regions[0]))
     nsn = phonenumbers.national_significant_number(number)
-    for region in dict.fromkeys(regions):
-        general = _general(region)
-        if general is not None and not general.match(nsn):
-            continue
-        if phonenumbers.is_valid_number_for_region(number, region):
-            return True
-    return False
+    return any(_valid_in(number, nsn, region) for region in dict.fromkeys(regions))
 
 
 def _parse_valid(candidate: str, region: str | None) -> bool:
@@ -109,7 +142,8 @@ def _parse_valid(candidate: str, region: str | None) -> bool:
 def phone_is_valid(candidate: str, regions: Iterable[str] = ("US",)) -> bool:
     """True when `candidate` is a valid number: "+CC ..." anywhere, else in one of `regions`.
 
-    Same verdicts as `phonenumbers.parse` + `is_valid_number` on digit-and-punctuation input.
+    The verdicts of `phonenumbers.parse` + `is_valid_number` on digit-and-punctuation input,
+    except that a national number is not read past a doubled trunk prefix ("1 1 415 ...").
 
     >>> phone_is_valid("+49 30 901820"), phone_is_valid("020 7946 0958", ("GB",))
     (True, True)
@@ -121,8 +155,16 @@ def phone_is_valid(candidate: str, regions: Iterable[str] = ("US",)) -> bool:
         for size in (1, 2, 3):
             regions_of_cc = _CC_REGIONS.get(int(digits[:size] or "0"))
             if regions_of_cc:
-                number = _number(int(digits[:size]), digits[size:])
-                return number is not None and _valid_for(number, regions_of_cc)
+                cc, national = int(digits[:size]), digits[size:]
+                number = _number(cc, national)
+                if number is not None and _valid_for(number, regions_of_cc):
+                    return True
+                # "+44 020 7946 0958": a trunk prefix kept after the country code.
+                prefix = _trunk_prefix(regions_of_cc[0])
+                if prefix and national.startswith(prefix):
+                    number = _number(cc, national[len(prefix) :])
+                    return number is not None and _valid_for(number, regions_of_cc)
+                return False
         return False
     for region in regions:
         cc, prefix = _national_prefix(region)
