@@ -160,9 +160,9 @@ def phone_is_valid(candidate: str, regions: Iterable[str] = ("US",)) -> bool:
                 if number is not None and _valid_for(number, regions_of_cc):
                     return True
                 # "+44 020 7946 0958": a trunk prefix kept after the country code.
-                prefix = _trunk_prefix(regions_of_cc[0])
-                if prefix and national.startswith(prefix):
-                    number = _number(cc, national[len(prefix) :])
+                trunk = _trunk_prefix(regions_of_cc[0])
+                if trunk and national.startswith(trunk):
+                    number = _number(cc, national[len(trunk) :])
                     return number is not None and _valid_for(number, regions_of_cc)
                 return False
         return False
