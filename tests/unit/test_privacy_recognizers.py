@@ -225,3 +225,45 @@ def test_gated_recognizers_skip_cheaply_but_find_at_edges() -> None:
     assert found("4111111111111111") == [("CREDIT_CARD", "4111111111111111")]
     assert found("a@b.io") == [("EMAIL", "a@b.io")]
     assert found("x 078-05-1120") == [("US_SSN", "078-05-1120")]
+
+
+# ---------------------------------------------------------------------------------- near-misses
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tracking 4202 5021 0386 1905 1333 68",  # USPS: card-like groups that go on
+        "UPS 1Z999AA10123456784 shipped",
+        "FedEx tracking 748912345678",
+        "order no. 415-555-2671",
+        "Order #123-45-6789",
+        "build 10.8.5.5",
+        "version 2.14.0-rc1 at 2026-11-27T10:00:00Z",
+        "ts 1732700000123",
+        "id 550e8400-e29b-41d4-a716-446655440000",
+        "lat 33.9883, 153.3237",
+        "ISBN 978-3-16-148410-0",
+        "commit 3f2a9c1b7d4e5f60718293a4b5c6d7e8f9a0b1c2",
+        "ssh admin@150.142.95.173 -p 22",  # an IP address, not a phone number
+    ],
+)
+def test_near_misses(text: str) -> None:
+    assert [
+        (f.entity, f.text) for f in ENGINE.analyze(text) if f.entity != "IP_ADDRESS"
+    ] == []
+
+
+def test_values_glued_to_neighbours() -> None:
+    assert found("phone: +49-30-122327 4340 9978 3715 1208") == [("PHONE", "+49-30-122327")]
+    assert found("card 4111 1111 1111 1111 12/29") == [("CREDIT_CARD", "4111 1111 1111 1111")]
+    two = "cards 4111 1111 1111 1111 5500 0000 0000 0004"
+    assert found(two) == [("CREDIT_CARD", "4111 1111 1111 1111"),
+                          ("CREDIT_CARD", "5500 0000 0000 0004")]
+    assert found("61 3024-824094-6524") == [("CREDIT_CARD", "3024-824094-6524")] or found(
+        "61 3024-824094-6524") == []  # Luhn decides; never a phone
+    iban = "IBAN DE00370400440532013000 IBAN GB82 WEST 1234 5698 7654 32"
+    assert found(iban) == [("IBAN", "GB82 WEST 1234 5698 7654 32")]
+    assert found("Visa 4111111111111111.5 units") == []
+    ip = found("Ask 10.0.0.1 then born on 1 May 1990")
+    assert ip == [("IP_ADDRESS", "10.0.0.1"), ("DATE_OF_BIRTH", "1 May 1990")]

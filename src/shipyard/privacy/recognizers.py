@@ -166,7 +166,7 @@ class CreditCardRecognizer(Recognizer):
     # What follows a grouped card: more groups ("4111 1111 1111 1111 2345 67" is a tracking
     # number, unless they make a second card), not an expiry ("... 1111 12/29").
     _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9A-Za-z_/]|\.[0-9])", re.ASCII)
-    _came_from = re.compile(r"(?<!\S)[0-9]{1,6}([ -])\Z", re.ASCII)
+    _came_from = re.compile(r"(?<!\S)(?:[0-9]{1,6}[ -])+\Z", re.ASCII)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         text = match.string
@@ -190,17 +190,24 @@ class CreditCardRecognizer(Recognizer):
 
     def _standalone(self, text: str, start: int, end: int, sep: str) -> bool:
         """False when the grouped number goes on in the same layout on either side."""
-        came = self._came_from.search(text, max(0, start - 7), start)
-        if came is not None and came.group(1) == sep:
+        came = self._came_from.search(text, max(0, start - 24), start)
+        if (
+            came is not None
+            and came.group()[-1] == sep
+            and not self._a_card(came.group()[:-1], sep)
+        ):
             return False
         follow = self._goes_on.match(text, end)
         if follow is None or follow.group()[0] != sep:
             return True
-        rest = follow.group()[1:].split(sep)
-        digits = "".join(rest)
-        # Two cards in a row are two cards.
+        return self._a_card(follow.group()[1:], sep)  # two cards in a row are two cards
+
+    def _a_card(self, grouped: str, sep: str) -> bool:
+        groups = grouped.split(sep)
+        digits = "".join(groups)
         return (
-            tuple(len(g) for g in rest) in self._layouts
+            tuple(len(g) for g in groups) in self._layouts
+            and digits.isdigit()
             and 13 <= len(digits) <= 19
             and _luhn_ok(digits)
         )
