@@ -1,4 +1,4 @@
-"""`shipyard`: init, serve, config, traces, feedback, sim, demo, version."""
+"""`shipyard`: the command line (serve, config, traces, feedback, pii, sim, demo, ...)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from sqlalchemy import create_engine
 from shipyard._version import __version__
 from shipyard.cli import audit as audit_cli
 from shipyard.cli import feedback as feedback_cli
+from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
 from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
@@ -52,6 +53,7 @@ app.add_typer(keys_app, name="keys")
 app.command("usage")(usage)
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(feedback_cli.app, name="feedback")
+app.add_typer(pii_cli.app, name="pii")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

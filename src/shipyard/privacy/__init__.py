@@ -10,18 +10,22 @@
 from __future__ import annotations
 
 from shipyard.privacy.engine import PIIEngine, resolve_overlaps
+from shipyard.privacy.ner import SpacyRecognizer, ner_recognizer
 from shipyard.privacy.operators import KeyedHash, Mask, Operator, Redact, Replace
 from shipyard.privacy.recognizers import (
     BUILTIN_RECOGNIZERS,
+    DateOfBirthRecognizer,
     DenyListRecognizer,
     Finding,
     PhoneRecognizer,
     Recognizer,
+    SecretRecognizer,
     default_recognizers,
 )
 
 __all__ = [
     "BUILTIN_RECOGNIZERS",
+    "DateOfBirthRecognizer",
     "DenyListRecognizer",
     "Finding",
     "KeyedHash",
@@ -32,6 +36,9 @@ __all__ = [
     "Recognizer",
     "Redact",
     "Replace",
+    "SecretRecognizer",
+    "SpacyRecognizer",
     "default_recognizers",
+    "ner_recognizer",
     "resolve_overlaps",
 ]

@@ -1,8 +1,10 @@
-"""PII recognizers: one precompiled candidate regex each, validation only on candidates.
+"""Built-in pattern recognizers: email, URL, MAC, IP, card, IBAN, US SSN, phone, deny lists.
 
-A recognizer finds spans of one entity type. Candidates come from a regex compiled once at import;
-checksums and validity rules (Luhn, mod-97, SSN rules, `ipaddress`, `phonenumbers`) run only on
-those candidates. Context words in a short window before a match raise its score.
+Candidates come from a regex compiled once at import; checksums and validity rules (Luhn,
+mod-97, SSN rules, `ipaddress`, `phonenumbers`) run only on those candidates. Patterns start
+with a character class where they can (a lookbehind goes after the first character), so
+CPython's `re` jumps between possible first characters in C instead of trying every position;
+recognizers of digit-heavy entities look only around runs of seven or more digits.
 
     >>> [f.entity for f in EmailRecognizer().find("mail bob@example.com")]
     ['EMAIL']
@@ -13,14 +15,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import ClassVar
 
-import phonenumbers
+from shipyard.privacy.base import ID_WORDS, Finding, Recognizer
+from shipyard.privacy.credentials import SecretRecognizer
+from shipyard.privacy.dates import DateOfBirthRecognizer
+from shipyard.privacy.ner import ner_recognizer
+from shipyard.privacy.phones import PhoneRecognizer
 
 __all__ = [
     "BUILTIN_RECOGNIZERS",
     "CreditCardRecognizer",
+    "DateOfBirthRecognizer",
     "DenyListRecognizer",
     "EmailRecognizer",
     "Finding",
@@ -29,88 +34,37 @@ __all__ = [
     "MacAddressRecognizer",
     "PhoneRecognizer",
     "Recognizer",
+    "SecretRecognizer",
     "UrlRecognizer",
     "UsSsnRecognizer",
     "default_recognizers",
 ]
 
-_CONTEXT_WINDOW = 40
-_CONTEXT_BOOST = 0.35
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One detected entity: `text[start:end]` is `text`, found by `recognizer`."""
-
-    entity: str
-    start: int
-    end: int
-    score: float
-    recognizer: str
-    text: str
-
-
-def _context_regex(words: Iterable[str]) -> re.Pattern[str] | None:
-    words = sorted(set(words))
-    if not words:
-        return None
-    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")", re.IGNORECASE)
-
-
-class Recognizer:
-    """Base class: subclasses set `entity`, `pattern`, `base_score` and may override `validate`.
-
-    `find(text)` is the one method the engine calls; a custom recognizer may override it
-    entirely. `validate` returns the score for a candidate match, or None to reject it.
-    """
-
-    entity: ClassVar[str] = ""
-    pattern: ClassVar[re.Pattern[str] | None] = None
-    base_score: ClassVar[float] = 0.5
-    context: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self) -> None:
-        self.name = type(self).__name__
-        self._context = _context_regex(self.context)
-
-    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
-        """Return (start, end, score) for a candidate, or None to reject it."""
-        return match.start(), match.end(), self.base_score
-
-    def find(self, text: str) -> list[Finding]:
-        """All findings of this recognizer in `text`."""
-        pattern = self.pattern
-        if pattern is None:
-            return []
-        found: list[Finding] = []
-        for match in pattern.finditer(text):
-            checked = self.validate(match)
-            if checked is None:
-                continue
-            start, end, score = checked
-            if self._context is not None and score < 1.0:
-                window = text[max(0, start - _CONTEXT_WINDOW) : start]
-                if self._context.search(window):
-                    score = min(1.0, score + _CONTEXT_BOOST)
-            found.append(Finding(self.entity, start, end, score, self.name, text[start:end]))
-        return found
 
 
 class EmailRecognizer(Recognizer):
     entity = "EMAIL"
     base_score = 0.9
     context = ("email", "e-mail", "mail", "contact")
-    pattern = re.compile(
-        r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}"
-        r"(?![A-Za-z0-9-])",
-        re.ASCII,
-    )
+    needles = ("@",)
+    # Matched from the "@" (rare in text, so `re` skips ahead in C); the local part is then
+    # read backwards from it.
+    pattern = re.compile(r"@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,63}(?![A-Za-z0-9-])", re.ASCII)
+    _local = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}\Z", re.ASCII)
+
+    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        at = match.start()
+        local = self._local.search(match.string, max(0, at - 64), at)
+        if local is None:
+            return None
+        return local.start(), match.end(), self.base_score
 
 
 class UrlRecognizer(Recognizer):
     entity = "URL"
     base_score = 0.6
     context = ("url", "link", "website", "site")
+    needles = ("://", "www.", "WWW.", "Www.")
     pattern = re.compile(
         r"(?<![A-Za-z0-9])(?:(?:https?|ftp)://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
         re.ASCII | re.IGNORECASE,
@@ -128,9 +82,13 @@ class MacAddressRecognizer(Recognizer):
     entity = "MAC_ADDRESS"
     base_score = 0.8
     context = ("mac", "hardware", "ethernet", "wifi", "device")
+    gate = re.compile(
+        r"[:.-](?:(?<=[0-9A-Fa-f]{2}[:-])[0-9A-Fa-f]{2}[:-]|(?<=[0-9A-Fa-f]{4}\.)[0-9A-Fa-f]{4}\.)",
+        re.ASCII,
+    )
     pattern = re.compile(
         r"(?<![\w:.-])(?:[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}"
-        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![\w:.-])",
+        r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})(?![\w:-]|\.\w)",
         re.ASCII,
     )
 
@@ -139,23 +97,41 @@ class IpAddressRecognizer(Recognizer):
     entity = "IP_ADDRESS"
     base_score = 0.8
     context = ("ip", "address", "host", "server", "client")
+    negative_context = ID_WORDS
     # A word character, dot or dash beside it means a longer string (e.g. "v1.2.3.4-rc1").
-    pattern = re.compile(
-        r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w-]|\.\w)"
-        r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?"
+    _v4 = re.compile(
+        r"[0-9](?<![\w.][0-9])[0-9]{0,2}\.(?:[0-9]{1,3}\.){2}[0-9]{1,3}(?![\w-]|\.\w)", re.ASCII
+    )
+    _v6 = re.compile(
+        r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?"
         r"(?![\w:]|\.\w)",
         re.ASCII,
     )
+    # An IPv6 address has two colons with at most four hex digits between them.
+    _v6_gate = re.compile(r":[0-9A-Fa-f]{0,4}:", re.ASCII)
 
-    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
-        value = match.group()
-        if value.strip(":") == "":
-            return None  # a bare "::" in prose ("a :: b") is punctuation, not an address
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            return None
-        return match.start(), match.end(), self.base_score
+    def find(self, text: str) -> list[Finding]:
+        found: list[Finding] = []
+        if "." in text:
+            found.extend(self._scan(self._v4, text))
+        if ":" in text and self._v6_gate.search(text):
+            found.extend(self._scan(self._v6, text))
+        return found
+
+    def _scan(self, pattern: re.Pattern[str], text: str) -> list[Finding]:
+        found: list[Finding] = []
+        for match in pattern.finditer(text):
+            value = match.group()
+            if value.strip(":") == "":
+                continue  # a bare "::" in prose ("a :: b") is punctuation, not an address
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                continue
+            start, end = match.span()
+            score = self.adjust(text, start, self.base_score)
+            found.append(Finding(self.entity, start, end, score, self.name, value))
+        return found
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -174,24 +150,67 @@ class CreditCardRecognizer(Recognizer):
     entity = "CREDIT_CARD"
     base_score = 0.9
     context = ("card", "credit", "visa", "mastercard", "amex", "cc", "pan", "payment")
-    pattern = re.compile(r"(?<![\w#-])[0-9](?:[ -]?[0-9]){12,18}(?![\w-])", re.ASCII)
+    negative_context = ID_WORDS
+    digit_runs = True
+    pattern = re.compile(
+        r"[0-9](?<![\w#+.-][0-9])(?:[ -]?[0-9]){12,18}(?![\w-]|\.[0-9])", re.ASCII
+    )
+    # "61 3024-824094-6524" (the end of an IP address, then a card) hides a card: look inside.
+    rescan = True
     # Issuer prefixes (Visa, Mastercard, Amex, Diners, JCB, Discover/UnionPay): cheap first cut.
-    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[0478]|6", re.ASCII)
+    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[045-9]|6", re.ASCII)
     _separator = re.compile(r"[ -]")
     # Printed layouts; other groupings (e.g. the tail of a spaced IBAN) are not card numbers.
     _layouts = frozenset({(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 1),
                           (4, 4, 4, 3)})  # fmt: skip
+    # What follows a grouped card: more groups ("4111 1111 1111 1111 2345 67" is a tracking
+    # number, unless they make a second card), not an expiry ("... 1111 12/29").
+    _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9A-Za-z_/]|\.[0-9])", re.ASCII)
+    _came_from = re.compile(r"(?<!\S)(?:[0-9]{1,6}[ -])+\Z", re.ASCII)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
+        text = match.string
+        start = match.start()
         groups = self._separator.split(match.group())
+        # The candidate may have run into the next number ("4213506987358 4825 65"): try it
+        # whole, then without its last groups.
+        for k in range(len(groups), 0, -1):
+            head = groups[:k]
+            digits = "".join(head)
+            if len(digits) < 13:
+                return None
+            if len(digits) > 19 or (k > 1 and tuple(len(g) for g in head) not in self._layouts):
+                continue
+            end = start + len(digits) + k - 1
+            if k > 1 and not self._standalone(text, start, end, text[start + len(head[0])]):
+                continue
+            if self._issuer.match(digits) and len(set(digits)) > 1 and _luhn_ok(digits):
+                return start, end, self.base_score
+        return None
+
+    def _standalone(self, text: str, start: int, end: int, sep: str) -> bool:
+        """False when the grouped number goes on in the same layout on either side."""
+        came = self._came_from.search(text, max(0, start - 24), start)
+        if (
+            came is not None
+            and came.group()[-1] == sep
+            and not self._a_card(came.group()[:-1], sep)
+        ):
+            return False
+        follow = self._goes_on.match(text, end)
+        if follow is None or follow.group()[0] != sep:
+            return True
+        return self._a_card(follow.group()[1:], sep)  # two cards in a row are two cards
+
+    def _a_card(self, grouped: str, sep: str) -> bool:
+        groups = grouped.split(sep)
         digits = "".join(groups)
-        if not 13 <= len(digits) <= 19 or not self._issuer.match(digits):
-            return None
-        if len(groups) > 1 and tuple(len(g) for g in groups) not in self._layouts:
-            return None
-        if len(set(digits)) == 1 or not _luhn_ok(digits):
-            return None
-        return match.start(), match.end(), self.base_score
+        return (
+            tuple(len(g) for g in groups) in self._layouts
+            and digits.isdigit()
+            and 13 <= len(digits) <= 19
+            and _luhn_ok(digits)
+        )
 
 
 _IBAN_LENGTHS: dict[str, int] = {
@@ -214,7 +233,11 @@ class IbanRecognizer(Recognizer):
     entity = "IBAN"
     base_score = 0.95
     context = ("iban", "account", "bank", "transfer")
-    pattern = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}", re.ASCII)
+    # A rejected candidate ("DE00 ... IBAN PL96 ...", a bad checksum) may run into a real one.
+    rescan = True
+    pattern = re.compile(
+        r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,30}", re.ASCII
+    )
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         raw = match.group()
@@ -244,12 +267,21 @@ class UsSsnRecognizer(Recognizer):
     entity = "US_SSN"
     base_score = 0.6
     context = ("ssn", "social security", "social", "ss#", "taxpayer")
+    negative_context = ID_WORDS
+    digit_runs = True
     pattern = re.compile(
-        r"(?<![\w#.-])([0-9]{3})([- ]?)([0-9]{2})\2([0-9]{4})(?![\w-]|\.[0-9])", re.ASCII
+        r"([0-9])(?<![\w+.-][0-9])([0-9]{2})([- ]?)([0-9]{2})\3([0-9]{4})(?![\w-]|\.[0-9])",
+        re.ASCII,
     )
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
-        area, sep, group, serial = match.groups()
+        first, rest, sep, group, serial = match.groups()
+        area = first + rest
+        start = match.start()
+        # "SSN#123-45-6789" is an SSN; "Order #123-45-6789" is not.
+        hashed = start and match.string[start - 1] == "#"
+        if hashed and not match.string[max(0, start - 4) : start].lower().endswith(("ss#", "ssn#")):
+            return None
         if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
             return None
         digits = area + group + serial
@@ -258,43 +290,6 @@ class UsSsnRecognizer(Recognizer):
         # A bare 9-digit run is as likely an order or account number: it needs context.
         score = self.base_score if sep else 0.3
         return match.start(), match.end(), score
-
-
-class PhoneRecognizer(Recognizer):
-    """Phone numbers validated with `phonenumbers`; numbers without `+CC` use `regions` in order."""
-
-    entity = "PHONE"
-    base_score = 0.7
-    context = ("phone", "tel", "telephone", "mobile", "cell", "call", "fax", "whatsapp")
-    pattern = re.compile(
-        r"(?:(?<=tel:)|(?<![\w+#/.:-]))(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?"
-        r"[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){1,5}(?![\w/:-]|\.[0-9])",
-        re.ASCII,
-    )
-
-    def __init__(self, regions: Iterable[str] = ("US",)) -> None:
-        super().__init__()
-        self.regions = tuple(regions)
-
-    def _valid(self, candidate: str) -> bool:
-        regions: tuple[str | None, ...] = (None,) if candidate.startswith("+") else self.regions
-        for region in regions:
-            try:
-                number = phonenumbers.parse(candidate, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if phonenumbers.is_valid_number(number):
-                return True
-        return False
-
-    def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
-        candidate = match.group()
-        digits = sum(ch.isdigit() for ch in candidate)
-        if not 7 <= digits <= 15 or not self._valid(candidate):
-            return None
-        # A bare digit run with no "+" and no separators reads like an ID: it needs context.
-        bare = candidate.isdigit()
-        return match.start(), match.end(), 0.4 if bare else self.base_score
 
 
 class DenyListRecognizer(Recognizer):
@@ -325,6 +320,7 @@ class DenyListRecognizer(Recognizer):
 
 
 BUILTIN_RECOGNIZERS: tuple[type[Recognizer], ...] = (
+    SecretRecognizer,
     EmailRecognizer,
     UrlRecognizer,
     IbanRecognizer,
@@ -333,9 +329,19 @@ BUILTIN_RECOGNIZERS: tuple[type[Recognizer], ...] = (
     PhoneRecognizer,
     IpAddressRecognizer,
     MacAddressRecognizer,
+    DateOfBirthRecognizer,
 )
 
 
-def default_recognizers() -> list[Recognizer]:
-    """A fresh instance of every built-in recognizer."""
-    return [cls() for cls in BUILTIN_RECOGNIZERS]
+def default_recognizers(*, ner: str | None = None) -> list[Recognizer]:
+    """A fresh instance of every built-in recognizer, plus a NER backend when `ner` names one.
+
+    `ner` is None (no PERSON/LOCATION/ORGANIZATION), "auto" (the first installed spaCy English
+    pipeline, skipped with a logged notice when there is none) or a spaCy pipeline package name
+    or folder (a `ConfigError` when it is not installed). See `shipyard.privacy.ner`.
+    """
+    chosen: list[Recognizer] = [cls() for cls in BUILTIN_RECOGNIZERS]
+    backend = ner_recognizer(ner)
+    if backend is not None:
+        chosen.append(backend)
+    return chosen
