@@ -25,6 +25,7 @@ from shipyard.errors import (
     ShipyardError,
 )
 from shipyard.gateway.admin_routes import admin_routes
+from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response
 from shipyard.gateway.openai_routes import openai_routes
@@ -87,7 +88,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
-              *admin_routes(gateway), openapi_route(gateway)]
+              *admin_routes(gateway), *escalation_routes(gateway), openapi_route(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -6,7 +6,7 @@ table and fails if a route other than the health probes declares none.
 | role | can |
 |---|---|
 | admin | everything in its tenant; admins of the `default` (platform) tenant manage all tenants |
-| operator | call models, read traces, usage, status, metrics and the audit log, roll out |
+| operator | call models; read traces, usage, status, metrics, audit; roll out; work escalations |
 | developer | call models, read traces, usage and status, change configuration, run evals |
 | client | call the inference routes and list models |
 | viewer | read traces, usage, status and metrics (dashboards) |
@@ -32,12 +32,15 @@ SCOPES = (
     "tenants:manage",
     "config:write",
     "deploy",
+    "escalations:read",  # the review queue
+    "escalations:manage",  # claim, answer and resolve tickets
 )
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(SCOPES),
     "operator": frozenset({"inference", "models:read", "traces:read", "usage:read",
-                           "status:read", "metrics:read", "audit:read", "deploy"}),
+                           "status:read", "metrics:read", "audit:read", "deploy",
+                           "escalations:read", "escalations:manage"}),
     "developer": frozenset({"inference", "models:read", "traces:read", "usage:read",
                             "status:read", "config:write"}),
     "client": frozenset({"inference", "models:read"}),
