@@ -382,7 +382,7 @@ def iter_feedback(engine: Engine, *, tenant_id: str | None = None,
         query = query.where(f.created_at >= since)
     with engine.connect() as connection:
         for row in connection.execute(query):
-            m = dict(row._mapping)
+            m = {str(k): v for k, v in row._mapping.items()}  # orjson wants plain str keys
             m["created_at"] = _utc(m["created_at"])
             m["conversation"] = orjson.loads(m["conversation"])
             yield m

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidRequest
+from shipyard.errors import InvalidRequest, ValidationFailed
 from shipyard.escalation import STATUSES, Ticket
 from shipyard.escalation import store as tickets
 from shipyard.gateway.admin_routes import _param, _tenant
@@ -61,14 +61,14 @@ def _text(body: dict[str, Any], name: str, limit: int, *, required: bool,
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"Field '{name}' is {value!r}; it must be a non-empty string, e.g. "
-                             f"{{\"{name}\": \"{example}\"}}.", param=name)
+        raise ValidationFailed(f"Field '{name}' is {value!r}; it must be a non-empty string, "
+                               f"e.g. {{\"{name}\": \"{example}\"}}.", param=name)
     if "\x00" in value:
-        raise InvalidRequest(f"Field '{name}' contains a NUL character; remove it.",
-                             param=name)
+        raise ValidationFailed(f"Field '{name}' contains a NUL character; remove it.",
+                               param=name)
     if len(value) > limit:
-        raise InvalidRequest(f"Field '{name}' has {len(value)} characters; the limit is "
-                             f"{limit}.", param=name)
+        raise ValidationFailed(f"Field '{name}' has {len(value)} characters; the limit is "
+                               f"{limit}.", param=name)
     return value.strip()
 
 
@@ -117,8 +117,8 @@ class EscalationRoutes:
         body = await self._body(request)
         force = body.get("force", False)
         if not isinstance(force, bool):
-            raise InvalidRequest(f"Field 'force' is {force!r}; it must be true or false.",
-                                 param="force")
+            raise ValidationFailed(f"Field 'force' is {force!r}; it must be true or false.",
+                                   param="force")
         ticket = await asyncio.to_thread(
             tickets.claim_ticket, self.gw.engine, request.path_params["escalation_id"],
             tenant_id=tenant, reviewer=reviewer_of(principal), force=force)

@@ -329,7 +329,8 @@ _ERRORS: dict[int, str] = {
          "tenant's).",
     409: "The escalation's status does not allow the action (the message names it).",
     413: "The body is larger than `server.max_body_bytes`.",
-    422: "The input does not match the service's schema, or the upstream refused it.",
+    422: "The input does not match the service's schema, the upstream refused it, or a "
+         "field of an admin request is invalid (`param` names it).",
     429: "A rate limit or budget is spent; `Retry-After` says when to retry.",
     500: "Shipyard hit an internal error, or a hosted service raised.",
     502: "The upstream failed (5xx, reset, malformed answer).",
@@ -462,15 +463,16 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         (400, *_AUTH, 404), params=(_ESCALATION_ID, _TENANT)),
     ("POST", "/v1/admin/escalations/{escalation_id}/claim"): _Op(
         "claimEscalation", "Claim a ticket for the calling reviewer", "escalations",
-        _ok("Escalation"), (400, *_AUTH, 404, 409), "EscalationClaim", body_required=False,
+        _ok("Escalation"), (400, *_AUTH, 404, 409, 422), "EscalationClaim",
+        body_required=False,
         params=(_ESCALATION_ID, _TENANT)),
     ("POST", "/v1/admin/escalations/{escalation_id}/answer"): _Op(
         "answerEscalation", "Answer a ticket (saved as labelled feedback)", "escalations",
-        _ok("Escalation"), (400, *_AUTH, 404, 409, 413), "EscalationAnswer",
+        _ok("Escalation"), (400, *_AUTH, 404, 409, 413, 422), "EscalationAnswer",
         params=(_ESCALATION_ID, _TENANT)),
     ("POST", "/v1/admin/escalations/{escalation_id}/resolve"): _Op(
         "resolveEscalation", "Resolve (close) a ticket", "escalations", _ok("Escalation"),
-        (400, *_AUTH, 404, 409), "EscalationResolve", body_required=False,
+        (400, *_AUTH, 404, 409, 422), "EscalationResolve", body_required=False,
         params=(_ESCALATION_ID, _TENANT)),
     ("GET", "/v1/escalations"): _Op(
         "listMyEscalations", "Tickets opened for the calling key", "inference",
