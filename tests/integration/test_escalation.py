@@ -22,7 +22,7 @@ from aiohttp import web
 from sqlalchemy import text
 from test_openai_sdk import _http
 
-from conftest import API_KEY, FIXTURES, REPO, free_port, launch_gateway
+from conftest import API_KEY, free_port, launch_gateway
 from shipyard.store import create_store_engine, migrate
 from shipyard.store import tenants as store
 
@@ -143,9 +143,7 @@ services:
       sla_s: 3600
       webhook_url: "{hook}"
       webhook_secret: {{$env: HOOK_SECRET}}
-""", env={"HOOK_SECRET": SECRET,
-          # this checkout's sources first, also when the venv has another one installed
-          "PYTHONPATH": f"{FIXTURES}:{REPO / 'src'}"})
+""", env={"HOOK_SECRET": SECRET})
     try:
         yield {"gateway": gateway, "keys": keys, "engine": engine, "receiver": receiver,
                "url": url, "folder": folder}

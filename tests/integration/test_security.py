@@ -130,12 +130,14 @@ ROUTES = [  # method, path, body, scope
     ("GET", "/v1/admin/keys", None, "keys:manage"),
     ("GET", "/v1/admin/tenants", None, "tenants:manage"),
     ("GET", "/v1/admin/audit", None, "audit:read"),
+    ("GET", "/v1/admin/escalations", None, "escalations:read"),
+    ("GET", "/v1/escalations", None, "inference"),
 ]
 ROLE_CAN = {
     "admin": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
-              "keys:manage", "tenants:manage", "audit:read"},
+              "keys:manage", "tenants:manage", "audit:read", "escalations:read"},
     "operator": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
-                 "audit:read"},
+                 "audit:read", "escalations:read"},
     "developer": {"inference", "models:read", "traces:read", "status:read"},
     "client": {"inference", "models:read"},
     "viewer": {"models:read", "traces:read", "status:read", "metrics:read"},
