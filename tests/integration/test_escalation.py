@@ -233,11 +233,10 @@ def test_user_request_to_answer_to_feedback(world: dict[str, Any]) -> None:
                                               "label": "model_could_not_know"})
     assert status == 200 and answered["status"] == "answered"
 
-    # The client polls its ticket with its own key...
-    status, polled = call(world, "GET", f"/v1/escalations/{ticket_id}", "acme:client")
-    assert status == 200 and polled["answer"] == "Your parcel left our warehouse today."
+    # The client sees its tickets with its own key...
     status, mine = call(world, "GET", "/v1/escalations", "acme:client")
-    assert status == 200 and ticket_id in [t["id"] for t in mine["data"]]
+    assert status == 200
+    assert [t["status"] for t in mine["data"] if t["id"] == ticket_id] == ["answered"]
     # ...and the next request in the conversation gets the reviewer's answer, once.
     status, delivered = chat(world, "Any news?", conversation, "acme:client")
     assert status == 200
@@ -246,6 +245,8 @@ def test_user_request_to_answer_to_feedback(world: dict[str, Any]) -> None:
     assert delivered["shipyard"]["escalation"]["delivered"] is True
     status, after = chat(world, "Thanks!", conversation, "acme:client")
     assert status == 200 and after["choices"][0]["message"]["content"] == "Answer to: Thanks!"
+    status, polled = call(world, "GET", f"/v1/escalations/{ticket_id}", "acme:client")
+    assert status == 200 and polled["answer"] == "Your parcel left our warehouse today."
 
     status, resolved = call(world, "POST", f"/v1/admin/escalations/{ticket_id}/resolve",
                             "acme:operator", {"resolution": "parcel tracked"})
@@ -335,6 +336,16 @@ def test_repeated_failures_in_a_conversation(world: dict[str, Any]) -> None:
     assert result["shipyard"]["escalation"]["trigger"] == "repeated_failures"
     assert "member of our team" in result["output"]["message"]
 
+    # A client that polls the answer does not get it again in the conversation.
+    chat_ticket = second["shipyard"]["escalation"]["id"]
+    status, _ = call(world, "POST", f"/v1/admin/escalations/{chat_ticket}/answer", None,
+                     {"answer": "We fixed the knowledge base."})
+    assert status == 200
+    status, polled = call(world, "GET", f"/v1/escalations/{chat_ticket}")
+    assert status == 200 and polled["answer"] == "We fixed the knowledge base."
+    status, after = chat(world, "hello again", conversation)
+    assert after["choices"][0]["message"]["content"] == "Answer to: hello again"
+
 
 def test_service_triggers(world: dict[str, Any]) -> None:
     invoke = "/v1/services/assist/invoke"
@@ -348,6 +359,9 @@ def test_service_triggers(world: dict[str, Any]) -> None:
     ticket_id = result["shipyard"]["escalation"]["id"]
     status, ticket = call(world, "GET", f"/v1/admin/escalations/{ticket_id}")
     assert ticket["kind"] == "service" and "555 0134" not in json.dumps(ticket["conversation"])
+    status, metrics = call(world, "GET", "/metrics")
+    assert status == 200
+    assert 'shipyard_escalations_total{service="assist",trigger="user_request"}' in metrics
 
 
 def test_overdue_alert_is_sent_once(world: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +30,7 @@ from shipyard.escalation.answers import chat_answer, service_answer
 from shipyard.escalation.store import Ticket
 from shipyard.escalation.triggers import FailureCounter, UserRequestDetector
 from shipyard.escalation.webhook import WebhookNotifier
+from shipyard.observe.metrics import Metrics
 from shipyard.privacy import PIIEngine, Replace
 from shipyard.privacy.recognizers import Finding
 from shipyard.state.base import KeyValue
@@ -123,21 +124,33 @@ class Escalations:
     """Tickets, the user-facing notice, webhooks and the overdue check of one gateway."""
 
     def __init__(self, engine: Engine, *, kv: KeyValue, policies: Iterable[EscalationPolicy],
-                 notifier: WebhookNotifier | None = None) -> None:
+                 notifier: WebhookNotifier | None = None,
+                 on_open: Callable[[Ticket], None] | None = None) -> None:
         self.engine = engine
+        self.on_open = on_open
         self.policies: dict[tuple[str, str], EscalationPolicy] = {
             (p.kind, p.name): p for p in policies}
         self.notifier = notifier or WebhookNotifier()
         self.failures = FailureCounter(kv)
+        self._pending: set[tuple[str, str]] | None = None  # None: not loaded, ask the store
         self._default = EscalationPolicy("model", "", EscalationConfig())
 
     @classmethod
-    def from_config(cls, config: Config, engine: Engine, kv: KeyValue) -> Escalations:
+    def from_config(cls, config: Config, engine: Engine, kv: KeyValue,
+                    metrics: Metrics | None = None) -> Escalations:
+        """One policy per alias and service; tickets and webhooks counted in `metrics`."""
         policies = [EscalationPolicy("model", alias, m.escalation, m.pii)
                     for alias, m in config.models.items()]
         policies += [EscalationPolicy("service", name, s.escalation, s.pii)
                      for name, s in config.services.items()]
-        return cls(engine, kv=kv, policies=policies)
+        if metrics is None:
+            return cls(engine, kv=kv, policies=policies)
+        webhooks = metrics.escalation_webhooks
+        opened = metrics.escalations
+        notifier = WebhookNotifier(on_result=lambda event, ok: webhooks.labels(
+            event, "delivered" if ok else "failed").inc())
+        return cls(engine, kv=kv, policies=policies, notifier=notifier,
+                   on_open=lambda t: opened.labels(t.service, t.trigger).inc())
 
     @property
     def enabled(self) -> list[EscalationPolicy]:
@@ -180,6 +193,8 @@ class Escalations:
         if conversation_id is not None:
             await self.failures.reset(ctx.tenant_id, conversation_id)
         log.info("escalation %s opened (%s) for %s", ticket.id, trigger, ticket.service)
+        if self.on_open is not None:
+            self.on_open(ticket)
         self.notify(ticket, "escalation.opened", policy)
         return ticket
 
@@ -228,9 +243,34 @@ class Escalations:
         return count >= cfg.max_failures
 
     async def take_answer(self, tenant_id: str, conversation_id: str) -> Ticket | None:
-        """A reviewer's answer waiting for this conversation (each is delivered once)."""
-        return await asyncio.to_thread(store.take_answer, self.engine, tenant_id=tenant_id,
-                                       conversation_id=conversation_id)
+        """A reviewer's answer waiting for this conversation (each is delivered once).
+
+        Once the background checker has loaded the set of conversations with answers waiting
+        (refreshed every second), a conversation outside it costs a set lookup, not a query.
+        """
+        key = (tenant_id, conversation_id)
+        if self._pending is not None and key not in self._pending:
+            return None
+        ticket = await asyncio.to_thread(store.take_answer, self.engine, tenant_id=tenant_id,
+                                         conversation_id=conversation_id)
+        if ticket is None and self._pending is not None:
+            self._pending.discard(key)
+        return ticket
+
+    def note_answer(self, ticket: Ticket) -> None:
+        """A reviewer answered through this process: deliver it without waiting for a refresh."""
+        if self._pending is not None and ticket.conversation_id is not None:
+            self._pending.add((ticket.tenant_id, ticket.conversation_id))
+
+    async def mark_delivered(self, ticket: Ticket) -> None:
+        """The caller polled the answer: the conversation will not get it a second time."""
+        if ticket.answer is not None and ticket.delivered_at is None:
+            await asyncio.to_thread(store.mark_delivered, self.engine, ticket.id)
+
+    async def refresh_pending(self) -> None:
+        """Reload the conversations that have a reviewer's answer waiting."""
+        if any(p.config.deliver_answer for p in self.enabled):
+            self._pending = await asyncio.to_thread(store.pending_answers, self.engine)
 
     async def check_overdue(self) -> int:
         """Send one `escalation.overdue` event per ticket past its SLA; returns how many."""
@@ -244,9 +284,10 @@ class Escalations:
         return sent
 
     def check_interval_s(self) -> float:
-        """How often the overdue checker looks: a quarter of the shortest SLA, 0.2-30 s."""
+        """How often the checker looks: every second (waiting answers), or more often for a
+        short SLA (a quarter of the shortest, at least 0.2 s)."""
         slas = [p.config.sla_s for p in self.enabled] or [120.0]
-        return max(0.2, min(30.0, min(slas) / 4))
+        return max(0.2, min(1.0, min(slas) / 4))
 
     async def close(self) -> None:
         await self.notifier.close()
@@ -258,7 +299,8 @@ def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
 
 
 class OverdueChecker:
-    """Background task that sends the overdue alerts; `start()` and `stop()` with the gateway.
+    """Background task that sends the overdue alerts (and reloads which conversations have an
+    answer waiting); `start()` and `stop()` with the gateway.
 
     Every replica may run one: each alert is claimed with a conditional UPDATE first, so it is
     sent once in total.
@@ -276,6 +318,7 @@ class OverdueChecker:
     async def _run(self) -> None:
         while True:
             try:
+                await self.escalations.refresh_pending()
                 await self.escalations.check_overdue()
             except ShipyardError as exc:
                 log.warning("overdue check failed: %s", exc.message)

@@ -49,9 +49,11 @@ __all__ = [
     "get_ticket",
     "iter_feedback",
     "list_tickets",
+    "mark_delivered",
     "mark_overdue_notified",
     "new_ticket_id",
     "overdue_unnotified",
+    "pending_answers",
     "resolve_ticket",
     "take_answer",
 ]
@@ -348,6 +350,29 @@ def take_answer(engine: Engine, *, tenant_id: str, conversation_id: str) -> Tick
                                   .where(c.id == row.id, c.delivered_at.is_(None))
                                   .values(delivered_at=datetime.now(UTC)))
     return _ticket(row) if done.rowcount == 1 else None
+
+
+def pending_answers(engine: Engine, *, max_age_s: float = 7 * 86400) -> set[tuple[str, str]]:
+    """(tenant, conversation) pairs with a reviewer's answer not yet delivered (answered in the
+    last `max_age_s`): the gateway checks requests against this set instead of the store."""
+    c = escalations.c
+    query = (select(c.tenant_id, c.conversation_id)
+             .where(c.status.in_(("answered", "resolved")), c.conversation_id.is_not(None),
+                    c.answer.is_not(None), c.delivered_at.is_(None),
+                    c.answered_at >= datetime.now(UTC) - timedelta(seconds=max_age_s)))
+    with engine.connect() as connection:
+        return {(row[0], row[1]) for row in connection.execute(query)}
+
+
+def mark_delivered(engine: Engine, ticket_id: str) -> bool:
+    """Note that the caller has the answer (it polled it); True when this call marked it."""
+    c = escalations.c
+    with engine.begin() as connection:
+        done = connection.execute(update(escalations)
+                                  .where(c.id == ticket_id, c.answer.is_not(None),
+                                         c.delivered_at.is_(None))
+                                  .values(delivered_at=datetime.now(UTC)))
+    return bool(done.rowcount == 1)
 
 
 def overdue_unnotified(engine: Engine, *, limit: int = 500) -> list[Ticket]:

@@ -18,6 +18,7 @@ import hmac
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +54,10 @@ class WebhookNotifier:
     """Deliver events without ever holding up a request: each delivery is a background task
     that retries failed attempts (connection errors, 5xx, 429) with exponential backoff."""
 
-    def __init__(self, *, backoff_base_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+    def __init__(self, *, backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
+                 on_result: Callable[[str, bool], None] | None = None) -> None:
         self.backoff_base_s = backoff_base_s
+        self.on_result = on_result  # (event, delivered): for metrics
         self.backoff_max_s = backoff_max_s
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -91,6 +94,8 @@ class WebhookNotifier:
                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                     if response.status < 300:
                         self.delivered += 1
+                        if self.on_result is not None:
+                            self.on_result(event, True)
                         return True
                     problem = f"HTTP {response.status}"
                     if 400 <= response.status < 500 and response.status not in (408, 429):
@@ -101,6 +106,8 @@ class WebhookNotifier:
                 delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
         self.failed += 1
+        if self.on_result is not None:
+            self.on_result(event, False)
         # The URL may hold a token in its query: log only its scheme and host.
         where = url.split("?", 1)[0].split("/")[2] if "://" in url else "?"
         log.warning("webhook %s for escalation %s to %s failed after %d attempts: %s",

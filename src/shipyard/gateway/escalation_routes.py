@@ -136,6 +136,7 @@ class EscalationRoutes:
         ticket = await asyncio.to_thread(
             tickets.answer_ticket, self.gw.engine, request.path_params["escalation_id"],
             tenant_id=tenant, reviewer=reviewer_of(principal), answer=text or "", label=label)
+        self.gw.escalations.note_answer(ticket)
         self._audit(principal, tenant, "answer", ticket, label=label)
         return json_response(ticket.public())
 
@@ -167,6 +168,7 @@ class EscalationRoutes:
         ticket = await asyncio.to_thread(tickets.get_ticket, self.gw.engine, ticket_id,
                                          tenant_id=principal.tenant_id,
                                          key_id=principal.key_id or "")
+        await self.gw.escalations.mark_delivered(ticket)  # the caller has it now
         return json_response(ticket.for_client())
 
 

@@ -118,7 +118,7 @@ class Gateway:
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
         self.audit_log = AuditLog(self.engine)
-        self.escalations = Escalations.from_config(config, self.engine, self.kv)
+        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
         self.overdue = OverdueChecker(self.escalations)
 
     def _pii_policy(self, config: Any, where: str, name: str) -> PIIPolicy:

@@ -217,6 +217,11 @@ def test_the_ticket_state_machine(store_url: str) -> None:
         direct = tickets.answer_ticket(engine, other.id, tenant_id="acme", reviewer="dan",
                                        answer="Hi")
         assert direct.claimed_by == "dan" and direct.claimed_at is not None
+        assert tickets.pending_answers(engine) == {("acme", "c2")}
+        assert tickets.mark_delivered(engine, other.id) is True  # the client polled it
+        assert tickets.mark_delivered(engine, other.id) is False
+        assert tickets.pending_answers(engine) == set()
+        assert tickets.take_answer(engine, tenant_id="acme", conversation_id="c2") is None
     finally:
         engine.dispose()
 
