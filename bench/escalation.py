@@ -25,6 +25,7 @@ from _harness import (
     RESULTS_DIR,
     command_line,
     free_port,
+    load_average,
     log,
     machine_info,
     managed_processes,
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--detector-runs", type=int, default=20000)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    load = load_average()
     log("detector on a 1 KB message")
     detected = detector(args.detector_runs)
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-esc-") as tmp:
@@ -145,7 +147,9 @@ def main() -> None:
             "`escalation` on (user request, `min_confidence`, `max_failures` with a",
             "conversation header: the failure counter is not touched on success) and one",
             f"without; {args.requests} interleaved 1 KB chat requests each over keep-alive",
-            "connections; overhead is Shipyard's own time (`x-shipyard-overhead-ms`)."),
+            "connections; overhead is Shipyard's own time (`x-shipyard-overhead-ms`).",
+            f"Load average at the start: {load:.1f} on {machine_info().get('cores', '?')} CPUs",
+            "(a shared machine: p99s are noisy; compare the p50s)."),
         "",
         *rows,
         "",
@@ -156,8 +160,8 @@ def main() -> None:
     if not args.no_write:
         write_docs_section("escalation", text)
         write_json(RESULTS_DIR / "escalation.json", {
-            "machine": machine_info(), "detector_us": detected, "overhead_ms": served,
-            "added_p50_ms": added})
+            "machine": machine_info(), "load_average": load, "detector_us": detected,
+            "overhead_ms": served, "added_p50_ms": added})
 
 
 if __name__ == "__main__":

@@ -156,6 +156,8 @@ class ChatEscalation(_Hooks):
                     data = orjson.loads(reply.body)
                 except orjson.JSONDecodeError:
                     return None
+                if isinstance(data, dict):
+                    reply.data = data  # parsed once: the route reuses it
             score = read_confidence(data, self.policy.config.confidence_field)
         if not self.policy.low_confidence(score):
             return None
