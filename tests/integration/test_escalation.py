@@ -202,6 +202,10 @@ def test_user_request_to_answer_to_feedback(world: dict[str, Any]) -> None:
     assert answer["choices"][0]["message"]["content"] == (
         f"A person from our support team will follow up here shortly (ticket {ticket_id}).")
 
+    # Asking again while the ticket waits keeps the same ticket.
+    status, again = chat(world, "Hello? I want a real person!", conversation, "acme:client")
+    assert status == 200 and again["shipyard"]["escalation"]["id"] == ticket_id
+
     # The ticket, with the conversation cleaned of personal data, for acme's reviewers.
     status, ticket = call(world, "GET", f"/v1/admin/escalations/{ticket_id}", "acme:operator")
     assert status == 200, ticket
@@ -327,11 +331,12 @@ def test_repeated_failures_in_a_conversation(world: dict[str, Any]) -> None:
     assert second["shipyard"]["escalation"]["trigger"] == "repeated_failures"
 
     # The same for a service, whose graceful answer is a service.result.
+    service_conversation = "conv-svc-" + uuid.uuid4().hex[:8]
     status, _ = call(world, "POST", "/v1/services/assist/invoke", None, {"text": "crash"},
-                     conversation)
+                     service_conversation)
     assert status == 500
     status, result = call(world, "POST", "/v1/services/assist/invoke", None,
-                          {"text": "crash"}, conversation)
+                          {"text": "crash"}, service_conversation)
     assert status == 200 and result["object"] == "service.result"
     assert result["shipyard"]["escalation"]["trigger"] == "repeated_failures"
     assert "member of our team" in result["output"]["message"]

@@ -178,8 +178,15 @@ class Escalations:
                    conversation_id: str | None = None,
                    policy: EscalationPolicy | None = None) -> Ticket:
         """Open a ticket for the request's conversation and notify the webhook (in the
-        background); the ticket's `notice(...)` is what the user should be told."""
+        background); `notice(ticket)` is what the user should be told. A conversation that
+        already waits for a reviewer keeps its ticket (no second ticket, no second webhook)."""
         policy = policy or self._policy_of(ctx)
+        if conversation_id is not None:
+            waiting = await asyncio.to_thread(store.waiting_ticket, self.engine,
+                                              tenant_id=ctx.tenant_id,
+                                              conversation_id=conversation_id)
+            if waiting is not None:
+                return waiting
         cfg = policy.config
         stored = policy.clean(conversation) if cfg.clean_pii else conversation
         kind: Kind = "model" if ctx.model_alias else "service"

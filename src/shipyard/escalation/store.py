@@ -56,6 +56,7 @@ __all__ = [
     "pending_answers",
     "resolve_ticket",
     "take_answer",
+    "waiting_ticket",
 ]
 
 STATUSES = ("open", "claimed", "answered", "resolved")
@@ -350,6 +351,18 @@ def take_answer(engine: Engine, *, tenant_id: str, conversation_id: str) -> Tick
                                   .where(c.id == row.id, c.delivered_at.is_(None))
                                   .values(delivered_at=datetime.now(UTC)))
     return _ticket(row) if done.rowcount == 1 else None
+
+
+def waiting_ticket(engine: Engine, *, tenant_id: str, conversation_id: str) -> Ticket | None:
+    """The conversation's ticket still waiting for a reviewer (open or claimed), if any."""
+    c = escalations.c
+    query = (select(escalations)
+             .where(c.tenant_id == tenant_id, c.conversation_id == conversation_id,
+                    c.status.in_(_WAITING))
+             .order_by(c.created_at.desc()).limit(1))
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    return None if row is None else _ticket(row)
 
 
 def pending_answers(engine: Engine, *, max_age_s: float = 7 * 86400) -> set[tuple[str, str]]:

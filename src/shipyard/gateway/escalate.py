@@ -67,10 +67,18 @@ class _Hooks:
         self.conversation_id = conversation_id
 
     async def _open(self, trigger: Trigger, reason: str, conversation: list[Any],
-                    score: float | None = None) -> Ticket:
-        ticket = await self.gw.escalations.open(
-            self.ctx, reason=reason, trigger=trigger, conversation=conversation, score=score,
-            conversation_id=self.conversation_id, policy=self.policy)
+                    score: float | None = None) -> Ticket | None:
+        """The new (or the conversation's waiting) ticket; None when it cannot be stored, and
+        the request then goes on as if nothing had triggered: a user is never told a person
+        will follow up when no ticket exists."""
+        try:
+            ticket = await self.gw.escalations.open(
+                self.ctx, reason=reason, trigger=trigger, conversation=conversation,
+                score=score, conversation_id=self.conversation_id, policy=self.policy)
+        except Exception as exc:  # the store is down: answer as usual, loudly
+            log.error("escalation (%s) of request %s could not be stored: %s", trigger,
+                      self.ctx.request_id, type(exc).__name__)
+            return None
         self._note(ticket, trigger)
         return ticket
 
@@ -83,8 +91,12 @@ class _Hooks:
     async def _waiting_answer(self) -> Ticket | None:
         if not (self.policy.config.deliver_answer and self.conversation_id):
             return None
-        ticket = await self.gw.escalations.take_answer(self.ctx.tenant_id,
-                                                       self.conversation_id)
+        try:
+            ticket = await self.gw.escalations.take_answer(self.ctx.tenant_id,
+                                                           self.conversation_id)
+        except Exception as exc:  # the store is down: the answer waits for the next request
+            log.error("reading waiting answers failed: %s", type(exc).__name__)
+            return None
         if ticket is not None:
             self._note(ticket, "delivered")
         return ticket
@@ -140,7 +152,7 @@ class ChatEscalation(_Hooks):
         if self.policy.asks_for_person(text):
             ticket = await self._open("user_request", "The user asked for a person.",
                                       self.messages)
-            return self._notice(ticket)
+            return None if ticket is None else self._notice(ticket)
         return None
 
     async def after(self, reply: Reply) -> Response | None:
@@ -172,7 +184,7 @@ class ChatEscalation(_Hooks):
             "low_confidence", f"Confidence {score:g} is below "
             f"{self.policy.config.min_confidence:g} ({self.policy.where}.min_confidence).",
             conversation, score)
-        return self._notice(ticket)
+        return None if ticket is None else self._notice(ticket)
 
     async def failed(self, exc: ShipyardError) -> Response | None:
         ticket = await self._failure(exc, self.messages)
@@ -216,7 +228,7 @@ class ServiceEscalation(_Hooks):
         if any(self.policy.asks_for_person(text) for text in _strings(body)):
             ticket = await self._open("user_request", "The user asked for a person.",
                                       self._conversation())
-            return self._notice(ticket)
+            return None if ticket is None else self._notice(ticket)
         return None
 
     async def after(self, output: Any) -> Response | None:
@@ -229,7 +241,7 @@ class ServiceEscalation(_Hooks):
             "low_confidence", f"Confidence {score:g} is below "
             f"{self.policy.config.min_confidence:g} ({self.policy.where}.min_confidence).",
             self._conversation(output), score)
-        return self._notice(ticket)
+        return None if ticket is None else self._notice(ticket)
 
     async def failed(self, exc: ShipyardError) -> Response | None:
         ticket = await self._failure(exc, self._conversation())
