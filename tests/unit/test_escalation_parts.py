@@ -5,6 +5,7 @@ ticket store's state machine on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -245,3 +246,62 @@ def test_overdue_tickets_are_alerted_once(store_url: str) -> None:
         assert tickets.overdue_unnotified(engine) == []
     finally:
         engine.dispose()
+
+
+def test_webhook_deliveries_retry_sign_and_never_wait_for_the_receiver() -> None:
+    from aiohttp import web
+
+    from shipyard.escalation import WebhookNotifier
+
+    async def run() -> None:
+        seen: list[tuple[bytes, dict[str, str]]] = []
+        calls = {"n": 0}
+
+        async def hook(request: web.Request) -> web.Response:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return web.Response(status=502)  # retried
+            seen.append((await request.read(), dict(request.headers)))
+            return web.Response(status=200)
+
+        async def refuse(request: web.Request) -> web.Response:
+            calls["n"] += 100
+            return web.Response(status=400)  # a 4xx other than 408/429: not retried
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        app.router.add_post("/refuse", refuse)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        results: list[tuple[str, bool]] = []
+        notifier = WebhookNotifier(backoff_base_s=0.01,
+                                   on_result=lambda e, ok: results.append((e, ok)))
+        try:
+            started = time.perf_counter()
+            task = notifier.send(f"http://127.0.0.1:{port}/hook", "escalation.opened",
+                                 {"id": "esc_1"}, secret="s3cret", retries=2)
+            assert time.perf_counter() - started < 0.05  # queued, not awaited
+            assert await task is True
+            body, headers = seen[0]
+            assert verify(b"s3cret", body, headers["x-shipyard-timestamp"],
+                          headers["x-shipyard-signature"])
+            assert headers["x-shipyard-event"] == "escalation.opened"
+            assert await notifier.send(f"http://127.0.0.1:{port}/refuse", "escalation.overdue",
+                                       {"id": "esc_2"}, retries=3) is False
+            assert calls["n"] == 102  # one attempt only
+            with socket.socket() as probe:  # a port nobody listens on
+                probe.bind(("127.0.0.1", 0))
+                closed = f"http://127.0.0.1:{probe.getsockname()[1]}/nothing"
+            assert await notifier.send(closed, "escalation.opened", {"id": "esc_3"},
+                                       retries=1, timeout_s=1) is False
+            assert results == [("escalation.opened", True), ("escalation.overdue", False),
+                               ("escalation.opened", False)]
+            assert (notifier.delivered, notifier.failed) == (1, 2)
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+
+    asyncio.run(run())
