@@ -79,6 +79,16 @@ class Receiver:
                   "choices": [{"index": 0, "finish_reason": "stop",
                                "message": {"role": "assistant", "content": "From upstream"}}],
                   "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+        if body.get("stream"):
+            chunk = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 0,
+                     "model": body["model"], "choices": [{"index": 0, "finish_reason": None,
+                                                          "delta": {"content": "From upstream"}}]}
+            response = web.StreamResponse(headers={"content-type": "text/event-stream",
+                                                   "x-shipyard-confidence": score})
+            await response.prepare(request)
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            return response
         return web.json_response(answer, headers={"x-shipyard-confidence": score})
 
     def of(self, ticket_id: str, event: str | None = None) -> list[dict[str, Any]]:
@@ -315,6 +325,17 @@ def test_low_confidence_from_the_body_and_from_the_header(world: dict[str, Any])
     assert status == 200 and answer["shipyard"]["escalation"]["trigger"] == "low_confidence"
     status, answer = chat(world, "sure question", model="scored")
     assert status == 200 and answer["choices"][0]["message"]["content"] == "From upstream"
+    # A streamed answer with a low score in the header: the stream becomes the notice.
+    client = openai.OpenAI(base_url=f"{world['gateway'].url}/v1", api_key=API_KEY)
+    chunks = list(client.chat.completions.create(
+        model="scored", stream=True, messages=[{"role": "user", "content": "unsure stream"}]))
+    assert "From upstream" not in "".join(c.choices[0].delta.content or "" for c in chunks
+                                          if c.choices)
+    assert (chunks[0].model_extra or {})["shipyard"]["escalation"]["trigger"] == "low_confidence"
+    chunks = list(client.chat.completions.create(
+        model="scored", stream=True, messages=[{"role": "user", "content": "sure stream"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "From upstream")
     # An alias without escalation passes low scores through.
     status, answer = chat(world, "unsure question", model="plain")
     assert status == 200 and "shipyard" not in answer

@@ -305,3 +305,51 @@ def test_webhook_deliveries_retry_sign_and_never_wait_for_the_receiver() -> None
             await runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_the_python_api_a_guard_calls(tmp_path: Any) -> None:
+    from dataclasses import dataclass
+
+    from shipyard.escalation import Escalations
+
+    @dataclass
+    class Ctx:
+        tenant_id: str = "acme"
+        key_id: str | None = "k1"
+        request_id: str = "req_1"
+        trace_id: str = "t" * 32
+        service: str | None = "support"
+        model_alias: str | None = "support"
+
+    config = parse_config("""
+providers: {p: {kind: sim}}
+models:
+  support: {provider: p, escalation: {enabled: true, message: "Ticket {id}: a person will reply."}}
+""")
+    engine = create_store_engine(f"sqlite:///{tmp_path}/s.db")
+    migrate(engine)
+
+    async def run() -> None:
+        escalations = Escalations.from_config(config, engine, MemoryKeyValue())
+        ticket = await escalations.open(
+            Ctx(), reason="refund above the limit", trigger="guard", score=0.3,
+            conversation=[{"role": "user", "content": "refund 900 EUR to bob@example.com"}],
+            conversation_id="c9")
+        assert ticket.trigger == "guard" and ticket.status == "open" and ticket.score == 0.3
+        assert ticket.conversation[0]["content"] == "refund 900 EUR to <EMAIL_1>"
+        answer = escalations.chat_response(ticket, model="support")
+        assert answer["choices"][0]["message"]["content"] == (
+            f"Ticket {ticket.id}: a person will reply.")
+        assert answer["shipyard"]["escalation"]["id"] == ticket.id
+        again = await escalations.open(Ctx(), reason="again", trigger="user_request",
+                                       conversation=[], conversation_id="c9")
+        assert again.id == ticket.id  # the conversation keeps its waiting ticket
+        result = escalations.service_response(ticket, service="support", result_id="r")
+        assert result["output"]["message"].startswith("Ticket ")
+        assert escalations.notify(ticket, "escalation.opened") is None  # no webhook set
+        await escalations.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
