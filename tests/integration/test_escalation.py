@@ -396,6 +396,7 @@ def test_overdue_alert_is_sent_once(world: dict[str, Any]) -> None:
     receiver: Receiver = world["receiver"]
     alert = wait_for(lambda: receiver.of(ticket_id, "escalation.overdue"), timeout=15)
     assert alert[0]["escalation"]["overdue"] is True
+    assert alert[0]["escalation"]["due_in_s"] <= 0
     status, overdue = call(world, "GET", "/v1/admin/escalations?overdue=true")
     assert status == 200 and ticket_id in [t["id"] for t in overdue["data"]]
     time.sleep(1.5)  # several more checker rounds

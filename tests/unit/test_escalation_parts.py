@@ -19,6 +19,7 @@ from shipyard.escalation import store as tickets
 from shipyard.escalation.answers import chat_answer_stream
 from shipyard.escalation.triggers import FailureCounter, UserRequestDetector, last_user_text
 from shipyard.state.memory import MemoryKeyValue
+from shipyard.state.redis import RedisKeyValue
 from shipyard.store import create_store_engine, migrate
 
 ASKS = [
@@ -97,9 +98,20 @@ def test_read_confidence(data: Any, path: str, expected: float | None) -> None:
     assert read_confidence(data, path) == expected
 
 
-def test_failures_are_counted_per_conversation_within_the_window() -> None:
+@pytest.fixture(params=["memory", "redis"])
+def kv_factory(request: pytest.FixtureRequest) -> Any:
+    """Both state backends: replicas sharing Redis count a conversation's failures together."""
+    if request.param == "memory":
+        return MemoryKeyValue
+    prefix = request.getfixturevalue("redis_prefix")
+    return lambda: RedisKeyValue("redis://127.0.0.1:6379/0", prefix=prefix)
+
+
+def test_failures_are_counted_per_conversation_within_the_window(kv_factory: Any) -> None:
     async def run() -> None:
-        counter = FailureCounter(MemoryKeyValue())
+        kv = kv_factory()
+        counter = FailureCounter(kv)
+        replica = FailureCounter(kv_factory())
         assert await counter.add("acme", "c1", 60) == 1
         assert await counter.add("acme", "c1", 60) == 2
         assert await counter.add("acme", "c2", 60) == 1
@@ -109,6 +121,10 @@ def test_failures_are_counted_per_conversation_within_the_window() -> None:
         assert await counter.add("acme", "c3", 0.05) == 1
         await asyncio.sleep(0.1)
         assert await counter.add("acme", "c3", 0.05) == 1  # the first one left the window
+        if not isinstance(kv, MemoryKeyValue):
+            assert await replica.add("acme", "c1", 60) == 2  # another replica, same count
+        await kv.close()
+        await replica.kv.close()
 
     asyncio.run(run())
 

@@ -158,14 +158,19 @@ class Ticket:
 
     def public(self, *, conversation: bool = True) -> dict[str, Any]:
         """The ticket for the review queue (with its cleaned conversation)."""
+        now = datetime.now(UTC)
         out: dict[str, Any] = {
             "id": self.id, "object": "escalation", "tenant_id": self.tenant_id,
             "key_id": self.key_id, "conversation_id": self.conversation_id,
             "request_id": self.request_id, "trace_id": self.trace_id, "kind": self.kind,
             "service": self.service, "trigger": self.trigger, "reason": self.reason,
-            "score": self.score, "status": self.status, "overdue": self.overdue(),
+            "score": self.score, "status": self.status, "overdue": self.overdue(now),
             "pii_cleaned": self.pii_cleaned, "created_at": self.created_at,
-            "due_at": self.due_at, "claimed_by": self.claimed_by, "claimed_at": self.claimed_at,
+            "due_at": self.due_at,
+            # SLA timer: seconds left to answer (negative when overdue); None once answered
+            "due_in_s": (round((self.due_at - now).total_seconds(), 1)
+                         if self.status in _WAITING else None),
+            "claimed_by": self.claimed_by, "claimed_at": self.claimed_at,
             "answer": self.answer, "answered_by": self.answered_by,
             "answered_at": self.answered_at, "resolved_by": self.resolved_by,
             "resolved_at": self.resolved_at, "resolution": self.resolution,

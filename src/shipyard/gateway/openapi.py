@@ -285,6 +285,8 @@ _SCHEMAS: dict[str, JSON] = {
             "status": {"enum": ["open", "claimed", "answered", "resolved"]},
             "overdue": {"type": "boolean", "description": "Waiting for an answer past due_at."},
             "pii_cleaned": {"type": "boolean"}, "created_at": _TIME, "due_at": _TIME,
+            "due_in_s": {"type": ["number", "null"], "description": "SLA timer: seconds left "
+                         "to answer, negative when overdue; null once answered."},
             "claimed_by": _nullable("string"), "claimed_at": _NULL_TIME,
             "answer": _nullable("string"), "answered_by": _nullable("string"),
             "answered_at": _NULL_TIME, "resolved_by": _nullable("string"),
