@@ -369,3 +369,15 @@ models:
         asyncio.run(run())
     finally:
         engine.dispose()
+
+
+def test_a_ticket_belongs_to_the_key_or_the_oidc_subject() -> None:
+    from shipyard.escalation import caller_of
+    from shipyard.security.principal import Principal
+
+    assert caller_of(Principal(tenant_id="acme", key_id="k1", role="client")) == "k1"
+    alice = caller_of(Principal(tenant_id="acme", key_id=None, role="client", subject="alice"))
+    bob = caller_of(Principal(tenant_id="acme", key_id=None, role="client", subject="bob"))
+    assert alice is not None and alice.startswith("sub:") and alice != bob
+    assert len(alice) <= 64  # fits the key_id column
+    assert caller_of(Principal(tenant_id="default", key_id=None)) is None  # auth disabled

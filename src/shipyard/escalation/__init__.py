@@ -15,6 +15,7 @@ from shipyard.escalation.service import (
     OverdueChecker,
     RequestInfo,
     Trigger,
+    caller_of,
 )
 from shipyard.escalation.store import STATUSES, TRIGGERS, Ticket
 from shipyard.escalation.triggers import asks_for_person, read_confidence
@@ -31,6 +32,7 @@ __all__ = [
     "Trigger",
     "WebhookNotifier",
     "asks_for_person",
+    "caller_of",
     "read_confidence",
     "sign",
     "verify",

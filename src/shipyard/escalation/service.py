@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,9 +34,17 @@ from shipyard.escalation.webhook import WebhookNotifier
 from shipyard.observe.metrics import Metrics
 from shipyard.privacy import PIIEngine, Replace
 from shipyard.privacy.recognizers import Finding
+from shipyard.security.principal import Principal
 from shipyard.state.base import KeyValue
 
-__all__ = ["EscalationPolicy", "Escalations", "OverdueChecker", "RequestInfo", "Trigger"]
+__all__ = [
+    "EscalationPolicy",
+    "Escalations",
+    "OverdueChecker",
+    "RequestInfo",
+    "Trigger",
+    "caller_of",
+]
 
 log = logging.getLogger("shipyard.escalation")
 Trigger = Literal["guard", "low_confidence", "user_request", "repeated_failures"]
@@ -51,6 +60,16 @@ class RequestInfo(Protocol):
     trace_id: str
     service: str | None
     model_alias: str | None
+
+
+def caller_of(principal: Principal) -> str | None:
+    """Who owns a ticket and may poll it: the API key's id, or for an OIDC token a digest of
+    its subject (None when authentication is disabled: everyone is the same caller)."""
+    if principal.key_id is not None:
+        return principal.key_id
+    if principal.subject:
+        return "sub:" + hashlib.sha256(principal.subject.encode()).hexdigest()[:32]
+    return None
 
 
 class _SharedNumbers(Replace):
@@ -176,9 +195,11 @@ class Escalations:
     async def open(self, ctx: RequestInfo, *, reason: str, trigger: Trigger,
                    conversation: list[Any], score: float | None = None,
                    conversation_id: str | None = None,
-                   policy: EscalationPolicy | None = None) -> Ticket:
+                   policy: EscalationPolicy | None = None,
+                   caller: str | None = None) -> Ticket:
         """Open a ticket for the request's conversation and notify the webhook (in the
-        background); `notice(ticket)` is what the user should be told. A conversation that
+        background); `notice(ticket)` is what the user should be told. `caller` (see
+        `caller_of`) owns the ticket; by default the request's key. A conversation that
         already waits for a reviewer keeps its ticket (no second ticket, no second webhook)."""
         policy = policy or self._policy_of(ctx)
         if conversation_id is not None:
@@ -191,7 +212,8 @@ class Escalations:
         stored = policy.clean(conversation) if cfg.clean_pii else conversation
         kind: Kind = "model" if ctx.model_alias else "service"
         ticket = await asyncio.to_thread(
-            store.create_ticket, self.engine, tenant_id=ctx.tenant_id, key_id=ctx.key_id,
+            store.create_ticket, self.engine, tenant_id=ctx.tenant_id,
+            key_id=caller or ctx.key_id,
             conversation_id=conversation_id, request_id=ctx.request_id,
             trace_id=ctx.trace_id, kind=kind,
             service=ctx.model_alias or ctx.service or policy.name, trigger=trigger,

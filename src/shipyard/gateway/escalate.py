@@ -24,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from shipyard.errors import InvalidRequest, ShipyardError
-from shipyard.escalation import EscalationPolicy, Ticket, Trigger, read_confidence
+from shipyard.escalation import EscalationPolicy, Ticket, Trigger, caller_of, read_confidence
 from shipyard.escalation.answers import chat_answer, chat_answer_stream, service_answer
 from shipyard.escalation.triggers import last_user_text
+from shipyard.gateway.auth import Principal
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import json_response
 from shipyard.gateway.pii import CONVERSATION_HEADER
@@ -60,11 +61,12 @@ def _counts_as_failure(exc: ShipyardError) -> bool:
 
 class _Hooks:
     def __init__(self, gw: Gateway, ctx: RequestContext, policy: EscalationPolicy,
-                 conversation_id: str | None) -> None:
+                 conversation_id: str | None, principal: Principal) -> None:
         self.gw = gw
         self.ctx = ctx
         self.policy = policy
         self.conversation_id = conversation_id
+        self.caller = caller_of(principal)
 
     async def _open(self, trigger: Trigger, reason: str, conversation: list[Any],
                     score: float | None = None) -> Ticket | None:
@@ -74,7 +76,8 @@ class _Hooks:
         try:
             ticket = await self.gw.escalations.open(
                 self.ctx, reason=reason, trigger=trigger, conversation=conversation,
-                score=score, conversation_id=self.conversation_id, policy=self.policy)
+                score=score, conversation_id=self.conversation_id, policy=self.policy,
+                caller=self.caller)
         except Exception as exc:  # the store is down: answer as usual, loudly
             log.error("escalation (%s) of request %s could not be stored: %s", trigger,
                       self.ctx.request_id, type(exc).__name__)
@@ -117,9 +120,9 @@ class ChatEscalation(_Hooks):
     """Escalation hooks of one chat completion request."""
 
     def __init__(self, gw: Gateway, ctx: RequestContext, policy: EscalationPolicy,
-                 conversation_id: str | None, body: dict[str, Any], *, stream: bool,
-                 include_usage: bool) -> None:
-        super().__init__(gw, ctx, policy, conversation_id)
+                 conversation_id: str | None, principal: Principal, body: dict[str, Any], *,
+                 stream: bool, include_usage: bool) -> None:
+        super().__init__(gw, ctx, policy, conversation_id, principal)
         self.body = body
         self.stream = stream
         self.include_usage = include_usage
@@ -196,8 +199,8 @@ class ServiceEscalation(_Hooks):
     request for a person."""
 
     def __init__(self, gw: Gateway, ctx: RequestContext, policy: EscalationPolicy,
-                 conversation_id: str | None, name: str) -> None:
-        super().__init__(gw, ctx, policy, conversation_id)
+                 conversation_id: str | None, principal: Principal, name: str) -> None:
+        super().__init__(gw, ctx, policy, conversation_id, principal)
         self.name = name
         self.input: Any = None
 

@@ -3,7 +3,8 @@
 Reviewers (scopes `escalations:read` / `escalations:manage`: admin and operator roles) list,
 read, claim, answer and resolve the tickets of their tenant; platform admins may pass
 `?tenant=`. A client polls its own tickets with its inference key: `GET /v1/escalations/ID`
-answers only tickets opened by that same key (another key's ticket is a 404).
+answers only tickets opened by that same key or OIDC subject (another caller's ticket is a
+404; with authentication disabled there is one caller).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.errors import InvalidRequest, ValidationFailed
-from shipyard.escalation import STATUSES, Ticket
+from shipyard.escalation import STATUSES, Ticket, caller_of
 from shipyard.escalation import store as tickets
 from shipyard.gateway.admin_routes import _param, _tenant
 from shipyard.gateway.auth import Principal
@@ -156,7 +157,7 @@ class EscalationRoutes:
         principal = await self.gw.authorize(request, "inference")
         rows = await asyncio.to_thread(
             tickets.list_tickets, self.gw.engine, tenant_id=principal.tenant_id,
-            key_id=principal.key_id or "", limit=_limit(request))
+            key_id=caller_of(principal), limit=_limit(request))
         return json_response({"object": "list", "data": [t.for_client() for t in rows]})
 
     async def poll(self, request: Request) -> Response:
@@ -167,7 +168,7 @@ class EscalationRoutes:
                                  param="escalation_id")
         ticket = await asyncio.to_thread(tickets.get_ticket, self.gw.engine, ticket_id,
                                          tenant_id=principal.tenant_id,
-                                         key_id=principal.key_id or "")
+                                         key_id=caller_of(principal))
         await self.gw.escalations.mark_delivered(ticket)  # the caller has it now
         return json_response(ticket.for_client())
 

@@ -64,7 +64,7 @@ class OpenAIRoutes:
             policy = gw.escalations.for_model(alias) if endpoint == "chat/completions" else None
             if policy is not None:
                 escalation = ChatEscalation(
-                    gw, ctx, policy, conversation_of(request), body, stream=stream,
+                    gw, ctx, policy, conversation_of(request), principal, body, stream=stream,
                     include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
                 early = await escalation.before()
                 if early is not None:

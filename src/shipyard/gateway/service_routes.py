@@ -60,7 +60,8 @@ class ServiceRoutes:
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             policy = gw.escalations.for_service(name)
             if policy is not None:
-                escalation = ServiceEscalation(gw, ctx, policy, conversation_of(request), name)
+                escalation = ServiceEscalation(gw, ctx, policy, conversation_of(request),
+                                               principal, name)
                 early = await escalation.before(body)
                 if early is not None:
                     return early
