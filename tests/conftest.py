@@ -107,7 +107,9 @@ def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None
     log = folder / f"serve-{port}.log"
     process = _spawn(["serve", "--config", str(config), "--port", str(port),
                       "--workers", str(workers)], log,
-                     env={"SHIPYARD_API_KEY": API_KEY, "PYTHONPATH": str(FIXTURES),
+                     env={"SHIPYARD_API_KEY": API_KEY,
+                          # this checkout's sources first, even when the venv installed another
+                          "PYTHONPATH": os.pathsep.join([str(FIXTURES), str(REPO / "src")]),
                           **(env or {})})
     scheme = "https" if "tls_certfile" in config_text else "http"
     proc = Proc(process, port, log, {"config": config}, scheme=scheme)

@@ -13,6 +13,7 @@ ShipyardError                       500 internal_error
 │   ├── PermissionDenied            403 permission_error
 │   ├── NotFound                    404 invalid_request_error / not_found
 │   │   └── ModelNotFound           404 invalid_request_error / model_not_found
+│   ├── Conflict                    409 invalid_request_error / conflict
 │   └── MethodNotAllowed            405 invalid_request_error / method_not_allowed
 ├── CapacityError                   503 server_error / overloaded (sent with Retry-After)
 ├── UpstreamError                   502 upstream_error
@@ -37,6 +38,7 @@ __all__ = [
     "CircuitOpen",
     "ClientError",
     "ConfigError",
+    "Conflict",
     "InvalidJSON",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -145,6 +147,14 @@ class NotFound(ClientError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Conflict(ClientError):
+    """The resource is in a state that does not allow the action (e.g. claiming a resolved
+    escalation ticket); the message names the state."""
+
+    status = 409
+    code = "conflict"
 
 
 class MethodNotAllowed(ClientError):

@@ -133,13 +133,15 @@ ROUTES = [  # method, path, body, scope
     ("POST", "/v1/feedback", {"trace_id": "acme-req-0", "score": 1}, "feedback:write"),
     ("GET", "/v1/feedback", None, "feedback:read"),
     ("GET", "/v1/feedback/summary", None, "feedback:read"),
+    ("GET", "/v1/admin/escalations", None, "escalations:read"),
+    ("GET", "/v1/escalations", None, "inference"),
 ]
 ROLE_CAN = {
     "admin": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
               "keys:manage", "tenants:manage", "audit:read", "feedback:write",
-              "feedback:read"},
+              "feedback:read", "escalations:read"},
     "operator": {"inference", "models:read", "traces:read", "status:read", "metrics:read",
-                 "audit:read", "feedback:write", "feedback:read"},
+                 "audit:read", "feedback:write", "feedback:read", "escalations:read"},
     "developer": {"inference", "models:read", "traces:read", "status:read", "feedback:write"},
     "client": {"inference", "models:read", "feedback:write"},
     "viewer": {"models:read", "traces:read", "status:read", "metrics:read"},

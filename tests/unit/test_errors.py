@@ -57,6 +57,7 @@ EXPECTED = {  # class: (status, type, code)
     "RateLimited": (429, "rate_limit_error", "rate_limit_exceeded"),
     "NotFound": (404, "invalid_request_error", "not_found"),
     "ModelNotFound": (404, "invalid_request_error", "model_not_found"),
+    "Conflict": (409, "invalid_request_error", "conflict"),
     "MethodNotAllowed": (405, "invalid_request_error", "method_not_allowed"),
     "CapacityError": (503, "server_error", "overloaded"),
     "UpstreamError": (502, "upstream_error", "upstream_error"),

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine
 
 from shipyard._version import __version__
 from shipyard.cli import audit as audit_cli
+from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
 from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
@@ -54,6 +55,7 @@ app.command("usage")(usage)
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(pii_cli.app, name="pii")
+app.add_typer(escalations_cli.app, name="escalations")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

@@ -19,6 +19,7 @@ __all__ = [
     "AuthConfig",
     "CaptureMode",
     "Config",
+    "EscalationConfig",
     "ModelConfig",
     "OIDCConfig",
     "OTLPConfig",
@@ -670,6 +671,109 @@ class PIIConfig(_Section):
         "entity split across chunks is seen whole.")
 
 
+DEFAULT_ESCALATION_MESSAGE = (
+    "Thank you for your patience. I have passed this conversation to a member of our team, "
+    "who will follow up here as soon as possible. Your reference is {id}.")
+
+
+class EscalationConfig(_Section):
+    """When and how a conversation is handed to a person (see docs/escalation.md)."""
+
+    enabled: bool = Field(
+        False, description="Turn escalation to a human on for this alias or service.")
+    user_request: bool = Field(
+        True, description="Escalate when the user asks for a person (\"talk to a human\", "
+        "\"I want a real person\", in English, French, German, Spanish, Italian, Dutch and "
+        "Portuguese).")
+    phrases: list[str] = Field(
+        default_factory=list,
+        description="Extra regular expressions (case-insensitive) that count as asking for a "
+        "person, e.g. `\\bcall me back\\b`.")
+    min_confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="Escalate when the answer's confidence is below this (none: never). The "
+        "score is read from the `x-shipyard-confidence` header of the upstream's answer or "
+        "the `confidence_field` of its JSON output.")
+    confidence_field: str = Field(
+        "confidence",
+        description="Dotted path of the confidence score in a service's output or a chat "
+        "answer's JSON body (e.g. `confidence` or `meta.score`).")
+    max_failures: int | None = Field(
+        3, ge=1, le=1000,
+        description="Escalate after this many failed, blocked or errored requests in one "
+        "conversation (`x-shipyard-conversation` header) within `failure_window_s` "
+        "(none: never).")
+    failure_window_s: float = Field(
+        300.0, gt=0, description="Window in which `max_failures` are counted, in seconds.")
+    clean_pii: bool = Field(
+        True, description="Store the ticket's conversation with personal data replaced by "
+        "typed placeholders such as `<EMAIL_1>`.")
+    message: str = Field(
+        DEFAULT_ESCALATION_MESSAGE,
+        description="What the user is told when a person takes over; `{id}` is replaced by "
+        "the ticket id.")
+    sla_s: float = Field(
+        14_400.0, gt=0, description="Time within which a reviewer should answer a ticket; "
+        "past it the ticket is overdue and the webhook gets one `escalation.overdue` event.")
+    deliver_answer: bool = Field(
+        True, description="Return the reviewer's answer as the assistant message of the next "
+        "request in the same conversation (the client can also poll "
+        "`GET /v1/escalations/ID`).")
+    webhook_url: str | None = Field(
+        None, description="URL that gets a JSON POST when a ticket opens or becomes overdue.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signs webhook bodies with HMAC-SHA256 (header "
+        "`x-shipyard-signature`); reference it as `{$env: NAME}`.")
+    webhook_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a failed webhook delivery, with exponential "
+        "backoff.")
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest one webhook delivery attempt may take.")
+
+    @field_validator("phrases")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for phrase in value:
+            try:
+                re.compile(phrase)
+            except re.error as exc:
+                raise ValueError(
+                    f"phrase {phrase!r} is not a valid regular expression ({exc}); escape "
+                    "special characters such as ( ) [ ] with a backslash") from None
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty; it is what the user reads")
+        try:
+            value.format(id="esc_x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"may only use the placeholder {{id}} (got a problem with {exc}); write "
+                "literal braces as {{ and }}") from None
+        return value
+
+    @field_validator("confidence_field")
+    @classmethod
+    def _not_blank_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook(self) -> EscalationConfig:
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+                ("http://", "https://")):
+            raise ValueError(f"webhook_url '{self.webhook_url}' must start with https:// or "
+                             "http://")
+        if self.webhook_secret is not None and self.webhook_url is None:
+            raise ValueError("webhook_secret is set but webhook_url is not; set webhook_url "
+                             "(the receiver) or remove webhook_secret")
+        return self
+
+
 class ModelConfig(_Section):
     provider: str | None = Field(
         None, description="Name of an entry under `providers` (or list `deployments`)."
@@ -711,6 +815,8 @@ class ModelConfig(_Section):
     owned_by: str = Field("shipyard", description="`owned_by` shown in `GET /v1/models`.")
     pii: PIIConfig = Field(
         default_factory=lambda: PIIConfig(), description="Personal data protection.")
+    escalation: EscalationConfig = Field(
+        default_factory=lambda: EscalationConfig(), description="Escalation to a human.")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelConfig:
@@ -744,6 +850,8 @@ class ServiceConfig(_Section):
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     pii: PIIConfig = Field(
         default_factory=lambda: PIIConfig(), description="Personal data protection.")
+    escalation: EscalationConfig = Field(
+        default_factory=lambda: EscalationConfig(), description="Escalation to a human.")
 
     @field_validator("function", "input_model")
     @classmethod

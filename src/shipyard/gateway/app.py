@@ -25,6 +25,7 @@ from shipyard.errors import (
     ShipyardError,
 )
 from shipyard.gateway.admin_routes import admin_routes
+from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response
@@ -89,8 +90,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
             f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
-              *admin_routes(gateway), *feedback_routes(gateway), openapi_route(gateway),
-              *ui_routes(gateway)]
+              *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
+              openapi_route(gateway), *ui_routes(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.context import RequestContext
+from shipyard.gateway.escalate import ChatEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pii import PIISession
 from shipyard.gateway.pipeline import Call, ModelTarget
@@ -51,6 +52,7 @@ class OpenAIRoutes:
         ctx = gw.begin(request, route)
         streaming = False
         pii: PIISession | None = None
+        escalation: ChatEscalation | None = None
         try:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
@@ -59,6 +61,14 @@ class OpenAIRoutes:
             alias, stream = validate(body)
             target = gw.model(alias, "chat", ctx, principal)
             ctx.stream = stream
+            policy = gw.escalations.for_model(alias) if endpoint == "chat/completions" else None
+            if policy is not None:
+                escalation = ChatEscalation(
+                    gw, ctx, policy, conversation_of(request), principal, body, stream=stream,
+                    include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+                early = await escalation.before()
+                if early is not None:
+                    return early
             payload = _apply_limits(target, body)
             pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
             payload = self._protect(ctx, pii, body, payload)
@@ -68,6 +78,10 @@ class OpenAIRoutes:
                         principal=principal)
             started = time.perf_counter()
             reply = await target.handler(call)
+            if escalation is not None:
+                handed_over = await escalation.after(reply)
+                if handed_over is not None:
+                    return handed_over
             if stream and reply.stream is not None:
                 ctx.upstream_ms = reply.upstream_ms
                 headers = {**_SSE_HEADERS, **gw.headers(ctx), **_shipyard_headers(reply),
@@ -80,6 +94,10 @@ class OpenAIRoutes:
             return self._complete(ctx, call, endpoint, payload, reply, pii)
         except ShipyardError as exc:
             gw.fail(ctx, exc)
+            if escalation is not None:
+                handed_over = await escalation.failed(exc)
+                if handed_over is not None:
+                    return handed_over
             return error_response(exc, headers=gw.headers(ctx))
         except Exception as exc:
             return self._internal(ctx, exc)

@@ -305,6 +305,47 @@ _SCHEMAS: dict[str, JSON] = {
                                            "contentMediaType": "application/json"}]},
                        "event": _STRING, "id": _STRING, "retry": {"type": "integer"}},
     },
+    "Escalation": {
+        "type": "object",
+        "required": ["id", "object", "tenant_id", "service", "trigger", "reason", "status",
+                     "overdue", "created_at", "due_at"],
+        "properties": {
+            "id": _STRING, "object": {"const": "escalation"}, "tenant_id": _STRING,
+            "key_id": _nullable("string"), "conversation_id": _nullable("string"),
+            "request_id": _STRING, "trace_id": _nullable("string"),
+            "kind": {"enum": ["model", "service"]}, "service": _STRING,
+            "trigger": {"enum": ["user_request", "low_confidence", "repeated_failures",
+                                 "guard"]},
+            "reason": _STRING, "score": _nullable("number"),
+            "status": {"enum": ["open", "claimed", "answered", "resolved"]},
+            "overdue": {"type": "boolean", "description": "Waiting for an answer past due_at."},
+            "pii_cleaned": {"type": "boolean"}, "created_at": _TIME, "due_at": _TIME,
+            "due_in_s": {"type": ["number", "null"], "description": "SLA timer: seconds left "
+                         "to answer, negative when overdue; null once answered."},
+            "claimed_by": _nullable("string"), "claimed_at": _NULL_TIME,
+            "answer": _nullable("string"), "answered_by": _nullable("string"),
+            "answered_at": _NULL_TIME, "resolved_by": _nullable("string"),
+            "resolved_at": _NULL_TIME, "resolution": _nullable("string"),
+            "delivered_at": _NULL_TIME, "overdue_notified_at": _NULL_TIME,
+            "conversation": {"type": "array", "description": "The conversation (PII-cleaned "
+                             "when the policy says so); only on single tickets."}},
+    },
+    "EscalationList": _list_of("Escalation"),
+    "EscalationClaim": {"type": "object", "properties": {"force": {
+        "type": "boolean", "description": "Take over a ticket another reviewer claimed."}}},
+    "EscalationAnswer": {
+        "type": "object", "required": ["answer"],
+        "properties": {"answer": {"type": "string", "minLength": 1, "maxLength": 20000},
+                       "label": {"type": "string", "maxLength": 64,
+                                 "description": "Feedback label (default reviewer_answer)."}}},
+    "EscalationResolve": {"type": "object", "properties": {"resolution": _STRING}},
+    "EscalationStatus": {
+        "type": "object", "required": ["id", "object", "status"],
+        "properties": {"id": _STRING, "object": {"const": "escalation"},
+                       "status": {"enum": ["open", "claimed", "answered", "resolved"]},
+                       "conversation_id": _nullable("string"), "created_at": _TIME,
+                       "answer": _nullable("string"), "answered_at": _NULL_TIME}},
+    "EscalationStatusList": _list_of("EscalationStatus"),
     "Live": {"type": "object", "required": ["status"],
              "properties": {"status": {"const": "ok"}}},
     "Ready": {
@@ -321,9 +362,12 @@ _ERRORS: dict[int, str] = {
     401: "No key, a malformed `Authorization` header, or an unknown, expired or revoked key.",
     403: "The key's role lacks the operation's scope, or it may not use this model, service "
          "or tenant.",
-    404: "The model, service, key, trace or tenant does not exist (or is another tenant's).",
+    404: "The model, service, key, trace, escalation or tenant does not exist (or is another "
+         "tenant's).",
+    409: "The escalation's status does not allow the action (the message names it).",
     413: "The body is larger than `server.max_body_bytes`.",
-    422: "The input does not match the service's schema, or the upstream refused it.",
+    422: "The input does not match the service's schema, the upstream refused it, or a "
+         "field of an admin request is invalid (`param` names it).",
     429: "A rate limit or budget is spent; `Retry-After` says when to retry.",
     500: "Shipyard hit an internal error, or a hosted service raised.",
     502: "The upstream failed (5xx, reset, malformed answer).",
@@ -349,6 +393,10 @@ def _path_param(name: str, description: str) -> JSON:
 def _query(name: str, schema: JSON, description: str) -> JSON:
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema}
+
+
+_ESCALATION_ID = {"name": "escalation_id", "in": "path", "required": True,
+                  "description": "A ticket id (`esc_…`).", "schema": _STRING}
 
 
 @dataclass(frozen=True)
@@ -453,6 +501,40 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
                        "Bucket size (default hour)."),
                 _query("since", _TIME, "Start of the window (default: 7 days ago)."),
                 _query("service", _STRING, "Only this service or model alias."), _TENANT)),
+    ("GET", "/v1/admin/escalations"): _Op(
+        "listEscalations", "The tenant's escalation queue, newest first", "escalations",
+        _ok("EscalationList"), (400, *_AUTH),
+        params=(_query("status", {"enum": ["open", "claimed", "answered", "resolved"]},
+                       "Only this status."),
+                _query("service", _STRING, "Only this model alias or service."),
+                _query("overdue", {"type": "boolean"},
+                       "Only tickets past their SLA (true) or not (false)."),
+                _query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
+                _TENANT)),
+    ("GET", "/v1/admin/escalations/{escalation_id}"): _Op(
+        "getEscalation", "One ticket with its conversation", "escalations", _ok("Escalation"),
+        (400, *_AUTH, 404), params=(_ESCALATION_ID, _TENANT)),
+    ("POST", "/v1/admin/escalations/{escalation_id}/claim"): _Op(
+        "claimEscalation", "Claim a ticket for the calling reviewer", "escalations",
+        _ok("Escalation"), (400, *_AUTH, 404, 409, 422), "EscalationClaim",
+        body_required=False,
+        params=(_ESCALATION_ID, _TENANT)),
+    ("POST", "/v1/admin/escalations/{escalation_id}/answer"): _Op(
+        "answerEscalation", "Answer a ticket (saved as labelled feedback)", "escalations",
+        _ok("Escalation"), (400, *_AUTH, 404, 409, 413, 422), "EscalationAnswer",
+        params=(_ESCALATION_ID, _TENANT)),
+    ("POST", "/v1/admin/escalations/{escalation_id}/resolve"): _Op(
+        "resolveEscalation", "Resolve (close) a ticket", "escalations", _ok("Escalation"),
+        (400, *_AUTH, 404, 409, 422), "EscalationResolve", body_required=False,
+        params=(_ESCALATION_ID, _TENANT)),
+    ("GET", "/v1/escalations"): _Op(
+        "listMyEscalations", "Tickets opened for the calling key", "inference",
+        _ok("EscalationStatusList"), (400, *_AUTH),
+        params=(_query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),)),
+    ("GET", "/v1/escalations/{escalation_id}"): _Op(
+        "getMyEscalation", "Poll a ticket opened for the calling key (status and the "
+        "reviewer's answer)", "inference", _ok("EscalationStatus"), (400, *_AUTH, 404),
+        params=(_ESCALATION_ID,)),
     ("GET", "/v1/admin/status"): _Op("getStatus", "Live state: circuits, admission, budgets, "
                                      "the trace writer", "admin", _ok("Status")),
     ("GET", "/metrics"): _Op(

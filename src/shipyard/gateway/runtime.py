@@ -25,6 +25,7 @@ from shipyard.errors import (
     ModelNotFound,
     ShipyardError,
 )
+from shipyard.escalation import Escalations, OverdueChecker
 from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
@@ -135,6 +136,8 @@ class Gateway:
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
         self.audit_log = AuditLog(self.engine)
+        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
+        self.overdue = OverdueChecker(self.escalations)
 
     def _pii_policy(self, config: Any, where: str, name: str) -> PIIPolicy:
         counter = self.metrics.pii_findings
@@ -174,6 +177,7 @@ class Gateway:
             await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
             await provider.start()
+        self.overdue.start()
         self._watch_sigterm()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
@@ -245,6 +249,7 @@ class Gateway:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+        await self.overdue.stop()
         await self.kv.close()
         for provider in self.providers.values():
             try:

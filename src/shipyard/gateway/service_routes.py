@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from shipyard.errors import CapacityError, NotFound, ServiceError, ShipyardError, UpstreamTimeout
 from shipyard.gateway.context import RequestContext
+from shipyard.gateway.escalate import ServiceEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pii import PIISession
 from shipyard.gateway.runtime import Gateway
@@ -43,6 +44,7 @@ class ServiceRoutes:
         gw = self.gw
         ctx = gw.begin(request, "invoke")
         pii: PIISession | None = None
+        escalation: ServiceEscalation | None = None
         try:
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
@@ -57,6 +59,13 @@ class ServiceRoutes:
             ctx.provider = "python"
             gw.set_capture(ctx, service.config.capture)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            policy = gw.escalations.for_service(name)
+            if policy is not None:
+                escalation = ServiceEscalation(gw, ctx, policy, conversation_of(request),
+                                               principal, name)
+                early = await escalation.before(body)
+                if early is not None:
+                    return early
             pii = await gw.pii_session(ctx, gw.service_pii.get(name), request)
             if pii is not None:
                 cleaned = pii.clean_json(body)
@@ -69,6 +78,10 @@ class ServiceRoutes:
             held = [a for a in (gw.admission, service.admission) if a.max_in_flight is not None]
             output = await self._admitted(ctx, held, service, argument,
                                           request_priority(request))
+            if escalation is not None:
+                handed_over = await escalation.after(output)
+                if handed_over is not None:
+                    return handed_over
             traced = output
             if pii is not None:
                 traced, output = pii.answer_json(output)
@@ -90,6 +103,10 @@ class ServiceRoutes:
             gw.fail(ctx, exc)
             if isinstance(exc, ServiceError):
                 log.warning("service %s failed: %s", ctx.service, exc.message)
+            if escalation is not None:
+                handed_over = await escalation.failed(exc)
+                if handed_over is not None:
+                    return handed_over
             return error_response(exc, headers=gw.headers(ctx))
         except Exception as exc:
             log.exception("internal error in request %s", ctx.request_id)

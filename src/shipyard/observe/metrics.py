@@ -119,6 +119,12 @@ class Metrics:
         self.pii_findings = Counter(
             "shipyard_pii_findings", "Personal data found, by alias or service, entity type and "
             "where (request or response).", ("service", "entity", "where"), registry=r)
+        self.escalations = Counter(
+            "shipyard_escalations", "Conversations handed to a person, by alias or service and "
+            "trigger.", ("service", "trigger"), registry=r)
+        self.escalation_webhooks = Counter(
+            "shipyard_escalation_webhooks", "Escalation webhook deliveries, by event and outcome "
+            "(delivered, failed).", ("event", "outcome"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,

@@ -24,7 +24,9 @@ from shipyard.providers.base import Endpoint, Reply
 
 __all__ = ["OpenAIProvider", "UpstreamRejected", "error_from_upstream"]
 
-_PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms")
+# x-shipyard-confidence: a score escalation reads (models.ALIAS.escalation.min_confidence).
+_PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms",
+                 "x-shipyard-confidence")
 
 
 class UpstreamRejected(ClientError):

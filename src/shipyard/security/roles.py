@@ -6,7 +6,7 @@ table and fails if a route other than the health probes declares none.
 | role | can |
 |---|---|
 | admin | everything in its tenant; admins of the `default` (platform) tenant manage all tenants |
-| operator | call models, read traces, usage, status, metrics, feedback, audit log; roll out |
+| operator | call models, roll out, work escalations; read traces, usage, status, metrics, audit |
 | developer | call models, read traces, usage and status, give feedback, change configuration |
 | client | call the inference routes, list models, give feedback on its tenant's traces |
 | viewer | read traces, usage, status and metrics (dashboards) |
@@ -34,13 +34,16 @@ SCOPES = (
     "deploy",
     "feedback:write",  # give feedback on a trace
     "feedback:read",  # list individual feedback (comments, who gave it)
+    "escalations:read",  # the review queue
+    "escalations:manage",  # claim, answer and resolve tickets
 )
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset(SCOPES),
     "operator": frozenset({"inference", "models:read", "traces:read", "usage:read",
                            "status:read", "metrics:read", "audit:read", "deploy",
-                           "feedback:write", "feedback:read"}),
+                           "feedback:write", "feedback:read", "escalations:read",
+                           "escalations:manage"}),
     "developer": frozenset({"inference", "models:read", "traces:read", "usage:read",
                             "status:read", "config:write", "feedback:write"}),
     "client": frozenset({"inference", "models:read", "feedback:write"}),
