@@ -30,6 +30,7 @@ from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
+from shipyard.guards.answers import GuardHooks
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
@@ -80,9 +81,11 @@ class Gateway:
         self.limiter: RateLimiter = (
             RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
             if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
+        # Where escalation plugs in: `gateway.guard_hooks.on_escalate = ...`.
+        self.guard_hooks = GuardHooks()
         self.models: dict[str, ModelTarget] = build_targets(
             config, self.providers, self.metrics, global_admission=self.admission,
-            cache_store=self.kv, limiter=self.limiter)
+            cache_store=self.kv, limiter=self.limiter, guard_hooks=self.guard_hooks)
         self._background: set[asyncio.Task[None]] = set()
         keys = [k.get_secret_value() for k in config.traces.encryption_keys]
         self.cipher = PayloadCipher(keys) if keys else None
@@ -91,7 +94,8 @@ class Gateway:
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
-            name: HostedService(name, s) for name, s in config.services.items()
+            name: HostedService(name, s, counter=self.metrics.count_guard_trip)
+            for name, s in config.services.items()
         }
         self.writer: TraceWriter | None = None
         if config.traces.enabled:

@@ -103,10 +103,19 @@ class Metrics:
         self.cache = Counter(
             "shipyard_cache_requests", "Cache lookups by alias and outcome (hit/miss/bypass).",
             ("model", "outcome"), registry=r)
+        self.guard_trips = Counter(
+            "shipyard_guard_trips",
+            "Guard verdicts other than allow (fix, block, escalate) and guard failures "
+            "(timeout, error), by model or service, stage, guard and action.",
+            ("target", "stage", "guard", "action"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
             multiprocess_mode="livesum")
+
+    def count_guard_trip(self, target: str, stage: str, guard: str, action: str) -> None:
+        """A guard tripped (or failed); the guard runner calls this."""
+        self.guard_trips.labels(target, stage, guard, action).inc()
 
     def request_series(self, route: str, service: str, model: str,
                        status: int) -> tuple[Counter, Histogram]:
