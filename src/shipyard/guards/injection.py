@@ -9,8 +9,9 @@
 3. **Similarity** to a corpus of known attacks: character n-gram TF-IDF and cosine (numpy),
    over windows of the text so an attack buried in a long message still stands out; with an
    embedding model installed (`embeddings: true`), sentence embeddings instead.
-4. An optional **classifier** a team trains on its own labelled data
-   (`shipyard guards train data.jsonl -o model.json`, see `shipyard.guards.classifier`).
+4. A **classifier**: logistic regression on character n-grams. The built-in one is trained on
+   the tuning split of the shipped corpus; a team trains its own on its own labelled data with
+   `shipyard guards train data.jsonl -o model.json` (see `shipyard.guards.classifier`).
 
 The verdict blocks when the combined score reaches `threshold`; its reason names the layers and
 categories that fired, never the text itself.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +37,38 @@ from shipyard.guards.corpus import attack_texts
 from shipyard.guards.features import featurize, have_numpy, idf_of, need_numpy
 from shipyard.guards.normalize import fold, variants
 
-__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "heuristic_score"]
+__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "builtin_classifier", "heuristic_score"]
 
 _W = r"[^.\n]{0,40}?"  # a short gap inside one sentence
 _INSTR = (r"(instructions?|prompts?|rules|directions|directives?|guidelines|guidance|"
           r"constraints|programming|orders|polic(?:y|ies)|restrictions|safeguards|commands|"
           r"context|training)")
+# Words that make "ignore the previous ... rules" about something else (formatting, lint, tax).
+_TECH = (r"(?:(?!\b(formatting|format|lint|linting|eslint|prettier|css|style|styling|firewall|git|"
+         r"cache|caching|routing|validation|build|compiler|type|typing|spelling|grammar|tax|"
+         r"shipping|parking|traffic|game|house|school|club|cookie|filter|mail|inbox|sorting|"
+         r"naming|test|import)\b)[^.\n]){0,40}?")
 # (category, weight, pattern) — matched against folded, lower-case text.
 PATTERNS: list[tuple[str, float, str]] = [
     # instruction override
     ("override", 0.9, rf"\b(ignore|disregard|forget|skip|bypass|override|neglect|discard|"
-     rf"abandon|set aside|throw out|erase|delete|clear)\b{_W}\b(previous|prior|above|earlier|"
-     rf"preceding|former|original|initial|all|any|every|your|the|those|these|system|developer|"
-     rf"safety|old)\b{_W}\b{_INSTR}"),
-    ("override", 0.75, rf"\b(do not|don't|dont|never|no longer|stop) (follow|obey|adhere to|"
-     rf"apply|respect|listen to|comply with)\b{_W}\b{_INSTR}"),
+     rf"abandon|set aside|throw out)\b{_W}\b(previous|prior|above|earlier|"
+     rf"preceding|former|original|initial|all|any|every|your|those|these|system|developer|"
+     rf"safety|old)\b{_TECH}\b{_INSTR}"),
+    ("override", 0.75, rf"\b(do not|don't|dont|never|no longer|stop) (follow(ing)?|obey(ing)?|"
+     rf"adher(e|ing) to|apply(ing)?|respect(ing)?|listen(ing)? to|comply(ing)? with)\b{_W}"
+     rf"\b{_INSTR}"),
+    ("override", 0.55, r"\b(new|updated|following|further|secret) (instructions|orders|"
+     r"directives|rules) (follow|below|are as follows|apply)\b"),
+    ("override", 0.75, r"\b(rules|guidelines|policies|restrictions|instructions|filters|"
+     r"safeguards)\b[^.\n]{0,20}\b(no longer apply|don't apply|do not apply|are (now )?"
+     r"(suspended|lifted|disabled|off|void|removed))"),
+    ("override", 0.7, r"\b(safety|content|security|moderation) (filters|protocols|checks|rules|"
+     r"guardrails|restrictions) (are |have been )?(now )?(disabled|off|suspended|removed|"
+     r"deactivated|lifted)"),
+    ("override", 0.75, r"\b(disable|turn off|deactivate|bypass|override|remove|lift|switch off)"
+     r" (your|the assistant'?s|all( of)? your) (safety |content |moderation |ethical )?"
+     r"(filters|guardrails|checks|restrictions|limits|protocols|rules|safeguards)"),
     ("override", 0.6, r"\b(new|updated|revised|real|actual|true|secret|hidden|priority|"
      r"important|urgent)\s+(instructions?|rules|system prompt|directives?|task|orders)\s*[:\-!]"),
     ("override", 0.5, r"\bfrom now on,? (you|u|your|the assistant)\b"),
@@ -61,7 +80,7 @@ PATTERNS: list[tuple[str, float, str]] = [
     ("override", 0.55, r"\b(override|bypass|disable|turn off|deactivate|remove|lift)\b"
      r"[^.\n]{0,25}\b(safety|content|security|moderation|ethical|your) ?(filters?|guardrails?|"
      r"checks?|protocols?|restrictions?|limits?|settings?|mode)\b"),
-    ("override", 0.35, r"\b(admin|administrator|developer|root|sudo|god|debug|maintenance|"
+    ("override", 0.35, r"\b(admin|administrator|root|sudo|god|debug|maintenance|"
      r"unrestricted) (mode|access|override|privileges?|console)\b"),
     ("override", 0.5, r"\b(i am|i'm|this is) (your|the|an?) (developer|creator|admin|"
      r"administrator|owner|programmer|system administrator|openai (staff|employee|engineer)|"
@@ -88,6 +107,20 @@ PATTERNS: list[tuple[str, float, str]] = [
      r"(restrictions|filters|limits|limitations|boundaries|censorship|rules)\b"),
     ("jailbreak", 0.5, r"\bjail ?break(s|ed|ing)?\b"),
     ("jailbreak", 0.4, r"\bdeveloper mode\b"),
+    ("jailbreak", 0.6, r"\b(you|chatgpt|gpt|assistant|ai|llm)\b[^.\n]{0,40}\bdeveloper mode\b|"
+     r"\bdeveloper mode\b[^.\n]{0,40}\b(you|chatgpt|gpt|assistant|ai|llm)\b"),
+    ("jailbreak", 0.8, r"\b(better ?dan|anti ?dan|dan ?\d+(\.\d+)?|dan mode|as dan|called dan|"
+     r"named dan)\b"),
+    ("jailbreak", 0.35, r"\b(without|no) (any )?(filter|filtering|filters|censorship|"
+     r"censoring)\b|\bunfiltered\b"),
+    ("jailbreak", 0.6, r"\b(refusal|refuse|refusing|decline)s?\b[^.\n]{0,40}\b(costs?|lose|"
+     r"deduct|penalt|shut down|die)"),
+    ("jailbreak", 0.5, r"\bwithout (refusing|any refusals?|saying no|declining)\b"),
+    ("jailbreak", 0.7, r"\b(removed|lifted|disabled|deleted|unlocked) (all )?(of )?your "
+     r"(limits|limitations|restrictions|filters|rules|guidelines|safeguards)"),
+    ("jailbreak", 0.6, r"\b(grandma|grandmother|granny|deceased|late (mother|father|grandpa))\b"
+     r"[^.\n]{0,160}\b(pretend|act as|play|role|be her|be him)|\b(pretend|act as|play)\b"
+     r"[^.\n]{0,40}\b(grandma|grandmother|granny|deceased)"),
     ("jailbreak", 0.5, r"\b(stay|remain|keep|break) (in|out of) character\b"),
     ("jailbreak", 0.6, r"\b(opposite|evil|chaos|god|unlocked|unfiltered|uncensored|"
      r"unrestricted|dan|anarchy|rebel) mode\b"),
@@ -132,12 +165,22 @@ PATTERNS: list[tuple[str, float, str]] = [
     ("prompt_extraction", 0.6, r"\b(start|begin) (your (answer|response|reply|output) )?"
      r"with\b[^.\n]{0,20}\b(you are|your instructions|my instructions|system)"),
     ("prompt_extraction", 0.75, r"\b(translate|summari[sz]e|encode|convert|paraphrase|"
-     r"rewrite)\b[^.\n]{0,30}\b(your|the) (system |initial |hidden |original )?(prompt|"
-     r"instructions)\b"),
+     r"rewrite)\b[^.\n]{0,30}\b((your|the) (system|initial|hidden|original|secret) (prompt|"
+     r"instructions)|your (prompt|instructions))\b"),
     ("prompt_extraction", 0.3, r"\b(initial|hidden|secret|system|original) (prompt|"
      r"instructions)\b"),
     ("prompt_extraction", 0.45, r"\b(your|the) (instructions|prompt|rules) "
      r"(verbatim|word for word|in full)\b"),
+    ("prompt_extraction", 0.75, r"\b(reveal|show|print|output|type out|write out|dump|paste|"
+     r"list|give me|tell me|share|recite|copy|echo|display|paraphrase|summari[sz]e|repeat|"
+     r"send back|read out)\b[^.\n]{0,20}\byour (full |complete |entire |exact |whole |"
+     r"original |own )*(instructions|prompt|system prompt|pre-?prompt)\b"),
+    ("prompt_extraction", 0.65, r"\b(instructions|rules|prompt|guidelines)\s+(that )?you "
+     r"(were|have been|got) (given|told|provided|programmed with)"),
+    ("prompt_extraction", 0.6, r"\b(output|print|dump|show|reveal|export|display)\b[^.\n]{0,15}"
+     r"\byour (complete |full |entire |internal |whole )?(configuration|config|setup)\b"),
+    ("prompt_extraction", 0.55, r"\byour (own )?(system|initial|hidden|original|secret|"
+     r"internal|developer|starting) ?(prompt|instructions|message)\b"),
     # delimiter and role injection
     ("delimiter", 0.9, r"<\|?(im_start|im_end|endoftext|eot_id|start_header_id|system|"
      r"assistant)\|?>"),
@@ -158,6 +201,18 @@ PATTERNS: list[tuple[str, float, str]] = [
      r"[^.\n]{0,30}\b(e-?mails?|phone|numbers|addresses|passwords?|ssns?|social security|"
      r"credit cards?|card numbers|personal (data|information|details)|records|dates of "
      r"birth|birthdays|contact (details|info)|pii|api keys?|credentials)"),
+    ("data_extraction", 0.75, r"\b(e-?mails?|e-?mail addresses|phone numbers?|home addresses|"
+     r"addresses|personal (data|details|information)|contact (info|information|details)|"
+     r"dates of birth|ssns?|social security numbers|card numbers|credentials|passwords|"
+     r"login details)\b[^.\n]{0,20}\b(of|for|from|belonging to) (all|every|each|the other|"
+     r"other|our|your) [^.\n]{0,20}\b(customers|users|clients|patients|employees|members|"
+     r"subscribers|account holders|admins?|admin users|people|staff)\b"),
+    ("data_extraction", 0.75, r"\b(all|every|each|other) (customer|user|client|patient|"
+     r"employee|member|subscriber|account holder|person)('s|s'|s)? [^.\n]{0,15}\b(e-?mail|"
+     r"phone|home address|address|ssn|date of birth|card number|password|personal)"),
+    ("data_extraction", 0.7, r"\b(address|e-?mail|phone( number)?|contact (info|details)|date of "
+     r"birth|ssn|card number)\b[^.\n]{0,20}\b(of|for) (the )?(person|customer|user|client|"
+     r"patient|account holder|member|someone) (who|that|with|in|named)\b"),
     ("data_extraction", 0.6, r"\b(what is|what's|give me|tell me|find)\b[^.\n]{0,20}\b(the )?"
      r"(e-?mail|phone number|home address|address|ssn|social security number|card number|"
      r"password|date of birth)\b[^.\n]{0,15}\b(of|for|belonging to)\b[^.\n]{0,10}\b(another|"
@@ -166,14 +221,49 @@ PATTERNS: list[tuple[str, float, str]] = [
 
 _COMPILED = [(cat, weight, re.compile(pattern)) for cat, weight, pattern in PATTERNS]
 
+# Mention, not use: an attack quoted inside a question about it ("a customer wrote 'ignore all
+# previous instructions' - how do we respond?") is reported speech. Patterns that match inside
+# a quoted span of such a text count a quarter, unless the text also asks to act on the quote.
+_QUOTED = re.compile(r"\"[^\"\n]{6,}\"|\u201c[^\u201d]{6,}\u201d|(?<![a-z])'[^'\n]{6,}'(?![a-z])"
+                     r"|`[^`]+`|(?:^|\n|:\s?)>\s?[^\n]+")
+_MENTION = re.compile(
+    r"\b(wrote|typed|sent|said|says|saying|posted|received|left a review|logs? show|ticket|"
+    r"transcript|incident|attacker'?s?|payload|example (input|message)|the phrase|phrases like|"
+    r"messages like|lines? like|inputs? like|the line|how (should|do|can|would) (we|i|our|you)|"
+    r"is (this|that|it) (spam|a |an |something|acceptable|ok)|what (does|do|category|kind|type)|"
+    r"should (we|i|moderators|our)|classify|moderation|flagged|false positive|report|policy|"
+    r"blog post|awareness|explain|sanitis|sanitiz|was trying|titled|test cases?|qa )")
+_FOLLOW = re.compile(
+    r"\b(do (what|as|exactly what) (it|this|that) says|follow (it|this|that|them|these|the "
+    r"(instructions|message|text))|execute (it|this|them)|run (it|this)|obey (it|this|them)|"
+    r"comply with (it|this)|apply it|decode (it|this)?\s*and|then do it|do it now)\b")
+# A developer talking about their own app ("override the system prompt in my LangChain app").
+_OWN = re.compile(r"\b(my|our) (own )?(app|application|code|project|bot|chatbot|agent|"
+                  r"config|configuration|prompt|system prompt|deployment)\b|\bin (langchain|"
+                  r"llamaindex|my config|the config file|code)\b")
+_DAMPEN = 0.25
+
 
 def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
     """Noisy-OR of the weights of every pattern that matches any of `texts`."""
     hits: dict[int, float] = {}
     for text in texts:
+        quoted: list[tuple[int, int]] | None = None
+        own = _OWN.search(text) is not None
         for i, (_, weight, regex) in enumerate(_COMPILED):
-            if i not in hits and regex.search(text):
-                hits[i] = weight
+            if i in hits:
+                continue
+            match = regex.search(text)
+            if match is None:
+                continue
+            if quoted is None:
+                mention = _MENTION.search(text) is not None and not _FOLLOW.search(text)
+                quoted = [m.span() for m in _QUOTED.finditer(text)] if mention else []
+            start, end = match.span()
+            inside = any(a <= start and end <= b for a, b in quoted)
+            if own and not inside and "you" not in match.group():
+                inside = True  # about the caller's own system, not an order to this one
+            hits[i] = weight * _DAMPEN if inside else weight
     miss = 1.0
     categories: dict[str, float] = {}
     for i, weight in hits.items():
@@ -214,6 +304,14 @@ class Similarity:
         return best
 
 
+@lru_cache(maxsize=1)
+def builtin_classifier() -> Classifier:
+    """The classifier trained on the tuning split of the shipped corpus."""
+    path = resources.files("shipyard.guards.corpus").joinpath("classifier.json")
+    with resources.as_file(path) as file:
+        return Classifier.load(file)
+
+
 @lru_cache(maxsize=4)
 def _shared_similarity(dim: int) -> Similarity:
     return Similarity(attack_texts(), dim=dim)
@@ -232,9 +330,9 @@ class InjectionGuard(Guard):
     name = "injection"
 
     def __init__(self, *, threshold: float = 0.6, similarity: bool = True,
-                 similarity_threshold: float = 0.5, classifier: str | None = None,
-                 embeddings: bool = False, decode: bool = True,
-                 action: str = "block") -> None:
+                 similarity_threshold: float = 0.5, classifier: str | None = "builtin",
+                 classifier_threshold: float = 0.9, embeddings: bool = False,
+                 decode: bool = True, action: str = "block") -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold is {threshold}; it must be above 0 and at most 1")
         if not 0.0 < similarity_threshold <= 1.0:
@@ -253,7 +351,12 @@ class InjectionGuard(Guard):
             self.similarity = EmbeddingSimilarity(attack_texts())
         elif similarity and have_numpy():
             self.similarity = _shared_similarity(8192)
-        self.classifier = Classifier.load(Path(classifier)) if classifier else None
+        self.classifier_threshold = classifier_threshold
+        self.classifier: Classifier | None = None
+        if classifier == "builtin":
+            self.classifier = builtin_classifier() if have_numpy() else None
+        elif classifier:
+            self.classifier = Classifier.load(Path(classifier))
 
     def scores(self, text: str) -> dict[str, Any]:
         """Every layer's score for `text` (for tuning and the red-team report)."""
@@ -283,8 +386,11 @@ class InjectionGuard(Guard):
                 layers.append(f"similar to a known attack ({cosine:.2f})")
         prob = parts.get("classifier")
         if prob is not None:
-            miss *= 1.0 - prob * 0.999
-            if prob >= 0.5:
+            # Alone, the classifier blocks only when very sure; below that it adds evidence.
+            limit = self.classifier_threshold
+            scaled = 0.99 if prob >= limit else min(0.99, self.threshold * (prob / limit) ** 4)
+            miss *= 1.0 - scaled
+            if scaled >= 0.3:
                 layers.append(f"classifier {prob:.2f}")
         score = 1.0 - miss
         if score < self.threshold:

@@ -73,9 +73,12 @@ class PIIGuard(Guard):
 _INTENT = (r"(how (do|can|could|would|should|to) (i|you|we|one|someone)?|how to|steps (to|for)|"
            r"instructions (to|for|on)|teach me|help me|show me|tell me how|guide (to|for|on)|"
            r"recipe for|walk me through|explain how to|i want to|i need to|i'm going to|"
-           r"write|create|make|build|generate|develop|give me|code|synthesi[sz]e|produce)")
+           r"write|create|make|build|generate|develop|give me|code|synthesi[sz]e|produce|commit|"
+           r"(best|easiest|fastest|simplest|quickest|cheapest) (way|ways|method)s? (to|of))")
 _NOT_DEFENSIVE = (r"(?:(?!\b(protect|defend|prevent|detect|remove|recover|against|avoid|stop|"
-                  r"mitigate|report|spot|identify|block|secure|safe from)\b)[^.?!\n]){0,60}?")
+                  r"mitigate|report|spot|identify|block|secure|safe from|tell if|"
+                  r"check (if|for|whether)|scan for|find out if|know if|is there)\b)"
+                  r"[^.?!\n]){0,60}?")
 TOPIC_PRESETS: dict[str, str] = {
     "weapons": r"\b(bomb|pipe bomb|explosives?|explosive device|ied|molotov|napalm|thermite|"
                r"untraceable (gun|firearm)|ghost gun|3d[- ]printed (gun|firearm)|silencer|"
@@ -95,8 +98,9 @@ TOPIC_PRESETS: dict[str, str] = {
              r"cheque|document)|evade taxes|tax evasion)\b",
     "hacking": r"\b(hack into|break into|get into|access) (someone'?s|somebody'?s|my ex'?s|"
                r"another person'?s|a stranger'?s|my (wife|husband|boss|neighbou?r)'?s)\b|"
-               r"\b(bypass|crack|brute[- ]force) (2fa|two[- ]factor|mfa|(the |a |their )?"
-               r"password)",
+               r"\b(bypass|crack|brute[- ]force|get around) (the |a |their |his |her |my )?(2fa|"
+               r"two[- ]factor|mfa|password)\b[^.?!\n]{0,30}\b(someone|somebody|coworker|"
+               r"colleague|neighbou?r|ex|boss|wife|husband|another|other|their|his|her)\b",
     "self_harm": r"\b(kill myself|end my life|suicide|hurt myself|self[- ]harm|cut myself|"
                  r"overdose on purpose|don'?t want to (live|be alive))\b",
 }

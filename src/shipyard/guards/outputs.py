@@ -4,7 +4,7 @@ toxicity. (PII leakage is `shipyard.guards.inputs.PIIGuard` in an output list; g
 
 >>> g = JSONSchemaGuard(schema={"type": "object", "required": ["city"]})
 >>> g.check(Subject('{"town": "Oslo"}', "output")).metadata["reask"][:40]
-"The answer must be JSON that matches the"
+'The answer must be JSON that matches the'
 """
 
 from __future__ import annotations
