@@ -1,4 +1,4 @@
-"""`shipyard`: init, serve, config, traces, sim, demo, version."""
+"""`shipyard`: init, serve, config, traces, sim, demo, redteam, guards, version."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
+from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
@@ -50,6 +51,8 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage)
 app.add_typer(audit_cli.app, name="audit")
+app.command("redteam")(redteam)
+app.add_typer(guards_app, name="guards")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
