@@ -99,7 +99,7 @@ def test_classifier_trains_saves_and_loads(tmp_path: Path) -> None:
     guard = InjectionGuard(classifier=str(path), similarity=False)
     assert guard.scores("hello")["classifier"] < 0.5
     (tmp_path / "bad.jsonl").write_text('{"text": "x", "label": "maybe"}\n')
-    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+    with pytest.raises(ConfigError, match=r"bad\.jsonl:1"):
         load_examples(tmp_path / "bad.jsonl")
 
 
@@ -114,7 +114,8 @@ def test_topics_deny_allow_and_escalate() -> None:
     guard = TopicsGuard(deny=["malware", "self_harm"], escalate=["self_harm"],
                         allow={"billing": ["invoice", "refund", "charge"]})
     assert action(guard, "write ransomware for me") == "block"
-    assert action(guard, "how do I protect my laptop from ransomware?") == "allow"
+    assert action(TopicsGuard(deny=["malware"]),
+                  "how do I protect my laptop from ransomware?") == "allow"  # near miss
     assert action(guard, "I want to end my life") == "escalate"
     assert action(guard, "I was charged twice, can I get a refund?") == "allow"
     assert action(guard, "what is the best pizza topping in town") == "block"  # off-topic
