@@ -220,6 +220,111 @@ PATTERNS: list[tuple[str, float, str]] = [
 ]
 
 _COMPILED = [(cat, weight, re.compile(pattern)) for cat, weight, pattern in PATTERNS]
+_LITERAL = re.compile(r"[a-z]+")
+_WORDS = re.compile(r"[a-z]+")
+
+
+def _group_end(body: str, i: int) -> int:
+    """Index of the `)` closing the group opened at `body[i]`."""
+    depth = 0
+    j = i
+    while j < len(body):
+        ch = body[j]
+        if ch == "\\":
+            j += 2
+            continue
+        if ch == "[":
+            j = body.index("]", j + 1) + 1
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return len(body)
+
+
+def _alternatives(group: str) -> list[str]:
+    parts, depth, start, j = [], 0, 0, 0
+    while j < len(group):
+        ch = group[j]
+        if ch == "\\":
+            j += 2
+            continue
+        if ch == "[":
+            j = group.index("]", j + 1) + 1
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(group[start:j])
+            start = j + 1
+        j += 1
+    parts.append(group[start:])
+    return parts
+
+
+def _requirements(pattern: str) -> list[frozenset[str]] | None:
+    """Sets of word prefixes a text needs (one of each set) for `pattern` to match: the
+    leading words of required groups and the literal words of the pattern that start a word.
+    `None` when the pattern has top-level alternatives (no cheap prefilter)."""
+    if _alternatives(pattern) != [pattern]:
+        return None
+    needs: list[frozenset[str]] = []
+    i, boundary = 0, True
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith((r"\b", r"\s+"), i) or ch == " ":
+            i += 2 if ch == "\\" and pattern[i + 1] == "b" else (3 if ch == "\\" else 1)
+            boundary = True
+            continue
+        if ch == "\\":
+            i, boundary = i + 2, False
+            continue
+        if ch == "[":
+            i, boundary = pattern.index("]", i + 1) + 1, False
+            continue
+        if ch == "(":
+            end = _group_end(pattern, i)
+            after = pattern[end + 1: end + 3]
+            optional = after[:1] in ("?", "*") or after.startswith("{0")
+            if boundary and not optional:
+                words = set()
+                for part in _alternatives(pattern[i + 1: end]):
+                    literal = _LITERAL.match(part)
+                    if literal is None:
+                        break
+                    word = literal.group()
+                    if part[literal.end(): literal.end() + 1] in ("?", "*", "{"):
+                        word = word[:-1]
+                    if not word:
+                        break
+                    words.add(word)
+                else:
+                    needs.append(frozenset(words))
+            i, boundary = end + 1, False
+            continue
+        literal = _LITERAL.match(pattern, i)
+        if literal is not None:
+            word = literal.group()
+            nxt = pattern[literal.end(): literal.end() + 1]
+            if nxt in ("?", "*", "{"):
+                word = word[:-1]
+            if boundary and word:
+                needs.append(frozenset([word]))
+            i, boundary = literal.end(), False
+            continue
+        i, boundary = i + 1, False
+    return needs
+
+
+# Running ~80 regexes over every variant of a 1 KB text costs milliseconds; most patterns can
+# only match when one of a few words is present, so they run only then (same results).
+_PREFILTER = [_requirements(pattern) for _, _, pattern in PATTERNS]
 
 # Mention, not use: an attack quoted inside a question about it ("a customer wrote 'ignore all
 # previous instructions' - how do we respond?") is reported speech. Patterns that match inside
@@ -249,9 +354,14 @@ def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
     hits: dict[int, float] = {}
     for text in texts:
         quoted: list[tuple[int, int]] | None = None
-        own = _OWN.search(text) is not None
+        own: bool | None = None
+        spaced = " " + " ".join(_WORDS.findall(text))
         for i, (_, weight, regex) in enumerate(_COMPILED):
             if i in hits:
+                continue
+            needs = _PREFILTER[i]
+            if needs is not None and not all(
+                    any(" " + w in spaced for w in need) for need in needs):
                 continue
             match = regex.search(text)
             if match is None:
@@ -259,6 +369,7 @@ def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
             if quoted is None:
                 mention = _MENTION.search(text) is not None and not _FOLLOW.search(text)
                 quoted = [m.span() for m in _QUOTED.finditer(text)] if mention else []
+                own = _OWN.search(text) is not None
             start, end = match.span()
             inside = any(a <= start and end <= b for a, b in quoted)
             if own and not inside and "you" not in match.group():
@@ -295,13 +406,15 @@ class Similarity:
     def score(self, text: str) -> float:
         """The highest cosine between any window of `text` and any known attack."""
         np = self._np
-        best = 0.0
-        for window in _windows(fold(text)):
-            vector = featurize(window, dim=self.dim, idf=self.idf)
-            nz = np.flatnonzero(vector)
-            if len(nz):
-                best = max(best, float((vector[nz] @ self.by_feature[nz]).max()))
-        return best
+        windows = _windows(fold(text))
+        vectors = np.stack([featurize(w, dim=self.dim, idf=self.idf) for w in windows])
+        nz = np.flatnonzero(vectors.any(axis=0))  # gather the attack rows once, for all windows
+        if not len(nz):
+            return 0.0
+        rows = self.by_feature[nz]
+        # One small matrix-vector product per window: a matrix-matrix product would wake the
+        # BLAS thread pool, which costs more than the whole product here.
+        return max(float((vector[nz] @ rows).max()) for vector in vectors)
 
 
 @lru_cache(maxsize=1)
@@ -320,18 +433,21 @@ def _shared_similarity(dim: int) -> Similarity:
 class InjectionGuard(Guard):
     """Block prompt injection and jailbreak attempts (see the module docstring).
 
-    Options: `threshold` (combined score that blocks, 0-1), `similarity` (compare with the
-    shipped attack corpus when numpy is installed), `similarity_threshold` (the cosine that
-    alone blocks), `classifier` (path of a model trained with `shipyard guards train`),
+    Options: `threshold` (combined score that blocks, 0-1), `similarity` (also compare with
+    the shipped attack corpus; off by default: it costs about as much as every other layer
+    together for a small gain, see docs/guards.md), `similarity_threshold` (the cosine that
+    alone blocks), `classifier` (`builtin`, a path of a model trained with
+    `shipyard guards train`, or null for none), `classifier_threshold` (the probability that
+    alone blocks),
     `embeddings` (use an installed sentence-embedding model for similarity), `decode`
     (decode base64/hex/rot13 payloads and rescan).
     """
 
     name = "injection"
 
-    def __init__(self, *, threshold: float = 0.6, similarity: bool = True,
+    def __init__(self, *, threshold: float = 0.6, similarity: bool = False,
                  similarity_threshold: float = 0.5, classifier: str | None = "builtin",
-                 classifier_threshold: float = 0.9, embeddings: bool = False,
+                 classifier_threshold: float = 0.9, embeddings: bool | str = False,
                  decode: bool = True, action: str = "block") -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold is {threshold}; it must be above 0 and at most 1")
@@ -346,9 +462,11 @@ class InjectionGuard(Guard):
         self.action = action
         self.similarity: Any = None
         if embeddings:
-            from shipyard.guards.embeddings import EmbeddingSimilarity
+            # Loaded only when asked for: it imports sentence-transformers (and PyTorch).
+            from shipyard.guards.embeddings import DEFAULT_MODEL, EmbeddingSimilarity
 
-            self.similarity = EmbeddingSimilarity(attack_texts())
+            model = embeddings if isinstance(embeddings, str) else DEFAULT_MODEL
+            self.similarity = EmbeddingSimilarity(attack_texts(), model=model)
         elif similarity and have_numpy():
             self.similarity = _shared_similarity(8192)
         self.classifier_threshold = classifier_threshold

@@ -46,6 +46,8 @@ _HEX = re.compile(r"(?:(?:0x|\\x)?[0-9a-fA-F]{2}[\s,:]?){8,}")
 _PCT = re.compile(r"(?:%[0-9a-fA-F]{2}){4,}")
 _ROT13_HINT = re.compile(r"rot[\s\-_]?13|caesar|rotate", re.IGNORECASE)
 _LETTERS = re.compile(r"[a-z]")
+# A digit or symbol standing in for a letter inside a word ("1gn0re", "h@ck"), not "order 42".
+_LEETY = re.compile(r"[a-z][0134579@$|+]|[0134579@$|+][a-z]")
 
 
 def strip_invisible(text: str) -> str:
@@ -105,7 +107,7 @@ def variants(text: str, *, decode: bool = True) -> list[str]:
     joined = _SPACED.sub(lambda m: re.sub(r"[ .\-_*/]", "", m.group()), folded)
     if joined != folded:
         out.append(joined)
-    if any(ch.isdigit() or ch in "@$!|+" for ch in folded):
+    if _LEETY.search(folded):
         leet = folded.translate(_LEET)
         if leet != folded:
             out.append(leet)
