@@ -69,6 +69,20 @@ PATTERNS: list[tuple[str, float, str]] = [
     ("override", 0.75, r"\b(disable|turn off|deactivate|bypass|override|remove|lift|switch off)"
      r" (your|the assistant'?s|all( of)? your) (safety |content |moderation |ethical )?"
      r"(filters|guardrails|checks|restrictions|limits|protocols|rules|safeguards)"),
+    ("override", 0.85, r"\b(ignore|disregard|forget|discard|drop|pay no attention to|cancel|"
+     r"scrap|void)\b (about )?(everything|whatever|all)( (that|which))? (you'?ve been|you have "
+     r"been|you were|you got|they told|was said|i said|above|before|prior|earlier)"),
+    ("override", 0.75, r"\b(ignore|disregard|forget|pay no attention to)\b (the |all )?(above|"
+     r"preceding|prior|earlier)\b( text| message| content| part)?"),
+    ("override", 0.75, r"\b(pay no attention to|cancel|replace|overwrite|scrap|nullify|void|"
+     r"forget about|drop|discard)\b[^.\n]{0,30}\b(your|all|the|previous|prior|earlier|any)\b"
+     r"[^.\n]{0,20}\b(instructions|directives|guidelines|rules|policies|system prompt|prompt|"
+     r"configuration|restrictions)\b"),
+    ("override", 0.7, r"\bregardless of (your|any|the|all)( previous| prior| earlier| other)? "
+     r"(instructions|rules|guidelines|policies|restrictions|directives)"),
+    ("override", 0.5, r"\b(instructions|guidelines|rules|policies)( that were)? (given|set|"
+     r"written) by (your|the) (operator|developer|creator|company|admin)|\bwhoever "
+     r"(deployed|configured|set up|built) you\b"),
     ("override", 0.6, r"\b(new|updated|revised|real|actual|true|secret|hidden|priority|"
      r"important|urgent)\s+(instructions?|rules|system prompt|directives?|task|orders)\s*[:\-!]"),
     ("override", 0.5, r"\bfrom now on,? (you|u|your|the assistant)\b"),
@@ -329,7 +343,8 @@ _PREFILTER = [_requirements(pattern) for _, _, pattern in PATTERNS]
 # Mention, not use: an attack quoted inside a question about it ("a customer wrote 'ignore all
 # previous instructions' - how do we respond?") is reported speech. Patterns that match inside
 # a quoted span of such a text count a quarter, unless the text also asks to act on the quote.
-_QUOTED = re.compile(r"\"[^\"\n]{6,}\"|\u201c[^\u201d]{6,}\u201d|(?<![a-z])'[^'\n]{6,}'(?![a-z])"
+_QUOTED = re.compile(r"\"[^\"\n]{6,}\"|\u201c[^\u201d]{6,}\u201d|"
+                     r"(?<![a-z])'(?:[^'\n]|(?<=[a-z])'(?=[a-z])){6,}'(?![a-z])"
                      r"|`[^`]+`|(?:^|\n|:\s?)>\s?[^\n]+")
 _MENTION = re.compile(
     r"\b(wrote|typed|sent|said|says|saying|posted|received|left a review|logs? show|ticket|"
@@ -337,7 +352,9 @@ _MENTION = re.compile(
     r"messages like|lines? like|inputs? like|the line|how (should|do|can|would) (we|i|our|you)|"
     r"is (this|that|it) (spam|a |an |something|acceptable|ok)|what (does|do|category|kind|type)|"
     r"should (we|i|moderators|our)|classify|moderation|flagged|false positive|report|policy|"
-    r"blog post|awareness|explain|sanitis|sanitiz|was trying|titled|test cases?|qa )")
+    r"blog post|awareness|explain|sanitis|sanitiz|was trying|titled|test cases?|qa |"
+    r"(saw|seen|received|got|found|noticed) (the |a |this )?(message|text|phrase|line|string)|"
+    r"in (our|the) logs|the sentence|quiz|training|example of|caller says|user says)")
 _FOLLOW = re.compile(
     r"\b(do (what|as|exactly what) (it|this|that) says|follow (it|this|that|them|these|the "
     r"(instructions|message|text))|execute (it|this|them)|run (it|this)|obey (it|this|them)|"
@@ -382,6 +399,13 @@ def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
         cat = _COMPILED[i][0]
         categories[cat] = max(categories.get(cat, 0.0), weight)
     return 1.0 - miss, categories
+
+
+def _without_quotes(text: str) -> str:
+    """`text` with quoted spans removed when it talks about them (mention, not use)."""
+    if not _MENTION.search(text) or _FOLLOW.search(text):
+        return text
+    return _QUOTED.sub(" ", text)
 
 
 def _windows(text: str, size: int = 320, step: int = 200) -> list[str]:
@@ -484,7 +508,7 @@ class InjectionGuard(Guard):
         if self.similarity is not None:
             out["similarity"] = self.similarity.score(text)
         if self.classifier is not None:
-            out["classifier"] = self.classifier.probability(text)
+            out["classifier"] = self.classifier.probability(_without_quotes(forms[0]))
         return out
 
     def check(self, subject: Subject) -> Verdict:
