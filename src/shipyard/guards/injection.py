@@ -436,9 +436,10 @@ class Similarity:
         if not len(nz):
             return 0.0
         rows = self.by_feature[nz]
-        # One small matrix-vector product per window: a matrix-matrix product would wake the
-        # BLAS thread pool, which costs more than the whole product here.
-        return max(float((vector[nz] @ rows).max()) for vector in vectors)
+        # einsum's own loop, not BLAS: a BLAS call this size wakes its thread pool, which
+        # spins for longer than the whole product takes.
+        scores = np.einsum("wi,ij->wj", vectors[:, nz], rows)
+        return float(scores.max())
 
 
 @lru_cache(maxsize=1)
