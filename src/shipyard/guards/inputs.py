@@ -244,7 +244,15 @@ SECRET_PATTERNS: list[tuple[str, str]] = [
                             r"auth[_-]?token|client[_-]?secret)\b\s*[:=]\s*['\"]?"
                             r"(?=[^\s'\"]*[0-9])(?=[^\s'\"]*[A-Za-z])[^\s'\"]{8,}"),
 ]
-_SECRETS = [(kind, re.compile(pattern)) for kind, pattern in SECRET_PATTERNS]
+# A substring (of the lower-cased text) each kind needs: most texts skip every regex.
+_HINTS = {
+    "AWS_ACCESS_KEY": ("akia", "asia"), "AWS_SECRET_KEY": ("aws",),
+    "GITHUB_TOKEN": ("gh", "github_pat_"), "OPENAI_KEY": ("sk-",), "ANTHROPIC_KEY": ("sk-ant-",),
+    "SLACK_TOKEN": ("xox",), "STRIPE_KEY": ("_live_", "_test_"), "GOOGLE_API_KEY": ("aiza",),
+    "PRIVATE_KEY": ("private key",), "JWT": ("eyj",), "CONNECTION_STRING": ("://",),
+    "PASSWORD_ASSIGNMENT": ("pass", "pwd", "secret", "key", "token"),
+}
+_SECRETS = [(kind, re.compile(pattern), _HINTS[kind]) for kind, pattern in SECRET_PATTERNS]
 
 
 class SecretsGuard(Guard):
@@ -258,8 +266,11 @@ class SecretsGuard(Guard):
 
     def check(self, subject: Subject) -> Verdict:
         text = subject.text
+        lower = text.lower()
         kinds: list[str] = []
-        for kind, regex in _SECRETS:
+        for kind, regex, hints in _SECRETS:
+            if not any(h in lower for h in hints):
+                continue
             if regex.search(text):
                 kinds.append(kind)
                 if self.action == "fix":
