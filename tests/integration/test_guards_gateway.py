@@ -78,12 +78,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
         sim.stop()
         raise
     yield {"sim": sim, "gateway": gateway}
+    sdk = _clients.pop(gateway.port, None)
+    if sdk is not None:
+        sdk.close()
     gateway.stop()
     sim.stop()
 
 
+_clients: dict[int, openai.OpenAI] = {}
+
+
 def client(gateway: Proc) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0)
+    """One SDK client per gateway, closed with it (an unclosed socket is a test error)."""
+    if gateway.port not in _clients:
+        _clients[gateway.port] = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY,
+                                               max_retries=0)
+    return _clients[gateway.port]
 
 
 def test_blocked_input_gets_a_polite_answer_in_the_normal_shape(stack: dict[str, Proc]) -> None:
