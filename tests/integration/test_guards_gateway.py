@@ -218,14 +218,15 @@ def test_trips_are_counted_and_traced(stack: dict[str, Proc]) -> None:
     assert 'shipyard_guard_trips_total{action="block",guard="injection",stage="input",' \
            'target="support"}' in metrics
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    blocked: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not blocked:
         status, traces = _http("GET", f"{gateway.url}/v1/traces?limit=50")
-        rows = traces.get("data", []) if isinstance(traces, dict) else []
-        found = [r for r in rows if "guards" in (r.get("attributes") or "")]
-        if found:
-            break
+        for row in traces.get("data", []) if isinstance(traces, dict) else []:
+            attributes = row.get("attributes") or "{}"
+            recorded = json.loads(attributes) if isinstance(attributes, str) else attributes
+            blocked += [g for g in recorded.get("guards", [])
+                        if g["guard"] == "injection" and g["action"] == "block"]
         time.sleep(0.1)
-    assert found, traces
-    attributes = found[0]["attributes"]
-    guards = (json.loads(attributes) if isinstance(attributes, str) else attributes)["guards"]
-    assert guards[0]["guard"] == "injection" and guards[0]["action"] == "block"
+    assert blocked, traces
+    assert blocked[0]["stage"] == "input" and blocked[0]["code"] == "prompt_injection"
+    assert "score" in blocked[0] and "ms" in blocked[0]
