@@ -278,3 +278,31 @@ def test_escalation_hook_gets_the_conversation() -> None:
     assert reply.data["shipyard"]["escalation"] == {"ticket_id": "esc_1"}
     assert seen[0].messages == payload["messages"] and seen[0].request_id == "req_1"
     assert ctx.attributes and ctx.attributes["guards"][0]["action"] == "escalate"
+
+
+def test_a_failing_escalation_hook_still_answers_politely(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from shipyard.gateway.context import RequestContext
+    from shipyard.gateway.pipeline import Call
+    from shipyard.guards.registry import build_guard_lists
+    from shipyard.guards.stage import GuardStage
+    from shipyard.providers.base import Reply
+
+    async def broken(escalation: Escalation) -> dict[str, Any]:
+        raise RuntimeError("ticket store down")
+
+    config = GuardsConfig.model_validate({"input": [
+        {"guard": "topics", "deny": ["self_harm"], "escalate": ["self_harm"]}]})
+    inputs, outputs = build_guard_lists(config, "models.m.guards", target="m")
+    stage = GuardStage("m", config, inputs, outputs, GuardHooks(on_escalate=broken))
+    payload = {"model": "m", "messages": [{"role": "user", "content": "I want to end my life"}]}
+    call = Call(RequestContext("r", "chat", "t"), "chat/completions", payload, False,
+                None)  # type: ignore[arg-type]
+
+    async def model(call: Call) -> Reply:
+        raise AssertionError("not reached")
+
+    reply = asyncio.run(stage(call, model))
+    assert reply.data is not None
+    assert reply.data["choices"][0]["message"]["content"] == config.escalated_message
+    assert "escalation hook failed" in caplog.text

@@ -7,6 +7,7 @@ output guards comes from the input's `context` (or `documents`) field when there
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from shipyard.guards.registry import build_guard_lists
 from shipyard.guards.runner import GuardList, Outcome, TripCounter
 
 __all__ = ["ServiceGuards", "strings_of"]
+
+log = logging.getLogger("shipyard.guards")
 
 _CONTEXT_KEYS = ("context", "documents", "sources")
 
@@ -87,10 +90,14 @@ class ServiceGuards:
         message = self.config.blocked_message
         if outcome.action == "escalate":
             message = self.config.escalated_message
+            extra = None
             if hooks.on_escalate is not None and outcome.verdict is not None:
-                extra = await hooks.on_escalate(Escalation(
-                    self.name, stage, outcome.guard, outcome.verdict, [], text, trace_id,
-                    request_id, tenant_id))
+                try:
+                    extra = await hooks.on_escalate(Escalation(
+                        self.name, stage, outcome.guard, outcome.verdict, [], text, trace_id,
+                        request_id, tenant_id))
+                except Exception:  # the caller still gets the escalated message
+                    log.exception("escalation hook failed for request %s", request_id)
                 if extra:
                     message = str(extra.pop("message", message))
                     meta["escalation"] = extra

@@ -9,6 +9,7 @@ with that feedback up to its `retries`, then the request fails with a clear 502.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -29,6 +30,8 @@ from shipyard.guards.streaming import guard_stream
 from shipyard.providers.base import Reply
 
 __all__ = ["GuardStage", "chat_subject"]
+
+log = logging.getLogger("shipyard.guards")
 
 
 def chat_subject(payload: dict[str, Any], stage: str, target: str) -> Subject:
@@ -181,9 +184,13 @@ class GuardStage(Stage):
         if hook is None or outcome.verdict is None:
             return None
         ctx = call.ctx
-        return await hook(Escalation(
-            self.alias, subject.stage, outcome.guard, outcome.verdict, subject.messages,
-            subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id))
+        try:
+            return await hook(Escalation(
+                self.alias, subject.stage, outcome.guard, outcome.verdict, subject.messages,
+                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id))
+        except Exception:  # the caller still gets the escalated message, never a 500
+            log.exception("escalation hook failed for request %s", ctx.request_id)
+            return None
 
 
 def _trace(ctx: Any) -> dict[str, Any]:
