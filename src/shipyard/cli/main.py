@@ -1,4 +1,4 @@
-"""`shipyard`: the command line (serve, config, traces, feedback, pii, sim, demo, ...)."""
+"""`shipyard`: the command line (serve, config, traces, feedback, pii, guards, redteam, ...)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
+from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
@@ -56,6 +57,8 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
+app.command("redteam")(redteam)
+app.add_typer(guards_app, name="guards")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

@@ -20,6 +20,8 @@ __all__ = [
     "CaptureMode",
     "Config",
     "EscalationConfig",
+    "GuardSpec",
+    "GuardsConfig",
     "ModelConfig",
     "OIDCConfig",
     "OTLPConfig",
@@ -774,6 +776,102 @@ class EscalationConfig(_Section):
         return self
 
 
+GUARD_NAMES = (
+    "banned", "grounding", "injection", "invisible", "json_schema", "length", "pii", "refusal",
+    "secrets", "system_prompt_leak", "topics", "toxicity",
+)
+
+
+class GuardSpec(_Section):
+    """One guard in an input or output list: a built-in name or `module:function_or_Class`.
+
+    Options of the guard sit beside `guard` (`{guard: topics, deny: [weapons]}`) or under
+    `options`; a bare string is a guard with its defaults.
+    """
+
+    guard: str = Field(description="A built-in guard (`injection`, `pii`, `topics`, `length`, "
+                       "`invisible`, `secrets`, `json_schema`, `system_prompt_leak`, "
+                       "`grounding`, `refusal`, `banned`, `toxicity`) or your own as "
+                       "`package.module:function` or `package.module:GuardClass`.")
+    name: str | None = Field(None, description="Name on traces and metrics (default: `guard`).")
+    timeout_ms: float | None = Field(
+        None, gt=0, description="Longest this guard may take (default: the list's `timeout_ms`).")
+    on_error: Literal["open", "closed"] | None = Field(
+        None, description="When the guard raises or times out: `open` allows the request, "
+        "`closed` blocks it (default: the list's `on_error`).")
+    on_trip: Literal["default", "block", "fix", "escalate", "flag"] = Field(
+        "default", description="What a tripped verdict does: `default` (what the guard said), "
+        "`block`, `fix`, `escalate`, or `flag` (record only: shadow mode).")
+    retries: int = Field(
+        2, ge=0, le=10, description="`json_schema`: times the model is re-asked with the "
+        "validation error before the request fails.")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Options of the guard itself.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"guard": value}
+        if isinstance(value, dict):
+            own = set(cls.model_fields)
+            extra = {k: v for k, v in value.items() if k not in own}
+            if extra:
+                kept = {k: v for k, v in value.items() if k in own}
+                kept["options"] = {**dict(value.get("options") or {}), **extra}
+                return kept
+        return value
+
+    @field_validator("guard")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in GUARD_NAMES and not _FUNCTION.match(value):
+            raise ValueError(
+                f"guard {value!r} is neither a built-in guard ({', '.join(GUARD_NAMES)}) nor "
+                "a reference like 'package.module:function'")
+        return value
+
+
+class GuardsConfig(_Section):
+    """Input and output guards of one model alias or service."""
+
+    input: list[GuardSpec] = Field(
+        default_factory=list, description="Guards run on each request before the model sees "
+        "it, in order.")
+    output: list[GuardSpec] = Field(
+        default_factory=list, description="Guards run on each answer before the caller sees "
+        "it, in order (streams: on a sentence window).")
+    timeout_ms: float = Field(
+        200.0, gt=0, description="Default longest time one guard may take.")
+    on_error: Literal["open", "closed"] = Field(
+        "open", description="Default failure policy: `open` allows when a guard fails or "
+        "times out, `closed` blocks.")
+    blocked_message: str = Field(
+        "Sorry, I can't help with that request. If you think this is a mistake, please "
+        "rephrase it or contact support.",
+        min_length=1, description="The polite answer a caller gets when a guard blocks.")
+    escalated_message: str = Field(
+        "Thanks for your patience. I've passed this conversation to a person on our team, who "
+        "will follow up with you.",
+        min_length=1, description="The answer a caller gets when a guard escalates.")
+    stream_window: int = Field(
+        2, ge=1, le=20, description="Streaming: output guards judge the last N sentences "
+        "each time a sentence completes.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GuardsConfig:
+        for stage, specs in (("input", self.input), ("output", self.output)):
+            seen: set[str] = set()
+            for i, spec in enumerate(specs):
+                name = spec.name or spec.guard
+                if name in seen:
+                    raise ValueError(
+                        f"guards.{stage}[{i}] is a second guard named {name!r}; give one of "
+                        "them a distinct 'name'")
+                seen.add(name)
+        return self
+
+
 class ModelConfig(_Section):
     provider: str | None = Field(
         None, description="Name of an entry under `providers` (or list `deployments`)."
@@ -817,6 +915,9 @@ class ModelConfig(_Section):
         default_factory=lambda: PIIConfig(), description="Personal data protection.")
     escalation: EscalationConfig = Field(
         default_factory=lambda: EscalationConfig(), description="Escalation to a human.")
+    guards: GuardsConfig = Field(
+        default_factory=lambda: GuardsConfig(),
+        description="Input and output guards (see docs/guards.md).")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelConfig:
@@ -852,6 +953,9 @@ class ServiceConfig(_Section):
         default_factory=lambda: PIIConfig(), description="Personal data protection.")
     escalation: EscalationConfig = Field(
         default_factory=lambda: EscalationConfig(), description="Escalation to a human.")
+    guards: GuardsConfig = Field(
+        default_factory=lambda: GuardsConfig(),
+        description="Input and output guards (see docs/guards.md).")
 
     @field_validator("function", "input_model")
     @classmethod

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import orjson
@@ -32,6 +32,8 @@ from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
+from shipyard.guards.answers import Escalation as GuardEscalation
+from shipyard.guards.answers import GuardHooks
 from shipyard.observe.metrics import Metrics
 from shipyard.observe.tracing import parse_traceparent, record_span, sampled
 from shipyard.providers import Provider, build_provider
@@ -95,9 +97,11 @@ class Gateway:
         self.limiter: RateLimiter = (
             RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
             if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
+        # Where escalation plugs in: `gateway.guard_hooks.on_escalate = ...`.
+        self.guard_hooks = GuardHooks()
         self.models: dict[str, ModelTarget] = build_targets(
             config, self.providers, self.metrics, global_admission=self.admission,
-            cache_store=self.kv, limiter=self.limiter)
+            cache_store=self.kv, limiter=self.limiter, guard_hooks=self.guard_hooks)
         self._background: set[asyncio.Task[None]] = set()
         keys = [k.get_secret_value() for k in config.traces.encryption_keys]
         self.cipher = PayloadCipher(keys) if keys else None
@@ -106,7 +110,8 @@ class Gateway:
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
-            name: HostedService(name, s) for name, s in config.services.items()
+            name: HostedService(name, s, counter=self.metrics.count_guard_trip)
+            for name, s in config.services.items()
         }
         self.model_pii = {alias: self._pii_policy(m.pii, f"models.{alias}", alias)
                           for alias, m in config.models.items() if m.pii.mode != "off"}
@@ -138,6 +143,27 @@ class Gateway:
         self.audit_log = AuditLog(self.engine)
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
         self.overdue = OverdueChecker(self.escalations)
+        if self.guard_hooks.on_escalate is None:
+            self.guard_hooks.on_escalate = self._guard_escalated
+
+    async def _guard_escalated(self, event: GuardEscalation) -> dict[str, Any] | None:
+        """A guard's `escalate` verdict opens a ticket in the escalation queue. The user is
+        told the alias's or service's escalation message when escalation is enabled on it,
+        else the guards' own `escalated_message`; the ticket id is in `shipyard.escalation`."""
+        is_model = event.target in self.config.models
+        request = SimpleNamespace(
+            tenant_id=event.tenant_id, key_id=None, request_id=event.request_id,
+            trace_id=event.trace_id, service=event.target,
+            model_alias=event.target if is_model else None)
+        conversation = list(event.messages) or [{"role": "user", "content": event.text}]
+        ticket = await self.escalations.open(
+            request, reason=f"guard '{event.guard}' ({event.stage}): {event.verdict.reason}",
+            trigger="guard", conversation=conversation, score=event.verdict.score)
+        found = (self.escalations.for_model(event.target) if is_model
+                 else self.escalations.for_service(event.target))
+        if found is None:
+            return self.escalations.field(ticket)
+        return {"message": self.escalations.notice(ticket), **self.escalations.field(ticket)}
 
     def _pii_policy(self, config: Any, where: str, name: str) -> PIIPolicy:
         counter = self.metrics.pii_findings

@@ -17,6 +17,8 @@ from shipyard.gateway.pii import PIISession
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.services import HostedService
+from shipyard.guards.runner import Outcome
+from shipyard.guards.service import ServiceGuards, strings_of
 from shipyard.observe.tracing import span
 from shipyard.resilience.admission import Admission
 
@@ -74,6 +76,11 @@ class ServiceRoutes:
                 body = cleaned if pii.policy.clean_request else body
             else:
                 ctx.request_body = gw.capture_body(ctx, body)
+            guards = service.guards
+            if guards is not None:
+                body, outcome = await guards.check("input", body, _trace(ctx))
+                if outcome.stops:
+                    return await self._refuse(ctx, guards, outcome, "input", body)
             argument = service.validate(body)
             held = [a for a in (gw.admission, service.admission) if a.max_in_flight is not None]
             output = await self._admitted(ctx, held, service, argument,
@@ -82,6 +89,10 @@ class ServiceRoutes:
                 handed_over = await escalation.after(output)
                 if handed_over is not None:
                     return handed_over
+            if guards is not None and guards.outputs:
+                output, outcome = await guards.check("output", output, _trace(ctx), body)
+                if outcome.stops:
+                    return await self._refuse(ctx, guards, outcome, "output", output)
             traced = output
             if pii is not None:
                 traced, output = pii.answer_json(output)
@@ -119,6 +130,20 @@ class ServiceRoutes:
                 await pii.close()
             gw.finish(ctx)
 
+    async def _refuse(self, ctx: RequestContext, guards: ServiceGuards, outcome: Outcome,
+                      stage: str, value: Any) -> Response:
+        """A guard blocked or escalated: a polite 200 answer with the reason in `shipyard`."""
+        gw = self.gw
+        result = await guards.refusal(
+            outcome, stage, hooks=gw.guard_hooks, trace_id=ctx.trace_id,
+            request_id=ctx.request_id, tenant_id=ctx.tenant_id,
+            text="\n".join(strings_of(value)))
+        payload = orjson.dumps(result)
+        ctx.response_bytes = len(payload)
+        ctx.finish_reason = "content_filter"
+        ctx.status = 200
+        return json_response(None, body=payload, headers={
+            **gw.headers(ctx), "x-shipyard-guard": f"{outcome.action}:{outcome.guard}"})
 
     async def _admitted(self, ctx: RequestContext, admissions: list[Admission],
                         service: HostedService, argument: Any, priority: int) -> Any:
@@ -152,6 +177,13 @@ class ServiceRoutes:
         finally:
             for admission in reversed(held):
                 admission.release()
+
+
+def _trace(ctx: RequestContext) -> dict[str, Any]:
+    if ctx.attributes is None:
+        ctx.attributes = {}
+    attributes: dict[str, Any] = ctx.attributes
+    return attributes
 
 
 def service_routes(gateway: Gateway) -> list[ScopedRoute]:

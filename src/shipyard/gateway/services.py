@@ -14,6 +14,8 @@ import pydantic
 
 from shipyard.config.schema import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
+from shipyard.guards.runner import TripCounter
+from shipyard.guards.service import ServiceGuards, make_service_guards
 from shipyard.providers.loading import import_object
 from shipyard.providers.python import call_function
 from shipyard.resilience.admission import Admission
@@ -22,9 +24,11 @@ __all__ = ["HostedService"]
 
 
 class HostedService:
-    def __init__(self, name: str, config: ServiceConfig) -> None:
+    def __init__(self, name: str, config: ServiceConfig, *,
+                 counter: TripCounter | None = None) -> None:
         self.name = name
         self.config = config
+        self.guards: ServiceGuards | None = make_service_guards(name, config.guards, counter)
         self.admission = Admission.from_config(f"Service '{name}'", config.admission)
         self.function: Callable[..., Any] = import_object(
             config.function, key=f"services.{name}.function")

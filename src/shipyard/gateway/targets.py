@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 
 from shipyard.config.schema import Config
 from shipyard.gateway.pipeline import ModelTarget, Stage
+from shipyard.guards.answers import GuardHooks
+from shipyard.guards.registry import build_guard_lists
+from shipyard.guards.stage import GuardStage
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider
 from shipyard.resilience.admission import Admission
@@ -36,7 +39,8 @@ def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
 
 def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Metrics,
                   *, global_admission: Admission, cache_store: KeyValue,
-                  limiter: RateLimiter) -> dict[str, ModelTarget]:
+                  limiter: RateLimiter,
+                  guard_hooks: GuardHooks | None = None) -> dict[str, ModelTarget]:
     """One `ModelTarget` per alias; deployments (and their breakers) are shared by aliases
     that name the same provider and upstream model."""
     deployments: dict[tuple[str, str], Deployment] = {}
@@ -71,6 +75,12 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         if admissions:
             stages.append(AdmissionStage(admissions, [scope for _, scope in scoped]))
         target.admissions = admissions
+        guards = target.config.guards
+        if guards.input or guards.output:  # no guards configured: no stage, no cost
+            inputs, outputs = build_guard_lists(guards, f"models.{alias}.guards", target=alias,
+                                                counter=metrics.count_guard_trip)
+            stages.append(GuardStage(alias, guards, inputs, outputs,
+                                     guard_hooks or GuardHooks()))
         if target.config.cache.enabled:
             stages.append(CacheStage(alias, target.config.cache, cache_store))
         if stages:

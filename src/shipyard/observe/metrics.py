@@ -100,10 +100,6 @@ class Metrics:
         self.shed = Counter(
             "shipyard_requests_shed", "Requests refused with 503 by admission control or drain, "
             "by scope (global, a model alias or service, drain).", ("scope",), registry=r)
-        self.guard_trips = Counter(
-            "shipyard_guard_trips", "Guards that fired, by guard, stage (input/output) and "
-            "action (block, redact, escalate, warn).", ("guard", "stage", "action"),
-            registry=r)
         self.payloads_skipped = Counter(
             "shipyard_payloads_unsampled", "Requests whose bodies were not captured because of "
             "traces.sample_payloads (their trace is still recorded).", registry=r)
@@ -125,10 +121,19 @@ class Metrics:
         self.escalation_webhooks = Counter(
             "shipyard_escalation_webhooks", "Escalation webhook deliveries, by event and outcome "
             "(delivered, failed).", ("event", "outcome"), registry=r)
+        self.guard_trips = Counter(
+            "shipyard_guard_trips",
+            "Guard verdicts other than allow (fix, block, escalate) and guard failures "
+            "(timeout, error), by model or service, stage, guard and action.",
+            ("target", "stage", "guard", "action"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
             multiprocess_mode="livesum")
+
+    def count_guard_trip(self, target: str, stage: str, guard: str, action: str) -> None:
+        """A guard tripped (or failed); the guard runner calls this."""
+        self.guard_trips.labels(target, stage, guard, action).inc()
 
     def request_series(self, route: str, service: str, model: str,
                        status: int) -> tuple[Counter, Histogram]:
@@ -142,13 +147,6 @@ class Metrics:
             if len(self._series) < 10_000:  # bounded: labels come from config, not clients
                 self._series[key] = series
         return series
-
-    def guard_trip(self, guard: str, stage: str, action: str) -> None:
-        """Count a guard that fired (`guard` is its configured name: bounded by config).
-
-        >>> metrics.guard_trip("pii", "input", "redact")  # doctest: +SKIP
-        """
-        self.guard_trips.labels(guard, stage, action).inc()
 
     def count_purge(self, traces: int, payloads: int) -> None:
         if traces:

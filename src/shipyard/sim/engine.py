@@ -83,6 +83,9 @@ class Faults:
     cut_after_chunks: int = 2
     omit_usage: bool = False
     retry_after_s: float | None = 1.0
+    # Scripted chat answers, used in order (one per chat request) before the deterministic
+    # ones: e.g. malformed JSON first, then valid JSON, to test schema re-asks.
+    replies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +108,9 @@ class Faults:
             total += float(rate)
         if total > 1.0:
             raise ValueError(f"error rates add up to {total:g}; their sum must be at most 1")
+        if not isinstance(self.replies, list) or not all(
+                isinstance(r, str) for r in self.replies):
+            raise ValueError("'replies' must be a list of strings (scripted chat answers)")
         if self.token_delay_ms < 0 or self.hang_s < 0 or self.cut_after_chunks < 0:
             raise ValueError("token_delay_ms, hang_s and cut_after_chunks must not be negative")
 
@@ -197,9 +203,13 @@ class SimModel:
         # A complete answer ends with a period; one cut at max_tokens does not.
         return "stop" if text.endswith(".") else "length"
 
-    def chat(self, body: dict[str, Any], *, omit_usage: bool = False) -> dict[str, Any]:
+    def chat(self, body: dict[str, Any], *, omit_usage: bool = False,
+             text: str | None = None) -> dict[str, Any]:
+        """A chat completion; `text` (a scripted reply) replaces the deterministic answer."""
         max_tokens = self._max_tokens(body)
-        text = self.answer_text(self._prompt_of(body), max_tokens)
+        finish = "stop" if text is not None else None
+        if text is None:
+            text = self.answer_text(self._prompt_of(body), max_tokens)
         prompt_tokens = estimate_chat_prompt(body.get("messages") or [])
         completion_tokens = estimate_text(text)
         result: dict[str, Any] = {
@@ -213,7 +223,7 @@ class SimModel:
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": None,
-                    "finish_reason": self._finish(text, max_tokens),
+                    "finish_reason": finish or self._finish(text, max_tokens),
                 }
             ],
         }
@@ -222,11 +232,13 @@ class SimModel:
         return result
 
     def chat_chunks(
-        self, body: dict[str, Any], *, omit_usage: bool = False
+        self, body: dict[str, Any], *, omit_usage: bool = False, text: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Yield `chat.completion.chunk` objects, ending with a usage chunk when asked for."""
         max_tokens = self._max_tokens(body)
-        text = self.answer_text(self._prompt_of(body), max_tokens)
+        finish = "stop" if text is not None else None
+        if text is None:
+            text = self.answer_text(self._prompt_of(body), max_tokens)
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
@@ -247,7 +259,7 @@ class SimModel:
         yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
         for i, word in enumerate(text.split(" ")):
             yield chunk({"content": word if i == 0 else " " + word}, None)
-        yield chunk({}, self._finish(text, max_tokens))
+        yield chunk({}, finish or self._finish(text, max_tokens))
         if include_usage and not omit_usage:
             prompt_tokens = estimate_chat_prompt(body.get("messages") or [])
             yield {**base, "choices": [], "usage": _usage(prompt_tokens, estimate_text(text))}

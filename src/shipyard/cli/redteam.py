@@ -1,0 +1,173 @@
+"""`shipyard redteam` and `shipyard guards train|check`: prove and tune the guards."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from shipyard.cli.common import console
+from shipyard.cli.common import fail as _fail
+from shipyard.config import env
+from shipyard.errors import ShipyardError
+from shipyard.guards.base import Subject
+from shipyard.guards.classifier import load_examples, train
+from shipyard.guards.corpus import load_corpus, read_corpus
+from shipyard.guards.injection import InjectionGuard
+from shipyard.readiness import redteam as engine
+from shipyard.readiness.report import ensure_html_support
+
+__all__ = ["guards_app", "redteam"]
+
+THRESHOLD_MISSED_EXIT = 3
+guards_app = typer.Typer(help="Train and try the guards offline.", no_args_is_help=True)
+
+
+def fail(message: ShipyardError | str) -> typer.Exit:
+    return _fail(escape(message.message if isinstance(message, ShipyardError) else message))
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def redteam(
+    url: Annotated[str, typer.Option(
+        help="API base URL of the gateway, e.g. http://127.0.0.1:8000/v1.")],
+    model: Annotated[str | None, typer.Option(help="Chat model alias to attack.")] = None,
+    service: Annotated[str | None, typer.Option(help="Hosted service to attack instead.")
+                       ] = None,
+    field: Annotated[str, typer.Option(
+        help="Input field of the service that receives the text.")] = "text",
+    key: Annotated[str | None, typer.Option(
+        "--key", help="Bearer key. Prefer --key-env so the key stays out of shell history.")
+    ] = None,
+    key_env: Annotated[str, typer.Option(
+        help="Environment variable holding the key when --key is not given.")
+    ] = "SHIPYARD_API_KEY",
+    split: Annotated[str, typer.Option(
+        help="Shipped corpus split: holdout (never used for tuning; the honest number), "
+        "tuning, or all.")] = "holdout",
+    corpus: Annotated[Path | None, typer.Option(
+        help="Your own corpus (JSONL: text, label attack|benign, category) instead.")] = None,
+    system_prompt: Annotated[str | None, typer.Option(
+        help="System message sent with each chat request (to test prompt leakage).")] = None,
+    canary: Annotated[str | None, typer.Option(
+        help="Canary token planted in the system prompt; an answer containing it is a leak.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64,
+                                             help="Requests in flight at once.")] = 4,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 30.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")
+                        ] = None,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write a self-contained HTML report here (needs shipyard[report]).")
+    ] = None,
+    min_detection: Annotated[float | None, typer.Option(
+        help="Exit 3 when guards stop less than this share of injection and jailbreak "
+        "attacks (e.g. 0.9).")] = None,
+    max_false_positive: Annotated[float | None, typer.Option(
+        help="Exit 3 when more than this share of benign requests is blocked (e.g. 0.02).")
+    ] = None,
+) -> None:
+    """Attack a model or service with a prompt-injection, jailbreak, PII-extraction,
+    system-prompt-extraction and harmful-request corpus plus a benign look-alike corpus, and
+    report the attack success rate and false-positive rate per category, with examples.
+
+    Example:
+
+      shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\
+          --json redteam.json --html redteam.html --min-detection 0.9 --max-false-positive 0.02
+    """
+    if (model is None) == (service is None):
+        raise fail("Pass exactly one of --model and --service.")
+    if html_out is not None:
+        try:
+            ensure_html_support()
+        except ShipyardError as exc:
+            raise fail(exc) from None
+    try:
+        items = read_corpus(corpus) if corpus else load_corpus(split)  # type: ignore[arg-type]
+    except (ShipyardError, ValueError, OSError) as exc:
+        raise fail(exc if isinstance(exc, ShipyardError) else
+                   f"The corpus cannot be read: {exc}") from None
+    target = engine.Target(url=url, api_key=key or env.get(key_env), model=model,
+                           service=service, field=field, canary=canary,
+                           system_prompt=system_prompt)
+    result = asyncio.run(engine.run_redteam(target, items, concurrency=concurrency,
+                                            timeout_s=timeout))
+    summary = result.summary()
+    table = Table(title=f"red team: {result.target} ({len(items)} requests)")
+    for column in ("category", "requests", "got through / blocked", "rate"):
+        table.add_column(column)
+    for category, row in summary["attacks"].items():
+        table.add_row(category, str(row["attacks"]), str(row["got_through"]),
+                      "success " + _pct(row["attack_success_rate"]))
+    for category, row in summary["benign"].items():
+        table.add_row("benign: " + category, str(row["requests"]), str(row["wrongly_blocked"]),
+                      "false pos. " + _pct(row["false_positive_rate"]))
+    console.print(table)
+    detection = result.detection_rate(("prompt_injection", "jailbreak"))
+    fp = result.false_positive_rate()
+    console.print(f"injection+jailbreak detection {_pct(detection)}, false positives "
+                  f"{_pct(fp)}, errors {summary['errors']}")
+    if json_out is not None:
+        engine.write_json(result, json_out)
+        console.print(f"wrote {json_out}")
+    if html_out is not None:
+        engine.write_html(result, html_out)
+        console.print(f"wrote {html_out}")
+    missed = []
+    if min_detection is not None and not detection >= min_detection:
+        missed.append(f"detection {_pct(detection)} < {_pct(min_detection)}")
+    if max_false_positive is not None and not fp <= max_false_positive:
+        missed.append(f"false positives {_pct(fp)} > {_pct(max_false_positive)}")
+    if missed:
+        console.print("[bold red]thresholds missed:[/] " + "; ".join(missed))
+        raise typer.Exit(THRESHOLD_MISSED_EXIT)
+
+
+@guards_app.command("train")
+def guards_train(
+    data: Annotated[Path, typer.Argument(
+        help="JSONL with one example per line: {\"text\": ..., \"label\": 1 or 0}.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write model.json.")],
+    dim: Annotated[int, typer.Option(help="Hashed feature buckets (a power of two).")] = 4096,
+    iterations: Annotated[int, typer.Option(help="Gradient-descent iterations.")] = 600,
+) -> None:
+    """Train an injection classifier on your own labelled data (logistic regression on
+    character n-grams, saved as JSON) for `{guard: injection, classifier: model.json}`."""
+    try:
+        rows = load_examples(data)
+        model, report = train(rows, dim=dim, iterations=iterations, learning_rate=4.0)
+    except (ShipyardError, ValueError) as exc:
+        raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
+    except OSError as exc:
+        raise fail(f"'{data}' cannot be read ({exc.strerror}).") from None
+    model.save(output)
+    console.print_json(orjson.dumps(report).decode())
+    console.print(f"wrote {output}")
+
+
+@guards_app.command("check")
+def guards_check(
+    text: Annotated[str, typer.Argument(help="The text to score.")],
+    classifier: Annotated[str | None, typer.Option(
+        help="A model trained with `shipyard guards train` (default: the built-in one).")
+    ] = "builtin",
+) -> None:
+    """Score one text with the injection guard and show each layer's score."""
+    try:
+        guard = InjectionGuard(classifier=classifier)
+    except (ShipyardError, ValueError) as exc:
+        raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
+    verdict = guard.check(Subject(text))
+    scores = guard.scores(text)
+    console.print_json(orjson.dumps({"action": verdict.action, "score": round(verdict.score, 4),
+                                     "reason": verdict.reason, "layers": scores}).decode())

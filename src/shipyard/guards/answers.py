@@ -1,0 +1,103 @@
+"""Graceful answers: what a caller gets when a guard blocks or escalates.
+
+Chat routes answer in the normal response shape (a `chat.completion`, or a stream of chunks)
+with `finish_reason: "content_filter"`, the configured polite message as the assistant's
+content, and the machine-readable reason under a `shipyard` field — never a stack trace and
+never an empty answer.
+
+>>> body = blocked_completion({"model": "m"}, "Sorry.", {"guard": {"action": "block"}})
+>>> body["choices"][0]["finish_reason"], body["shipyard"]["guard"]["action"]
+('content_filter', 'block')
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shipyard.guards.base import Verdict
+
+__all__ = ["Escalation", "EscalationHook", "GuardHooks", "blocked_chunks",
+           "blocked_completion", "guard_metadata"]
+
+
+@dataclass(slots=True)
+class Escalation:
+    """A guard asked for a person: what the escalation code (a hook) is given."""
+
+    target: str
+    stage: str
+    guard: str
+    verdict: Verdict
+    messages: list[dict[str, Any]]
+    text: str
+    trace_id: str = ""
+    request_id: str = ""
+    tenant_id: str = "default"
+
+
+# Returns extra metadata for the caller (e.g. {"ticket_id": ..., "message": ...}) or None.
+EscalationHook = Callable[[Escalation], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(slots=True)
+class GuardHooks:
+    """Extension points of the guard stage, shared by every model and service of a gateway.
+
+    `on_escalate` is called when a guard's verdict is `escalate`; the escalation queue plugs in
+    here (`gateway.guard_hooks.on_escalate = queue.open_ticket`). A `message` in what it
+    returns replaces the configured `escalated_message`.
+    """
+
+    on_escalate: EscalationHook | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def guard_metadata(stage: str, guard: str, verdict: Verdict | None, action: str,
+                   trace_id: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"action": action, "stage": stage, "guard": guard}
+    if verdict is not None:
+        info["code"] = verdict.code or ("guard_" + action)
+        info["reason"] = verdict.reason
+        info["score"] = round(float(verdict.score), 4)
+    return {"guard": info, "trace_id": trace_id}
+
+
+def _id() -> str:
+    return "chatcmpl-guard-" + os.urandom(12).hex()
+
+
+def blocked_completion(payload: dict[str, Any], message: str, meta: dict[str, Any], *,
+                       legacy: bool = False) -> dict[str, Any]:
+    """A complete answer carrying `message`, finish_reason `content_filter` and `meta`."""
+    model = str(payload.get("model", ""))
+    choice: dict[str, Any]
+    if legacy:
+        choice = {"index": 0, "text": message, "logprobs": None,
+                  "finish_reason": "content_filter"}
+    else:
+        choice = {"index": 0, "message": {"role": "assistant", "content": message,
+                                          "refusal": None},
+                  "logprobs": None, "finish_reason": "content_filter"}
+    return {"id": _id(), "object": "text_completion" if legacy else "chat.completion",
+            "created": int(time.time()), "model": model, "choices": [choice],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "shipyard": meta}
+
+
+async def blocked_chunks(payload: dict[str, Any], message: str, meta: dict[str, Any], *,
+                         legacy: bool = False) -> AsyncIterator[bytes]:
+    """The same answer as a stream: one content chunk, then `[DONE]`."""
+    base = {"id": _id(), "object": "text_completion" if legacy else "chat.completion.chunk",
+            "created": int(time.time()), "model": str(payload.get("model", ""))}
+    choice: dict[str, Any] = (
+        {"index": 0, "text": message, "finish_reason": "content_filter"} if legacy else
+        {"index": 0, "delta": {"role": "assistant", "content": message},
+         "finish_reason": "content_filter"})
+    yield b"data: " + orjson.dumps({**base, "choices": [choice], "shipyard": meta}) + b"\n\n"
+    yield b"data: [DONE]\n\n"

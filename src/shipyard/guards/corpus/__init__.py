@@ -1,0 +1,90 @@
+"""The starter red-team corpus, written for Shipyard, in two splits.
+
+`tuning.jsonl` is what detectors may learn from (the attack-similarity index is built from its
+attacks, thresholds were tuned on it); `holdout.jsonl` is never used for tuning and is what CI
+measures, so the reported detection and false-positive rates are honest. Each line is
+`{"id", "text", "label": "attack"|"benign", "category", "note"?}`; attack categories are
+`prompt_injection`, `jailbreak`, `pii_extraction`, `prompt_extraction` and `harmful`;
+benign items carry the look-alike they imitate (`security_question`, `quoted_attack`, `code`,
+`support`, ...).
+
+>>> items = load_corpus("holdout")
+>>> {i.label for i in items} == {"attack", "benign"}
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import orjson
+
+from shipyard.errors import ConfigError
+
+__all__ = ["ATTACK_CATEGORIES", "CorpusItem", "attack_texts", "load_corpus", "read_corpus"]
+
+ATTACK_CATEGORIES = ("prompt_injection", "jailbreak", "pii_extraction", "prompt_extraction",
+                     "harmful")
+Split = Literal["tuning", "holdout", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusItem:
+    id: str
+    text: str
+    label: str  # "attack" or "benign"
+    category: str
+    note: str = ""
+
+
+def read_corpus(path: Path) -> list[CorpusItem]:
+    """Read a corpus file (the same JSONL format as the shipped one)."""
+    return _parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _parse(text: str, where: str) -> list[CorpusItem]:
+    items: list[CorpusItem] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = orjson.loads(line)
+            item = CorpusItem(str(raw.get("id", f"{where}:{number}")), str(raw["text"]),
+                              str(raw["label"]), str(raw.get("category", raw["label"])),
+                              str(raw.get("note", "")))
+        except (orjson.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"{where}:{number} is not a corpus item ({type(exc).__name__}); "
+                              "each line needs JSON with 'text' and 'label'.") from None
+        if item.label not in ("attack", "benign"):
+            raise ConfigError(f"{where}:{number} has label {item.label!r}; use 'attack' or "
+                              "'benign'.")
+        items.append(item)
+    return items
+
+
+@lru_cache(maxsize=4)
+def _load(split: str) -> tuple[CorpusItem, ...]:
+    folder = resources.files(__package__)
+    names = ("tuning", "holdout") if split == "all" else (split,)
+    items: list[CorpusItem] = []
+    for name in names:
+        items.extend(_parse(folder.joinpath(f"{name}.jsonl").read_text(encoding="utf-8"),
+                            f"{name}.jsonl"))
+    return tuple(items)
+
+
+def load_corpus(split: Split = "all") -> list[CorpusItem]:
+    """The shipped corpus: `tuning`, `holdout` or `all`."""
+    if split not in ("tuning", "holdout", "all"):
+        raise ValueError(f"split is {split!r}; use 'tuning', 'holdout' or 'all'")
+    return list(_load(split))
+
+
+def attack_texts() -> list[str]:
+    """Attacks of the tuning split that the similarity layer compares with (never holdout)."""
+    return [i.text for i in _load("tuning") if i.label == "attack" and i.category in (
+        "prompt_injection", "jailbreak", "prompt_extraction", "pii_extraction")]

@@ -1,0 +1,218 @@
+"""The guard stage of a model alias: input guards before the model, output guards after.
+
+Attached by `shipyard.gateway.targets` only when the alias configures guards, so an alias
+without guards pays nothing. A block or escalate answers in the normal chat shape (see
+`shipyard.guards.answers`); a fix rewrites the last user message (input) or the answer
+(output). An output guard that blocks with feedback (`json_schema`) gets the model re-asked
+with that feedback up to its `retries`, then the request fails with a clear 502.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from shipyard.config.schema import GuardsConfig
+from shipyard.errors import UpstreamError
+from shipyard.gateway.pipeline import Call, Handler, Stage
+from shipyard.guards.answers import (
+    Escalation,
+    GuardHooks,
+    blocked_chunks,
+    blocked_completion,
+    guard_metadata,
+)
+from shipyard.guards.base import Subject, text_of
+from shipyard.guards.runner import GuardList, Outcome
+from shipyard.guards.streaming import guard_stream
+from shipyard.providers.base import Reply
+
+__all__ = ["GuardStage", "chat_subject"]
+
+log = logging.getLogger("shipyard.guards")
+
+
+def chat_subject(payload: dict[str, Any], stage: str, target: str) -> Subject:
+    """The subject of a chat (or legacy completion) request: its last user message."""
+    messages = payload.get("messages")
+    msgs: list[dict[str, Any]] = [m for m in messages if isinstance(m, dict)] if isinstance(
+        messages, list) else []
+    text = ""
+    system: str | None = None
+    for message in msgs:
+        if message.get("role") in ("system", "developer") and system is None:
+            system = text_of(message.get("content"))
+    for message in reversed(msgs):
+        if message.get("role") == "user":
+            text = text_of(message.get("content"))
+            break
+    if not msgs:
+        prompt = payload.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+    return Subject(text, stage, target, msgs, [], system, payload)  # type: ignore[arg-type]
+
+
+def _with_user_text(payload: dict[str, Any], text: str) -> dict[str, Any]:
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return {**payload, "prompt": text}
+    copied = list(messages)
+    for i in range(len(copied) - 1, -1, -1):
+        message = copied[i]
+        if isinstance(message, dict) and message.get("role") == "user":
+            copied[i] = {**message, "content": text}
+            break
+    return {**payload, "messages": copied}
+
+
+class GuardStage(Stage):
+    """Run a model alias's input and output guards around the rest of the pipeline."""
+
+    def __init__(self, alias: str, config: GuardsConfig, inputs: GuardList,
+                 outputs: GuardList, hooks: GuardHooks) -> None:
+        self.alias = alias
+        self.config = config
+        self.inputs = inputs
+        self.outputs = outputs
+        self.stream_outputs = outputs.streamable()
+        self.hooks = hooks
+
+    async def __call__(self, call: Call, call_next: Handler) -> Reply:
+        if call.endpoint == "embeddings":
+            return await call_next(call)
+        ctx = call.ctx
+        trace = _trace(ctx)
+        legacy = call.endpoint == "completions"
+        if self.inputs:
+            subject = chat_subject(call.payload, "input", self.alias)
+            outcome = await self.inputs.run(subject, trace)
+            if outcome.stops:
+                return await self._refuse(call, outcome, subject, legacy)
+            if outcome.action == "fix" and outcome.text is not None:
+                call.payload = _with_user_text(call.payload, outcome.text)
+        reply = await call_next(call)
+        if not self.outputs or reply.status >= 400:
+            return reply
+        if reply.stream is not None:
+            subject = chat_subject(call.payload, "output", self.alias)
+            reply.stream = guard_stream(
+                reply.stream, guards=self.stream_outputs, subject=subject,
+                window=self.config.stream_window, trace=trace, legacy=legacy,
+                stop=lambda outcome: self._stop_message(call, outcome, subject))
+            return reply
+        return await self._check_answer(call, call_next, reply, trace, legacy)
+
+    async def _check_answer(self, call: Call, call_next: Handler, reply: Reply,
+                            trace: dict[str, Any], legacy: bool) -> Reply:
+        attempts = 0
+        while True:
+            data = reply.data if reply.data is not None else _parse(reply.body)
+            if data is None:
+                return reply  # not JSON: the route reports the upstream's malformed answer
+            choices = data.get("choices")
+            if not isinstance(choices, list):
+                return reply
+            subject = chat_subject(call.payload, "output", self.alias)
+            changed = False
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                message = choice.get("message")
+                text = text_of(message.get("content")) if isinstance(message, dict) else (
+                    str(choice.get("text") or ""))
+                outcome = await self.outputs.run(subject.with_text(text), trace)
+                if outcome.stops:
+                    feedback = outcome.verdict.metadata.get("reask") if outcome.verdict else None
+                    retries = outcome.slot.retries if outcome.slot else 0
+                    if feedback and outcome.action == "block":
+                        if attempts < retries:
+                            attempts += 1
+                            call.payload = _reask(call.payload, text, str(feedback), legacy)
+                            reply = await call_next(call)
+                            break
+                        raise UpstreamError(
+                            f"The answer of model '{self.alias}' failed guard "
+                            f"'{outcome.guard}' after {attempts + 1} attempt(s): {feedback}",
+                            upstream_status=200, code="guard_output_invalid")
+                    return await self._refuse(call, outcome, subject, legacy)
+                if outcome.action == "fix" and outcome.text is not None:
+                    changed = True
+                    if isinstance(message, dict):
+                        choice["message"] = {**message, "content": outcome.text}
+                    else:
+                        choice["text"] = outcome.text
+            else:
+                if changed:
+                    reply.data = data
+                    reply.body = orjson.dumps(data)
+                elif reply.data is None:
+                    reply.data = data
+                if attempts:
+                    trace["guard_reasks"] = attempts
+                return reply
+
+    async def _stop_message(self, call: Call, outcome: Outcome,
+                            subject: Subject) -> tuple[str, dict[str, Any]]:
+        ctx = call.ctx
+        meta = guard_metadata(subject.stage, outcome.guard, outcome.verdict, outcome.action,
+                              ctx.trace_id)
+        message = self.config.blocked_message
+        if outcome.action == "escalate":
+            message = self.config.escalated_message
+            extra = await self._escalate(call, outcome, subject)
+            if extra:
+                message = str(extra.pop("message", message))
+                meta["escalation"] = extra
+        ctx.finish_reason = "content_filter"
+        return message, meta
+
+    async def _refuse(self, call: Call, outcome: Outcome, subject: Subject,
+                      legacy: bool) -> Reply:
+        message, meta = await self._stop_message(call, outcome, subject)
+        headers = {"x-shipyard-guard": f"{outcome.action}:{outcome.guard}"}
+        if call.stream:
+            return Reply(stream=blocked_chunks(call.payload, message, meta, legacy=legacy),
+                         headers=headers)
+        data = blocked_completion(call.payload, message, meta, legacy=legacy)
+        return Reply(body=orjson.dumps(data), data=data, headers=headers)
+
+    async def _escalate(self, call: Call, outcome: Outcome,
+                        subject: Subject) -> dict[str, Any] | None:
+        hook = self.hooks.on_escalate
+        if hook is None or outcome.verdict is None:
+            return None
+        ctx = call.ctx
+        try:
+            return await hook(Escalation(
+                self.alias, subject.stage, outcome.guard, outcome.verdict, subject.messages,
+                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id))
+        except Exception:  # the caller still gets the escalated message, never a 500
+            log.exception("escalation hook failed for request %s", ctx.request_id)
+            return None
+
+
+def _trace(ctx: Any) -> dict[str, Any]:
+    if ctx.attributes is None:
+        ctx.attributes = {}
+    attributes: dict[str, Any] = ctx.attributes
+    return attributes
+
+
+def _parse(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _reask(payload: dict[str, Any], answer: str, feedback: str, legacy: bool) -> dict[str, Any]:
+    note = (f"Your previous answer was rejected: {feedback} Answer again, following the "
+            "required format exactly, with nothing else.")
+    if legacy:
+        return {**payload, "prompt": f"{payload.get('prompt', '')}\n{answer}\n{note}"}
+    messages = list(payload.get("messages") or [])
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": note}]
+    return {**payload, "messages": messages}

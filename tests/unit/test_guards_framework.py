@@ -1,0 +1,179 @@
+"""The guard runner: ordering, concurrency, timeouts, failure policies, records, config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shipyard.config.schema import GuardsConfig, GuardSpec
+from shipyard.errors import ConfigError
+from shipyard.guards import FunctionGuard, Guard, GuardList, GuardSlot, Subject, Verdict
+from shipyard.guards.registry import build_guard, build_guard_lists
+
+
+class Sleepy(Guard):
+    def __init__(self, name: str, seconds: float, verdict: Verdict | None = None) -> None:
+        self.name = name
+        self.seconds = seconds
+        self.verdict = verdict or Verdict.allow()
+
+    async def check(self, subject: Subject) -> Verdict:  # type: ignore[override]
+        await asyncio.sleep(self.seconds)
+        return self.verdict
+
+
+class Upper(Guard):
+    name = "upper"
+
+    def check(self, subject: Subject) -> Verdict:
+        return Verdict.fix(subject.text.upper(), "shouted")
+
+
+class Exclaim(Guard):
+    name = "exclaim"
+
+    def check(self, subject: Subject) -> Verdict:
+        return Verdict.fix(subject.text + "!", "excited")
+
+
+class Boom(Guard):
+    name = "boom"
+
+    def check(self, subject: Subject) -> Verdict:
+        raise RuntimeError("model file missing")
+
+
+def run(guards: GuardList, text: str = "hello", trace: dict[str, Any] | None = None) -> Any:
+    return asyncio.run(guards.run(Subject(text), trace))
+
+
+def test_no_guards_allow() -> None:
+    assert run(GuardList([], "input")).action == "allow"
+
+
+def test_async_guards_run_concurrently() -> None:
+    slots = [GuardSlot(Sleepy(f"s{i}", 0.2), timeout_s=1.0) for i in range(4)]
+    started = time.perf_counter()
+    outcome = run(GuardList(slots, "input"))
+    assert outcome.action == "allow"
+    assert time.perf_counter() - started < 0.6  # four 0.2 s guards, not 0.8 s in a row
+
+
+def test_first_block_in_list_order_decides() -> None:
+    slots = [GuardSlot(Sleepy("late", 0.05, Verdict.block("late one", code="a"))),
+             GuardSlot(Sleepy("early", 0.0, Verdict.escalate("early one", code="b")))]
+    outcome = run(GuardList(slots, "input"))
+    assert (outcome.action, outcome.guard) == ("block", "late")
+
+
+def test_sync_block_short_circuits_the_rest() -> None:
+    calls: list[str] = []
+
+    def blocker(subject: Subject) -> Verdict:
+        calls.append("blocker")
+        return Verdict.block("no")
+
+    def after(subject: Subject) -> None:
+        calls.append("after")
+
+    slots = [GuardSlot(FunctionGuard(blocker, threaded=False)),
+             GuardSlot(FunctionGuard(after, threaded=False))]
+    assert run(GuardList(slots, "input")).action == "block"
+    assert calls == ["blocker"]
+
+
+def test_timeout_fails_open_or_closed() -> None:
+    slow = Sleepy("slow", 5.0, Verdict.block("too late"))
+    trace: dict[str, Any] = {}
+    started = time.perf_counter()
+    open_ = run(GuardList([GuardSlot(slow, timeout_s=0.05)], "input"), trace=trace)
+    assert time.perf_counter() - started < 1.0
+    assert open_.action == "allow"
+    assert trace["guards"][0]["code"] == "guard_failed"
+    assert "timed out after 50 ms" in trace["guards"][0]["reason"]
+    closed = run(GuardList([GuardSlot(slow, timeout_s=0.05, fail_closed=True)], "input"))
+    assert closed.action == "block" and closed.verdict is not None
+    assert closed.verdict.code == "guard_failed"
+
+
+def test_exceptions_follow_the_failure_policy_and_are_counted() -> None:
+    counted: list[tuple[str, str, str, str]] = []
+    guards = GuardList([GuardSlot(Boom())], "output", target="svc",
+                       counter=lambda *labels: counted.append(labels))
+    assert run(guards).action == "allow"
+    assert counted == [("svc", "output", "boom", "error")]
+    closed = GuardList([GuardSlot(Boom(), fail_closed=True)], "output")
+    assert run(closed).action == "block"
+
+
+def test_threaded_function_guard_timeout() -> None:
+    guard = FunctionGuard(lambda s: time.sleep(0.5), name="sleeper")
+    outcome = run(GuardList([GuardSlot(guard, timeout_s=0.05, fail_closed=True)], "input"))
+    assert outcome.action == "block"
+
+
+def test_fixes_apply_in_order() -> None:
+    outcome = run(GuardList([GuardSlot(Upper()), GuardSlot(Exclaim())], "input"), "hi")
+    assert (outcome.action, outcome.text) == ("fix", "HI!")
+
+
+def test_on_trip_flag_records_but_allows() -> None:
+    trace: dict[str, Any] = {}
+    guard = FunctionGuard(lambda s: Verdict.block("bad", code="x"), threaded=False)
+    outcome = run(GuardList([GuardSlot(guard, on_trip="flag")], "input"), trace=trace)
+    assert outcome.action == "allow"
+    assert trace["guards"][0]["reason"] == "flagged: bad"
+
+
+def test_every_verdict_is_recorded() -> None:
+    trace: dict[str, Any] = {}
+    run(GuardList([GuardSlot(Sleepy("a", 0)), GuardSlot(Upper())], "input"), trace=trace)
+    assert [r["guard"] for r in trace["guards"]] == ["a", "upper"]
+    assert {"stage", "action", "score", "ms"} <= set(trace["guards"][0])
+
+
+def test_function_guard_must_return_a_verdict() -> None:
+    guard = FunctionGuard(lambda s: "yes", threaded=False)
+    outcome = run(GuardList([GuardSlot(guard, fail_closed=True)], "input"))
+    assert outcome.action == "block"
+
+
+def test_config_shorthand_and_flat_options() -> None:
+    config = GuardsConfig.model_validate(
+        {"input": ["injection", {"guard": "topics", "deny": ["weapons"]}]})
+    assert config.input[0].guard == "injection"
+    assert config.input[1].options == {"deny": ["weapons"]}
+
+
+def test_config_rejects_unknown_guard_and_duplicates() -> None:
+    with pytest.raises(ValidationError, match="neither a built-in guard"):
+        GuardSpec.model_validate({"guard": "no-such-guard"})
+    with pytest.raises(ValidationError, match="distinct 'name'"):
+        GuardsConfig.model_validate({"input": ["injection", "injection"]})
+
+
+def test_unknown_option_names_the_key() -> None:
+    spec = GuardSpec.model_validate({"guard": "topics", "dney": ["x"]})
+    with pytest.raises(ConfigError, match=r"models.m.guards.input\[0\].dney' is not an option"):
+        build_guard(spec, "models.m.guards.input[0]")
+
+
+def test_module_function_guard_from_config() -> None:
+    spec = GuardSpec.model_validate({"guard": "shipyard.guards.base:text_of", "name": "t"})
+    guard = build_guard(spec, "k")
+    assert isinstance(guard, FunctionGuard) and guard.name == "t"
+
+
+def test_build_lists_applies_defaults() -> None:
+    config = GuardsConfig.model_validate(
+        {"timeout_ms": 30, "on_error": "closed",
+         "output": [{"guard": "banned", "terms": ["x"], "timeout_ms": 5, "on_error": "open"}],
+         "input": ["length"]})
+    inputs, outputs = build_guard_lists(config, "models.m.guards", target="m")
+    assert inputs.slots[0].timeout_s == pytest.approx(0.03) and inputs.slots[0].fail_closed
+    assert outputs.slots[0].timeout_s == pytest.approx(0.005)
+    assert not outputs.slots[0].fail_closed
