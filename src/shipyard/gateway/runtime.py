@@ -30,6 +30,7 @@ from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import ModelTarget
 from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
+from shipyard.monitor.alerts import AlertEvaluator
 from shipyard.observe.metrics import Metrics
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
@@ -111,6 +112,7 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
+        self.alerts = AlertEvaluator(config, self.engine)
         self.audit_log = AuditLog(self.engine)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         self._watch_sigterm()
+        await self.alerts.start()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
 
@@ -200,6 +203,7 @@ class Gateway:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+        await self.alerts.stop()
         await self.kv.close()
         for provider in self.providers.values():
             try:

@@ -16,7 +16,15 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["audit_head", "audit_log", "metadata", "traces"]
+__all__ = [
+    "alert_events",
+    "alert_lease",
+    "alerts",
+    "audit_head",
+    "audit_log",
+    "metadata",
+    "traces",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -93,4 +101,51 @@ audit_head = Table(
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Alerts (shipyard.monitor.alerts): one row per incident of a rule or SLO, from pending to
+# resolved; `alert_events` is its history; `alert_lease` elects the one evaluator per store.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("key", String(128), nullable=False),  # rule name, or "SLO:severity"
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("source", String(16), nullable=False),  # rule | slo
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | firing | resolved
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("summary", Text, nullable=False),
+    Column("runbook", Text, nullable=False),
+    Column("labels", Text, nullable=True),
+    Column("url", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=True),
+    Column("clear_since", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state", "key"),
+    Index(None, "started_at"),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("alert_id", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False),  # pending, firing, resolved, notified, ...
+    Column("value", Float, nullable=True),
+    Column("details", Text, nullable=True),
+    Index(None, "alert_id", "seq"),
+    Index(None, "at"),
+)
+
+alert_lease = Table(
+    "alert_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
