@@ -1,0 +1,184 @@
+"""Alert queries, history and the lease on real SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, insert, text
+
+from shipyard.config import parse_config
+from shipyard.monitor import history
+from shipyard.monitor.alerts import AlertEvaluator, definitions
+from shipyard.monitor.channels import MemoryChannel
+from shipyard.monitor.queries import Scope, custom_query, metric_value, window_counts
+from shipyard.monitor.slo import error_budget, evaluate_slo
+from shipyard.monitor.state import advance
+from shipyard.store import create_store_engine, migrate, new_trace_record
+from shipyard.store.tables import traces
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def plant(engine: Engine, *, ago_s: float, n: int = 1, status: int = 200,
+          total_ms: float = 100.0, **values: object) -> None:
+    values.setdefault("service", "support")
+    rows = [new_trace_record(route="chat", status=status, total_ms=total_ms,
+                             started_at=NOW - timedelta(seconds=ago_s), **values)
+            for _ in range(n)]
+    with engine.begin() as connection:
+        connection.execute(insert(traces), rows)
+
+
+def test_metrics_over_a_window(engine: Engine) -> None:
+    plant(engine, ago_s=30, n=90, total_ms=100, total_tokens=10, cost_usd=0.01)
+    plant(engine, ago_s=30, n=5, status=502, total_ms=900)
+    plant(engine, ago_s=30, n=3, status=503, total_ms=1, error_type="CapacityError")
+    plant(engine, ago_s=30, n=2, status=429, total_ms=1)
+    plant(engine, ago_s=30, n=4, attributes='{"cache":"hit"}', total_ms=2)
+    plant(engine, ago_s=30, n=4, attributes='{"cache":"miss"}', total_ms=200)
+    plant(engine, ago_s=30, n=50, status=500, service="other")
+    plant(engine, ago_s=4000, n=50, status=500)  # outside the window
+    since, until, scope = NOW - timedelta(seconds=60), NOW, Scope(service="support")
+
+    def value(metric: str, s: Scope = scope) -> float | None:
+        return metric_value(engine, metric, s, since, until)
+
+    assert value("requests") == 108
+    assert value("error_rate") == pytest.approx(8 / 108)
+    assert value("client_error_rate") == pytest.approx(2 / 108)
+    assert value("request_rate") == pytest.approx(108 / 60)
+    assert value("shed_requests") == 3
+    assert value("tokens") == 900 and value("tokens_per_minute") == pytest.approx(900)
+    assert value("cost_per_hour") == pytest.approx(0.9 * 60)
+    assert value("cache_hit_rate") == pytest.approx(0.5)
+    assert value("latency_p50_ms") == 100 and value("latency_p99_ms") == 900
+    assert value("latency_p95_ms") == 200  # nearest rank: the 103rd of 108 sorted values
+    assert value("ttft_p95_ms") is None  # no streams: no data, never a false alert
+    assert value("error_rate", Scope()) == pytest.approx(58 / 158)
+    assert value("requests", Scope(tenant="acme")) == 0
+    assert value("error_rate", Scope(tenant="acme")) is None
+    assert metric_value(engine, "error_rate", scope, since, until, min_requests=500) is None
+    sql = "SELECT count(*) FROM traces WHERE status >= 500 AND started_at >= :since"
+    assert custom_query(engine, sql, since, until) == 58
+
+
+def test_window_counts_and_the_error_budget(engine: Engine) -> None:
+    plant(engine, ago_s=10, n=8)
+    plant(engine, ago_s=10, n=2, status=500)
+    plant(engine, ago_s=100, n=90)
+    plant(engine, ago_s=100, n=10, status=500, total_ms=5000)
+    short, long = window_counts(engine, Scope(), NOW, [60, 600])
+    assert (short.total, short.bad, long.total, long.bad) == (10, 2, 110, 12)
+    [slow] = window_counts(engine, Scope(), NOW, [600], latency_ms=1000)
+    assert (slow.total, slow.bad) == (110, 10)
+    config = parse_config("""
+slos:
+  - name: avail
+    sli: availability
+    objective: 0.9
+    period: 1h
+    burn_rates: [{severity: page, long_window: 10m, short_window: 1m, burn_rate: 1}]
+""")
+    slo = config.slos[0]
+    status = evaluate_slo(engine, slo, NOW)
+    [check] = status.checks
+    assert check.long_burn == pytest.approx(12 / 110 / 0.1)
+    assert check.short_burn == pytest.approx(2.0) and check.firing
+    budget = error_budget(engine, slo, NOW)
+    assert (budget.total, budget.bad) == (110, 12)
+    assert budget.remaining == pytest.approx(1 - 12 / 11)
+
+
+def test_the_lease_elects_one_evaluator(engine: Engine) -> None:
+    assert history.acquire_lease(engine, "a", 30, now=NOW)
+    assert not history.acquire_lease(engine, "b", 30, now=NOW)
+    assert history.acquire_lease(engine, "a", 30, now=NOW + timedelta(seconds=10))  # renew
+    assert not history.acquire_lease(engine, "b", 30, now=NOW + timedelta(seconds=39))
+    assert history.acquire_lease(engine, "b", 30, now=NOW + timedelta(seconds=41))  # expired
+    assert not history.acquire_lease(engine, "a", 30, now=NOW + timedelta(seconds=42))
+    history.release_lease(engine, "b")
+    assert history.acquire_lease(engine, "a", 30, now=NOW + timedelta(seconds=43))
+
+
+def test_only_one_of_two_racing_evaluators_wins_a_transition(engine: Engine) -> None:
+    config = parse_config("alerts: {rules: [{name: r, metric: requests, threshold: 0, "
+                          "for_duration: 10}]}")
+    [d] = definitions(config)
+    pending, step = advance(None, active=True, value=1, now=NOW, for_s=10, resolve_after_s=0)
+    assert history.save_transition(engine, None, pending, step, d.info, now=NOW,
+                                   url_base="http://x")
+    later = NOW + timedelta(seconds=10)
+    firing, step = advance(pending, active=True, value=2, now=later, for_s=10,
+                           resolve_after_s=0)
+    assert step == "firing"
+    won = [history.save_transition(engine, pending, firing, step, d.info, now=later,
+                                   url_base="http://x") for _ in range(2)]
+    assert won == [True, False]
+    [row] = history.list_alerts(engine)
+    assert row["state"] == "firing" and row["url"] == f"http://x/ui/alerts/{row['id']}"
+    events = history.alert_events_of(engine, [row["id"]])[row["id"]]
+    assert [e["event"] for e in events] == ["pending", "firing"]
+    assert history.open_alerts(engine)["r"].state == "firing"
+
+
+def test_the_evaluator_fires_and_resolves_once_from_stored_traces(engine: Engine) -> None:
+    config = parse_config("""
+server: {public_url: "https://ai.example.com"}
+alerts:
+  resolve_after: 0
+  rules:
+    - {name: errors, metric: error_rate, service: support, window: 1m, threshold: 0.1,
+       severity: page, runbook: "check the upstream"}
+slos:
+  - name: avail
+    sli: availability
+    objective: 0.99
+    service: support
+    burn_rates: [{severity: page, long_window: 10m, short_window: 1m, burn_rate: 10}]
+""")
+    clock = [NOW]
+    channel = MemoryChannel("mem")
+    evaluator = AlertEvaluator(config, engine, channels={"mem": channel},
+                               clock=lambda: clock[0], holder="test")
+
+    async def scenario() -> list[list[tuple[str, str]]]:
+        steps = [await evaluator.run_once()]
+        plant(engine, ago_s=5, n=10, status=502)
+        steps.append(await evaluator.run_once())
+        steps.append(await evaluator.run_once())  # still failing: nothing new
+        clock[0] = NOW + timedelta(minutes=2)  # 1m windows are clean, 10m is not
+        plant(engine, ago_s=-115, n=10)
+        steps.append(await evaluator.run_once())
+        await evaluator.stop()
+        return steps
+
+    steps = asyncio.run(scenario())
+    assert steps[0] == [] and steps[2] == []
+    assert sorted(steps[1]) == [("avail:page", "firing"), ("errors", "firing")]
+    assert sorted(steps[3]) == [("avail:page", "resolved"), ("errors", "resolved")]
+    events = sorted((n.alert["key"], n.event) for n in channel.sent)
+    assert events == [("avail:page", "firing"), ("avail:page", "resolved"),
+                      ("errors", "firing"), ("errors", "resolved")]
+    fired = next(n for n in channel.sent if n.alert["key"] == "errors")
+    assert fired.alert["url"].startswith("https://ai.example.com/ui/alerts/")
+    assert fired.alert["runbook"] == "check the upstream" and fired.alert["value"] == 1.0
+    rows = history.list_alerts(engine, state="resolved")
+    assert len(rows) == 2
+    events_of = history.alert_events_of(engine, [r["id"] for r in rows])
+    for row in rows:
+        kinds = [e["event"] for e in events_of[row["id"]]]
+        assert kinds.count("firing") == 1 and kinds.count("resolved") == 1
+        assert kinds.count("notified") == 2
+    with engine.connect() as connection:  # the lease was handed on at stop
+        assert connection.execute(text("SELECT count(*) FROM alert_lease")).scalar() == 0
