@@ -92,7 +92,7 @@ def definitions(config: Config) -> list[AlertDefinition]:
         for severity in dict.fromkeys(p.severity for p in slo.burn_rates):
             what = ("availability (non-5xx)" if slo.sli == "availability" else
                     f"latency under {slo.latency_threshold_ms:g} ms")
-            summary = (f"SLO '{slo.name}' ({what}, objective {slo.objective:.4%} over "
+            summary = (f"SLO '{slo.name}' ({what}, objective {slo.objective * 100:g}% over "
                        f"{_human(slo.period)}) is burning its error budget too fast"
                        + _where(slo.service, slo.model, slo.tenant))
             key = f"{slo.name}:{severity}"
