@@ -9,7 +9,10 @@ HMAC signature), a Slack-compatible one, and a real SMTP server (aiosmtpd). The 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -25,10 +29,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from loadgen import CHAT, faults
+from sqlalchemy import insert
 
 from conftest import API_KEY, REPO, Proc, free_port
 from shipyard.monitor.channels import SIGNATURE_HEADER, verify_signature
+from shipyard.store import create_store_engine, migrate, new_trace_record
+from shipyard.store.tables import traces
 
 HOOK_SECRET = "hook-secret-for-tests"
 
@@ -263,3 +271,116 @@ def test_a_burn_rate_alert_fires_and_resolves_once_to_webhook_slack_and_email(
         timeout=60, check=True).stdout
     [line] = out.splitlines()
     assert json.loads(line)["id"] == alert["id"]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "smtp-cert.pem", folder / "smtp-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def shipyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shipyard", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_alerts_test_reaches_every_channel_over_starttls_with_auth(
+        tmp_path: Path, receiver: Receiver) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    inbox = Inbox()
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
+                     auth_data: Any) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login, auth_data.password) == (b"alerts", b"smtp-pass")
+        return AuthResult(success=ok)
+
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), tls_context=context,
+                            require_starttls=True, authenticator=authenticate,
+                            auth_require_tls=True)
+    controller.start()
+    try:
+        config = tmp_path / "shipyard.yaml"
+        config.write_text(f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+alerts:
+  channels:
+    - {{name: hook, kind: webhook, url: "{receiver.url}/hook", secret: {{$env: HOOK_SECRET}}}}
+    - {{name: chat, kind: slack, url: "{receiver.url}/slack"}}
+    - {{name: mail, kind: email, smtp_host: 127.0.0.1, smtp_port: {controller.port},
+        starttls: true, username: alerts, password: {{$env: SMTP_PASSWORD}},
+        ca_file: "{cert_file}", sender: shipyard@example.com, to: [oncall@example.com],
+        attempts: 2, backoff_s: 0.05}}
+""")
+        env = {"HOOK_SECRET": HOOK_SECRET, "SMTP_PASSWORD": "smtp-pass"}
+        result = shipyard("alerts", "test", "-c", str(config), env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for name in ("hook", "chat", "mail"):
+            assert f"{name}: ✓ delivered" in result.stdout
+        assert receiver.events("/hook") == ["test"] and receiver.events("/slack") == ["test"]
+        [message] = inbox.messages
+        assert message["Subject"] == "[TEST][info] shipyard-test"
+        assert message["To"] == "oncall@example.com"
+
+        wrong = shipyard("alerts", "test", "-c", str(config), "--channel", "mail",
+                         env={**env, "SMTP_PASSWORD": "wrong-pass"})
+        assert wrong.returncode == 1 and "mail: ✗ failed" in wrong.stdout
+        assert "alert channel 'mail'" in wrong.stderr
+        assert "wrong-pass" not in wrong.stdout + wrong.stderr
+        assert len(inbox.messages) == 1
+    finally:
+        controller.stop()
+
+
+def test_alerts_test_evaluate_and_list(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    now = datetime.now(UTC)
+    rows = [new_trace_record(route="chat", service="demo", total_ms=50.0,
+                             status=502 if i % 4 == 0 else 200,
+                             started_at=now - timedelta(seconds=20)) for i in range(40)]
+    with engine.begin() as connection:
+        connection.execute(insert(traces), rows)
+    engine.dispose()
+    config = tmp_path / "shipyard.yaml"
+    config.write_text(f"""
+store: {{url: "{store_url}"}}
+alerts:
+  rules:
+    - {{name: demo-errors, metric: error_rate, service: demo, window: 5m, threshold: 0.1}}
+    - {{name: demo-slow, metric: latency_p99_ms, service: demo, window: 5m, threshold: 1000}}
+slos:
+  - {{name: demo-availability, sli: availability, objective: 0.999, service: demo}}
+""")
+    result = shipyard("alerts", "test", "--evaluate", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "yes" in lines["demo-errors"] and "0.25" in lines["demo-errors"]
+    assert " no " in lines["demo-slow"]
+    assert "yes" in lines["demo-availability:page"]  # 25% errors burn a 0.1% budget 250x
+    assert "3 of 4 would fire now" in result.stdout
+    listed = shipyard("alerts", "list", "-c", str(config))
+    assert listed.returncode == 0 and "No alerts match." in listed.stdout  # nothing stored
+    bad = shipyard("alerts", "list", "-c", str(config), "--state", "burning")
+    assert bad.returncode == 1 and "--state is 'burning'; use open" in bad.stderr

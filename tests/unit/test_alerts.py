@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -261,3 +263,15 @@ def test_payloads_of_webhook_and_slack() -> None:
     assert b'"blocks"' in slack and b"<https://x/ui/alerts/a1|Open in Shipyard>" in slack
     memory = MemoryChannel("m")
     assert asyncio.run(deliver(memory, note)) and memory.sent == [note]
+
+
+def test_every_yaml_example_in_the_alerts_doc_is_valid() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.DOTALL)
+    assert len(blocks) >= 8
+    environ = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
+               "ALERT_WEBHOOK_SECRET": "s", "SMTP_PASSWORD": "p"}
+    for block in blocks:
+        config = parse_config(block, environ=environ)
+        assert config.alerts.rules or config.slos or config.alerts.channels or (
+            config.alerts.time_scale < 1)

@@ -122,6 +122,9 @@ class AlertChannelConfig(_Section):
     password: SecretStr | None = Field(None, description="email: SMTP password (`{$env: NAME}`).")
     sender: str | None = Field(None, description="email: the From address.")
     to: list[str] = Field(default_factory=list, description="email: recipient addresses.")
+    ca_file: str | None = Field(
+        None, description="email: PEM CA bundle that signs the SMTP server's certificate "
+        "(default: the system's trusted CAs).")
     timeout_s: float = Field(10.0, gt=0, le=120, description="Longest one delivery may take.")
     attempts: int = Field(5, ge=1, le=20, description="Delivery attempts before giving up.")
     backoff_s: float = Field(

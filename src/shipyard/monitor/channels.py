@@ -176,13 +176,13 @@ class EmailChannel:
     def __init__(self, name: str, *, host: str, port: int, sender: str, to: Sequence[str],
                  starttls: bool = True, use_ssl: bool = False, username: str | None = None,
                  password: str | None = None, timeout_s: float = 10.0,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 ca_file: str | None = None) -> None:
         self.name, self.host, self.port = name, host, port
         self.sender, self.to = sender, list(to)
         self.starttls, self.use_ssl = starttls, use_ssl
         self.username, self.password = username, password
         self.timeout_s = timeout_s
-        self.tls_context = tls_context
+        self.ca_file = ca_file
 
     def message(self, notification: Notification) -> EmailMessage:
         message = EmailMessage()
@@ -194,7 +194,7 @@ class EmailChannel:
         return message
 
     def _send(self, message: EmailMessage) -> None:
-        context = self.tls_context or ssl.create_default_context()
+        context = ssl.create_default_context(cafile=self.ca_file)
         smtp: smtplib.SMTP
         if self.use_ssl:
             smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s,
@@ -220,7 +220,7 @@ def build_channel(config: AlertChannelConfig) -> Channel:
             sender=config.sender or "", to=config.to, starttls=config.starttls,
             use_ssl=config.ssl, username=config.username,
             password=config.password.get_secret_value() if config.password else None,
-            timeout_s=config.timeout_s)
+            timeout_s=config.timeout_s, ca_file=config.ca_file)
     url = config.url.get_secret_value() if config.url is not None else ""
     headers = {k: v.get_secret_value() for k, v in config.headers.items()}
     if config.kind == "slack":
