@@ -3,7 +3,8 @@
 The sim starts failing, the SLO's burn-rate alert fires, the sim heals, the alert resolves —
 each exactly once — delivered to a real webhook receiver (aiohttp on 127.0.0.1, checking the
 HMAC signature), a Slack-compatible one, and a real SMTP server (aiosmtpd). The SRE workbook's
-1h/5m windows run scaled by `alerts.time_scale` to 7.2 s / 0.6 s.
+1h/5m windows run scaled by `alerts.time_scale` to 18 s / 1.5 s (and `resolve_after` 10m to
+3 s, so a client thread stalled on a busy machine does not end the incident early).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ models:
 alerts:
   interval_s: 0.2
   lease_s: 3
-  time_scale: 0.002
+  time_scale: 0.005
   resolve_after: 10m
   channels:
     - {{name: hook, kind: webhook, url: "{receiver.url}/hook",
