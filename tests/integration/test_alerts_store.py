@@ -182,3 +182,21 @@ slos:
         assert kinds.count("notified") == 2
     with engine.connect() as connection:  # the lease was handed on at stop
         assert connection.execute(text("SELECT count(*) FROM alert_lease")).scalar() == 0
+
+
+def test_two_evaluators_opening_the_same_incident_store_one(engine: Engine) -> None:
+    config = parse_config("alerts: {rules: [{name: r, metric: requests, threshold: 0}]}")
+    [d] = definitions(config)
+    first, step = advance(None, active=True, value=1, now=NOW, for_s=0, resolve_after_s=0)
+    second, _ = advance(None, active=True, value=1, now=NOW, for_s=0, resolve_after_s=0)
+    assert first is not None and second is not None and first.id != second.id
+    won = [history.save_transition(engine, None, a, step, d.info, now=NOW, url_base="http://x")
+           for a in (first, second)]
+    assert won == [True, False]
+    assert [r["id"] for r in history.list_alerts(engine)] == [first.id]
+    # Once resolved, the key may open a new incident.
+    assert history.save_transition(engine, first, None, "resolved", d.info, now=NOW,
+                                   url_base="http://x")
+    assert history.save_transition(engine, None, second, "firing", d.info, now=NOW,
+                                   url_base="http://x")
+    assert len(history.list_alerts(engine)) == 2

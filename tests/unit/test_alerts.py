@@ -130,6 +130,9 @@ def test_durations(value: object, seconds: float) -> None:
     ("slos: [{name: a, sli: availability, objective: 0.99, burn_rates: [{severity: page, "
      "long_window: 5m, short_window: 1h, burn_rate: 2}]}]",
      "short_window (3600s) must be shorter than long_window (300s)"),
+    ("alerts: {interval_s: 60}",
+     "lease_s (60) must be longer than interval_s (60) so the evaluator renews its lease "
+     "before it expires; e.g. lease_s: 120"),
     ("alerts: {channels: [{name: c, kind: slack}]}",
      "channel 'c' of kind 'slack' needs 'url' starting with http"),
     ("alerts: {channels: [{name: c, kind: email, smtp_host: h}]}",

@@ -293,6 +293,14 @@ class AlertsConfig(_Section):
                                                description="Notification channels.")
     rules: list[AlertRuleConfig] = Field(default_factory=list, description="Alert rules.")
 
+    @model_validator(mode="after")
+    def _lease_outlives_interval(self) -> AlertsConfig:
+        if self.lease_s <= self.interval_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must be longer than interval_s "
+                             f"({self.interval_s:g}) so the evaluator renews its lease before "
+                             f"it expires; e.g. lease_s: {2 * self.interval_s:g}")
+        return self
+
 
 def check_alert_references(alerts: AlertsConfig, slos: list[SLOConfig]) -> None:
     """Names are unique and every `channels:` entry names a channel (raises ValueError)."""

@@ -262,6 +262,15 @@ class AlertEvaluator:
                                         key=d.key)
             won = history.save_transition(self.engine, before, after, transition, d.info,
                                           now=now, url_base=self.url_base)
+            if before is None and after is not None and not won:
+                # Another evaluator opened this incident (a lease that expired mid-run):
+                # take the store's version instead of our own.
+                stored = history.open_alerts(self.engine).get(d.key)
+                if stored is None:
+                    self._open.pop(d.key, None)
+                else:
+                    self._open[d.key] = stored
+                continue
             if after is None:
                 self._open.pop(d.key, None)
             else:

@@ -2,7 +2,7 @@
 and email over SMTP; `deliver` retries each with exponential backoff.
 
 A channel is anything with a `name` and `async send(notification)`; `MemoryChannel` keeps what
-it was sent (for tests and `shipyard alerts test --dry-run`-like uses). Failures are logged by
+it was sent (for tests, or to collect notifications in your own code). Failures are logged by
 channel name and exception type only: URLs (a Slack URL is a secret), passwords and the
 alert's labels never reach the log.
 

@@ -80,27 +80,36 @@ def record_event(engine: Engine, alert_id: str, event: str, *, at: datetime | No
             details=orjson.dumps(details).decode() if details else None))
 
 
+def _open_incident(engine: Engine, alert: OpenAlert, info: AlertInfo, *, now: datetime,
+                   url_base: str) -> bool:
+    with engine.begin() as connection:
+        connection.execute(insert(alerts).values(
+            id=alert.id, key=info.key, tenant_id=info.tenant_id, source=info.source,
+            severity=info.severity, state=alert.state, value=alert.value,
+            threshold=info.threshold, summary=info.summary, runbook=info.runbook,
+            labels=orjson.dumps(info.labels).decode() if info.labels else None,
+            url=f"{url_base.rstrip('/')}/ui/alerts/{alert.id}", started_at=alert.started_at,
+            fired_at=alert.fired_at, updated_at=now))
+        events = ["pending", "firing"] if alert.state == "firing" else ["pending"]
+        for event in events:
+            connection.execute(insert(alert_events).values(
+                alert_id=alert.id, at=now, event=event, value=alert.value))
+    return True
+
+
 def save_transition(engine: Engine, before: OpenAlert | None, after: OpenAlert | None,
                     transition: str | None, info: AlertInfo, *, now: datetime,
                     url_base: str) -> bool:
     """Persist one step of the state machine; True when this call made the transition
     (and so must notify), False when there was none or another evaluator already did."""
-    with engine.begin() as connection:
-        if before is None and after is not None:  # a new incident: pending or firing at once
-            connection.execute(insert(alerts).values(
-                id=after.id, key=info.key, tenant_id=info.tenant_id, source=info.source,
-                severity=info.severity, state=after.state, value=after.value,
-                threshold=info.threshold, summary=info.summary, runbook=info.runbook,
-                labels=orjson.dumps(info.labels).decode() if info.labels else None,
-                url=f"{url_base.rstrip('/')}/ui/alerts/{after.id}", started_at=after.started_at,
-                fired_at=after.fired_at, updated_at=now))
-            events = ["pending", "firing"] if after.state == "firing" else ["pending"]
-            for event in events:
-                connection.execute(insert(alert_events).values(
-                    alert_id=after.id, at=now, event=event, value=after.value))
-            return True
-        if before is None:
+    if before is None:
+        if after is None:
             return False
+        try:  # a new incident, pending or firing at once
+            return _open_incident(engine, after, info, now=now, url_base=url_base)
+        except IntegrityError:  # another evaluator opened this key's incident first
+            return False
+    with engine.begin() as connection:
         if transition == "cleared":  # pending that never fired: not worth keeping
             done = connection.execute(delete(alerts).where(
                 alerts.c.id == before.id, alerts.c.state == "pending")).rowcount

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
 __all__ = [
@@ -127,6 +128,10 @@ alerts = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(None, "state", "key"),
     Index(None, "started_at"),
+    # At most one open incident per key, even if two evaluators ever raced to open one.
+    Index("ux_alerts_open_key", "key", unique=True,
+          sqlite_where=text("state IN ('pending', 'firing')"),
+          postgresql_where=text("state IN ('pending', 'firing')")),
 )
 
 alert_events = Table(

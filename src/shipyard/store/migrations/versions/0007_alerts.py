@@ -39,6 +39,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_state_key", "alerts", ["state", "key"])
     op.create_index("ix_alerts_started_at", "alerts", ["started_at"])
+    # At most one open incident per key, even if two evaluators ever raced to open one.
+    open_only = sa.text("state IN ('pending', 'firing')")
+    op.create_index("ux_alerts_open_key", "alerts", ["key"], unique=True,
+                    sqlite_where=open_only, postgresql_where=open_only)
     op.create_table(
         "alert_events",
         sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
