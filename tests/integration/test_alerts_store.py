@@ -200,3 +200,17 @@ def test_two_evaluators_opening_the_same_incident_store_one(engine: Engine) -> N
     assert history.save_transition(engine, None, second, "firing", d.info, now=NOW,
                                    url_base="http://x")
     assert len(history.list_alerts(engine)) == 2
+
+
+def test_an_alert_whose_rule_left_the_config_is_closed(engine: Engine) -> None:
+    old = parse_config("alerts: {rules: [{name: gone, metric: requests, threshold: -1}]}")
+    evaluator = AlertEvaluator(old, engine, channels={}, holder="a")
+    assert asyncio.run(evaluator.run_once()) == [("gone", "firing")]
+    history.release_lease(engine, "a")
+    new = parse_config("alerts: {rules: [{name: other, metric: requests, threshold: 1e9}]}")
+    successor = AlertEvaluator(new, engine, channels={}, holder="b")
+    assert asyncio.run(successor.run_once()) == []
+    [row] = history.list_alerts(engine)
+    assert row["key"] == "gone" and row["state"] == "resolved"
+    events = history.alert_events_of(engine, [row["id"]])[row["id"]]
+    assert events[-1]["details"] == {"reason": "no longer configured"}

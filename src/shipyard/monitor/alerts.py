@@ -230,6 +230,7 @@ class AlertEvaluator:
             except Exception as exc:  # a store outage must not kill the evaluator
                 log.warning("alerts: evaluation failed (%s); retrying in %gs",
                             type(exc).__name__, interval)
+                self.leader = False  # reload open alerts from the store once it is back
             await asyncio.sleep(interval)
 
     async def run_once(self) -> list[tuple[str, str]]:
@@ -253,6 +254,11 @@ class AlertEvaluator:
     def _evaluate(self, now: datetime) -> list[_Result]:
         observations = observe(self.engine, self.defs, now,
                                time_scale=self.config.alerts.time_scale)
+        known = {d.key for d in self.defs}
+        for key, orphan in list(self._open.items()):
+            if key not in known:  # its rule or SLO left the config: close it, quietly
+                history.close_orphan(self.engine, orphan.id, now=now)
+                del self._open[key]
         results = []
         for obs in observations:
             d = obs.definition

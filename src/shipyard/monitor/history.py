@@ -26,6 +26,7 @@ __all__ = [
     "AlertInfo",
     "acquire_lease",
     "alert_events_of",
+    "close_orphan",
     "list_alerts",
     "open_alerts",
     "record_event",
@@ -135,6 +136,19 @@ def save_transition(engine: Engine, before: OpenAlert | None, after: OpenAlert |
                 alert_id=before.id, at=now, event=transition,
                 value=after.value if after is not None else before.value))
         return bool(done)
+
+
+def close_orphan(engine: Engine, alert_id: str, *, now: datetime) -> bool:
+    """Resolve an open alert whose rule or SLO is no longer configured (no notification)."""
+    with engine.begin() as connection:
+        done = connection.execute(update(alerts).where(
+            alerts.c.id == alert_id, alerts.c.state.in_(("pending", "firing"))).values(
+            state="resolved", resolved_at=now, updated_at=now)).rowcount
+        if done:
+            connection.execute(insert(alert_events).values(
+                alert_id=alert_id, at=now, event="resolved",
+                details=orjson.dumps({"reason": "no longer configured"}).decode()))
+    return bool(done)
 
 
 def list_alerts(engine: Engine, *, state: str | None = None, tenant_id: str | None = None,
