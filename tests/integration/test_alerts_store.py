@@ -14,7 +14,7 @@ from shipyard.monitor import history
 from shipyard.monitor.alerts import AlertEvaluator, definitions
 from shipyard.monitor.channels import MemoryChannel
 from shipyard.monitor.queries import Scope, custom_query, metric_value, window_counts
-from shipyard.monitor.slo import error_budget, evaluate_slo
+from shipyard.monitor.slo import SLOCounter, SLOStatus, error_budget, evaluate_slo
 from shipyard.monitor.state import advance
 from shipyard.store import create_store_engine, migrate, new_trace_record
 from shipyard.store.tables import traces
@@ -214,3 +214,30 @@ def test_an_alert_whose_rule_left_the_config_is_closed(engine: Engine) -> None:
     assert row["key"] == "gone" and row["state"] == "resolved"
     events = history.alert_events_of(engine, [row["id"]])[row["id"]]
     assert events[-1]["details"] == {"reason": "no longer configured"}
+
+
+def test_the_incremental_slo_counter_matches_a_full_count(engine: Engine) -> None:
+    # One request a minute for three days, every 7th failing, plus a recent burst of errors.
+    rows = [new_trace_record(route="chat", service="support", total_ms=10.0,
+                             status=500 if i % 7 == 0 else 200,
+                             started_at=NOW - timedelta(minutes=i)) for i in range(3 * 1440)]
+    with engine.begin() as connection:
+        connection.execute(insert(traces), rows)
+    plant(engine, ago_s=60, n=30, status=503)
+    [slo] = parse_config("slos: [{name: s, sli: availability, objective: 0.99, "
+                         "service: support}]").slos
+    counter = SLOCounter(engine, slo)
+    assert counter.horizon == 6 * 3600 and counter.long == [86400.0, 3 * 86400.0]
+
+    def burns(status: SLOStatus) -> list[tuple[float | None, float | None]]:
+        return [(c.long_burn, c.short_burn) for c in status.checks]
+
+    assert burns(counter.status(NOW)) == burns(evaluate_slo(engine, slo, NOW))
+    for minutes in (1, 30, 90, 600):  # time passes; new traffic keeps arriving
+        later = NOW + timedelta(minutes=minutes)
+        plant(engine, ago_s=-(minutes * 60 - 1), n=5, status=200)
+        got, want = counter.status(later), evaluate_slo(engine, slo, later)
+        for (g_long, g_short), (w_long, w_short) in zip(burns(got), burns(want), strict=True):
+            assert g_short == w_short
+            assert g_long == pytest.approx(w_long, rel=0.02)
+        assert [c.firing for c in got.checks] == [c.firing for c in want.checks]

@@ -36,7 +36,7 @@ from shipyard.config.schema import Config
 from shipyard.monitor import history
 from shipyard.monitor.channels import Channel, Notification, build_channel, deliver
 from shipyard.monitor.queries import Scope, custom_query, metric_value
-from shipyard.monitor.slo import evaluate_slo
+from shipyard.monitor.slo import SLOCounter, evaluate_slo
 from shipyard.monitor.state import OpenAlert, advance
 
 __all__ = ["AlertDefinition", "AlertEvaluator", "Observation", "definitions", "observe"]
@@ -118,8 +118,12 @@ def _human(seconds: float) -> str:
 
 
 def observe(engine: Engine, defs: list[AlertDefinition], now: datetime, *,
-            time_scale: float = 1.0) -> list[Observation]:
-    """Evaluate every definition's condition at `now` (blocking: run it in a thread)."""
+            time_scale: float = 1.0,
+            counters: dict[str, SLOCounter] | None = None) -> list[Observation]:
+    """Evaluate every definition's condition at `now` (blocking: run it in a thread).
+
+    With `counters` (kept by a long-running evaluator), SLOs read only recent traces.
+    """
     out: list[Observation] = []
     slo_status: dict[str, Any] = {}
     for d in defs:
@@ -138,7 +142,10 @@ def observe(engine: Engine, defs: list[AlertDefinition], now: datetime, *,
         elif d.slo is not None:
             slo = d.slo
             if slo.name not in slo_status:
-                slo_status[slo.name] = evaluate_slo(engine, slo, now, time_scale=time_scale)
+                counter = counters.get(slo.name) if counters is not None else None
+                slo_status[slo.name] = (
+                    counter.status(now) if counter is not None
+                    else evaluate_slo(engine, slo, now, time_scale=time_scale))
             status = slo_status[slo.name]
             check = status.firing(d.severity)
             burns = [c.long_burn for c in status.checks
@@ -190,6 +197,7 @@ class AlertEvaluator:
         self._task: asyncio.Task[None] | None = None
         self._outbox = _Outbox()
         self._open: dict[str, OpenAlert] = {}
+        self._counters: dict[str, SLOCounter] = {}
 
     @property
     def enabled(self) -> bool:
@@ -240,6 +248,9 @@ class AlertEvaluator:
                                          self.config.alerts.lease_s)
         if leader and not self.leader:
             self._open = await asyncio.to_thread(history.open_alerts, self.engine)
+            self._counters = {slo.name: SLOCounter(self.engine, slo,
+                                                   time_scale=self.config.alerts.time_scale)
+                              for slo in self.config.slos}
             log.info("alerts: this process evaluates %d rules/SLO alerts (lease %s)",
                      len(self.defs), self.holder)
         self.leader = leader
@@ -253,7 +264,8 @@ class AlertEvaluator:
 
     def _evaluate(self, now: datetime) -> list[_Result]:
         observations = observe(self.engine, self.defs, now,
-                               time_scale=self.config.alerts.time_scale)
+                               time_scale=self.config.alerts.time_scale,
+                               counters=self._counters)
         known = {d.key for d in self.defs}
         for key, orphan in list(self._open.items()):
             if key not in known:  # its rule or SLO left the config: close it, quietly
