@@ -96,7 +96,7 @@ def test(
         help="Only this channel (repeatable).")] = None,
 ) -> None:
     """Send a test notification through each configured channel (exit 1 if one fails)."""
-    _, cfg = resolve_config(config)
+    _, cfg = resolve_config(config, secrets=not evaluate)  # evaluating sends nothing
     if evaluate:
         _evaluate(cfg)
         return
