@@ -241,3 +241,26 @@ def test_the_incremental_slo_counter_matches_a_full_count(engine: Engine) -> Non
             assert g_short == w_short
             assert g_long == pytest.approx(w_long, rel=0.02)
         assert [c.firing for c in got.checks] == [c.firing for c in want.checks]
+
+
+def test_a_failing_query_neither_fires_nor_resolves(engine: Engine,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config("""
+alerts:
+  resolve_after: 0
+  rules:
+    - {name: fine, metric: requests, threshold: -1}
+    - {name: broken, query: "SELECT count(*) FROM no_such_table", threshold: 0}
+""")
+    evaluator = AlertEvaluator(config, engine, channels={}, holder="a")
+    assert asyncio.run(evaluator.run_once()) == [("fine", "firing")]
+    assert "evaluating 'broken' failed (ProgrammingError)" in caplog.text or (
+        "evaluating 'broken' failed (OperationalError)" in caplog.text)
+    with engine.begin() as connection:  # now the rule that fired cannot be evaluated
+        connection.execute(text("ALTER TABLE traces RENAME TO traces_away"))
+    try:
+        assert asyncio.run(evaluator.run_once()) == []
+        assert history.open_alerts(engine)["fine"].state == "firing"  # kept, not resolved
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE traces_away RENAME TO traces"))

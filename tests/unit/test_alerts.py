@@ -278,3 +278,18 @@ def test_every_yaml_example_in_the_alerts_doc_is_valid() -> None:
         config = parse_config(block, environ=environ)
         assert config.alerts.rules or config.slos or config.alerts.channels or (
             config.alerts.time_scale < 1)
+
+
+def test_commands_that_send_nothing_load_the_config_without_channel_secrets(
+        tmp_path: Path) -> None:
+    from shipyard.config import load_config
+    from shipyard.config.alerting import UNRESOLVED_SECRET
+    from shipyard.config.loader import _PLACEHOLDER
+
+    assert UNRESOLVED_SECRET == _PLACEHOLDER
+    file = tmp_path / "shipyard.yaml"
+    file.write_text("alerts: {channels: [{name: c, kind: slack, url: {$env: UNSET_URL}}]}")
+    config = load_config(file, environ={}, secrets=False)
+    assert config.alerts.channels[0].kind == "slack"
+    with pytest.raises(ConfigError, match="UNSET_URL, which is not set"):
+        load_config(file, environ={})

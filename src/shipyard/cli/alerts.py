@@ -16,7 +16,7 @@ from rich.table import Table
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
 from shipyard.monitor import history
 from shipyard.monitor.alerts import AlertEvaluator, definitions, observe
-from shipyard.store import create_store_engine
+from shipyard.store import create_store_engine, migrate
 
 app = typer.Typer(help="Alerts and SLOs: list current and past alerts, test channels and rules.",
                   no_args_is_help=True)
@@ -129,6 +129,7 @@ def _evaluate(cfg: Any) -> None:
                    "slos (see docs/alerts.md).")
     engine = create_store_engine(cfg.store.url)
     try:
+        migrate(engine)
         observations = observe(engine, defs, datetime.now(UTC),
                                time_scale=cfg.alerts.time_scale)
     finally:
@@ -138,10 +139,10 @@ def _evaluate(cfg: Any) -> None:
         table.add_column(name, overflow="fold")
     for obs in observations:
         d = obs.definition
-        table.add_row(escape(d.key), d.severity,
-                      "[bold red]yes[/]" if obs.active else "no",
+        verdict = {True: "[bold red]yes[/]", False: "no", None: "[yellow]error[/]"}
+        table.add_row(escape(d.key), d.severity, verdict[obs.active],
                       "" if obs.value is None else f"{obs.value:.4g}", escape(obs.detail))
     console.print(table)
-    firing = sum(o.active for o in observations)
+    firing = sum(o.active is True for o in observations)
     console.print(f"{firing} of {len(observations)} would fire now"
                   + (" (after their for_duration)." if firing else "."), highlight=False)

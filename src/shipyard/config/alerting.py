@@ -37,6 +37,9 @@ __all__ = [
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# What the loader puts in place of a secret it was told not to resolve (commands that only
+# read the store); such a URL is checked when the secret is there.
+UNRESOLVED_SECRET = "unresolved-secret-placeholder"
 
 # Metric name -> what it measures (docs/alerts.md lists the same table).
 METRICS: dict[str, str] = {
@@ -136,7 +139,7 @@ class AlertChannelConfig(_Section):
     def _kind_fields(self) -> AlertChannelConfig:
         if self.kind in ("webhook", "slack"):
             url = self.url.get_secret_value() if self.url is not None else ""
-            if not url.startswith(("http://", "https://")):
+            if url != UNRESOLVED_SECRET and not url.startswith(("http://", "https://")):
                 raise ValueError(f"channel '{self.name}' of kind '{self.kind}' needs 'url' "
                                  "starting with http:// or https:// (e.g. url: {$env: "
                                  "SLACK_WEBHOOK_URL})")

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from shipyard.config.alerting import AlertRuleConfig, SLOConfig
 from shipyard.config.schema import Config
@@ -67,7 +68,7 @@ class Observation:
     """A definition's condition at one instant."""
 
     definition: AlertDefinition
-    active: bool
+    active: bool | None  # None: unknown (its query failed)
     value: float | None
     detail: str = ""
 
@@ -122,44 +123,54 @@ def observe(engine: Engine, defs: list[AlertDefinition], now: datetime, *,
             counters: dict[str, SLOCounter] | None = None) -> list[Observation]:
     """Evaluate every definition's condition at `now` (blocking: run it in a thread).
 
-    With `counters` (kept by a long-running evaluator), SLOs read only recent traces.
+    With `counters` (kept by a long-running evaluator), SLOs read only recent traces. A
+    definition whose query fails is observed as unknown (`active` None): its alert keeps its
+    state, so a store hiccup or a broken query neither fires nor resolves anything.
     """
     out: list[Observation] = []
     slo_status: dict[str, Any] = {}
     for d in defs:
-        if d.rule is not None:
-            rule = d.rule
-            since = now - timedelta(seconds=rule.window * time_scale)
-            if rule.query is not None:
-                value = custom_query(engine, rule.query, since, now)
-            else:
-                value = metric_value(engine, rule.metric or "", Scope(
-                    service=rule.service, model=rule.model, tenant=rule.tenant), since, now,
-                    min_requests=rule.min_requests)
-            active = value is not None and _COMPARE[rule.comparison](value, rule.threshold)
-            out.append(Observation(d, active, value,
-                                   "no data" if value is None else f"value {value:.6g}"))
-        elif d.slo is not None:
-            slo = d.slo
-            if slo.name not in slo_status:
-                counter = counters.get(slo.name) if counters is not None else None
-                slo_status[slo.name] = (
-                    counter.status(now) if counter is not None
-                    else evaluate_slo(engine, slo, now, time_scale=time_scale))
-            status = slo_status[slo.name]
-            check = status.firing(d.severity)
-            burns = [c.long_burn for c in status.checks
-                     if c.severity == d.severity and c.long_burn is not None]
-            if check is not None:
-                out.append(Observation(
-                    d, True, check.long_burn,
-                    f"burn rate {check.long_burn:.3g}x over {_human(check.long_window_s)} and "
-                    f"{check.short_burn:.3g}x over {_human(check.short_window_s)} (> "
-                    f"{check.threshold:g}x)"))
-            else:
-                out.append(Observation(d, False, max(burns) if burns else None,
-                                       "burn rates below thresholds"))
+        try:
+            out.append(_observe_one(engine, d, now, time_scale, counters, slo_status))
+        except SQLAlchemyError as exc:
+            log.warning("alerts: evaluating '%s' failed (%s)", d.key, type(exc).__name__)
+            out.append(Observation(d, None, None, f"query failed ({type(exc).__name__})"))
     return out
+
+
+def _observe_one(engine: Engine, d: AlertDefinition, now: datetime, time_scale: float,
+                 counters: dict[str, SLOCounter] | None,
+                 slo_status: dict[str, Any]) -> Observation:
+    if d.rule is not None:
+        rule = d.rule
+        since = now - timedelta(seconds=rule.window * time_scale)
+        if rule.query is not None:
+            value = custom_query(engine, rule.query, since, now)
+        else:
+            value = metric_value(engine, rule.metric or "", Scope(
+                service=rule.service, model=rule.model, tenant=rule.tenant), since, now,
+                min_requests=rule.min_requests)
+        active = value is not None and _COMPARE[rule.comparison](value, rule.threshold)
+        return Observation(d, active, value,
+                           "no data" if value is None else f"value {value:.6g}")
+    slo = d.slo
+    if slo is None:
+        raise ValueError(f"alert definition {d.key!r} has neither a rule nor an SLO")
+    if slo.name not in slo_status:
+        counter = counters.get(slo.name) if counters is not None else None
+        slo_status[slo.name] = (counter.status(now) if counter is not None
+                                else evaluate_slo(engine, slo, now, time_scale=time_scale))
+    status = slo_status[slo.name]
+    check = status.firing(d.severity)
+    if check is not None:
+        return Observation(
+            d, True, check.long_burn,
+            f"burn rate {check.long_burn:.3g}x over {_human(check.long_window_s)} and "
+            f"{check.short_burn:.3g}x over {_human(check.short_window_s)} (> "
+            f"{check.threshold:g}x)")
+    burns = [c.long_burn for c in status.checks
+             if c.severity == d.severity and c.long_burn is not None]
+    return Observation(d, False, max(burns) if burns else None, "burn rates below thresholds")
 
 
 @dataclass
@@ -274,6 +285,8 @@ class AlertEvaluator:
         results = []
         for obs in observations:
             d = obs.definition
+            if obs.active is None:
+                continue  # unknown: keep the alert as it is
             before = self._open.get(d.key)
             after, transition = advance(before, active=obs.active, value=obs.value, now=now,
                                         for_s=d.for_s, resolve_after_s=d.resolve_after_s,
