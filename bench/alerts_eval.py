@@ -181,8 +181,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"**{result['steady_evaluation_ms']:.0f} ms** in the evaluator's steady state",
         f"({result['evaluation_ms']:.0f} ms stateless, as `shipyard alerts test --evaluate`",
         "runs it), in a thread of one process per store.")
-    return "\n\n".join(["## Alert evaluation", intro, "\n".join(lines), whole,
-                        f"Reproduce: `{report['command']}`"])
+    parts = ["## Alert evaluation", intro, "\n".join(lines), whole]
+    if report.get("cpu_busy_before_start", 0) > 0.5:
+        parts.append(f"Note: the machine was {report['cpu_busy_before_start']:.0%} busy with "
+                     "other work when the run started; absolute numbers are high, the ratios "
+                     "hold.")
+    return "\n\n".join([*parts, f"Reproduce: `{report['command']}`"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work_dir = WORK_ROOT / f"alerts-{time.strftime('%Y%m%d-%H%M%S')}"
     work_dir.mkdir(parents=True)
-    wait_for_quiet()
+    busy = wait_for_quiet()
     try:
         result = run(args, work_dir)
     finally:
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_info(),
               "versions": {"shipyard_git": git_revision(), "sqlite": sqlite3.sqlite_version,
                            "sqlalchemy": dist_version("sqlalchemy")},
-              "result": result}
+              "cpu_busy_before_start": round(busy, 3), "result": result}
     text = markdown(report)
     print(text)
     if not args.no_write:
