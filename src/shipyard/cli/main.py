@@ -18,6 +18,7 @@ import typer
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
+from shipyard.cli import alerts as alerts_cli
 from shipyard.cli import audit as audit_cli
 from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
@@ -59,6 +60,7 @@ app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
 app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
+app.add_typer(alerts_cli.app, name="alerts")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
+
 __all__ = [
     "AuthConfig",
     "CaptureMode",
@@ -84,6 +86,11 @@ class ServerConfig(_Section):
         "info", description="Log level of the gateway and its access log."
     )
     access_log: bool = Field(False, description="Write one uvicorn access-log line per request.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL people reach this gateway at (e.g. `https://ai.example.com`); "
+        "alert notifications link to `{public_url}/ui/alerts/{id}`. Default: "
+        "`http://HOST:PORT` from `host` and `port`.")
     max_in_flight: int | None = Field(
         None, ge=1, description="Most requests processed at once in this process (none: no limit)."
     )
@@ -1014,9 +1021,15 @@ class Config(_Section):
     services: dict[str, ServiceConfig] = Field(
         default_factory=dict, description="Hosted Python services, by name."
     )
+    alerts: AlertsConfig = Field(default_factory=lambda: AlertsConfig(),
+                                 description="Alert rules and notification channels "
+                                 "(see docs/alerts.md).")
+    slos: list[SLOConfig] = Field(default_factory=list, description="Service level objectives "
+                                  "with error budgets and burn-rate alerts (see docs/alerts.md).")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        check_alert_references(self.alerts, self.slos)
         _names_ok("provider", iter(self.providers))
         _names_ok("model", iter(self.models))
         _names_ok("service", iter(self.services))
@@ -1059,7 +1072,8 @@ def _type_name(annotation: Any) -> str:
         text = str(annotation)
     else:
         text = getattr(annotation, "__name__", None) or str(annotation)
-    for prefix in ("typing.", "pydantic.types.", "shipyard.config.schema."):
+    for prefix in ("typing.", "pydantic.types.", "shipyard.config.schema.",
+                   "shipyard.config.alerting."):
         text = text.replace(prefix, "")
     return text
 

@@ -19,6 +19,8 @@ from shipyard.gateway.auth import Principal
 from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
+from shipyard.monitor import history as alert_history
+from shipyard.monitor.slo import error_budget
 from shipyard.store import tenants as store
 from shipyard.store.traces import TraceFilter, get_trace, iter_traces
 
@@ -247,6 +249,43 @@ class AdminRoutes:
             raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
         return json_response(self.gw.readable(row))
 
+    # -- alerts -----------------------------------------------------------------------------
+    async def list_alerts(self, request: Request) -> Response:
+        """Open alerts and history (newest first), with each alert's events, and the error
+        budget of every SLO. Platform admins see every tenant's alerts."""
+        principal = await self.gw.authorize(request, "status:read")
+        tenant = None if principal.platform_admin and "tenant" not in request.query_params \
+            else _tenant(principal, request)
+        state = _param(request, "state")
+        if state not in (None, "open", "pending", "firing", "resolved"):
+            raise InvalidRequest(f"Query parameter 'state' is '{state}'; use open, pending, "
+                                 "firing or resolved.", param="state")
+        try:
+            limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
+        except ValueError:
+            raise InvalidRequest("Query parameter 'limit' must be an integer.",
+                                 param="limit") from None
+        engine, config = self.gw.engine, self.gw.config
+
+        def read() -> dict[str, Any]:
+            rows = alert_history.list_alerts(engine, state=state, tenant_id=tenant, limit=limit)
+            events = alert_history.alert_events_of(engine, [r["id"] for r in rows])
+            now = datetime.now(UTC)
+            slos = []
+            for slo in config.slos:
+                if tenant is not None and (slo.tenant or "default") != tenant:
+                    continue
+                budget = error_budget(engine, slo, now, time_scale=config.alerts.time_scale)
+                slos.append({"name": slo.name, "sli": slo.sli, "objective": slo.objective,
+                             "period_s": slo.period * config.alerts.time_scale,
+                             "requests": budget.total, "bad": budget.bad,
+                             "sli_value": budget.sli, "budget_remaining": budget.remaining})
+            return {"object": "list",
+                    "data": [{**r, "events": events[r["id"]]} for r in rows],
+                    "slos": slos}
+
+        return json_response(await asyncio.to_thread(read))
+
 
 def admin_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = AdminRoutes(gateway)
@@ -262,6 +301,8 @@ def admin_routes(gateway: Gateway) -> list[ScopedRoute]:
         ScopedRoute("/v1/admin/keys/{key_id}/rotate", routes.rotate_key, methods=["POST"],
                     scope="keys:manage"),
         ScopedRoute("/v1/admin/audit", routes.list_audit, methods=["GET"], scope="audit:read"),
+        ScopedRoute("/v1/admin/alerts", routes.list_alerts, methods=["GET"],
+                    scope="status:read"),
         ScopedRoute("/v1/traces", routes.list_traces, methods=["GET"], scope="traces:read"),
         ScopedRoute("/v1/traces/{trace_id}", routes.get_trace, methods=["GET"],
                     scope="traces:read"),

@@ -289,6 +289,37 @@ _SCHEMAS: dict[str, JSON] = {
                        "prev_hash": _STRING, "hash": _STRING},
     },
     "AuditList": _list_of("AuditEntry"),
+    "Alert": {
+        "type": "object",
+        "required": ["id", "key", "source", "severity", "state", "url", "started_at",
+                     "events"],
+        "properties": {
+            "id": _STRING, "key": _STRING, "tenant_id": _STRING,
+            "source": {"enum": ["rule", "slo"]},
+            "severity": {"enum": ["page", "ticket", "info"]},
+            "state": {"enum": ["pending", "firing", "resolved"]},
+            "value": _nullable("number"), "threshold": _nullable("number"),
+            "summary": _STRING, "runbook": _STRING, "labels": {"type": "object"},
+            "url": _STRING, "started_at": _TIME, "fired_at": _NULL_TIME,
+            "clear_since": _NULL_TIME, "resolved_at": _NULL_TIME, "updated_at": _TIME,
+            "events": {"type": "array", "items": {
+                "type": "object", "required": ["at", "event"],
+                "properties": {"at": _TIME, "event": _STRING, "value": _nullable("number"),
+                               "details": _nullable("object")}}}},
+    },
+    "AlertList": {
+        "type": "object", "required": ["object", "data", "slos"],
+        "properties": {
+            "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alert")},
+            "slos": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "sli", "objective", "requests", "bad", "budget_remaining"],
+                "properties": {"name": _STRING, "sli": {"enum": ["availability", "latency"]},
+                               "objective": {"type": "number"}, "period_s": {"type": "number"},
+                               "requests": {"type": "integer"}, "bad": {"type": "integer"},
+                               "sli_value": _nullable("number"),
+                               "budget_remaining": {"type": "number"}}}}},
+    },
     "Status": {
         "type": "object", "required": ["draining", "budgets", "models", "traces"],
         "properties": {"draining": {"type": "boolean"},
@@ -469,6 +500,13 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         (400, *_AUTH),
         params=(_query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
                 _query("action", _STRING, "Only this action, or a prefix ending in `*`."),
+                _TENANT)),
+    ("GET", "/v1/admin/alerts"): _Op(
+        "listAlerts", "Alerts (open and resolved, newest first, with their history) and SLO "
+        "error budgets", "admin", _ok("AlertList"), (400, *_AUTH),
+        params=(_query("state", {"enum": ["open", "pending", "firing", "resolved"]},
+                       "Only alerts in this state (`open`: pending or firing)."),
+                _query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
                 _TENANT)),
     ("GET", "/v1/traces"): _Op(
         "listTraces", "The tenant's traces, newest first", "traces", _ok("TraceList"),

@@ -34,6 +34,7 @@ from shipyard.gateway.services import HostedService
 from shipyard.gateway.targets import build_targets
 from shipyard.guards.answers import Escalation as GuardEscalation
 from shipyard.guards.answers import GuardHooks
+from shipyard.monitor.alerts import AlertEvaluator
 from shipyard.observe.metrics import Metrics
 from shipyard.observe.tracing import parse_traceparent, record_span, sampled
 from shipyard.providers import Provider, build_provider
@@ -140,6 +141,7 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
+        self.alerts = AlertEvaluator(config, self.engine)
         self.audit_log = AuditLog(self.engine)
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
         self.overdue = OverdueChecker(self.escalations)
@@ -205,6 +207,7 @@ class Gateway:
             await provider.start()
         self.overdue.start()
         self._watch_sigterm()
+        await self.alerts.start()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
 
@@ -276,6 +279,7 @@ class Gateway:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
         await self.overdue.stop()
+        await self.alerts.stop()
         await self.kv.close()
         for provider in self.providers.values():
             try:

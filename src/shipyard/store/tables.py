@@ -14,11 +14,15 @@ from sqlalchemy import (
     Table,
     Text,
     false,
+    text,
 )
 
 __all__ = [
     "LATENCY_BOUNDS_MS",
     "LATENCY_BUCKETS",
+    "alert_events",
+    "alert_lease",
+    "alerts",
     "audit_head",
     "audit_log",
     "feedback",
@@ -184,4 +188,55 @@ feedback = Table(
     Index(None, "tenant_id", "created_at"),
     Index(None, "tenant_id", "service", "created_at"),
     Index(None, "trace_id"),
+)
+
+# Alerts (shipyard.monitor.alerts): one row per incident of a rule or SLO, from pending to
+# resolved; `alert_events` is its history; `alert_lease` elects the one evaluator per store.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("key", String(128), nullable=False),  # rule name, or "SLO:severity"
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("source", String(16), nullable=False),  # rule | slo
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | firing | resolved
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("summary", Text, nullable=False),
+    Column("runbook", Text, nullable=False),
+    Column("labels", Text, nullable=True),
+    Column("url", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=True),
+    Column("clear_since", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state", "key"),
+    Index(None, "started_at"),
+    # At most one open incident per key, even if two evaluators ever raced to open one.
+    Index("ux_alerts_open_key", "key", unique=True,
+          sqlite_where=text("state IN ('pending', 'firing')"),
+          postgresql_where=text("state IN ('pending', 'firing')")),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("alert_id", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False),  # pending, firing, resolved, notified, ...
+    Column("value", Float, nullable=True),
+    Column("details", Text, nullable=True),
+    Index(None, "alert_id", "seq"),
+    Index(None, "at"),
+)
+
+alert_lease = Table(
+    "alert_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

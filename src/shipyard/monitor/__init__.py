@@ -1,0 +1,1 @@
+"""Monitoring over the store: alert rules, SLOs and burn rates, notification channels, drift."""
