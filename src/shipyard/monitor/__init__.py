@@ -1,0 +1,1 @@
+"""Monitoring: data drift (`drift`, `profiles`) and alerts."""

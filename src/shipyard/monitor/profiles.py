@@ -1,0 +1,306 @@
+"""Reference profiles: compact per-column summaries that drift tests run on without raw data.
+
+A profile keeps, per column, what Evidently's default tests need:
+
+- every value (sorted) while the column has at most `exact_limit` rows (1,000 by default, the
+  size up to which Evidently picks the exact Kolmogorov-Smirnov test), so KS stays exact;
+- beyond that a quantile sketch: the empirical quantile function at `sketch_size` evenly spaced
+  probabilities (midpoints), plus exact count, mean, standard deviation, min and max — enough for
+  the normalised Wasserstein distance (an integral over the quantile function) and for binned
+  tests (Jensen-Shannon, PSI) through the sketch's CDF;
+- exact value counts while the column has at most `distinct_limit` distinct values, which makes
+  chi-square, z-test and Jensen-Shannon on categories exact.
+
+>>> import numpy as np
+>>> p = profile_column("x", np.arange(5000, dtype=float))
+>>> p.kind, p.count, p.values is None, len(p.quantiles or [])
+('numeric', 5000, True, 2048)
+>>> ColumnProfile.from_dict(p.to_dict()).mean
+2499.5
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DISTINCT_LIMIT",
+    "EXACT_LIMIT",
+    "SKETCH_SIZE",
+    "ColumnKind",
+    "ColumnProfile",
+    "DatasetProfile",
+    "as_array",
+    "infer_kind",
+    "profile_column",
+    "profile_columns",
+]
+
+ColumnKind = Literal["numeric", "categorical", "text", "unknown"]
+FloatArray = npt.NDArray[np.float64]
+
+EXACT_LIMIT = 1000
+SKETCH_SIZE = 2048
+DISTINCT_LIMIT = 1000
+# Evidently treats integer columns with at most this many distinct values as categorical.
+INTEGER_CARDINALITY_LIMIT = 10
+
+
+def as_array(values: Sequence[Any] | npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A numpy array with the dtype pandas would infer (ints with gaps become floats).
+
+    >>> as_array([1, None, 3]).dtype.name, as_array(["a", None]).dtype.name
+    ('float64', 'object')
+    """
+    if isinstance(values, np.ndarray):
+        return values
+    items = list(values)
+    present = [v for v in items if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return np.array(items, dtype=bool if len(present) == len(items) else object)
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        if len(present) == len(items) and all(isinstance(v, int) for v in present):
+            return np.array(items, dtype=np.int64)
+        return np.array([np.nan if v is None else v for v in items], dtype=np.float64)
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def infer_kind(array: npt.NDArray[Any]) -> ColumnKind:
+    """Evidently's column-type inference (`evidently.core.datasets.infer_column_type`).
+
+    float → numeric; int → categorical with ≤ 10 distinct values, else numeric; bool →
+    categorical; strings → text when more than half the non-null values are distinct, else
+    categorical.
+
+    >>> import numpy as np
+    >>> infer_kind(np.array([1, 2, 3])), infer_kind(np.arange(50)), infer_kind(np.array([0.5]))
+    ('categorical', 'numeric', 'numeric')
+    """
+    kind = array.dtype.kind
+    if kind == "f":
+        return "numeric"
+    if kind in "iu":
+        distinct = len(np.unique(array))
+        return "categorical" if distinct <= INTEGER_CARDINALITY_LIMIT else "numeric"
+    if kind == "b":
+        return "categorical"
+    if kind in "USO":
+        present = [v for v in array.tolist() if v is not None and v == v]
+        if not present:
+            return "unknown"
+        if not (isinstance(present[0], str) and isinstance(present[-1], str)):
+            return "categorical" if isinstance(present[0], bool) else "unknown"
+        return "text" if len(set(present)) > len(present) * 0.5 else "categorical"
+    return "unknown"
+
+
+def _encode(array: FloatArray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f8").tobytes()).decode()
+
+
+def _decode(text: str) -> FloatArray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
+
+
+@dataclass(kw_only=True)
+class ColumnProfile:
+    """What drift tests need to know about one column (see the module docstring)."""
+
+    name: str
+    kind: ColumnKind
+    dtype: str
+    count: int
+    missing: int = 0
+    # Exact value counts (None when the column has more than `distinct_limit` values).
+    counts: dict[Any, int] | None = None
+    distinct: int = 0  # exact when `counts` is set, otherwise a lower bound
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    values: FloatArray | None = None  # all values, sorted, for small columns
+    quantiles: FloatArray | None = None  # quantile function at (i + 0.5) / sketch_size
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.mean is not None
+
+    def _low(self) -> float:
+        return float(self.min if self.min is not None else np.nan)
+
+    def _high(self) -> float:
+        return float(self.max if self.max is not None else np.nan)
+
+    def quantile_at(self, probs: FloatArray) -> FloatArray:
+        """The empirical quantile function (exact for small columns, sketched otherwise)."""
+        if self.values is not None:
+            index = np.minimum((probs * len(self.values)).astype(np.int64), len(self.values) - 1)
+            return self.values[index]
+        if self.quantiles is None:
+            raise ValueError(f"column '{self.name}' has no numeric summary")
+        size = len(self.quantiles)
+        grid = (np.arange(size) + 0.5) / size
+        xs = np.concatenate(([0.0], grid, [1.0]))
+        ys = np.concatenate(([self._low()], self.quantiles, [self._high()]))
+        return np.asarray(np.interp(probs, xs, ys), dtype=np.float64)
+
+    def cdf(self, points: FloatArray) -> FloatArray:
+        """Share of values ≤ each point (exact for small columns, sketched otherwise)."""
+        if self.values is not None:
+            return np.searchsorted(self.values, points, side="right") / len(self.values)
+        if self.quantiles is None:
+            raise ValueError(f"column '{self.name}' has no numeric summary")
+        size = len(self.quantiles)
+        grid = (np.arange(size) + 0.5) / size
+        xs = np.concatenate(([self._low()], self.quantiles, [self._high()]))
+        ys = np.concatenate(([0.0], grid, [1.0]))
+        result = np.interp(points, xs, ys, left=0.0, right=1.0)
+        return np.asarray(result, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; arrays are base64 little-endian float64."""
+        data: dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "dtype": self.dtype, "count": self.count,
+            "missing": self.missing, "distinct": self.distinct,
+        }
+        if self.counts is not None:
+            data["counts"] = [[k, v] for k, v in self.counts.items()]
+        for key in ("mean", "std", "min", "max"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.values is not None:
+            data["values"] = _encode(self.values)
+        if self.quantiles is not None:
+            data["quantiles"] = _encode(self.quantiles)
+        if self.extra:
+            data["extra"] = self.extra
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ColumnProfile:
+        counts = data.get("counts")
+        return cls(
+            name=data["name"], kind=data["kind"], dtype=data["dtype"], count=data["count"],
+            missing=data.get("missing", 0), distinct=data.get("distinct", 0),
+            counts={k: int(v) for k, v in counts} if counts is not None else None,
+            mean=data.get("mean"), std=data.get("std"), min=data.get("min"),
+            max=data.get("max"),
+            values=_decode(data["values"]) if "values" in data else None,
+            quantiles=_decode(data["quantiles"]) if "quantiles" in data else None,
+            extra=dict(data.get("extra", {})),
+        )
+
+
+@dataclass(kw_only=True)
+class DatasetProfile:
+    """Profiles of several columns (one reference window)."""
+
+    columns: dict[str, ColumnProfile]
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "columns": [c.to_dict() for c in self.columns.values()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetProfile:
+        columns = [ColumnProfile.from_dict(c) for c in data["columns"]]
+        return cls(rows=int(data["rows"]), columns={c.name: c for c in columns})
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _count_values(values: Iterable[Any], limit: int) -> tuple[dict[Any, int] | None, int]:
+    counter = Counter(values)
+    if len(counter) > limit:
+        return None, len(counter)
+    return {_plain(k): int(v) for k, v in counter.items()}, len(counter)
+
+
+def profile_column(
+    name: str,
+    values: Sequence[Any] | npt.NDArray[Any],
+    *,
+    kind: ColumnKind | None = None,
+    exact_limit: int | None = EXACT_LIMIT,
+    sketch_size: int = SKETCH_SIZE,
+    distinct_limit: int = DISTINCT_LIMIT,
+) -> ColumnProfile:
+    """Profile one column. `exact_limit=None` keeps every value (used for current windows).
+
+    Missing values (None, NaN, ±inf) are counted and left out, as Evidently drops them before
+    testing.
+    """
+    array = as_array(values)
+    resolved: ColumnKind = kind or infer_kind(array)
+    if array.dtype.kind in "fiub":
+        numbers = array.astype(np.float64, copy=False)
+        finite = numbers[np.isfinite(numbers)]
+        profile = ColumnProfile(name=name, kind=resolved, dtype=array.dtype.name,
+                                count=int(finite.size), missing=int(array.size - finite.size))
+        if finite.size == 0:
+            return profile
+        ordered = np.sort(finite)
+        profile.mean = float(ordered.mean())
+        profile.std = float(ordered.std())
+        profile.min = float(ordered[0])
+        profile.max = float(ordered[-1])
+        if exact_limit is None or ordered.size <= exact_limit:
+            profile.values = ordered
+        else:
+            probs = (np.arange(sketch_size) + 0.5) / sketch_size
+            profile.quantiles = ordered[(probs * ordered.size).astype(np.int64)]
+        # Distinct values of a sorted array: where consecutive values differ.
+        edges = np.flatnonzero(np.diff(ordered)) + 1
+        profile.distinct = int(edges.size + 1)
+        # Numbers need exact counts only when few (test selection, binning); categories always.
+        limit = distinct_limit if resolved == "categorical" else min(distinct_limit, DISTINCT_LIMIT)
+        if profile.distinct <= limit:
+            starts = np.concatenate(([0], edges))
+            sizes = np.diff(np.concatenate((starts, [ordered.size])))
+            as_int = array.dtype.kind in "iub"
+            keys = ordered[starts]
+            profile.counts = {
+                (bool(k) if array.dtype.kind == "b" else int(k) if as_int else float(k)): int(s)
+                for k, s in zip(keys.tolist(), sizes.tolist(), strict=True)
+            }
+        return profile
+    present = [v for v in array.tolist() if v is not None and v == v]
+    counts, distinct = _count_values(present, distinct_limit)
+    return ColumnProfile(name=name, kind=resolved, dtype=array.dtype.name, count=len(present),
+                         missing=int(array.size - len(present)), counts=counts,
+                         distinct=distinct)
+
+
+def profile_columns(
+    data: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+    *,
+    kinds: Mapping[str, ColumnKind] | None = None,
+    exact_limit: int | None = EXACT_LIMIT,
+    sketch_size: int = SKETCH_SIZE,
+    distinct_limit: int = DISTINCT_LIMIT,
+) -> DatasetProfile:
+    """Profile every column of `data` (a mapping of column name to values).
+
+    >>> profile_columns({"a": [1.0, 2.0], "b": ["x", "y"]}).columns["b"].counts
+    {'x': 1, 'y': 1}
+    """
+    kinds = kinds or {}
+    rows = max((len(v) for v in data.values()), default=0)
+    columns = {
+        name: profile_column(name, values, kind=kinds.get(name), exact_limit=exact_limit,
+                             sketch_size=sketch_size, distinct_limit=distinct_limit)
+        for name, values in data.items()
+    }
+    return DatasetProfile(columns=columns, rows=rows)
