@@ -112,6 +112,7 @@ class Gateway:
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
         self.audit_log = AuditLog(self.engine)
+        self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,6 +130,7 @@ class Gateway:
             await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
             await provider.start()
+        await self._start_drift()
         self._watch_sigterm()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
@@ -195,7 +197,22 @@ class Gateway:
             self.draining = True
             log.info("draining: /readyz is now 503 and new requests are refused")
 
+    async def _start_drift(self) -> None:
+        """Scheduled drift checks (`drift:` in the config); needs the `monitor` extra."""
+        if not (self.config.drift.enabled and self.config.drift.checks):
+            return
+        try:  # optional extra: imported only when drift checks are configured
+            from shipyard.monitor.drift_checks import DriftScheduler
+        except ImportError as exc:
+            raise ConfigError(f"drift.checks needs numpy and scipy ({exc}); install them with "
+                              "pip install 'shipyard[monitor]'.") from exc
+        self.drift = DriftScheduler(self.engine, self.config.drift,
+                                    decrypt=self.cipher.decrypt if self.cipher else None)
+        await self.drift.start()
+
     async def stop(self) -> None:
+        if self.drift is not None:
+            await self.drift.stop()
         self.drain()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
