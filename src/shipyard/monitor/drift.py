@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import numpy.typing as npt
 
 from shipyard.errors import InvalidRequest
@@ -193,7 +194,9 @@ def compare_columns(
         raise InvalidRequest(f"Drift method '{chosen}' for column '{name}' needs numbers; pick "
                              "chisquare, z, jensenshannon or psi for categories.")
     try:
-        score = spec.func(ref, cur)
+        # A category missing from the reference divides by zero: p = 0, as in Evidently.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = spec.func(ref, cur)
     except ValueError as exc:
         return _skipped(name, kind, ref, cur, str(exc))
     limit = spec.threshold if threshold is None else threshold
@@ -203,7 +206,7 @@ def compare_columns(
         drifted = score >= limit
     return ColumnDrift(column=name, kind=kind, method=chosen, score=score, threshold=limit,
                        drifted=bool(drifted), reference_rows=ref.count, current_rows=cur.count,
-                       approximate=drift_tests.uses_sketch(ref, cur))
+                       approximate=drift_tests.uses_sketch(ref, cur, chosen))
 
 
 def _pick(option: str | float | Mapping[str, Any] | None, column: str) -> Any:

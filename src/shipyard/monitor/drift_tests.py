@@ -149,6 +149,8 @@ def psi(ref: ColumnProfile, cur: ColumnProfile) -> float:
     return float(np.sum((ref_p - cur_p) * np.log(ref_p / cur_p)))
 
 
-def uses_sketch(ref: ColumnProfile, cur: ColumnProfile) -> bool:
-    """True when a score is computed from a quantile sketch rather than from every value."""
-    return not (_exact(ref) and _exact(cur))
+def uses_sketch(ref: ColumnProfile, cur: ColumnProfile, method: str) -> bool:
+    """True when `method`'s score comes from a quantile sketch rather than from every value."""
+    numeric = method in ("ks", "wasserstein") or (
+        method in ("jensenshannon", "psi") and ref.kind == "numeric" and ref.distinct > 20)
+    return numeric and not (_exact(ref) and _exact(cur))
