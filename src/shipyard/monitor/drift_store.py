@@ -143,7 +143,7 @@ def drift_history(
         rows = connection.execute(query).mappings().all()
     out = []
     for row in rows:
-        item = {k: v for k, v in row.items() if k != "details"}
+        item = {str(k): v for k, v in row.items() if k != "details"}
         for key in ("at", "current_start", "current_end"):
             item[key] = _utc(item[key])
         if details:
