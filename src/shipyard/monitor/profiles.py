@@ -13,7 +13,7 @@ A profile keeps, per column, what Evidently's default tests need:
 
 >>> import numpy as np
 >>> p = profile_column("x", np.arange(5000, dtype=float))
->>> p.kind, p.count, p.values is None, len(p.quantiles or [])
+>>> p.kind, p.count, p.values is None, p.quantiles is not None and len(p.quantiles)
 ('numeric', 5000, True, 2048)
 >>> ColumnProfile.from_dict(p.to_dict()).mean
 2499.5
