@@ -9,7 +9,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import orjson
 from sqlalchemy import Engine, insert
 
+from conftest import Proc, gateway_config
 from shipyard.config.schema import DriftCheckConfig, DriftConfig
 from shipyard.monitor.drift_checks import DriftScheduler, run_check
 from shipyard.monitor.drift_features import TraceWindow, load_features
@@ -246,3 +248,28 @@ def test_cli_check_profile_history(tmp_path: Path) -> None:
     assert [r["check_name"] for r in json.loads(done.stdout)] == ["support"]
     done = run_cli("check", "nope", cwd=tmp_path)
     assert done.returncode == 1 and "drift.checks has no check 'nope'" in done.stderr
+
+
+def test_gateway_runs_configured_checks_while_serving(
+        start_gateway: Callable[..., Proc], tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/gateway.db"
+    engine = fresh(store_url)
+    try:
+        seed_traces(engine, drift=True)
+        gateway = start_gateway(gateway_config(None, store_url, extra="""
+drift:
+  interval_s: 3600
+  checks:
+    support:
+      service: support
+      current_window_s: 86400
+      reference_window_s: 86400
+"""))
+        deadline = time.monotonic() + 30
+        while not drift_history(engine, "support") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rows = drift_history(engine, "support", details=True)
+        assert len(rows) == 1, gateway.output()
+        assert "latency_ms" in rows[0]["report"]["drifted_columns"]
+    finally:
+        engine.dispose()
