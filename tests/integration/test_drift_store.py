@@ -21,7 +21,7 @@ from sqlalchemy import Engine, insert
 
 from conftest import Proc, gateway_config
 from shipyard.config.schema import DriftCheckConfig, DriftConfig
-from shipyard.monitor.drift_checks import DriftScheduler, run_check
+from shipyard.monitor.drift_checks import DriftScheduler, run_check, run_drift_checks
 from shipyard.monitor.drift_features import TraceWindow, load_features
 from shipyard.monitor.drift_store import drift_history, latest_profile
 from shipyard.store import create_store_engine, migrate, new_trace_record
@@ -192,6 +192,9 @@ def test_scheduler_runs_checks_in_the_background(store_url: str) -> None:
 
     try:
         assert asyncio.run(scenario()) == 1
+        assert len(drift_history(engine, "support")) == 1
+        # Another worker (or a restart) within half the interval leaves the check alone.
+        assert asyncio.run(run_drift_checks(engine, config)) == []
         assert len(drift_history(engine, "support")) == 1
     finally:
         engine.dispose()

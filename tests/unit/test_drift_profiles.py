@@ -146,3 +146,22 @@ def test_mmd_embedding_drift_without_scikit_learn() -> None:
     assert not same.drifted and moved.drifted and moved.score < 0.05
     with pytest.raises(InvalidRequest, match="dimensions"):
         embedding_drift(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
+def test_many_categories_keep_the_most_frequent_and_pool_the_rest() -> None:
+    rng = np.random.default_rng(6)
+    labels = np.array([f"city{i}" for i in range(3000)], dtype=object)
+    weights = 1 / np.arange(1, 3001)
+    ref_raw = rng.choice(labels, 60_000, p=weights / weights.sum())
+    cur_raw = rng.choice(labels, 60_000, p=weights[::-1] / weights.sum())
+    profile = DatasetProfile.from_dict(profile_columns({"city": ref_raw}).to_dict())
+    column = profile.columns["city"]
+    assert column.counts is not None and len(column.counts) == 1000
+    assert column.distinct > 1000 and column.other == 60_000 - sum(column.counts.values())
+    exact = detect_drift({"city": ref_raw}, {"city": cur_raw}).columns[0]
+    pooled = detect_drift(profile, {"city": cur_raw}).columns[0]
+    assert exact.method == pooled.method == "jensenshannon"
+    assert pooled.approximate and not exact.approximate
+    assert exact.drifted and pooled.drifted
+    same = detect_drift(profile, {"city": rng.choice(labels, 60_000, p=weights / weights.sum())})
+    assert not same.columns[0].drifted

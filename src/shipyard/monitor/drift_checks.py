@@ -25,7 +25,12 @@ from sqlalchemy import Engine
 from shipyard.config.schema import DriftCheckConfig, DriftConfig
 from shipyard.monitor.drift import DriftReport, detect_drift
 from shipyard.monitor.drift_features import ColumnSource, TraceWindow, load_features
-from shipyard.monitor.drift_store import latest_profile, record_result, save_profile
+from shipyard.monitor.drift_store import (
+    drift_history,
+    latest_profile,
+    record_result,
+    save_profile,
+)
 from shipyard.monitor.profiles import profile_columns
 
 __all__ = ["CheckOutcome", "DriftScheduler", "run_check", "run_drift_checks", "windows"]
@@ -125,10 +130,17 @@ async def run_drift_checks(
     sources: Sequence[ColumnSource] = (),
     decrypt: Callable[[str], str | None] | None = None,
 ) -> list[CheckOutcome]:
-    """Run every configured check once, off the event loop; a failing check is logged."""
+    """Run every configured check once, off the event loop; a failing check is logged.
+
+    A check whose last stored result is younger than half the interval is left out: another
+    worker (`serve --workers N`) or a restart just ran it.
+    """
     outcomes = []
+    recent = datetime.now(UTC) - timedelta(seconds=config.interval_s / 2)
     for name, check in config.checks.items():
         try:
+            if await asyncio.to_thread(drift_history, engine, name, since=recent, limit=1):
+                continue
             outcome = await asyncio.to_thread(run_check, engine, name, check, sources=sources,
                                               decrypt=decrypt)
         except Exception:

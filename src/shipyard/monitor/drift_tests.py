@@ -31,6 +31,8 @@ __all__ = [
     "ztest",
 ]
 
+# The pooled bucket of categories a profile did not keep.
+OTHER = "\x00other"
 # Points on which sketched quantile functions are compared (midpoint rule).
 GRID = 8192
 
@@ -71,10 +73,21 @@ def wasserstein(ref: ColumnProfile, cur: ColumnProfile) -> float:
 def _counts(
     ref: ColumnProfile, cur: ColumnProfile
 ) -> tuple[list[Any], dict[Any, int], dict[Any, int]]:
-    """The union of categories and both sides' exact counts."""
+    """The union of categories and both sides' counts.
+
+    When a profile kept only its most frequent categories, the categories both sides kept are
+    compared and everything else is pooled into one bucket.
+    """
     if ref.counts is None or cur.counts is None:
         raise ValueError(f"column '{ref.name}' has too many distinct values for a category test")
-    return list(set(ref.counts) | set(cur.counts)), ref.counts, cur.counts
+    if not ref.other and not cur.other:
+        return list(set(ref.counts) | set(cur.counts)), ref.counts, cur.counts
+    kept = set(ref.counts) & set(cur.counts) if cur.other else set(ref.counts)
+    ref_counts = {k: ref.counts[k] for k in kept}
+    cur_counts = {k: cur.counts.get(k, 0) for k in kept}
+    ref_counts[OTHER] = ref.count - sum(ref_counts.values())
+    cur_counts[OTHER] = cur.count - sum(cur_counts.values())
+    return list(ref_counts), ref_counts, cur_counts
 
 
 def chisquare(ref: ColumnProfile, cur: ColumnProfile) -> float:
@@ -153,4 +166,4 @@ def uses_sketch(ref: ColumnProfile, cur: ColumnProfile, method: str) -> bool:
     """True when `method`'s score comes from a quantile sketch rather than from every value."""
     numeric = method in ("ks", "wasserstein") or (
         method in ("jensenshannon", "psi") and ref.kind == "numeric" and ref.distinct > 20)
-    return numeric and not (_exact(ref) and _exact(cur))
+    return bool(ref.other or cur.other) or (numeric and not (_exact(ref) and _exact(cur)))

@@ -9,7 +9,8 @@ A profile keeps, per column, what Evidently's default tests need:
   the normalised Wasserstein distance (an integral over the quantile function) and for binned
   tests (Jensen-Shannon, PSI) through the sketch's CDF;
 - exact value counts while the column has at most `distinct_limit` distinct values, which makes
-  chi-square, z-test and Jensen-Shannon on categories exact.
+  chi-square, z-test and Jensen-Shannon on categories exact; beyond that the most frequent
+  `distinct_limit` categories and one count for all the others.
 
 >>> import numpy as np
 >>> p = profile_column("x", np.arange(5000, dtype=float))
@@ -120,9 +121,11 @@ class ColumnProfile:
     dtype: str
     count: int
     missing: int = 0
-    # Exact value counts (None when the column has more than `distinct_limit` values).
+    # Exact value counts. Numbers: None beyond `distinct_limit` values. Categories: the
+    # `distinct_limit` most frequent, the rows of all others in `other`.
     counts: dict[Any, int] | None = None
-    distinct: int = 0  # exact when `counts` is set, otherwise a lower bound
+    other: int = 0
+    distinct: int = 0
     mean: float | None = None
     std: float | None = None
     min: float | None = None
@@ -175,6 +178,8 @@ class ColumnProfile:
         }
         if self.counts is not None:
             data["counts"] = [[k, v] for k, v in self.counts.items()]
+        if self.other:
+            data["other"] = self.other
         for key in ("mean", "std", "min", "max"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
@@ -192,6 +197,7 @@ class ColumnProfile:
         return cls(
             name=data["name"], kind=data["kind"], dtype=data["dtype"], count=data["count"],
             missing=data.get("missing", 0), distinct=data.get("distinct", 0),
+            other=data.get("other", 0),
             counts={k: int(v) for k, v in counts} if counts is not None else None,
             mean=data.get("mean"), std=data.get("std"), min=data.get("min"),
             max=data.get("max"),
@@ -221,11 +227,12 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _count_values(values: Iterable[Any], limit: int) -> tuple[dict[Any, int] | None, int]:
+def _count_values(values: Iterable[Any], limit: int) -> tuple[dict[Any, int], int, int]:
+    """(counts of the `limit` most frequent values, distinct values, rows of all others)."""
     counter = Counter(values)
-    if len(counter) > limit:
-        return None, len(counter)
-    return {_plain(k): int(v) for k, v in counter.items()}, len(counter)
+    kept = counter.most_common(limit) if len(counter) > limit else counter.items()
+    counts = {_plain(k): int(v) for k, v in kept}
+    return counts, len(counter), counter.total() - sum(counts.values())
 
 
 def profile_column(
@@ -277,10 +284,10 @@ def profile_column(
             }
         return profile
     present = [v for v in array.tolist() if v is not None and v == v]
-    counts, distinct = _count_values(present, distinct_limit)
+    counts, distinct, other = _count_values(present, distinct_limit)
     return ColumnProfile(name=name, kind=resolved, dtype=array.dtype.name, count=len(present),
                          missing=int(array.size - len(present)), counts=counts,
-                         distinct=distinct)
+                         distinct=distinct, other=other)
 
 
 def profile_columns(
