@@ -127,7 +127,7 @@ def test_no_drift_when_traffic_is_unchanged(store_url: str) -> None:
         engine.dispose()
 
 
-def test_fixed_reference_is_profiled_once(store_url: str) -> None:
+def test_reference_profiles_are_reused(store_url: str) -> None:
     engine = fresh(store_url)
     try:
         seed_traces(engine, drift=True)
@@ -138,6 +138,13 @@ def test_fixed_reference_is_profiled_once(store_url: str) -> None:
         rows = drift_history(engine, "fixed")
         assert first.report is not None and second.report is not None
         assert len({r["profile_id"] for r in rows}) == 1 and len(rows) == 2
+        # A rolling reference is reused until it is older than reference_refresh_s.
+        for name, refresh in (("rolling", 3600.0), ("always", 0.0)):
+            spec = CHECK.model_copy(update={"reference_refresh_s": refresh})
+            for seconds in (0, 1):
+                run_check(engine, name, spec, now=NOW + timedelta(seconds=seconds))
+        assert len({r["profile_id"] for r in drift_history(engine, "rolling")}) == 1
+        assert len({r["profile_id"] for r in drift_history(engine, "always")}) == 2
     finally:
         engine.dispose()
 

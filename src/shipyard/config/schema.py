@@ -656,7 +656,11 @@ class DriftCheckConfig(_Section):
     reference_window_s: float = Field(
         7 * 86_400.0, gt=0,
         description="Length of the rolling reference window, which ends where the current "
-        "window starts; rebuilt every run. Ignored when `reference_start` is set.")
+        "window starts. Ignored when `reference_start` is set.")
+    reference_refresh_s: float = Field(
+        86_400.0, ge=0,
+        description="A rolling reference profile is rebuilt only when older than this (0: on "
+        "every run); in between, runs reuse the stored profile instead of rereading traces.")
     reference_start: datetime | None = Field(
         None, description="Fixed reference window start (ISO time); profiled once and kept.")
     reference_end: datetime | None = Field(

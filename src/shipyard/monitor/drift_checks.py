@@ -82,15 +82,19 @@ def run_check(
     """Run one check now; with `store=True` the result is recorded for the dashboard.
 
     A fixed reference window is profiled once and kept under the check's name; a rolling one is
-    profiled on every run (and stored too, so `shipyard drift history` can show what was used).
+    profiled again once its stored profile is older than `reference_refresh_s`, so most runs
+    read only the current window's traces.
     """
     now = now or datetime.now(UTC)
     reference_window, current_window = windows(check, now)
     stored = latest_profile(engine, name, tenant_id=check.tenant or "default")
-    reusable = (stored is not None and check.reference_start is not None
-                and stored.window_start == reference_window.start
-                and stored.window_end == reference_window.end
-                and all(c in stored.profile.columns for c in check.columns))
+    reusable = stored is not None and all(c in stored.profile.columns for c in check.columns)
+    if stored is not None and check.reference_start is not None:
+        reusable = reusable and (stored.window_start, stored.window_end) == (
+            reference_window.start, reference_window.end)
+    elif stored is not None:
+        age = (now - stored.created_at).total_seconds()
+        reusable = reusable and check.reference_refresh_s > 0 and age < check.reference_refresh_s
     profile_id: str | None
     if reusable and stored is not None:
         profile, profile_id = stored.profile, stored.id
