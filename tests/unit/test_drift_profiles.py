@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import orjson
 import pytest
@@ -165,3 +167,19 @@ def test_many_categories_keep_the_most_frequent_and_pool_the_rest() -> None:
     assert exact.drifted and pooled.drifted
     same = detect_drift(profile, {"city": rng.choice(labels, 60_000, p=weights / weights.sum())})
     assert not same.columns[0].drifted
+
+
+def test_html_pages_are_self_contained() -> None:
+    pytest.importorskip("plotly")
+    from datetime import UTC, datetime, timedelta
+
+    from shipyard.monitor.drift_html import history_html, reports_html
+
+    report = detect_drift({"x": list(range(100))}, {"x": list(range(50, 150))})
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"check_name": "support", "at": start + timedelta(hours=i), "share": i / 10}
+            for i in range(5)]
+    for page in (reports_html({"support": report}), history_html(rows)):
+        assert not re.search(r"<script[^>]+src\s*=", page, re.I)
+        assert "Plotly.newPlot" in page and len(page) > 1_000_000
+    assert "support" in reports_html({"support": report})

@@ -172,9 +172,7 @@ def check(
         for key, report in reports.items():
             _print_report(report, f"Drift: {key}")
     if html_path is not None and reports:
-        module = _html_module()
-        key, report = next(iter(reports.items()))
-        _write_html(html_path, module.report_html(report, title=f"Drift: {key}"))
+        _write_html(html_path, _html_module().reports_html(reports))
 
 
 @app.command()

@@ -235,9 +235,12 @@ def detect_drift(
     kinds = kinds or {}
     ref_raw = None if isinstance(reference, DatasetProfile) else reference
     cur_raw = None if isinstance(current, DatasetProfile) else current
-    names = list(columns) if columns is not None else list(
-        cur_raw.keys() if cur_raw is not None else current.columns  # type: ignore[union-attr]
-    )
+    if columns is not None:
+        names = list(columns)
+    elif isinstance(current, DatasetProfile):
+        names = list(current.columns)
+    else:
+        names = list(current)
     results: list[ColumnDrift] = []
     for name in names:
         cur_array = as_array(cur_raw[name]) if cur_raw is not None and name in cur_raw else None

@@ -6,7 +6,7 @@ Needs the `report` extra (`pip install 'shipyard[report]'`).
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -14,7 +14,7 @@ from plotly.offline import get_plotlyjs
 
 from shipyard.monitor.drift import DriftReport
 
-__all__ = ["history_html", "report_html"]
+__all__ = ["history_html", "report_html", "reports_html"]
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;
@@ -33,6 +33,17 @@ def _figure(fig: go.Figure) -> str:
 
 def report_html(report: DriftReport, *, title: str = "Drift report") -> str:
     """One report: verdict, a bar per column (score against threshold) and a table."""
+    return _page(title, _section(report))
+
+
+def reports_html(reports: Mapping[str, DriftReport], *, title: str = "Drift checks") -> str:
+    """Several reports on one page, one section per check."""
+    body = "".join(f"<h2>{html.escape(name)}</h2>{_section(report)}"
+                   for name, report in reports.items())
+    return _page(title, body)
+
+
+def _section(report: DriftReport) -> str:
     tested = report.tested
     fig = go.Figure()
     fig.add_bar(x=[c.column for c in tested], y=[c.score for c in tested],
@@ -56,7 +67,7 @@ def report_html(report: DriftReport, *, title: str = "Drift report") -> str:
     table = ("<table><tr><th>column</th><th>kind</th><th>test</th><th>score</th>"
              "<th>threshold</th><th>verdict</th><th>reference rows</th><th>current rows</th>"
              f"<th>note</th></tr>{rows}</table>")
-    return _page(title, verdict + _figure(fig) + table)
+    return verdict + _figure(fig) + table
 
 
 def history_html(rows: Sequence[dict[str, Any]], *, title: str = "Drift history") -> str:
