@@ -646,6 +646,7 @@ class DriftCheckConfig(_Section):
         None, description="Only traces of this service or model alias (default: all traffic).")
     tenant: str | None = Field(None, description="Only traces of this tenant (default: all).")
     columns: list[str] = Field(
+        min_length=1,
         default_factory=lambda: ["prompt_length", "language", "output_length", "refusal",
                                  "finish_reason", "status", "latency_ms", "prompt_tokens",
                                  "completion_tokens"],
