@@ -38,8 +38,6 @@ from shipyard.monitor.profiles import (
     ColumnKind,
     ColumnProfile,
     DatasetProfile,
-    as_array,
-    infer_kind,
     profile_column,
 )
 
@@ -243,20 +241,17 @@ def detect_drift(
         names = list(current)
     results: list[ColumnDrift] = []
     for name in names:
-        cur_array = as_array(cur_raw[name]) if cur_raw is not None and name in cur_raw else None
-        if name in kinds:
-            kind: ColumnKind = kinds[name]
-        elif cur_array is not None:
-            kind = infer_kind(cur_array)
+        # Kinds come from the current window, as in Evidently (unless given).
+        if cur_raw is not None and name in cur_raw:
+            cur_profile = profile_column(name, cur_raw[name], kind=kinds.get(name),
+                                         exact_limit=None, distinct_limit=RAW_DISTINCT_LIMIT)
         elif isinstance(current, DatasetProfile) and name in current.columns:
-            kind = current.columns[name].kind
+            cur_profile = current.columns[name]
         else:
             raise InvalidRequest(f"Column '{name}' is not in the current data; drop it from "
                                  "`columns` or add it to the data.")
+        kind: ColumnKind = kinds.get(name, cur_profile.kind)
         ref_profile = _side(reference, ref_raw, name, kind, "reference")
-        cur_profile = (profile_column(name, cur_array, kind=kind, exact_limit=None,
-                                      distinct_limit=RAW_DISTINCT_LIMIT)
-                       if cur_array is not None else _side(current, None, name, kind, "current"))
         results.append(compare_columns(ref_profile, cur_profile, kind=kind,
                                        method=_pick(method, name),
                                        threshold=_pick(threshold, name)))

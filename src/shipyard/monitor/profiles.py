@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,13 +95,34 @@ def infer_kind(array: npt.NDArray[Any]) -> ColumnKind:
     if kind == "b":
         return "categorical"
     if kind in "USO":
-        present = [v for v in array.tolist() if v is not None and v == v]
-        if not present:
-            return "unknown"
-        if not (isinstance(present[0], str) and isinstance(present[-1], str)):
-            return "categorical" if isinstance(present[0], bool) else "unknown"
-        return "text" if len(set(present)) > len(present) * 0.5 else "categorical"
+        items = array.tolist()
+        counter, missing = _counter(items)
+        return _object_kind(items, counter, len(items) - missing)
     return "unknown"
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def _counter(items: list[Any]) -> tuple[Counter[Any], int]:
+    """Counts of the present values, and how many were missing (None or NaN)."""
+    counter = Counter(items)
+    missing = 0
+    for key in [k for k in counter if not _present(k)]:
+        missing += counter.pop(key)
+    return counter, missing
+
+
+def _object_kind(items: list[Any], counter: Counter[Any], count: int) -> ColumnKind:
+    # Evidently looks at the first and the last present value, and at the share of distinct ones.
+    if count == 0:
+        return "unknown"
+    first = next(v for v in items if _present(v))
+    last = next(v for v in reversed(items) if _present(v))
+    if isinstance(first, str) and isinstance(last, str):
+        return "text" if len(counter) > count * 0.5 else "categorical"
+    return "categorical" if isinstance(first, bool) else "unknown"
 
 
 def _encode(array: FloatArray) -> str:
@@ -227,12 +248,11 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _count_values(values: Iterable[Any], limit: int) -> tuple[dict[Any, int], int, int]:
-    """(counts of the `limit` most frequent values, distinct values, rows of all others)."""
-    counter = Counter(values)
+def _count_values(counter: Counter[Any], limit: int) -> tuple[dict[Any, int], int]:
+    """(counts of the `limit` most frequent values, rows of all the others)."""
     kept = counter.most_common(limit) if len(counter) > limit else counter.items()
     counts = {_plain(k): int(v) for k, v in kept}
-    return counts, len(counter), counter.total() - sum(counts.values())
+    return counts, counter.total() - sum(counts.values())
 
 
 def profile_column(
@@ -250,15 +270,22 @@ def profile_column(
     testing.
     """
     array = as_array(values)
-    resolved: ColumnKind = kind or infer_kind(array)
     if array.dtype.kind in "fiub":
         numbers = array.astype(np.float64, copy=False)
         finite = numbers[np.isfinite(numbers)]
+        ordered = np.sort(finite)
+        # Distinct values of a sorted array: 1 + places where consecutive values differ.
+        changes = ordered[1:] != ordered[:-1]
+        distinct = int(np.count_nonzero(changes)) + 1 if ordered.size else 0
+        resolved: ColumnKind = kind or (
+            "numeric" if array.dtype.kind == "f"
+            else "categorical" if array.dtype.kind == "b" or distinct <= INTEGER_CARDINALITY_LIMIT
+            else "numeric")
         profile = ColumnProfile(name=name, kind=resolved, dtype=array.dtype.name,
-                                count=int(finite.size), missing=int(array.size - finite.size))
+                                count=int(finite.size), missing=int(array.size - finite.size),
+                                distinct=distinct)
         if finite.size == 0:
             return profile
-        ordered = np.sort(finite)
         profile.mean = float(ordered.mean())
         profile.std = float(ordered.std())
         profile.min = float(ordered[0])
@@ -268,13 +295,10 @@ def profile_column(
         else:
             probs = (np.arange(sketch_size) + 0.5) / sketch_size
             profile.quantiles = ordered[(probs * ordered.size).astype(np.int64)]
-        # Distinct values of a sorted array: where consecutive values differ.
-        edges = np.flatnonzero(np.diff(ordered)) + 1
-        profile.distinct = int(edges.size + 1)
         # Numbers need exact counts only when few (test selection, binning); categories always.
         limit = distinct_limit if resolved == "categorical" else min(distinct_limit, DISTINCT_LIMIT)
         if profile.distinct <= limit:
-            starts = np.concatenate(([0], edges))
+            starts = np.concatenate(([0], np.flatnonzero(changes) + 1))
             sizes = np.diff(np.concatenate((starts, [ordered.size])))
             as_int = array.dtype.kind in "iub"
             keys = ordered[starts]
@@ -283,11 +307,13 @@ def profile_column(
                 for k, s in zip(keys.tolist(), sizes.tolist(), strict=True)
             }
         return profile
-    present = [v for v in array.tolist() if v is not None and v == v]
-    counts, distinct, other = _count_values(present, distinct_limit)
-    return ColumnProfile(name=name, kind=resolved, dtype=array.dtype.name, count=len(present),
-                         missing=int(array.size - len(present)), counts=counts,
-                         distinct=distinct, other=other)
+    items = array.tolist()
+    counter, missing = _counter(items)
+    count = len(items) - missing
+    counts, other = _count_values(counter, distinct_limit)
+    return ColumnProfile(name=name, kind=kind or _object_kind(items, counter, count),
+                         dtype=array.dtype.name, count=count, missing=missing, counts=counts,
+                         distinct=len(counter), other=other)
 
 
 def profile_columns(
