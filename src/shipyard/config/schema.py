@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
@@ -21,6 +22,8 @@ __all__ = [
     "AuthConfig",
     "CaptureMode",
     "Config",
+    "DriftCheckConfig",
+    "DriftConfig",
     "EscalationConfig",
     "GuardSpec",
     "GuardsConfig",
@@ -986,6 +989,66 @@ def _names_ok(kind: str, names: Iterator[str]) -> None:
             )
 
 
+class DriftCheckConfig(_Section):
+    """One scheduled drift check over gateway traces (see docs/drift.md)."""
+
+    service: str | None = Field(
+        None, description="Only traces of this service or model alias (default: all traffic).")
+    tenant: str | None = Field(None, description="Only traces of this tenant (default: all).")
+    columns: list[str] = Field(
+        min_length=1,
+        default_factory=lambda: ["prompt_length", "language", "output_length", "refusal",
+                                 "finish_reason", "status", "latency_ms", "prompt_tokens",
+                                 "completion_tokens"],
+        description="Feature columns to test: built-in trace features and `input.FIELD` for "
+        "a python service's declared inputs (see docs/drift.md).")
+    current_window_s: float = Field(
+        86_400.0, gt=0, description="The current window: the last this many seconds.")
+    reference_window_s: float = Field(
+        7 * 86_400.0, gt=0,
+        description="Length of the rolling reference window, which ends where the current "
+        "window starts. Ignored when `reference_start` is set.")
+    reference_refresh_s: float = Field(
+        86_400.0, ge=0,
+        description="A rolling reference profile is rebuilt only when older than this (0: on "
+        "every run); in between, runs reuse the stored profile instead of rereading traces.")
+    reference_start: datetime | None = Field(
+        None, description="Fixed reference window start (ISO time); profiled once and kept.")
+    reference_end: datetime | None = Field(
+        None, description="Fixed reference window end (default: reference_start plus "
+        "reference_window_s).")
+    method: dict[str, str] = Field(
+        default_factory=dict,
+        description="Test per column instead of the Evidently default, e.g. {latency_ms: psi} "
+        "(ks, wasserstein, chisquare, z, jensenshannon, psi).")
+    threshold: dict[str, float] = Field(
+        default_factory=dict, description="Threshold per column instead of the test's default.")
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="Dataset drift when at least this share of columns drift.")
+    min_rows: int = Field(
+        30, ge=1, description="Skip a run (and record nothing) when a window has fewer traces.")
+    max_rows: int = Field(
+        1_000_000, ge=100, description="Most traces read per window (the newest).")
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, value: dict[str, str]) -> dict[str, str]:
+        known = ("ks", "wasserstein", "chisquare", "z", "jensenshannon", "psi")
+        for column, method in value.items():
+            if method not in known:
+                raise ValueError(f"method for column '{column}' is '{method}'; use one of "
+                                 f"{', '.join(known)}")
+        return value
+
+
+class DriftConfig(_Section):
+    enabled: bool = Field(True, description="Run the checks below on a schedule while serving.")
+    interval_s: float = Field(
+        3600.0, ge=10, description="Seconds between two runs of every drift check.")
+    checks: dict[str, DriftCheckConfig] = Field(
+        default_factory=dict, description="Scheduled drift checks, by name.")
+
+
 class Config(_Section):
     """A validated `shipyard.yaml`; build it with `load_config` or `parse_config`.
 
@@ -1026,6 +1089,7 @@ class Config(_Section):
                                  "(see docs/alerts.md).")
     slos: list[SLOConfig] = Field(default_factory=list, description="Service level objectives "
                                   "with error budgets and burn-rate alerts (see docs/alerts.md).")
+    drift: DriftConfig = Field(default_factory=lambda: DriftConfig())
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -1100,6 +1164,11 @@ def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator
         if len(args) == 2 and type(None) in args and optional:  # an optional section
             yield Setting(path, f"{optional[0].__name__} | None", "None", field.description or "")
             yield from iter_settings(optional[0], path + ".")
+            continue
+        item = args[-1] if get_origin(annotation) is dict and args else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            yield Setting(path, "dict", "{}", field.description or "")
+            yield from iter_settings(item, path + ".NAME.")
             continue
         if (get_origin(annotation) is list and args and isinstance(args[0], type)
                 and issubclass(args[0], BaseModel)):

@@ -143,6 +143,7 @@ class Gateway:
         self._previous_sigterm: Any = None
         self.alerts = AlertEvaluator(config, self.engine)
         self.audit_log = AuditLog(self.engine)
+        self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
         self.overdue = OverdueChecker(self.escalations)
         if self.guard_hooks.on_escalate is None:
@@ -206,6 +207,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         self.overdue.start()
+        await self._start_drift()
         self._watch_sigterm()
         await self.alerts.start()
         self.started = True
@@ -273,7 +275,22 @@ class Gateway:
             self.draining = True
             log.info("draining: /readyz is now 503 and new requests are refused")
 
+    async def _start_drift(self) -> None:
+        """Scheduled drift checks (`drift:` in the config); needs the `monitor` extra."""
+        if not (self.config.drift.enabled and self.config.drift.checks):
+            return
+        try:  # optional extra: imported only when drift checks are configured
+            from shipyard.monitor.drift_checks import DriftScheduler
+        except ImportError as exc:
+            raise ConfigError(f"drift.checks needs numpy and scipy ({exc}); install them with "
+                              "pip install 'shipyard[monitor]'.") from exc
+        self.drift = DriftScheduler(self.engine, self.config.drift,
+                                    decrypt=self.cipher.decrypt if self.cipher else None)
+        await self.drift.start()
+
     async def stop(self) -> None:
+        if self.drift is not None:
+            await self.drift.stop()
         self.drain()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)

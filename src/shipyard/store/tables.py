@@ -25,6 +25,8 @@ __all__ = [
     "alerts",
     "audit_head",
     "audit_log",
+    "drift_profiles",
+    "drift_results",
     "feedback",
     "metadata",
     "spans",
@@ -239,4 +241,41 @@ alert_lease = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Drift (shipyard.monitor): reference profiles (per-column sketches, JSON) and check results.
+drift_profiles = Table(
+    "drift_profiles",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("service", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=True),
+    Column("window_end", DateTime(timezone=True), nullable=True),
+    Column("rows", Integer, nullable=False),
+    Column("data", Text, nullable=False),
+    Index(None, "name", "created_at"),
+)
+
+drift_results = Table(
+    "drift_results",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("check_name", String(128), nullable=False),
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("service", String(128), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("profile_id", String(32), nullable=True),
+    Column("current_start", DateTime(timezone=True), nullable=True),
+    Column("current_end", DateTime(timezone=True), nullable=True),
+    Column("current_rows", Integer, nullable=False),
+    Column("dataset_drift", Boolean, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("drifted", Integer, nullable=False),
+    Column("tested", Integer, nullable=False),
+    Column("details", Text, nullable=False),
+    Index(None, "check_name", "at"),
+    Index(None, "tenant_id", "at"),
 )
