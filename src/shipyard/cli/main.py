@@ -19,6 +19,7 @@ from sqlalchemy import create_engine
 
 from shipyard._version import __version__
 from shipyard.cli import audit as audit_cli
+from shipyard.cli import data as data_cli
 from shipyard.cli import traces as traces_cli
 from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
@@ -50,6 +51,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage)
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(data_cli.app, name="data")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

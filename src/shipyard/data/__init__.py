@@ -13,7 +13,7 @@ Needs the `data` extra: `pip install 'shipyard[data]'`.
 from __future__ import annotations
 
 from shipyard.data.config import PipelineConfig, load_pipeline, parse_pipeline
-from shipyard.data.diff import diff_versions
+from shipyard.data.diff import diff_versions, export_version
 from shipyard.data.pipeline import AccountingError, RunReport, run_pipeline
 from shipyard.data.registry import DatasetRegistry
 
@@ -23,6 +23,7 @@ __all__ = [
     "PipelineConfig",
     "RunReport",
     "diff_versions",
+    "export_version",
     "load_pipeline",
     "parse_pipeline",
     "run_pipeline",

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from shipyard.data.dedup import row_key
 
-__all__ = ["diff_versions", "psi"]
+__all__ = ["diff_versions", "export_version", "psi"]
 
 _TOP = 20
 
@@ -106,3 +108,30 @@ def diff_versions(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {"old": {"id": old["id"], "name": old["name"], "version": old["version"]},
             "new": {"id": new["id"], "name": new["name"], "version": new["version"]},
             "schema": schema, "rows": rows, "shift": shift}
+
+
+def export_version(source: Path, output: Path, fmt: str) -> int:
+    """Copy a version's Parquet rows to `output` as parquet, csv or jsonl; returns the row count.
+
+    Streams batch by batch, so any size exports in flat memory.
+    """
+    parquet = pq.ParquetFile(source)
+    count = 0
+    if fmt == "parquet":
+        with pq.ParquetWriter(output, parquet.schema_arrow) as writer:
+            for batch in parquet.iter_batches(batch_size=50_000):
+                writer.write_batch(batch)
+                count += batch.num_rows
+        return count
+    if fmt == "csv":
+        with pacsv.CSVWriter(output, parquet.schema_arrow) as csv_writer:
+            for batch in parquet.iter_batches(batch_size=50_000):
+                csv_writer.write_batch(batch)
+                count += batch.num_rows
+        return count
+    with output.open("wb") as out:
+        for batch in parquet.iter_batches(batch_size=50_000):
+            out.write(b"".join(orjson.dumps(r, default=str, option=orjson.OPT_UTC_Z) + b"\n"
+                               for r in batch.to_pylist()))
+            count += batch.num_rows
+    return count
