@@ -62,6 +62,9 @@ class SourceSpec(_Strict):
     format: Literal["csv", "tsv", "jsonl", "parquet", "sql"] | None = Field(
         None, description="Inferred from the path suffix (or 'sql' when url is set).")
     encoding: str = Field("auto", description="'auto' detects it (reported), else a codec name.")
+    fallback_encoding: str | None = Field(
+        None, description="Re-decode rows that are not valid in the detected encoding (mixed "
+                          "files) with this codec, e.g. cp1252; default: quarantine them.")
     delimiter: str | None = Field(None, description="Default ',' (csv) or tab (tsv).")
     header: bool = True
     null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULLS))

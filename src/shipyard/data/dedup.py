@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,16 +30,14 @@ __all__ = ["ExactDeduper", "NearDuplicates", "row_key", "signature"]
 _SPACE = re.compile(r"\s+")
 
 
-def _norm(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SPACE.sub(" ", value).strip().casefold()
-    return value
-
-
 def row_key(values: Iterable[Any]) -> bytes:
     """16-byte hash of the normalised values (case and whitespace do not make rows differ)."""
-    data = orjson.dumps([_norm(v) for v in values], default=str)
-    return hashlib.blake2b(data, digest_size=16).digest()
+    text = "\x1f".join("\x00" if v is None else v if isinstance(v, str) else
+                       orjson.dumps(v, default=str).decode() for v in values)
+    if "  " in text or "\t" in text or "\n" in text:
+        text = _SPACE.sub(" ", text)
+    return hashlib.blake2b(text.casefold().encode("utf-8", "surrogatepass"),
+                           digest_size=16).digest()
 
 
 class ExactDeduper:
@@ -65,18 +64,18 @@ class ExactDeduper:
 
 
 def _shingles(text: str, size: int) -> list[bytes]:
-    text = _SPACE.sub(" ", text).strip().casefold()
-    if len(text) <= size:
-        return [text.encode()]
-    return list({text[i : i + size].encode() for i in range(len(text) - size + 1)})
+    data = _SPACE.sub(" ", text).strip().casefold().encode("utf-8", "surrogatepass")
+    if len(data) <= size:
+        return [data]
+    return list({data[i : i + size] for i in range(len(data) - size + 1)})
 
 
 def signature(text: str, spec: NearDedupSpec) -> np.ndarray[Any, Any]:
-    """The MinHash signature of `text` (character shingles, datasketch's affine32 scheme)."""
+    """MinHash signature of `text`: character shingles, CRC-32 (fast, same in every process)."""
     from datasketch import MinHash  # the `data` extra
 
     mh = MinHash(num_perm=spec.num_perm, seed=1, permutations=_permutations(spec.num_perm),
-                 scheme="affine32")
+                 scheme="affine32", hashfunc=zlib.crc32)
     mh.update_batch(_shingles(text, spec.shingle))
     return np.asarray(mh.hashvalues)
 
@@ -90,8 +89,8 @@ def _permutations(num_perm: int) -> Any:
     if perms is None:
         from datasketch import MinHash
 
-        perms = _PERMS[num_perm] = MinHash(num_perm=num_perm, seed=1,
-                                           scheme="affine32").permutations
+        perms = _PERMS[num_perm] = MinHash(num_perm=num_perm, seed=1, scheme="affine32",
+                                           hashfunc=zlib.crc32).permutations
     return perms
 
 

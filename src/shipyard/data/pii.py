@@ -29,16 +29,18 @@ __all__ = ["PREFILTER_ENTITIES", "ColumnProtector", "may_hold_pii"]
 # or dashed MAC such as 0a1b.2c3d.4e5f or aa-bb-cc-dd-ee-ff, matched by the regex below).
 PREFILTER_ENTITIES = frozenset({"EMAIL", "URL", "IBAN", "CREDIT_CARD", "US_SSN", "PHONE",
                                 "IP_ADDRESS", "MAC_ADDRESS"})
-_MARKERS = re.compile(
-    r"[@:]|www\.|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.|[0-9A-Fa-f]{2}-[0-9A-Fa-f]{2}-", re.IGNORECASE)
-_NO_DIGITS = str.maketrans("", "", "0123456789")
+_FOUR_DIGITS = re.compile(r"[0-9][^0-9]*[0-9][^0-9]*[0-9][^0-9]*[0-9]")
+_DOTTED_MAC = re.compile(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.")
+_DASHED_MAC = re.compile(r"[0-9A-Fa-f]{2}-[0-9A-Fa-f]{2}-")
 
 
 def may_hold_pii(text: str) -> bool:
     """False only when `text` cannot hold any entity in `PREFILTER_ENTITIES`."""
-    if len(text) - len(text.translate(_NO_DIGITS)) >= 4:
+    if "@" in text or ":" in text or _FOUR_DIGITS.search(text) is not None:
         return True
-    return _MARKERS.search(text) is not None
+    if "." in text and ("www." in text.lower() or _DOTTED_MAC.search(text) is not None):
+        return True
+    return "-" in text and _DASHED_MAC.search(text) is not None
 
 
 class _RowPseudonyms(Operator):

@@ -101,11 +101,21 @@ def detect_encoding(sample: bytes) -> tuple[str, float, bool]:
         # A sample cut inside a multi-byte character is still UTF-8.
         if exc.start >= len(sample) - 3 and exc.reason == "unexpected end of data":
             return "utf-8", 1.0, False
+    # Mostly valid UTF-8 with a few foreign rows (mixed encodings): read it as UTF-8 and let
+    # the rows that do not decode be quarantined (or re-decoded with source.fallback_encoding).
+    decoded = sample.decode("utf-8", errors="replace")
+    errors = decoded.count("\ufffd")
+    multibyte = sum(1 for ch in decoded if ord(ch) > 127) - errors
+    if multibyte > errors:
+        return "utf-8", round(multibyte / (multibyte + errors), 3), False
     from charset_normalizer import from_bytes  # the `data` extra; only needed for non-UTF-8
 
-    best = from_bytes(sample[:65536]).best()
-    if best is None:
+    matches = list(from_bytes(sample[:65536]))
+    if not matches:
         return "utf-8", 0.0, False
+    # On a tie (short samples often tie cp1250 with cp1252), prefer the most common codec.
+    best = min(matches, key=lambda m: (round(m.chaos, 3), -round(m.coherence, 3),
+                                       m.encoding != "cp1252", m.encoding != "latin_1"))
     return best.encoding, round(1.0 - float(best.chaos), 3), False
 
 
@@ -191,6 +201,8 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
                  encoding: str) -> Iterator[RawBatch]:
     columns: list[str] | None = None
     width = 0
+    fallback = spec.fallback_encoding
+    redecoded = 0
     batch = RawBatch(info.path, [], [])
     size = spec.batch_size
     while True:
@@ -221,6 +233,14 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
         if not fields:
             continue  # a blank line is not a row
         undecoded = any(_UNDECODED.search(v) for v in fields)
+        if undecoded and fallback:
+            try:
+                fields = [v.encode(encoding, "surrogateescape").decode(fallback)
+                          if _UNDECODED.search(v) else v for v in fields]
+                undecoded = False
+                redecoded += 1
+            except (UnicodeError, LookupError):
+                pass
         if undecoded:
             raw = spec.delimiter or ","
             shown = raw.join(v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -238,6 +258,9 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
             batch = RawBatch(info.path, [], [])
     if columns is None:
         info.warnings.append("empty file: no header and no rows")
+    if redecoded:
+        info.warnings.append(f"{redecoded} rows did not decode as {encoding} and were read as "
+                             f"{fallback} (source.fallback_encoding)")
     if batch.size:
         yield batch
 
