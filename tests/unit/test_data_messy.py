@@ -119,7 +119,7 @@ def test_empty_files_give_an_empty_dataset(tmp_path: Path, body: bytes) -> None:
 
 
 def test_a_file_truncated_mid_row(tmp_path: Path) -> None:
-    report, out, q = run(tmp_path, b"id,name,amount\n1,a,1\n2,b,2\n3,\"unterminated na")
+    _, out, q = run(tmp_path, b"id,name,amount\n1,a,1\n2,b,2\n3,\"unterminated na")
     assert [r["id"] for r in out] == [1, 2]
     assert q[0]["reason"] == "malformed CSV: truncated: the file ends inside a quoted field"
     _report, out, q = run(tmp_path, b"id,name,amount\n1,a,1\n2,b")
