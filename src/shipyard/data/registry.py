@@ -26,7 +26,7 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:@v?(?P<version>\d+)
 
 
 def _row(row: Any) -> dict[str, Any]:
-    data = dict(row._mapping)
+    data = {str(k): v for k, v in row._mapping.items()}
     data["manifest"] = orjson.loads(data["manifest"])
     created = data["created_at"]
     if created.tzinfo is None:  # SQLite returns naive datetimes
