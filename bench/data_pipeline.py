@@ -31,6 +31,7 @@ from _harness import (
     RESULTS_DIR,
     RssSampler,
     git_revision,
+    load_average,
     log,
     machine_info,
     now_iso,
@@ -227,7 +228,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {"when": now_iso(), "git": git_revision(),
-                               "machine": machine_info(), "rows": args.rows}
+                               "machine": machine_info(), "rows": args.rows,
+                               "load_average_start": load_average()}
     with tempfile.TemporaryDirectory(prefix="shipyard-data-bench-") as tmp:
         work = Path(tmp)
         csv_path = work / "big.csv"
@@ -282,6 +284,7 @@ def main() -> None:
             results["ratio"] = round(results["pipeline"]["rows_per_s"] / base["rows_per_s"], 1)
             log(f"  {base['seconds']:.1f} s = {base['rows_per_s']:,} rows/s; Shipyard is "
                 f"{results['ratio']}x")
+    results["load_average_end"] = load_average()
     print(json.dumps(results, indent=2))
     if not args.no_write:
         write_json(RESULTS_DIR / "data_pipeline.json", results)
@@ -294,7 +297,9 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         "## Data pipeline (`bench/data_pipeline.py`)",
         "",
-        f"Run {r['when']} at `{r['git']}` on {r['machine'].get('cpus', '?')} CPUs. Input: "
+        f"Run {r['when']} at `{r['git']}` on {r['machine'].get('cores', '?')} cores shared with "
+        f"other work (1-min load average {r['load_average_start']:.1f} at the start, "
+        f"{r['load_average_end']:.1f} at the end). Input: "
         f"{r['input']['rows']:,} generated CSV rows ({r['input']['bytes'] / 1e6:.0f} MB; "
         f"{r['input']['duplicates']:,} duplicates, {r['input']['malformed']:,} malformed), "
         "two free-text columns with planted PII in 10% of texts.",
