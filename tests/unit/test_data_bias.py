@@ -63,3 +63,14 @@ def test_pipeline_writes_bias_json_and_html(tmp_path: Path) -> None:
     assert (folder / "bias.html").read_text().startswith("<!doctype html>")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["files"]["bias_html"] == "bias.html"
+
+
+def test_the_documented_example_gives_the_documented_numbers(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "data"
+    config = parse_pipeline((example / "pipeline.yaml").read_text(), base_dir=example)
+    report = run_pipeline(config, dry_run=True)
+    line = (f"applicants: {report.rows_in} rows in = {report.rows_out} out + "
+            f"{report.rows_quarantined} quarantined + {report.duplicates_removed} duplicates "
+            "removed")
+    assert line in (example.parents[1] / "docs" / "data.md").read_text()
+    assert report.bias is not None and "region=islands" in report.bias["warnings"][0]
