@@ -259,3 +259,16 @@ def test_two_workers_give_the_same_result(tmp_path: Path) -> None:
     assert (one.rows_in, one.rows_out, one.duplicates_removed) == (2001, 700, 1300)
     assert (two.rows_in, two.rows_out, two.duplicates_removed) == (2001, 700, 1300)
     assert out1 == out2 and len(q1) == len(q2) == 1
+
+
+def test_the_quarantine_holds_no_pii(tmp_path: Path) -> None:
+    body = (b'id,note\nx,"mail bob@example.com"\n2,"call +1 415-555-0123",extra\n'
+            b'3,"ann@example.com"\n')
+    extra = ("schema: {columns: {id: {type: int}, note: {regex: '[a-z ]+'}}}\n"
+             "pii: {columns: [note], mode: redact}\n")
+    report, out, q = run(tmp_path, body, extra=extra)
+    assert out == [] and report.rows_quarantined == 3
+    dumped = json.dumps(q)
+    assert "bob@example" not in dumped and "415-555" not in dumped and "ann@" not in dumped
+    assert {x["rule"] for x in q} == {"type", "malformed", "regex"}
+    assert report.pii is not None and report.pii["findings"] == {"EMAIL": 2, "PHONE": 1}

@@ -102,6 +102,10 @@ class ColumnProtector:
                 row[name] = engine.anonymize(value, findings, operator)
         return row
 
+    def protect_text(self, text: str) -> str:
+        """`text` with PII replaced (for quarantined raw lines, whose columns are unknown)."""
+        return str(self.protect_row({"_": text}, ["_"])["_"])
+
     def stats(self) -> dict[str, Any]:
         return {"mode": self.spec.mode, "columns": list(self.spec.columns),
                 "texts_scanned": self.scanned, "texts_skipped_by_prefilter": self.skipped,

@@ -95,9 +95,15 @@ class BatchProcessor:
         lines: list[int] = []
         quarantined: list[dict[str, Any]] = []
         rules: Counter[str] = Counter()
+        protector = self.protector
+        pii_cols = list(protector.spec.columns) if protector else []
+        before = (Counter(protector.found), protector.scanned,
+                  protector.skipped) if protector else None
+        # The quarantine sits beside the output: PII is protected there too.
         for bad in raw.bad:
             rule = "decode" if bad.reason.startswith("undecodable") else "malformed"
-            quarantined.append(quarantine_row(raw.file, bad.line, rule, None, bad.raw,
+            shown = protector.protect_text(bad.raw) if protector and bad.raw else bad.raw
+            quarantined.append(quarantine_row(raw.file, bad.line, rule, None, shown,
                                               bad.reason, None))
             rules[rule] += 1
         clean, html, only, nulls = self.cleaner.clean, self.html, self.clean_only, self.nulls
@@ -109,9 +115,19 @@ class BatchProcessor:
                 typed, problems = self.validator.validate(row)
                 if problems:
                     first = problems[0]
-                    reason = "; ".join(p.reason for p in problems)
+                    value = first.value
+                    if protector is not None:
+                        # Reasons quote values: a PII column's reason names only the rule.
+                        reason = "; ".join(
+                            f"'{p.column}' failed rule {p.rule}" if p.column in pii_cols
+                            else p.reason for p in problems)
+                        protector.protect_row(row, pii_cols)
+                        if first.column in pii_cols and isinstance(value, str):
+                            value = row.get(first.column)
+                    else:
+                        reason = "; ".join(p.reason for p in problems)
                     quarantined.append(quarantine_row(raw.file, line, first.rule, first.column,
-                                                      first.value, reason, row))
+                                                      value, reason, row))
                     rules[first.rule] += 1
                     continue
             else:
@@ -133,11 +149,8 @@ class BatchProcessor:
             sigs = np.stack([signature(str(r.get(near.column) or ""), near) for r in out_rows]) \
                 if out_rows else np.zeros((0, near.num_perm), dtype=np.uint64)
         unique = {c: [r.get(c) for r in out_rows] for c in self.unique}
-        before = (Counter(self.protector.found), self.protector.scanned,
-                  self.protector.skipped) if self.protector else None
-        if self.protector is not None:
-            pii_cols = list(self.protector.spec.columns)
-            protect = self.protector.protect_row
+        if protector is not None:
+            protect = protector.protect_row
             for r in out_rows:
                 protect(r, pii_cols)
         schema = self.schema(columns)
