@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -132,9 +133,16 @@ workers: {workers}
 """
 
 
-def run_cli(pipeline: Path, workdir: Path) -> tuple[dict[str, Any], float, float]:
-    """Run `shipyard data run` in a child; (report, seconds, peak RSS MiB of the process tree)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_cli(pipeline: Path, workdir: Path) -> tuple[dict[str, Any], float, float, float]:
+    """Run `shipyard data run` in a child: (report, seconds, peak RSS MiB of the process tree,
+    CPU seconds of the tree: the child and its workers, which it waits for)."""
     env = {**os.environ, "NO_COLOR": "1"}
+    cpu = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shipyard", "data", "run", str(pipeline), "--json",
@@ -145,7 +153,28 @@ def run_cli(pipeline: Path, workdir: Path) -> tuple[dict[str, Any], float, float
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"shipyard data run failed:\n{err.decode()[-3000:]}")
-    return json.loads(out), seconds, rss.peak_kib / 1024
+    return json.loads(out), seconds, rss.peak_kib / 1024, _children_cpu() - cpu
+
+
+def engine_speed(rows: int = 3000) -> dict[str, float]:
+    """The PII engine alone (analyze + anonymize, one process) on texts like the benchmark's."""
+    from shipyard.privacy import PIIEngine, Redact
+
+    rng = random.Random(5)
+    with_pii = []
+    while len(with_pii) < rows:
+        text = _text(rng, 16)
+        if any(ch.isdigit() for ch in text) or "@" in text:
+            with_pii.append(text)
+    plain = [" ".join(rng.choice(WORDS) for _ in range(16)) for _ in range(rows)]
+    engine, op = PIIEngine(), Redact()
+    out = {}
+    for name, texts in (("texts_with_pii_per_s", with_pii), ("plain_texts_per_s", plain)):
+        started = time.perf_counter()
+        for t in texts:
+            engine.anonymize(t, engine.analyze(t), op)
+        out[name] = round(len(texts) / (time.perf_counter() - started))
+    return out
 
 
 def generate_near(path: Path, rows: int, seed: int = 11) -> int:
@@ -242,24 +271,28 @@ def main() -> None:
                                             categories=json.dumps(CATEGORIES),
                                             workers=args.workers))
         log(f"shipyard data run ({args.workers} workers)")
-        report, seconds, peak = run_cli(pipeline, work)
+        report, seconds, peak, cpu = run_cli(pipeline, work)
         rows = report["rows"]
         results["pipeline"] = {"seconds": round(seconds, 2), "peak_rss_mib": round(peak, 1),
+                               "cpu_seconds": round(cpu, 1),
                                "rows_per_s": round(rows["in"] / seconds), "report_rows": rows,
                                "quarantine_by_rule": report["quarantine_by_rule"],
                                "pii": report["pii"], "internal_seconds": report["seconds"]}
-        log(f"  {seconds:.1f} s, peak RSS {peak:.0f} MiB, {rows}")
+        log(f"  {seconds:.1f} s ({cpu:.0f} CPU-s), peak RSS {peak:.0f} MiB, {rows}")
         near_csv = work / "near.csv"
         planted = generate_near(near_csv, args.near_rows)
         near_yaml = work / "near.yaml"
         near_yaml.write_text(NEAR.format(csv=near_csv, out=work / "out", workers=args.workers))
         log(f"near-duplicates on {args.near_rows:,} texts ({planted:,} planted)")
-        near, near_s, near_peak = run_cli(near_yaml, work)
+        near, near_s, near_peak, near_cpu = run_cli(near_yaml, work)
         results["near"] = {"texts": args.near_rows, "planted": planted, "seconds": round(near_s, 2),
+                           "cpu_seconds": round(near_cpu, 1),
                            "found": near["near_duplicates"],
                            "clusters": len(near["near_duplicate_clusters"]),
                            "peak_rss_mib": round(near_peak, 1)}
         log(f"  {near_s:.1f} s, {near['near_duplicates']:,} found")
+        results["engine"] = engine_speed()
+        log(f"PII engine alone: {results['engine']}")
         python = ensure_presidio()
         if python is None:
             results["baseline"] = None
@@ -307,22 +340,28 @@ def render(r: dict[str, Any]) -> str:
         "| measurement | result | goal |",
         "|---|---|---|",
         f"| validate + clean + exact dedup + PII redaction (2 text columns), 2 workers | "
-        f"{p['seconds']:.1f} s ({p['rows_per_s']:,} rows/s) | ≤ 60 s |",
+        f"{p['seconds']:.1f} s wall ({p['rows_per_s']:,} rows/s); {p['cpu_seconds']:.0f} CPU-s, "
+        f"i.e. ≥ {p['cpu_seconds'] / 2:.0f} s on 2 idle cores | ≤ 60 s |",
         f"| peak RSS, whole process tree | {p['peak_rss_mib']:,.0f} MiB | ≤ 1,536 MiB |",
         f"| rows in = out + quarantined + duplicates removed | {rows['in']:,} = {rows['out']:,} + "
         f"{rows['quarantined']:,} + {rows['duplicates_removed']:,} | adds up |",
         f"| near-duplicates (MinHash LSH, 64 perms, threshold 0.8) on {n['texts']:,} texts | "
-        f"{n['seconds']:.1f} s, {n['found']:,} found ({n['planted']:,} planted) | ≤ 60 s |",
+        f"{n['seconds']:.1f} s wall, {n['cpu_seconds']:.0f} CPU-s; {n['found']:,} found "
+        f"({n['planted']:,} planted) | ≤ 60 s |",
     ]
     if b:
         lines.append(f"| pandas + Presidio (blank spaCy) on a {b['rows_in']:,}-row sample | "
                      f"{b['seconds']:.1f} s ({b['rows_per_s']:,} rows/s); Shipyard "
                      f"**{r['ratio']}x** its throughput | faster |")
+    e = r.get("engine") or {}
     pii = p.get("pii") or {}
     lines += ["", f"PII: {pii.get('texts_scanned', 0):,} texts went through the engine, "
               f"{pii.get('texts_skipped_by_prefilter', 0):,} were skipped by the prefilter (no "
               f"'@', ':', 'www.' and fewer than 4 digits); findings {pii.get('findings')}. "
-              f"Quarantined by rule: {p['quarantine_by_rule']}."]
+              f"Quarantined by rule: {p['quarantine_by_rule']}. The PII engine alone (one "
+              f"process, analyze + redact): {e.get('texts_with_pii_per_s', 0):,} texts/s on "
+              f"texts with candidates, {e.get('plain_texts_per_s', 0):,} texts/s on plain "
+              "texts."]
     return "\n".join(lines) + "\n"
 
 

@@ -120,7 +120,8 @@ def detect_encoding(sample: bytes) -> tuple[str, float, bool]:
 
 
 def _files(spec: SourceSpec, base_dir: Path) -> list[Path]:
-    assert spec.path is not None  # guaranteed by SourceSpec
+    if spec.path is None:
+        raise ConfigError("Key 'source.path' is missing; set it to a file or a glob.")
     pattern = spec.path if Path(spec.path).is_absolute() else str(base_dir / spec.path)
     if glob.has_magic(pattern):
         found = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
@@ -315,7 +316,8 @@ def _iter_parquet(file: Path, spec: SourceSpec, info: FileInfo) -> Iterator[RawB
 
 
 def _iter_sql(spec: SourceSpec, info: SourceInfo) -> Iterator[RawBatch]:
-    assert spec.url is not None and spec.query is not None
+    if spec.url is None or spec.query is None:
+        raise ConfigError("A sql source needs both 'source.url' and 'source.query'.")
     try:
         url = make_url(spec.url)
     except ArgumentError:
