@@ -272,3 +272,11 @@ def test_the_quarantine_holds_no_pii(tmp_path: Path) -> None:
     assert "bob@example" not in dumped and "415-555" not in dumped and "ann@" not in dumped
     assert {x["rule"] for x in q} == {"type", "malformed", "regex"}
     assert report.pii is not None and report.pii["findings"] == {"EMAIL": 2, "PHONE": 1}
+
+
+def test_a_declared_column_missing_from_the_input_is_reported(tmp_path: Path) -> None:
+    report, out, _ = run(tmp_path, b"id,name\n1,a\n")
+    assert out == [{"id": 1, "name": "a", "amount": None}]
+    assert any("declared column(s) amount not in the input" in w for w in report.warnings)
+    again, _, _ = run(tmp_path, b"id,name\n1,a\n")
+    assert Path(str(again.path)).name == "v2" and Path(str(report.path)).name == "v1"

@@ -291,8 +291,13 @@ def run_pipeline(config: PipelineConfig, *, store: Engine | None = None, dry_run
         report.duplicate_clusters = exact.clusters()
         report.near_duplicate_clusters = near.clusters() if near else []
         report.source = info.to_dict()
+        wanted = {spec.source or name for name, spec in config.schema_.columns.items()}
         for f in info.files:
             report.warnings.extend(f"{Path(f.path).name}: {w}" for w in f.warnings)
+            missing = sorted(wanted - set(f.columns)) if f.columns else []
+            if missing:
+                report.warnings.append(f"{Path(f.path).name}: declared column(s) "
+                                       f"{', '.join(missing)} not in the input (read as null)")
         if schema is None:
             schema = BatchProcessor(config).schema(list(config.schema_.columns))
         report.columns = [{"name": f.name, "type": str(f.type)} for f in schema]
@@ -331,6 +336,8 @@ def _finish(config: PipelineConfig, report: RunReport, quarantine_file: str | No
         existing = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()]
         version = max(existing, default=0) + 1
     final = root / f"v{version}"
+    if final.exists():  # a folder left by an unregistered run: never overwrite data
+        final = root / f"v{version}-{dataset_id[:8]}"
     report.version, report.dataset_id = version, dataset_id
     report.path = str(final.resolve())
     report.content_hash = _sha256(work / "data.parquet")
@@ -363,8 +370,6 @@ def _finish(config: PipelineConfig, report: RunReport, quarantine_file: str | No
     (work / "report.json").write_bytes(orjson.dumps(report.to_dict(),
                                                     option=orjson.OPT_INDENT_2))
     (work / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    if final.exists():
-        shutil.rmtree(final)
     os.replace(work, final)
     if registry is not None:
         registry.register(manifest)
