@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
 
-from shipyard.cli.common import config_path, console, fail, open_store
+from shipyard.cli.common import config_path, console, err_console, fail, open_store
 from shipyard.errors import ShipyardError
 
 app = typer.Typer(help="Run data pipelines and inspect versioned datasets (needs the `data` "
@@ -108,7 +108,7 @@ def run(
     bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
                    TextColumn("{task.completed:,.0f} rows"),
                    TextColumn("{task.fields[rate]:,.0f} rows/s"), TimeElapsedColumn(),
-                   transient=True, disable=not show, console=console)
+                   transient=True, disable=not show, console=err_console)
     try:
         with bar:
             task = bar.add_task(cfg.name, total=None, rate=0.0)
