@@ -20,6 +20,7 @@ from sqlalchemy import create_engine
 from shipyard._version import __version__
 from shipyard.cli import alerts as alerts_cli
 from shipyard.cli import audit as audit_cli
+from shipyard.cli import data as data_cli
 from shipyard.cli import drift as drift_cli
 from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
@@ -63,6 +64,7 @@ app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(drift_cli.app, name="drift")
+app.add_typer(data_cli.app, name="data")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]

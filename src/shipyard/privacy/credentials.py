@@ -45,6 +45,10 @@ _FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
     )
 )
+# A literal every match of `_FORMATS` contains: texts with none of them (and no key-like word)
+# are skipped without running a regex.
+_FORMAT_NEEDLES = ("sk-", "AKIA", "ASIA", "ABIA", "ACCA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+                   "github_pat_", "xox", "k_live_", "k_test_", "AIza", "eyJ", "-----BEGIN")
 # Stems of key-like words, searched in the lower-cased text with `str.find` (C speed); the
 # identifier around a stem may hold more ("OPENAI_API_KEY", "db_password", "x-auth-token").
 _STEMS = ("key", "secret", "token", "passw", "passphrase", "pwd", "credential", "bearer")
@@ -97,7 +101,16 @@ class SecretRecognizer(Recognizer):
         super().__init__()
         self.min_entropy = min_entropy
 
+    def may_contain(self, text: str) -> bool:
+        """False when `text` has neither a known key format's prefix nor a key-like word."""
+        if any(n in text for n in _FORMAT_NEEDLES):
+            return True
+        lowered = text.lower()
+        return any(stem in lowered for stem in _STEMS)
+
     def find(self, text: str) -> list[Finding]:
+        if not self.may_contain(text):
+            return []
         found: list[Finding] = []
         taken: list[tuple[int, int]] = []
         n = len(text)

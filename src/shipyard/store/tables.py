@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
     text,
 )
@@ -34,10 +35,13 @@ __all__ = [
     "traces",
 ]
 
+__all__ = ["audit_head", "audit_log", "datasets", "metadata", "traces"]
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     }
 )
 
@@ -278,4 +282,26 @@ drift_results = Table(
     Column("details", Text, nullable=False),
     Index(None, "check_name", "at"),
     Index(None, "tenant_id", "at"),
+)
+
+# One row per dataset version written by `shipyard data run` (see shipyard.data.registry).
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("parent_id", String(32), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("config_hash", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("rows_in", Integer, nullable=False),
+    Column("rows_out", Integer, nullable=False),
+    Column("rows_quarantined", Integer, nullable=False),
+    Column("duplicates_removed", Integer, nullable=False),
+    Column("manifest", Text, nullable=False),
+    UniqueConstraint("tenant_id", "name", "version"),
+    Index(None, "name", "created_at"),
 )
