@@ -19,8 +19,8 @@ from typing import Any
 
 from shipyard.errors import InvalidRequest, NotFound
 from shipyard.escalation.store import STATUSES, get_ticket, list_tickets
-from shipyard.monitor.drift_store import drift_history
 from shipyard.monitor.history import alert_events_of, get_alert, list_alerts
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.ui.charts import line_chart
 from shipyard.ui.pages import Page, PageContext, PageError, register
 
@@ -41,7 +41,12 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 def drift_page(ctx: PageContext) -> dict[str, Any]:
     """The latest verdict of every check, and its drift share over the window."""
-    configured = sorted(ctx.config.drift.checks) if ctx.config is not None else []
+    # Imported here: the drift stack loads numpy and scipy, which serving pages never needs.
+    from shipyard.monitor.drift_store import drift_history
+
+    checks = ctx.config.drift.checks if ctx.config is not None else {}
+    configured = sorted(name for name, check in checks.items()
+                        if (check.tenant or PLATFORM_TENANT) == ctx.tenant_id)
     history = drift_history(ctx.engine, tenant_id=ctx.tenant_id, since=ctx.since,
                             limit=_HISTORY_LIMIT)
     names = sorted({r["check_name"] for r in history} | set(configured))
@@ -95,7 +100,7 @@ def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def _budgets(ctx: PageContext) -> list[dict[str, Any]]:
     """The error budget of each configured SLO (platform tenant only: SLOs are global)."""
-    if ctx.config is None or not ctx.config.slos or ctx.tenant_id != "default":
+    if ctx.config is None or not ctx.config.slos or ctx.tenant_id != PLATFORM_TENANT:
         return []
     from shipyard.monitor.slo import error_budget  # the SLO math, only when SLOs exist
 
