@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from conftest import launch_gateway, launch_sim
+from conftest import API_KEY, launch_gateway, launch_sim
 from shipyard.escalation.store import create_ticket, get_ticket
 from shipyard.monitor.drift import ColumnDrift, DriftReport
 from shipyard.monitor.drift_store import record_result
@@ -115,6 +115,9 @@ providers:
   sim: {{kind: openai, base_url: "{sim.url}/v1"}}
 models:
   support: {{provider: sim, model: sim-chat}}
+alerts: {{enabled: false}}
+slos:
+  - {{name: support-availability, sli: availability, objective: 0.99, service: support}}
 """)
     planted = _plant(engine, gateway.url)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,17 @@ def test_alert_pages_and_notification_link(site: dict[str, Any],
     assert "Scale the support service." in browser_page.page.inner_text("#runbook")
     browser_page.shot("monitor-alert")
     assert browser_page.goto("/ui/alerts/al_globex").status == 404  # another tenant's
+    assert browser_page.page.locator("#slo-budgets").count() == 0  # the platform's SLO
     browser_page.clean(404)
+
+
+def test_platform_admins_see_slo_error_budgets(site: dict[str, Any],
+                                               browser_page: Watched) -> None:
+    browser_page.login(API_KEY)  # the static admin key of the platform tenant
+    browser_page.goto("/ui/alerts")
+    budgets = browser_page.page.inner_text("#slo-budgets")
+    assert "support-availability" in budgets and "99%" in budgets
+    browser_page.clean()
 
 
 def test_escalation_review_through_the_forms(site: dict[str, Any],

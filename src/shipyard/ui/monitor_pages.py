@@ -98,14 +98,20 @@ def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
             "threshold_text": _num(row.get("threshold"))}
 
 
+def _mine(ctx: PageContext, targets: list[Any]) -> list[Any]:
+    """The rules or SLOs whose alerts belong to this tenant (untargeted ones: the platform's)."""
+    return [t for t in targets if (t.tenant or PLATFORM_TENANT) == ctx.tenant_id]
+
+
 def _budgets(ctx: PageContext) -> list[dict[str, Any]]:
-    """The error budget of each configured SLO (platform tenant only: SLOs are global)."""
-    if ctx.config is None or not ctx.config.slos or ctx.tenant_id != PLATFORM_TENANT:
+    """The error budget of each of this tenant's SLOs over its period."""
+    slos = _mine(ctx, ctx.config.slos) if ctx.config is not None else []
+    if not slos:
         return []
     from shipyard.monitor.slo import error_budget  # the SLO math, only when SLOs exist
 
     out = []
-    for slo in ctx.config.slos:
+    for slo in slos:
         budget = error_budget(ctx.engine, slo, ctx.now)
         out.append({"name": slo.name, "objective": f"{100 * slo.objective:g}%",
                     "sli": "-" if budget.sli is None else f"{100 * budget.sli:.3f}%",
@@ -121,9 +127,10 @@ def alerts_page(ctx: PageContext) -> dict[str, Any]:
                                                      tenant_id=ctx.tenant_id)]
     recent = [_alert_row(r) for r in list_alerts(ctx.engine, tenant_id=ctx.tenant_id,
                                                   since=ctx.since, limit=200)]
-    configured = bool(ctx.config is not None and (ctx.config.alerts.rules or ctx.config.slos))
-    return {"open": open_rows, "recent": recent, "budgets": _budgets(ctx),
-            "configured": configured or bool(recent) or bool(open_rows)}
+    budgets = _budgets(ctx)
+    rules = _mine(ctx, ctx.config.alerts.rules) if ctx.config is not None else []
+    return {"open": open_rows, "recent": recent, "budgets": budgets,
+            "configured": bool(rules or budgets or recent or open_rows)}
 
 
 def alert_detail(ctx: PageContext) -> dict[str, Any]:
