@@ -27,6 +27,7 @@ __all__ = [
     "acquire_lease",
     "alert_events_of",
     "close_orphan",
+    "get_alert",
     "list_alerts",
     "open_alerts",
     "record_event",
@@ -166,6 +167,17 @@ def list_alerts(engine: Engine, *, state: str | None = None, tenant_id: str | No
     query = query.order_by(alerts.c.started_at.desc(), alerts.c.id).limit(limit)
     with engine.connect() as connection:
         return [_row(m) for m in connection.execute(query).mappings()]
+
+
+def get_alert(engine: Engine, alert_id: str, *, tenant_id: str | None = None
+              ) -> dict[str, Any] | None:
+    """One alert by id (of `tenant_id` when given), or None."""
+    query = select(alerts).where(alerts.c.id == alert_id)
+    if tenant_id is not None:
+        query = query.where(alerts.c.tenant_id == tenant_id)
+    with engine.connect() as connection:
+        mapping = connection.execute(query).mappings().first()
+    return None if mapping is None else _row(mapping)
 
 
 def alert_events_of(engine: Engine, alert_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -9,8 +9,8 @@ roles that may open them. Features add their own pages the same way the built-in
 ...     return {"checks": load_drift_results(ctx.engine, ctx.tenant_id)}
 >>> register(Page("/ui/drift", "Drift", "traces:read", "drift.html", drift))  # doctest: +SKIP
 
-Registering a page at a path that is already taken replaces it (that is how the "Drift" and
-"Alerts" placeholders give way to the real pages).
+Registering a page at a path that is already taken replaces it (that is how
+`shipyard.ui.monitor_pages` replaces the "Drift" and "Alerts" placeholders below).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class PageContext:
     params: Mapping[str, str]
     path_params: Mapping[str, str] = field(default_factory=dict)
     readable: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
+    config: Any = None  # the gateway's `Config` (drift checks, alert rules, SLOs), if any
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def can(self, scope: str) -> bool:

@@ -30,11 +30,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from shipyard._version import __version__
 from shipyard.config.schema import default_spool_dir
-from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied
+from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied, ShipyardError
+from shipyard.escalation import store as tickets
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX, get_key
+from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
 from shipyard.ui.charts import figure_json
 from shipyard.ui.pages import PAGES, RANGES, Page, PageContext, PageError, nav
 from shipyard.ui.session import COOKIE, CSRF_COOKIE, Session, SessionSigner, load_secret
@@ -222,6 +224,58 @@ class Dashboard:
         response.delete_cookie(COOKIE, path="/ui")
         return response
 
+    # -- escalation forms ------------------------------------------------------------------
+    async def escalation_action(self, request: Request) -> Response:
+        """Claim, answer or resolve a ticket from its page (CSRF token, escalations:manage)."""
+        ticket_id = request.path_params["ticket_id"]
+        back = f"/ui/escalations/{quote(ticket_id, safe='')}"
+        session = await self.session(request)
+        if session is None:
+            return RedirectResponse(f"/ui/login?next={quote(back, safe='')}", 303)
+        form = await _form(request)
+        page = PAGES["/ui/escalations/{ticket_id}"]
+        base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
+                                "path": back, "params": request.query_params}
+        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self.html("error.html", 400, title=page.title, **base, message=(
+                "The form expired or was sent from elsewhere; reload the page and try again."))
+        if "escalations:manage" not in ROLE_SCOPES.get(session.role, frozenset()):
+            return self.html("error.html", 403, title=page.title, **base, message=(
+                f"Acting on escalations needs scope 'escalations:manage', which the role "
+                f"'{session.role}' does not have."))
+        action = request.path_params["action"]
+        reviewer = f"key:{session.key_id or session.kind}"
+        engine, tenant = self.gw.engine, session.tenant_id
+        try:
+            if action == "claim":
+                ticket = await asyncio.to_thread(tickets.claim_ticket, engine, ticket_id,
+                                                 tenant_id=tenant, reviewer=reviewer,
+                                                 force=form.get("force") == "1")
+            elif action == "answer":
+                text = form.get("answer", "").strip()
+                if not text:
+                    return self.html("error.html", 400, title=page.title, **base, message=(
+                        "The answer is empty; write what the user should be told."))
+                ticket = await asyncio.to_thread(
+                    tickets.answer_ticket, engine, ticket_id, tenant_id=tenant,
+                    reviewer=reviewer, answer=text[:20_000],
+                    label=(form.get("label") or "reviewer_answer").strip()[:64])
+                self.gw.escalations.note_answer(ticket)
+            elif action == "resolve":
+                ticket = await asyncio.to_thread(
+                    tickets.resolve_ticket, engine, ticket_id, tenant_id=tenant,
+                    reviewer=reviewer, resolution=form.get("resolution", "").strip() or None)
+            else:
+                return self.html("error.html", 404, title=page.title, **base, message=(
+                    f"'{action}' is not an action on escalations; use claim, answer or "
+                    "resolve."))
+        except ShipyardError as exc:
+            return self.html("error.html", exc.status, title=page.title, **base,
+                             message=exc.message)
+        self.gw.audit(tenant_id=tenant, actor=reviewer, action=f"escalation.{action}",
+                      target=ticket.id)
+        return RedirectResponse(f"{back}?done={action}", 303)
+
     # -- static assets ----------------------------------------------------------------------
     async def static(self, request: Request) -> Response:
         asset = self.asset(request.path_params["name"])
@@ -261,7 +315,7 @@ class Dashboard:
             tenant = asked  # platform admins may look at any tenant
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
-                          readable=self.gw.readable)
+                          readable=self.gw.readable, config=self.gw.config)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:
@@ -316,6 +370,9 @@ def ui_routes(gateway: Gateway) -> list[ScopedRoute]:
         ScopedRoute("/ui/static/{name}", ui.static, methods=["GET"], scope=None,
                     include_in_schema=False),
     ]
+    routes.append(ScopedRoute("/ui/escalations/{ticket_id}/{action}", ui.escalation_action,
+                              methods=["POST"], scope="escalations:manage",
+                              include_in_schema=False))
     for path, page in PAGES.items():
         routes.append(ScopedRoute(path, ui.page_endpoint(path), methods=["GET"],
                                   scope=page.scope, include_in_schema=False))

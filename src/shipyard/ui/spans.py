@@ -3,8 +3,9 @@
 Span sources are tried in order; the first that returns a list wins. The built-in
 `derived_spans` rebuilds an approximate waterfall from what every trace records (queue,
 upstream and Shipyard time, and the `attempts` list kept in `attributes` when a request was
-retried or fell back). A store that keeps real spans (OpenTelemetry, a `spans` table) plugs in
-ahead of it with `register_span_source`:
+retried or fell back). `stored_spans` (tried first) reads the spans the tracer kept in the
+store's `spans` table. Another source (OpenTelemetry backend, ...) plugs in ahead of both
+with `register_span_source`:
 
 >>> def stored_spans(engine, trace):  # doctest: +SKIP
 ...     rows = load_spans(engine, trace["id"])   # None when this trace has no stored spans
@@ -21,7 +22,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-__all__ = ["Span", "SpanSource", "derived_spans", "register_span_source", "trace_spans"]
+__all__ = ["Span", "SpanSource", "derived_spans", "register_span_source", "stored_spans",
+           "trace_spans"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,37 @@ def derived_spans(engine: Engine, trace: dict[str, Any]) -> list[Span]:
     return spans
 
 
-_SOURCES: list[SpanSource] = []
+def stored_spans(engine: Engine, trace: dict[str, Any]) -> list[Span] | None:
+    """The spans the tracer stored for this request (`spans` table), or None when none were.
+
+    Depth follows the parent links; a span whose parent is not stored sits at the top.
+    """
+    from shipyard.store.traces import get_spans  # the store, only when a trace is shown
+
+    rows = get_spans(engine, str(trace.get("id") or ""), tenant_id=trace.get("tenant_id"))
+    if not rows:
+        return None
+    parents = {r["span_id"]: r.get("parent_id") for r in rows}
+
+    def depth(span_id: str) -> int:
+        level, parent, seen = 0, parents.get(span_id), {span_id}
+        while parent is not None and parent in parents and parent not in seen:
+            seen.add(parent)
+            level, parent = level + 1, parents[parent]
+        return level
+
+    out = []
+    for r in rows:
+        attributes = r.get("attributes") or {}
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))[:300]
+        error = r.get("error")
+        out.append(Span(str(r["name"]), float(r["start_ms"]), float(r["duration_ms"]),
+                        depth=depth(r["span_id"]), status="error" if error else "ok",
+                        detail=f"{error}: {detail}" if error else detail))
+    return out
+
+
+_SOURCES: list[SpanSource] = [stored_spans]
 
 
 def register_span_source(source: SpanSource) -> None:
