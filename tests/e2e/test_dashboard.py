@@ -5,6 +5,7 @@ required, and viewers see less than admins. Screenshots go to test-artifacts/das
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -72,7 +73,10 @@ def _plant(engine: Any) -> str:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+        reason = "Chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("SHIPYARD_REQUIRE_SERVICES"):
+            pytest.fail(reason + "; CI (.ci/run) installs it")
+        pytest.skip(reason)
     folder = tmp_path_factory.mktemp("dashboard")
     url = f"sqlite:///{folder}/store.db"
     engine = create_store_engine(url)
