@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from shipyard.data.config import PiiSpec
-from shipyard.privacy import Finding, KeyedHash, Mask, Operator, PIIEngine, Redact
+from shipyard.privacy import KeyedHash, Mask, Operator, PIIEngine, Redact
+from shipyard.privacy.pseudonymize import Pseudonymize, Pseudonyms
 
 __all__ = ["PREFILTER_ENTITIES", "ColumnProtector", "candidate_entities", "may_hold_pii"]
 
@@ -63,26 +64,6 @@ def may_hold_pii(text: str) -> bool:
     return bool(candidate_entities(text))
 
 
-class _RowPseudonyms(Operator):
-    """Typed placeholders numbered per row: equal values share a number across columns."""
-
-    def __init__(self) -> None:
-        self.numbers: dict[tuple[str, str], int] = {}
-        self.counts: dict[str, int] = {}
-
-    def replacements(self, findings: Sequence[Finding]) -> list[str]:
-        out: list[str] = []
-        for f in findings:
-            key = (f.entity, f.text)
-            n = self.numbers.get(key)
-            if n is None:
-                n = self.counts.get(f.entity, 0) + 1
-                self.counts[f.entity] = n
-                self.numbers[key] = n
-            out.append(f"<{f.entity}_{n}>")
-        return out
-
-
 class ColumnProtector:
     """Finds and anonymizes PII in the configured columns of each row."""
 
@@ -108,7 +89,7 @@ class ColumnProtector:
 
     def protect_row(self, row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
         """`row` with PII replaced in `columns` (the row is changed in place and returned)."""
-        operator = self._operator or _RowPseudonyms()
+        operator = self._operator or Pseudonymize(Pseudonyms())
         engine = self.engine
         for name in columns:
             value = row.get(name)

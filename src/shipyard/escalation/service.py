@@ -32,7 +32,8 @@ from shipyard.escalation.store import Ticket
 from shipyard.escalation.triggers import FailureCounter, UserRequestDetector
 from shipyard.escalation.webhook import WebhookNotifier
 from shipyard.observe.metrics import Metrics
-from shipyard.privacy import PIIEngine, Replace
+from shipyard.privacy import Operator, PIIEngine
+from shipyard.privacy.pseudonymize import Pseudonymize, Pseudonyms
 from shipyard.privacy.recognizers import Finding
 from shipyard.security.principal import Principal
 from shipyard.state.base import KeyValue
@@ -72,27 +73,6 @@ def caller_of(principal: Principal) -> str | None:
     return None
 
 
-class _SharedNumbers(Replace):
-    """`Replace` numbering shared by every text of one conversation, so `<EMAIL_1>` names the
-    same address in every message."""
-
-    def __init__(self) -> None:
-        self.numbers: dict[tuple[str, str], int] = {}
-        self.counts: dict[str, int] = {}
-
-    def replacements(self, findings: Any) -> list[str]:
-        out: list[str] = []
-        for f in findings:
-            key = (f.entity, f.text)
-            n = self.numbers.get(key)
-            if n is None:
-                n = self.counts.get(f.entity, 0) + 1
-                self.counts[f.entity] = n
-                self.numbers[key] = n
-            out.append(f"<{f.entity}_{n}>")
-        return out
-
-
 @dataclass
 class EscalationPolicy:
     """Escalation settings of one model alias or service."""
@@ -125,10 +105,10 @@ class EscalationPolicy:
         if self._engine is None:
             self._engine = PIIEngine(entities=self.pii.entities, allow=self.pii.allow,
                                      deny=self.pii.deny, min_score=self.pii.min_score)
-        return _clean(self._engine, _SharedNumbers(), value)
+        return _clean(self._engine, Pseudonymize(Pseudonyms()), value)
 
 
-def _clean(engine: PIIEngine, operator: Replace, value: Any) -> Any:
+def _clean(engine: PIIEngine, operator: Operator, value: Any) -> Any:
     if isinstance(value, str):
         findings: list[Finding] = engine.analyze(value)
         return engine.anonymize(value, findings, operator) if findings else value
