@@ -215,8 +215,14 @@ class TracesConfig(_Section):
         "and services with `capture: full`); decided from the trace id, so every service of "
         "one distributed trace agrees. Counts, latency, tokens and cost are always recorded.")
     spans: bool = Field(
-        True, description="Store each request's spans (pipeline stages, upstream attempts) in "
-        "the `spans` table, for a waterfall without a collector.")
+        True, description="Store requests' spans (pipeline stages, upstream attempts) in the "
+        "`spans` table, for a waterfall without a collector.")
+    sample_spans: float = Field(
+        0.1, ge=0, le=1,
+        description="Share of successful single-attempt requests whose spans are stored "
+        "(decided from the trace id); spans of failed, retried or fallen-back requests are "
+        "always stored. Storing every request's spans costs about a third of the gateway's "
+        "throughput on SQLite (docs/observability.md).")
     otlp: OTLPConfig | None = Field(
         None, description="Export spans to an OpenTelemetry collector over OTLP/HTTP.")
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig(),

@@ -121,6 +121,7 @@ class Gateway:
         # shipyard.observe.otlp.OTLPExporter when traces.otlp is set, else None
         self.otlp: Any = _otlp_exporter(config, self.metrics)
         self.store_spans = config.traces.spans
+        self.sample_spans = config.traces.sample_spans
         self.sample_payloads = config.traces.sample_payloads
         self.retention: RetentionTask | None = None
         self.writer: TraceWriter | None = None
@@ -473,7 +474,7 @@ class Gateway:
                     ctx.finish_reason = None
                     ctx.attributes = None
                 record = ctx.to_record()
-                if self.store_spans and ctx.capture != "none":
+                if self.store_spans and ctx.capture != "none" and self._keep_spans(ctx):
                     # Raw tuples: the writer thread turns them into rows, off the event loop.
                     finishing = time.perf_counter()
                     record_span(ctx, "store.write", queued, finishing, parent=ctx.root_span)
@@ -486,6 +487,15 @@ class Gateway:
                 asyncio.get_running_loop().call_soon(self._export, ctx, finishing)
         except Exception:  # recording must never break a response
             log.exception("recording request %s failed", ctx.request_id)
+
+    def _keep_spans(self, ctx: RequestContext) -> bool:
+        """Spans of every failed, retried or fallen-back request; a sample of the others."""
+        if ctx.status >= 400 or ctx.error_type is not None or self.sample_spans >= 1.0:
+            return True
+        attempts = (ctx.attributes or {}).get("attempts")
+        if isinstance(attempts, list) and len(attempts) > 1:
+            return True
+        return sampled(ctx.otel_trace_id, self.sample_spans)
 
     def _export(self, ctx: RequestContext, end: float) -> None:
         try:
