@@ -19,7 +19,6 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("traces") as batch:
         batch.add_column(sa.Column("trace_id", sa.String(32), nullable=True))
-    op.create_index("ix_traces_trace_id", "traces", ["trace_id"])
     op.create_table(
         "spans",
         sa.Column("trace_id", sa.String(32), nullable=False),
@@ -36,11 +35,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_spans"),
     )
     op.create_index("ix_spans_record_id", "spans", ["record_id"])
-    op.create_index("ix_spans_started_at", "spans", ["started_at"])
 
 
 def downgrade() -> None:
     op.drop_table("spans")
-    op.drop_index("ix_traces_trace_id", table_name="traces")
     with op.batch_alter_table("traces") as batch:
         batch.drop_column("trace_id")
