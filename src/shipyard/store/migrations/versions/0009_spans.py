@@ -21,20 +21,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("trace_id", sa.String(32), nullable=True))
     op.create_table(
         "spans",
-        sa.Column("trace_id", sa.String(32), nullable=False),
-        sa.Column("span_id", sa.String(16), nullable=False),
         sa.Column("record_id", sa.String(32), nullable=False),
-        sa.Column("parent_id", sa.String(16), nullable=True),
+        sa.Column("trace_id", sa.String(32), nullable=False),
         sa.Column("tenant_id", sa.String(64), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
-        sa.Column("start_ms", sa.Float, nullable=False),
-        sa.Column("duration_ms", sa.Float, nullable=False),
-        sa.Column("error", sa.String(64), nullable=True),
-        sa.Column("attributes", sa.Text, nullable=True),
-        sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_spans"),
+        sa.Column("spans", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint("record_id", name="pk_spans"),
     )
-    op.create_index("ix_spans_record_id", "spans", ["record_id"])
+    op.create_index("ix_spans_trace_id", "spans", ["trace_id"])
 
 
 def downgrade() -> None:
