@@ -87,3 +87,10 @@ def test_writer_turns_span_tuples_into_one_row_per_request() -> None:
 def test_retention_tenants_must_be_unique() -> None:
     with pytest.raises(ValidationError, match="listed twice"):
         RetentionConfig(tenants=[{"tenant": "a", "days": 1}, {"tenant": "a", "days": 2}])
+
+
+def test_span_attributes_of_any_type_never_fail_the_writer() -> None:
+    odd = {"id": "r", "trace_id": None, "tenant_id": "t", "started_at": "s", "spans_t0": 0.0,
+           "spans": [("s1", None, "guards", 0.0, 0.001, None, {"value": object()})]}
+    ((_, trace_id, _, _, text),) = _span_params([odd])
+    assert trace_id == "r" and '"value":"<object object at' in text

@@ -340,7 +340,8 @@ def _span_params(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
                     row["started_at"], orjson.dumps([
                         [sid, parent, name, round((start - t0) * 1000.0, 3),
                          round(max(0.0, end - start) * 1000.0, 3), error, attributes]
-                        for sid, parent, name, start, end, error, attributes in carried]
+                        for sid, parent, name, start, end, error, attributes in carried],
+                        default=str,  # an attribute of any type (a user's stage) never fails
                     ).decode()))
     return out
 
