@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
@@ -32,6 +33,7 @@ from _harness import (
     BENCH_DIR,
     RESULTS_DIR,
     ProcessGroup,
+    _proc_ticks,
     find_wrk,
     free_port,
     git_revision,
@@ -40,6 +42,7 @@ from _harness import (
     managed_processes,
     now_iso,
     paragraph,
+    process_tree,
     run_wrk,
     wait_for_port,
     wait_for_quiet,
@@ -83,7 +86,7 @@ def baseline_source(rev: str) -> Path:
 
 
 def start_shipyard(group: ProcessGroup, name: str, upstream: int, api_key: str, *,
-                   traces: str, pythonpath: Path) -> int:
+                   traces: str, pythonpath: Path) -> tuple[int, int]:
     work = WORK / name
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("shipyard.db*"):
@@ -106,7 +109,12 @@ models:
     error = wait_for_port(server, port, timeout=60)
     if error:
         raise SystemExit(f"{name} did not start: {error}\n{server.log_tail()}")
-    return port
+    return port, server.pid
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time (user + system clock ticks) of a process tree."""
+    return sum(_proc_ticks(p) for p in process_tree(pid))
 
 
 def main() -> None:
@@ -136,6 +144,10 @@ def main() -> None:
         targets.insert(0, (f"git {args.baseline} (before tracing)", "{}",
                            baseline_source(args.baseline)))
     p50: dict[str, list[float]] = {"upstream (direct)": []}
+    # CPU per request (µs) of each Shipyard process: steadier than latency on a busy machine.
+    cpu_us: dict[str, list[float]] = {}
+    pids: dict[str, int] = {}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     with managed_processes(WORK) as group:
         upstream_port = free_port()
         upstream = group.start("upstream", [sys.executable, str(BENCH_DIR / "upstream.py"),
@@ -145,19 +157,27 @@ def main() -> None:
         urls = {"upstream (direct)": (f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
                                       plain)}
         for index, (name, traces, source) in enumerate(targets):
-            port = start_shipyard(group, f"shipyard-{index}", upstream_port, api_key,
-                                  traces=traces, pythonpath=source)
+            port, pid = start_shipyard(group, f"shipyard-{index}", upstream_port, api_key,
+                                       traces=traces, pythonpath=source)
             urls[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", script)
             p50[name] = []
+            cpu_us[name] = []
+            pids[name] = pid
         for url, lua in urls.values():  # warm-up
             run_wrk(wrk, url, lua, connections=1, duration_s=1)
         for round_ in range(args.rounds):
             wait_for_quiet(max_wait_s=20)
             for name, (url, lua) in urls.items():
+                before = cpu_ticks(pids[name]) if name in pids else 0
                 result = run_wrk(wrk, url, lua, connections=1, duration_s=args.duration)
                 if result.error_count:
                     raise SystemExit(f"{name}: errors {result.errors}")
                 p50[name].append(result.p50_ms)
+                if name in pids:
+                    # Give the writer thread a moment to write the run's last batch.
+                    time.sleep(0.5)
+                    used = (cpu_ticks(pids[name]) - before) * tick_us
+                    cpu_us[name].append(used / max(1, result.requests))
             log(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
                 f"{n} {v[-1]:.3f} ms" for n, v in p50.items()))
     sink.shutdown()
@@ -165,12 +185,15 @@ def main() -> None:
     rows = []
     for name, values in p50.items():
         median = statistics.median(values)
+        cpu = statistics.median(cpu_us[name]) if cpu_us.get(name) else None
         rows.append({"target": name, "p50_ms": median, "added_ms": median - direct,
-                     "rounds": values})
-    lines = ["| target | c=1 p50 ms (median of rounds) | added p50 vs upstream |", "|---|--:|--:|"]
+                     "rounds": values, "cpu_us_per_request": cpu})
+    lines = ["| target | c=1 p50 ms (median of rounds) | added p50 vs upstream | "
+             "Shipyard CPU µs per request |", "|---|--:|--:|--:|"]
     for row in rows:
         added = "" if row["target"] == "upstream (direct)" else f"+{row['added_ms']:.3f} ms"
-        lines.append(f"| {row['target']} | {row['p50_ms']:.3f} | {added} |")
+        cpu = "" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.0f}"
+        lines.append(f"| {row['target']} | {row['p50_ms']:.3f} | {added} | {cpu} |")
     table = "\n".join(lines)
     print(table)
     info = machine_info()

@@ -50,7 +50,7 @@ def write(engine: Engine, rows: list[dict[str, Any]]) -> None:
 
 
 def state(engine: Engine) -> dict[tuple[str, int], list[tuple[str, Any, Any]]]:
-    """(tenant, age in whole days) -> [(capture, request_body, spans)]"""
+    """(tenant, age in whole days) -> [(capture, request_body, span records)]"""
     out: dict[tuple[str, int], list[tuple[str, Any, Any]]] = {}
     with engine.connect() as connection:
         span_counts = dict(connection.execute(
@@ -75,20 +75,20 @@ def test_purge_payloads_then_traces_per_tenant(store_url: str) -> None:
     before = state(engine)
 
     dry = purge(engine, policy, dry_run=True)
-    assert (dry.traces, dry.spans, dry.payloads) == (5, 10, 20)
+    assert (dry.traces, dry.spans, dry.payloads) == (5, 5, 20)
     assert state(engine) == before  # a dry run changes nothing
 
     done = purge(engine, policy, batch_size=2, pause_s=0)
-    assert (done.traces, done.spans, done.payloads) == (5, 10, 20)
+    assert (done.traces, done.spans, done.payloads) == (5, 5, 20)
     after = state(engine)
     assert ("default", 40) not in after  # deleted, spans too
-    cleared = [("expired", None, 2)] * 5
+    cleared = [("expired", None, 1)] * 5
     assert after[("default", 10)] == cleared
     assert after[("acme", 40)] == cleared  # acme keeps traces 60 days, payloads 7
     assert after[("acme", 10)] == cleared
-    assert after[("default", 1)] == after[("acme", 1)] == [("full", "question", 2)] * 5
+    assert after[("default", 1)] == after[("acme", 1)] == [("full", "question", 1)] * 5
     with engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(spans)).scalar_one() == 50
+        assert connection.execute(select(func.count()).select_from(spans)).scalar_one() == 25
 
     again = purge(engine, policy)
     assert (again.traces, again.spans, again.payloads) == (0, 0, 0)
@@ -138,7 +138,7 @@ def test_cli_purge_dry_run_and_apply(tmp_path: Path) -> None:
         return parsed
 
     dry = cli("--dry-run", "--days", "30", "--payload-days", "7")
-    assert (dry["dry_run"], dry["traces"], dry["spans"], dry["payloads"]) == (True, 1, 2, 2)
+    assert (dry["dry_run"], dry["traces"], dry["spans"], dry["payloads"]) == (True, 1, 1, 2)
     done = cli("--days", "30", "--payload-days", "7")
     assert (done["traces"], done["payloads"]) == (1, 2)
     assert cli("--days", "30")["traces"] == 0

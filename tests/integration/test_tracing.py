@@ -31,6 +31,7 @@ def config(folder: Path, primary: Proc, backup_url: str, otlp_url: str | None) -
 store: {{url: "sqlite:///{folder}/store.db"}}
 traces:
   flush_interval_s: 0.05
+  sample_spans: 1.0
 {otlp}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
 providers:
@@ -173,3 +174,29 @@ def test_new_trace_without_traceparent_and_unsampled_caller(
         raw = ask(gateway, {"traceparent": "00-zz-nonsense-01"})
         assert raw.http_response.status_code == 200
         gateway.stop()
+
+
+def test_export_sample_ratio_zero_stores_but_does_not_export(
+        start_gateway: Callable[..., Proc], tmp_path: Path) -> None:
+    with OTLPReceiver() as receiver, RecordingUpstream() as upstream:
+        gateway = start_gateway(f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+traces:
+  flush_interval_s: 0.05
+  sample_spans: 1.0
+  otlp: {{endpoint: '{receiver.url}/v1/traces', schedule_delay_s: 0.05, sample_ratio: 0}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+providers:
+  up: {{kind: openai, base_url: "{upstream.url}/v1"}}
+models:
+  demo: {{provider: up, model: rec-chat}}
+""")
+        record_id = ask(gateway).headers["x-shipyard-trace-id"]
+        assert parse_traceparent(upstream.headers[-1]["traceparent"])[2] == "00"  # type: ignore[index]
+        names = {s["name"] for s in stored_spans(f"sqlite:///{tmp_path}/store.db", record_id, 4)}
+        assert names == {"chat", "auth", "upstream", "upstream.attempt", "store.write"}
+        # A caller that sampled is followed even at ratio 0.
+        ask(gateway, {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+        receiver.wait_for(lambda s: any(x["name"] == "store.write" for x in s))
+        gateway.stop()
+    assert {s["trace_id"] for s in receiver.spans} == {CALLER_TRACE}

@@ -73,17 +73,24 @@ def test_spans_nest_and_record_errors() -> None:
     assert ctx.spans[-1][:3] == (sid, ctx.root_span, "cache")
 
 
-def test_writer_turns_span_tuples_into_rows() -> None:
+def test_writer_turns_span_tuples_into_one_row_per_request() -> None:
     row = {"id": "r" * 32, "trace_id": TRACE, "tenant_id": "acme", "started_at": "t",
            "spans_t0": 100.0,
            "spans": [("s1", None, "chat", 100.0, 100.0125, None, None),
                      ("s2", "s1", "upstream", 100.001, 100.011, "UpstreamError", {"a": 1})]}
-    assert _span_params([row]) == [
-        (TRACE, "s1", "r" * 32, None, "acme", "t", "chat", 0.0, 12.5, None, None),
-        (TRACE, "s2", "r" * 32, "s1", "acme", "t", "upstream", 1.0, 10.0, "UpstreamError",
-         '{"a":1}')]
+    assert _span_params([row, {"id": "x", "spans": None}]) == [
+        ("r" * 32, TRACE, "acme", "t",
+         '[["s1",null,"chat",0.0,12.5,null,null],'
+         '["s2","s1","upstream",1.0,10.0,"UpstreamError",{"a":1}]]')]
 
 
 def test_retention_tenants_must_be_unique() -> None:
     with pytest.raises(ValidationError, match="listed twice"):
         RetentionConfig(tenants=[{"tenant": "a", "days": 1}, {"tenant": "a", "days": 2}])
+
+
+def test_span_attributes_of_any_type_never_fail_the_writer() -> None:
+    odd = {"id": "r", "trace_id": None, "tenant_id": "t", "started_at": "s", "spans_t0": 0.0,
+           "spans": [("s1", None, "guards", 0.0, 0.001, None, {"value": object()})]}
+    ((_, trace_id, _, _, text),) = _span_params([odd])
+    assert trace_id == "r" and '"value":"<object object at' in text

@@ -254,14 +254,14 @@ def purge_(
             "payloads": result.payloads, "scopes": result.scopes}) + b"\n")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for name in ("scope", "days", "payload days", "traces", "spans", "payloads"):
+    for name in ("scope", "days", "payload days", "traces", "span records", "payloads"):
         table.add_column(name)
     for scope in result.scopes:
         table.add_row(scope["scope"], _days(scope["days"]), _days(scope["payload_days"]),
                       str(scope["traces"]), str(scope["spans"]), str(scope["payloads"]))
     console.print(table)
     verb = "Would delete" if dry_run else "Deleted"
-    console.print(f"{verb} {result.traces} traces ({result.spans} spans) and "
+    console.print(f"{verb} {result.traces} traces ({result.spans} span records) and "
                   f"{'would clear' if dry_run else 'cleared'} {result.payloads} payloads.")
 
 

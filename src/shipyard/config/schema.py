@@ -165,6 +165,10 @@ class OTLPConfig(_Section):
         "(and logged by OpenTelemetry).")
     schedule_delay_s: float = Field(
         1.0, gt=0, le=60, description="Longest a span waits before its batch is exported.")
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces exported (decided from the trace id; "
+        "a caller's `traceparent` sampled flag is followed instead). Spans are stored in the "
+        "Shipyard store either way.")
 
 
 class TenantRetention(_Section):

@@ -120,6 +120,7 @@ class Gateway:
                             for name, s in config.services.items() if s.pii.mode != "off"}
         # shipyard.observe.otlp.OTLPExporter when traces.otlp is set, else None
         self.otlp: Any = _otlp_exporter(config, self.metrics)
+        self.export_ratio = config.traces.otlp.sample_ratio if config.traces.otlp else 1.0
         self.store_spans = config.traces.spans
         self.sample_spans = config.traces.sample_spans
         self.sample_payloads = config.traces.sample_payloads
@@ -333,8 +334,11 @@ class Gateway:
         request_id = given if given is not None and _REQUEST_ID.match(given) else "req_" + trace_id
         self.metrics.in_flight.inc()
         parent = headers.get("traceparent")
-        return RequestContext(request_id, route, trace_id,
-                              parent=parse_traceparent(parent) if parent else None)
+        ctx = RequestContext(request_id, route, trace_id,
+                             parent=parse_traceparent(parent) if parent else None)
+        if self.export_ratio < 1.0 and ctx.parent_span_id is None:
+            ctx.sampled = sampled(trace_id, self.export_ratio)  # a new trace: our own decision
+        return ctx
 
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:

@@ -42,7 +42,7 @@ class PurgeResult:
     """What one purge removed (or, with `dry_run`, would remove)."""
 
     traces: int = 0
-    spans: int = 0
+    spans: int = 0  # span records (one per request) deleted with their traces
     payloads: int = 0
     dry_run: bool = False
     scopes: list[dict[str, Any]] = field(default_factory=list)
@@ -211,7 +211,7 @@ class RetentionTask:
         if self.on_purge is not None:
             self.on_purge(result.traces, result.payloads)
         if result.traces or result.payloads:
-            log.info("retention: %d traces deleted (%d spans), %d payloads cleared",
+            log.info("retention: %d traces deleted (%d span records), %d payloads cleared",
                      result.traces, result.spans, result.payloads)
         return result
 

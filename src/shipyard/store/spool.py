@@ -56,7 +56,8 @@ class Spool:
 
     def append(self, rows: list[dict[str, Any]]) -> bool:
         """Write one batch as a segment; False (rows counted as lost) when over the limit."""
-        data = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+        # default=str: a span attribute of any type (a stage of the user's) never fails a batch
+        data = b"".join(orjson.dumps(row, default=str) + b"\n" for row in rows)
         with self._lock:
             if self.bytes + len(data) > self.max_bytes:
                 self.lost += len(rows)

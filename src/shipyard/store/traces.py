@@ -150,7 +150,8 @@ def get_spans(engine: Engine, trace_id: str, *,
     `trace_id` is the W3C trace id (several requests of one distributed trace share it) or a
     request's own trace record id (`x-shipyard-trace-id`). Each span has `span_id`,
     `parent_id`, `name`, `start_ms` (from its request's start), `duration_ms`, `error`,
-    `attributes` (a dict) and `record_id` (the request it belongs to).
+    `attributes` (a dict), and its request's `record_id`, `trace_id`, `tenant_id` and
+    `started_at`.
 
     >>> [s["name"] for s in get_spans(engine, trace_id)]  # doctest: +SKIP
     ['chat', 'auth', 'upstream', 'upstream.attempt', 'store.write']
@@ -159,13 +160,20 @@ def get_spans(engine: Engine, trace_id: str, *,
                                     spans.c.record_id == trace_id))
     if tenant_id is not None:
         query = query.where(spans.c.tenant_id == tenant_id)
+    out: list[dict[str, Any]] = []
     with engine.connect() as connection:
-        rows = [_row(m) for m in connection.execute(
-            query.order_by(spans.c.started_at, spans.c.start_ms)).mappings()]
-    for row in rows:
-        text = row.get("attributes")
-        row["attributes"] = orjson.loads(text) if text else {}
-    return rows
+        requests = [_row(m) for m in connection.execute(
+            query.order_by(spans.c.started_at)).mappings()]
+    for request in requests:
+        for sid, parent, name, start_ms, duration_ms, error, attributes in orjson.loads(
+                request["spans"]):
+            out.append({"trace_id": request["trace_id"], "record_id": request["record_id"],
+                        "tenant_id": request["tenant_id"], "started_at": request["started_at"],
+                        "span_id": sid, "parent_id": parent, "name": name,
+                        "start_ms": start_ms, "duration_ms": duration_ms, "error": error,
+                        "attributes": attributes or {}})
+    out.sort(key=lambda span: (span["started_at"], span["start_ms"]))
+    return out
 
 
 _USAGE_COLUMNS = {

@@ -324,12 +324,11 @@ class TraceWriter:
 
 
 _LENGTHS = {c.name: getattr(c.type, "length", None) for c in traces.columns}
-_SPAN_COLUMNS = ["trace_id", "span_id", "record_id", "parent_id", "tenant_id", "started_at",
-                 "name", "start_ms", "duration_ms", "error", "attributes"]
+_SPAN_COLUMNS = ["record_id", "trace_id", "tenant_id", "started_at", "spans"]
 
 
 def _span_params(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """The `spans` rows carried by trace records, in `_SPAN_COLUMNS` order.
+    """The `spans` rows (one per request) carried by trace records, in `_SPAN_COLUMNS` order.
 
     A record carries its spans as the gateway recorded them — (span id, parent id, name,
     start, end, error, attributes) with `perf_counter` times — and `spans_t0`, the request's
@@ -341,13 +340,14 @@ def _span_params(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         carried = row.get("spans")
         if not carried:
             continue
-        trace_id = row.get("trace_id") or row["id"]
         t0 = row.get("spans_t0") or 0.0
-        record_id, tenant_id, started_at = row["id"], row["tenant_id"], row["started_at"]
-        for sid, parent, name, start, end, error, attributes in carried:
-            out.append((trace_id, sid, record_id, parent, tenant_id, started_at, name,
-                        round((start - t0) * 1000.0, 3), round(max(0.0, end - start) * 1000.0, 3),
-                        error, orjson.dumps(attributes).decode() if attributes else None))
+        out.append((row["id"], row.get("trace_id") or row["id"], row["tenant_id"],
+                    row["started_at"], orjson.dumps([
+                        [sid, parent, name, round((start - t0) * 1000.0, 3),
+                         round(max(0.0, end - start) * 1000.0, 3), error, attributes]
+                        for sid, parent, name, start, end, error, attributes in carried],
+                        default=str,  # an attribute of any type (a user's stage) never fails
+                    ).decode()))
     return out
 
 

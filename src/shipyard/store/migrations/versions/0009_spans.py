@@ -19,28 +19,19 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("traces") as batch:
         batch.add_column(sa.Column("trace_id", sa.String(32), nullable=True))
-    op.create_index("ix_traces_trace_id", "traces", ["trace_id"])
     op.create_table(
         "spans",
-        sa.Column("trace_id", sa.String(32), nullable=False),
-        sa.Column("span_id", sa.String(16), nullable=False),
         sa.Column("record_id", sa.String(32), nullable=False),
-        sa.Column("parent_id", sa.String(16), nullable=True),
+        sa.Column("trace_id", sa.String(32), nullable=False),
         sa.Column("tenant_id", sa.String(64), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
-        sa.Column("start_ms", sa.Float, nullable=False),
-        sa.Column("duration_ms", sa.Float, nullable=False),
-        sa.Column("error", sa.String(64), nullable=True),
-        sa.Column("attributes", sa.Text, nullable=True),
-        sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_spans"),
+        sa.Column("spans", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint("record_id", name="pk_spans"),
     )
-    op.create_index("ix_spans_record_id", "spans", ["record_id"])
-    op.create_index("ix_spans_started_at", "spans", ["started_at"])
+    op.create_index("ix_spans_trace_id", "spans", ["trace_id"])
 
 
 def downgrade() -> None:
     op.drop_table("spans")
-    op.drop_index("ix_traces_trace_id", table_name="traces")
     with op.batch_alter_table("traces") as batch:
         batch.drop_column("trace_id")
