@@ -225,8 +225,8 @@ class TracesConfig(_Section):
         0.1, ge=0, le=1,
         description="Share of successful single-attempt requests whose spans are stored "
         "(decided from the trace id); spans of failed, retried or fallen-back requests are "
-        "always stored. Storing every request's spans costs about a third of the gateway's "
-        "throughput on SQLite (docs/observability.md).")
+        "always stored. Storing spans is the trace writer's most expensive part "
+        "(docs/observability.md).")
     otlp: OTLPConfig | None = Field(
         None, description="Export spans to an OpenTelemetry collector over OTLP/HTTP.")
     retention: RetentionConfig = Field(default_factory=lambda: RetentionConfig(),
