@@ -244,8 +244,12 @@ def test_trace_explorer_finds_the_planted_trace(site: dict[str, Any],
     browser_page.shot("trace-detail")
 
     # An explicit time range: the needle is found inside it, not outside.
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    browser_page.goto(f"/ui/traces?q={NEEDLE}&from={day}T00:00&to={day}T23:59:59")
+    # (The needle was planted about 11 minutes ago: a range around now, not "today", so the
+    # test holds just after midnight too.)
+    now = datetime.now(UTC)
+    start, end = (t.strftime("%Y-%m-%dT%H:%M") for t in (now - timedelta(hours=1),
+                                                        now + timedelta(minutes=5)))
+    browser_page.goto(f"/ui/traces?q={NEEDLE}&from={start}&to={end}")
     assert browser_page.page.locator("#trace-table a.trace-link").count() == 1
     browser_page.goto(f"/ui/traces?q={NEEDLE}&from=2020-01-01T00:00&to=2020-01-02T00:00")
     assert "No traces match" in browser_page.page.inner_text("#trace-table")
