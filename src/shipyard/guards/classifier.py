@@ -28,7 +28,7 @@ import orjson
 from shipyard.errors import ConfigError
 from shipyard.guards.features import NGRAMS, featurize, need_numpy
 
-__all__ = ["Classifier", "load_examples", "train"]
+__all__ = ["Classifier", "fit_logistic", "load_examples", "rates", "train"]
 
 FORMAT = "shipyard-guard-classifier"
 _TRUE = {"1", "true", "attack", "injection", "jailbreak", "malicious", "unsafe", "yes"}
@@ -141,11 +141,21 @@ def _fit(rows: Iterable[tuple[str, int]], dim: int, iterations: int, l2: float,
     items = list(rows)
     x = np.stack([featurize(t, dim=dim) for t, _ in items]).astype(np.float32)
     y = np.asarray([label for _, label in items], dtype=np.float32)
-    # Balance the classes so a corpus with few attacks still learns them.
+    w, b = fit_logistic(x, y, iterations=iterations, l2=l2, learning_rate=learning_rate)
+    return Classifier(w, b, dim)
+
+
+def fit_logistic(x: Any, y: Any, *, iterations: int, l2: float,
+                 learning_rate: float) -> tuple[Any, float]:
+    """Weights and bias of an L2-regularised logistic regression of `y` (0/1) on the rows of
+    `x`, by full-batch gradient descent, with the classes balanced so a corpus with few
+    attacks still learns them."""
+    import numpy as np  # the optional extra; the callers check it
+
     pos = max(1.0, float(y.sum()))
     neg = max(1.0, float(len(y) - y.sum()))
     sample = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg)).astype(np.float32)
-    w = np.zeros(dim, dtype=np.float32)
+    w = np.zeros(x.shape[1], dtype=np.float32)
     b = 0.0
     for _ in range(iterations):
         z = np.clip(x @ w + b, -30, 30)
@@ -153,18 +163,21 @@ def _fit(rows: Iterable[tuple[str, int]], dim: int, iterations: int, l2: float,
         error = (p - y) * sample / len(y)
         w -= learning_rate * (x.T @ error + l2 * w)
         b -= learning_rate * float(error.sum())
-    return Classifier(w, b, dim)
+    return w, b
 
 
 def _evaluate(model: Classifier, rows: Sequence[tuple[str, int]]) -> dict[str, float]:
-    tp = fp = fn = tn = 0
-    for text, label in rows:
-        hit = model.probability(text) >= model.threshold
-        tp += hit and label == 1
-        fp += hit and label == 0
-        fn += (not hit) and label == 1
-        tn += (not hit) and label == 0
+    hits = [model.probability(text) >= model.threshold for text, _ in rows]
+    return rates(hits, [label for _, label in rows])
+
+
+def rates(hits: Sequence[bool], labels: Sequence[int]) -> dict[str, float]:
+    """Precision, recall and false-positive rate of `hits` against 0/1 `labels`."""
+    tp = sum(h and y == 1 for h, y in zip(hits, labels, strict=True))
+    fp = sum(h and y == 0 for h, y in zip(hits, labels, strict=True))
+    pos = sum(1 for y in labels if y == 1)
+    neg = len(labels) - pos
     return {"precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
-            "false_positive_rate": round(fp / (fp + tn), 4) if fp + tn else 0.0,
-            "examples": len(rows)}
+            "recall": round(tp / pos, 4) if pos else 0.0,
+            "false_positive_rate": round(fp / neg, 4) if neg else 0.0,
+            "examples": len(labels)}

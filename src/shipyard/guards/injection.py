@@ -364,6 +364,12 @@ _OWN = re.compile(r"\b(my|our) (own )?(app|application|code|project|bot|chatbot|
                   r"config|configuration|prompt|system prompt|deployment)\b|\bin (langchain|"
                   r"llamaindex|my config|the config file|code)\b")
 _DAMPEN = 0.25
+# The embedding layer (see InjectionGuard): the head's probability that alone blocks, the
+# probability below which pattern evidence is discounted, and by how much.
+EMBEDDING_THRESHOLD = 0.85
+EMBEDDING_VETO = 0.1
+VETO_DISCOUNT = 0.5
+EMBEDDING_TIMEOUT_MS = 2000.0
 
 
 def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
@@ -473,12 +479,18 @@ class InjectionGuard(Guard):
     def __init__(self, *, threshold: float = 0.6, similarity: bool = False,
                  similarity_threshold: float = 0.5, classifier: str | None = "builtin",
                  classifier_threshold: float = 0.9, embeddings: bool | str = False,
-                 decode: bool = True, action: str = "block") -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold is {threshold}; it must be above 0 and at most 1")
-        if not 0.0 < similarity_threshold <= 1.0:
-            raise ValueError(f"similarity_threshold is {similarity_threshold}; it must be "
-                             "above 0 and at most 1")
+                 embedding_head: str | None = "builtin",
+                 embedding_threshold: float = EMBEDDING_THRESHOLD,
+                 embedding_veto: float = EMBEDDING_VETO, decode: bool = True,
+                 action: str = "block") -> None:
+        for name, value in (("threshold", threshold),
+                            ("similarity_threshold", similarity_threshold),
+                            ("embedding_threshold", embedding_threshold)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} is {value}; it must be above 0 and at most 1")
+        if not 0.0 <= embedding_veto < 1.0:
+            raise ValueError(f"embedding_veto is {embedding_veto}; it must be at least 0 and "
+                             "below 1")
         if action not in ("block", "escalate"):
             raise ValueError(f"action is {action!r}; use 'block' or 'escalate'")
         self.threshold = threshold
@@ -486,13 +498,7 @@ class InjectionGuard(Guard):
         self.decode = decode
         self.action = action
         self.similarity: Any = None
-        if embeddings:
-            # Loaded only when asked for: it imports sentence-transformers (and PyTorch).
-            from shipyard.guards.embeddings import DEFAULT_MODEL, EmbeddingSimilarity
-
-            model = embeddings if isinstance(embeddings, str) else DEFAULT_MODEL
-            self.similarity = EmbeddingSimilarity(attack_texts(), model=model)
-        elif similarity and have_numpy():
+        if similarity and have_numpy():
             self.similarity = _shared_similarity(8192)
         self.classifier_threshold = classifier_threshold
         self.classifier: Classifier | None = None
@@ -500,6 +506,27 @@ class InjectionGuard(Guard):
             self.classifier = builtin_classifier() if have_numpy() else None
         elif classifier:
             self.classifier = Classifier.load(Path(classifier))
+        self.embedder: Any = None
+        self.head: Any = None
+        self.neighbours: Any = None
+        self.embedding_threshold = embedding_threshold
+        self.embedding_veto = embedding_veto
+        if embeddings:
+            self._load_embeddings(embeddings, embedding_head)
+
+    def _load_embeddings(self, spec: bool | str, head: str | None) -> None:
+        # Imported only when asked for: it loads sentence-transformers (and PyTorch).
+        from shipyard.guards.embeddings import EmbeddingHead, builtin_head, embedder, resolve_model
+
+        self.embedder = embedder(resolve_model(spec))
+        if head == "builtin":
+            self.head = builtin_head(self.embedder)
+        elif head:
+            self.head = EmbeddingHead.load(Path(head), model=self.embedder)
+        self.neighbours = _shared_neighbours(self.embedder)
+        # A model takes tens of milliseconds: run it in a worker thread, with more time.
+        self.threaded = True
+        self.timeout_ms = EMBEDDING_TIMEOUT_MS
 
     def scores(self, text: str) -> dict[str, Any]:
         """Every layer's score for `text` (for tuning and the red-team report)."""
@@ -508,8 +535,14 @@ class InjectionGuard(Guard):
         out: dict[str, Any] = {"heuristic": heuristic, "categories": categories}
         if self.similarity is not None:
             out["similarity"] = self.similarity.score(text)
+        plain = _without_quotes(forms[0])
         if self.classifier is not None:
-            out["classifier"] = self.classifier.probability(_without_quotes(forms[0]))
+            out["classifier"] = self.classifier.probability(plain)
+        if self.embedder is not None:
+            vectors = self.embedder.encode_long(plain)
+            out["neighbours"] = self.neighbours.score(vectors)
+            if self.head is not None:
+                out["embedding"] = self.head.probability(vectors)
         return out
 
     def check(self, subject: Subject) -> Verdict:
@@ -517,24 +550,33 @@ class InjectionGuard(Guard):
         if not text.strip():
             return Verdict.allow()
         parts = self.scores(text)
-        miss = 1.0 - parts["heuristic"]
+        heuristic = parts["heuristic"]
+        prob = parts.get("embedding")
         layers = []
-        if parts["heuristic"] >= 0.3:
+        if prob is not None and prob < self.embedding_veto:
+            # Patterns match words; the embedding head reads the whole request. When it is
+            # sure the request is benign (a support question that says "disregard my earlier
+            # request"), pattern evidence counts for less.
+            heuristic *= VETO_DISCOUNT
+        if heuristic >= 0.3:
             layers.append("patterns: " + ", ".join(sorted(parts["categories"])))
+        miss = 1.0 - heuristic
         cosine = parts.get("similarity")
         if cosine is not None:
             scaled = min(0.99, self.threshold * (cosine / self.similarity_threshold) ** 4)
             miss *= 1.0 - scaled
             if scaled >= 0.3:
                 layers.append(f"similar to a known attack ({cosine:.2f})")
-        prob = parts.get("classifier")
-        if prob is not None:
-            # Alone, the classifier blocks only when very sure; below that it adds evidence.
-            limit = self.classifier_threshold
-            scaled = 0.99 if prob >= limit else min(0.99, self.threshold * (prob / limit) ** 4)
+        for name, value, limit in (
+                ("classifier", parts.get("classifier"), self.classifier_threshold),
+                ("embedding model", prob, self.embedding_threshold)):
+            if value is None:
+                continue
+            # Alone, a model blocks only when very sure; below that it adds evidence.
+            scaled = 0.99 if value >= limit else min(0.99, self.threshold * (value / limit) ** 4)
             miss *= 1.0 - scaled
             if scaled >= 0.3:
-                layers.append(f"classifier {prob:.2f}")
+                layers.append(f"{name} {value:.2f}")
         score = 1.0 - miss
         if score < self.threshold:
             return Verdict.allow(score)
@@ -545,3 +587,11 @@ class InjectionGuard(Guard):
         if self.action == "escalate":
             return Verdict.escalate(reason, score=score, code=code)
         return Verdict.block(reason, score=score, code=code)
+
+
+@lru_cache(maxsize=4)
+def _shared_neighbours(model: Any) -> Any:
+    from shipyard.guards.corpus import benign_texts
+    from shipyard.guards.embeddings import NeighbourMargin
+
+    return NeighbourMargin(model, attack_texts(), benign_texts())

@@ -121,7 +121,8 @@ def build_guard_lists(config: GuardsConfig, where: str, *, target: str,
         for i, spec in enumerate(specs):
             key = f"{where}.{stage}[{i}]"
             guard = build_guard(spec, key)
-            timeout = spec.timeout_ms if spec.timeout_ms is not None else config.timeout_ms
+            timeout = next(t for t in (spec.timeout_ms, guard.timeout_ms, config.timeout_ms)
+                           if t is not None)
             policy = spec.on_error or config.on_error
             slots.append(GuardSlot(guard, timeout_s=timeout / 1000.0,
                                    fail_closed=policy == "closed", on_trip=spec.on_trip,

@@ -25,7 +25,8 @@ import orjson
 
 from shipyard.errors import ConfigError
 
-__all__ = ["ATTACK_CATEGORIES", "CorpusItem", "attack_texts", "load_corpus", "read_corpus"]
+__all__ = ["ATTACK_CATEGORIES", "CorpusItem", "attack_texts", "benign_texts", "load_corpus",
+           "read_corpus"]
 
 ATTACK_CATEGORIES = ("prompt_injection", "jailbreak", "pii_extraction", "prompt_extraction",
                      "harmful")
@@ -88,3 +89,9 @@ def attack_texts() -> list[str]:
     """Attacks of the tuning split that the similarity layer compares with (never holdout)."""
     return [i.text for i in _load("tuning") if i.label == "attack" and i.category in (
         "prompt_injection", "jailbreak", "prompt_extraction", "pii_extraction")]
+
+
+def benign_texts() -> list[str]:
+    """Benign requests of the tuning split (the look-alikes the embedding layer keeps apart
+    from attacks)."""
+    return [i.text for i in _load("tuning") if i.label == "benign"]
