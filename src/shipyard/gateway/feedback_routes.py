@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.errors import InvalidRequest, NotFound, ValidationFailed
-from shipyard.gateway.admin_routes import _tenant
+from shipyard.gateway.admin_routes import acting_tenant
 from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
@@ -111,7 +111,7 @@ class FeedbackRoutes:
 
     async def list(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "feedback:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         since = _since(request)
         try:
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
@@ -124,7 +124,7 @@ class FeedbackRoutes:
 
     async def summary(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "feedback:read")
-        tenant = _tenant(principal, request)
+        tenant = acting_tenant(principal, request)
         bucket = request.query_params.get("bucket", "hour")
         if bucket not in _BUCKETS:
             raise InvalidRequest(f"Query parameter 'bucket' is {bucket!r}; use minute, hour or "

