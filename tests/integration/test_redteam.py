@@ -42,7 +42,7 @@ models:
         - pii
 """
 BAR = {"detection": 0.90, "false_positive": 0.02}  # the issue's bar
-DEFAULT_FLOOR = {"detection": 0.00, "false_positive": 0.00}  # measured: see docs/guards.md
+DEFAULT_FLOOR = {"detection": 0.45, "false_positive": 0.05}  # measured 0.51 / 0.03
 
 
 def _launch(factory: pytest.TempPathFactory, injection: str) -> Iterator[Proc]:

@@ -70,7 +70,9 @@ def train_adapter(rows: Sequence[tuple[str, int]], model_dir: str, model_name: s
     import torch
     from torch import nn
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.manual_seed(seed)
     shuffle = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -94,8 +96,9 @@ def train_adapter(rows: Sequence[tuple[str, int]], model_dir: str, model_name: s
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     total = max(1, epochs * len(batches))
+    warmup = max(1, min(30, total // 10))  # then a linear decay to zero
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 30) * max(0.0, 1.0 - s / total))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / total))
     model.train()
     for epoch in range(epochs):
         shuffle.shuffle(batches)

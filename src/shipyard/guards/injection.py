@@ -369,11 +369,12 @@ _OWN = re.compile(r"\b(my|our) (own )?(app|application|code|project|bot|chatbot|
                   r"config|configuration|prompt|system prompt|deployment)\b|\bin (langchain|"
                   r"llamaindex|my config|the config file|code)\b")
 _DAMPEN = 0.25
-# The embedding layer (see InjectionGuard): the head's probability that alone blocks, the
-# probability below which pattern evidence is discounted, and by how much.
-EMBEDDING_THRESHOLD = 0.85
-EMBEDDING_VETO = 0.1
-VETO_DISCOUNT = 0.5
+# The model layer (see InjectionGuard): the probability that alone blocks, the probability
+# below which pattern evidence is discounted, and by how much. Chosen by 5-fold
+# cross-validation of the adapter on the tuning split, before the held-out split was run.
+EMBEDDING_THRESHOLD = 0.96
+EMBEDDING_VETO = 0.05
+VETO_DISCOUNT = 0.25
 EMBEDDING_TIMEOUT_MS = 2000.0
 
 
