@@ -152,7 +152,9 @@ def markdown(report: dict[str, Any]) -> str:
         paragraph(
             ("The embedding rows (`injection` with `embeddings: true`: all-MiniLM-L6-v2 on "
              f"PyTorch, CPU only) use {EMBEDDING_CALLS} calls each; the model runs in a worker "
-             "thread, one text at a time." if report["embeddings"] else
+             "thread, one text at a time. What it buys is in docs/guards.md: on the blind "
+             "held-out split, injection and jailbreak detection goes from 51% to 95% with "
+             "false positives from 3.0% to 2.0%." if report["embeddings"] else
              "The embedding layer was not measured: `shipyard[embeddings]` is not installed.")
             + " For context, published figures: NeMo Guardrails' perplexity jailbreak "
             "heuristic detects 31% of jailbreaks at 7.4% false positives and takes seconds on "

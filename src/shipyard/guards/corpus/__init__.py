@@ -1,8 +1,10 @@
 """The starter red-team corpus, written for Shipyard, in two splits.
 
-`tuning.jsonl` is what detectors may learn from (the attack-similarity index is built from its
-attacks, thresholds were tuned on it); `holdout.jsonl` is never used for tuning and is what CI
-measures, so the reported detection and false-positive rates are honest. Each line is
+`tuning.jsonl` is what detectors may learn from (patterns were tuned on it, the n-gram
+classifier and the model adapter were trained on it, the similarity index is built from its
+attacks); `holdout.jsonl` was written blind, by someone who never saw the detectors, is never
+used for tuning, and is what CI measures, so the reported detection and false-positive rates
+are honest (docs/guards.md tells how the splits were used). Each line is
 `{"id", "text", "label": "attack"|"benign", "category", "note"?}`; attack categories are
 `prompt_injection`, `jailbreak`, `pii_extraction`, `prompt_extraction` and `harmful`;
 benign items carry the look-alike they imitate (`security_question`, `quoted_attack`, `code`,
