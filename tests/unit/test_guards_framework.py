@@ -177,3 +177,35 @@ def test_build_lists_applies_defaults() -> None:
     assert inputs.slots[0].timeout_s == pytest.approx(0.03) and inputs.slots[0].fail_closed
     assert outputs.slots[0].timeout_s == pytest.approx(0.005)
     assert not outputs.slots[0].fail_closed
+
+
+async def _late(subject: Subject) -> Verdict:
+    await asyncio.sleep(5)
+    return Verdict.allow()
+
+
+async def _shouts(subject: Subject) -> Verdict | None:
+    await asyncio.sleep(0)
+    return Verdict.block("shouting", code="caps") if subject.text.isupper() else None
+
+
+class AsyncButThreaded(Guard):
+    name = "async_threaded"
+    threaded = True
+
+    async def check(self, subject: Subject) -> Verdict:  # type: ignore[override]
+        return Verdict.block("no", code="x")
+
+
+def test_async_function_guards_run_on_the_loop() -> None:
+    """An async function (as `guard: module:function` builds it) is awaited, not handed to a
+    thread that would only create its coroutine."""
+    assert FunctionGuard(_shouts).threaded is False
+    guards = GuardList([GuardSlot(FunctionGuard(_shouts))], "input")
+    assert run(guards, "HELLO").action == "block"
+    assert run(guards, "hello").action == "allow"
+    trace: dict[str, Any] = {}
+    late = GuardList([GuardSlot(FunctionGuard(_late), timeout_s=0.02)], "input")
+    assert run(late, trace=trace).action == "allow"
+    assert "timed out after 20 ms" in trace["guards"][0]["reason"]
+    assert run(GuardList([GuardSlot(AsyncButThreaded())], "input")).action == "block"

@@ -211,13 +211,16 @@ class GuardList:
 
 
 async def _resolve(work: Awaitable[Any]) -> Any:
-    return await work
+    result = await work
+    # A `threaded` guard whose check is async hands its awaitable back from the thread.
+    return await result if inspect.isawaitable(result) else result
 
 
 async def _resolve_sync(guard: Guard, subject: Subject) -> Any:
     if guard.threaded:
-        return await asyncio.to_thread(guard.check, subject)
-    result = guard.check(subject)
+        result = await asyncio.to_thread(guard.check, subject)
+    else:
+        result = guard.check(subject)
     return await result if inspect.isawaitable(result) else result
 
 
