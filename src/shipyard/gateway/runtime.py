@@ -111,7 +111,7 @@ class Gateway:
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
-            name: HostedService(name, s, counter=self.metrics.count_guard_trip)
+            name: HostedService(name, s, metrics=self.metrics)
             for name, s in config.services.items()
         }
         self.model_pii = {alias: self._pii_policy(m.pii, f"models.{alias}", alias)

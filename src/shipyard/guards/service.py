@@ -8,14 +8,13 @@ output guards comes from the input's `context` (or `documents`) field when there
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from shipyard.config.schema import GuardsConfig
 from shipyard.guards.answers import Escalation, GuardHooks, guard_metadata
 from shipyard.guards.base import Subject
 from shipyard.guards.registry import build_guard_lists
-from shipyard.guards.runner import GuardList, Outcome, TripCounter
+from shipyard.guards.runner import GuardList, GuardMetrics, Outcome
 
 __all__ = ["ServiceGuards", "strings_of"]
 
@@ -50,11 +49,11 @@ class ServiceGuards:
     """The input and output guard lists of one service, and how they apply to JSON values."""
 
     def __init__(self, name: str, config: GuardsConfig, *,
-                 counter: TripCounter | None = None) -> None:
+                 metrics: GuardMetrics | None = None) -> None:
         self.name = name
         self.config = config
         self.inputs, self.outputs = build_guard_lists(
-            config, f"services.{name}.guards", target=name, counter=counter)
+            config, f"services.{name}.guards", target=name, metrics=metrics)
 
     async def check(self, stage: str, value: Any, trace: dict[str, Any],
                     request: Any = None) -> tuple[Any, Outcome]:
@@ -106,9 +105,8 @@ class ServiceGuards:
 
 
 def make_service_guards(name: str, config: GuardsConfig,
-                        counter: Callable[[str, str, str, str], None] | None
-                        ) -> ServiceGuards | None:
+                        metrics: GuardMetrics | None) -> ServiceGuards | None:
     """Service guards, or None when the service configures none (zero cost)."""
     if not config.input and not config.output:
         return None
-    return ServiceGuards(name, config, counter=counter)
+    return ServiceGuards(name, config, metrics=metrics)
