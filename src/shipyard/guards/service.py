@@ -83,8 +83,10 @@ class ServiceGuards:
 
     async def refusal(self, outcome: Outcome, stage: str, *, hooks: GuardHooks,
                       trace_id: str, request_id: str, tenant_id: str,
-                      text: str = "") -> dict[str, Any]:
-        """The body of a blocked or escalated invocation (HTTP 200, `output: null`)."""
+                      text: str = "", principal: Any = None,
+                      conversation_id: str | None = None) -> dict[str, Any]:
+        """The body of a blocked or escalated invocation (HTTP 200, `output: null`); see
+        `Escalation` for `principal` and `conversation_id`."""
         meta = guard_metadata(stage, outcome.guard, outcome.verdict, outcome.action, trace_id)
         message = self.config.blocked_message
         if outcome.action == "escalate":
@@ -94,7 +96,7 @@ class ServiceGuards:
                 try:
                     extra = await hooks.on_escalate(Escalation(
                         self.name, stage, outcome.guard, outcome.verdict, [], text, trace_id,
-                        request_id, tenant_id))
+                        request_id, tenant_id, principal, conversation_id))
                 except Exception:  # the caller still gets the escalated message
                     log.exception("escalation hook failed for request %s", request_id)
                 if extra:

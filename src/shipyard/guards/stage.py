@@ -187,7 +187,8 @@ class GuardStage(Stage):
         try:
             return await hook(Escalation(
                 self.alias, subject.stage, outcome.guard, outcome.verdict, subject.messages,
-                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id))
+                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id, call.principal,
+                call.conversation_id))
         except Exception:  # the caller still gets the escalated message, never a 500
             log.exception("escalation hook failed for request %s", ctx.request_id)
             return None
