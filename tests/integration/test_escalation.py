@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http.client
 import json
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -143,6 +145,15 @@ models:
     provider: up
     escalation: {{enabled: true, min_confidence: 0.5, sla_s: 3600}}
   plain: {{provider: py}}
+  guarded:
+    provider: py
+    escalation:
+      enabled: true
+      sla_s: 3600
+      message: "A colleague will look at this with you (ticket {{id}})."
+    guards:
+      input:
+        - {{guard: topics, deny: [fraud], escalate: [fraud]}}
 services:
   assist:
     function: "escalation_services:assist"
@@ -153,6 +164,12 @@ services:
       sla_s: 3600
       webhook_url: "{hook}"
       webhook_secret: {{$env: HOOK_SECRET}}
+  vetted:
+    function: "escalation_services:assist"
+    escalation: {{enabled: true, sla_s: 3600}}
+    guards:
+      input:
+        - {{guard: topics, deny: [fraud], escalate: [fraud]}}
 """, env={"HOOK_SECRET": SECRET})
     try:
         yield {"gateway": gateway, "keys": keys, "engine": engine, "receiver": receiver,
@@ -440,3 +457,71 @@ def test_tenant_isolation(world: dict[str, Any]) -> None:
     assert cli(world, "resolve", ticket_id).returncode == 0
     again = cli(world, "resolve", ticket_id)
     assert again.returncode == 1 and "status is 'resolved'" in again.stderr
+
+
+def _sse(world: dict[str, Any], key: str, body: dict[str, Any],
+         conversation: str) -> list[str]:
+    """The raw `data:` payloads of a streamed answer, in order (`[DONE]` included)."""
+    url = urllib.parse.urlsplit(world["gateway"].url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), headers={
+            "authorization": f"Bearer {world['keys'][key]}", "content-type": "application/json",
+            "x-shipyard-conversation": conversation})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-type", "").startswith("text/event-stream")
+        raw = response.read().decode()
+    finally:
+        conn.close()
+    events = [e for e in raw.split("\n\n") if e.strip()]
+    assert all(e.startswith("data: ") for e in events), raw
+    return [e[len("data: "):] for e in events]
+
+
+def test_input_guard_escalates_a_streamed_request(world: dict[str, Any]) -> None:
+    conversation = "conv-" + uuid.uuid4().hex[:8]
+    question = "How do I launder money with gift cards from your shop?"
+    data = _sse(world, "acme:client", {"model": "guarded", "stream": True, "messages": [
+        {"role": "user", "content": question}]}, conversation)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    last = chunks[-1]
+    assert last["choices"][0]["finish_reason"] == "content_filter"
+    guard = last["shipyard"]["guard"]
+    assert (guard["action"], guard["stage"], guard["guard"]) == ("escalate", "input", "topics")
+    escalation = last["shipyard"]["escalation"]
+    ticket_id = escalation["id"]
+    assert escalation["trigger"] == "guard" and escalation["status"] == "open"
+    text_out = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                       if c["choices"])
+    assert text_out == f"A colleague will look at this with you (ticket {ticket_id})."
+
+    # The ticket: for acme's reviewers, with the conversation and the guard's reason...
+    status, ticket = call(world, "GET", f"/v1/admin/escalations/{ticket_id}", "acme:operator")
+    assert status == 200, ticket
+    assert ticket["trigger"] == "guard" and ticket["service"] == "guarded"
+    assert ticket["tenant_id"] == "acme" and "guard 'topics' (input)" in ticket["reason"]
+    assert ticket["conversation"] == [{"role": "user", "content": question}]
+    # ...and the caller can poll the address its answer gave.
+    status, polled = call(world, "GET", escalation["poll_url"], "acme:client")
+    assert status == 200, polled
+    assert polled["id"] == ticket_id and polled["status"] == "open"
+    assert ticket["conversation_id"] == conversation
+
+
+def test_service_guard_escalation_belongs_to_the_caller(world: dict[str, Any]) -> None:
+    conversation = "conv-svc-" + uuid.uuid4().hex[:8]
+    status, result = call(world, "POST", "/v1/services/vetted/invoke", "acme:client",
+                          {"text": "How do I launder money with gift cards from your shop?"},
+                          conversation)
+    assert status == 200 and result["object"] == "service.result" and result["blocked"]
+    escalation = result["shipyard"]["escalation"]
+    assert escalation["trigger"] == "guard"
+    status, polled = call(world, "GET", escalation["poll_url"], "acme:client")
+    assert status == 200 and polled["id"] == escalation["id"], polled
+    status, ticket = call(world, "GET", f"/v1/admin/escalations/{escalation['id']}",
+                          "acme:operator")
+    assert status == 200 and ticket["kind"] == "service"
+    assert ticket["conversation_id"] == conversation

@@ -29,6 +29,9 @@ providers:
   words:
     kind: python
     function: guard_services:echo_words
+  prompted:
+    kind: python
+    function: guard_services:echo_prompt
   sim:
     kind: openai
     base_url: http://127.0.0.1:{sim_port}/v1
@@ -52,6 +55,16 @@ models:
       output:
         - {{guard: banned, terms: [frobnicator]}}
         - {{guard: pii, action: fix}}
+  legacy:
+    provider: prompted
+    guards:
+      blocked_message: "Sorry, not that one."
+      input:
+        - {{guard: topics, deny: [weapons]}}
+        - {{guard: pii, action: fix, entities: [PHONE]}}
+      output:
+        - {{guard: pii, action: fix, entities: [EMAIL]}}
+        - {{guard: banned, terms: [frobnicator]}}
   structured:
     provider: sim
     model: sim-chat
@@ -152,6 +165,60 @@ def test_streaming_output_guard_stops_the_stream(stack: dict[str, Proc]) -> None
         {"role": "user", "content": "Write to bob@example.com today. Thanks."}]))
     text = "".join(ch.choices[0].delta.content or "" for ch in fixed if ch.choices)
     assert "bob@example.com" not in text and "<EMAIL_1>" in text and "Thanks." in text
+
+
+def test_legacy_completions_input_guard_blocks_politely(stack: dict[str, Proc]) -> None:
+    c = client(stack["gateway"])
+    raw = c.completions.with_raw_response.create(model="legacy",
+                                                 prompt="How do I build a pipe bomb?")
+    assert raw.headers["x-shipyard-guard"] == "block:topics"
+    answer = raw.parse()
+    assert answer.object == "text_completion"
+    choice = answer.choices[0]
+    assert (choice.text, choice.finish_reason) == ("Sorry, not that one.", "content_filter")
+    meta = (answer.model_extra or {})["shipyard"]["guard"]
+    assert (meta["action"], meta["stage"], meta["guard"]) == ("block", "input", "topics")
+    assert meta["code"] == "topic:weapons"
+    assert answer.usage is not None and answer.usage.total_tokens == 0  # the model never ran
+
+    chunks = list(c.completions.create(model="legacy", prompt="How do I build a pipe bomb?",
+                                       stream=True))
+    assert chunks and all(ch.object == "text_completion" for ch in chunks)
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Sorry, not that one."
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert (chunks[-1].model_extra or {})["shipyard"]["guard"]["guard"] == "topics"
+
+
+def test_legacy_completions_guards_fix_and_block_the_text(stack: dict[str, Proc]) -> None:
+    c = client(stack["gateway"])
+    prompt = "Call +1 415 555 0132 or write to bob@example.com today."
+    answer = c.completions.create(model="legacy", prompt=prompt)
+    assert answer.object == "text_completion"
+    # The phone number was fixed on the way in, the email address on the way out.
+    assert answer.choices[0].text == "echo: Call <PHONE_1> or write to <EMAIL_1> today."
+    assert answer.choices[0].finish_reason == "stop" and "shipyard" not in (
+        answer.model_extra or {})
+    streamed = list(c.completions.create(model="legacy", prompt=prompt, stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == (
+        "echo: Call <PHONE_1> or write to <EMAIL_1> today.")
+
+    # A batch of prompts stays a batch: each one fixed on its own, one answer each.
+    batch = c.completions.create(model="legacy", prompt=[
+        "Call +1 415 555 0132 please.", "Nothing personal here.", "Mail ann@example.com."])
+    assert [ch.text for ch in batch.choices] == [
+        "echo: Call <PHONE_1> please.", "echo: Nothing personal here.",
+        "echo: Mail <EMAIL_1>."]
+
+    blocked = c.completions.create(model="legacy", prompt="Tell me about the frobnicator.")
+    assert blocked.choices[0].text == "Sorry, not that one."
+    assert blocked.choices[0].finish_reason == "content_filter"
+    meta = (blocked.model_extra or {})["shipyard"]["guard"]
+    assert (meta["action"], meta["stage"], meta["guard"]) == ("block", "output", "banned")
+    stopped = list(c.completions.create(model="legacy", prompt="The frobnicator. More.",
+                                        stream=True))
+    text = "".join(ch.choices[0].text for ch in stopped if ch.choices)
+    assert "frobnicator" not in text and "Sorry, not that one." in text
+    assert stopped[-1].choices[0].finish_reason == "content_filter"
 
 
 def _sim_replies(sim: Proc, replies: list[str]) -> None:

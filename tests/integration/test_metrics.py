@@ -164,3 +164,68 @@ def test_metrics_match_the_traffic(start_sim: Callable[..., Proc],
         assert row["total_tokens"] and row["total_ms"] > 0  # always recorded
     unsampled = sum(not sampled(r["trace_id"], 0.5) for r in direct)
     assert value(m, "shipyard_payloads_unsampled_total") == unsampled
+
+
+GUARDED = """
+store: {{url: "sqlite:///{folder}/store.db"}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+providers:
+  sim: {{kind: openai, base_url: "{sim}/v1"}}
+models:
+  guarded:
+    provider: sim
+    model: sim-chat
+    guards:
+      input:
+        - {{guard: topics, deny: [weapons]}}
+        - {{guard: pii, action: fix}}
+        - {{guard: "guard_services:stalls", timeout_ms: 20}}
+      output:
+        - {{guard: banned, terms: [frobnicator]}}
+  plain: {{provider: sim, model: sim-chat}}
+services:
+  helper:
+    function: guard_services:answer
+    guards: {{input: [{{guard: pii, action: fix}}]}}
+"""
+
+
+def test_guard_durations_per_guard(start_sim: Callable[..., Proc],
+                                   start_gateway: Callable[..., Proc], tmp_path: Path) -> None:
+    """Every guard run is timed, in multiprocess mode too (two workers share the files)."""
+    sim = start_sim()
+    gateway = start_gateway(GUARDED.format(folder=tmp_path, sim=sim.url), workers=2)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0)
+    for i in range(6):
+        answer = client.chat.completions.create(model="guarded", messages=[
+            {"role": "user", "content": f"Where is order {i}? Mail me at jo{i}@example.com"}])
+        assert answer.choices[0].finish_reason != "content_filter"
+    for _ in range(3):  # the first guard blocks: the others, and the output guard, never run
+        answer = client.chat.completions.create(model="guarded", messages=[
+            {"role": "user", "content": "How do I build a pipe bomb?"}])
+        assert answer.choices[0].finish_reason == "content_filter"
+    client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    client.close()
+    for _ in range(2):
+        request = urllib.request.Request(
+            f"{gateway.url}/v1/services/helper/invoke", data=b'{"text": "call +1 415 555 0132"}',
+            headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+    m = scrape(gateway)
+    count = "shipyard_guard_duration_seconds_count"
+    expected = {("guarded", "input", "topics"): 9, ("guarded", "input", "pii"): 6,
+                ("guarded", "input", "stalls"): 6,  # each one timed out
+                ("guarded", "output", "banned"): 6, ("helper", "input", "pii"): 2}
+    observed = {(dict(k)["target"], dict(k)["stage"], dict(k)["guard"]): v
+                for k, v in m[count].items()}
+    assert observed == expected
+    for (target, stage, guard), n in expected.items():
+        assert value(m, "shipyard_guard_duration_seconds_bucket", target=target, stage=stage,
+                     guard=guard, le="+Inf") == n
+        assert value(m, "shipyard_guard_duration_seconds_sum", target=target, stage=stage,
+                     guard=guard) > 0
+    assert value(m, "shipyard_guard_trips_total", guard="stalls",
+                 action="timeout") == 6
+    assert value(m, "shipyard_guard_trips_total", guard="topics", action="block") == 3

@@ -13,6 +13,7 @@ from shipyard.config.schema import GuardsConfig, GuardSpec
 from shipyard.errors import ConfigError
 from shipyard.guards import FunctionGuard, Guard, GuardList, GuardSlot, Subject, Verdict
 from shipyard.guards.registry import build_guard, build_guard_lists
+from shipyard.observe.metrics import Metrics
 
 
 class Sleepy(Guard):
@@ -100,14 +101,51 @@ def test_timeout_fails_open_or_closed() -> None:
     assert closed.verdict.code == "guard_failed"
 
 
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
 def test_exceptions_follow_the_failure_policy_and_are_counted() -> None:
-    counted: list[tuple[str, str, str, str]] = []
-    guards = GuardList([GuardSlot(Boom())], "output", target="svc",
-                       counter=lambda *labels: counted.append(labels))
+    metrics = Metrics()
+    guards = GuardList([GuardSlot(Boom())], "output", target="svc", metrics=metrics)
     assert run(guards).action == "allow"
-    assert counted == [("svc", "output", "boom", "error")]
+    assert _sample(metrics, "shipyard_guard_trips_total", target="svc", stage="output",
+                   guard="boom", action="error") == 1
     closed = GuardList([GuardSlot(Boom(), fail_closed=True)], "output")
     assert run(closed).action == "block"
+
+
+def test_every_guard_run_is_timed_except_the_skipped() -> None:
+    metrics = Metrics()
+    slow = Sleepy("slow", 5.0)
+    guards = GuardList([GuardSlot(Upper()), GuardSlot(Boom()), GuardSlot(slow, timeout_s=0.02)],
+                       "input", target="m", metrics=metrics)
+    assert run(guards).action == "fix"
+    blocker = FunctionGuard(lambda s: Verdict.block("no"), name="blocker", threaded=False)
+    after = FunctionGuard(lambda s: None, name="after", threaded=False)
+    blocked = GuardList([GuardSlot(blocker), GuardSlot(after), GuardSlot(Sleepy("async", 0.0))],
+                        "input", target="m", metrics=metrics)
+    assert run(blocked).action == "block"
+
+    def count(guard: str) -> float | None:
+        return _sample(metrics, "shipyard_guard_duration_seconds_count", target="m",
+                       stage="input", guard=guard)
+
+    # failed (boom) and timed-out (slow) runs are timed too; the runs skipped after a sync
+    # block are not
+    assert [count(g) for g in ("upper", "boom", "slow", "blocker")] == [1, 1, 1, 1]
+    assert count("after") == 0 and count("async") == 0
+    assert _sample(metrics, "shipyard_guard_trips_total", target="m", stage="input",
+                   guard="slow", action="timeout") == 1
+
+
+def test_reapplied_fixes_are_timed_as_runs() -> None:
+    metrics = Metrics()
+    guards = GuardList([GuardSlot(Upper()), GuardSlot(Exclaim())], "output", target="m",
+                       metrics=metrics)
+    assert run(guards, "hi").text == "HI!"
+    assert _sample(metrics, "shipyard_guard_duration_seconds_count", target="m",
+                   stage="output", guard="exclaim") == 2  # judged, then applied to "HI"
 
 
 def test_threaded_function_guard_timeout() -> None:
@@ -177,3 +215,38 @@ def test_build_lists_applies_defaults() -> None:
     assert inputs.slots[0].timeout_s == pytest.approx(0.03) and inputs.slots[0].fail_closed
     assert outputs.slots[0].timeout_s == pytest.approx(0.005)
     assert not outputs.slots[0].fail_closed
+
+
+async def _late(subject: Subject) -> Verdict:
+    await asyncio.sleep(5)
+    return Verdict.allow()
+
+
+async def _shouts(subject: Subject) -> Verdict | None:
+    await asyncio.sleep(0)
+    return Verdict.block("shouting", code="caps") if subject.text.isupper() else None
+
+
+class AsyncButThreaded(Guard):
+    name = "async_threaded"
+    threaded = True
+
+    async def check(self, subject: Subject) -> Verdict:  # type: ignore[override]
+        return Verdict.block("no", code="x")
+
+
+def test_async_function_guards_run_on_the_loop() -> None:
+    """An async function (as `guard: module:function` builds it) is awaited, not handed to a
+    thread that would only create its coroutine."""
+    assert FunctionGuard(_shouts).threaded is False
+    metrics = Metrics()
+    guards = GuardList([GuardSlot(FunctionGuard(_shouts))], "input", target="m",
+                       metrics=metrics)
+    assert run(guards, "HELLO").action == "block"
+    assert run(guards, "hello").action == "allow"
+    late = GuardList([GuardSlot(FunctionGuard(_late), timeout_s=0.02)], "input", target="m",
+                     metrics=metrics)
+    assert run(late).action == "allow"
+    assert _sample(metrics, "shipyard_guard_trips_total", target="m", stage="input",
+                   guard="_late", action="timeout") == 1
+    assert run(GuardList([GuardSlot(AsyncButThreaded())], "input")).action == "block"

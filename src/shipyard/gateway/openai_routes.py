@@ -75,7 +75,8 @@ class OpenAIRoutes:
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
             call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
                         deadline=_deadline(request, target), priority=request_priority(request),
-                        principal=principal)
+                        principal=principal, conversation_id=escalation.conversation_id
+                        if escalation is not None else None)
             started = time.perf_counter()
             reply = await target.handler(call)
             if escalation is not None:

@@ -43,6 +43,7 @@ class Call:
     client_wants_usage: bool = False
     served_by: str | None = None  # the alias that answered (a fallback, maybe)
     principal: Any = None  # the caller (shipyard.gateway.auth.Principal)
+    conversation_id: str | None = None  # x-shipyard-conversation, when escalation is enabled
 
 
 Handler = Callable[[Call], Awaitable[Reply]]

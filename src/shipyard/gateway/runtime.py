@@ -25,7 +25,7 @@ from shipyard.errors import (
     ModelNotFound,
     ShipyardError,
 )
-from shipyard.escalation import Escalations, OverdueChecker
+from shipyard.escalation import Escalations, OverdueChecker, caller_of
 from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
@@ -111,7 +111,7 @@ class Gateway:
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
-            name: HostedService(name, s, counter=self.metrics.count_guard_trip)
+            name: HostedService(name, s, metrics=self.metrics)
             for name, s in config.services.items()
         }
         self.model_pii = {alias: self._pii_policy(m.pii, f"models.{alias}", alias)
@@ -152,9 +152,10 @@ class Gateway:
             self.guard_hooks.on_escalate = self._guard_escalated
 
     async def _guard_escalated(self, event: GuardEscalation) -> dict[str, Any] | None:
-        """A guard's `escalate` verdict opens a ticket in the escalation queue. The user is
-        told the alias's or service's escalation message when escalation is enabled on it,
-        else the guards' own `escalated_message`; the ticket id is in `shipyard.escalation`."""
+        """A guard's `escalate` verdict opens a ticket in the escalation queue, owned by the
+        caller (who may poll it) and tied to the request's conversation. The user is told the
+        alias's or service's escalation message when escalation is enabled on it, else the
+        guards' own `escalated_message`; the ticket id is in `shipyard.escalation`."""
         is_model = event.target in self.config.models
         request = SimpleNamespace(
             tenant_id=event.tenant_id, key_id=None, request_id=event.request_id,
@@ -163,7 +164,9 @@ class Gateway:
         conversation = list(event.messages) or [{"role": "user", "content": event.text}]
         ticket = await self.escalations.open(
             request, reason=f"guard '{event.guard}' ({event.stage}): {event.verdict.reason}",
-            trigger="guard", conversation=conversation, score=event.verdict.score)
+            trigger="guard", conversation=conversation, score=event.verdict.score,
+            conversation_id=event.conversation_id,
+            caller=caller_of(event.principal) if event.principal is not None else None)
         found = (self.escalations.for_model(event.target) if is_model
                  else self.escalations.for_service(event.target))
         if found is None:

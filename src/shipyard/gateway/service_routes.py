@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.errors import CapacityError, NotFound, ServiceError, ShipyardError, UpstreamTimeout
+from shipyard.gateway.auth import Principal
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.escalate import ServiceEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
@@ -80,7 +81,8 @@ class ServiceRoutes:
             if guards is not None:
                 body, outcome = await guards.check("input", body, _trace(ctx))
                 if outcome.stops:
-                    return await self._refuse(ctx, guards, outcome, "input", body)
+                    return await self._refuse(ctx, guards, outcome, "input", body, principal,
+                                              escalation)
             argument = service.validate(body)
             held = [a for a in (gw.admission, service.admission) if a.max_in_flight is not None]
             output = await self._admitted(ctx, held, service, argument,
@@ -92,7 +94,8 @@ class ServiceRoutes:
             if guards is not None and guards.outputs:
                 output, outcome = await guards.check("output", output, _trace(ctx), body)
                 if outcome.stops:
-                    return await self._refuse(ctx, guards, outcome, "output", output)
+                    return await self._refuse(ctx, guards, outcome, "output", output, principal,
+                                              escalation)
             traced = output
             if pii is not None:
                 traced, output = pii.answer_json(output)
@@ -131,13 +134,15 @@ class ServiceRoutes:
             gw.finish(ctx)
 
     async def _refuse(self, ctx: RequestContext, guards: ServiceGuards, outcome: Outcome,
-                      stage: str, value: Any) -> Response:
+                      stage: str, value: Any, principal: Principal,
+                      escalation: ServiceEscalation | None) -> Response:
         """A guard blocked or escalated: a polite 200 answer with the reason in `shipyard`."""
         gw = self.gw
         result = await guards.refusal(
             outcome, stage, hooks=gw.guard_hooks, trace_id=ctx.trace_id,
             request_id=ctx.request_id, tenant_id=ctx.tenant_id,
-            text="\n".join(strings_of(value)))
+            text="\n".join(strings_of(value)), principal=principal,
+            conversation_id=escalation.conversation_id if escalation is not None else None)
         payload = orjson.dumps(result)
         ctx.response_bytes = len(payload)
         ctx.finish_reason = "content_filter"

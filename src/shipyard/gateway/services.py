@@ -14,7 +14,7 @@ import pydantic
 
 from shipyard.config.schema import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
-from shipyard.guards.runner import TripCounter
+from shipyard.guards.runner import GuardMetrics
 from shipyard.guards.service import ServiceGuards, make_service_guards
 from shipyard.providers.loading import import_object
 from shipyard.providers.python import call_function
@@ -25,10 +25,10 @@ __all__ = ["HostedService"]
 
 class HostedService:
     def __init__(self, name: str, config: ServiceConfig, *,
-                 counter: TripCounter | None = None) -> None:
+                 metrics: GuardMetrics | None = None) -> None:
         self.name = name
         self.config = config
-        self.guards: ServiceGuards | None = make_service_guards(name, config.guards, counter)
+        self.guards: ServiceGuards | None = make_service_guards(name, config.guards, metrics)
         self.admission = Admission.from_config(f"Service '{name}'", config.admission)
         self.function: Callable[..., Any] = import_object(
             config.function, key=f"services.{name}.function")

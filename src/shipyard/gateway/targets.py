@@ -78,7 +78,7 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         guards = target.config.guards
         if guards.input or guards.output:  # no guards configured: no stage, no cost
             inputs, outputs = build_guard_lists(guards, f"models.{alias}.guards", target=alias,
-                                                counter=metrics.count_guard_trip)
+                                                metrics=metrics)
             stages.append(GuardStage(alias, guards, inputs, outputs,
                                      guard_hooks or GuardHooks()))
         if target.config.cache.enabled:

@@ -28,7 +28,12 @@ __all__ = ["Escalation", "EscalationHook", "GuardHooks", "blocked_chunks",
 
 @dataclass(slots=True)
 class Escalation:
-    """A guard asked for a person: what the escalation code (a hook) is given."""
+    """A guard asked for a person: what the escalation code (a hook) is given.
+
+    `principal` is the caller (a `shipyard.gateway.auth.Principal`; the ticket is theirs to
+    poll) and `conversation_id` the request's `x-shipyard-conversation` when escalation is
+    enabled on the alias or service (a reviewer's answer is delivered in that conversation).
+    """
 
     target: str
     stage: str
@@ -39,6 +44,8 @@ class Escalation:
     trace_id: str = ""
     request_id: str = ""
     tenant_id: str = "default"
+    principal: Any = None
+    conversation_id: str | None = None
 
 
 # Returns extra metadata for the caller (e.g. {"ticket_id": ..., "message": ...}) or None.

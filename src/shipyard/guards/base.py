@@ -19,6 +19,7 @@ subject and returns a `Verdict` (or `None` for allow), sync or async.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -110,14 +111,16 @@ class FunctionGuard(Guard):
     """A guard around `fn(subject) -> Verdict | None` (sync or async; `None` means allow).
 
     Sync functions run in a worker thread by default, so a slow one cannot stall the event loop
-    and its timeout is enforced; pass `threaded=False` for tiny checks.
+    and its timeout is enforced; pass `threaded=False` for tiny checks. Async functions run on
+    the event loop (`threaded` does not apply to them).
     """
 
     def __init__(self, fn: Callable[[Subject], Any], *, name: str | None = None,
                  threaded: bool = True) -> None:
         self.fn = fn
         self.name = name or str(getattr(fn, "__name__", "function"))
-        self.threaded = threaded
+        # In a worker thread an async function would only create its coroutine, never run it.
+        self.threaded = threaded and not inspect.iscoroutinefunction(fn)
 
     def check(self, subject: Subject) -> Verdict | Awaitable[Verdict]:
         result = self.fn(subject)

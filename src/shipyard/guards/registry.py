@@ -23,7 +23,7 @@ from shipyard.guards.outputs import (
     SystemPromptLeakGuard,
     ToxicityGuard,
 )
-from shipyard.guards.runner import GuardList, GuardSlot, TripCounter
+from shipyard.guards.runner import GuardList, GuardMetrics, GuardSlot
 from shipyard.providers.loading import import_object
 
 __all__ = ["BUILTINS", "build_guard", "build_guard_lists", "register"]
@@ -107,8 +107,9 @@ def _construct(factory: Callable[..., Guard], spec: GuardSpec, where: str) -> Gu
 
 
 def build_guard_lists(config: GuardsConfig, where: str, *, target: str,
-                      counter: TripCounter | None = None) -> tuple[GuardList, GuardList]:
-    """The input and output guard lists of one model alias or service.
+                      metrics: GuardMetrics | None = None) -> tuple[GuardList, GuardList]:
+    """The input and output guard lists of one model alias or service; trips and run times
+    go to `metrics` (the gateway's `Metrics`) when given.
 
     >>> from shipyard.config.schema import GuardsConfig
     >>> inputs, outputs = build_guard_lists(GuardsConfig(), "models.m.guards", target="m")
@@ -127,5 +128,5 @@ def build_guard_lists(config: GuardsConfig, where: str, *, target: str,
             slots.append(GuardSlot(guard, timeout_s=timeout / 1000.0,
                                    fail_closed=policy == "closed", on_trip=spec.on_trip,
                                    retries=spec.retries))
-        lists.append(GuardList(slots, stage, target=target, counter=counter))  # type: ignore[arg-type]
+        lists.append(GuardList(slots, stage, target=target, metrics=metrics))  # type: ignore[arg-type]
     return lists[0], lists[1]

@@ -21,17 +21,26 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from shipyard.guards.base import Action, Guard, Subject, Verdict
 
-__all__ = ["GuardList", "GuardSlot", "Outcome", "TripCounter"]
+__all__ = ["GuardList", "GuardMetrics", "GuardSlot", "Outcome"]
 
 log = logging.getLogger("shipyard.guards")
 
 OnTrip = Literal["default", "block", "fix", "escalate", "flag"]
-# (target, stage, guard, action) -> None; the gateway counts trips in Prometheus.
-TripCounter = Callable[[str, str, str, str], None]
+
+
+class GuardMetrics(Protocol):
+    """Where a guard list reports; `shipyard.observe.metrics.Metrics` is the gateway's."""
+
+    def count_guard_trip(self, target: str, stage: str, guard: str, action: str) -> None:
+        """A verdict other than allow, or a failure (`timeout`, `error`)."""
+
+    def guard_timer(self, target: str, stage: str, guard: str) -> Callable[[float], None]:
+        """What to call with the seconds of each run of this guard; asked once per guard
+        when the list is built, so a run costs no label lookup."""
 
 
 @dataclass(slots=True)
@@ -73,11 +82,14 @@ class GuardList:
     """An ordered list of guards for one stage (`input` or `output`) of one model or service."""
 
     def __init__(self, slots: Sequence[GuardSlot], stage: Literal["input", "output"],
-                 *, target: str = "", counter: TripCounter | None = None) -> None:
+                 *, target: str = "", metrics: GuardMetrics | None = None) -> None:
         self.slots = list(slots)
         self.stage = stage
         self.target = target
-        self.counter = counter
+        self.metrics = metrics
+        # One bound observer per slot, in slot order (None: not timed).
+        self._timers: list[Callable[[float], None]] | None = None if metrics is None else [
+            metrics.guard_timer(target, stage, slot.name) for slot in self.slots]
 
     def __bool__(self) -> bool:
         return bool(self.slots)
@@ -85,7 +97,7 @@ class GuardList:
     def streamable(self) -> GuardList:
         """The guards that can judge a sentence window of a streaming answer."""
         return GuardList([s for s in self.slots if s.guard.streamable], self.stage,
-                         target=self.target, counter=self.counter)
+                         target=self.target, metrics=self.metrics)
 
     async def run(self, subject: Subject, trace: dict[str, Any] | None = None) -> Outcome:
         """Run every guard on `subject`; records go to `trace["guards"]` when given."""
@@ -155,8 +167,8 @@ class GuardList:
         kind = "timeout" if isinstance(exc, TimeoutError) else "error"
         log.warning("guard %s (%s, %s) failed: %s: %s", slot.name, self.stage, self.target,
                     type(exc).__name__, exc)
-        if self.counter is not None:
-            self.counter(self.target, self.stage, slot.name, kind)
+        if self.metrics is not None:
+            self.metrics.count_guard_trip(self.target, self.stage, slot.name, kind)
         policy = "closed" if slot.fail_closed else "open"
         reason = f"guard failed ({type(exc).__name__}: {str(exc)[:120]}); failing {policy}"
         meta = {"failure": kind}
@@ -180,21 +192,27 @@ class GuardList:
                      outcome: Outcome) -> Outcome:
         """Several guards fixed the same text: apply them one after the other."""
         text = subject.text
-        for slot, result in zip(self.slots, results, strict=True):
+        timers = self._timers
+        for i, (slot, result) in enumerate(zip(self.slots, results, strict=True)):
             if result is None or result[0].action != "fix":
                 continue
             work = _resolve_sync(slot.guard, subject.with_text(text))
-            verdict = (await self._timed(slot, work))[0]
+            verdict, ms = await self._timed(slot, work)
+            if timers is not None:
+                timers[i](ms / 1000.0)
             if verdict.action == "fix" and verdict.fixed_text is not None:
                 text = verdict.fixed_text
         return Outcome("fix", text, records=outcome.records)
 
     def _record(self, outcome: Outcome, results: list[tuple[Verdict, float] | None],
                 trace: dict[str, Any] | None) -> None:
-        for slot, result in zip(self.slots, results, strict=True):
+        metrics, timers = self.metrics, self._timers
+        for i, (slot, result) in enumerate(zip(self.slots, results, strict=True)):
             if result is None:
-                continue
+                continue  # skipped (or cancelled): an earlier sync guard decided
             verdict, ms = result
+            if timers is not None:
+                timers[i](ms / 1000.0)
             record: dict[str, Any] = {"stage": self.stage, "guard": slot.name,
                                       "action": verdict.action,
                                       "score": round(float(verdict.score), 4),
@@ -204,20 +222,23 @@ class GuardList:
             if verdict.code:
                 record["code"] = verdict.code
             outcome.records.append(record)
-            if verdict.action != "allow" and self.counter is not None:
-                self.counter(self.target, self.stage, slot.name, verdict.action)
+            if verdict.action != "allow" and metrics is not None:
+                metrics.count_guard_trip(self.target, self.stage, slot.name, verdict.action)
         if trace is not None and outcome.records:
             trace.setdefault("guards", []).extend(outcome.records)
 
 
 async def _resolve(work: Awaitable[Any]) -> Any:
-    return await work
+    result = await work
+    # A `threaded` guard whose check is async hands its awaitable back from the thread.
+    return await result if inspect.isawaitable(result) else result
 
 
 async def _resolve_sync(guard: Guard, subject: Subject) -> Any:
     if guard.threaded:
-        return await asyncio.to_thread(guard.check, subject)
-    result = guard.check(subject)
+        result = await asyncio.to_thread(guard.check, subject)
+    else:
+        result = guard.check(subject)
     return await result if inspect.isawaitable(result) else result
 
 

@@ -8,14 +8,13 @@ output guards comes from the input's `context` (or `documents`) field when there
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from shipyard.config.schema import GuardsConfig
 from shipyard.guards.answers import Escalation, GuardHooks, guard_metadata
 from shipyard.guards.base import Subject
 from shipyard.guards.registry import build_guard_lists
-from shipyard.guards.runner import GuardList, Outcome, TripCounter
+from shipyard.guards.runner import GuardList, GuardMetrics, Outcome
 
 __all__ = ["ServiceGuards", "strings_of"]
 
@@ -50,11 +49,11 @@ class ServiceGuards:
     """The input and output guard lists of one service, and how they apply to JSON values."""
 
     def __init__(self, name: str, config: GuardsConfig, *,
-                 counter: TripCounter | None = None) -> None:
+                 metrics: GuardMetrics | None = None) -> None:
         self.name = name
         self.config = config
         self.inputs, self.outputs = build_guard_lists(
-            config, f"services.{name}.guards", target=name, counter=counter)
+            config, f"services.{name}.guards", target=name, metrics=metrics)
 
     async def check(self, stage: str, value: Any, trace: dict[str, Any],
                     request: Any = None) -> tuple[Any, Outcome]:
@@ -84,8 +83,10 @@ class ServiceGuards:
 
     async def refusal(self, outcome: Outcome, stage: str, *, hooks: GuardHooks,
                       trace_id: str, request_id: str, tenant_id: str,
-                      text: str = "") -> dict[str, Any]:
-        """The body of a blocked or escalated invocation (HTTP 200, `output: null`)."""
+                      text: str = "", principal: Any = None,
+                      conversation_id: str | None = None) -> dict[str, Any]:
+        """The body of a blocked or escalated invocation (HTTP 200, `output: null`); see
+        `Escalation` for `principal` and `conversation_id`."""
         meta = guard_metadata(stage, outcome.guard, outcome.verdict, outcome.action, trace_id)
         message = self.config.blocked_message
         if outcome.action == "escalate":
@@ -95,7 +96,7 @@ class ServiceGuards:
                 try:
                     extra = await hooks.on_escalate(Escalation(
                         self.name, stage, outcome.guard, outcome.verdict, [], text, trace_id,
-                        request_id, tenant_id))
+                        request_id, tenant_id, principal, conversation_id))
                 except Exception:  # the caller still gets the escalated message
                     log.exception("escalation hook failed for request %s", request_id)
                 if extra:
@@ -106,9 +107,8 @@ class ServiceGuards:
 
 
 def make_service_guards(name: str, config: GuardsConfig,
-                        counter: Callable[[str, str, str, str], None] | None
-                        ) -> ServiceGuards | None:
+                        metrics: GuardMetrics | None) -> ServiceGuards | None:
     """Service guards, or None when the service configures none (zero cost)."""
     if not config.input and not config.output:
         return None
-    return ServiceGuards(name, config, counter=counter)
+    return ServiceGuards(name, config, metrics=metrics)

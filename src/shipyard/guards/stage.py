@@ -91,7 +91,12 @@ class GuardStage(Stage):
             if outcome.stops:
                 return await self._refuse(call, outcome, subject, legacy)
             if outcome.action == "fix" and outcome.text is not None:
-                call.payload = _with_user_text(call.payload, outcome.text)
+                prompt = call.payload.get("prompt")
+                if legacy and isinstance(prompt, list):
+                    call.payload = {**call.payload,
+                                    "prompt": await self._fix_prompts(prompt, subject)}
+                else:
+                    call.payload = _with_user_text(call.payload, outcome.text)
         reply = await call_next(call)
         if not self.outputs or reply.status >= 400:
             return reply
@@ -103,6 +108,19 @@ class GuardStage(Stage):
                 stop=lambda outcome: self._stop_message(call, outcome, subject))
             return reply
         return await self._check_answer(call, call_next, reply, trace, legacy)
+
+    async def _fix_prompts(self, prompts: list[Any], subject: Subject) -> list[Any]:
+        """A batch of legacy prompts stays a batch (one answer each): each string is fixed
+        on its own; token ids are left alone. Not traced or counted a second time."""
+        quiet = GuardList(self.inputs.slots, "input", target=self.alias)
+        fixed: list[Any] = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                outcome = await quiet.run(subject.with_text(prompt))
+                if outcome.action == "fix" and outcome.text is not None:
+                    prompt = outcome.text
+            fixed.append(prompt)
+        return fixed
 
     async def _check_answer(self, call: Call, call_next: Handler, reply: Reply,
                             trace: dict[str, Any], legacy: bool) -> Reply:
@@ -187,7 +205,8 @@ class GuardStage(Stage):
         try:
             return await hook(Escalation(
                 self.alias, subject.stage, outcome.guard, outcome.verdict, subject.messages,
-                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id))
+                subject.text, ctx.trace_id, ctx.request_id, ctx.tenant_id, call.principal,
+                call.conversation_id))
         except Exception:  # the caller still gets the escalated message, never a 500
             log.exception("escalation hook failed for request %s", ctx.request_id)
             return None
