@@ -189,6 +189,18 @@ def test_legacy_completions_input_guard_blocks_politely(stack: dict[str, Proc]) 
     assert (chunks[-1].model_extra or {})["shipyard"]["guard"]["guard"] == "topics"
 
 
+def test_legacy_token_id_prompts_are_refused_where_input_guards_cannot_read_them(
+        stack: dict[str, Proc]) -> None:
+    c = client(stack["gateway"])
+    for prompt in ([15339, 1917], [[15339, 1917]], ["hello", [15339]]):
+        with pytest.raises(openai.BadRequestError) as refused:
+            c.completions.create(model="legacy", prompt=prompt)  # type: ignore[arg-type]
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["code"] == "token_ids_not_guarded" and error["param"] == "prompt"
+        assert "send the prompt as text" in error["message"]
+
+
 def test_legacy_completions_guards_fix_and_block_the_text(stack: dict[str, Proc]) -> None:
     c = client(stack["gateway"])
     prompt = "Call +1 415 555 0132 or write to bob@example.com today."

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from shipyard.config.schema import GuardsConfig
-from shipyard.errors import UpstreamError
+from shipyard.errors import InvalidRequest, UpstreamError
 from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.guards.answers import (
     Escalation,
@@ -67,6 +67,10 @@ def _with_user_text(payload: dict[str, Any], text: str) -> dict[str, Any]:
     return {**payload, "messages": copied}
 
 
+def _has_token_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt)
+
+
 class GuardStage(Stage):
     """Run a model alias's input and output guards around the rest of the pipeline."""
 
@@ -86,6 +90,11 @@ class GuardStage(Stage):
         trace = _trace(ctx)
         legacy = call.endpoint == "completions"
         if self.inputs:
+            if legacy and _has_token_ids(call.payload.get("prompt")):
+                raise InvalidRequest(
+                    f"Parameter 'prompt' holds token ids, which the input guards of model "
+                    f"'{self.alias}' cannot read; send the prompt as text.", param="prompt",
+                    code="token_ids_not_guarded")
             subject = chat_subject(call.payload, "input", self.alias)
             outcome = await self.inputs.run(subject, trace)
             if outcome.stops:
@@ -111,7 +120,7 @@ class GuardStage(Stage):
 
     async def _fix_prompts(self, prompts: list[Any], subject: Subject) -> list[Any]:
         """A batch of legacy prompts stays a batch (one answer each): each string is fixed
-        on its own; token ids are left alone. Not traced or counted a second time."""
+        on its own. Not traced or counted a second time."""
         quiet = GuardList(self.inputs.slots, "input", target=self.alias)
         fixed: list[Any] = []
         for prompt in prompts:
