@@ -167,6 +167,30 @@ def test_streaming_output_guard_stops_the_stream(stack: dict[str, Proc]) -> None
     assert "bob@example.com" not in text and "<EMAIL_1>" in text and "Thanks." in text
 
 
+def test_streams_of_several_answers_are_refused_where_output_guards_read_sentences(
+        stack: dict[str, Proc]) -> None:
+    c = client(stack["gateway"])
+    for ask in (lambda: c.chat.completions.create(
+                    model="stream", stream=True, n=2,
+                    messages=[{"role": "user", "content": "Two answers, please."}]),
+                lambda: c.completions.create(model="legacy", stream=True,
+                                             prompt=["One prompt.", "Another prompt."])):
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask()
+        error = refused.value.body
+        assert isinstance(error, dict) and error["param"] == "stream"
+        assert error["code"] == "stream_several_choices_not_guarded"
+        assert "set 'stream' to false" in error["message"]
+    # Not streamed, several answers are fine: each is checked whole (this echo model answers
+    # once whatever n is).
+    both = c.chat.completions.create(model="stream", n=2, messages=[
+        {"role": "user", "content": "Two answers, please."}])
+    assert both.choices[0].message.content == "Two answers, please."
+    # One streamed answer is fine too.
+    one = list(c.completions.create(model="legacy", stream=True, prompt="Just one."))
+    assert "".join(ch.choices[0].text for ch in one if ch.choices).endswith("Just one.")
+
+
 def test_legacy_completions_input_guard_blocks_politely(stack: dict[str, Proc]) -> None:
     c = client(stack["gateway"])
     raw = c.completions.with_raw_response.create(model="legacy",

@@ -67,6 +67,15 @@ def _with_user_text(payload: dict[str, Any], text: str) -> dict[str, Any]:
     return {**payload, "messages": copied}
 
 
+def _choices(payload: dict[str, Any], legacy: bool) -> int:
+    n = payload.get("n")
+    count = n if isinstance(n, int) and n > 1 else 1
+    prompt = payload.get("prompt")
+    if legacy and isinstance(prompt, list):
+        count *= max(1, len(prompt))
+    return count
+
+
 def _has_token_ids(prompt: Any) -> bool:
     return isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt)
 
@@ -106,6 +115,12 @@ class GuardStage(Stage):
                                     "prompt": await self._fix_prompts(prompt, subject)}
                 else:
                     call.payload = _with_user_text(call.payload, outcome.text)
+        if call.stream and self.stream_outputs and _choices(call.payload, legacy) > 1:
+            raise InvalidRequest(
+                f"Model '{self.alias}' checks streamed answers a sentence at a time, one answer "
+                "per stream; this request asks for several (n > 1 or several prompts). Set "
+                "'n' to 1 and send one prompt, or set 'stream' to false.", param="stream",
+                code="stream_several_choices_not_guarded")
         reply = await call_next(call)
         if not self.outputs or reply.status >= 400:
             return reply
