@@ -3,7 +3,10 @@ by a LoRA adapter (the built-in one, or one trained here), and the errors a user
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +45,31 @@ def test_long_texts_are_read_in_windows_too(folder: str) -> None:
     long = "The parcel arrived on time and the jacket fits well. " * 40  # 2,120 characters
     # Both texts whole, plus windows of 1,000 characters every 500 over the long one.
     assert model.encode_long(["short", long]).shape[0] == 2 + 4
+
+
+def test_concurrent_requests_share_forward_passes(folder: str) -> None:
+    class Counting(Embedder):
+        def _forward(self, texts: list[str]) -> Any:
+            passes.append(len(texts))
+            return super()._forward(texts)
+
+    passes: list[int] = []
+    model = Counting(folder)
+    texts = [f"question {i}: where is my order, it was due on day {i}?" for i in range(24)]
+    alone = model.encode(texts)  # more rows than one batch: encoded right here
+    assert passes == [16, 8]
+    passes.clear()
+    with model._lock, ThreadPoolExecutor(8) as pool:  # a pass is running: requests queue up
+        results = [pool.submit(model.encode, [text]) for text in texts[:8]]
+        deadline = time.monotonic() + 30
+        while model._queue.qsize() < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)  # (waiting for the threads to queue, not timing anything)
+        model._lock.release()
+        vectors = [r.result() for r in results]
+        model._lock.acquire()
+    for i, got in enumerate(vectors):  # every caller gets its own rows back
+        assert np.allclose(got[0], alone[i], atol=1e-4)
+    assert sum(passes) == 8 and len(passes) <= 2, passes  # batched, not one pass each
 
 
 def test_the_builtin_adapter_separates_attacks_from_look_alikes(guard: InjectionGuard) -> None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -45,6 +47,7 @@ INSTALL_HINT = "pip install 'shipyard[embeddings]'"
 # nothing more.)
 WINDOW_CHARS = 1000
 MAX_WINDOWS = 8
+BATCH_ROWS = 16  # rows of one forward pass at most
 
 
 def resolve_model(spec: bool | str) -> str:
@@ -113,8 +116,13 @@ class Embedder:
         if adapter is not None:
             self._merge(adapter)
         # One forward pass at a time: on a small machine, two concurrent passes fight over the
-        # same cores and both finish later than they would one after the other.
-        self._lock = threading.Lock()
+        # same cores and both finish later than they would one after the other. Requests that
+        # arrive while a pass runs wait and then go through together, as one batch (about
+        # twice the throughput of one text a pass on two cores).
+        self._lock = threading.Lock()  # held by a forward pass
+        self._start = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[list[str], Future[Any]]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     def _merge(self, path: Path) -> None:
         """Add the adapter's low-rank updates to the base weights, and keep its head."""
@@ -157,19 +165,55 @@ class Embedder:
         self.max_length = int(meta.get("max_length", 256))
 
     def encode(self, texts: Sequence[str]) -> Any:
-        import numpy as np  # the optional extra; checked in __init__
-
+        """Unit sentence vectors of `texts`, one row each (float32)."""
         items = list(texts)
-        if len(items) > 64:  # a corpus: in batches of similar length
+        if len(items) > BATCH_ROWS:  # a corpus: in batches of similar length, right here
+            import numpy as np  # the optional extra; checked in __init__
+
             order = sorted(range(len(items)), key=lambda i: len(items[i]))
             out = np.empty((len(items), self.dim), dtype=np.float32)
-            for start in range(0, len(order), 64):
-                chunk = order[start: start + 64]
-                out[chunk] = self.encode([items[i] for i in chunk])
+            for start in range(0, len(order), BATCH_ROWS):
+                chunk = order[start: start + BATCH_ROWS]
+                out[chunk] = self._forward([items[i] for i in chunk])
             return out
+        # A request: through the batching worker, with whatever else is waiting.
+        future: Future[Any] = Future()
+        self._queue.put((items, future))
+        with self._start:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, daemon=True,
+                                                name=f"shipyard-embed-{self.name}")
+                self._worker.start()
+        return future.result()
+
+    def _serve(self) -> None:
+        """The batching worker: take what is waiting (up to BATCH_ROWS rows), run one pass,
+        hand each caller its rows; wait for the next request when the queue is empty."""
+        while True:
+            batch = [self._queue.get()]
+            rows = len(batch[0][0])
+            while rows < BATCH_ROWS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+                rows += len(item[0])
+            try:
+                vectors = self._forward([text for texts, _ in batch for text in texts])
+            except BaseException as exc:  # every waiting caller gets the error
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for texts, future in batch:
+                future.set_result(vectors[start: start + len(texts)])
+                start += len(texts)
+
+    def _forward(self, texts: list[str]) -> Any:
         torch = self._torch
         with self._lock, torch.inference_mode():
-            encoded = self.tokenizer(items, padding=True, truncation=True,
+            encoded = self.tokenizer(texts, padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
             hidden = self.model(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).float()
