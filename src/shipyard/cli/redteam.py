@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from shipyard.cli.common import fail as _fail
 from shipyard.config import env
 from shipyard.errors import ShipyardError
 from shipyard.guards.base import Subject
-from shipyard.guards.classifier import load_examples, train
+from shipyard.guards.classifier import load_examples, split_holdout, train
 from shipyard.guards.corpus import load_corpus, read_corpus
 from shipyard.guards.injection import InjectionGuard, model_text
 from shipyard.readiness import redteam as engine
@@ -163,10 +162,7 @@ def guards_train(
             from shipyard.guards.finetune import save_adapter, train_adapter
 
             folder = resolve_model(embeddings)
-            shuffled = list(rows)
-            random.Random(7).shuffle(shuffled)
-            cut = int(len(shuffled) * holdout) if len(shuffled) >= 10 else 0
-            test, fit = shuffled[:cut], shuffled[cut:]
+            test, fit = split_holdout(rows, holdout)
             with console.status(f"fine-tuning on {len(fit):,} examples") as status:
                 tensors, meta = train_adapter(fit, folder, model_name(folder), epochs=epochs,
                                               progress=lambda line: status.update(line))

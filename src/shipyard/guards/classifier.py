@@ -28,7 +28,7 @@ import orjson
 from shipyard.errors import ConfigError
 from shipyard.guards.features import NGRAMS, featurize, need_numpy
 
-__all__ = ["Classifier", "fit_logistic", "load_examples", "rates", "train"]
+__all__ = ["Classifier", "fit_logistic", "load_examples", "rates", "split_holdout", "train"]
 
 FORMAT = "shipyard-guard-classifier"
 _TRUE = {"1", "true", "attack", "injection", "jailbreak", "malicious", "unsafe", "yes"}
@@ -121,10 +121,8 @@ def train(rows: Sequence[tuple[str, int]], *, dim: int = 4096, iterations: int =
     need_numpy("Training a classifier")
     if dim & (dim - 1) or dim < 64:
         raise ValueError(f"dim is {dim}; it must be a power of two of at least 64")
-    shuffled = list(rows)
-    random.Random(seed).shuffle(shuffled)
-    cut = int(len(shuffled) * holdout) if len(shuffled) >= 10 else 0
-    test, fit = shuffled[:cut], shuffled[cut:]
+    test, fit = split_holdout(rows, holdout, seed=seed)
+    shuffled = test + fit
     report: dict[str, Any] = {"examples": len(rows), "attacks": sum(y for _, y in rows)}
     if test:
         model = _fit(fit, dim, iterations, l2, learning_rate)
@@ -132,6 +130,16 @@ def train(rows: Sequence[tuple[str, int]], *, dim: int = 4096, iterations: int =
     model = _fit(shuffled, dim, iterations, l2, learning_rate)
     report["train"] = _evaluate(model, shuffled)
     return model, report
+
+
+def split_holdout(rows: Sequence[tuple[str, int]], share: float, *, seed: int = 7
+                  ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """`(test, fit)`: a random `share` of `rows` kept aside to measure a model on (none when
+    there are fewer than 10 rows), and the rest to fit it on."""
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    cut = int(len(shuffled) * share) if len(shuffled) >= 10 else 0
+    return shuffled[:cut], shuffled[cut:]
 
 
 def _fit(rows: Iterable[tuple[str, int]], dim: int, iterations: int, l2: float,
