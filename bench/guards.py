@@ -27,7 +27,7 @@ import orjson
 
 from _harness import RESULTS_DIR, log, machine_info, now_iso, paragraph, write_docs_section
 from _harness import write_json as save_json
-from shipyard.config.schema import GuardsConfig
+from shipyard.config.trust import GuardsConfig
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import Call
 from shipyard.guards.answers import GuardHooks

@@ -75,7 +75,7 @@ def answer_text() -> str:
 
 
 def in_process(repeat: int) -> dict[str, float]:
-    from shipyard.config.schema import PIIConfig
+    from shipyard.config.trust import PIIConfig
     from shipyard.gateway.context import RequestContext
     from shipyard.gateway.pii import PIIPolicy
     from shipyard.state.memory import MemoryKeyValue

@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import Engine, insert
 
 from conftest import Proc, gateway_config
-from shipyard.config.schema import DriftCheckConfig, DriftConfig
+from shipyard.config.drift import DriftCheckConfig, DriftConfig
 from shipyard.monitor.drift_checks import DriftScheduler, run_check, run_drift_checks
 from shipyard.monitor.drift_features import TraceWindow, load_features
 from shipyard.monitor.drift_store import drift_history, latest_profile

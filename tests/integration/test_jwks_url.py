@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from shipyard.config.schema import OIDCConfig
+from shipyard.config.security import OIDCConfig
 from shipyard.errors import AuthenticationFailed, UpstreamUnavailable
 from shipyard.security.jwt import JWTVerifier
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from conftest import API_KEY, Proc, gateway_config
-from shipyard.config.schema import RetentionConfig, TenantRetention
+from shipyard.config.traces import RetentionConfig, TenantRetention
 from shipyard.store import TraceWriter, create_store_engine, migrate, new_trace_record, purge
 from shipyard.store.tables import spans, traces
 

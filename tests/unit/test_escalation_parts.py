@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shipyard.config import parse_config
-from shipyard.config.schema import EscalationConfig, PIIConfig
+from shipyard.config.trust import EscalationConfig, PIIConfig
 from shipyard.errors import ConfigError, Conflict, NotFound
 from shipyard.escalation import EscalationPolicy, asks_for_person, read_confidence, sign, verify
 from shipyard.escalation import store as tickets

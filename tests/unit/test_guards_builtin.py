@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shipyard.config.schema import GuardsConfig
+from shipyard.config.trust import GuardsConfig
 from shipyard.errors import ConfigError
 from shipyard.guards import Escalation, GuardHooks, GuardList, GuardSlot, Subject
 from shipyard.guards.classifier import Classifier, load_examples, train

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shipyard.config.schema import GuardsConfig
+from shipyard.config.trust import GuardsConfig
 from shipyard.errors import ConfigError
 from shipyard.guards import Subject
 from shipyard.guards.embeddings import Embedder, builtin_adapter, embedder, resolve_model

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shipyard.config.schema import GuardsConfig, GuardSpec
+from shipyard.config.trust import GuardsConfig, GuardSpec
 from shipyard.errors import ConfigError
 from shipyard.guards import FunctionGuard, Guard, GuardList, GuardSlot, Subject, Verdict
 from shipyard.guards.registry import build_guard, build_guard_lists

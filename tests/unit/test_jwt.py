@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from shipyard.config import parse_config
-from shipyard.config.schema import OIDCConfig
+from shipyard.config.security import OIDCConfig
 from shipyard.errors import (
     AuthenticationFailed,
     ConfigError,

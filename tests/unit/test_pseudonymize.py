@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from shipyard.config.schema import PIIConfig
+from shipyard.config.trust import PIIConfig
 from shipyard.errors import ConfigError
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import PIIPolicy

@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from shipyard.config.schema import RetentionConfig
+from shipyard.config.traces import RetentionConfig
 from shipyard.gateway.context import RequestContext
 from shipyard.observe.tracing import parse_traceparent, record_span, sampled, span, traceparent
 from shipyard.store.writer import _span_params

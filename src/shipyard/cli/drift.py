@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
-from shipyard.config.schema import DriftCheckConfig
+from shipyard.config.drift import DriftCheckConfig
 from shipyard.errors import ShipyardError
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
 from shipyard.cli.keys import actor
-from shipyard.config.schema import RetentionConfig
+from shipyard.config.traces import RetentionConfig
 from shipyard.errors import ShipyardError
 from shipyard.security.audit import AuditLog
 from shipyard.security.roles import PLATFORM_TENANT

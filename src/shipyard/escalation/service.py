@@ -24,7 +24,8 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine
 
-from shipyard.config.schema import Config, EscalationConfig, PIIConfig
+from shipyard.config.schema import Config
+from shipyard.config.trust import EscalationConfig, PIIConfig
 from shipyard.errors import ShipyardError
 from shipyard.escalation import store
 from shipyard.escalation.answers import chat_answer, service_answer

@@ -16,7 +16,8 @@ from starlette.routing import BaseRoute, Route
 
 from shipyard.config import env
 from shipyard.config.loader import load_config
-from shipyard.config.schema import Config, CorsConfig
+from shipyard.config.schema import Config
+from shipyard.config.server import CorsConfig
 from shipyard.errors import (
     ClientError,
     ConfigError,

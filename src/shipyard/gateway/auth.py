@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 from starlette.datastructures import Headers
 
-from shipyard.config.schema import AuthConfig
+from shipyard.config.security import AuthConfig
 from shipyard.errors import AuthenticationFailed, NotFound
 from shipyard.security.principal import Principal
 from shipyard.security.roles import PLATFORM_TENANT, check_scope

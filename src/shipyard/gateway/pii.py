@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shipyard.config.schema import PIIConfig
+from shipyard.config.trust import PIIConfig
 from shipyard.errors import ConfigError, InvalidRequest
 from shipyard.gateway.context import RequestContext
 from shipyard.state.base import KeyValue

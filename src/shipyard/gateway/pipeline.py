@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.config.schema import ModelConfig
+from shipyard.config.targets import ModelConfig
 from shipyard.gateway.context import RequestContext
 from shipyard.providers.base import Endpoint, Reply
 from shipyard.resilience.admission import Admission

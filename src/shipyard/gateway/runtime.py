@@ -17,7 +17,8 @@ import orjson
 from sqlalchemy import Engine
 from starlette.requests import Request
 
-from shipyard.config.schema import Config, default_spool_dir
+from shipyard.config.schema import Config
+from shipyard.config.traces import default_spool_dir
 from shipyard.errors import (
     CapacityError,
     ConfigError,

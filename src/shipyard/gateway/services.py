@@ -12,7 +12,7 @@ from typing import Any
 
 import pydantic
 
-from shipyard.config.schema import ServiceConfig
+from shipyard.config.targets import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
 from shipyard.guards.runner import GuardMetrics
 from shipyard.guards.service import ServiceGuards, make_service_guards

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from shipyard.config.schema import GuardsConfig, GuardSpec
+from shipyard.config.trust import GuardsConfig, GuardSpec
 from shipyard.errors import ConfigError
 from shipyard.guards.base import FunctionGuard, Guard
 from shipyard.guards.grounding import GroundingGuard
@@ -111,7 +111,7 @@ def build_guard_lists(config: GuardsConfig, where: str, *, target: str,
     """The input and output guard lists of one model alias or service; trips and run times
     go to `metrics` (the gateway's `Metrics`) when given.
 
-    >>> from shipyard.config.schema import GuardsConfig
+    >>> from shipyard.config.trust import GuardsConfig
     >>> inputs, outputs = build_guard_lists(GuardsConfig(), "models.m.guards", target="m")
     >>> bool(inputs), bool(outputs)
     (False, False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shipyard.config.schema import GuardsConfig
+from shipyard.config.trust import GuardsConfig
 from shipyard.guards.answers import Escalation, GuardHooks, guard_metadata
 from shipyard.guards.base import Subject
 from shipyard.guards.registry import build_guard_lists

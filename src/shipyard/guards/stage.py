@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from shipyard.config.schema import GuardsConfig
+from shipyard.config.trust import GuardsConfig
 from shipyard.errors import InvalidRequest, UpstreamError
 from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.guards.answers import (

@@ -5,7 +5,7 @@ the CLI's `shipyard drift check` calls `run_check` once. Work happens in a threa
 loop keeps serving.
 
 >>> from datetime import UTC, datetime
->>> from shipyard.config.schema import DriftCheckConfig
+>>> from shipyard.config.drift import DriftCheckConfig
 >>> windows(DriftCheckConfig(current_window_s=3600, reference_window_s=7200),
 ...         datetime(2026, 1, 1, 12, tzinfo=UTC))[0].start.hour
 9
@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from shipyard.config.schema import DriftCheckConfig, DriftConfig
+from shipyard.config.drift import DriftCheckConfig, DriftConfig
 from shipyard.monitor.drift import DriftReport, detect_drift
 from shipyard.monitor.drift_features import ColumnSource, TraceWindow, load_features
 from shipyard.monitor.drift_store import (

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shipyard._version import __version__
-from shipyard.config.schema import OTLPConfig
+from shipyard.config.traces import OTLPConfig
 from shipyard.errors import ConfigError
 from shipyard.observe.tracing import SpanTuple
 

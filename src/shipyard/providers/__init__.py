@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shipyard.config.schema import ProviderConfig
+from shipyard.config.targets import ProviderConfig
 from shipyard.providers.base import Endpoint, Provider, Reply
 from shipyard.providers.openai import OpenAIProvider
 from shipyard.providers.python import PythonProvider

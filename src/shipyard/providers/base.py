@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from shipyard.config.schema import ProviderConfig
+from shipyard.config.targets import ProviderConfig
 
 __all__ = ["Endpoint", "Provider", "Reply"]
 

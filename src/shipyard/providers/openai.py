@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shipyard.config.schema import ProviderConfig
+from shipyard.config.targets import ProviderConfig
 from shipyard.errors import (
     ClientError,
     ShipyardError,

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from shipyard.config.schema import ProviderConfig
+from shipyard.config.targets import ProviderConfig
 from shipyard.errors import ServiceError, UpstreamError, UpstreamTimeout
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.providers.base import Endpoint, Reply

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from shipyard.config.schema import ProviderConfig
+from shipyard.config.targets import ProviderConfig
 from shipyard.providers.base import Endpoint, Reply
 from shipyard.sim.engine import SimModel
 

@@ -9,7 +9,7 @@ import itertools
 import math
 import time
 
-from shipyard.config.schema import AdmissionConfig
+from shipyard.config.resilience import AdmissionConfig
 from shipyard.errors import CapacityError
 
 __all__ = ["BATCH", "INTERACTIVE", "AdaptiveLimit", "Admission"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from shipyard.config.schema import CacheConfig
+from shipyard.config.resilience import CacheConfig
 from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.observe.tracing import record_span
 from shipyard.providers.base import Reply

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from shipyard.config.schema import CircuitConfig
+from shipyard.config.resilience import CircuitConfig
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
 

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from shipyard.config.schema import RetryConfig
+from shipyard.config.resilience import RetryConfig
 from shipyard.errors import (
     CircuitOpen,
     ShipyardError,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select
 
-from shipyard.config.schema import BudgetConfig
+from shipyard.config.security import BudgetConfig
 from shipyard.errors import RateLimited
 from shipyard.store.tables import traces
 

@@ -48,7 +48,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     jwt = None  # type: ignore[assignment]
     has_crypto = False
 
-from shipyard.config.schema import ROLES, OIDCConfig
+from shipyard.config.base import ROLES
+from shipyard.config.security import OIDCConfig
 from shipyard.errors import (
     AuthenticationFailed,
     ConfigError,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from shipyard.config.schema import RateLimitConfig, RateLimitsConfig
+from shipyard.config.security import RateLimitConfig, RateLimitsConfig
 from shipyard.errors import RateLimited
 from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pipeline import Call, Handler, Stage

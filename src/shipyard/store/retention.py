@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, true, update
 
-from shipyard.config.schema import RetentionConfig
+from shipyard.config.traces import RetentionConfig
 from shipyard.store.tables import spans, traces
 
 __all__ = ["PurgeResult", "RetentionTask", "purge"]

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from shipyard._version import __version__
-from shipyard.config.schema import default_spool_dir
+from shipyard.config.traces import default_spool_dir
 from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied, ShipyardError
 from shipyard.escalation import store as tickets
 from shipyard.gateway.runtime import Gateway

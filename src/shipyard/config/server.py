@@ -1,0 +1,140 @@
+"""The `server:`, `store:`, `state:` and `ui:` sections: how the gateway listens, where it keeps
+its records and shared state, and the dashboard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from shipyard.config.base import Section
+
+__all__ = [
+    "CorsConfig",
+    "ServerConfig",
+    "StateConfig",
+    "StoreConfig",
+    "UIConfig",
+]
+
+
+class CorsConfig(Section):
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (e.g. https://app.example.com). "
+        "Empty (the default): no cross-origin access at all.")
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"],
+                                     description="Methods allowed cross-origin.")
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id"],
+        description="Request headers allowed cross-origin.")
+    allow_credentials: bool = Field(False, description="Allow cookies and HTTP auth.")
+    max_age_s: int = Field(600, ge=0, description="How long browsers cache a preflight.")
+
+
+class ServerConfig(Section):
+    """How `shipyard serve` listens."""
+
+    host: str = Field("127.0.0.1", description="Interface `shipyard serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port `shipyard serve` listens on.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes for `shipyard serve`.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted, in bytes; larger bodies get 413.",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve `/metrics` without an API key (for a scraper on a private network).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the gateway and its access log."
+    )
+    access_log: bool = Field(False, description="Write one uvicorn access-log line per request.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL people reach this gateway at (e.g. `https://ai.example.com`); "
+        "alert notifications link to `{public_url}/ui/alerts/{id}`. Default: "
+        "`http://HOST:PORT` from `host` and `port`.")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Most requests processed at once in this process (none: no limit)."
+    )
+    max_queue: int = Field(
+        0, ge=0, description="Requests that may wait for a global slot; beyond it, 503 at once."
+    )
+    max_queue_ms: float = Field(
+        1000.0, ge=0, description="Longest a request waits for a global slot before a 503."
+    )
+    cors: CorsConfig = Field(default_factory=lambda: CorsConfig())
+    tls_certfile: str | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS; with `tls_keyfile`.")
+    tls_keyfile: str | None = Field(None, description="PEM private key of `tls_certfile`.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both 'tls_certfile' and 'tls_keyfile' to serve HTTPS, or "
+                             "neither")
+        for name in ("tls_certfile", "tls_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"'{name}' is '{path}', which is not a readable file")
+        return self
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests (streams too) may finish before "
+        "the process exits.",
+    )
+
+
+class StoreConfig(Section):
+    url: str = Field(
+        "sqlite:///.shipyard/shipyard.db",
+        description=(
+            "SQLAlchemy URL of the store: SQLite (WAL) by default, or "
+            "`postgresql+psycopg://user@host:5432/db` (install `shipyard[postgres]`)."
+        ),
+    )
+    migrate: bool = Field(
+        True, description="Run Alembic migrations to the latest revision at startup."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(
+                "must be a SQLAlchemy URL starting with 'sqlite:///' or 'postgresql+psycopg://'"
+            )
+        return value
+
+
+class UIConfig(Section):
+    """The dashboard at /ui (needs `pip install 'shipyard[ui]'`)."""
+
+    enabled: bool = Field(True, description="Serve the dashboard at /ui.")
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs dashboard session cookies; reference it as "
+        "`{$env: NAME}`. Set it when several machines serve the dashboard; without it a random "
+        "secret is kept in `ui_session.key` beside the trace spool.",
+    )
+    session_ttl_s: float = Field(
+        28_800.0, gt=0, le=30 * 86400,
+        description="How long a dashboard login lasts, in seconds (default 8 hours).",
+    )
+
+
+class StateConfig(Section):
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where shared state (the response cache) lives: `memory` (one process) or "
+        "`redis` (shared by replicas; install `shipyard[redis]`).",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL when `backend: redis`."
+    )
+    key_prefix: str = Field("shipyard:", description="Prefix of every Redis key Shipyard writes.")
