@@ -28,12 +28,10 @@ import orjson
 from _harness import RESULTS_DIR, log, machine_info, now_iso, paragraph, write_docs_section
 from _harness import write_json as save_json
 from shipyard.config.trust import GuardsConfig
-from shipyard.gateway.context import RequestContext
-from shipyard.gateway.pipeline import Call
 from shipyard.guards.answers import GuardHooks
 from shipyard.guards.registry import build_guard_lists
 from shipyard.guards.stage import GuardStage
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Call, Reply, RequestContext
 
 TARGET_P50_MS = 2.0
 SYSTEM = ("You are Ada, the customer support assistant of Northwind Outfitters. Answer briefly "

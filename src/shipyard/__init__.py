@@ -9,8 +9,9 @@ from __future__ import annotations
 from shipyard._version import __version__
 from shipyard.config import Config, load_config, parse_config
 from shipyard.errors import ShipyardError
-from shipyard.gateway import Call, Handler, Stage, create_app
-from shipyard.providers import Provider, Reply
+from shipyard.gateway import create_app
+from shipyard.pipeline import Call, Handler, Reply, Stage
+from shipyard.providers import Provider
 
 __all__ = [
     "Call",

@@ -249,11 +249,9 @@ def test_stream_passes_clean_text_and_stops_before_the_bad_sentence() -> None:
 
 
 def test_escalation_hook_gets_the_conversation() -> None:
-    from shipyard.gateway.context import RequestContext
-    from shipyard.gateway.pipeline import Call
     from shipyard.guards.registry import build_guard_lists
     from shipyard.guards.stage import GuardStage
-    from shipyard.providers.base import Reply
+    from shipyard.pipeline import Call, Reply, RequestContext
 
     seen: list[Escalation] = []
 
@@ -282,11 +280,9 @@ def test_escalation_hook_gets_the_conversation() -> None:
 
 def test_a_failing_escalation_hook_still_answers_politely(
         caplog: pytest.LogCaptureFixture) -> None:
-    from shipyard.gateway.context import RequestContext
-    from shipyard.gateway.pipeline import Call
     from shipyard.guards.registry import build_guard_lists
     from shipyard.guards.stage import GuardStage
-    from shipyard.providers.base import Reply
+    from shipyard.pipeline import Call, Reply, RequestContext
 
     async def broken(escalation: Escalation) -> dict[str, Any]:
         raise RuntimeError("ticket store down")

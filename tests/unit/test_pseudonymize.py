@@ -10,8 +10,8 @@ import pytest
 
 from shipyard.config.trust import PIIConfig
 from shipyard.errors import ConfigError
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import PIIPolicy
+from shipyard.pipeline import RequestContext
 from shipyard.privacy import PIIEngine
 from shipyard.privacy.pseudonymize import (
     LeakWindow,

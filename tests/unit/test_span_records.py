@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from shipyard.config.traces import RetentionConfig
-from shipyard.gateway.context import RequestContext
 from shipyard.observe.tracing import parse_traceparent, record_span, sampled, span, traceparent
+from shipyard.pipeline import RequestContext
 from shipyard.store.writer import _span_params
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from shipyard.errors import UpstreamUnavailable
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.streaming import relay_sse
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+from shipyard.pipeline import RequestContext
 
 PAYLOAD = {"model": "demo", "stream": True,
            "messages": [{"role": "user", "content": "Tell me about ships."}]}

@@ -28,11 +28,10 @@ from shipyard.escalation import EscalationPolicy, Ticket, Trigger, caller_of, re
 from shipyard.escalation.answers import chat_answer, chat_answer_stream, service_answer
 from shipyard.escalation.triggers import last_user_text
 from shipyard.gateway.auth import Principal
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.http import json_response
 from shipyard.gateway.pii import CONVERSATION_HEADER
 from shipyard.gateway.runtime import Gateway
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Reply, RequestContext
 
 __all__ = ["ChatEscalation", "ServiceEscalation", "conversation_of"]
 

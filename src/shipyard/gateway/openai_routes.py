@@ -13,17 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.escalate import ChatEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pii import PIISession
-from shipyard.gateway.pipeline import Call, ModelTarget
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
-from shipyard.providers.base import Endpoint, Reply
+from shipyard.pipeline import Call, Endpoint, Reply, RequestContext
+from shipyard.targets.model import ModelTarget
 
 __all__ = ["openai_routes"]
 
@@ -179,7 +178,7 @@ class OpenAIRoutes:
             if isinstance(first, dict) and first.get("finish_reason"):
                 ctx.finish_reason = str(first["finish_reason"])
         headers = {**self.gw.headers(ctx), **_shipyard_headers(reply),
-                   "x-shipyard-model": call.served_by or call.target.alias}
+                   "x-shipyard-model": call.served_by or call.target.name}
         usage = data.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             ctx.set_usage(usage)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard.config.trust import PIIConfig
 from shipyard.errors import ConfigError, InvalidRequest
-from shipyard.gateway.context import RequestContext
+from shipyard.pipeline import RequestContext
 from shipyard.state.base import KeyValue
 
 if TYPE_CHECKING:

@@ -28,16 +28,13 @@ from shipyard.errors import (
 )
 from shipyard.escalation import Escalations, OverdueChecker, caller_of
 from shipyard.gateway.auth import Authenticator, Principal
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
-from shipyard.gateway.pipeline import ModelTarget
-from shipyard.gateway.services import HostedService
-from shipyard.gateway.targets import build_targets
 from shipyard.guards.answers import Escalation as GuardEscalation
 from shipyard.guards.answers import GuardHooks
 from shipyard.monitor.alerts import AlertEvaluator
 from shipyard.observe.metrics import Metrics
 from shipyard.observe.tracing import parse_traceparent, record_span, sampled
+from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
 from shipyard.security.audit import AuditLog
@@ -54,6 +51,9 @@ from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.store.retention import RetentionTask
 from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
+from shipyard.targets.build import build_targets
+from shipyard.targets.model import ModelTarget
+from shipyard.targets.service import HostedService
 
 __all__ = ["Gateway"]
 

@@ -11,17 +11,17 @@ from starlette.responses import Response
 
 from shipyard.errors import CapacityError, NotFound, ServiceError, ShipyardError, UpstreamTimeout
 from shipyard.gateway.auth import Principal
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.escalate import ServiceEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
 from shipyard.gateway.pii import PIISession
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
-from shipyard.gateway.services import HostedService
 from shipyard.guards.runner import Outcome
 from shipyard.guards.service import ServiceGuards, strings_of
 from shipyard.observe.tracing import span
+from shipyard.pipeline import RequestContext
 from shipyard.resilience.admission import Admission
+from shipyard.targets.service import HostedService
 
 __all__ = ["service_routes"]
 

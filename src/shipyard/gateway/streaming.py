@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from shipyard.errors import ShipyardError, UpstreamUnavailable
-from shipyard.gateway.context import RequestContext
 from shipyard.gateway.pii import StreamRewriter
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+from shipyard.pipeline import RequestContext
 
 __all__ = ["relay_sse"]
 

@@ -16,7 +16,6 @@ import orjson
 
 from shipyard.config.trust import GuardsConfig
 from shipyard.errors import InvalidRequest, UpstreamError
-from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.guards.answers import (
     Escalation,
     GuardHooks,
@@ -27,7 +26,7 @@ from shipyard.guards.answers import (
 from shipyard.guards.base import Subject, text_of
 from shipyard.guards.runner import GuardList, Outcome
 from shipyard.guards.streaming import guard_stream
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Call, Handler, Reply, Stage
 
 __all__ = ["GuardStage", "chat_subject"]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from shipyard.config.targets import ProviderConfig
-from shipyard.providers.base import Endpoint, Provider, Reply
+from shipyard.providers.base import Provider
 from shipyard.providers.openai import OpenAIProvider
 from shipyard.providers.python import PythonProvider
 from shipyard.providers.sim import SimProvider
 
-__all__ = ["Endpoint", "Provider", "Reply", "build_provider"]
+__all__ = ["Provider", "build_provider"]
 
 _KINDS: dict[str, type[OpenAIProvider] | type[PythonProvider] | type[SimProvider]] = {
     "openai": OpenAIProvider,

@@ -8,35 +8,12 @@ provider implements the same two methods.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from shipyard.config.targets import ProviderConfig
+from shipyard.pipeline import Endpoint, Reply
 
-__all__ = ["Endpoint", "Provider", "Reply"]
-
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
-
-
-@dataclass(slots=True)
-class Reply:
-    """What an upstream answered.
-
-    Non-streaming: `body` holds the JSON bytes and `data` the parsed object (a provider that
-    parses anyway fills it; otherwise the gateway parses `body`). Streaming: `stream` yields raw
-    SSE bytes exactly as they should reach the client (`data: {...}\\n\\n` ... `data: [DONE]`).
-    """
-
-    status: int = 200
-    body: bytes = b""
-    data: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    upstream_ms: float = 0.0
-    # Shipyard asked the upstream for stream usage the client did not ask for: drop that event.
-    usage_injected: bool = False
-
+__all__ = ["Provider"]
 
 class Provider(Protocol):
     """An upstream model. `send` raises `shipyard.errors.ShipyardError` subclasses on failure."""

@@ -20,7 +20,7 @@ from shipyard.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from shipyard.providers.base import Endpoint, Reply
+from shipyard.pipeline import Endpoint, Reply
 
 __all__ = ["OpenAIProvider", "UpstreamRejected", "error_from_upstream"]
 

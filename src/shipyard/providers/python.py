@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from shipyard.config.targets import ProviderConfig
 from shipyard.errors import ServiceError, UpstreamError, UpstreamTimeout
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
-from shipyard.providers.base import Endpoint, Reply
+from shipyard.pipeline import Endpoint, Reply
 from shipyard.providers.loading import import_object
 
 __all__ = ["PythonProvider", "call_function"]

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from shipyard.config.targets import ProviderConfig
-from shipyard.providers.base import Endpoint, Reply
+from shipyard.pipeline import Endpoint, Reply
 from shipyard.sim.engine import SimModel
 
 __all__ = ["SimProvider"]

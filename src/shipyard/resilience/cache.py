@@ -21,9 +21,8 @@ from typing import Any
 import orjson
 
 from shipyard.config.resilience import CacheConfig
-from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.observe.tracing import record_span
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Call, Handler, Reply, Stage
 from shipyard.state.base import KeyValue
 
 __all__ = ["CacheStage", "cache_key", "completion_to_sse", "sse_to_completion"]

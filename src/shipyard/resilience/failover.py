@@ -19,20 +19,19 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, cast
 
+from shipyard.config.targets import ModelConfig
 from shipyard.errors import CircuitOpen, ShipyardError, UpstreamTimeout
 from shipyard.observe.tracing import new_span_id, record_span, traceparent
-from shipyard.providers.base import Provider, Reply
+from shipyard.pipeline import Call, Reply
+from shipyard.providers.base import Provider
 from shipyard.resilience.circuit import CircuitBreaker
-from shipyard.resilience.retry import backoff_s, is_retryable, retry_after_s
+from shipyard.resilience.retry import RetryBudget, backoff_s, is_retryable, retry_after_s
 
-if TYPE_CHECKING:  # only for annotations: the pipeline imports this module at run time
-    from shipyard.gateway.pipeline import Call, ModelTarget
-
-__all__ = ["Deployment", "failover", "pick"]
+__all__ = ["Deployment", "Routed", "failover", "pick"]
 
 log = logging.getLogger("shipyard.resilience")
 # Below this much time left, another attempt on the same alias is not worth starting.
@@ -52,6 +51,25 @@ class Deployment:
     @property
     def name(self) -> str:
         return f"{self.provider.name}/{self.model}"
+
+
+class Routed(Protocol):
+    """What failover needs of a model alias (`shipyard.targets.model.ModelTarget`)."""
+
+    @property
+    def alias(self) -> str: ...
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def deployments(self) -> list[Deployment]: ...
+
+    @property
+    def budget(self) -> RetryBudget: ...
+
+    @property
+    def fallback_targets(self) -> Sequence[Routed]: ...
 
 
 def pick(deployments: list[Deployment], avoid: set[Deployment],
@@ -78,7 +96,7 @@ def _counts_as_failure(exc: ShipyardError) -> bool:
     return is_retryable(exc) and exc.status != 429
 
 
-async def _attempt(call: Call, target: ModelTarget, deployment: Deployment,
+async def _attempt(call: Call, target: Routed, deployment: Deployment,
                    remaining: float, span_id: str) -> Reply:
     config = deployment.provider.config
     ctx = call.ctx
@@ -158,7 +176,7 @@ async def _guard_stream(first: bytes | None, rest: AsyncIterator[bytes], deploym
         deployment.in_flight -= 1
 
 
-def _attempt_attributes(target: ModelTarget, deployment: Deployment, attempt: int,
+def _attempt_attributes(target: Routed, deployment: Deployment, attempt: int,
                         position: int, exc: ShipyardError | None) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "shipyard.model": target.alias, "shipyard.deployment": deployment.name,
@@ -174,7 +192,8 @@ async def failover(call: Call) -> Reply:
     ctx = call.ctx
     attempts: list[dict[str, Any]] = []
     last: ShipyardError | None = None
-    chain = [call.target, *call.target.fallback_targets]
+    requested = cast(Routed, call.target)
+    chain = [requested, *requested.fallback_targets]
     # One "upstream" span; each attempt (and each backoff wait) is a child of it.
     upstream_span = new_span_id()
     parent = ctx.current_span
@@ -248,15 +267,15 @@ async def failover(call: Call) -> Reply:
                     log.info("request %s served by fallback %s", ctx.request_id, target.alias)
                 return reply
         raise last if last is not None else CircuitOpen(
-            f"No deployment of '{call.target.alias}' could be tried.")
+            f"No deployment of '{requested.alias}' could be tried.")
     finally:
         failed = last if attempts and attempts[-1].get("outcome") != "ok" else None
         record_span(ctx, "upstream", upstream_started, time.perf_counter(),
                     span_id=upstream_span, parent=parent,
                     error=type(failed).__name__ if failed is not None else None,
-                    attributes={"shipyard.model": call.target.alias,
+                    attributes={"shipyard.model": requested.alias,
                                 "shipyard.attempts": sum("deployment" in a for a in attempts)})
-        rerouted = bool(attempts) and attempts[-1].get("alias") != call.target.alias
+        rerouted = bool(attempts) and attempts[-1].get("alias") != requested.alias
         if len(attempts) > 1 or rerouted:
             attributes = ctx.attributes if ctx.attributes is not None else {}
             attributes["attempts"] = attempts

@@ -6,9 +6,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from shipyard.errors import CapacityError, CircuitOpen, ShipyardError, UpstreamTimeout
-from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.observe.tracing import record_span
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Call, Handler, Reply, Stage
 from shipyard.resilience.admission import Admission
 
 __all__ = ["AdmissionStage"]

@@ -13,11 +13,9 @@ from typing import Any
 
 from shipyard.config.security import RateLimitConfig, RateLimitsConfig
 from shipyard.errors import RateLimited
-from shipyard.gateway.context import RequestContext
-from shipyard.gateway.pipeline import Call, Handler, Stage
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.observe.tracing import record_span
-from shipyard.providers.base import Reply
+from shipyard.pipeline import Call, Handler, Reply, RequestContext, Stage
 from shipyard.security.ratelimit import Bucket, Decision, RateLimiter
 
 __all__ = ["RateLimitStage", "settle_tokens"]

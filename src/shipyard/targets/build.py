@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable, Mapping
 
 from shipyard.config.schema import Config
-from shipyard.gateway.pipeline import ModelTarget, Stage
 from shipyard.guards.answers import GuardHooks
 from shipyard.guards.registry import build_guard_lists
 from shipyard.guards.stage import GuardStage
 from shipyard.observe.metrics import Metrics
+from shipyard.pipeline import Stage
 from shipyard.providers import Provider
 from shipyard.resilience.admission import Admission
 from shipyard.resilience.cache import CacheStage
@@ -22,6 +22,7 @@ from shipyard.resilience.stages import AdmissionStage
 from shipyard.security.limits_stage import RateLimitStage
 from shipyard.security.ratelimit import RateLimiter
 from shipyard.state.base import KeyValue
+from shipyard.targets.model import ModelTarget
 
 __all__ = ["build_targets"]
 
@@ -61,8 +62,7 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
     for alias, model in config.models.items():
         chosen = [deployment(d.provider, d.model or alias, d.weight)
                   for d in model.targets(alias)]
-        targets[alias] = ModelTarget(alias=alias, config=model, deployments=chosen,
-                                     budget=RetryBudget(model.retry))
+        targets[alias] = ModelTarget(alias, model, chosen, RetryBudget(model.retry))
     for alias, target in targets.items():
         target.fallback_targets = [targets[name] for name in target.config.fallbacks]
         stages: list[Stage] = [RateLimitStage(alias, limiter, config.rate_limits,
