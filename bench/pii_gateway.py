@@ -76,8 +76,8 @@ def answer_text() -> str:
 
 def in_process(repeat: int) -> dict[str, float]:
     from shipyard.config.trust import PIIConfig
-    from shipyard.gateway.pii import PIIPolicy
     from shipyard.pipeline import RequestContext
+    from shipyard.privacy.policy import PIIPolicy
     from shipyard.state.memory import MemoryKeyValue
 
     policy = PIIPolicy(PIIConfig(mode="pseudonymize"), "models.bench", kv=MemoryKeyValue(),

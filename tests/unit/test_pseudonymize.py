@@ -10,9 +10,9 @@ import pytest
 
 from shipyard.config.trust import PIIConfig
 from shipyard.errors import ConfigError
-from shipyard.gateway.pii import PIIPolicy
 from shipyard.pipeline import RequestContext
 from shipyard.privacy import PIIEngine
+from shipyard.privacy.policy import PIIPolicy
 from shipyard.privacy.pseudonymize import (
     LeakWindow,
     Pseudonymize,

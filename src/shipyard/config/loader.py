@@ -7,6 +7,7 @@ path, the bad value and what to do about it.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from shipyard.config import env
 from shipyard.config.schema import Config
 from shipyard.errors import ConfigError
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["install_python_path", "load_config", "parse_config"]
 
 
 
@@ -90,6 +91,15 @@ def parse_config(
         return Config.model_validate(resolved)
     except ValidationError as exc:
         raise ConfigError(_join(source, _explain(exc, resolved))) from None
+
+
+def install_python_path(config: Config) -> None:
+    """Put the config's `python_path` folders first on `sys.path`, so its `module:function`
+    references import. The one place start-up changes the import path (called by
+    `create_app` and by commands that import a config's code)."""
+    for folder in reversed(config.python_path):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def _join(source: str, problems: list[str]) -> str:

@@ -19,7 +19,7 @@ from shipyard.config.base import NAME_PATTERN, Section
 from shipyard.config.drift import DriftConfig
 from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, RateLimitsConfig
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
-from shipyard.config.targets import ModelConfig, ProviderConfig, ServiceConfig
+from shipyard.config.targets import ModelConfig, ProviderConfig, ServiceConfig, StageSpec
 from shipyard.config.traces import TracesConfig
 
 __all__ = ["Config", "Setting", "iter_settings"]
@@ -74,6 +74,11 @@ class Config(Section):
     slos: list[SLOConfig] = Field(default_factory=list, description="Service level objectives "
                                   "with error budgets and burn-rate alerts (see docs/alerts.md).")
     drift: DriftConfig = Field(default_factory=lambda: DriftConfig())
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="Your own pipeline stages, in every model's and service's chain (after "
+        "limits, admission, PII and input guards; before the cache and the target). See "
+        "docs/architecture.md.")
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -24,7 +24,39 @@ __all__ = [
     "ModelConfig",
     "ProviderConfig",
     "ServiceConfig",
+    "StageSpec",
 ]
+
+
+class StageSpec(Section):
+    """A stage of your own in a target's chain: `package.module:Class` (a `shipyard.Stage`
+    subclass) built with `options` as keyword arguments. A bare string is a stage with no
+    options; other keys beside `stage` are options too (`{stage: mypkg:Tag, team: search}`)."""
+
+    stage: str = Field(description="Your stage class as `package.module:Class`, a subclass of "
+                       "`shipyard.Stage` (see docs/architecture.md, \"Your own stages\").")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Keyword arguments of the stage's class.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"stage": value}
+        if isinstance(value, dict):
+            extra = {k: v for k, v in value.items() if k not in cls.model_fields}
+            if extra:
+                kept = {k: v for k, v in value.items() if k in cls.model_fields}
+                kept["options"] = {**dict(value.get("options") or {}), **extra}
+                return kept
+        return value
+
+    @field_validator("stage")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if not FUNCTION_PATTERN.match(value):
+            raise ValueError(f"must look like 'package.module:Class', got {value!r}")
+        return value
 
 
 class DeploymentConfig(Section):
@@ -156,6 +188,10 @@ class ModelConfig(Section):
     guards: GuardsConfig = Field(
         default_factory=lambda: GuardsConfig(),
         description="Input and output guards (see docs/guards.md).")
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="Your own pipeline stages for this alias, after the global `stages` "
+        "(see docs/architecture.md).")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelConfig:
@@ -194,6 +230,22 @@ class ServiceConfig(Section):
     guards: GuardsConfig = Field(
         default_factory=lambda: GuardsConfig(),
         description="Input and output guards (see docs/guards.md).")
+    rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(),
+        description="Limits of this service, all callers together.")
+    cache: CacheConfig = Field(
+        default_factory=lambda: CacheConfig(),
+        description="Response cache, keyed on the validated input (opt in: only for "
+        "functions whose answer depends on their input alone).")
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="Your own pipeline stages for this service, after the global `stages` "
+        "(see docs/architecture.md).")
+    gateway_key: SecretStr | None = Field(
+        None,
+        description="API key the function's own calls to this gateway use with "
+        "`shipyard.client()` (as `{$env: NAME}`); they show as child traces of the "
+        "invocation.")
 
     @field_validator("function", "input_model")
     @classmethod

@@ -238,7 +238,8 @@ class AdminRoutes:
                               text=store_param(request, "text"))
         rows = await asyncio.to_thread(
             lambda: list(iter_traces(self.gw.engine, filters, limit=limit)))
-        return json_response({"object": "list", "data": [self.gw.readable(r) for r in rows]})
+        readable = self.gw.recorder.readable
+        return json_response({"object": "list", "data": [readable(r) for r in rows]})
 
     async def get_trace(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "traces:read")
@@ -247,7 +248,7 @@ class AdminRoutes:
         row = await asyncio.to_thread(get_trace, self.gw.engine, trace_id, tenant_id=tenant)
         if row is None:
             raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
-        return json_response(self.gw.readable(row))
+        return json_response(self.gw.recorder.readable(row))
 
     # -- alerts -----------------------------------------------------------------------------
     async def list_alerts(self, request: Request) -> Response:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shipyard.config import env
-from shipyard.config.loader import load_config
+from shipyard.config.loader import install_python_path, load_config
 from shipyard.config.schema import Config
 from shipyard.config.server import CorsConfig
 from shipyard.errors import (
@@ -29,7 +29,7 @@ from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
-from shipyard.gateway.http import error_response
+from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.runtime import Gateway
@@ -55,6 +55,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     With `migrate=False` the store schema is assumed current (`shipyard serve` migrates before
     it starts the serving process).
     """
+    install_python_path(config)
     gateway = Gateway(config, engine=engine, migrate=migrate)
 
     @asynccontextmanager
@@ -86,9 +87,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
         return error_response(error)
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(ShipyardError(
-            f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged."))
+        return error_response(internal_error(exc))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),

@@ -84,7 +84,7 @@ class FeedbackRoutes:
     async def _trace(self, trace_id: str, tenant: str) -> dict[str, Any]:
         engine = self.gw.engine
         row = await asyncio.to_thread(get_trace, engine, trace_id, tenant_id=tenant)
-        writer = self.gw.writer
+        writer = self.gw.recorder.writer
         if row is None and writer is not None:
             # Traces are written off the hot path; feedback sent right after the answer may
             # arrive before its trace (queued, or in a batch being committed). Give the writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -12,9 +13,23 @@ from starlette.responses import Response
 from shipyard.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, ShipyardError
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 
-__all__ = ["error_response", "json_response", "read_json", "request_priority"]
+__all__ = ["CONVERSATION_HEADER", "conversation_of", "error_response", "internal_error",
+           "json_response", "read_json", "request_priority"]
 
 log = logging.getLogger("shipyard.gateway")
+CONVERSATION_HEADER = "x-shipyard-conversation"
+_CONVERSATION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def conversation_of(request: Request) -> str | None:
+    """The `x-shipyard-conversation` header (a conversation id the caller chooses), checked."""
+    value = request.headers.get(CONVERSATION_HEADER)
+    if value is not None and not _CONVERSATION.match(value):
+        raise InvalidRequest(
+            f"Header '{CONVERSATION_HEADER}' is {value[:40]!r}; use 1 to 128 letters, digits "
+            "and . _ : - (a conversation id you choose).", param=CONVERSATION_HEADER,
+            code="invalid_conversation")
+    return value
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -90,6 +105,15 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
         headers=headers,
         media_type="application/json",
     )
+
+
+def internal_error(exc: BaseException, request_id: str | None = None) -> ShipyardError:
+    """The one answer to a bug of ours: logged with its traceback, never shown to the caller."""
+    where = f" with request id {request_id}" if request_id else ""
+    log.error("internal error%s", where, exc_info=exc)
+    return ShipyardError(
+        f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged{where}. "
+        "Retry, and report it if it persists.")
 
 
 def error_response(exc: ShipyardError, *, headers: dict[str, str] | None = None) -> Response:

@@ -12,10 +12,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
-from shipyard.gateway.escalate import ChatEscalation, conversation_of
-from shipyard.gateway.http import error_response, json_response, read_json, request_priority
-from shipyard.gateway.pii import PIISession
+from shipyard.errors import InvalidRequest, ModelNotFound, UpstreamError
+from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.streaming import relay_sse
@@ -31,6 +29,12 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class OpenAIRoutes:
+    """Map the OpenAI endpoints to calls on model targets, and their replies back to HTTP.
+
+    Everything between (limits, admission, escalation, PII, guards, cache, failover) is the
+    target's chain; a route only authenticates, reads and validates the body, resolves the
+    alias, and renders the reply or the error."""
+
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
 
@@ -40,6 +44,9 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, "completions", "completions", validate_completion)
 
+    async def embeddings(self, request: Request) -> Response:
+        return await self._generate(request, "embeddings", "embeddings", _validate_embeddings)
+
     async def _generate(
         self,
         request: Request,
@@ -48,95 +55,50 @@ class OpenAIRoutes:
         validate: Callable[[dict[str, Any]], tuple[str, bool]],
     ) -> Response:
         gw = self.gw
-        ctx = gw.begin(request, route)
+        ctx = gw.recorder.begin(request, route)
         streaming = False
-        pii: PIISession | None = None
-        escalation: ChatEscalation | None = None
         try:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             alias, stream = validate(body)
-            target = gw.model(alias, "chat", ctx, principal)
+            target = gw.model(alias, "embedding" if endpoint == "embeddings" else "chat", ctx,
+                              principal)
             ctx.stream = stream
-            policy = gw.escalations.for_model(alias) if endpoint == "chat/completions" else None
-            if policy is not None:
-                escalation = ChatEscalation(
-                    gw, ctx, policy, conversation_of(request), principal, body, stream=stream,
-                    include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
-                early = await escalation.before()
-                if early is not None:
-                    return early
-            payload = _apply_limits(target, body)
-            pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
-            payload = self._protect(ctx, pii, body, payload)
+            ctx.request_payload = body
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
-            call = Call(ctx, endpoint, payload, stream, target, client_wants_usage=wants_usage,
-                        deadline=_deadline(request, target), priority=request_priority(request),
-                        principal=principal, conversation_id=escalation.conversation_id
-                        if escalation is not None else None)
+            call = Call(ctx, endpoint, _apply_limits(target, body), stream, target,
+                        client_wants_usage=wants_usage, deadline=_deadline(request, target),
+                        priority=request_priority(request), principal=principal,
+                        conversation_id=conversation_of(request))
             started = time.perf_counter()
             reply = await target.handler(call)
-            if escalation is not None:
-                handed_over = await escalation.after(reply)
-                if handed_over is not None:
-                    return handed_over
             if stream and reply.stream is not None:
                 ctx.upstream_ms = reply.upstream_ms
                 headers = {**_SSE_HEADERS, **gw.headers(ctx), **_shipyard_headers(reply),
                            "x-shipyard-model": call.served_by or alias}
                 streaming = True
                 return StreamingResponse(
-                    self._stream(ctx, reply.stream, payload, wants_usage,
-                                 reply.usage_injected, started, pii),
+                    self._stream(ctx, reply.stream, call.payload, wants_usage,
+                                 reply.usage_injected, started),
                     media_type="text/event-stream", headers=headers)
-            return self._complete(ctx, call, endpoint, payload, reply, pii)
-        except ShipyardError as exc:
-            gw.fail(ctx, exc)
-            if escalation is not None:
-                handed_over = await escalation.failed(exc)
-                if handed_over is not None:
-                    return handed_over
-            return error_response(exc, headers=gw.headers(ctx))
+            return self._complete(ctx, call, endpoint, reply)
         except Exception as exc:
-            return self._internal(ctx, exc)
+            return gw.error(ctx, exc)
         finally:
             if not streaming:
-                if pii is not None:
-                    await pii.close()
-                gw.finish(ctx)
-
-    def _protect(self, ctx: RequestContext, pii: PIISession | None, body: dict[str, Any],
-                 payload: dict[str, Any]) -> dict[str, Any]:
-        """Capture the request for the trace and return what the upstream gets, both cleaned
-        of personal data as the alias's `pii` policy says."""
-        if pii is None:
-            ctx.request_body = self.gw.capture_body(ctx, body)
-            return payload
-        cleaned = pii.clean_chat(payload)
-        ctx.request_body = self.gw.capture_body(
-            ctx, cleaned if pii.policy.clean_traces else body)
-        return cleaned if pii.policy.clean_request else payload
-
-    def _internal(self, ctx: RequestContext, exc: Exception) -> Response:
-        log.exception("internal error in request %s", ctx.request_id)
-        error = ShipyardError(
-            f"Shipyard hit an internal error ({type(exc).__name__}); it has been logged with "
-            f"request id {ctx.request_id}. Retry, and report it if it persists.")
-        self.gw.fail(ctx, error)
-        return error_response(error, headers=self.gw.headers(ctx))
+                gw.recorder.finish(ctx)
 
     async def _stream(self, ctx: RequestContext, source: AsyncIterator[bytes],
                       payload: dict[str, Any], wants_usage: bool, drop_usage: bool,
-                      started: float, pii: PIISession | None) -> AsyncIterator[bytes]:
+                      started: float) -> AsyncIterator[bytes]:
         sent = 0
-        rewriter = pii.stream() if pii is not None else None
         try:
             async for chunk in relay_sse(
                 source, ctx, payload=payload, client_wants_usage=wants_usage,
                 drop_usage_event=drop_usage, keep_text=ctx.capture == "full",
-                upstream_started=started, rewrite=rewriter,
+                upstream_started=started,
             ):
                 sent += len(chunk)
                 yield chunk
@@ -147,17 +109,10 @@ class OpenAIRoutes:
             raise
         finally:
             ctx.response_bytes = sent
-            if ctx.response_body is not None:
-                if rewriter is not None and rewriter.session.policy.clean_traces:
-                    ctx.response_body = rewriter.trace_text()
-                ctx.response_body = self.gw.capture_body(ctx, ctx.response_body)
-            if pii is not None:
-                await pii.close()
-            self.gw.finish(ctx)
+            self.gw.recorder.finish(ctx)
 
     def _complete(self, ctx: RequestContext, call: Call, endpoint: Endpoint,
-                  payload: dict[str, Any], reply: Reply,
-                  pii: PIISession | None = None) -> Response:
+                  reply: Reply) -> Response:
         ctx.upstream_ms = reply.upstream_ms
         body = reply.body
         data = reply.data
@@ -172,6 +127,8 @@ class OpenAIRoutes:
                 raise UpstreamError(
                     f"The upstream '{ctx.provider}' answered with a JSON "
                     f"{type(data).__name__}, not an object.", upstream_status=200)
+        elif not body:
+            body = orjson.dumps(data)
         choices = data.get("choices")
         if endpoint != "embeddings" and isinstance(choices, list) and choices:
             first = choices[0]
@@ -183,50 +140,16 @@ class OpenAIRoutes:
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             ctx.set_usage(usage)
         else:
-            data["usage"] = _estimate_usage(endpoint, payload, data)
+            data["usage"] = _estimate_usage(endpoint, call.payload, data)
             ctx.set_usage(data["usage"], estimated=True)
             body = orjson.dumps(data)
         if ctx.tokens_estimated:
             headers["x-shipyard-usage-estimated"] = "true"
-        traced = data
-        if pii is not None and endpoint != "embeddings":
-            traced, data = pii.answer_chat(data)
-            if not pii.policy.clean_traces:
-                traced = data
-            body = orjson.dumps(data)
         ctx.response_bytes = len(body)
-        ctx.response_body = self.gw.capture_body(ctx, traced)
+        ctx.response_payload = reply.traced if reply.traced is not None else data
         ctx.status = 200
         headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
         return json_response(None, body=body, headers=headers)
-
-    async def embeddings(self, request: Request) -> Response:
-        gw = self.gw
-        ctx = gw.begin(request, "embeddings")
-        pii: PIISession | None = None
-        try:
-            gw.refuse_if_draining()
-            principal = await gw.authorize(request, "inference", ctx)
-            gw.check_budget(ctx)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
-            alias = validate_embeddings(body)
-            target = gw.model(alias, "embedding", ctx, principal)
-            pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
-            payload = self._protect(ctx, pii, body, dict(body))
-            call = Call(ctx, "embeddings", payload, False, target,
-                        deadline=_deadline(request, target), priority=request_priority(request),
-                        principal=principal)
-            reply = await target.handler(call)
-            return self._complete(ctx, call, "embeddings", payload, reply)
-        except ShipyardError as exc:
-            gw.fail(ctx, exc)
-            return error_response(exc, headers=gw.headers(ctx))
-        except Exception as exc:
-            return self._internal(ctx, exc)
-        finally:
-            if pii is not None:
-                await pii.close()
-            gw.finish(ctx)
 
     def _model_card(self, target: ModelTarget) -> dict[str, Any]:
         return {"id": target.alias, "object": "model", "created": self.gw.created,
@@ -235,17 +158,21 @@ class OpenAIRoutes:
     async def list_models(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "models:read")
         cards = [self._model_card(t) for alias, t in sorted(self.gw.models.items())
-                 if principal.models is None or alias in principal.models]
+                 if principal.may_list_model(alias)]
         return json_response({"object": "list", "data": cards})
 
     async def get_model(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "models:read")
         alias = request.path_params["model"]
         target = self.gw.models.get(alias)
-        if target is None or (principal.models is not None and alias not in principal.models):
+        if target is None or not principal.may_list_model(alias):
             raise ModelNotFound(f"The model '{alias}' does not exist; see GET /v1/models for "
                                 "the available models.", param="model")
         return json_response(self._model_card(target))
+
+
+def _validate_embeddings(body: dict[str, Any]) -> tuple[str, bool]:
+    return validate_embeddings(body), False
 
 
 def _shipyard_headers(reply: Reply) -> dict[str, str]:

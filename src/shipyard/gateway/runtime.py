@@ -1,75 +1,59 @@
-"""The gateway runtime: config, providers, store and writer, and the begin/finish of requests."""
+"""The gateway runtime: what one gateway process holds — config, store, providers, shared
+state, the targets and their chains — and what routes ask of it before a call (who is
+calling, may they, is there budget and capacity)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import signal
-import sys
 import threading
 import time
-from types import FrameType, SimpleNamespace
+from types import FrameType
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine
 from starlette.requests import Request
+from starlette.responses import Response
 
 from shipyard.config.schema import Config
-from shipyard.config.traces import default_spool_dir
 from shipyard.errors import (
     CapacityError,
     ConfigError,
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     ShipyardError,
 )
-from shipyard.escalation import Escalations, OverdueChecker, caller_of
+from shipyard.escalation import Escalations
+from shipyard.escalation.stage import guard_hook
 from shipyard.gateway.auth import Authenticator, Principal
-from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
-from shipyard.guards.answers import Escalation as GuardEscalation
+from shipyard.gateway.background import Background
+from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.recorder import Recorder
 from shipyard.guards.answers import GuardHooks
-from shipyard.monitor.alerts import AlertEvaluator
 from shipyard.observe.metrics import Metrics
-from shipyard.observe.tracing import parse_traceparent, record_span, sampled
+from shipyard.observe.tracing import record_span
 from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
 from shipyard.security.audit import AuditLog
 from shipyard.security.budgets import BudgetGuard
-from shipyard.security.crypto import PayloadCipher, redact_encrypted
+from shipyard.security.crypto import PayloadCipher
 from shipyard.security.jwt import JWTVerifier
-from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
 from shipyard.store.engine import create_store_engine, migrate, ping
-from shipyard.store.retention import RetentionTask
-from shipyard.store.spool import Spool
-from shipyard.store.writer import TraceWriter
-from shipyard.targets.build import build_targets
+from shipyard.targets.build import Shared, build_targets
 from shipyard.targets.model import ModelTarget
-from shipyard.targets.service import HostedService
+from shipyard.targets.service import ServiceTarget
 
 __all__ = ["Gateway"]
 
 log = logging.getLogger("shipyard.gateway")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def _otlp_exporter(config: Config, metrics: Metrics) -> Any:
-    """The OTLP exporter; its module (and the OpenTelemetry SDK, ~15 MiB resident) is imported
-    only when `traces.otlp` is configured."""
-    if config.traces.otlp is None:
-        return None
-    from shipyard.observe.otlp import OTLPExporter
-
-    return OTLPExporter(config.traces.otlp,
-                        on_failed=lambda n: metrics.spans_export_failed.inc(n))
 
 
 class Gateway:
@@ -79,9 +63,6 @@ class Gateway:
                  migrate: bool = True) -> None:
         self.config = config
         self._migrate = migrate and config.store.migrate
-        for folder in reversed(config.python_path):
-            if folder not in sys.path:
-                sys.path.insert(0, folder)  # so module:function references import
         self.metrics = Metrics()
         self.engine = engine or create_store_engine(config.store.url)
         verifier = JWTVerifier(config.auth.oidc) if config.auth.oidc is not None else None
@@ -96,99 +77,36 @@ class Gateway:
         server = config.server
         self.admission = Admission("The gateway", max_in_flight=server.max_in_flight,
                                    max_queue=server.max_queue, max_queue_ms=server.max_queue_ms)
-        self.limiter: RateLimiter = (
+        limiter: RateLimiter = (
             RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
             if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
-        # Where escalation plugs in: `gateway.guard_hooks.on_escalate = ...`.
-        self.guard_hooks = GuardHooks()
-        self.models: dict[str, ModelTarget] = build_targets(
-            config, self.providers, self.metrics, global_admission=self.admission,
-            cache_store=self.kv, limiter=self.limiter, guard_hooks=self.guard_hooks)
-        self._background: set[asyncio.Task[None]] = set()
         keys = [k.get_secret_value() for k in config.traces.encryption_keys]
         self.cipher = PayloadCipher(keys) if keys else None
-        self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
-                                  for name, p in config.pricing.items()})
         self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
+        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
+        self.background = Background(config, self.engine, self.metrics,
+                                     escalations=self.escalations, cipher=self.cipher)
+        self.recorder = Recorder(
+            config, self.engine, self.metrics, cipher=self.cipher, budgets=self.budgets,
+            prices=PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
+                               for name, p in config.pricing.items()}),
+            spawn=self.background.spawn)
+        # Where escalation plugs into the guards: `gateway.guard_hooks.on_escalate = ...`.
+        self.guard_hooks = GuardHooks(on_escalate=guard_hook(self.escalations, config))
+        targets = build_targets(config, self.providers, Shared(
+            metrics=self.metrics, admission=self.admission, kv=self.kv,
+            persistent_kv=isinstance(self.kv, RedisKeyValue), limiter=limiter,
+            escalations=self.escalations, guard_hooks=self.guard_hooks, cipher=self.cipher,
+            base_url=_base_url(config)))
+        self.models: dict[str, ModelTarget] = targets.models
+        self.services: dict[str, ServiceTarget] = targets.services
         self.metrics.watch_admission(self._queue_depths)
-        self.services: dict[str, HostedService] = {
-            name: HostedService(name, s, metrics=self.metrics)
-            for name, s in config.services.items()
-        }
-        self.model_pii = {alias: self._pii_policy(m.pii, f"models.{alias}", alias)
-                          for alias, m in config.models.items() if m.pii.mode != "off"}
-        self.service_pii = {name: self._pii_policy(s.pii, f"services.{name}", name)
-                            for name, s in config.services.items() if s.pii.mode != "off"}
-        # shipyard.observe.otlp.OTLPExporter when traces.otlp is set, else None
-        self.otlp: Any = _otlp_exporter(config, self.metrics)
-        self.export_ratio = config.traces.otlp.sample_ratio if config.traces.otlp else 1.0
-        self.store_spans = config.traces.spans
-        self.sample_spans = config.traces.sample_spans
-        self.sample_payloads = config.traces.sample_payloads
-        self.retention: RetentionTask | None = None
-        self.writer: TraceWriter | None = None
-        if config.traces.enabled:
-            self.writer = TraceWriter(
-                self.engine,
-                queue_size=config.traces.queue_size,
-                batch_size=config.traces.batch_size,
-                flush_interval_s=config.traces.flush_interval_s,
-                on_drop=lambda n: self.metrics.trace_drops.inc(n),
-                on_write=lambda n: self.metrics.traces_written.inc(n),
-                spool=Spool(default_spool_dir(config), max_bytes=config.traces.spool_max_bytes),
-            )
-            self.metrics.watch_spool(self.writer.spool_status)
-            self.metrics.watch_queue(lambda: self.writer.depth if self.writer else 0)
+        self.audit_log = AuditLog(self.engine)
         self.created = int(time.time())
         self.started = False
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
-        self.alerts = AlertEvaluator(config, self.engine)
-        self.audit_log = AuditLog(self.engine)
-        self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
-        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
-        self.overdue = OverdueChecker(self.escalations)
-        if self.guard_hooks.on_escalate is None:
-            self.guard_hooks.on_escalate = self._guard_escalated
-
-    async def _guard_escalated(self, event: GuardEscalation) -> dict[str, Any] | None:
-        """A guard's `escalate` verdict opens a ticket in the escalation queue, owned by the
-        caller (who may poll it) and tied to the request's conversation. The user is told the
-        alias's or service's escalation message when escalation is enabled on it, else the
-        guards' own `escalated_message`; the ticket id is in `shipyard.escalation`."""
-        is_model = event.target in self.config.models
-        request = SimpleNamespace(
-            tenant_id=event.tenant_id, key_id=None, request_id=event.request_id,
-            trace_id=event.trace_id, service=event.target,
-            model_alias=event.target if is_model else None)
-        conversation = list(event.messages) or [{"role": "user", "content": event.text}]
-        ticket = await self.escalations.open(
-            request, reason=f"guard '{event.guard}' ({event.stage}): {event.verdict.reason}",
-            trigger="guard", conversation=conversation, score=event.verdict.score,
-            conversation_id=event.conversation_id,
-            caller=caller_of(event.principal) if event.principal is not None else None)
-        found = (self.escalations.for_model(event.target) if is_model
-                 else self.escalations.for_service(event.target))
-        if found is None:
-            return self.escalations.field(ticket)
-        return {"message": self.escalations.notice(ticket), **self.escalations.field(ticket)}
-
-    def _pii_policy(self, config: Any, where: str, name: str) -> PIIPolicy:
-        counter = self.metrics.pii_findings
-
-        def count(entity: str, found_in: str, n: int) -> None:
-            counter.labels(name, entity, found_in).inc(n)
-
-        return PIIPolicy(config, where, kv=self.kv, cipher=self.cipher,
-                         persistent_kv=isinstance(self.kv, RedisKeyValue), count=count)
-
-    async def pii_session(self, ctx: RequestContext, policy: PIIPolicy | None,
-                          request: Request) -> PIISession | None:
-        """The request's PII session when its alias or service protects personal data."""
-        if policy is None:
-            return None
-        return await policy.open(ctx, request.headers.get(CONVERSATION_HEADER))
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -200,22 +118,13 @@ class Gateway:
                     f"The store at store.url cannot be migrated ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
                 ) from exc
-        if self.writer is not None:
-            self.writer.start()
-            if self.config.traces.retention.days or self.config.traces.retention.payload_days \
-                    or self.config.traces.retention.tenants:
-                self.retention = RetentionTask(
-                    self.engine, self.config.traces.retention,
-                    on_purge=self.metrics.count_purge)
-                self.retention.start()
+        self.recorder.start()
         if self.budgets.budgets:
             await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
             await provider.start()
-        self.overdue.start()
-        await self._start_drift()
+        await self.background.start(traces=self.recorder.writer is not None)
         self._watch_sigterm()
-        await self.alerts.start()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
 
@@ -237,8 +146,38 @@ class Gateway:
         signal.signal(signal.SIGTERM, on_sigterm)
         self._previous_sigterm = previous
 
+    async def stop(self) -> None:
+        self.drain()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        await self.background.stop()
+        await self.kv.close()
+        for provider in self.providers.values():
+            try:
+                await provider.close()
+            except Exception:  # closing must not stop the flush below
+                log.exception("closing provider %s failed", provider.name)
+        await asyncio.to_thread(self.recorder.stop)
+        self.engine.dispose()
+
+    def drain(self) -> None:
+        """Stop taking new work (readiness goes false, new requests get 503)."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: /readyz is now 503 and new requests are refused")
+
+    async def store_reachable(self) -> bool:
+        """Store health, cached for a second so probes stay cheap."""
+        checked, ok = self._store_ok
+        now = time.monotonic()
+        if now - checked > 1.0:
+            ok = await asyncio.to_thread(ping, self.engine)
+            self._store_ok = (now, ok)
+        return ok
+
     def status(self) -> dict[str, Any]:
-        """Live state for `shipyard status`: circuits, admission, cache, trace writer."""
+        """Live state for `shipyard status`: circuits, admission, budgets, trace writer."""
         models: dict[str, Any] = {}
         for alias, target in sorted(self.models.items()):
             deployments = []
@@ -253,15 +192,15 @@ class Gateway:
             models[alias] = {
                 "deployments": deployments, "fallbacks": target.config.fallbacks,
                 "retry_budget_exhausted": target.budget.exhausted,
-                "admission": [{"name": a.name, "in_flight": a.in_flight, "queued": a.queued,
-                               "max_in_flight": a.max_in_flight, "shed": a.shed,
-                               "adaptive": a.adaptive is not None}
-                              for a in target.admissions]}
-        writer = self.writer
+                "admission": _admissions(target.admissions)}
+        services = {name: {"admission": _admissions(s.admissions)}
+                    for name, s in sorted(self.services.items())}
+        writer = self.recorder.writer
         return {
             "draining": self.draining,
             "budgets": self.budgets.status(),
             "models": models,
+            "services": services,
             "traces": None if writer is None else {
                 "queued": writer.depth, "written": writer.written, "dropped": writer.dropped,
                 "lost": writer.lost, **writer.spool_status()},
@@ -269,80 +208,22 @@ class Gateway:
 
     def _queue_depths(self) -> dict[str, int]:
         depths = {"global": self.admission.queued}
-        for alias, target in self.models.items():
+        targets: list[ModelTarget | ServiceTarget] = [*self.models.values(),
+                                                      *self.services.values()]
+        for target in targets:
             for admission in target.admissions:
                 if admission is not self.admission:
-                    depths[alias] = admission.queued
+                    depths[target.name] = admission.queued
         return depths
 
-    def drain(self) -> None:
-        """Stop taking new work (readiness goes false, new requests get 503)."""
-        if not self.draining:
-            self.draining = True
-            log.info("draining: /readyz is now 503 and new requests are refused")
-
-    async def _start_drift(self) -> None:
-        """Scheduled drift checks (`drift:` in the config); needs the `monitor` extra."""
-        if not (self.config.drift.enabled and self.config.drift.checks):
-            return
-        try:  # optional extra: imported only when drift checks are configured
-            from shipyard.monitor.drift_checks import DriftScheduler
-        except ImportError as exc:
-            raise ConfigError(f"drift.checks needs numpy and scipy ({exc}); install them with "
-                              "pip install 'shipyard[monitor]'.") from exc
-        self.drift = DriftScheduler(self.engine, self.config.drift,
-                                    decrypt=self.cipher.decrypt if self.cipher else None)
-        await self.drift.start()
-
-    async def stop(self) -> None:
-        if self.drift is not None:
-            await self.drift.stop()
-        self.drain()
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
-        await self.overdue.stop()
-        await self.alerts.stop()
-        await self.kv.close()
-        for provider in self.providers.values():
-            try:
-                await provider.close()
-            except Exception:  # closing must not stop the flush below
-                log.exception("closing provider %s failed", provider.name)
-        if self.retention is not None:
-            await self.retention.stop()
-        if self.writer is not None:
-            await asyncio.to_thread(self.writer.stop)
-            log.info("traces flushed: %d written, %d dropped, %d lost",
-                     self.writer.written, self.writer.dropped, self.writer.lost)
-        if self.otlp is not None:
-            await asyncio.to_thread(self.otlp.shutdown)
-        self.engine.dispose()
-
-    async def store_reachable(self) -> bool:
-        """Store health, cached for a second so probes stay cheap."""
-        checked, ok = self._store_ok
-        now = time.monotonic()
-        if now - checked > 1.0:
-            ok = await asyncio.to_thread(ping, self.engine)
-            self._store_ok = (now, ok)
-        return ok
-
-    # -- requests ---------------------------------------------------------------------------
-    def begin(self, request: Request, route: str) -> RequestContext:
-        """Start a request: its context carries a fresh trace id, the request id, and the
-        caller's W3C trace when it sent `traceparent`."""
-        trace_id = os.urandom(16).hex()  # 4x cheaper than uuid4().hex, same entropy
-        headers = request.headers
-        given = headers.get("x-request-id")
-        request_id = given if given is not None and _REQUEST_ID.match(given) else "req_" + trace_id
-        self.metrics.in_flight.inc()
-        parent = headers.get("traceparent")
-        ctx = RequestContext(request_id, route, trace_id,
-                             parent=parse_traceparent(parent) if parent else None)
-        if self.export_ratio < 1.0 and ctx.parent_span_id is None:
-            ctx.sampled = sampled(trace_id, self.export_ratio)  # a new trace: our own decision
-        return ctx
+    # -- before a call ----------------------------------------------------------------------
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            self.metrics.shed.labels("drain").inc()
+            raise CapacityError(
+                "This Shipyard instance is shutting down and takes no new requests; retry "
+                "(another replica will answer).",
+                headers={"retry-after": "1", "connection": "close"})
 
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:
@@ -360,49 +241,18 @@ class Gateway:
         ctx.key_id = principal.key_id
         return principal
 
-    def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
-              outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
-        """Append a control-plane action to the audit log, off the event loop."""
-        def append() -> None:
-            try:
-                self.audit_log.append(tenant_id=tenant_id, actor=actor, action=action,
-                                      target=target, outcome=outcome, details=details)
-            except Exception:  # the action happened; a failed audit write is loud, not fatal
-                log.exception("audit log append failed for %s %s", action, target)
-
-        self._spawn(asyncio.to_thread(append))
-
     def check_budget(self, ctx: RequestContext) -> None:
         """Refuse the request when its tenant's or key's hard budget is spent."""
         if not self.budgets.budgets:
             return
         if self.budgets.claim_reload():
-            self._spawn(asyncio.to_thread(self.budgets.reload))
+            self.background.spawn(asyncio.to_thread(self.budgets.reload))
         self.budgets.check(ctx.tenant_id, ctx.key_id)
-
-    def _budget_alert(self, budget: Any, spent: float) -> None:
-        scope = "key" if budget.key else "tenant"
-        self.metrics.budget_alerts.labels(scope).inc()
-        self.audit(tenant_id=budget.tenant or "default", actor="shipyard",
-                   action="budget.soft_threshold", target=budget.key or budget.tenant,
-                   details={"period": budget.period, "limit_usd": budget.limit_usd,
-                            "spent_usd": round(spent, 6)})
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def refuse_if_draining(self) -> None:
-        if self.draining:
-            self.metrics.shed.labels("drain").inc()
-            raise CapacityError(
-                "This Shipyard instance is shutting down and takes no new requests; retry "
-                "(another replica will answer).",
-                headers={"retry-after": "1", "connection": "close"})
 
     def model(self, alias: str, kind: str, ctx: RequestContext,
               principal: Principal) -> ModelTarget:
+        """The model alias a request names, if it exists, has the right type, and the
+        caller may use it; notes it on the context."""
         target = self.models.get(alias)
         if target is None:
             known = ", ".join(sorted(self.models)) or "none are configured"
@@ -418,17 +268,49 @@ class Gateway:
         principal.may_use_model(alias)
         ctx.service = alias
         ctx.model_alias = alias
-        self.set_capture(ctx, target.config.capture)
+        self.recorder.set_capture(ctx, target.config.capture)
         return target
 
-    def set_capture(self, ctx: RequestContext, capture: str) -> None:
-        """Note what the trace keeps; `full` capture of bodies is sampled
-        (`traces.sample_payloads`, decided from the trace id), everything else is always kept."""
-        if capture == "full" and self.sample_payloads < 1.0 and not sampled(
-                ctx.otel_trace_id, self.sample_payloads):
-            capture = "metadata"
-            self.metrics.payloads_skipped.inc()
-        ctx.capture = capture
+    def service(self, name: str, ctx: RequestContext, principal: Principal) -> ServiceTarget:
+        """The service a request names, if it exists and the caller may call it."""
+        target = self.services.get(name)
+        if target is None:
+            known = ", ".join(sorted(self.services)) or "none are configured"
+            raise NotFound(f"The service '{name}' does not exist; available services: "
+                           f"{known} (see GET /v1/services).", param="name")
+        principal.may_use_service(name)
+        ctx.service = name
+        ctx.provider = "python"
+        self.recorder.set_capture(ctx, target.config.capture)
+        return target
+
+    # -- around a call ----------------------------------------------------------------------
+    def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
+              outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
+        """Append a control-plane action to the audit log, off the event loop."""
+        def append() -> None:
+            try:
+                self.audit_log.append(tenant_id=tenant_id, actor=actor, action=action,
+                                      target=target, outcome=outcome, details=details)
+            except Exception:  # the action happened; a failed audit write is loud, not fatal
+                log.exception("audit log append failed for %s %s", action, target)
+
+        self.background.spawn(asyncio.to_thread(append))
+
+    def _budget_alert(self, budget: Any, spent: float) -> None:
+        scope = "key" if budget.key else "tenant"
+        self.metrics.budget_alerts.labels(scope).inc()
+        self.audit(tenant_id=budget.tenant or "default", actor="shipyard",
+                   action="budget.soft_threshold", target=budget.key or budget.tenant,
+                   details={"period": budget.period, "limit_usd": budget.limit_usd,
+                            "spent_usd": round(spent, 6)})
+
+    def error(self, ctx: RequestContext, exc: Exception) -> Response:
+        """The error answer of a request (our own bugs become a logged 500), noted on its
+        trace."""
+        error = exc if isinstance(exc, ShipyardError) else internal_error(exc, ctx.request_id)
+        self.fail(ctx, error)
+        return error_response(error, headers=self.headers(ctx))
 
     def fail(self, ctx: RequestContext, exc: ShipyardError) -> None:
         ctx.status = exc.status
@@ -442,132 +324,18 @@ class Gateway:
             "x-shipyard-overhead-ms": f"{ctx.overhead_ms():.3f}",
         }
 
-    def finish(self, ctx: RequestContext) -> None:
-        """Count the request and queue its trace; never raises, never blocks."""
-        try:
-            queued = finishing = time.perf_counter()  # the root span ends with this call
-            self.metrics.in_flight.dec()
-            service = ctx.service or ""
-            model = ctx.model_alias or ""
-            total_s = ctx.elapsed_ms() / 1000.0
-            count, latency = self.metrics.request_series(ctx.route, service, model, ctx.status)
-            count.inc()
-            latency.observe(total_s)
-            if ctx.upstream_ms is not None and ctx.provider:
-                self.metrics.upstream_latency.labels(ctx.provider).observe(ctx.upstream_ms / 1e3)
-            self.metrics.overhead.observe(ctx.overhead_ms() / 1000.0)
-            if ctx.ttft_ms is not None:
-                self.metrics.ttft.labels(service, model).observe(ctx.ttft_ms / 1000.0)
-            if ctx.prompt_tokens:
-                self.metrics.tokens.labels(service, model, "prompt").inc(ctx.prompt_tokens)
-            if ctx.completion_tokens:
-                self.metrics.tokens.labels(service, model, "completion").inc(
-                    ctx.completion_tokens)
-            if ctx.attributes:
-                self._count_attempts(model, ctx.attributes)
-            if ctx.rate_limit is not None:
-                self._spawn(settle_tokens(ctx))
-            if ctx.total_tokens and ctx.cost_usd is None and ctx.status < 400:
-                ctx.cost_usd = self.prices.cost(
-                    alias=ctx.model_alias, upstream_model=ctx.upstream_model,
-                    prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
-                if ctx.cost_usd:
-                    self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
-                    self.budgets.add(ctx.tenant_id, ctx.key_id, ctx.cost_usd)
-            if ctx.shed_by is not None:
-                self.metrics.shed.labels(ctx.shed_by).inc()
-            if self.writer is not None:
-                if ctx.capture == "none":
-                    ctx.request_bytes = ctx.response_bytes = None
-                    ctx.finish_reason = None
-                    ctx.attributes = None
-                record = ctx.to_record()
-                if self.store_spans and ctx.capture != "none" and self._keep_spans(ctx):
-                    # Raw tuples: the writer thread turns them into rows, off the event loop.
-                    finishing = time.perf_counter()
-                    record_span(ctx, "store.write", queued, finishing, parent=ctx.root_span)
-                    record["spans"] = [(ctx.root_span, ctx.parent_span_id, ctx.route,
-                                        ctx.t0, finishing, ctx.error_type, None), *ctx.spans]
-                    record["spans_t0"] = ctx.t0
-                self.writer.submit(record)
-            if self.otlp is not None and ctx.sampled:
-                # After the response has gone out: the loop runs this on its next turn.
-                asyncio.get_running_loop().call_soon(self._export, ctx, finishing)
-        except Exception:  # recording must never break a response
-            log.exception("recording request %s failed", ctx.request_id)
 
-    def _keep_spans(self, ctx: RequestContext) -> bool:
-        """Spans of every failed, retried or fallen-back request; a sample of the others."""
-        if ctx.status >= 400 or ctx.error_type is not None or self.sample_spans >= 1.0:
-            return True
-        attempts = (ctx.attributes or {}).get("attempts")
-        if isinstance(attempts, list) and len(attempts) > 1:
-            return True
-        return sampled(ctx.otel_trace_id, self.sample_spans)
+def _admissions(admissions: list[Admission]) -> list[dict[str, Any]]:
+    return [{"name": a.name, "in_flight": a.in_flight, "queued": a.queued,
+             "max_in_flight": a.max_in_flight, "shed": a.shed,
+             "adaptive": a.adaptive is not None} for a in admissions]
 
-    def _export(self, ctx: RequestContext, end: float) -> None:
-        try:
-            attributes: dict[str, Any] = {
-                "shipyard.route": ctx.route, "shipyard.request_id": ctx.request_id,
-                "shipyard.record_id": ctx.trace_id, "shipyard.tenant": ctx.tenant_id,
-                "http.response.status_code": ctx.status}
-            for key, value in (("shipyard.service", ctx.service),
-                               ("gen_ai.request.model", ctx.model_alias),
-                               ("gen_ai.response.model", ctx.upstream_model),
-                               ("shipyard.provider", ctx.provider),
-                               ("gen_ai.usage.input_tokens", ctx.prompt_tokens),
-                               ("gen_ai.usage.output_tokens", ctx.completion_tokens),
-                               ("shipyard.cost_usd", ctx.cost_usd),
-                               ("shipyard.ttft_ms", ctx.ttft_ms),
-                               ("shipyard.queue_ms", ctx.queue_ms),
-                               ("error.type", ctx.error_type)):
-                if value is not None:
-                    attributes[key] = value
-            name = f"{ctx.route} {ctx.service}" if ctx.service else ctx.route
-            self.otlp.export(
-                trace_id=ctx.otel_trace_id, remote_parent=ctx.parent_span_id,
-                root_span=ctx.root_span, root_name=name, root_attributes=attributes,
-                error=ctx.error_type, spans=ctx.spans, t0=ctx.t0,
-                t0_ns=int(ctx.started_at.timestamp() * 1e9), end=end)
-        except Exception:  # exporting must never break serving
-            log.exception("exporting the spans of request %s failed", ctx.request_id)
 
-    def _count_attempts(self, model: str, attributes: dict[str, Any]) -> None:
-        attempts = attributes.get("attempts")
-        if attempts:
-            tried = 0
-            for attempt in attempts:
-                outcome = attempt.get("outcome", "")
-                if outcome == "retry_budget_spent":
-                    self.metrics.retry_budget_spent.labels(model).inc()
-                    continue
-                if "deployment" in attempt:
-                    tried += 1
-                    self.metrics.attempts.labels(
-                        attempt.get("alias", model), attempt["deployment"], outcome).inc()
-            if tried > 1:
-                self.metrics.retries.labels(model).inc(tried - 1)
-            served = attempts[-1].get("alias")
-            if served and served != model and attempts[-1].get("outcome") == "ok":
-                self.metrics.fallbacks.labels(model, served).inc()
-        cache = attributes.get("cache")
-        if cache:
-            self.metrics.cache.labels(model, cache).inc()
-
-    def capture_body(self, ctx: RequestContext, value: Any) -> str | None:
-        """Serialise a payload for `capture: full`, truncated to traces.max_payload_chars."""
-        if ctx.capture != "full":
-            return None
-        text = value if isinstance(value, str) else orjson.dumps(value).decode()
-        limit = self.config.traces.max_payload_chars
-        if len(text) > limit:
-            text = text[:limit] + "…[truncated]"
-        return self.cipher.encrypt(text) if self.cipher is not None else text
-
-    def readable(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A stored trace with its payloads decrypted (when this gateway holds the keys)."""
-        for key in ("request_body", "response_body"):
-            value = row.get(key)
-            if isinstance(value, str):
-                row[key] = self.cipher.decrypt(value) if self.cipher else redact_encrypted(value)
-        return row
+def _base_url(config: Config) -> str:
+    """Where a hosted service's own calls reach this gateway (`shipyard.client()`)."""
+    server = config.server
+    if server.public_url:
+        return server.public_url.rstrip("/") + "/v1"
+    scheme = "https" if server.tls_certfile else "http"
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    return f"{scheme}://{host}:{server.port}/v1"

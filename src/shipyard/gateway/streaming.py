@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from shipyard.errors import ShipyardError, UpstreamUnavailable
-from shipyard.gateway.pii import StreamRewriter
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.pipeline import RequestContext
 
@@ -46,12 +45,11 @@ async def relay_sse(
     drop_usage_event: bool,
     keep_text: bool,
     upstream_started: float,
-    rewrite: StreamRewriter | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE bytes for the client; fills `ctx` (ttft, usage, finish reason, status).
 
-    `rewrite` (personal data protection) may change each event's text before it is sent, and
-    releases the text it held back before the end of the stream."""
+    The answer text is kept for the trace (`keep_text`) unless a stage already set what the
+    trace keeps (the PII stage keeps placeholders, not the caller's restored values)."""
     buffer = b""
     pieces: list[str] = []
     saw_done = False
@@ -96,9 +94,6 @@ async def relay_sse(
                     if not base and "id" in obj:
                         base = {k: obj[k] for k in ("id", "object", "created", "model")
                                 if k in obj}
-                    if rewrite is not None:
-                        obj = rewrite.event(obj)
-                        event = b"data: " + orjson.dumps(obj)
                     choices = obj.get("choices")
                     if choices:
                         _note_choices(choices, ctx, pieces)
@@ -117,10 +112,6 @@ async def relay_sse(
             raise UpstreamUnavailable(
                 f"The upstream '{ctx.provider}' ended the stream before it was complete."
             )
-        if rewrite is not None:
-            for obj in rewrite.finish():
-                _note_choices(obj["choices"], ctx, pieces)
-                yield b"data: " + orjson.dumps(obj) + b"\n\n"
         if ctx.total_tokens is None:
             text = "".join(pieces)
             prompt = _prompt_tokens(payload)
@@ -130,7 +121,7 @@ async def relay_sse(
             ctx.set_usage(usage, estimated=True)
             if client_wants_usage:
                 yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
-        if keep_text:
+        if keep_text and ctx.response_body is None:
             ctx.response_body = "".join(pieces)
         ctx.status = 200
         yield _DONE
@@ -139,7 +130,7 @@ async def relay_sse(
         ctx.status = exc.status
         ctx.error_type = type(exc).__name__
         ctx.error_message = exc.message
-        if keep_text:
+        if keep_text and ctx.response_body is None:
             ctx.response_body = "".join(pieces)
         yield error_event(exc)
 

@@ -97,8 +97,10 @@ def _passages(texts: Sequence[str], size: int = 3) -> list[str]:
 class GroundingGuard(Guard):
     """Check each sentence of an answer against the retrieved context.
 
-    The context is the subject's `context` (a service's `context`/`documents` input field) or,
-    for chat, the content of messages whose role is in `roles` (default: `tool` and `system`).
+    The context is the subject's `context` (what a service's function returned with
+    `shipyard.Result`, or its `context`/`documents` input field) or, for chat, the content of
+    messages whose role is in `roles` (default: `tool` and `system`). With no context at all
+    the verdict is allow with the reason `skipped: no context`, visible on the trace.
     `threshold`: support a claim needs (0-1). `action`: `remove` unsupported sentences (a fix;
     blocks when nothing supported is left), `block`, `escalate`, or `flag` (record, allow).
     """
@@ -126,8 +128,9 @@ class GroundingGuard(Guard):
 
     def check(self, subject: Subject) -> Verdict:
         context = self._context(subject)
-        if not context:
-            return Verdict.allow()  # nothing to ground in: not a retrieval answer
+        if not context:  # nothing to ground in: say so on the trace rather than pass silently
+            return Verdict("allow", 0.0, "skipped: no context", None, "skipped",
+                           {"skipped": "no context"})
         passages = _passages(context)
         parts = sentences(subject.text)
         unsupported: list[int] = []

@@ -1,10 +1,18 @@
-"""The guard stage of a model alias: input guards before the model, output guards after.
+"""The guard stage of a model alias or hosted service: input guards before the target, output
+guards after.
 
-Attached by `shipyard.gateway.targets` only when the alias configures guards, so an alias
-without guards pays nothing. A block or escalate answers in the normal chat shape (see
-`shipyard.guards.answers`); a fix rewrites the last user message (input) or the answer
-(output). An output guard that blocks with feedback (`json_schema`) gets the model re-asked
-with that feedback up to its `retries`, then the request fails with a clear 502.
+Attached by `shipyard.targets.build` only when the target configures guards, so a target
+without guards pays nothing.
+
+- Models: a block or escalate answers in the normal chat shape (see `shipyard.guards.answers`);
+  a fix rewrites the last user message (input) or the answer (output). An output guard that
+  blocks with feedback (`json_schema`) gets the model re-asked with that feedback up to its
+  `retries`, then the request fails with a clear 502.
+- Services: the subject is every string of the JSON input or output, one per line; a fix is
+  applied to each string separately, so the JSON shape never changes; a block or escalate
+  answers `{"output": null, "blocked": true, "message": ...}` with HTTP 200. Grounding context
+  for output guards is the `context` a function returned with `shipyard.Result`, else the
+  input's `context` (or `documents`, `sources`) field.
 """
 
 from __future__ import annotations
@@ -28,9 +36,32 @@ from shipyard.guards.runner import GuardList, Outcome
 from shipyard.guards.streaming import guard_stream
 from shipyard.pipeline import Call, Handler, Reply, Stage
 
-__all__ = ["GuardStage", "chat_subject"]
+__all__ = ["GuardStage", "chat_subject", "strings_of"]
 
 log = logging.getLogger("shipyard.guards")
+_CONTEXT_KEYS = ("context", "documents", "sources")
+
+
+def strings_of(value: Any, out: list[str] | None = None) -> list[str]:
+    """Every string inside a JSON value, depth first."""
+    out = [] if out is None else out
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            strings_of(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            strings_of(item, out)
+    return out
+
+
+def _context_of(data: Any) -> list[str]:
+    if isinstance(data, dict):
+        for key in _CONTEXT_KEYS:
+            if key in data:
+                return strings_of(data[key])
+    return []
 
 
 def chat_subject(payload: dict[str, Any], stage: str, target: str) -> Subject:
@@ -80,11 +111,11 @@ def _has_token_ids(prompt: Any) -> bool:
 
 
 class GuardStage(Stage):
-    """Run a model alias's input and output guards around the rest of the pipeline."""
+    """Run a target's input and output guards around the rest of the pipeline."""
 
     def __init__(self, alias: str, config: GuardsConfig, inputs: GuardList,
                  outputs: GuardList, hooks: GuardHooks) -> None:
-        self.alias = alias
+        self.alias = alias  # the model alias or service name
         self.config = config
         self.inputs = inputs
         self.outputs = outputs
@@ -94,6 +125,8 @@ class GuardStage(Stage):
     async def __call__(self, call: Call, call_next: Handler) -> Reply:
         if call.endpoint == "embeddings":
             return await call_next(call)
+        if call.endpoint == "invoke":
+            return await self._service(call, call_next)
         ctx = call.ctx
         trace = _trace(ctx)
         legacy = call.endpoint == "completions"
@@ -114,6 +147,7 @@ class GuardStage(Stage):
                                     "prompt": await self._fix_prompts(prompt, subject)}
                 else:
                     call.payload = _with_user_text(call.payload, outcome.text)
+                _fixed(call)
         if call.stream and self.stream_outputs and _choices(call.payload, legacy) > 1:
             raise InvalidRequest(
                 f"Model '{self.alias}' checks streamed answers a sentence at a time, one answer "
@@ -131,6 +165,52 @@ class GuardStage(Stage):
                 stop=lambda outcome: self._stop_message(call, outcome, subject))
             return reply
         return await self._check_answer(call, call_next, reply, trace, legacy)
+
+    async def _service(self, call: Call, call_next: Handler) -> Reply:
+        ctx = call.ctx
+        trace = _trace(ctx)
+        request = call.payload if isinstance(call.payload, dict) else None
+        if self.inputs:
+            subject = Subject("\n".join(strings_of(call.payload)), "input", self.alias,
+                              context=_context_of(call.payload), request=request)
+            outcome = await self.inputs.run(subject, trace)
+            if outcome.stops:
+                return await self._refuse_service(call, outcome, subject)
+            if outcome.action == "fix":
+                call.payload = await self._fix_value(self.inputs, subject, call.payload)
+                _fixed(call)
+        reply = await call_next(call)
+        if not self.outputs or reply.status >= 400 or reply.body:
+            return reply
+        context = reply.context if reply.context is not None else _context_of(call.payload)
+        subject = Subject("\n".join(strings_of(reply.data)), "output", self.alias,
+                          context=list(context), request=request)
+        outcome = await self.outputs.run(subject, trace)
+        if outcome.stops:
+            return await self._refuse_service(call, outcome, subject)
+        if outcome.action == "fix":
+            reply.data = await self._fix_value(self.outputs, subject, reply.data)
+        return reply
+
+    async def _fix_value(self, guards: GuardList, subject: Subject, value: Any) -> Any:
+        """Each string of a JSON value fixed on its own (not traced or counted again)."""
+        quiet = GuardList(guards.slots, guards.stage, target=guards.target)
+        if isinstance(value, str):
+            outcome = await quiet.run(subject.with_text(value))
+            return outcome.text if outcome.action == "fix" and outcome.text is not None else value
+        if isinstance(value, dict):
+            return {k: await self._fix_value(guards, subject, v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [await self._fix_value(guards, subject, v) for v in value]
+        return value
+
+    async def _refuse_service(self, call: Call, outcome: Outcome, subject: Subject) -> Reply:
+        """A blocked or escalated invocation: HTTP 200, `output: null`, the polite message."""
+        message, meta = await self._stop_message(call, outcome, subject)
+        body = {"id": call.ctx.trace_id, "object": "service.result", "service": self.alias,
+                "output": None, "blocked": True, "message": message, "shipyard": meta}
+        return Reply(body=orjson.dumps(body), data=body, headers={
+            "x-shipyard-guard": f"{outcome.action}:{outcome.guard}"})
 
     async def _fix_prompts(self, prompts: list[Any], subject: Subject) -> list[Any]:
         """A batch of legacy prompts stays a batch (one answer each): each string is fixed
@@ -233,6 +313,12 @@ class GuardStage(Stage):
         except Exception:  # the caller still gets the escalated message, never a 500
             log.exception("escalation hook failed for request %s", ctx.request_id)
             return None
+
+
+def _fixed(call: Call) -> None:
+    """The payload changed: the trace keeps the fixed request."""
+    call.traced_payload = None
+    call.ctx.request_payload = call.payload
 
 
 def _trace(ctx: Any) -> dict[str, Any]:

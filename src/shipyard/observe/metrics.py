@@ -105,6 +105,10 @@ class Metrics:
         self.shed = Counter(
             "shipyard_requests_shed", "Requests refused with 503 by admission control or drain, "
             "by scope (global, a model alias or service, drain).", ("scope",), registry=r)
+        self.outcomes = Counter(
+            "shipyard_request_outcomes", "Requests that did not end in a plain answer, by model "
+            "or service and outcome (cached, fixed, blocked, escalated, shed, limited, error).",
+            ("service", "outcome"), registry=r)
         self.payloads_skipped = Counter(
             "shipyard_payloads_unsampled", "Requests whose bodies were not captured because of "
             "traces.sample_payloads (their trace is still recorded).", registry=r)

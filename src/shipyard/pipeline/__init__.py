@@ -9,6 +9,17 @@ HTTP to calls. Nothing here imports a domain package or the gateway.
 from __future__ import annotations
 
 from shipyard.pipeline.call import Call, Endpoint, Handler, Reply, Stage, Target, compose
-from shipyard.pipeline.context import RequestContext
+from shipyard.pipeline.context import Invocation, RequestContext, invocation
 
-__all__ = ["Call", "Endpoint", "Handler", "Reply", "RequestContext", "Stage", "Target", "compose"]
+__all__ = [
+    "Call",
+    "Endpoint",
+    "Handler",
+    "Invocation",
+    "Reply",
+    "RequestContext",
+    "Stage",
+    "Target",
+    "compose",
+    "invocation",
+]

@@ -35,8 +35,9 @@ class Reply:
     Non-streaming: `body` holds the JSON bytes and `data` the parsed object (a provider that
     parses anyway fills it; otherwise the gateway parses `body`). A service's reply carries its
     output in `data` and, when the function returned a `shipyard.Result`, the `context` it
-    used. Streaming: `stream` yields raw SSE bytes exactly as they should reach the client
-    (`data: {...}\\n\\n` ... `data: [DONE]`).
+    used; a service reply with a `body` is a complete answer envelope (a guard's refusal, a
+    person's answer) that is sent as it is. Streaming: `stream` yields raw SSE bytes exactly
+    as they should reach the client (`data: {...}\\n\\n` ... `data: [DONE]`).
     """
 
     status: int = 200
@@ -50,6 +51,9 @@ class Reply:
     # The retrieved passages a service's answer was based on (for grounding and citations).
     context: list[str] | None = None
     citations: list[Any] | None = None
+    # What the trace keeps of the answer when it differs from what the caller gets (the PII
+    # stage restores the caller's own values; traces keep the placeholders).
+    traced: Any = None
 
 
 @dataclass(slots=True)
@@ -71,6 +75,9 @@ class Call:
     # What the trace keeps of the request when it differs from `payload` (PII cleaned for
     # traces only); stages that change the payload reset it.
     traced_payload: Any = None
+    # (payload, argument): a service input already validated into its function's argument;
+    # the terminal validates again only when a stage replaced the payload.
+    validated: tuple[Any, Any] | None = None
 
 
 Handler = Callable[[Call], Awaitable[Reply]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +12,25 @@ import orjson
 
 from shipyard.observe.tracing import SpanTuple, new_span_id
 
-__all__ = ["RequestContext"]
+__all__ = ["Invocation", "RequestContext", "invocation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What code running inside a hosted service knows of the request that called it: the
+    W3C `traceparent` naming the service's span (calls it makes to the gateway become child
+    traces), the request id and tenant, and how to reach the gateway (`shipyard.client()`)."""
+
+    traceparent: str
+    request_id: str
+    tenant_id: str
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+# Set by a service's terminal step while its function runs (threads see it too: the thread
+# pool copies the context).
+invocation: ContextVar[Invocation | None] = ContextVar("shipyard_invocation", default=None)
 
 
 class RequestContext:
@@ -36,8 +56,10 @@ class RequestContext:
         "request_body",
         "request_bytes",
         "request_id",
+        "request_payload",
         "response_body",
         "response_bytes",
+        "response_payload",
         "root_span",
         "route",
         "sampled",
@@ -96,6 +118,11 @@ class RequestContext:
         self.capture = "metadata"
         self.request_bytes: int | None = None
         self.response_bytes: int | None = None
+        # What the trace keeps of the payloads (`capture: full`): the objects as they were
+        # last cleaned (serialised, truncated and encrypted when the trace is recorded), or
+        # the streamed answer's text in `response_body`.
+        self.request_payload: Any = None
+        self.response_payload: Any = None
         self.request_body: str | None = None
         self.response_body: str | None = None
         self.attributes: dict[str, Any] | None = None
@@ -158,4 +185,5 @@ class RequestContext:
             "request_body": self.request_body,
             "response_body": self.response_body,
             "cost_usd": self.cost_usd,
+            "outcome": None,  # filled by the recorder (shipyard.gateway.recorder.outcome_of)
         }

@@ -1,7 +1,9 @@
-"""Exact-match response cache, per model alias (opt-in).
+"""Exact-match response cache, per model alias or service (opt-in).
 
-The key is a hash of the alias and the normalised request (every parameter, sorted; `stream`,
-`stream_options` and `user` left out, so a streamed and a plain request share answers).
+The key is a hash of the tenant, the alias (or service) and the normalised request (every
+parameter, sorted; `stream`, `stream_options` and `user` left out, so a streamed and a plain
+request share answers; a service's validated input as it is), so tenants never share
+answers.
 Only complete answers are stored — never errors, never partial streams. Requests with
 `temperature` > 0 (or unset, which means 1) bypass the cache unless `nonzero_temperature` is
 on. Identical requests that arrive while the first is still in flight wait for it instead of
@@ -31,9 +33,10 @@ log = logging.getLogger("shipyard.cache")
 _IGNORED = frozenset({"stream", "stream_options", "user"})
 
 
-def cache_key(alias: str, endpoint: str, payload: dict[str, Any]) -> str:
-    normal = {k: v for k, v in payload.items() if k not in _IGNORED and k != "model"}
-    blob = orjson.dumps([alias, endpoint, normal], option=orjson.OPT_SORT_KEYS)
+def cache_key(tenant: str, alias: str, endpoint: str, payload: Any) -> str:
+    normal = ({k: v for k, v in payload.items() if k not in _IGNORED and k != "model"}
+              if endpoint != "invoke" and isinstance(payload, dict) else payload)
+    blob = orjson.dumps([tenant, alias, endpoint, normal], option=orjson.OPT_SORT_KEYS)
     return "cache:" + hashlib.sha256(blob).hexdigest()
 
 
@@ -153,7 +156,7 @@ class CacheStage(Stage):
         self.misses = 0
 
     def _cacheable(self, call: Call) -> bool:
-        if call.endpoint == "embeddings" or self.config.nonzero_temperature:
+        if call.endpoint in ("embeddings", "invoke") or self.config.nonzero_temperature:
             return True
         temperature = call.payload.get("temperature", 1)
         n = call.payload.get("n", 1)
@@ -164,7 +167,7 @@ class CacheStage(Stage):
             _mark(call, "bypass")
             return await call_next(call)
         looked = time.perf_counter()
-        key = cache_key(self.alias, call.endpoint, call.payload)
+        key = cache_key(call.ctx.tenant_id, self.alias, call.endpoint, call.payload)
         value = await self._get(key)
         if value is None and key in self._inflight:
             try:
@@ -193,8 +196,13 @@ class CacheStage(Stage):
         if reply.stream is not None:
             reply.stream = self._store_stream(key, future, reply.stream)
             return reply
-        body = reply.body or (orjson.dumps(reply.data) if reply.data is not None else b"")
-        stored = body if reply.status == 200 and _complete_answer(body) else None
+        if call.endpoint == "invoke":
+            # A service's output (never a guard's or a person's complete answer envelope).
+            stored = (orjson.dumps(reply.data) if reply.status == 200 and not reply.body
+                      and reply.data is not None else None)
+        else:
+            body = reply.body or (orjson.dumps(reply.data) if reply.data is not None else b"")
+            stored = body if reply.status == 200 and _complete_answer(body) else None
         if stored is not None:
             await self._set(key, stored)
         self._settle(key, future, stored)
@@ -204,6 +212,8 @@ class CacheStage(Stage):
         _mark(call, "hit")
         call.served_by = self.alias
         headers = {"x-shipyard-cache": "hit"}
+        if call.endpoint == "invoke":
+            return Reply(data=orjson.loads(value), headers=headers)
         if call.stream:
             events = completion_to_sse(value, include_usage=call.client_wants_usage)
             return Reply(stream=_replay(events), headers=headers)

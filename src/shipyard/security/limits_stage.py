@@ -1,6 +1,7 @@
-"""The rate-limit stage: per key, per tenant and per model alias, requests and tokens per
-minute and requests in flight. Answers carry `x-ratelimit-*` headers; a limited request gets
-429 with `Retry-After` naming the limit that was hit."""
+"""The rate-limit stage: per key, per tenant and per target (model alias or service), requests
+and tokens per minute and requests in flight (a service's calls count as requests only).
+Answers carry `x-ratelimit-*` headers; a limited request gets 429 with `Retry-After` naming
+the limit that was hit."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ __all__ = ["RateLimitStage", "settle_tokens"]
 
 @dataclass(frozen=True)
 class _Scope:
-    kind: str  # key | tenant | model
+    kind: str  # key | tenant | model | service
     ident: str
     rpm: int | None
     tpm: int | None
@@ -31,6 +32,8 @@ class _Scope:
 
 
 def _estimate(call: Call, default_max_tokens: int) -> int:
+    if call.endpoint == "invoke":
+        return 0
     payload = call.payload
     if "messages" in payload:
         prompt = estimate_chat_prompt(payload.get("messages") or [])
@@ -45,8 +48,9 @@ def _estimate(call: Call, default_max_tokens: int) -> int:
 
 class RateLimitStage(Stage):
     def __init__(self, alias: str, limiter: RateLimiter, limits: RateLimitsConfig,
-                 model_limit: RateLimitConfig) -> None:
+                 model_limit: RateLimitConfig, *, kind: str = "model") -> None:
         self.alias = alias
+        self.kind = kind
         self.limiter = limiter
         self.limits = limits
         self.model_limit = model_limit
@@ -64,7 +68,7 @@ class RateLimitStage(Stage):
                    getattr(principal, "max_concurrent", None) or own.concurrent),
             _Scope("tenant", call.ctx.tenant_id, self.limits.tenant.rpm, self.limits.tenant.tpm,
                    self.limits.tenant.concurrent),
-            _Scope("model", self.alias, self.model_limit.rpm, self.model_limit.tpm,
+            _Scope(self.kind, self.alias, self.model_limit.rpm, self.model_limit.tpm,
                    self.model_limit.concurrent),
         ]
         return [s for s in scopes if s.rpm or s.tpm or s.concurrent]

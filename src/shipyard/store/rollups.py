@@ -45,8 +45,10 @@ __all__ = [
 _KEY = ("tenant_id", "span", "minute", "service", "model", "status", "error_type")
 MINUTE, HOUR = 1, 60
 _BUCKETS = tuple(f"b{i}" for i in range(LATENCY_BUCKETS))
+_OUTCOMES = ("blocked", "escalated", "fixed", "shed")
 _SUMS = ("requests", "errors", "latency_sum_ms", "prompt_tokens", "completion_tokens",
-         "cost_usd", *_BUCKETS)
+         "cost_usd", *_OUTCOMES, *_BUCKETS)
+_FIRST_BUCKET = 6 + len(_OUTCOMES)
 
 
 def _minute(value: datetime) -> int:
@@ -75,7 +77,10 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         sums[3] += row["prompt_tokens"] or 0
         sums[4] += row["completion_tokens"] or 0
         sums[5] += row["cost_usd"] or 0.0
-        sums[6 + bisect_left(LATENCY_BOUNDS_MS, total)] += 1
+        outcome = row.get("outcome")
+        if outcome in _OUTCOMES:
+            sums[6 + _OUTCOMES.index(outcome)] += 1
+        sums[_FIRST_BUCKET + bisect_left(LATENCY_BOUNDS_MS, total)] += 1
     hours: dict[tuple[Any, ...], list[Any]] = {}
     for key, sums in groups.items():
         hour = (key[0], HOUR, key[2] - key[2] % 60, *key[3:])
@@ -130,7 +135,7 @@ def rebuild(engine: Engine, *, since: datetime | None = None,
     """
     columns = [traces.c[c] for c in ("tenant_id", "started_at", "service", "model_alias",
                                      "status", "error_type", "total_ms", "prompt_tokens",
-                                     "completion_tokens", "cost_usd")]
+                                     "completion_tokens", "cost_usd", "outcome")]
     read = 0
     with engine.begin() as connection:
         first, last = connection.execute(
@@ -188,6 +193,10 @@ class Point:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    blocked: int = 0
+    escalated: int = 0
+    fixed: int = 0
+    shed: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
 
     @property
@@ -197,6 +206,11 @@ class Point:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def healthy(self) -> int:
+        """Requests answered normally: not an error, not a polite refusal or handover."""
+        return max(0, self.requests - self.errors - self.blocked - self.escalated)
 
     @property
     def tokens(self) -> int:
@@ -232,7 +246,8 @@ def _point(row: Any, minute: int = 0) -> Point:
     return Point(minute=minute, requests=int(row.requests), errors=int(row.errors),
                  latency_sum_ms=float(row.latency_sum_ms), prompt_tokens=int(row.prompt_tokens),
                  completion_tokens=int(row.completion_tokens), cost_usd=float(row.cost_usd),
-                 buckets=[int(getattr(row, b)) for b in _BUCKETS])
+                 blocked=int(row.blocked), escalated=int(row.escalated), fixed=int(row.fixed),
+                 shed=int(row.shed), buckets=[int(getattr(row, b)) for b in _BUCKETS])
 
 
 def series(engine: Engine, *, tenant_id: str, since: datetime, until: datetime,
@@ -303,7 +318,11 @@ def _add(point: Point, values: Sequence[Any]) -> None:
     point.prompt_tokens += values[3]
     point.completion_tokens += values[4]
     point.cost_usd += values[5]
-    point.buckets = [a + b for a, b in zip(point.buckets, values[6:], strict=True)]
+    point.blocked += values[6]
+    point.escalated += values[7]
+    point.fixed += values[8]
+    point.shed += values[9]
+    point.buckets = [a + b for a, b in zip(point.buckets, values[_FIRST_BUCKET:], strict=True)]
 
 
 def window(engine: Engine, *, tenant_id: str, since: datetime, until: datetime,

@@ -84,6 +84,9 @@ traces = Table(
     # The W3C trace id: the caller's (from `traceparent`) or, without one, equal to `id`.
     # Several requests of one distributed trace share it; `id` stays unique per request.
     Column("trace_id", String(32), nullable=True),
+    # What became of the request beyond its status (`shipyard.gateway.recorder.outcome_of`):
+    # ok, cached, fixed, blocked, escalated, shed, limited, error.
+    Column("outcome", String(16), nullable=True),
     Index(None, "started_at"),
     Index(None, "tenant_id", "started_at"),
     Index(None, "service", "started_at"),
@@ -167,6 +170,11 @@ trace_rollups = Table(
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
     Column("cost_usd", Float, nullable=False),
+    # Requests answered politely instead of normally (HTTP 200) and requests shed (503).
+    Column("blocked", Integer, nullable=False, server_default="0"),
+    Column("escalated", Integer, nullable=False, server_default="0"),
+    Column("fixed", Integer, nullable=False, server_default="0"),
+    Column("shed", Integer, nullable=False, server_default="0"),
     *(Column(f"b{i}", Integer, nullable=False, server_default="0")
       for i in range(LATENCY_BUCKETS)),
     Index(None, "tenant_id", "span", "service", "minute"),

@@ -241,6 +241,9 @@ class TraceWriter:
             return
         while (claim := self.spool.claim_oldest()) is not None:
             path, rows = claim
+            for row in rows:  # spooled by an older release: columns added since are empty
+                for column in (c.name for c in traces.columns):
+                    row.setdefault(column, None)
             try:
                 self._insert_checked(rows)
             except Exception as exc:

@@ -1,32 +1,77 @@
-"""Build the serving side of each model alias from config: deployments with circuit breakers,
-retry budgets, fallback chains and the pipeline stages (admission, cache)."""
+"""Build every target from config — model aliases and hosted services — each with the same
+chain of stages around its terminal step.
+
+The chain, outermost first (a stage is left out when the target configures nothing for it,
+so an unused policy costs nothing):
+
+    rate limits → admission → escalation → PII → input/output guards → your own stages
+    (global `stages`, then the target's) → cache → the target
+
+A model alias's terminal is failover over its deployments (retries, breakers, fallbacks); a
+service's is its function. Authentication, key restrictions and budgets run before the
+chain (in the gateway, before the body is read); recording runs after it.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from shipyard.config.schema import Config
+from shipyard.config.targets import StageSpec
+from shipyard.config.trust import GuardsConfig, PIIConfig
+from shipyard.errors import ConfigError
+from shipyard.escalation.service import Escalations
+from shipyard.escalation.stage import EscalationStage
 from shipyard.guards.answers import GuardHooks
 from shipyard.guards.registry import build_guard_lists
 from shipyard.guards.stage import GuardStage
 from shipyard.observe.metrics import Metrics
 from shipyard.pipeline import Stage
 from shipyard.providers import Provider
+from shipyard.providers.loading import import_object
 from shipyard.resilience.admission import Admission
 from shipyard.resilience.cache import CacheStage
 from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
 from shipyard.resilience.failover import Deployment
 from shipyard.resilience.retry import RetryBudget
 from shipyard.resilience.stages import AdmissionStage
+from shipyard.security.crypto import PayloadCipher
 from shipyard.security.limits_stage import RateLimitStage
 from shipyard.security.ratelimit import RateLimiter
 from shipyard.state.base import KeyValue
 from shipyard.targets.model import ModelTarget
+from shipyard.targets.service import ServiceTarget
 
-__all__ = ["build_targets"]
+__all__ = ["Shared", "Targets", "build_targets", "user_stage"]
 
-log = logging.getLogger("shipyard.resilience")
+log = logging.getLogger("shipyard.targets")
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the chains of one gateway share."""
+
+    metrics: Metrics
+    admission: Admission  # the gateway-wide admission (server.max_in_flight)
+    kv: KeyValue  # shared state: cache, PII conversation tables
+    persistent_kv: bool  # the state leaves the process (Redis)
+    limiter: RateLimiter
+    escalations: Escalations
+    guard_hooks: GuardHooks
+    cipher: PayloadCipher | None = None
+    base_url: str | None = None  # where services' own calls reach this gateway
+
+
+@dataclass(slots=True)
+class Targets:
+    """Every target of a config, by kind and name."""
+
+    models: dict[str, ModelTarget]
+    services: dict[str, ServiceTarget]
 
 
 def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
@@ -38,12 +83,26 @@ def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
     return on_change
 
 
-def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Metrics,
-                  *, global_admission: Admission, cache_store: KeyValue,
-                  limiter: RateLimiter,
-                  guard_hooks: GuardHooks | None = None) -> dict[str, ModelTarget]:
-    """One `ModelTarget` per alias; deployments (and their breakers) are shared by aliases
-    that name the same provider and upstream model."""
+def build_targets(config: Config, providers: Mapping[str, Provider],
+                  shared: Shared) -> Targets:
+    """One `ModelTarget` per alias and one `ServiceTarget` per service, chained.
+    Deployments (and their breakers) are shared by aliases that name the same provider and
+    upstream model."""
+    models = _models(config, providers, shared.metrics)
+    for target in models.values():
+        target.fallback_targets = [models[name] for name in target.config.fallbacks]
+    services = {name: ServiceTarget(name, s, base_url=shared.base_url)
+                for name, s in config.services.items()}
+    for model in models.values():
+        _chain(model, f"models.{model.name}", config, shared)
+    for service in services.values():
+        _chain(service, f"services.{service.name}", config, shared)
+        _warn_ungrounded(service)
+    return Targets(models, services)
+
+
+def _models(config: Config, providers: Mapping[str, Provider],
+            metrics: Metrics) -> dict[str, ModelTarget]:
     deployments: dict[tuple[str, str], Deployment] = {}
 
     def deployment(provider: str, model: str, weight: float) -> Deployment:
@@ -58,31 +117,99 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         return Deployment(found.provider, found.model, weight, found.breaker) if (
             found.weight != weight) else found
 
-    targets: dict[str, ModelTarget] = {}
-    for alias, model in config.models.items():
-        chosen = [deployment(d.provider, d.model or alias, d.weight)
-                  for d in model.targets(alias)]
-        targets[alias] = ModelTarget(alias, model, chosen, RetryBudget(model.retry))
-    for alias, target in targets.items():
-        target.fallback_targets = [targets[name] for name in target.config.fallbacks]
-        stages: list[Stage] = [RateLimitStage(alias, limiter, config.rate_limits,
-                                              target.config.rate_limit)]
-        service_admission = Admission.from_config(f"Model '{alias}'", target.config.admission)
-        scoped = [(a, scope) for a, scope in ((global_admission, "global"),
-                                               (service_admission, alias))
-                  if a.max_in_flight is not None]
-        admissions = [a for a, _ in scoped]
-        if admissions:
-            stages.append(AdmissionStage(admissions, [scope for _, scope in scoped]))
-        target.admissions = admissions
-        guards = target.config.guards
-        if guards.input or guards.output:  # no guards configured: no stage, no cost
-            inputs, outputs = build_guard_lists(guards, f"models.{alias}.guards", target=alias,
-                                                metrics=metrics)
-            stages.append(GuardStage(alias, guards, inputs, outputs,
-                                     guard_hooks or GuardHooks()))
-        if target.config.cache.enabled:
-            stages.append(CacheStage(alias, target.config.cache, cache_store))
-        if stages:
-            target.use(*stages)
-    return targets
+    return {alias: ModelTarget(alias, model,
+                               [deployment(d.provider, d.model or alias, d.weight)
+                                for d in model.targets(alias)],
+                               RetryBudget(model.retry))
+            for alias, model in config.models.items()}
+
+
+def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
+           shared: Shared) -> None:
+    """Install the standard chain (see the module docstring) on `target`."""
+    own = target.config
+    name = target.name
+    stages: list[Stage] = [RateLimitStage(name, shared.limiter, config.rate_limits,
+                                          own.rate_limit, kind=target.kind)]
+    label = "Model" if target.kind == "model" else "Service"
+    local = (target.admission if isinstance(target, ServiceTarget)
+             else Admission.from_config(f"{label} '{name}'", own.admission))
+    scoped = [(a, scope) for a, scope in ((shared.admission, "global"), (local, name))
+              if a.max_in_flight is not None]
+    target.admissions = [a for a, _ in scoped]
+    if scoped:
+        stages.append(AdmissionStage(target.admissions, [scope for _, scope in scoped]))
+    policy = (shared.escalations.for_model(name) if target.kind == "model"
+              else shared.escalations.for_service(name))
+    if policy is not None:
+        stages.append(EscalationStage(shared.escalations, policy))
+    if own.pii.mode != "off":
+        stages.append(_pii_stage(own.pii, where, name, shared))
+    guards: GuardsConfig = own.guards
+    if guards.input or guards.output:
+        inputs, outputs = build_guard_lists(guards, f"{where}.guards", target=name,
+                                            metrics=shared.metrics)
+        stages.append(GuardStage(name, guards, inputs, outputs, shared.guard_hooks))
+    stages += [user_stage(spec, f"stages[{i}]") for i, spec in enumerate(config.stages)]
+    stages += [user_stage(spec, f"{where}.stages[{i}]") for i, spec in enumerate(own.stages)]
+    if own.cache.enabled:
+        stages.append(CacheStage(name, own.cache, shared.kv))
+    target.use(*stages)
+
+
+def _pii_stage(config: PIIConfig, where: str, name: str, shared: Shared) -> Stage:
+    # The privacy engine (phone number rules and all) is loaded only when a target turns
+    # personal data protection on.
+    from shipyard.privacy.policy import PIIPolicy
+    from shipyard.privacy.stage import PIIStage
+
+    counter = shared.metrics.pii_findings
+
+    def count(entity: str, found_in: str, n: int) -> None:
+        counter.labels(name, entity, found_in).inc(n)
+
+    return PIIStage(PIIPolicy(config, where, kv=shared.kv, cipher=shared.cipher,
+                              persistent_kv=shared.persistent_kv, count=count))
+
+
+def user_stage(spec: StageSpec, key: str) -> Stage:
+    """Your own stage from `stages:` config: the class at `spec.stage`, built with its
+    options; a problem names the config key and what to do."""
+    found: Any = import_object(spec.stage, key=f"{key}.stage")
+    if not (isinstance(found, type) and issubclass(found, Stage)):
+        raise ConfigError(f"Config key '{key}.stage' is '{spec.stage}', which is not a "
+                          "subclass of shipyard.Stage; point it at your Stage class.")
+    try:
+        stage: Stage = found(**spec.options)
+        return stage
+    except TypeError as exc:
+        accepted = _options(found)
+        raise ConfigError(f"Config key '{key}.options' does not fit '{spec.stage}' ({exc}); "
+                          f"its options are: {', '.join(accepted) or 'none'}.") from None
+
+
+def _options(cls: type) -> Sequence[str]:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if p.kind in (
+        inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def _warn_ungrounded(service: ServiceTarget) -> None:
+    """A grounding guard needs context: the input's `context` field or a `shipyard.Result`.
+    Say so once at start-up when neither is declared (each request's trace says `skipped`)."""
+    if not any(spec.guard == "grounding" for spec in service.config.guards.output):
+        return
+    schema = service.input_schema() or {}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    declared = isinstance(properties, dict) and any(
+        key in properties for key in ("context", "documents", "sources"))
+    if not declared and not service.returns_context():
+        log.warning(
+            "service %s has a grounding guard, but its input declares no 'context' field and "
+            "its function is not annotated to return shipyard.Result; answers are checked only "
+            "when a request brings context (the trace says 'skipped: no context' otherwise). "
+            "Return shipyard.Result(output=..., context=passages) from the function.",
+            service.name)

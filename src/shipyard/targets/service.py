@@ -1,12 +1,16 @@
-"""Hosted Python services: `services.NAME` served at `POST /v1/services/NAME/invoke`.
+"""Hosted Python services as targets: `services.NAME`, served at
+`POST /v1/services/NAME/invoke`, through the same chain of stages as a model alias.
 
-The input is validated against the declared JSON Schema or pydantic model before the function
-runs; a bad input gets 422 naming the field, the problem and the expected type. Sync functions
-run in the thread pool and never block the event loop.
+The input is validated against the declared JSON Schema or pydantic model before the chain
+runs (a bad input gets 422 naming the field, the problem and the expected type), and again in
+the terminal step when a stage changed it (a PII or guard fix). Sync functions run in the
+thread pool and never block the event loop. A function may return a `shipyard.Result` to hand
+over the retrieved context its answer is based on.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,22 +18,30 @@ import pydantic
 
 from shipyard.config.targets import ServiceConfig
 from shipyard.errors import ConfigError, ValidationFailed
-from shipyard.guards.runner import GuardMetrics
-from shipyard.guards.service import ServiceGuards, make_service_guards
+from shipyard.observe.tracing import new_span_id, record_span, traceparent
+from shipyard.pipeline import Call, Invocation, Reply, Target, invocation
 from shipyard.providers.loading import import_object
 from shipyard.providers.python import call_function
 from shipyard.resilience.admission import Admission
+from shipyard.sdk import Result
 
-__all__ = ["HostedService"]
+__all__ = ["ServiceTarget"]
 
 
-class HostedService:
+class ServiceTarget(Target):
+    """A hosted Python function and everything needed to serve it."""
+
+    kind = "service"
+
     def __init__(self, name: str, config: ServiceConfig, *,
-                 metrics: GuardMetrics | None = None) -> None:
-        self.name = name
+                 base_url: str | None = None) -> None:
+        super().__init__(name, self._invoke)
         self.config = config
-        self.guards: ServiceGuards | None = make_service_guards(name, config.guards, metrics)
+        self.base_url = base_url  # where the function's own calls reach this gateway
+        self.gateway_key = (config.gateway_key.get_secret_value()
+                            if config.gateway_key is not None else None)
         self.admission = Admission.from_config(f"Service '{name}'", config.admission)
+        self.admissions: list[Admission] = []
         self.function: Callable[..., Any] = import_object(
             config.function, key=f"services.{name}.function")
         if not callable(self.function):
@@ -79,12 +91,48 @@ class HostedService:
                                        param=_path(tuple(errors[0].absolute_path))) from None
         return data
 
-    async def invoke(self, argument: Any) -> Any:
-        result = await call_function(self.function, argument, timeout_s=self.config.timeout_s,
-                                     what=f"Service '{self.name}'")
+    def returns_context(self) -> bool:
+        """Whether the function is declared to return a `shipyard.Result` (with context)."""
+        annotation = getattr(self.function, "__annotations__", {}).get("return")
+        return annotation is Result or annotation in ("Result", "shipyard.Result",
+                                                      "shipyard.sdk.Result")
+
+    async def _invoke(self, call: Call) -> Reply:
+        """The terminal step: validate (again, when a stage changed the input), run the
+        function under its timeout, and hand back its output and context."""
+        ctx = call.ctx
+        known = call.validated
+        argument = (known[1] if known is not None and known[0] is call.payload
+                    else self.validate(call.payload))
+        ctx.provider = "python"
+        span_id = new_span_id()
+        token = invocation.set(Invocation(
+            traceparent(ctx.otel_trace_id, span_id, "01" if ctx.sampled else "00"),
+            ctx.request_id, ctx.tenant_id, self.base_url, self.gateway_key))
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            result = await call_function(self.function, argument,
+                                         timeout_s=self.config.timeout_s,
+                                         what=f"Service '{self.name}'")
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            ended = time.perf_counter()
+            invocation.reset(token)
+            record_span(ctx, "service", started, ended, span_id=span_id, error=error,
+                        attributes={"shipyard.service": self.name})
+            ctx.upstream_ms = (ended - started) * 1000.0
+        reply = Reply(upstream_ms=ctx.upstream_ms)
+        if isinstance(result, Result):
+            reply.context = [str(c) for c in result.context]
+            reply.citations = list(result.citations)
+            result = result.output
         if isinstance(result, pydantic.BaseModel):
-            return result.model_dump(mode="json")
-        return result
+            result = result.model_dump(mode="json")
+        reply.data = result
+        return reply
 
 
 def _path(loc: tuple[Any, ...] | list[Any]) -> str:

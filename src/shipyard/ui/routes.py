@@ -315,7 +315,7 @@ class Dashboard:
             tenant = asked  # platform admins may look at any tenant
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
-                          readable=self.gw.readable, config=self.gw.config)
+                          readable=self.gw.recorder.readable, config=self.gw.config)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:

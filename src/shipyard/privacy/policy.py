@@ -1,4 +1,4 @@
-"""Personal data protection at the gateway, per model alias or service (`pii:` in config).
+"""Personal data protection on the request path, per model alias or service (`pii:` in config).
 
 One `PIIPolicy` per alias or service; one `PIISession` per request. The session
 
@@ -17,7 +17,6 @@ The privacy engine is imported only when some alias or service turns PII protect
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,8 @@ if TYPE_CHECKING:
     from shipyard.privacy.pseudonymize import Pseudonyms
     from shipyard.security.crypto import PayloadCipher
 
-__all__ = ["CONVERSATION_HEADER", "PIIPolicy", "PIISession", "StreamRewriter"]
+__all__ = ["PIIPolicy", "PIISession", "StreamRewriter"]
 
-CONVERSATION_HEADER = "x-shipyard-conversation"
-_CONVERSATION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Count = Callable[[str, str, int], None]  # (entity, where, n)
 
 
@@ -85,11 +82,6 @@ class PIIPolicy:
         key = None
         table = Pseudonyms()
         if self.config.scope == "conversation" and conversation is not None:
-            if not _CONVERSATION.match(conversation):
-                raise InvalidRequest(
-                    f"Header '{CONVERSATION_HEADER}' is {conversation[:40]!r}; use 1 to 128 "
-                    "letters, digits and . _ : - (a conversation id you choose).",
-                    param=CONVERSATION_HEADER, code="invalid_conversation")
             digest = hashlib.sha256(conversation.encode()).hexdigest()[:32]
             key = f"pii:{ctx.tenant_id}:{self.where}:{digest}"
             stored = await self.kv.get(key)
