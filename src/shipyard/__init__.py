@@ -12,6 +12,7 @@ from shipyard.errors import ShipyardError
 from shipyard.gateway import create_app
 from shipyard.pipeline import Call, Handler, Reply, Stage
 from shipyard.providers import Provider
+from shipyard.sdk import Result, async_client, client
 
 __all__ = [
     "Call",
@@ -19,9 +20,12 @@ __all__ = [
     "Handler",
     "Provider",
     "Reply",
+    "Result",
     "ShipyardError",
     "Stage",
     "__version__",
+    "async_client",
+    "client",
     "create_app",
     "load_config",
     "parse_config",

@@ -22,7 +22,7 @@ from shipyard.gateway.scopes import ScopedRoute
 from shipyard.monitor import history as alert_history
 from shipyard.monitor.slo import error_budget
 from shipyard.store import tenants as store
-from shipyard.store.traces import TraceFilter, get_trace, iter_traces
+from shipyard.store.traces import TraceFilter, get_trace, get_trace_tree, iter_traces
 
 __all__ = ["acting_tenant", "admin_routes", "store_param"]
 
@@ -250,6 +250,19 @@ class AdminRoutes:
             raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
         return json_response(self.gw.recorder.readable(row))
 
+    async def get_trace_tree(self, request: Request) -> Response:
+        """A request with every request of its W3C trace (e.g. a service's calls back to the
+        gateway) and all their spans."""
+        principal = await self.gw.authorize(request, "traces:read")
+        tenant = acting_tenant(principal, request)
+        trace_id = request.path_params["trace_id"]
+        tree = await asyncio.to_thread(get_trace_tree, self.gw.engine, trace_id,
+                                       tenant_id=tenant)
+        if tree is None:
+            raise NotFound(f"There is no trace '{trace_id}' in this tenant.", param="trace_id")
+        tree["records"] = [self.gw.recorder.readable(r) for r in tree["records"]]
+        return json_response({"object": "trace.tree", **tree})
+
     # -- alerts -----------------------------------------------------------------------------
     async def list_alerts(self, request: Request) -> Response:
         """Open alerts and history (newest first), with each alert's events, and the error
@@ -305,6 +318,8 @@ def admin_routes(gateway: Gateway) -> list[ScopedRoute]:
         ScopedRoute("/v1/admin/alerts", routes.list_alerts, methods=["GET"],
                     scope="status:read"),
         ScopedRoute("/v1/traces", routes.list_traces, methods=["GET"], scope="traces:read"),
+        ScopedRoute("/v1/traces/{trace_id}/tree", routes.get_trace_tree, methods=["GET"],
+                    scope="traces:read"),
         ScopedRoute("/v1/traces/{trace_id}", routes.get_trace, methods=["GET"],
                     scope="traces:read"),
     ]

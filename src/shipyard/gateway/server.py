@@ -57,6 +57,10 @@ def _configure_logging(level: str) -> None:
 
 def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool = True) -> None:
     """Serve until SIGTERM/SIGINT; drains in-flight requests and flushes traces on the way out."""
+    # The address actually served wins over the file's (and reaches worker processes), so
+    # what the gateway tells about itself — the base URL hosted services call back on — is true.
+    env.export("SHIPYARD_SERVER_HOST", host)
+    env.export("SHIPYARD_SERVER_PORT", str(port))
     config = load_config(config_path)
     server = config.server
     _configure_logging(server.log_level)

@@ -116,9 +116,16 @@ class Target:
         self.name = name
         self.terminal = terminal
         self.stages: list[Stage] = []
-        self.handler: Handler = terminal
+        self.handler: Handler = self._reach
+
+    async def _reach(self, call: Call) -> Reply:
+        """The innermost step: the trace keeps the request as the target receives it (after
+        every stage's changes, or as cleaned for traces only), then the terminal answers."""
+        call.ctx.request_payload = (call.traced_payload if call.traced_payload is not None
+                                    else call.payload)
+        return await self.terminal(call)
 
     def use(self, *stages: Stage) -> None:
         """Add stages (outermost first) and recompose the chain."""
         self.stages.extend(stages)
-        self.handler = compose(self.stages, self.terminal)
+        self.handler = compose(self.stages, self._reach)

@@ -18,6 +18,7 @@ __all__ = [
     "count_traces",
     "get_spans",
     "get_trace",
+    "get_trace_tree",
     "iter_traces",
     "new_trace_record",
     "usage",
@@ -174,6 +175,28 @@ def get_spans(engine: Engine, trace_id: str, *,
                         "attributes": attributes or {}})
     out.sort(key=lambda span: (span["started_at"], span["start_ms"]))
     return out
+
+
+def get_trace_tree(engine: Engine, record_id: str, *,
+                   tenant_id: str | None = None) -> dict[str, Any] | None:
+    """A request and every request of its W3C trace (a service's calls back to the gateway,
+    the caller's other requests), with all their stored spans: `{"trace_id", "records",
+    "spans"}`, records oldest first. Requests whose spans were not kept (see
+    `traces.sample_spans`; a trace's requests share the decision) are found by their spans,
+    so the tree holds the requests with stored spans, and always the one asked for."""
+    root = get_trace(engine, record_id, tenant_id=tenant_id)
+    if root is None:
+        return None
+    trace_id = root.get("trace_id") or root["id"]
+    found = get_spans(engine, trace_id, tenant_id=tenant_id)
+    ids = {span["record_id"] for span in found} | {root["id"]}
+    query = select(traces).where(traces.c.id.in_(sorted(ids)))
+    if tenant_id is not None:
+        query = query.where(traces.c.tenant_id == tenant_id)
+    with engine.connect() as connection:
+        records = [_row(m) for m in connection.execute(query).mappings()]
+    records.sort(key=lambda r: r["started_at"])
+    return {"trace_id": trace_id, "records": records, "spans": found}
 
 
 _USAGE_COLUMNS = {

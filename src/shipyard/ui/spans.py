@@ -93,16 +93,22 @@ def derived_spans(engine: Engine, trace: dict[str, Any]) -> list[Span]:
 
 
 def stored_spans(engine: Engine, trace: dict[str, Any]) -> list[Span] | None:
-    """The spans the tracer stored for this request (`spans` table), or None when none were.
+    """The spans the tracer stored for this request and the other requests of its W3C trace
+    (a hosted service's calls back to the gateway show as children of its `service` span),
+    or None when none were stored for it.
 
-    Depth follows the parent links; a span whose parent is not stored sits at the top.
+    Times are from this request's start; depth follows the parent links across requests; a
+    span whose parent is not stored sits at the top.
     """
     from shipyard.store.traces import get_spans  # the store, only when a trace is shown
 
-    rows = get_spans(engine, str(trace.get("id") or ""), tenant_id=trace.get("tenant_id"))
-    if not rows:
+    record = str(trace.get("id") or "")
+    rows = get_spans(engine, str(trace.get("trace_id") or record),
+                     tenant_id=trace.get("tenant_id"))
+    if not any(r["record_id"] == record for r in rows):
         return None
     parents = {r["span_id"]: r.get("parent_id") for r in rows}
+    base = trace.get("started_at")
 
     def depth(span_id: str) -> int:
         level, parent, seen = 0, parents.get(span_id), {span_id}
@@ -111,13 +117,22 @@ def stored_spans(engine: Engine, trace: dict[str, Any]) -> list[Span] | None:
             level, parent = level + 1, parents[parent]
         return level
 
+    def offset(row: dict[str, Any]) -> float:
+        started = row.get("started_at")
+        if row["record_id"] == record or base is None or started is None:
+            return 0.0
+        return float((started - base).total_seconds() * 1000.0)
+
     out = []
     for r in rows:
         attributes = r.get("attributes") or {}
         detail = ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))[:300]
+        if r["record_id"] != record:
+            detail = f"request {r['record_id'][:12]}: " + detail
         error = r.get("error")
-        out.append(Span(str(r["name"]), float(r["start_ms"]), float(r["duration_ms"]),
-                        depth=depth(r["span_id"]), status="error" if error else "ok",
+        out.append(Span(str(r["name"]), float(r["start_ms"]) + offset(r),
+                        float(r["duration_ms"]), depth=depth(r["span_id"]),
+                        status="error" if error else "ok",
                         detail=f"{error}: {detail}" if error else detail))
     return out
 
