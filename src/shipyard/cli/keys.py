@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
@@ -20,6 +21,7 @@ from shipyard.cli.common import console, fail, open_store
 from shipyard.errors import ShipyardError
 from shipyard.security.audit import AuditLog
 from shipyard.security.crypto import generate_key
+from shipyard.security.principal import Principal
 from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store import tenants as store
 
@@ -42,9 +44,11 @@ def _print(data: Any) -> None:
 
 
 def _show_secret(record: store.KeyRecord, secret: str) -> None:
-    console.print(f"Created key [bold]{record.id}[/] ({record.role}) for tenant "
-                  f"'{record.tenant_id}'. The secret is shown once; store it now:",
-                  highlight=False)
+    may = Principal(record.tenant_id, record.id, record.role, services=record.services,
+                    models=record.models).allowed()
+    console.print(f"Created key [bold]{escape(record.id)}[/] ({escape(record.role)}) for "
+                  f"tenant '{escape(record.tenant_id)}'; it may use {escape(may)}. The secret "
+                  "is shown once; store it now:", highlight=False)
     print(secret)
 
 
