@@ -188,7 +188,7 @@ def test_config_shorthand_and_flat_options() -> None:
 
 
 def test_config_rejects_unknown_guard_and_duplicates() -> None:
-    with pytest.raises(ValidationError, match="neither a built-in guard"):
+    with pytest.raises(ValidationError, match="neither a guard name"):
         GuardSpec.model_validate({"guard": "no-such-guard"})
     with pytest.raises(ValidationError, match="distinct 'name'"):
         GuardsConfig.model_validate({"input": ["injection", "injection"]})
@@ -250,3 +250,66 @@ def test_async_function_guards_run_on_the_loop() -> None:
     assert _sample(metrics, "shipyard_guard_trips_total", target="m", stage="input",
                    guard="_late", action="timeout") == 1
     assert run(GuardList([GuardSlot(AsyncButThreaded())], "input")).action == "block"
+
+
+def test_every_built_in_guard_is_documented_from_the_one_table() -> None:
+    from pathlib import Path
+
+    from shipyard.config.trust import GUARD_KINDS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "guards.md").read_text()
+    for name, kind in GUARD_KINDS.items():
+        assert f"| `{name}` | {kind.stages} | {kind.help} |" in doc, name
+
+
+def test_every_built_in_guard_builds_from_the_table() -> None:
+    from shipyard.config.trust import GUARD_KINDS, GuardSpec
+    from shipyard.guards import Guard, build_guard
+
+    required = {"json_schema": {"schema": {"type": "object"}}, "banned": {"terms": ["x"]}}
+    for name in GUARD_KINDS:
+        options = required.get(name, {})
+        guard = build_guard(GuardSpec(guard=name, options=options), f"guards.input[{name}]")
+        assert isinstance(guard, Guard) and guard.name == name
+
+
+def test_a_registered_guard_is_used_by_name_and_unknown_names_fail_clearly() -> None:
+    import pytest
+
+    from shipyard.config import parse_config
+    from shipyard.errors import ConfigError
+    from shipyard.guards import Guard, Subject, Verdict, build_guard_lists, register
+
+    class Shouting(Guard):
+        name = "shouting"
+
+        def __init__(self, *, ratio: float = 0.8) -> None:
+            self.ratio = ratio
+
+        def check(self, subject: Subject) -> Verdict:
+            letters = [c for c in subject.text if c.isalpha()]
+            upper = sum(c.isupper() for c in letters) / max(1, len(letters))
+            return Verdict.block("All capitals.") if upper >= self.ratio else Verdict.allow()
+
+    register("shouting_test", Shouting)
+    config = parse_config("""
+providers: {p: {kind: sim}}
+models:
+  m:
+    provider: p
+    guards: {input: [{guard: shouting_test, ratio: 0.5}]}
+""")
+    inputs, _ = build_guard_lists(config.models["m"].guards, "models.m.guards", target="m")
+    import asyncio
+
+    assert asyncio.run(inputs.run(Subject("STOP SHOUTING"))).action == "block"
+    assert asyncio.run(inputs.run(Subject("calm words"))).action == "allow"
+    typo = parse_config("""
+providers: {p: {kind: sim}}
+models: {m: {provider: p, guards: {input: [shoutting]}}}
+""")
+    with pytest.raises(ConfigError, match=r"models\.m\.guards\.input\[0\]\.guard.*shoutting.*"
+                       r"shouting_test"):
+        build_guard_lists(typo.models["m"].guards, "models.m.guards", target="m")
+    with pytest.raises(ConfigError, match="built-in guard"):
+        register("pii", Shouting)

@@ -7,6 +7,7 @@ path, the bad value and what to do about it.
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,11 +96,19 @@ def parse_config(
 
 def install_python_path(config: Config) -> None:
     """Put the config's `python_path` folders first on `sys.path`, so its `module:function`
-    references import. The one place start-up changes the import path (called by
-    `create_app` and by commands that import a config's code)."""
+    references import, then import its `plugins` (which may register guards). The one place
+    start-up changes the import path (called by `create_app` and by commands that import a
+    config's code)."""
     for folder in reversed(config.python_path):
         if folder not in sys.path:
             sys.path.insert(0, folder)
+    for i, module in enumerate(config.plugins):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"Config key 'plugins[{i}]' is '{module}', which cannot be imported ({exc}); "
+                "check the module name and `python_path`.") from None
 
 
 def _join(source: str, problems: list[str]) -> str:

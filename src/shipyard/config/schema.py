@@ -46,6 +46,10 @@ class Config(Section):
         description="Folders added to the import path before `module:function` references "
         "are imported; relative paths are relative to the config file.",
     )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules imported at start-up, before guards and stages are built (after "
+        "`python_path`), e.g. one that calls `shipyard.guards.register(\"mine\", MyGuard)`.")
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     traces: TracesConfig = Field(default_factory=lambda: TracesConfig())

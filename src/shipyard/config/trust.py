@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -13,8 +14,9 @@ from shipyard.config.base import FUNCTION_PATTERN, Section
 
 __all__ = [
     "DEFAULT_ESCALATION_MESSAGE",
-    "GUARD_NAMES",
+    "GUARD_KINDS",
     "EscalationConfig",
+    "GuardKind",
     "GuardSpec",
     "GuardsConfig",
     "PIIConfig",
@@ -165,10 +167,48 @@ class EscalationConfig(Section):
         return self
 
 
-GUARD_NAMES = (
-    "banned", "grounding", "injection", "invisible", "json_schema", "length", "pii", "refusal",
-    "secrets", "system_prompt_leak", "topics", "toxicity",
-)
+@dataclass(frozen=True)
+class GuardKind:
+    """One built-in guard: where its class lives (imported when a config uses it) and what it
+    does. The registry (`shipyard.guards.registry`), config validation and the guard reference
+    in docs/guards.md all derive from `GUARD_KINDS`."""
+
+    factory: str  # "package.module:Class"
+    stages: str  # "input", "output" or "input, output"
+    help: str
+
+
+GUARD_KINDS: dict[str, GuardKind] = {
+    "banned": GuardKind("shipyard.guards.outputs:BannedGuard", "input, output",
+                        "Banned terms and regular expressions: block, or fix by replacing."),
+    "grounding": GuardKind("shipyard.guards.grounding:GroundingGuard", "output",
+                           "Each claim of an answer must be supported by the retrieved "
+                           "context; unsupported sentences removed or the answer blocked."),
+    "injection": GuardKind("shipyard.guards.injection:InjectionGuard", "input",
+                           "Prompt injection and jailbreaks: patterns, an n-gram classifier "
+                           "and optionally a fine-tuned MiniLM model (`embeddings: true`)."),
+    "invisible": GuardKind("shipyard.guards.inputs:InvisibleGuard", "input",
+                           "Zero-width, bidirectional and tag characters that hide text."),
+    "json_schema": GuardKind("shipyard.guards.outputs:JSONSchemaGuard", "output",
+                             "The answer must be JSON matching a schema; the model is re-asked "
+                             "with the validation error."),
+    "length": GuardKind("shipyard.guards.inputs:LengthGuard", "input, output",
+                        "Caps on characters and lines."),
+    "pii": GuardKind("shipyard.guards.inputs:PIIGuard", "input, output",
+                     "Personal data: fix with typed placeholders (`<EMAIL_1>`) or block."),
+    "refusal": GuardKind("shipyard.guards.outputs:RefusalGuard", "output",
+                         "The model refused to answer (counted, or escalated)."),
+    "secrets": GuardKind("shipyard.guards.inputs:SecretsGuard", "input, output",
+                         "API keys, tokens and passwords pasted into text."),
+    "system_prompt_leak": GuardKind("shipyard.guards.outputs:SystemPromptLeakGuard", "output",
+                                    "The answer repeats the system prompt or its canary token."),
+    "topics": GuardKind("shipyard.guards.inputs:TopicsGuard", "input",
+                        "Denied topics (weapons, drugs, malware, self-harm, ...), blocked or "
+                        "escalated."),
+    "toxicity": GuardKind("shipyard.guards.outputs:ToxicityGuard", "output",
+                          "Insults, threats and slurs in an answer."),
+}
+_GUARD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class GuardSpec(Section):
@@ -178,10 +218,10 @@ class GuardSpec(Section):
     `options`; a bare string is a guard with its defaults.
     """
 
-    guard: str = Field(description="A built-in guard (`injection`, `pii`, `topics`, `length`, "
-                       "`invisible`, `secrets`, `json_schema`, `system_prompt_leak`, "
-                       "`grounding`, `refusal`, `banned`, `toxicity`) or your own as "
-                       "`package.module:function` or `package.module:GuardClass`.")
+    guard: str = Field(description="A built-in guard (" + ", ".join(
+        f"`{name}`" for name in GUARD_KINDS) + "), one registered with "
+        "`shipyard.guards.register`, or your own as `package.module:function` or "
+        "`package.module:GuardClass`.")
     name: str | None = Field(None, description="Name on traces and metrics (default: `guard`).")
     timeout_ms: float | None = Field(
         None, gt=0, description="Longest this guard may take (default: the guard's own, "
@@ -215,10 +255,13 @@ class GuardSpec(Section):
     @field_validator("guard")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in GUARD_NAMES and not FUNCTION_PATTERN.match(value):
+        # A registered guard's name is only known once its plugin is imported: the registry
+        # checks names when the gateway builds its guards (ConfigError naming the key).
+        if not (_GUARD_NAME.match(value) or FUNCTION_PATTERN.match(value)):
             raise ValueError(
-                f"guard {value!r} is neither a built-in guard ({', '.join(GUARD_NAMES)}) nor "
-                "a reference like 'package.module:function'")
+                f"guard {value!r} is neither a guard name (a built-in one: "
+                f"{', '.join(GUARD_KINDS)}; or one registered with shipyard.guards.register) "
+                "nor a reference like 'package.module:function'")
         return value
 
 

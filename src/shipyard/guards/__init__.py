@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from shipyard.guards.answers import Escalation, EscalationHook, GuardHooks
 from shipyard.guards.base import Action, FunctionGuard, Guard, Subject, Verdict
-from shipyard.guards.registry import BUILTINS, build_guard, build_guard_lists, register
+from shipyard.guards.registry import build_guard, build_guard_lists, known_guards, register
 from shipyard.guards.runner import GuardList, GuardSlot, Outcome
 
 __all__ = [
-    "BUILTINS",
     "Action",
     "Escalation",
     "EscalationHook",
@@ -27,5 +26,6 @@ __all__ = [
     "Verdict",
     "build_guard",
     "build_guard_lists",
+    "known_guards",
     "register",
 ]

@@ -1,7 +1,11 @@
-"""Build guard lists from config: built-in guards by name, a team's own by `module:name`.
+"""Build guard lists from config: built-in guards by name, registered ones by name, a team's
+own by `module:name`.
 
-Options in shipyard.yaml are the keyword arguments of the guard's class; an unknown option
-fails at startup naming the config key and the options the guard takes.
+Built-in guards are the `GUARD_KINDS` table of `shipyard.config.trust` (one place: config
+validation and the docs read it too); each class is imported the first time a config uses
+it. `register("mine", MyGuard)` adds a guard under a short name, usable in shipyard.yaml like
+a built-in one. Options in shipyard.yaml are the keyword arguments of the guard's class; an
+unknown option fails at startup naming the config key and the options the guard takes.
 """
 
 from __future__ import annotations
@@ -10,53 +14,52 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from shipyard.config.trust import GuardsConfig, GuardSpec
+from shipyard.config.trust import GUARD_KINDS, GuardsConfig, GuardSpec
 from shipyard.errors import ConfigError
 from shipyard.guards.base import FunctionGuard, Guard
-from shipyard.guards.grounding import GroundingGuard
-from shipyard.guards.injection import InjectionGuard
-from shipyard.guards.inputs import InvisibleGuard, LengthGuard, PIIGuard, SecretsGuard, TopicsGuard
-from shipyard.guards.outputs import (
-    BannedGuard,
-    JSONSchemaGuard,
-    RefusalGuard,
-    SystemPromptLeakGuard,
-    ToxicityGuard,
-)
 from shipyard.guards.runner import GuardList, GuardMetrics, GuardSlot
 from shipyard.providers.loading import import_object
 
-__all__ = ["BUILTINS", "build_guard", "build_guard_lists", "register"]
+__all__ = ["build_guard", "build_guard_lists", "known_guards", "register"]
 
-BUILTINS: dict[str, Callable[..., Guard]] = {
-    "banned": BannedGuard,
-    "grounding": GroundingGuard,
-    "injection": InjectionGuard,
-    "invisible": InvisibleGuard,
-    "json_schema": JSONSchemaGuard,
-    "length": LengthGuard,
-    "pii": PIIGuard,
-    "refusal": RefusalGuard,
-    "secrets": SecretsGuard,
-    "system_prompt_leak": SystemPromptLeakGuard,
-    "topics": TopicsGuard,
-    "toxicity": ToxicityGuard,
-}
+_REGISTERED: dict[str, Callable[..., Guard]] = {}
 
 
 def register(name: str, factory: Callable[..., Guard]) -> None:
-    """Make a guard class available by a short name (a plugin's own guards)."""
-    BUILTINS[name] = factory
+    """Make a guard class (or factory) usable by a short name in shipyard.yaml.
+
+    >>> class NoShouting(Guard):
+    ...     name = "no_shouting"
+    >>> register("no_shouting", NoShouting)
+    """
+    if name in GUARD_KINDS:
+        raise ConfigError(f"'{name}' is a built-in guard; register yours under another name.")
+    _REGISTERED[name] = factory
+
+
+def known_guards() -> list[str]:
+    """Every guard name a config may use: the built-in ones and the registered ones."""
+    return sorted({*GUARD_KINDS, *_REGISTERED})
+
+
+def _factory(name: str, where: str) -> Any:
+    found = _REGISTERED.get(name)
+    if found is not None:
+        return found
+    kind = GUARD_KINDS.get(name)
+    if kind is not None:
+        return import_object(kind.factory, key=f"{where}.guard")
+    if ":" not in name:
+        raise ConfigError(
+            f"Config key '{where}.guard' is '{name}', which is no guard this gateway knows "
+            f"(known: {', '.join(known_guards())}); fix the name, register your guard with "
+            "shipyard.guards.register, or point at it as 'package.module:GuardClass'.")
+    return import_object(name, key=f"{where}.guard")
 
 
 def build_guard(spec: GuardSpec, where: str) -> Guard:
     """One guard from its spec; `where` is the config key for error messages."""
-    factory: Any = BUILTINS.get(spec.guard)
-    if factory is None:
-        if ":" not in spec.guard:
-            raise ConfigError(f"Config key '{where}.guard' is '{spec.guard}', a built-in guard "
-                              f"this build does not have (known: {', '.join(sorted(BUILTINS))}).")
-        factory = import_object(spec.guard, key=f"{where}.guard")
+    factory: Any = _factory(spec.guard, where)
     if isinstance(factory, Guard):
         if spec.options:
             raise ConfigError(f"Config key '{where}' gives options to '{spec.guard}', which is "
@@ -67,7 +70,7 @@ def build_guard(spec: GuardSpec, where: str) -> Guard:
     elif isinstance(factory, type):
         raise ConfigError(f"Config key '{where}.guard' is '{spec.guard}', a class that does not "
                           "subclass shipyard.guards.Guard.")
-    elif callable(factory) and spec.guard in BUILTINS:
+    elif callable(factory) and ":" not in spec.guard:
         guard = _construct(factory, spec, where)
     elif callable(factory):
         if spec.options:
