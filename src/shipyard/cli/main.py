@@ -225,8 +225,8 @@ def sim(
     seed: Annotated[int | None, typer.Option(help="Random seed for fault draws.")] = None,
     wire: Annotated[str, typer.Option(
         "--format", help="Wire API to speak: openai, or anthropic (Messages API), gemini "
-        "(Generative Language API), bedrock (Converse API) or ollama (native /api/chat), to "
-        "test those provider kinds offline.")] = "openai",
+        "(Generative Language API), bedrock (Converse API), ollama (native /api/chat) or azure "
+        "(Azure OpenAI URLs and api-key), to test those provider kinds offline.")] = "openai",
 ) -> None:
     """Serve a SIMULATED model with fault knobs (tests, demos, chaos): OpenAI-compatible,
     or speaking another provider's API with --format.
@@ -255,7 +255,9 @@ def sim(
              "anthropic": "Anthropic Messages API on {url}/v1/messages",
              "gemini": "Gemini API on {url}/v1beta/models/MODEL:generateContent",
              "bedrock": "Bedrock Converse API on {url}/model/MODEL/converse",
-             "ollama": "Ollama API on {url}/api/chat"}[wire]
+             "ollama": "Ollama API on {url}/api/chat",
+             "azure": "Azure OpenAI API on {url}/openai/deployments/NAME/chat/completions"
+             }[wire]
     console.print("[bold yellow]SIMULATED[/] " + where.format(url=f"http://{host}:{port}")
                   + ". Not a real model.")
     run_sim(SimServer(faults, api_key=api_key, admin_token=admin_token, seed=seed),

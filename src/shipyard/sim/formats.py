@@ -1,4 +1,4 @@
-"""`shipyard sim --format anthropic|gemini|bedrock|ollama`: the simulated model speaking
+"""`shipyard sim --format anthropic|gemini|bedrock|ollama|azure`: the simulated model speaking
 another provider's wire API, with the same fault knobs and admin API as the OpenAI one.
 
 Each format translates the native request to an OpenAI one (the reverse translators of
@@ -9,8 +9,8 @@ out in the native error shapes (Anthropic's 503 is its own 529 `overloaded_error
 
 The engine is used through one method, `chat(body, text=...)` (see `ChatEngine`). Until the
 engine answers tools and `response_format` itself, `_shape` makes the answer a tool call when
-the request forces one, and JSON when JSON is asked for, so every kind's tool and JSON paths
-can be tested end to end.
+the request forces one (or offers exactly one tool for the user's question), and JSON when
+JSON is asked for, so every kind's tool and JSON paths can be tested end to end.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def _shape(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
         forced = next((t for t in tools if t.get("name") == name), None)
     elif choice == "required" and tools:
         forced = tools[0]
+    elif choice in (None, "auto") and len(tools) == 1 and (
+            (request.get("messages") or [{}])[-1].get("role") == "user"):
+        forced = tools[0]  # one tool offered for the user's question: the sim calls it
     if forced is not None:
         message["content"] = None
         message["tool_calls"] = [tool_call(new_id("call_"), str(forced.get("name")),
@@ -374,8 +377,71 @@ class OllamaSim(FormatSim):
         yield from writer.end()
 
 
+class AzureSim(FormatSim):
+    """Azure OpenAI: the OpenAI wire format at Azure's URLs, with Azure's auth —
+    `/openai/deployments/NAME/...` with a required `api-version`, the v1 API at
+    `/openai/v1/...`, and the key in `api-key` (or an Entra ID bearer token)."""
+
+    name = "azure"
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        server = self.server
+        routes: list[tuple[str, str, Handler]] = []
+        for endpoint, handler in (("chat/completions", self.chat),
+                                  ("completions", server.completions),
+                                  ("embeddings", server.embeddings)):
+            routes.append(("POST", f"/openai/deployments/{{deployment}}/{endpoint}",
+                           self._versioned(handler)))
+            routes.append(("POST", f"/openai/v1/{endpoint}", handler))
+        return routes
+
+    def authorized(self, request: web.Request, body: bytes) -> bool:
+        key = self.server.api_key
+        if key is None or "api-key" not in request.headers:
+            return _bearer(request, key)
+        return hmac.compare_digest(request.headers["api-key"].encode(), key.encode())
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None
+              ) -> web.Response:
+        body = {"error": {"message": message, "type": "invalid_request_error" if status < 500
+                          else "server_error", "param": None, "code": str(status)}}
+        return web.Response(body=orjson.dumps(body), status=status,
+                            content_type="application/json", headers=headers)
+
+    def _versioned(self, handler: Handler) -> Handler:
+        async def versioned(request: web.Request) -> web.StreamResponse:
+            if "api-version" not in request.query:
+                return self.error(404, "Resource not found")
+            return await handler(request)
+        return versioned
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        deployment = request.match_info.get("deployment")
+        try:
+            stream = bool(orjson.loads(await request.read()).get("stream"))
+        except (orjson.JSONDecodeError, AttributeError):
+            stream = False
+
+        def to_openai(body: dict[str, Any]) -> dict[str, Any]:
+            return {**body, "model": deployment or body.get("model")}
+
+        return await self.serve(request, model="", stream=stream, to_openai=to_openai,
+                                to_native=lambda chat, answer: answer)
+
+    def encode(self, event: Any) -> bytes:
+        return b"data: [DONE]\n\n" if event is None else sse(event)
+
+    def stream_events(self, request: dict[str, Any], answer: dict[str, Any]) -> Iterator[Any]:
+        wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        for chunk in answer_chunks(answer):
+            if chunk["choices"] or wants_usage:
+                yield chunk
+        yield None
+
+
 FORMATS: dict[str, type[FormatSim]] = {
-    "anthropic": AnthropicSim, "gemini": GeminiSim, "bedrock": BedrockSim, "ollama": OllamaSim}
+    "anthropic": AnthropicSim, "gemini": GeminiSim, "bedrock": BedrockSim, "ollama": OllamaSim,
+    "azure": AzureSim}
 
 _SIGV4 = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)"
                     r"/(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?"

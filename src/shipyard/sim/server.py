@@ -66,8 +66,15 @@ class SimServer:
         return hmac.compare_digest(given.encode(), secret.encode())
 
     # -- model routes -----------------------------------------------------------------------
+    def _key_ok(self, request: web.Request) -> bool:
+        """A bearer key, or Azure OpenAI's `api-key` header."""
+        if self.api_key is not None and "api-key" in request.headers:
+            return hmac.compare_digest(request.headers["api-key"].encode(),
+                                       self.api_key.encode())
+        return self._bearer_ok(request, self.api_key)
+
     async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        if not self._bearer_ok(request, self.api_key):
+        if not self._key_ok(request):
             return _error(401, "Incorrect API key provided.", "authentication_error",
                           "invalid_api_key")
         try:

@@ -7,8 +7,9 @@ only when asked and only in recent releases. Native also takes a JSON Schema in 
 
 Forward: `to_ollama`, `from_ollama`, `StreamReader` (NDJSON lines, the last with
 `done: true`). Reverse (the simulator): `to_openai`, `to_ollama_response`, `StreamWriter`.
-Ollama leaves `prompt_eval_count` out when the whole prompt came from its cache; the prompt
-is then estimated and the usage marked estimated.
+Ollama has no `tool_choice`: a forced function is offered as the only tool, `required` is
+sent as `auto`, and the model decides. Ollama leaves `prompt_eval_count` out when the whole
+prompt came from its cache; the prompt is then estimated and the usage marked estimated.
 
 >>> body = to_ollama({"model": "llama3.2", "max_tokens": 20,
 ...                   "messages": [{"role": "user", "content": "Hi"}]}, stream=False)
@@ -103,8 +104,13 @@ def to_ollama(payload: dict[str, Any], *, stream: bool,
     wanted = json_output(payload)
     if wanted is not None:
         body["format"] = wanted[1] if wanted[1] != {"type": "object"} else "json"
-    if payload.get("tools") and payload.get("tool_choice") != "none":
-        body["tools"] = [t for t in payload["tools"] if isinstance(t, dict)]
+    choice = payload.get("tool_choice")
+    if payload.get("tools") and choice != "none":
+        tools = [t for t in payload["tools"] if isinstance(t, dict)]
+        if isinstance(choice, dict):  # no tool_choice in Ollama: offer the forced one only
+            name = (choice.get("function") or {}).get("name")
+            tools = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        body["tools"] = tools
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
     return body
