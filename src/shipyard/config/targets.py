@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -158,6 +159,12 @@ class ProviderConfig(Section):
     latency_ms: float = Field(
         0.0, ge=0, description="sim: fixed latency before the first token, in milliseconds."
     )
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2024-10-21 as a date; the API wants the text.
+        return value.isoformat() if isinstance(value, date) else value
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ProviderConfig:
