@@ -39,7 +39,7 @@ from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
 from shipyard.gateway.runtime import Gateway
 from shipyard.sim.engine import Faults
-from shipyard.sim.server import SimServer, run_sim
+from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
 from shipyard.store import create_store_engine, migrate
 
 app = typer.Typer(
@@ -217,16 +217,25 @@ def sim(
     cut_after: Annotated[int, typer.Option(help="Chunks sent before a cut.")] = 2,
     omit_usage: Annotated[bool, typer.Option(help="Leave 'usage' out of answers.")] = False,
     api_key: Annotated[str | None, typer.Option(
-        help="Require this bearer key on model routes, like a real provider.")] = None,
+        help="Require this key on model routes, like a real provider, where the format "
+        "sends it (bearer; anthropic x-api-key; gemini x-goog-api-key); bedrock takes it as a "
+        "bearer API key or as the AWS secret access key of a SigV4 signature.")] = None,
     admin_token: Annotated[str | None, typer.Option(
         help="Require this bearer token on the /_sim admin routes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for fault draws.")] = None,
+    wire: Annotated[str, typer.Option(
+        "--format", help="Wire API to speak: openai, or anthropic (Messages API), gemini "
+        "(Generative Language API), bedrock (Converse API), ollama (native /api/chat) or azure "
+        "(Azure OpenAI URLs and api-key), to test those provider kinds offline.")] = "openai",
 ) -> None:
-    """Serve a SIMULATED OpenAI-compatible model with fault knobs (tests, demos, chaos).
+    """Serve a SIMULATED model with fault knobs (tests, demos, chaos): OpenAI-compatible,
+    or speaking another provider's API with --format.
 
     Knobs can be changed while it runs: curl -X PATCH localhost:9100/_sim/faults
     -d '{"error_rates": {"500": 0.3}}'.
     """
+    if wire not in SIM_FORMATS:
+        raise fail(f"--format is '{wire}'; use one of {', '.join(SIM_FORMATS)}.")
     rates: dict[str, float] = {}
     for item in error_rate or []:
         status, _, rate = item.partition("=")
@@ -242,10 +251,17 @@ def sim(
     except ValueError as exc:
         raise fail(f"Fault knobs are invalid: {exc}.") from None
     _logging("info")
-    console.print(f"[bold yellow]SIMULATED[/] OpenAI-compatible model on "
-                  f"http://{host}:{port}/v1 (models: sim-chat, sim-embed). Not a real model.")
+    where = {"openai": "OpenAI-compatible model on {url}/v1 (models: sim-chat, sim-embed)",
+             "anthropic": "Anthropic Messages API on {url}/v1/messages",
+             "gemini": "Gemini API on {url}/v1beta/models/MODEL:generateContent",
+             "bedrock": "Bedrock Converse API on {url}/model/MODEL/converse",
+             "ollama": "Ollama API on {url}/api/chat",
+             "azure": "Azure OpenAI API on {url}/openai/deployments/NAME/chat/completions"
+             }[wire]
+    console.print("[bold yellow]SIMULATED[/] " + where.format(url=f"http://{host}:{port}")
+                  + ". Not a real model.")
     run_sim(SimServer(faults, api_key=api_key, admin_token=admin_token, seed=seed),
-            host=host, port=port)
+            host=host, port=port, format=wire)
 
 
 def _wait_http(url: str, timeout: float) -> bool:

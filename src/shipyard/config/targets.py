@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import date
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -20,9 +21,13 @@ from shipyard.config.security import RateLimitConfig
 from shipyard.config.trust import EscalationConfig, GuardsConfig, PIIConfig
 
 __all__ = [
+    "DEFAULT_API_VERSIONS",
+    "DEFAULT_BASE_URLS",
+    "PROVIDER_KINDS",
     "DeploymentConfig",
     "ModelConfig",
     "ProviderConfig",
+    "ProviderKind",
     "ServiceConfig",
     "StageSpec",
 ]
@@ -65,28 +70,90 @@ class DeploymentConfig(Section):
     weight: float = Field(1.0, gt=0, description="Share of traffic, relative to the others.")
 
 
+# Every provider kind, declared once: config validation, the provider registry
+# (`shipyard.providers`) and the docs derive from it.
+ProviderKind = Literal["openai", "python", "sim", "anthropic", "gemini", "azure", "bedrock",
+                       "ollama"]
+PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
+# Where a kind's API lives when `base_url` is not set (bedrock's depends on `region`).
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "ollama": "http://127.0.0.1:11434",
+}
+DEFAULT_API_VERSIONS = {"azure": "2024-10-21", "anthropic": "2023-06-01"}
+
+
 class ProviderConfig(Section):
-    kind: Literal["openai", "python", "sim"] = Field(
+    kind: ProviderKind = Field(
         description="`openai` (any OpenAI-compatible HTTP upstream), `python` (a "
-        "`module:function`) or `sim` (the built-in simulated model, in process)."
+        "`module:function`), `sim` (the built-in simulated model, in process), `anthropic` "
+        "(Messages API), `gemini` (Generative Language API), `azure` (Azure OpenAI), "
+        "`bedrock` (Bedrock Converse API) or `ollama` (Ollama's native API); see "
+        "docs/providers.md."
     )
     base_url: str | None = Field(
         None,
         description="openai: base URL of the upstream API, ending in `/v1`, e.g. "
-        "`http://127.0.0.1:9100/v1`.",
+        "`http://127.0.0.1:9100/v1`. azure: the resource endpoint, e.g. "
+        "`https://NAME.openai.azure.com`. anthropic, gemini, ollama, bedrock: optional, "
+        "defaults to the provider's own API (bedrock: `https://bedrock-runtime.REGION."
+        "amazonaws.com`).",
     )
     api_key: SecretStr | None = Field(
-        None, description="openai: upstream API key, as `{$env: NAME}` or `{$file: path}`."
+        None,
+        description="Upstream API key, as `{$env: NAME}` or `{$file: path}`. Sent as the "
+        "kind expects: openai and ollama `Authorization: Bearer`, anthropic `x-api-key`, "
+        "gemini `x-goog-api-key`, azure `api-key`, bedrock a Bedrock API key (bearer) "
+        "instead of AWS credentials.",
     )
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="openai: extra headers sent with every upstream call (values may be secret "
-        "references, e.g. Azure's `api-key: {$env: AZURE_OPENAI_KEY}`).",
+        description="Extra headers sent with every upstream call (values may be secret "
+        "references), e.g. anthropic's `anthropic-beta`.",
     )
     query: dict[str, str] = Field(
         default_factory=dict,
-        description="openai: query parameters added to every upstream URL, e.g. Azure's "
-        "`api-version: 2024-10-21`.",
+        description="openai: query parameters added to every upstream URL.",
+    )
+    api_version: str | None = Field(
+        None,
+        description="azure: the `api-version` query parameter (default `2024-10-21`), or "
+        "`v1` for Azure's v1 API (`/openai/v1/...`, model in the body). anthropic: the "
+        "`anthropic-version` header (default `2023-06-01`).",
+    )
+    deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="azure: model name → deployment name, e.g. `{gpt-4o: prod-gpt4o}`; a "
+        "model not listed is used as the deployment name itself.",
+    )
+    entra_token: SecretStr | None = Field(
+        None,
+        description="azure: a Microsoft Entra ID access token sent as `Authorization: "
+        "Bearer` instead of `api_key`, as `{$env: NAME}` or `{$file: path}`.",
+    )
+    region: str | None = Field(
+        None, description="bedrock: the AWS region, e.g. `us-east-1`."
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        None, description="bedrock: AWS access key id (for SigV4 signing), as a secret "
+        "reference."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, description="bedrock: AWS secret access key, as a secret reference."
+    )
+    aws_session_token: SecretStr | None = Field(
+        None, description="bedrock: AWS session token of temporary credentials, as a "
+        "secret reference."
+    )
+    default_max_tokens: int = Field(
+        4096, ge=1,
+        description="anthropic: `max_tokens` sent when the request has none (the Messages "
+        "API requires it).",
+    )
+    keep_alive: str | None = Field(
+        None, description="ollama: how long the model stays loaded after a request, e.g. "
+        "`10m` (Ollama's `keep_alive`)."
     )
     function: str | None = Field(
         None, description="python: the callable as `package.module:function` (sync or async)."
@@ -111,35 +178,63 @@ class ProviderConfig(Section):
         description="Circuit breaker of each deployment on this provider.",
     )
     max_connections: int = Field(
-        256, ge=1, description="openai: size of the keep-alive connection pool to the upstream."
+        256, ge=1, description="HTTP kinds: size of the keep-alive connection pool to the "
+        "upstream."
     )
     stream_usage: bool = Field(
         True,
-        description="openai: ask the upstream for usage in streams "
-        "(`stream_options.include_usage`) so token counts are exact; the extra usage event is "
-        "removed when the client did not ask for it. Turn off for upstreams that reject it.",
+        description="HTTP kinds: have streams report usage so token counts are exact "
+        "(openai and azure: `stream_options.include_usage`; the translating kinds always "
+        "know it); the extra usage event is removed when the client did not ask for it. Turn "
+        "off for OpenAI-compatible upstreams that reject `stream_options`.",
     )
     latency_ms: float = Field(
         0.0, ge=0, description="sim: fixed latency before the first token, in milliseconds."
     )
 
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2024-10-21 as a date; the API wants the text.
+        return value.isoformat() if isinstance(value, date) else value
+
     @model_validator(mode="after")
     def _kind_fields(self) -> ProviderConfig:
-        if self.kind == "openai":
-            if not self.base_url:
-                raise ValueError(
-                    "kind 'openai' needs 'base_url', e.g. base_url: http://127.0.0.1:9100/v1"
-                )
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"base_url '{self.base_url}' must start with http:// or https://"
-                )
+        if self.kind in ("openai", "azure") and not self.base_url:
+            example = ("https://NAME.openai.azure.com" if self.kind == "azure"
+                       else "http://127.0.0.1:9100/v1")
+            raise ValueError(f"kind '{self.kind}' needs 'base_url', e.g. base_url: {example}")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url '{self.base_url}' must start with http:// or https://")
         if self.kind == "python" and not (self.function and FUNCTION_PATTERN.match(self.function)):
             raise ValueError(
                 "kind 'python' needs 'function' as 'package.module:function', "
                 f"got {self.function!r}"
             )
+        if self.kind in ("anthropic", "gemini") and self.api_key is None:
+            raise ValueError(f"kind '{self.kind}' needs 'api_key', e.g. api_key: "
+                             f"{{$env: {self.kind.upper()}_API_KEY}}")
+        if self.kind == "azure" and (self.api_key is None) == (self.entra_token is None):
+            raise ValueError("kind 'azure' needs exactly one of 'api_key' (sent as api-key) or "
+                             "'entra_token' (a Microsoft Entra ID bearer token)")
+        if self.kind == "bedrock":
+            self._bedrock_fields()
         return self
+
+    def _bedrock_fields(self) -> None:
+        if not self.region and not self.base_url:
+            raise ValueError("kind 'bedrock' needs 'region', e.g. region: us-east-1")
+        if not self.region:
+            raise ValueError("kind 'bedrock' needs 'region' (it is part of the signature)")
+        keys = (self.aws_access_key_id is not None, self.aws_secret_access_key is not None)
+        if self.api_key is None and keys != (True, True):
+            raise ValueError(
+                "kind 'bedrock' needs 'aws_access_key_id' and 'aws_secret_access_key' (as "
+                "{$env: AWS_ACCESS_KEY_ID} and {$env: AWS_SECRET_ACCESS_KEY}) or a Bedrock "
+                "'api_key'")
+        if self.api_key is not None and any(keys):
+            raise ValueError("kind 'bedrock' takes either 'api_key' or AWS credentials, "
+                             "not both")
 
 
 class ModelConfig(Section):

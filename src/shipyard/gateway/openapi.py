@@ -241,9 +241,19 @@ _SCHEMAS: dict[str, JSON] = {
                        "route": _STRING, "status": {"type": "integer"},
                        "started_at": _TIME, "ended_at": _TIME,
                        "request_body": _nullable("string"),
-                       "response_body": _nullable("string")},
+                       "response_body": _nullable("string"),
+                       "outcome": _nullable("string"), "trace_id": _nullable("string")},
     },
     "TraceList": _list_of("Trace"),
+    "TraceTree": {
+        "type": "object", "required": ["object", "trace_id", "records", "spans"],
+        "description": "A request and every request of its W3C trace, with their spans.",
+        "properties": {"object": {"type": "string", "enum": ["trace.tree"]},
+                       "trace_id": _STRING,
+                       "records": {"type": "array",
+                                   "items": {"$ref": "#/components/schemas/Trace"}},
+                       "spans": {"type": "array", "items": {"type": "object"}}},
+    },
     "FeedbackCreate": {
         "type": "object", "required": ["trace_id"], "additionalProperties": False,
         "description": "Feedback on one of the caller's traces: a `score`, a `label`, or both.",
@@ -523,6 +533,10 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("GET", "/v1/traces/{trace_id}"): _Op(
         "getTrace", "One trace, by trace id or request id", "traces", _ok("Trace"),
         (400, *_AUTH, 404), params=(_path_param("trace_id", "A trace id or request id."), _TENANT)),
+    ("GET", "/v1/traces/{trace_id}/tree"): _Op(
+        "getTraceTree", "A request with the other requests of its W3C trace, and their spans",
+        "traces", _ok("TraceTree"), (400, *_AUTH, 404),
+        params=(_path_param("trace_id", "A trace id or request id."), _TENANT)),
     ("POST", "/v1/feedback"): _Op(
         "createFeedback", "Give feedback on one of the tenant's traces", "feedback",
         _ok("Feedback", 201, "Created."), (400, *_AUTH, 404, 413, 422), "FeedbackCreate"),

@@ -22,7 +22,7 @@ from shipyard.errors import (
 )
 from shipyard.pipeline import Endpoint, Reply
 
-__all__ = ["OpenAIProvider", "UpstreamRejected", "error_from_upstream"]
+__all__ = ["OpenAIProvider", "UpstreamRejected", "error_from_upstream", "upstream_error"]
 
 # x-shipyard-confidence: a score escalation reads (models.ALIAS.escalation.min_confidence).
 _PASS_HEADERS = ("retry-after", "x-request-id", "openai-processing-ms",
@@ -58,7 +58,19 @@ def error_from_upstream(provider: str, status: int, body: bytes,
                         headers: dict[str, str]) -> ShipyardError:
     """Map an upstream error answer to the error Shipyard gives its caller."""
     message, param, code = _upstream_message(body)
-    passed = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
+    return upstream_error(provider, status, message, param=param, code=code, headers=headers)
+
+
+def upstream_error(provider: str, status: int, message: str, *, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None,
+                   credentials: str = "api_key") -> ShipyardError:
+    """The error for an upstream's HTTP `status`, keeping the upstream's own `message`.
+
+    400/413/422 and 429 keep their status (the caller can fix or slow down); bad credentials
+    and unknown models are the operator's to fix (502, naming the key); 408/504 are timeouts;
+    anything else is a retryable upstream failure.
+    """
+    passed = {k: v for k, v in (headers or {}).items() if k.lower() == "retry-after"}
     if status in (400, 413, 422):
         return UpstreamRejected(f"The upstream rejected the request: {message}",
                                 status=status, param=param, code=code)
@@ -69,15 +81,15 @@ def error_from_upstream(provider: str, status: int, body: bytes,
             status=429, code=code or "rate_limit_exceeded", headers=passed)
     if status in (401, 403):
         return UpstreamError(
-            f"The upstream '{provider}' rejected Shipyard's credentials (HTTP {status}); "
-            f"check providers.{provider}.api_key.", upstream_status=status)
+            f"The upstream '{provider}' rejected Shipyard's credentials (HTTP {status}): "
+            f"{message}. Check providers.{provider}.{credentials}.", upstream_status=status)
     if status == 404:
         return UpstreamError(
             f"The upstream '{provider}' answered 404: {message}. Check the model name "
             f"(models.ALIAS.model) and providers.{provider}.base_url.", upstream_status=status)
     if status in (408, 504):
-        return UpstreamTimeout(f"The upstream '{provider}' timed out (HTTP {status}).",
-                               upstream_status=status, headers=passed)
+        return UpstreamTimeout(f"The upstream '{provider}' timed out (HTTP {status}): "
+                               f"{message}", upstream_status=status, headers=passed)
     return UpstreamError(f"The upstream '{provider}' failed with HTTP {status}: {message}",
                          upstream_status=status, headers=passed)
 
@@ -102,6 +114,10 @@ class OpenAIProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout_s, sock_connect=config.connect_timeout_s
         )
+
+    def url(self, endpoint: Endpoint, payload: dict[str, Any]) -> str:
+        """Where this endpoint lives upstream (Azure puts the deployment in the path)."""
+        return f"{self.base_url}/{endpoint}"
 
     async def start(self) -> None:
         await self._open()
@@ -132,7 +148,7 @@ class OpenAIProvider:
         timeout: float | None = None,
     ) -> Reply:
         session = self._session or await self._open()
-        url = f"{self.base_url}/{endpoint}"
+        url = self.url(endpoint, payload)
         started = time.perf_counter()
         limit = self._timeout
         if timeout is not None and timeout < self.config.timeout_s:

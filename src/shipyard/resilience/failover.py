@@ -27,6 +27,7 @@ from shipyard.config.targets import ModelConfig
 from shipyard.errors import CircuitOpen, ShipyardError, UpstreamTimeout
 from shipyard.observe.tracing import new_span_id, record_span, traceparent
 from shipyard.pipeline import Call, Reply
+from shipyard.providers import STREAM_USAGE_KINDS
 from shipyard.providers.base import Provider
 from shipyard.resilience.circuit import CircuitBreaker
 from shipyard.resilience.retry import RetryBudget, backoff_s, is_retryable, retry_after_s
@@ -106,8 +107,8 @@ async def _attempt(call: Call, target: Routed, deployment: Deployment,
     payload = dict(call.payload)
     payload["model"] = deployment.model
     injected = False
-    if (call.stream and not call.client_wants_usage and deployment.provider.kind == "openai"
-            and config.stream_usage):
+    if (call.stream and not call.client_wants_usage
+            and deployment.provider.kind in STREAM_USAGE_KINDS and config.stream_usage):
         payload["stream_options"] = {**(payload.get("stream_options") or {}),
                                      "include_usage": True}
         injected = True

@@ -7,10 +7,11 @@ time of this release; check them against your contract and override what differs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PRICES", "Price", "PriceTable"]
+__all__ = ["DEFAULT_PRICES", "Price", "PriceTable", "base_model"]
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,57 @@ DEFAULT_PRICES: Mapping[str, Price] = {
     "o3-mini": Price(1.10, 4.40),
     "text-embedding-3-small": Price(0.02, 0.0),
     "text-embedding-3-large": Price(0.13, 0.0),
+    # Anthropic (Claude), also on Bedrock under ids such as
+    # `us.anthropic.claude-sonnet-4-5-20250929-v1:0` (see `PriceTable.cost`).
+    "claude-opus-4-5": Price(5.00, 25.00),
+    "claude-opus-4-1": Price(15.00, 75.00),
+    "claude-opus-4": Price(15.00, 75.00),
+    "claude-sonnet-4-5": Price(3.00, 15.00),
+    "claude-sonnet-4": Price(3.00, 15.00),
+    "claude-3-7-sonnet": Price(3.00, 15.00),
+    "claude-haiku-4-5": Price(1.00, 5.00),
+    "claude-3-5-haiku": Price(0.80, 4.00),
+    "claude-3-haiku": Price(0.25, 1.25),
+    # Google Gemini (Generative Language API; prompts up to 200k tokens for the Pro model).
+    "gemini-2.5-pro": Price(1.25, 10.00),
+    "gemini-2.5-flash": Price(0.30, 2.50),
+    "gemini-2.5-flash-lite": Price(0.10, 0.40),
+    "gemini-2.0-flash": Price(0.10, 0.40),
+    "gemini-2.0-flash-lite": Price(0.075, 0.30),
+    # Amazon Nova on Bedrock.
+    "nova-premier": Price(2.50, 12.50),
+    "nova-pro": Price(0.80, 3.20),
+    "nova-lite": Price(0.06, 0.24),
+    "nova-micro": Price(0.035, 0.14),
     # The simulated model: priced like a small model, so demos and tests show real numbers.
     "sim-chat": Price(0.15, 0.60),
     "sim-embed": Price(0.02, 0.0),
 }
 
 
+# Dated and versioned model ids (`claude-sonnet-4-5-20250929`, Bedrock's
+# `us.anthropic.claude-3-5-haiku-20241022-v1:0`, `gemini-2.5-flash-001`) name the same model
+# as their base name.
+_REGION = re.compile(r"^(?:us|eu|apac|au|jp|ca|us-gov|global)\.")
+_VENDOR = re.compile(r"^(?:anthropic|amazon|meta|mistral|cohere|ai21|deepseek|openai)\.")
+_SUFFIX = re.compile(r"(?:-v\d+(?::\d+)?)$|(?:[-@]\d{8})$|(?:-\d{3})$|(?:-latest)$")
+
+
+def base_model(name: str) -> str:
+    """The model name without region, vendor, date or version parts.
+
+    >>> base_model("us.anthropic.claude-3-5-haiku-20241022-v1:0")
+    'claude-3-5-haiku'
+    """
+    name = _VENDOR.sub("", _REGION.sub("", name.removeprefix("models/")))
+    while (stripped := _SUFFIX.sub("", name)) != name:
+        name = stripped
+    return name
+
+
 class PriceTable:
-    """Look up a price by alias first (config), then by upstream model name."""
+    """Look up a price by alias first (config), then by upstream model name, then by that
+    name without its date or version (`claude-sonnet-4-5-20250929` → `claude-sonnet-4-5`)."""
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
@@ -49,4 +93,8 @@ class PriceTable:
         for name in (alias, upstream_model):
             if name and name in self.prices:
                 return self.prices[name].cost(prompt_tokens, completion_tokens)
+        if upstream_model:
+            base = base_model(upstream_model)
+            if base in self.prices:
+                return self.prices[base].cost(prompt_tokens, completion_tokens)
         return None

@@ -1,5 +1,7 @@
 """`shipyard sim`: the simulated model over HTTP, with faults that can be flipped mid-run.
 
+It speaks OpenAI's API, or with `format` another provider's (`shipyard.sim.formats`).
+
 Built on aiohttp's server because chaos needs what ASGI hides: the raw transport, to reset a
 connection or cut a stream mid-answer.
 
@@ -25,10 +27,12 @@ import orjson
 from aiohttp import web
 
 from shipyard.sim.engine import Faults, SimModel
+from shipyard.sim.formats import FORMATS
 
-__all__ = ["SimServer", "build_sim_app", "run_sim"]
+__all__ = ["SIM_FORMATS", "SimServer", "build_sim_app", "run_sim"]
 
 log = logging.getLogger("shipyard.sim")
+SIM_FORMATS = ("openai", *FORMATS)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -62,8 +66,15 @@ class SimServer:
         return hmac.compare_digest(given.encode(), secret.encode())
 
     # -- model routes -----------------------------------------------------------------------
+    def _key_ok(self, request: web.Request) -> bool:
+        """A bearer key, or Azure OpenAI's `api-key` header."""
+        if self.api_key is not None and "api-key" in request.headers:
+            return hmac.compare_digest(request.headers["api-key"].encode(),
+                                       self.api_key.encode())
+        return self._bearer_ok(request, self.api_key)
+
     async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        if not self._bearer_ok(request, self.api_key):
+        if not self._key_ok(request):
             return _error(401, "Incorrect API key provided.", "authentication_error",
                           "invalid_api_key")
         try:
@@ -74,9 +85,13 @@ class SimServer:
             return _error(400, "The request body must be a JSON object.")
         return body
 
-    async def _fault(self, request: web.Request, route: str,
-                     stream: bool) -> web.StreamResponse | str | None:
-        """Apply latency and maybe a fault; returns a response to send, a mode, or None."""
+    async def fault(self, request: web.Request, route: str, stream: bool,
+                    error: Callable[..., web.Response] | None = None
+                    ) -> web.StreamResponse | str | None:
+        """Apply latency and maybe a fault; returns a response to send, a mode, or None.
+
+        `error(status, message, headers)` writes error answers in the wire format being
+        served (the OpenAI shape by default)."""
         faults = self.faults
         delay = self.model.latency_s(faults)
         if delay > 0:
@@ -91,10 +106,14 @@ class SimServer:
             headers = {}
             if status in (429, 503) and faults.retry_after_s is not None:
                 headers["Retry-After"] = f"{faults.retry_after_s:g}"
+            if error is not None:
+                return error(status, f"Simulated {status} error.", headers)
             return _error(status, f"Simulated {status} error.", "server_error"
                           if status >= 500 else "rate_limit_error", f"sim_{status}", headers)
         if fault == "hang":
             await asyncio.sleep(faults.hang_s)
+            if error is not None:
+                return error(504, "Simulated hang ended.")
             return _error(504, "Simulated hang ended.", "server_error")
         if fault == "reset":
             if request.transport is not None:
@@ -113,13 +132,13 @@ class SimServer:
         if isinstance(body, web.Response):
             return body
         stream = bool(body.get("stream")) and chunks is not None
-        fault = await self._fault(request, route, stream)
+        fault = await self.fault(request, route, stream)
         if isinstance(fault, web.StreamResponse):
             return fault
         if not stream or chunks is None:
             payload = orjson.dumps(make(body))
             if fault == "cut":
-                return await self._cut_plain(request, payload)
+                return await self.cut_plain(request, payload)
             return web.Response(body=payload, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
@@ -137,7 +156,7 @@ class SimServer:
         await response.write_eof()
         return response
 
-    async def _cut_plain(self, request: web.Request, payload: bytes) -> web.StreamResponse:
+    async def cut_plain(self, request: web.Request, payload: bytes) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.content_length = len(payload)
         await response.prepare(request)
@@ -219,12 +238,20 @@ class SimServer:
         return web.json_response({"status": "ok", "simulated": True})
 
 
-def build_sim_app(server: SimServer) -> web.Application:
+def build_sim_app(server: SimServer, *, format: str = "openai") -> web.Application:
+    """The sim's routes: the OpenAI API, or another wire format (`FORMATS`), plus the
+    health probe and the admin API shared by all."""
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app.router.add_post("/v1/chat/completions", server.chat)
-    app.router.add_post("/v1/completions", server.completions)
-    app.router.add_post("/v1/embeddings", server.embeddings)
-    app.router.add_get("/v1/models", server.list_models)
+    if format == "openai":
+        app.router.add_post("/v1/chat/completions", server.chat)
+        app.router.add_post("/v1/completions", server.completions)
+        app.router.add_post("/v1/embeddings", server.embeddings)
+        app.router.add_get("/v1/models", server.list_models)
+    elif format in FORMATS:
+        for method, path, handler in FORMATS[format](server).routes():
+            app.router.add_route(method, path, handler)
+    else:
+        raise ValueError(f"format '{format}' is not one of openai, {', '.join(FORMATS)}")
     app.router.add_get("/livez", server.health)
     app.router.add_get("/_sim/faults", server._admin(server.get_faults))
     app.router.add_patch("/_sim/faults", server._admin(server.change_faults))
@@ -235,8 +262,9 @@ def build_sim_app(server: SimServer) -> web.Application:
     return app
 
 
-def run_sim(server: SimServer, *, host: str = "127.0.0.1", port: int = 9100) -> None:
+def run_sim(server: SimServer, *, host: str = "127.0.0.1", port: int = 9100,
+            format: str = "openai") -> None:
     """Serve until interrupted (SIGINT/SIGTERM)."""
     # A short shutdown timeout: hanging requests (a fault on purpose) must not hold the exit.
-    web.run_app(build_sim_app(server), host=host, port=port, print=None,
+    web.run_app(build_sim_app(server, format=format), host=host, port=port, print=None,
                 access_log=None, handle_signals=True, shutdown_timeout=1.0)
