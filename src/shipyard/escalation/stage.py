@@ -107,7 +107,11 @@ class _Hooks:
         return Reply(body=orjson.dumps(answer), data=answer, headers=headers)
 
     def _notice(self, ticket: Ticket) -> Reply:
-        return self._respond(self.esc.notice(ticket), self.esc.field(ticket))
+        notice = self.esc.notice(ticket)
+        attributes = self.ctx.attributes if self.ctx.attributes is not None else {}
+        attributes["sent"] = notice  # the configured notice (a reviewer's answer is not kept)
+        self.ctx.attributes = attributes
+        return self._respond(notice, self.esc.field(ticket))
 
     def _conversation(self, output: Any = None) -> list[Any]:
         if not self.service:

@@ -75,7 +75,8 @@ class OpenAIRoutes:
             started = time.perf_counter()
             reply = await target.handler(call)
             if stream and reply.stream is not None:
-                ctx.upstream_ms = reply.upstream_ms
+                if ctx.provider is not None:  # an upstream answered (not a guard, cache, ...)
+                    ctx.upstream_ms = reply.upstream_ms
                 headers = {**_SSE_HEADERS, **gw.headers(ctx), **_shipyard_headers(reply),
                            "x-shipyard-model": call.served_by or alias}
                 streaming = True
@@ -113,7 +114,8 @@ class OpenAIRoutes:
 
     def _complete(self, ctx: RequestContext, call: Call, endpoint: Endpoint,
                   reply: Reply) -> Response:
-        ctx.upstream_ms = reply.upstream_ms
+        if ctx.provider is not None:  # an upstream answered (not a guard, cache, ...)
+            ctx.upstream_ms = reply.upstream_ms
         body = reply.body
         data = reply.data
         if data is None:

@@ -105,7 +105,8 @@ async def relay_sse(
                 out.append(event + b"\n\n")
             if out:
                 yield b"".join(out)
-        ctx.upstream_ms = (time.perf_counter() - upstream_started) * 1000.0
+        if ctx.provider is not None:  # an upstream streamed (not a guard's or a person's answer)
+            ctx.upstream_ms = (time.perf_counter() - upstream_started) * 1000.0
         if ctx.status >= 400:
             return  # the upstream's own error event already reached the client; no [DONE]
         if not saw_done:
@@ -126,7 +127,8 @@ async def relay_sse(
         ctx.status = 200
         yield _DONE
     except ShipyardError as exc:
-        ctx.upstream_ms = (time.perf_counter() - upstream_started) * 1000.0
+        if ctx.provider is not None:
+            ctx.upstream_ms = (time.perf_counter() - upstream_started) * 1000.0
         ctx.status = exc.status
         ctx.error_type = type(exc).__name__
         ctx.error_message = exc.message

@@ -287,6 +287,7 @@ class GuardStage(Stage):
                 message = str(extra.pop("message", message))
                 meta["escalation"] = extra
         ctx.finish_reason = "content_filter"
+        _trace(ctx)["sent"] = message  # the configured answer, never the user's text
         return message, meta
 
     async def _refuse(self, call: Call, outcome: Outcome, subject: Subject,

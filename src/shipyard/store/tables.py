@@ -21,6 +21,7 @@ from sqlalchemy import (
 __all__ = [
     "LATENCY_BOUNDS_MS",
     "LATENCY_BUCKETS",
+    "OUTCOMES",
     "alert_events",
     "alert_lease",
     "alerts",
@@ -96,6 +97,10 @@ traces = Table(
     Index(None, "tenant_id", "started_at", "id"),
     Index(None, "tenant_id", "service", "started_at", "id"),
 )
+
+# What can become of a request beyond its HTTP status (the `outcome` column; see
+# `shipyard.gateway.recorder.outcome_of`).
+OUTCOMES = ("ok", "cached", "fixed", "blocked", "escalated", "shed", "limited", "error")
 
 # The spans of one traced request (the pipeline stages and every upstream attempt), so a
 # waterfall can be drawn without a collector. One row per request, written with its trace by

@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from sqlalchemy import Engine, or_, select, tuple_
 
 from shipyard.security.roles import ROLE_SCOPES
 from shipyard.store import rollups
 from shipyard.store.feedback import feedback_series, list_feedback
-from shipyard.store.tables import traces
+from shipyard.store.tables import OUTCOMES, traces
 from shipyard.store.tenants import list_keys
 from shipyard.store.traces import get_trace
 from shipyard.ui.charts import bar_chart, line_chart, waterfall_chart
@@ -150,8 +151,13 @@ def _traffic(ctx: PageContext, service: str | None, by: str = "service") -> dict
     points, total = seen.points, seen.total
     x = [p.time.isoformat() for p in points]
     charts = [
-        bar_chart("Requests", x, {"ok": [p.requests - p.errors for p in points],
-                                  "errors": [p.errors for p in points]}, y_title="requests"),
+        bar_chart("Requests", x, {
+            "answered": [p.healthy - p.fixed for p in points],
+            "fixed": [p.fixed for p in points],
+            "blocked": [p.blocked for p in points],
+            "escalated": [p.escalated for p in points],
+            "errors": [p.errors - p.shed for p in points],
+            "shed": [p.shed for p in points]}, y_title="requests"),
         line_chart("Latency", x, {"p50": [p.p(0.5) for p in points],
                                   "p95": [p.p(0.95) for p in points],
                                   "p99": [p.p(0.99) for p in points]}, y_title="ms"),
@@ -165,6 +171,8 @@ def _traffic(ctx: PageContext, service: str | None, by: str = "service") -> dict
     ]
     cards = [("Requests", f"{total.requests:,}"),
              ("Error rate", f"{100 * total.error_rate:.2f}%"),
+             ("Blocked", f"{total.blocked:,}"), ("Escalated", f"{total.escalated:,}"),
+             ("Shed", f"{total.shed:,}"),
              ("p50", f"{_ms(total.p(0.5))} ms"), ("p95", f"{_ms(total.p(0.95))} ms"),
              ("p99", f"{_ms(total.p(0.99))} ms"), ("Tokens", f"{total.tokens:,}"),
              ("Cost", f"${total.cost_usd:,.4f}")]
@@ -174,6 +182,7 @@ def _traffic(ctx: PageContext, service: str | None, by: str = "service") -> dict
 
 def _rows(items: list[tuple[str, rollups.Point]]) -> list[dict[str, Any]]:
     return [{"name": name, "requests": p.requests, "error_rate": f"{100 * p.error_rate:.2f}%",
+             "blocked": p.blocked, "escalated": p.escalated, "fixed": p.fixed, "shed": p.shed,
              "p50": _ms(p.p(0.5)), "p95": _ms(p.p(0.95)), "p99": _ms(p.p(0.99)),
              "tokens": p.tokens, "cost": f"${p.cost_usd:,.4f}"} for name, p in items]
 
@@ -217,7 +226,8 @@ def explore(ctx: PageContext) -> dict[str, Any]:
     params = ctx.params
     query = select(traces.c.id, traces.c.request_id, traces.c.started_at, traces.c.service,
                    traces.c.model_alias, traces.c.status, traces.c.error_type,
-                   traces.c.total_ms, traces.c.total_tokens, traces.c.route).where(
+                   traces.c.total_ms, traces.c.total_tokens, traces.c.route,
+                   traces.c.outcome).where(
         traces.c.tenant_id == ctx.tenant_id, traces.c.started_at >= ctx.since,
         traces.c.started_at <= ctx.until)
     service_name = params.get("service") or None
@@ -233,6 +243,12 @@ def explore(ctx: PageContext) -> dict[str, Any]:
             raise PageError(400, f"Status '{status}' is not valid; choose ok, errors or an "
                                  "HTTP status such as 502.")
         query = query.where(traces.c.status == int(status))
+    outcome = params.get("outcome", "")
+    if outcome:
+        if outcome not in OUTCOMES:
+            raise PageError(400, f"Outcome '{outcome}' is not valid; choose one of "
+                                 f"{', '.join(OUTCOMES)}.")
+        query = query.where(traces.c.outcome == outcome)
     text = (params.get("q") or "").strip()
     if text:
         pattern = f"%{text}%"
@@ -258,10 +274,13 @@ def explore(ctx: PageContext) -> dict[str, Any]:
         after = f"{last['started_at'].isoformat()}~{last['id']}"
     names = [name for name, _ in rollups.breakdown(ctx.engine, tenant_id=ctx.tenant_id,
                                                     since=ctx.since, until=ctx.until) if name]
-    kept = {k: ctx.params.get(k, "") for k in ("service", "status", "range", "q", "from", "to")}
+    kept = {k: ctx.params.get(k, "") for k in ("service", "status", "outcome", "range", "q",
+                                                "from", "to")}
     return {"rows": rows, "next_cursor": after, "services": names,
             "query": urlencode({k: v for k, v in kept.items() if v}),
+            "outcomes": OUTCOMES,
             "filters": {"service": service_name or "", "status": status, "q": text,
+                        "outcome": outcome,
                         "range": ctx.range, "from": ctx.params.get("from", ""),
                         "to": ctx.params.get("to", "")}}
 
@@ -275,6 +294,7 @@ def trace_detail(ctx: PageContext) -> dict[str, Any]:
     spans, source = trace_spans(ctx.engine, row)
     fields = [(k, row[k]) for k in ("id", "request_id", "started_at", "route", "service",
                                     "model_alias", "provider", "upstream_model", "status",
+                                    "outcome",
                                     "error_type", "error_message", "total_ms", "queue_ms",
                                     "upstream_ms", "ttft_ms", "overhead_ms", "prompt_tokens",
                                     "completion_tokens", "cost_usd", "finish_reason",
@@ -285,8 +305,22 @@ def trace_detail(ctx: PageContext) -> dict[str, Any]:
     if ctx.can("feedback:read"):
         notes = list_feedback(ctx.engine, tenant_id=ctx.tenant_id, trace_id=row["id"],
                               limit=20)
+    attributes = _attributes(row)
+    verdicts = [v for v in attributes.get("guards") or [] if isinstance(v, dict)]
     return {"trace": row, "fields": fields, "spans": spans, "span_source": source,
-            "charts": [waterfall_chart(spans)], "feedback": notes}
+            "charts": [waterfall_chart(spans)], "feedback": notes, "verdicts": verdicts,
+            "sent": attributes.get("sent"), "escalation": attributes.get("escalation")}
+
+
+def _attributes(row: dict[str, Any]) -> dict[str, Any]:
+    raw = row.get("attributes")
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # -- feedback --------------------------------------------------------------------------------
