@@ -208,3 +208,34 @@ def test_api_validation_names_the_field_and_the_fix() -> None:
         Target(url="127.0.0.1:9", model="m")
     with pytest.raises(ConfigError, match=r"p99_ms \(--slo-p99-ms\) is 0"):
         SLO(p99_ms=0)
+
+
+def test_cli_load_tests_a_hosted_service(start_gateway: Callable[..., Proc],
+                                         tmp_path: Path) -> None:
+    from conftest import API_KEY
+
+    gateway = start_gateway(f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+services:
+  triage:
+    function: sample_services:classify
+    input_schema: {{type: object, required: [text], properties: {{text: {{type: string}}}}}}
+""")
+    bodies = tmp_path / "tickets.jsonl"
+    bodies.write_text('{"text": "I want a refund"}\n{"text": "Where is my parcel?"}\n')
+    out_json, out_html = tmp_path / "svc.json", tmp_path / "svc.html"
+    result = cli("loadtest", f"{gateway.url}/v1", "--service", "triage", "--body-file",
+                 str(bodies), "--api-key", API_KEY, "--rate", "20", "--duration", "2",
+                 "--json", str(out_json), "--html", str(out_html), "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "service triage" in result.stdout and "/services/triage/invoke" in result.stdout
+    data = json.loads(out_json.read_text())
+    assert data["target"] == "service triage" and data["ok"] == 40 and data["errors"] == {}
+    assert "service triage" in out_html.read_text()
+    missing = cli("loadtest", f"{gateway.url}/v1", "--service", "nope", "--body-file",
+                  str(bodies), "--api-key", API_KEY, "--duration", "1", cwd=tmp_path)
+    assert missing.returncode == 1 and "service 'nope' does not exist" in missing.stderr
+    no_body = cli("loadtest", f"{gateway.url}/v1", "--service", "triage", "--api-key",
+                  API_KEY, "--duration", "1", cwd=tmp_path)
+    assert no_body.returncode == 1 and "needs an input" in no_body.stderr

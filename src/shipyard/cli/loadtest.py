@@ -33,22 +33,36 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.1f} ms"
 
 
-def _body(path: Path | None) -> dict[str, Any] | None:
+def _bodies(path: Path | None) -> tuple[Any, tuple[Any, ...]]:
+    """(one body, several bodies) from --body-file: a JSON object, or a .jsonl file (one
+    service input per line, sent in turn)."""
     if path is None:
-        return None
+        return None, ()
     try:
-        data = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
     except OSError as exc:
         raise fail(f"--body-file is '{path}' and cannot be read ({exc.strerror}); pass a JSON "
-                   "file with one chat completions request body.") from None
+                   "file with one request body, or a .jsonl file of service inputs.") from None
+    if path.suffix == ".jsonl":
+        inputs = []
+        for number, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                inputs.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise fail(f"--body-file '{path}' line {number} is not valid JSON ({exc}); write "
+                           "one JSON input per line.") from None
+        if not inputs:
+            raise fail(f"--body-file '{path}' has no inputs; write one JSON input per line.")
+        return None, tuple(inputs)
+    try:
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise fail(f"--body-file '{path}' is not valid JSON ({exc}); write one chat completions "
-                   'request body, e.g. {"messages": [{"role": "user", "content": "Hi"}]}.'
-                   ) from None
-    if not isinstance(data, dict):
-        raise fail(f"--body-file '{path}' holds a JSON {type(data).__name__}; it must be one "
-                   "JSON object (a chat completions request body).")
-    return data
+                   'request body, e.g. {"messages": [{"role": "user", "content": "Hi"}]}, or a '
+                   "service's input.") from None
+    return data, ()
 
 
 def _bar() -> Progress:
@@ -68,7 +82,7 @@ def _print_run(result: engine.LoadResult, title: str = "Load test") -> None:
     table.add_column(style="bold")
     table.add_column()
     lat = result.latency
-    table.add_row("target", f"{result.url} · model {result.model}")
+    table.add_row("target", f"{result.endpoint} · {result.target}")
     table.add_row("profile", f"{result.profile} · {result.arrivals} arrivals · "
                   f"{result.duration_s:g} s")
     table.add_row("requests", f"{result.scheduled:,} scheduled · {result.sent:,} sent · "
@@ -143,10 +157,15 @@ def _write(result: engine.LoadResult | engine.SearchResult, json_path: Path | No
 def loadtest(
     url: Annotated[str, typer.Argument(
         help="API base URL of any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; "
-        "requests go to {url}/chat/completions.")],
+        "requests go to {url}/chat/completions, or {url}/services/NAME/invoke with "
+        "--service.")],
     model: Annotated[str | None, typer.Option(
         help="Model name to send (e.g. demo behind 'shipyard demo', sim-chat on "
         "'shipyard sim'). Optional when --body-file has a model.")] = None,
+    service: Annotated[str | None, typer.Option(
+        help="Load-test a Shipyard hosted service instead of a model: its input comes from "
+        "--body-file (one JSON input, or a .jsonl file with one input per line, sent in "
+        "turn).")] = None,
     profile: Annotated[str | None, typer.Option(
         help="Offered load: 100 (constant), step:100,200,400 (each for --step-duration), "
         "ramp:50->500 (over --duration). Default: constant 10/s.")] = None,
@@ -211,9 +230,11 @@ def loadtest(
           --step-duration 10 --stream --json run.json
       shipyard loadtest http://127.0.0.1:8000/v1 --model demo --find-max-rate \\
           --slo-p99-ms 500 --slo-error-rate 0.01 --low 10 --high 2000 --html capacity.html
+      shipyard loadtest http://127.0.0.1:8000/v1 --service triage --body-file tickets.jsonl \\
+          --api-key-env SHIPYARD_API_KEY --rate 50 --duration 20
     """
     try:
-        _run(url=url, model=model, profile=profile, rate=rate, duration=duration,
+        _run(url=url, model=model, service=service, profile=profile, rate=rate, duration=duration,
              step_duration=step_duration, arrivals=arrivals, seed=seed,
              max_in_flight=max_in_flight, connections=connections, timeout=timeout,
              api_key=api_key, api_key_env=api_key_env, prompt=prompt, body_file=body_file,
@@ -224,7 +245,8 @@ def loadtest(
         raise fail(exc) from None
 
 
-def _run(*, url: str, model: str | None, profile: str | None, rate: float | None,
+def _run(*, url: str, model: str | None, service: str | None, profile: str | None,
+         rate: float | None,
          duration: float, step_duration: float | None, arrivals: str, seed: int | None,
          max_in_flight: int, connections: int, timeout: float, api_key: str | None,
          api_key_env: str, prompt: str, body_file: Path | None, stream: bool,
@@ -241,9 +263,10 @@ def _run(*, url: str, model: str | None, profile: str | None, rate: float | None
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise fail(f"--rate is {rate:g}; it must be a positive number of requests per second, "
                    "e.g. --rate 50.")
-    target = engine.Target(url=url, model=model, api_key=api_key or env.get(api_key_env),
-                           prompt=prompt, body=_body(body_file), stream=stream,
-                           timeout_s=timeout)
+    body, bodies = _bodies(body_file)
+    target = engine.Target(url=url, model=model, service=service,
+                           api_key=api_key or env.get(api_key_env), prompt=prompt, body=body,
+                           bodies=bodies, stream=stream, timeout_s=timeout)
     slo = None if slo_p99_ms is None else engine.SLO(p99_ms=slo_p99_ms,
                                                       error_rate=slo_error_rate)
     mode: engine.Arrivals = "poisson" if arrivals == "poisson" else "uniform"

@@ -80,16 +80,20 @@ def _positive(value: float, what: str, fix: str) -> None:
 class Target:
     """Where to send load: an OpenAI-compatible base URL and the request to repeat.
 
-    `url` is the API base (`http://127.0.0.1:8000/v1`); requests go to `{url}/chat/completions`.
-    `body`, when given, is sent as is (its `model` and `stream` are overridden by `model` and
-    `stream` when those are set); otherwise a one-message chat with `prompt` is sent.
+    `url` is the API base (`http://127.0.0.1:8000/v1`). With `model`, requests go to
+    `{url}/chat/completions`: `body`, when given, is sent as is (its `model` and `stream` are
+    overridden by `model` and `stream` when those are set); otherwise a one-message chat with
+    `prompt` is sent. With `service`, requests go to a Shipyard hosted service,
+    `{url}/services/{service}/invoke`, with `body` (or each of `bodies` in turn) as its input.
     """
 
     url: str
     model: str | None = None
+    service: str | None = None
     api_key: str | None = None
     prompt: str = "Say hello in one short sentence."
-    body: dict[str, Any] | None = None
+    body: Any = None
+    bodies: tuple[Any, ...] = ()
     stream: bool = False
     timeout_s: float = 30.0
 
@@ -99,17 +103,52 @@ class Target:
                               "as http://127.0.0.1:8000/v1.", param="url")
         _positive(self.timeout_s, "timeout_s (--timeout)",
                   "it must be a positive number of seconds, e.g. 30.")
+        if self.service is not None:
+            if self.model is not None:
+                raise ConfigError("Both a model (--model) and a service (--service) are set; "
+                                  "load-test one target at a time.", param="service")
+            if self.stream:
+                raise ConfigError("--stream is for model aliases; a service answers in one "
+                                  "piece. Drop --stream.", param="stream")
+            if self.body is None and not self.bodies:
+                raise ConfigError(f"Service '{self.service}' needs an input: pass --body FILE "
+                                  "(one JSON input) or a .jsonl file with one input per line.",
+                                  param="body")
+            return
+        if self.bodies:
+            raise ConfigError("A JSONL file of bodies is for --service; for a model pass one "
+                              "JSON body.", param="body")
+        if self.body is not None and not isinstance(self.body, dict):
+            raise ConfigError(f"The request body is a JSON {type(self.body).__name__}; for a "
+                              "model it must be one JSON object (a chat completions request "
+                              "body).", param="body")
         model = self.model or (self.body or {}).get("model")
         if not isinstance(model, str) or not model:
             raise ConfigError("No model is set; pass --model (Target.model) or put \"model\" in "
-                              "the JSON body, e.g. --model sim-chat.", param="model")
+                              "the JSON body, e.g. --model sim-chat, or --service NAME for a "
+                              "hosted service.", param="model")
 
     @property
     def endpoint(self) -> str:
+        if self.service is not None:
+            return f"{self.url.rstrip('/')}/services/{self.service}/invoke"
         return self.url.rstrip("/") + "/chat/completions"
 
+    @property
+    def name(self) -> str:
+        """What is under load, for reports: `model demo` or `service triage`."""
+        if self.service is not None:
+            return f"service {self.service}"
+        return f"model {self.model or (self.body or {}).get('model')}"
+
     def payload(self) -> bytes:
-        """The JSON body every request sends."""
+        """The JSON body every request sends (the first one, with `bodies`)."""
+        return self.payloads()[0]
+
+    def payloads(self) -> list[bytes]:
+        """The JSON bodies requests send, in turn."""
+        if self.service is not None:
+            return [orjson.dumps(b) for b in (self.bodies or (self.body,))]
         body: dict[str, Any] = dict(self.body) if self.body is not None else {
             "messages": [{"role": "user", "content": self.prompt}]}
         if self.model:
@@ -118,11 +157,12 @@ class Target:
             body["stream"] = True
         elif self.body is None:
             body["stream"] = False
-        return orjson.dumps(body)
+        return [orjson.dumps(body)]
 
     @property
     def streams(self) -> bool:
-        return self.stream or bool((self.body or {}).get("stream"))
+        return self.service is None and (
+            self.stream or bool((self.body or {}).get("stream")))
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -347,6 +387,8 @@ class LoadResult:
     model: str
     profile: str
     arrivals: str
+    target: str  # what was under load: "model demo" or "service triage"
+    endpoint: str
     stream: bool
     started_at: str
     duration_s: float
@@ -480,6 +522,7 @@ def _summarize(samples: list[_Sample], profile: Profile, target: Target, *, star
     ttfts = [s.ttft for s in samples if s.ttft is not None]
     return LoadResult(
         url=target.url, model=str(target.model or (target.body or {}).get("model")),
+        target=target.name, endpoint=target.endpoint,
         profile=profile.spec, arrivals=profile.arrivals, stream=target.streams,
         started_at=started_at, duration_s=profile.duration_s, elapsed_s=elapsed_s,
         scheduled=len(samples), sent=sent, ok=ok,
@@ -504,7 +547,7 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
         raise ConfigError(f"connections (--connections) is {connections!r}; it must be a whole "
                           "number of sockets, at least 1, e.g. 1000.")
     loop = asyncio.get_running_loop()
-    payload, headers = target.payload(), target.headers()
+    payloads, headers = target.payloads(), target.headers()
     samples: list[_Sample] = []
     in_flight = sent = ok = errors = 0
     tasks: set[asyncio.Task[None]] = set()
@@ -518,7 +561,7 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
                                      skip_auto_headers=("User-Agent",)) as session:
         start = loop.time() + 0.02
 
-        async def one(sample: _Sample, scheduled: float) -> None:
+        async def one(sample: _Sample, scheduled: float, payload: bytes) -> None:
             nonlocal in_flight, ok, errors
             try:
                 await _send(session, target, payload, headers, sample, scheduled, loop)
@@ -560,7 +603,8 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
                 in_flight += 1
                 sent += 1
                 sample.lag = max(loop.time() - scheduled, 0.0)
-                task = loop.create_task(one(sample, scheduled))
+                task = loop.create_task(one(sample, scheduled,
+                                            payloads[(len(samples) - 1) % len(payloads)]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -623,7 +667,8 @@ def check_target(target: Target) -> tuple[int, str]:
     if status == 404:
         raise ConfigError(
             f"'{target.endpoint}' answered 404: {text.strip()} The URL must be the API base "
-            "that ends before /chat/completions (often .../v1), and --model must exist there.",
+            "that ends before /chat/completions (often .../v1), and --model (or --service) "
+            "must exist there.",
             param="url")
     return status, text
 

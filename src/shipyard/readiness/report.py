@@ -84,7 +84,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def _summary(result: LoadResult) -> str:
     lat = result.latency
     rows = [
-        ("target", f"POST {result.url.rstrip('/')}/chat/completions (model {result.model})"),
+        ("target", f"POST {result.endpoint} ({result.target})"),
         ("profile", f"{result.profile}, {result.arrivals} arrivals, "
                     f"{result.duration_s:g} s{' (streaming)' if result.stream else ''}"),
         ("started", result.started_at),
