@@ -44,8 +44,8 @@ from _harness import (
     write_docs_section,
     write_json,
 )
-from shipyard.monitor.drift import DriftReport, detect_drift
-from shipyard.monitor.profiles import DatasetProfile, profile_columns
+from shipyard.monitor.drift.detect import DriftReport, detect_drift
+from shipyard.monitor.drift.profiles import DatasetProfile, profile_columns
 
 GOAL_RATIO = 20.0
 EVIDENTLY_NAMES = {

@@ -16,8 +16,8 @@ from sqlalchemy import text
 
 from conftest import API_KEY, launch_gateway, launch_sim
 from shipyard.escalation.store import create_ticket, get_ticket
-from shipyard.monitor.drift import ColumnDrift, DriftReport
-from shipyard.monitor.drift_store import record_result
+from shipyard.monitor.drift.detect import ColumnDrift, DriftReport
+from shipyard.monitor.drift.store import record_result
 from shipyard.monitor.history import AlertInfo, save_transition
 from shipyard.monitor.state import OpenAlert
 from shipyard.store import create_store_engine, migrate

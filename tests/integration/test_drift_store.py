@@ -21,9 +21,9 @@ from sqlalchemy import Engine, insert
 
 from conftest import Proc, gateway_config
 from shipyard.config.drift import DriftCheckConfig, DriftConfig
-from shipyard.monitor.drift_checks import DriftScheduler, run_check, run_drift_checks
-from shipyard.monitor.drift_features import TraceWindow, load_features
-from shipyard.monitor.drift_store import drift_history, latest_profile
+from shipyard.monitor.drift.checks import DriftScheduler, run_check, run_drift_checks
+from shipyard.monitor.drift.features import TraceWindow, load_features
+from shipyard.monitor.drift.store import drift_history, latest_profile
 from shipyard.store import create_store_engine, migrate, new_trace_record
 from shipyard.store.tables import traces
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shipyard.monitor.drift import detect_drift
-from shipyard.monitor.drift_embeddings import embedding_drift
-from shipyard.monitor.profiles import DatasetProfile, profile_columns
+from shipyard.monitor.drift.detect import detect_drift
+from shipyard.monitor.drift.embeddings import embedding_drift
+from shipyard.monitor.drift.profiles import DatasetProfile, profile_columns
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

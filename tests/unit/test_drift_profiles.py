@@ -10,16 +10,16 @@ import pytest
 from scipy import stats
 
 from shipyard.errors import InvalidRequest
-from shipyard.monitor.drift import detect_drift, select_method
-from shipyard.monitor.drift_embeddings import embedding_drift
-from shipyard.monitor.drift_tests import ks, wasserstein
-from shipyard.monitor.profiles import (
+from shipyard.monitor.drift.detect import detect_drift, select_method
+from shipyard.monitor.drift.embeddings import embedding_drift
+from shipyard.monitor.drift.profiles import (
     DatasetProfile,
     as_array,
     infer_kind,
     profile_column,
     profile_columns,
 )
+from shipyard.monitor.drift.stattests import ks, wasserstein
 
 
 def test_small_columns_keep_every_value_and_large_ones_a_sketch() -> None:
@@ -173,7 +173,7 @@ def test_html_pages_are_self_contained() -> None:
     pytest.importorskip("plotly")
     from datetime import UTC, datetime, timedelta
 
-    from shipyard.monitor.drift_html import history_html, reports_html
+    from shipyard.monitor.drift.report import history_html, reports_html
 
     report = detect_drift({"x": list(range(100))}, {"x": list(range(50, 150))})
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -20,7 +20,7 @@ from shipyard.config.drift import DriftCheckConfig
 from shipyard.errors import ShipyardError
 
 if TYPE_CHECKING:
-    from shipyard.monitor.drift import DriftReport
+    from shipyard.monitor.drift.detect import DriftReport
 
 __all__ = ["app", "read_table"]
 
@@ -103,11 +103,11 @@ def _write_html(path: Path, text: str) -> None:
 
 def _html_module() -> Any:
     try:
-        from shipyard.monitor import drift_html
+        from shipyard.monitor.drift import report
     except ImportError:
         raise fail("--html needs plotly; install it with pip install 'shipyard[report]'."
                    ) from None
-    return drift_html
+    return report
 
 
 @app.command()
@@ -132,8 +132,8 @@ def check(
     shipyard drift check --reference last_month.csv --current today.csv --json
     """
     _require_monitor()
-    from shipyard.monitor.drift import detect_drift
-    from shipyard.monitor.drift_checks import run_check
+    from shipyard.monitor.drift.checks import run_check
+    from shipyard.monitor.drift.detect import detect_drift
 
     reports: dict[str, DriftReport] = {}
     try:
@@ -197,9 +197,9 @@ def profile(
     Example: shipyard drift profile support --since 30d --until 7d --service support
     """
     _require_monitor()
-    from shipyard.monitor.drift_features import BUILTIN_FEATURES, TraceWindow, load_features
-    from shipyard.monitor.drift_store import save_profile
-    from shipyard.monitor.profiles import profile_columns
+    from shipyard.monitor.drift.features import BUILTIN_FEATURES, TraceWindow, load_features
+    from shipyard.monitor.drift.profiles import profile_columns
+    from shipyard.monitor.drift.store import save_profile
 
     engine = open_store(config, store_url, migrate=True)
     start = end = None
@@ -246,7 +246,7 @@ def history(
     Example: shipyard drift history support --since 7d --html drift.html
     """
     _require_monitor()
-    from shipyard.monitor.drift_store import drift_history
+    from shipyard.monitor.drift.store import drift_history
 
     engine = open_store(config, store_url, migrate=True)
     start = parse_since(since) or datetime.now(UTC) - timedelta(days=30)

@@ -60,7 +60,7 @@ class Background:
         if not (self.config.drift.enabled and self.config.drift.checks):
             return
         try:  # optional extra: imported only when drift checks are configured
-            from shipyard.monitor.drift_checks import DriftScheduler
+            from shipyard.monitor.drift.checks import DriftScheduler
         except ImportError as exc:
             raise ConfigError(f"drift.checks needs numpy and scipy ({exc}); install them with "
                               "pip install 'shipyard[monitor]'.") from exc

@@ -6,7 +6,7 @@ sides hold every value the result is exactly Evidently's (same scipy calls on th
 when the reference is a quantile sketch the score is an approximation (see docs/drift.md).
 
 >>> import numpy as np
->>> from shipyard.monitor.profiles import profile_column
+>>> from shipyard.monitor.drift.profiles import profile_column
 >>> ref = profile_column("x", np.zeros(10) + np.arange(10.0), exact_limit=None)
 >>> round(wasserstein(ref, ref), 6)
 0.0
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
-from shipyard.monitor.profiles import ColumnProfile, FloatArray
+from shipyard.monitor.drift.profiles import ColumnProfile, FloatArray
 
 __all__ = [
     "chisquare",

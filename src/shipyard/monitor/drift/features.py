@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, or_, select
 
-from shipyard.monitor.profiles import ColumnKind
+from shipyard.monitor.drift.profiles import ColumnKind
 from shipyard.security.crypto import PREFIX
 from shipyard.store.tables import traces
 

@@ -2,7 +2,7 @@
 
 >>> from sqlalchemy import create_engine
 >>> from shipyard.store import migrate
->>> from shipyard.monitor.profiles import profile_columns
+>>> from shipyard.monitor.drift.profiles import profile_columns
 >>> engine = create_engine("sqlite://")
 >>> migrate(engine)
 >>> saved = save_profile(engine, "support", profile_columns({"x": [1.0, 2.0, 3.0]}))
@@ -21,8 +21,8 @@ import orjson
 from sqlalchemy import Engine, insert, select
 
 from shipyard.errors import NotFound
-from shipyard.monitor.drift import DriftReport
-from shipyard.monitor.profiles import DatasetProfile
+from shipyard.monitor.drift.detect import DriftReport
+from shipyard.monitor.drift.profiles import DatasetProfile
 from shipyard.store.tables import drift_profiles, drift_results
 
 __all__ = [

@@ -23,15 +23,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from shipyard.config.drift import DriftCheckConfig, DriftConfig
-from shipyard.monitor.drift import DriftReport, detect_drift
-from shipyard.monitor.drift_features import ColumnSource, TraceWindow, load_features
-from shipyard.monitor.drift_store import (
+from shipyard.monitor.drift.detect import DriftReport, detect_drift
+from shipyard.monitor.drift.features import ColumnSource, TraceWindow, load_features
+from shipyard.monitor.drift.profiles import profile_columns
+from shipyard.monitor.drift.store import (
     drift_history,
     latest_profile,
     record_result,
     save_profile,
 )
-from shipyard.monitor.profiles import profile_columns
 
 __all__ = ["CheckOutcome", "DriftScheduler", "run_check", "run_drift_checks", "windows"]
 

@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from shipyard.errors import InvalidRequest
-from shipyard.monitor import drift_tests
-from shipyard.monitor.profiles import (
+from shipyard.monitor.drift import stattests
+from shipyard.monitor.drift.profiles import (
     EXACT_LIMIT,
     ColumnKind,
     ColumnProfile,
@@ -65,12 +65,12 @@ class _Spec:
 
 
 METHODS: dict[str, _Spec] = {
-    "ks": _Spec(drift_tests.ks, 0.05, True, numeric_only=True),
-    "wasserstein": _Spec(drift_tests.wasserstein, 0.1, False, numeric_only=True),
-    "chisquare": _Spec(drift_tests.chisquare, 0.05, True),
-    "z": _Spec(drift_tests.ztest, 0.05, True),
-    "jensenshannon": _Spec(drift_tests.jensenshannon, 0.1, False),
-    "psi": _Spec(drift_tests.psi, 0.1, False),
+    "ks": _Spec(stattests.ks, 0.05, True, numeric_only=True),
+    "wasserstein": _Spec(stattests.wasserstein, 0.1, False, numeric_only=True),
+    "chisquare": _Spec(stattests.chisquare, 0.05, True),
+    "z": _Spec(stattests.ztest, 0.05, True),
+    "jensenshannon": _Spec(stattests.jensenshannon, 0.1, False),
+    "psi": _Spec(stattests.psi, 0.1, False),
 }
 
 
@@ -204,7 +204,7 @@ def compare_columns(
         drifted = score >= limit
     return ColumnDrift(column=name, kind=kind, method=chosen, score=score, threshold=limit,
                        drifted=bool(drifted), reference_rows=ref.count, current_rows=cur.count,
-                       approximate=drift_tests.uses_sketch(ref, cur, chosen))
+                       approximate=stattests.uses_sketch(ref, cur, chosen))
 
 
 def _pick(option: str | float | Mapping[str, Any] | None, column: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from shipyard.monitor.drift import DriftReport
+from shipyard.monitor.drift.detect import DriftReport
 
 __all__ = ["history_html", "report_html", "reports_html"]
 
