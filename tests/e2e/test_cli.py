@@ -241,3 +241,26 @@ def test_sim_bad_fault_flags_fail_clearly(flags: list[str], expected: str,
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_python_path_and_plugins_are_honoured_from_any_directory(tmp_path: Path) -> None:
+    """`python_path` (relative to the config file) is what makes `module:function` import —
+    no PYTHONPATH needed — for `config check` and `serve` alike; `plugins` run first."""
+    project = tmp_path / "project"
+    (project / "my_app").mkdir(parents=True)
+    (project / "my_app" / "__init__.py").write_text("")
+    (project / "my_app" / "svc.py").write_text("def echo(data):\n    return data\n")
+    (project / "my_app" / "plugins.py").write_text(
+        "from shipyard.guards import Guard, register\n\n"
+        "class Quiet(Guard):\n    name = 'quiet'\n\nregister('quiet', Quiet)\n")
+    (project / "shipyard.yaml").write_text(
+        "python_path: [.]\nplugins: [my_app.plugins]\n"
+        f"store: {{url: 'sqlite:///{tmp_path}/s.db'}}\n"
+        "services:\n  echo:\n    function: my_app.svc:echo\n"
+        "    guards: {input: [quiet]}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    checked = shipyard("config", "check", "--config", str(project / "shipyard.yaml"),
+                  cwd=elsewhere)
+    assert checked.returncode == 0, checked.stderr
+    assert "is valid" in checked.stdout

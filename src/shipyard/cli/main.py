@@ -34,6 +34,7 @@ from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
+from shipyard.config.loader import install_python_path
 from shipyard.config.docs import render_reference
 from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
@@ -121,6 +122,7 @@ def config_check(
         # Imports every function and schema: the same checks as serve. Without --store, an
         # in-memory engine keeps the check from touching the configured store at all.
         engine = None if store else create_engine("sqlite://")
+        install_python_path(cfg)
         gateway = Gateway(cfg, engine=engine)
     except ShipyardError as exc:
         raise fail(exc) from None
@@ -154,6 +156,7 @@ def _prepare(file: Path, environ: dict[str, str] | None = None) -> Config:
     """Validate the config (and every function it names) and migrate the store."""
     _, cfg = resolve_config(file, environ)
     try:
+        install_python_path(cfg)
         Gateway(cfg, migrate=False).engine.dispose()  # imports and schemas, as serving will
         if cfg.store.migrate:
             engine = create_store_engine(cfg.store.url)
