@@ -34,8 +34,8 @@ from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
-from shipyard.config.loader import install_python_path
 from shipyard.config.docs import render_reference
+from shipyard.config.loader import install_python_path
 from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
 from shipyard.gateway.runtime import Gateway

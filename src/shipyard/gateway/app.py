@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from shipyard.config.loader import install_python_path, load_config
 from shipyard.config.schema import Config
 from shipyard.config.server import CorsConfig
 from shipyard.errors import (
+    CapacityError,
     ClientError,
     ConfigError,
     MethodNotAllowed,
@@ -32,8 +34,10 @@ from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
+from shipyard.gateway.recorder import QUEUE_MS
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
+from shipyard.resilience.admission import BATCH, INTERACTIVE
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard.ui.routes import ui_routes
 
@@ -41,6 +45,9 @@ __all__ = ["FastPath", "app_from_env", "create_app"]
 
 # Endpoints that render all of their own errors, so they may skip Starlette's middleware.
 _DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# Paths that spend capacity, and their route names: the gateway-wide admission guards them.
+_ADMITTED = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+             "/v1/embeddings": "embeddings"}
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -102,7 +109,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
         },
     )
     app.state.gateway = gateway
-    return FastPath(app, routes, cors=config.server.cors)
+    return FastPath(app, routes, cors=config.server.cors, gateway=gateway)
 
 
 class FastPath:
@@ -115,9 +122,10 @@ class FastPath:
     """
 
     def __init__(self, app: Starlette, routes: Sequence[BaseRoute], *,
-                 cors: CorsConfig | None = None) -> None:
+                 cors: CorsConfig | None = None, gateway: Gateway | None = None) -> None:
         self.app = app
         self.state = app.state
+        self.gateway = gateway
         self.routes = app.routes
         # CORS is closed unless origins are configured; then every response (fast path too)
         # goes through Starlette's CORS middleware, and preflights are answered there.
@@ -139,13 +147,73 @@ class FastPath:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self._direct.get((scope["method"], scope["path"]))
-            if endpoint is not None:
-                scope["app"] = self.app
-                response = await endpoint(Request(scope, receive, send))
-                await response(scope, receive, send)
-                return
+            gateway = self.gateway
+            if (gateway is not None and scope["method"] == "POST"
+                    and gateway.admission.max_in_flight is not None):
+                route = _inference_route(scope["path"])
+                if route is not None:
+                    await self._admitted(gateway, route, scope, receive, send)
+                    return
+            await self._serve(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._direct.get((scope["method"], scope["path"]))
+        if endpoint is not None:
+            scope["app"] = self.app
+            response = await endpoint(Request(scope, receive, send))
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, _with_security_headers(send))
+
+    async def _admitted(self, gateway: Gateway, route: tuple[str, str | None], scope: Scope,
+                        receive: Receive, send: Send) -> None:
+        """Hold a slot of the gateway-wide admission (`server.max_in_flight`) for the whole
+        request — for streams, until the last byte. A request that finds no slot (queue full,
+        or `max_queue_ms` waited) is refused with 503 and `Retry-After` before anything else
+        is done: no authentication, no body read, no trace row (it is counted in metrics and
+        in the rollups), so shedding costs far less than serving."""
+        admission = gateway.admission
+        try:
+            waited = await admission.acquire(_priority(scope))
+        except CapacityError as exc:
+            gateway.recorder.shed(*route)
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[QUEUE_MS] = waited
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.monotonic()
+        try:
+            await self._serve(scope, receive, sending)
+        finally:
+            # Overload signals (429, 503, 504) teach an adaptive limit to back off.
+            admission.observe(time.monotonic() - started, overloaded=status in (429, 503, 504))
+            admission.release()
+
+
+def _inference_route(path: str) -> tuple[str, str | None] | None:
+    """(route, service) of a path that spends capacity, or None (probes, admin, the UI)."""
+    route = _ADMITTED.get(path)
+    if route is not None:
+        return route, None
+    if path.startswith("/v1/services/") and path.endswith("/invoke"):
+        return "invoke", path[len("/v1/services/"):-len("/invoke")] or None
+    return None
+
+
+def _priority(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-shipyard-priority":
+            return BATCH if value == b"batch" else INTERACTIVE
+    return INTERACTIVE
 
 
 _HTML_HEADERS = [

@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,12 +30,14 @@ from shipyard.security.budgets import BudgetGuard
 from shipyard.security.crypto import PayloadCipher, redact_encrypted
 from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import PriceTable
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
 
-__all__ = ["Recorder", "outcome_of"]
+__all__ = ["QUEUE_MS", "Recorder", "outcome_of"]
 
 log = logging.getLogger("shipyard.gateway")
+QUEUE_MS = "shipyard_queue_ms"  # request.state key: ms waited for a global admission slot
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -111,9 +114,30 @@ class Recorder:
         parent = headers.get("traceparent")
         ctx = RequestContext(request_id, route, trace_id,
                              parent=parse_traceparent(parent) if parent else None)
+        queued = request.scope.get("state", {}).get(QUEUE_MS)
+        if queued is not None:  # waited for a slot of the gateway's admission (app.FastPath)
+            ctx.queue_ms = queued
         if self.export_ratio < 1.0 and ctx.parent_span_id is None:
             ctx.sampled = sampled(trace_id, self.export_ratio)  # a new trace: our own decision
         return ctx
+
+    def shed(self, route: str, service: str | None) -> None:
+        """A request refused for capacity before it was read (global admission): counted in
+        metrics and in the rollups, with no trace row, no authentication, no body read."""
+        try:
+            self.metrics.shed.labels("global").inc()
+            self.metrics.outcomes.labels(service or "", "shed").inc()
+            count, _ = self.metrics.request_series(route, service or "", "", 503)
+            count.inc()
+            if self.writer is not None:
+                now = datetime.now(UTC)
+                self.writer.submit({
+                    "rollup_only": True, "tenant_id": PLATFORM_TENANT, "started_at": now,
+                    "service": service, "model_alias": None, "status": 503,
+                    "error_type": "CapacityError", "total_ms": 0.0, "prompt_tokens": None,
+                    "completion_tokens": None, "cost_usd": None, "outcome": "shed"})
+        except Exception:  # recording must never break a response
+            log.exception("recording a shed request failed")
 
     def set_capture(self, ctx: RequestContext, capture: str) -> None:
         """Note what the trace keeps; `full` capture of bodies is sampled
@@ -169,6 +193,8 @@ class Recorder:
                     ctx.attributes = None
                 record = ctx.to_record()
                 record["outcome"] = outcome
+                if outcome == "shed":  # counted in metrics and rollups, no trace row
+                    record["rollup_only"] = True
                 if self.store_spans and ctx.capture != "none" and self._keep_spans(ctx):
                     # Raw tuples: the writer thread turns them into rows, off the event loop.
                     finishing = time.perf_counter()

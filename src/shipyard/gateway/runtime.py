@@ -94,7 +94,7 @@ class Gateway:
         # Where escalation plugs into the guards: `gateway.guard_hooks.on_escalate = ...`.
         self.guard_hooks = GuardHooks(on_escalate=guard_hook(self.escalations, config))
         targets = build_targets(config, self.providers, Shared(
-            metrics=self.metrics, admission=self.admission, kv=self.kv,
+            metrics=self.metrics, kv=self.kv,
             persistent_kv=isinstance(self.kv, RedisKeyValue), limiter=limiter,
             escalations=self.escalations, guard_hooks=self.guard_hooks, cipher=self.cipher,
             base_url=_base_url(config)))

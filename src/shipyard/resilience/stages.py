@@ -14,8 +14,9 @@ __all__ = ["AdmissionStage"]
 
 
 class AdmissionStage(Stage):
-    """Hold a slot in each admission (global, then per service) for the whole request —
-    for streams, until the last byte."""
+    """Hold a slot in each admission of a target (its own `admission:`) for the whole request
+    — for streams, until the last byte. The gateway-wide admission (`server.max_in_flight`)
+    is taken earlier, before the request is even read (`shipyard.gateway.app.FastPath`)."""
 
     def __init__(self, admissions: Sequence[Admission],
                  scopes: Sequence[str] | None = None) -> None:
@@ -43,7 +44,7 @@ class AdmissionStage(Stage):
             _release(held)
             raise
         if held:
-            call.ctx.queue_ms = queued
+            call.ctx.queue_ms = (call.ctx.queue_ms or 0.0) + queued
             record_span(call.ctx, "admission", waited, time.perf_counter(),
                         attributes={"shipyard.queue_ms": round(queued, 3)} if queued else None)
         started = time.monotonic()

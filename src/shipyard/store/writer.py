@@ -180,18 +180,24 @@ class TraceWriter:
         and the batch's per-minute rollups (`store.rollups`) are added in the same transaction.
         """
         pick = self._pick or self._prepare()
-        span_rows = _span_params(rows)
         rollups = aggregate(rows)
+        # A `rollup_only` record (a shed request) is counted in the rollups, with no trace row:
+        # under overload, refusing must cost far less than serving.
+        kept = [row for row in rows if not row.get("rollup_only")]
+        span_rows = _span_params(kept)
         with self.engine.begin() as connection:
             if self._mark is None:
-                connection.execute(traces.insert(), [
-                    {c: row.get(c) for c in self._columns} for row in rows])
+                if kept:
+                    connection.execute(traces.insert(), [
+                        {c: row.get(c) for c in self._columns} for row in kept])
                 if span_rows:
                     connection.execute(spans.insert(), [
                         dict(zip(_SPAN_COLUMNS, values, strict=True)) for values in span_rows])
                 upsert(connection, rollups)
                 return
-            self._insert_many(connection, "traces", self._columns, [pick(row) for row in rows])
+            if kept:
+                self._insert_many(connection, "traces", self._columns,
+                                  [pick(row) for row in kept])
             if span_rows:
                 self._insert_many(connection, "spans", _SPAN_COLUMNS, span_rows)
             upsert(connection, rollups)

@@ -56,7 +56,6 @@ class Shared:
     """What the chains of one gateway share."""
 
     metrics: Metrics
-    admission: Admission  # the gateway-wide admission (server.max_in_flight)
     kv: KeyValue  # shared state: cache, PII conversation tables
     persistent_kv: bool  # the state leaves the process (Redis)
     limiter: RateLimiter
@@ -134,8 +133,8 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
     label = "Model" if target.kind == "model" else "Service"
     local = (target.admission if isinstance(target, ServiceTarget)
              else Admission.from_config(f"{label} '{name}'", own.admission))
-    scoped = [(a, scope) for a, scope in ((shared.admission, "global"), (local, name))
-              if a.max_in_flight is not None]
+    # The gateway-wide admission is taken before the request is read (gateway.app.FastPath).
+    scoped = [(local, name)] if local.max_in_flight is not None else []
     target.admissions = [a for a, _ in scoped]
     if scoped:
         stages.append(AdmissionStage(target.admissions, [scope for _, scope in scoped]))
