@@ -35,6 +35,7 @@ from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.recorder import QUEUE_MS
+from shipyard.gateway.responses_routes import responses_routes
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
 from shipyard.resilience.admission import BATCH, INTERACTIVE
@@ -44,10 +45,11 @@ from shipyard.ui.routes import ui_routes
 __all__ = ["FastPath", "app_from_env", "create_app"]
 
 # Endpoints that render all of their own errors, so they may skip Starlette's middleware.
-_DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                     "/v1/responses"})
 # Paths that spend capacity, and their route names: the gateway-wide admission guards them.
 _ADMITTED = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-             "/v1/embeddings": "embeddings"}
+             "/v1/embeddings": "embeddings", "/v1/responses": "responses"}
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -96,7 +98,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
     async def server_error(request: Request, exc: Exception) -> Response:
         return error_response(internal_error(exc))
 
-    routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
+    routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
+              *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
               openapi_route(gateway), *ui_routes(gateway)]
     app = Starlette(

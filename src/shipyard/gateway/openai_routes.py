@@ -22,10 +22,11 @@ from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.pipeline import Call, Endpoint, Reply, RequestContext
 from shipyard.targets.model import ModelTarget
 
-__all__ = ["openai_routes"]
+__all__ = ["SSE_HEADERS", "answer", "apply_limits", "deadline_for", "estimate_usage",
+           "openai_routes", "shipyard_headers"]
 
 log = logging.getLogger("shipyard.gateway")
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class OpenAIRoutes:
@@ -68,8 +69,8 @@ class OpenAIRoutes:
             ctx.stream = stream
             ctx.request_payload = body
             wants_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
-            call = Call(ctx, endpoint, _apply_limits(target, body), stream, target,
-                        client_wants_usage=wants_usage, deadline=_deadline(request, target),
+            call = Call(ctx, endpoint, apply_limits(target, body), stream, target,
+                        client_wants_usage=wants_usage, deadline=deadline_for(request, target),
                         priority=request_priority(request), principal=principal,
                         conversation_id=conversation_of(request))
             started = time.perf_counter()
@@ -77,7 +78,7 @@ class OpenAIRoutes:
             if stream and reply.stream is not None:
                 if ctx.provider is not None:  # an upstream answered (not a guard, cache, ...)
                     ctx.upstream_ms = reply.upstream_ms
-                headers = {**_SSE_HEADERS, **gw.headers(ctx), **_shipyard_headers(reply),
+                headers = {**SSE_HEADERS, **gw.headers(ctx), **shipyard_headers(reply),
                            "x-shipyard-model": call.served_by or alias}
                 streaming = True
                 return StreamingResponse(
@@ -114,43 +115,7 @@ class OpenAIRoutes:
 
     def _complete(self, ctx: RequestContext, call: Call, endpoint: Endpoint,
                   reply: Reply) -> Response:
-        if ctx.provider is not None:  # an upstream answered (not a guard, cache, ...)
-            ctx.upstream_ms = reply.upstream_ms
-        body = reply.body
-        data = reply.data
-        if data is None:
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(
-                    f"The upstream '{ctx.provider}' answered with malformed JSON.",
-                    upstream_status=200) from None
-            if not isinstance(data, dict):
-                raise UpstreamError(
-                    f"The upstream '{ctx.provider}' answered with a JSON "
-                    f"{type(data).__name__}, not an object.", upstream_status=200)
-        elif not body:
-            body = orjson.dumps(data)
-        choices = data.get("choices")
-        if endpoint != "embeddings" and isinstance(choices, list) and choices:
-            first = choices[0]
-            if isinstance(first, dict) and first.get("finish_reason"):
-                ctx.finish_reason = str(first["finish_reason"])
-        headers = {**self.gw.headers(ctx), **_shipyard_headers(reply),
-                   "x-shipyard-model": call.served_by or call.target.name}
-        usage = data.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-            ctx.set_usage(usage)
-        else:
-            data["usage"] = _estimate_usage(endpoint, call.payload, data)
-            ctx.set_usage(data["usage"], estimated=True)
-            body = orjson.dumps(data)
-        if ctx.tokens_estimated:
-            headers["x-shipyard-usage-estimated"] = "true"
-        ctx.response_bytes = len(body)
-        ctx.response_payload = reply.traced if reply.traced is not None else data
-        ctx.status = 200
-        headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+        _, body, headers = answer(self.gw, ctx, call, endpoint, reply)
         return json_response(None, body=body, headers=headers)
 
     def _model_card(self, target: ModelTarget) -> dict[str, Any]:
@@ -173,16 +138,61 @@ class OpenAIRoutes:
         return json_response(self._model_card(target))
 
 
+def answer(gw: Gateway, ctx: RequestContext, call: Call, endpoint: Endpoint,
+           reply: Reply) -> tuple[dict[str, Any], bytes, dict[str, str]]:
+    """A complete (non-streamed) answer of a model target: its parsed body, the bytes to
+    send and the response headers; usage estimated when the upstream gave none, and the
+    request's context filled in (finish reason, usage, sizes, what the trace keeps)."""
+    if ctx.provider is not None:  # an upstream answered (not a guard, cache, ...)
+        ctx.upstream_ms = reply.upstream_ms
+    body = reply.body
+    data = reply.data
+    if data is None:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                f"The upstream '{ctx.provider}' answered with malformed JSON.",
+                upstream_status=200) from None
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                f"The upstream '{ctx.provider}' answered with a JSON "
+                f"{type(data).__name__}, not an object.", upstream_status=200)
+    elif not body:
+        body = orjson.dumps(data)
+    choices = data.get("choices")
+    if endpoint != "embeddings" and isinstance(choices, list) and choices:
+        first = choices[0]
+        if isinstance(first, dict) and first.get("finish_reason"):
+            ctx.finish_reason = str(first["finish_reason"])
+    headers = {**gw.headers(ctx), **shipyard_headers(reply),
+               "x-shipyard-model": call.served_by or call.target.name}
+    usage = data.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+        ctx.set_usage(usage)
+    else:
+        data["usage"] = estimate_usage(endpoint, call.payload, data)
+        ctx.set_usage(data["usage"], estimated=True)
+        body = orjson.dumps(data)
+    if ctx.tokens_estimated:
+        headers["x-shipyard-usage-estimated"] = "true"
+    ctx.response_bytes = len(body)
+    ctx.response_payload = reply.traced if reply.traced is not None else data
+    ctx.status = 200
+    headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+    return data, body, headers
+
+
 def _validate_embeddings(body: dict[str, Any]) -> tuple[str, bool]:
     return validate_embeddings(body), False
 
 
-def _shipyard_headers(reply: Reply) -> dict[str, str]:
+def shipyard_headers(reply: Reply) -> dict[str, str]:
     return {k: v for k, v in reply.headers.items()
             if k.startswith(("x-shipyard-", "x-ratelimit-"))}
 
 
-def _deadline(request: Request, target: ModelTarget) -> float:
+def deadline_for(request: Request, target: ModelTarget) -> float:
     """When the answer must have started: the alias's deadline, or the client's own shorter
     timeout (the OpenAI SDK sends it as `x-stainless-timeout`, in seconds)."""
     seconds = target.config.deadline_s
@@ -197,7 +207,7 @@ def _deadline(request: Request, target: ModelTarget) -> float:
     return time.monotonic() + seconds
 
 
-def _apply_limits(target: ModelTarget, body: dict[str, Any]) -> dict[str, Any]:
+def apply_limits(target: ModelTarget, body: dict[str, Any]) -> dict[str, Any]:
     """Enforce the alias's request limits; returns the payload to send (a copy)."""
     limits = target.config.limits
     payload = dict(body)
@@ -221,7 +231,7 @@ def _apply_limits(target: ModelTarget, body: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _estimate_usage(endpoint: Endpoint, payload: dict[str, Any],
+def estimate_usage(endpoint: Endpoint, payload: dict[str, Any],
                     data: dict[str, Any]) -> dict[str, Any]:
     if endpoint == "embeddings":
         value = payload.get("input")

@@ -133,6 +133,35 @@ _SCHEMAS: dict[str, JSON] = {
             "encoding_format": {"enum": ["float", "base64", None]},
             "dimensions": _POSITIVE},
     },
+    "ResponseRequest": {
+        "type": "object", "required": ["model"],
+        "description": "An OpenAI Responses API request, served over the alias's chat chain. "
+                       "Function tools only; hosted tools are refused with a 400.",
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "input": {"anyOf": [{"type": "string"}, {"type": "array",
+                                                     "items": {"type": "object"}}]},
+            "instructions": _nullable("string"),
+            "previous_response_id": _nullable("string"),
+            "stream": {"type": "boolean"}, "store": {"type": "boolean"},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "text": {"type": "object"}, "max_output_tokens": _POSITIVE},
+    },
+    "Response": {
+        "type": "object", "required": ["id", "object", "status", "output"],
+        "properties": {"id": _STRING, "object": {"type": "string", "enum": ["response"]},
+                       "status": _STRING, "model": _STRING,
+                       "output": {"type": "array", "items": {"type": "object"}},
+                       "usage": {"type": "object"}},
+    },
+    "ResponseDeleted": {
+        "type": "object", "required": ["id", "object", "deleted"],
+        "properties": {"id": _STRING, "object": _STRING, "deleted": {"type": "boolean"}},
+    },
+    "ResponseInputTokens": {
+        "type": "object", "required": ["object", "input_tokens"],
+        "properties": {"object": _STRING, "input_tokens": {"type": "integer"}},
+    },
     "Usage": {
         "type": "object", "required": ["prompt_tokens", "total_tokens"],
         "properties": {"prompt_tokens": {"type": "integer"},
@@ -476,6 +505,19 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("POST", "/v1/embeddings"): _Op(
         "createEmbedding", "Embeddings", "inference", _ok("EmbeddingList"), _INFERENCE,
         "EmbeddingRequest", params=(_PRIORITY,)),
+    ("POST", "/v1/responses"): _Op(
+        "createResponse", "Responses API (OpenAI-compatible) over a chat model alias",
+        "inference", _streaming("Response"), _INFERENCE, "ResponseRequest",
+        params=(_PRIORITY,)),
+    ("POST", "/v1/responses/input_tokens"): _Op(
+        "countResponseInputTokens", "The input's size in tokens (estimated)", "inference",
+        _ok("ResponseInputTokens"), (400, *_AUTH, 404, 413), "ResponseRequest"),
+    ("GET", "/v1/responses/{response_id}"): _Op(
+        "getResponse", "A stored response of this tenant", "inference", _ok("Response"),
+        (*_AUTH, 404), params=(_path_param("response_id", "A response id (resp_...)."),)),
+    ("DELETE", "/v1/responses/{response_id}"): _Op(
+        "deleteResponse", "Delete a stored response", "inference", _ok("ResponseDeleted"),
+        (*_AUTH, 404), params=(_path_param("response_id", "A response id (resp_...)."),)),
     ("GET", "/v1/models"): _Op("listModels", "The model aliases this key may use", "models",
                                _ok("ModelList")),
     ("GET", "/v1/models/{model}"): _Op(

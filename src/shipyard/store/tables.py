@@ -31,6 +31,7 @@ __all__ = [
     "drift_results",
     "feedback",
     "metadata",
+    "responses",
     "spans",
     "trace_rollups",
     "traces",
@@ -204,6 +205,22 @@ feedback = Table(
     Index(None, "tenant_id", "created_at"),
     Index(None, "tenant_id", "service", "created_at"),
     Index(None, "trace_id"),
+)
+
+# Stored Responses API answers (`POST /v1/responses` with `store: true`): the answer as sent
+# and the chat conversation a later `previous_response_id` continues, per tenant.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("previous_id", String(64), nullable=True),
+    Column("trace_id", String(32), nullable=True),
+    Column("conversation", Text, nullable=False),  # JSON: chat messages, this turn included
+    Column("response", Text, nullable=False),  # JSON: the response object
+    Index(None, "tenant_id", "created_at"),
 )
 
 # Alerts (shipyard.monitor.alerts): one row per incident of a rule or SLO, from pending to
