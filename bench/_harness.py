@@ -343,7 +343,8 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(wrk: str, url: str, script: Path, *, connections: int, duration_s: float) -> WrkResult:
+def run_wrk(wrk: str, url: str, script: Path, *, connections: int, duration_s: float,
+            timeout_s: float = 10.0) -> WrkResult:
     threads = 1 if connections < 2 else min(2, connections)
     argv = [
         wrk,
@@ -351,7 +352,7 @@ def run_wrk(wrk: str, url: str, script: Path, *, connections: int, duration_s: f
         f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",
         "--timeout",
-        "10s",
+        f"{timeout_s:g}s",
         "-s",
         str(script),
         url,
