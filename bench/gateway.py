@@ -69,15 +69,20 @@ REQUEST_BODY = json.dumps(
     separators=(",", ":"),
 ).encode()
 CONCURRENCIES = (1, 16)
+SERVICE_PATH = "/v1/services/echo/invoke"
+SERVICE_BODY = b'{"text":"Say hello"}'
 TARGET_NAMES = {
     "a": "upstream (direct)",
     "b": "bare proxy (Starlette + aiohttp)",
     "c": "Shipyard",
     "d": f"LiteLLM {LITELLM_VERSION}",
+    "e": "bare service (Starlette calling the function)",
+    "f": "Shipyard service (the same function)",
 }
+SERVICES = ("e", "f")
 # Goals printed next to the results.
-GOAL_ADDED_P50_MS = 1.0
-GOAL_RPS_VS_BARE = 0.5
+GOAL_ADDED_P50_MS = 0.35
+GOAL_RPS_VS_BARE = 0.6
 GOAL_RSS_VS_LITELLM = 1 / 3
 FOREIGN_CPU_WARN = 0.05  # share of the machine used by processes outside the benchmark
 
@@ -147,6 +152,14 @@ def start_bare_proxy(ctx: Context) -> tuple[Server, int, str | None]:
     return _ready(server, port, timeout=30), port, None
 
 
+def start_bare_service(ctx: Context) -> tuple[Server, int, str | None]:
+    port = free_port()
+    server = ctx.group.start(
+        "bare_service", [sys.executable, str(BENCH_DIR / "bare_service.py"), "--port",
+                         str(port)])
+    return _ready(server, port, timeout=30), port, None
+
+
 def start_shipyard(ctx: Context) -> tuple[Server, int, str | None]:
     shipyard = Path(sys.executable).with_name("shipyard")
     if not shipyard.exists():
@@ -177,6 +190,10 @@ models:
   bench:
     provider: up
     model: fixed
+python_path: ["{BENCH_DIR}"]
+services:
+  echo:
+    function: bench_services:echo
 """
     )
     port = free_port()
@@ -316,21 +333,28 @@ def _last_lines(text: str, lines: int = 8) -> str:
 # Measuring
 
 
-def validate(url: str, api_key: str | None, deadline_s: float = 30.0) -> dict[str, Any]:
-    """One real request; retries while the server finishes starting. Returns the completion."""
+def validate(url: str, api_key: str | None, deadline_s: float = 30.0,
+             body: bytes = REQUEST_BODY) -> dict[str, Any]:
+    """One real request; retries while the server finishes starting. Returns the completion
+    (or, for a service, the result)."""
     headers = {"content-type": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     deadline = time.monotonic() + deadline_s
     result = HttpResult(0, b"", "not tried")
     while time.monotonic() < deadline:
-        result = http_request(url, body=REQUEST_BODY, headers=headers)
+        result = http_request(url, body=body, headers=headers)
         if result.status == 200:
             break
         time.sleep(0.5)
     if result.status != 200:
         detail = result.error or result.body.decode(errors="replace")[:2000]
         raise Unavailable(f"validation request got HTTP {result.status}: {detail}")
+    if body is SERVICE_BODY:
+        answer = result.json()
+        if not isinstance(answer, dict) or answer.get("output") != {"answer": "Say hello"}:
+            raise Unavailable(f"validation request got 200 but not the output: {result.body!r}")
+        return {"choices": [{"message": {"content": "service output ok"}}]}
     try:
         completion = result.json()
         content = completion["choices"][0]["message"]["content"]
@@ -346,11 +370,13 @@ def validate(url: str, api_key: str | None, deadline_s: float = 30.0) -> dict[st
 def measure(
     ctx: Context, result: TargetResult, server: Server, port: int, api_key: str | None
 ) -> None:
-    url = f"http://127.0.0.1:{port}{PATH}"
-    completion = validate(url, api_key)
+    service = result.key in SERVICES
+    url = f"http://127.0.0.1:{port}{SERVICE_PATH if service else PATH}"
+    body = SERVICE_BODY if service else REQUEST_BODY
+    completion = validate(url, api_key, body=body)
     result.available = True
     result.notes.append(f"validated: {completion['choices'][0]['message']['content']!r}")
-    script = write_wrk_script(ctx.work_dir / f"wrk-{result.key}.lua", REQUEST_BODY, api_key)
+    script = write_wrk_script(ctx.work_dir / f"wrk-{result.key}.lua", body, api_key)
     with RssSampler(server.pid) as sampler:
         for connections in CONCURRENCIES:
             run_wrk(ctx.wrk, url, script, connections=connections, duration_s=ctx.args.warmup)
@@ -369,7 +395,7 @@ def measure(
             result.runs[f"c{connections}"] = best
             if not server.alive():
                 raise Unavailable(f"{server.name} died during the run:\n{server.log_tail()}")
-        if result.key == "c":
+        if result.key in ("c", "f"):
             result.traces = shipyard_trace_metrics(port, api_key)
     result.peak_rss_mib = round(sampler.peak_mib, 1)
     result.start_rss_mib = round(sampler.first_mib, 1)
@@ -449,6 +475,8 @@ def bench_target(ctx: Context, key: str) -> TargetResult:
         "b": start_bare_proxy,
         "c": start_shipyard,
         "d": start_litellm,
+        "e": start_bare_service,
+        "f": start_shipyard,
     }
     server: Server | None = None
     try:
@@ -510,6 +538,11 @@ def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {"added_p50_ms_c1_vs_direct": added}
     out["shipyard_rps_c16_vs_bare"] = _ratio(rps_c16("c"), rps_c16("b"))
+    out["service_rps_c16_vs_bare"] = _ratio(rps_c16("f"), rps_c16("e"))
+    bare_service, shipyard_service = p50_c1("e"), p50_c1("f")
+    out["service_added_p50_ms_c1"] = (round(shipyard_service - bare_service, 3)
+                                      if bare_service is not None
+                                      and shipyard_service is not None else None)
     out["shipyard_rps_c16_vs_litellm"] = _ratio(rps_c16("c"), rps_c16("d"))
     out["shipyard_rss_vs_litellm"] = _ratio(rss("c"), rss("d"))
     counters = results["c"].traces if "c" in results else {}
@@ -528,6 +561,20 @@ def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
             "Shipyard req/s at c=16 vs bare proxy",
             f"≥ {GOAL_RPS_VS_BARE:g}x",
             out["shipyard_rps_c16_vs_bare"],
+            lambda v: f"{v:.2f}x",
+            lambda v: v >= GOAL_RPS_VS_BARE,
+        ),
+        _goal(
+            "Shipyard service added p50 latency at c=1 vs the bare service",
+            f"≤ {GOAL_ADDED_P50_MS:g} ms",
+            out["service_added_p50_ms_c1"],
+            lambda v: f"{v:.3f} ms",
+            lambda v: v <= GOAL_ADDED_P50_MS,
+        ),
+        _goal(
+            "Shipyard service req/s at c=16 vs the bare service",
+            f"≥ {GOAL_RPS_VS_BARE:g}x",
+            out["service_rps_c16_vs_bare"],
             lambda v: f"{v:.2f}x",
             lambda v: v >= GOAL_RPS_VS_BARE,
         ),
@@ -655,7 +702,10 @@ def markdown(
         "(b: `bench/bare_proxy.py`, Starlette + a pooled `aiohttp` client under uvicorn),",
         "through Shipyard (c: `shipyard serve --workers 1`, API-key auth, traces recorded with",
         "`metadata` capture into SQLite) and through the LiteLLM proxy (d: one worker, no",
-        f"database, master key auth). Load: `wrk` POSTing `{REQUEST_BODY.decode()}` with",
+        "database, master key auth). A trivial function (`bench/bench_services.py`) is hosted",
+        "by a bare Starlette endpoint calling it in the thread pool (e:",
+        "`bench/bare_service.py`) and as a Shipyard service through its whole chain (f).",
+        f"Load: `wrk` POSTing `{REQUEST_BODY.decode()}` (services: `{SERVICE_BODY.decode()}`) with",
         f"`-t1 -c1` and `-t2 -c16`, {report['warmup_s']:g} s warm-up then",
         f"{report['duration_s']:g} s measured for each. Peak RSS is the summed resident memory",
         "of the target's process tree, sampled every 100 ms (for (a) the upstream's); idle is",
@@ -699,7 +749,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
     parser.add_argument(
-        "--only", default="a,b,c,d", help="comma-separated targets among a,b,c,d (default all)"
+        "--only", default="a,b,c,d,e,f",
+        help="comma-separated targets among a,b,c,d,e,f (default all)"
     )
     parser.add_argument(
         "--retries",
@@ -715,7 +766,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     keys = [key.strip() for key in args.only.split(",") if key.strip()]
     unknown = [key for key in keys if key not in TARGET_NAMES]
     if unknown or not keys:
-        parser.error(f"--only takes a comma-separated subset of a,b,c,d, got {args.only!r}")
+        parser.error(f"--only takes a comma-separated subset of a-f, got {args.only!r}")
     args.targets = sorted(set(keys))
     return args
 

@@ -112,7 +112,7 @@ def phase(wrk: str, url: str, script: Path, connections: int, duration: float,
     with RssSampler(server.pid) as rss:
         result = run_wrk(wrk, url, script, connections=connections, duration_s=duration,
                          timeout_s=timeout_s)
-    return result, rss.peak_mib()
+    return result, rss.peak_mib
 
 
 def goodput(result: WrkResult) -> float:
