@@ -125,7 +125,7 @@ def test_negative(text: str) -> None:
 
 
 def test_context_raises_score() -> None:
-    plain = ENGINE.analyze("reach 415-555-2671")[0]
+    plain = ENGINE.analyze("at 415-555-2671")[0]
     boosted = ENGINE.analyze("phone: 415-555-2671")[0]
     assert boosted.score > plain.score
 
@@ -133,7 +133,13 @@ def test_context_raises_score() -> None:
 def test_phone_default_region() -> None:
     uk = PIIEngine([PhoneRecognizer(regions=("GB",))])
     assert found("ring 020 7946 0958", uk) == [("PHONE", "020 7946 0958")]
-    assert found("ring 020 7946 0958") == []
+    # Not valid in the default region (US), but laid out like a phone number: still reported,
+    # at a lower score; `strict` reports only numbers a configured region validates.
+    [shaped] = ENGINE.analyze("at 020 7946 0958")
+    [valid] = uk.analyze("at 020 7946 0958")
+    assert shaped.entity == "PHONE" and shaped.score < valid.score
+    strict = PIIEngine([PhoneRecognizer(regions=("US",), strict=True)])
+    assert found("ring 020 7946 0958", strict) == []
 
 
 def test_several_entities_in_order() -> None:
