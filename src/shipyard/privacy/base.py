@@ -107,7 +107,8 @@ def negative_regex(words: Iterable[str]) -> re.Pattern[str] | None:
         return None
     alternatives = "|".join(re.escape(w) for w in words)
     return re.compile(
-        r"(?<!\w)(?:" + alternatives + r")s?\.?(?:\s*(?:no\.?|nr\.?|number|num|id|#|:))*\s*[#:]?\s*\Z",
+        r"(?<!\w)(?:" + alternatives
+        + r")s?\.?(?:\s*(?:no\.?|nr\.?|number|num|id|#|:))*\s*[#:]?\s*\Z",
         re.IGNORECASE,
     )
 

@@ -100,8 +100,8 @@ class PIIEngine:
                 if f.score >= self.min_score and not (allow and f.text.casefold() in allow):
                     found.append(f)
         if scan is not text:
-            found = [f if f.text == text[f.start : f.end] else replace(f, text=text[f.start : f.end])
-                     for f in found]
+            found = [f if f.text == text[f.start : f.end]
+                     else replace(f, text=text[f.start : f.end]) for f in found]
         if len(found) < 2:
             return found
         if self._ner:
