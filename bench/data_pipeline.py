@@ -48,6 +48,8 @@ WORDS = [
     "refund", "requested", "quality", "excellent", "shipping", "fast", "slow", "color", "size",
     "fits", "small", "large", "battery", "screen", "price", "cheap"]
 FIRST = ["anna", "bob", "chen", "dina", "emil", "fatima", "george", "hana", "ivan", "julia"]
+LAST = ["Smith", "Okafor", "Müller", "García", "Nguyen", "Kowalski", "Rossi", "Dubois", "Sato",
+        "Haddad"]
 
 
 def _pii(rng: random.Random) -> str:
@@ -70,40 +72,101 @@ def _text(rng: random.Random, words: int) -> str:
         parts = text.split(" ")
         parts.insert(cut, ("contact " if rng.random() < 0.5 else "") + _pii(rng))
         text = " ".join(parts)
+    r = rng.random()
+    if r < 0.01:
+        text = text.replace("e", "é", 1).encode("utf-8").decode("cp1252")  # mojibake: "Ã©"
+    elif r < 0.02:
+        text = text + " cafe\u0301"  # decomposed é: not NFC
+    elif r < 0.07:
+        text = "  " + text.replace(" ", "   ", 2) + " "  # stray whitespace
     return text
 
 
+def _phone(rng: random.Random) -> str:
+    """A phone column as people fill it in: every form, valid or not, all of it personal."""
+    kind = rng.randrange(10)
+    n = rng.randrange(10_000)
+    if kind < 3:
+        return f"({rng.randrange(201, 990)}) 555-{n:04d}"
+    if kind == 3:
+        return f"+44 20 7946 {n:04d}"
+    if kind == 4:
+        return f"0{rng.randrange(10, 99)} {rng.randrange(100, 999)} {n:04d}"  # national, any
+    if kind == 5:
+        return f"{rng.randrange(200, 999)}{rng.randrange(200, 999)}{n:04d}"  # bare ten digits
+    if kind == 6:
+        return f"555-{n:04d}"  # too short for any country: still somebody's number
+    if kind == 7:
+        return f"{rng.randrange(200, 999)}-555-{n:04d} x{rng.randrange(10, 999)}"
+    if kind == 8:
+        return f"+49 30 {rng.randrange(100_000, 999_999)}"
+    return f"1{n:04d}"  # five digits: an extension
+
+
+def _email(rng: random.Random) -> str:
+    r = rng.random()
+    user = f"{rng.choice(FIRST)}.{rng.randrange(100_000)}"
+    if r < 0.9:
+        return f"{user}@example.com"
+    if r < 0.95:
+        return f"{user} at example dot com"  # not an address by any pattern: still personal
+    return ""
+
+
 def generate(path: Path, rows: int, seed: int = 7) -> dict[str, int]:
-    """ids, timestamps, category, amount, two free-text columns; 5% duplicates, 2% malformed."""
+    """A messy customer export: ids, timestamps, name, e-mail, phone, category, amount and two
+    free-text columns. The first data row is ragged (one field too many), about 2% of rows are
+    malformed (too few fields) or fail a type or rule, 3.5% repeat an earlier row (some with
+    other case or spacing), texts carry mojibake, decomposed accents, stray whitespace and
+    planted PII (10%)."""
     rng = random.Random(seed)
-    recent: list[str] = []
+    recent: list[list[str]] = []
     dups = bad = 0
     with path.open("w", encoding="utf-8", newline="") as f:
-        f.write("id,created_at,category,amount,review,note\n")
+        f.write("id,created_at,name,email,phone,category,amount,review,note\n")
         for i in range(1, rows + 1):
             r = rng.random()
-            if r < 0.05 and recent:
-                f.write(rng.choice(recent))
+            if i > 1 and r < 0.035 and recent:
+                fields = list(rng.choice(recent))
+                if rng.random() < 0.3:  # the same row, typed again with other case/spacing
+                    fields[7] = fields[7].upper()
+                    fields[8] = fields[8].replace(" ", "  ")
+                f.write(",".join(_quote(v) for v in fields) + "\n")
                 dups += 1
-                continue
-            if r < 0.07:
-                bad += 1
-                if rng.random() < 0.5:
-                    f.write(f"{i},2026-01-01T00:00:00,{rng.choice(CATEGORIES)}\n")  # too few
-                else:
-                    f.write(f"{i},not-a-date,{rng.choice(CATEGORIES)},abc,x,y\n")  # bad types
                 continue
             ts = f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}T" \
                  f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
-            review, note = _text(rng, rng.randrange(10, 22)), _text(rng, rng.randrange(8, 18))
-            line = (f"{i},{ts},{rng.choice(CATEGORIES)},{rng.randrange(1, 100_000) / 100},"
-                    f"\"{review}\",\"{note}\"\n")
-            f.write(line)
+            fields = [str(i), ts, f"{rng.choice(FIRST).title()} {rng.choice(LAST)}",
+                      _email(rng), _phone(rng), rng.choice(CATEGORIES),
+                      f"{rng.randrange(1, 100_000) / 100}", _text(rng, rng.randrange(10, 22)),
+                      _text(rng, rng.randrange(8, 18))]
+            if i == 1:
+                f.write(",".join(_quote(v) for v in fields) + ",\n")  # ragged: one field more
+                bad += 1
+                continue
+            if r < 0.045:
+                bad += 1
+                f.write(",".join(_quote(v) for v in fields[:5]) + "\n")  # too few fields
+                continue
+            if r < 0.055:
+                bad += 1
+                column, value = rng.choice([(1, "not-a-date"), (6, "abc"), (6, "-3.5"),
+                                            (5, "unknown"), (0, ""), (1, "2026-02-30T10:00:00")])
+                fields[column] = value
+            if rng.random() < 0.01:
+                fields[5] = "NULL"  # a null marker: valid (the category is optional)
+            f.write(",".join(_quote(v) for v in fields) + "\n")
             if len(recent) < 2000:
-                recent.append(line)
+                recent.append(fields)
             elif rng.random() < 0.01:
-                recent[rng.randrange(2000)] = line
-    return {"rows": rows, "duplicates": dups, "malformed": bad, "bytes": path.stat().st_size}
+                recent[rng.randrange(2000)] = fields
+    return {"rows": rows, "duplicates": dups, "bad": bad, "bytes": path.stat().st_size}
+
+
+def _quote(value: str) -> str:
+    if any(ch in value for ch in ',"\n') or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 PIPELINE = """
@@ -113,12 +176,16 @@ schema:
   columns:
     id: {{type: int, required: true}}
     created_at: {{type: datetime, required: true}}
+    name: {{type: string}}
+    email: {{type: string}}
+    phone: {{type: string}}
     category: {{type: string, enum: {categories}}}
     amount: {{type: float, min: 0}}
     review: {{type: string}}
     note: {{type: string}}
-dedup: {{exact: true, columns: [created_at, category, amount, review, note]}}
-pii: {{columns: [review, note], mode: redact}}
+dedup: {{exact: true, columns: [created_at, name, category, amount, review, note]}}
+pii: {{columns: [review, note], value_columns: {{email: EMAIL, phone: PHONE, name: PERSON}},
+       mode: redact}}
 output: {{dir: {out}}}
 workers: {workers}
 """

@@ -26,7 +26,6 @@ timed in CPU seconds of their own process.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

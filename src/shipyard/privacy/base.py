@@ -174,6 +174,17 @@ class Recognizer:
         gate = self.gate
         return gate is None or gate.search(text) is not None
 
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(substrings, ASCII words in any case) of which an ASCII text must hold one to hold
+        this recognizer's entity; None when it cannot tell (then every text is scanned).
+
+        The data pipeline turns these into one regex run over whole columns in C: a
+        necessary condition, like `may_contain`, never a sufficient one.
+        """
+        if self.needles and self.gate is None:
+            return self.needles, ()
+        return None
+
     def adjust(self, text: str, start: int, score: float, end: int = -1) -> float:
         """`score` raised by context words and lowered by negative ones around the value.
 

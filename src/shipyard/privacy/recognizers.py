@@ -330,6 +330,7 @@ class DenyListRecognizer(Recognizer):
         super().__init__()
         self.entity_name = entity
         words = sorted({t for t in terms if t}, key=len, reverse=True)
+        self._words = [w.lower() for w in words]
         self._terms = (
             re.compile(
                 r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE
@@ -337,6 +338,13 @@ class DenyListRecognizer(Recognizer):
             if words
             else None
         )
+
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        # `terms` are matched in any case: each lower-cased word is a necessary substring (a
+        # term that is not ASCII may match ASCII text under Python's case folding: scan all).
+        if not all(w.isascii() for w in self._words):
+            return None
+        return (), tuple(self._words)
 
     def find(self, text: str) -> list[Finding]:
         if self._terms is None:
