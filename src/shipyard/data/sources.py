@@ -267,7 +267,7 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
             batch.header = header
         if not fields:
             continue  # a blank line is not a row
-        undecoded = any(_UNDECODED.search(v) for v in fields)
+        undecoded = _UNDECODED.search("".join(fields)) is not None
         if undecoded and fallback:
             try:
                 fields = [v.encode(encoding, "surrogateescape").decode(fallback)
