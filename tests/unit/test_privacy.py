@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import shipyard.privacy as privacy
@@ -235,3 +238,17 @@ def test_all_is_sorted() -> None:
     assert privacy.__all__ == sorted(privacy.__all__)
     for name in privacy.__all__:
         assert getattr(privacy, name) is not None
+
+
+def test_the_documented_context_word_examples() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "privacy.md").read_text()
+    section = doc.split("### Context words", 1)[1].split("### Phone numbers", 1)[0]
+    lines = re.findall(
+        r'engine\.analyze\("([^"]*)"\)\s+# (nothing|([A-Z_]+), (?:score )?([0-9.]+))', section)
+    assert len(lines) >= 6
+    for text, verdict, entity, score in lines:
+        found = ENGINE.analyze(text)
+        if verdict == "nothing":
+            assert found == [], text
+        else:
+            assert [(f.entity, round(f.score, 2)) for f in found] == [(entity, float(score))], text
