@@ -1,6 +1,6 @@
 """PII engine on text Shipyard did not write: presidio-evaluator's generator, beside Presidio.
 
-    .venv/bin/python bench/pii_outside.py [--n 3000] [--no-presidio] [--no-write]
+    .venv/bin/python bench/pii_outside.py [--n 5000] [--no-presidio] [--no-write]
 
 One run, one machine. The corpus comes from Microsoft's `presidio-evaluator` package
 (`PresidioSentenceFaker`: its own 200-odd sentence templates, its own records of 3,000 people of
@@ -178,7 +178,7 @@ def render(r: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=3000, help="samples per split (default 3000)")
+    parser.add_argument("--n", type=int, default=5000, help="samples per split (default 5000)")
     parser.add_argument("--presidio-python", type=Path, default=None,
                         help="a python with presidio-analyzer (default: bench/.venv-presidio)")
     parser.add_argument("--no-presidio", action="store_true", help="skip Presidio's timing run")
