@@ -73,7 +73,7 @@ def eval_(
 ) -> None:
     """Score the engine on a labelled corpus: precision, recall and F2 per entity.
 
-    By default the corpus is generated (needs Faker: pip install 'shipyard[pii-eval]'): phones
+    By default the corpus is generated (needs Faker: pip install 'shipyard\\[pii-eval]'): phones
     of a dozen countries, grouped cards, IBANs of twenty countries, compressed IPv6, unicode
     and noise, and near-misses that must not match (order numbers, timestamps, versions, ...).
     With --corpus FILE it is your own labelled text; labelled types the engine cannot report

@@ -114,12 +114,13 @@ def negative_regex(words: Iterable[str]) -> re.Pattern[str] | None:
 
 
 def after_regex(words: Iterable[str]) -> re.Pattern[str] | None:
-    """Any of `words` right after a value: only spaces, dashes, commas or brackets between."""
+    """Any of `words` right after a value: only spaces, a dash or brackets between (after a
+    comma the word starts the next item: "1675269575, phone: +61 ...")."""
     words = sorted(set(words))
     if not words:
         return None
     alternatives = "|".join(re.escape(w) for w in words)
-    return re.compile(r"[\s,;:()\[\]/-]{0,3}(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
+    return re.compile(r"[\s()\[\]/-]{0,3}(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
 
 
 def context_regex(words: Iterable[str]) -> re.Pattern[str] | None:

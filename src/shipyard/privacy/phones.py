@@ -28,7 +28,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumber
 
-from shipyard.privacy.base import ID_WORDS, Recognizer
+from shipyard.privacy.base import AFTER_WINDOW, ID_WORDS, Recognizer
 
 __all__ = ["ADDRESS_WORDS", "PhoneRecognizer", "phone_is_valid", "phone_shaped"]
 
@@ -233,6 +233,9 @@ _MONEY_AFTER = re.compile(
     r"\s?(?:[$\u00a3\u20ac\u00a5\u20b9]|(?:eur|usd|gbp|chf|sek|nok|dkk|pln|czk|kr|k\u010d|zl"
     r"|dollars?|euros?|pounds?|people|persons|users|rows|units|items|km|kg|m|t)\b)",
     re.IGNORECASE)
+# The candidate continues a longer run of digit groups ("... 1792 2328 3852"): not a number
+# of its own.
+_TAIL = re.compile(r"[0-9][ .-]\Z")
 # A word right after a number: a letter, or "40th"; not the pronoun "I" ("at 795 2525 I'd like").
 _WORD_AFTER = re.compile(r"[ \t]+(?!I(?:'|\u2019|\b))(?:[^\W\d_]|[0-9]+(?:st|nd|rd|th)\b)")
 
@@ -242,7 +245,7 @@ def _two_groups(candidate: str) -> bool:
 
 
 # Words right before a number that make it part of an address: "Apt. 380 34253 37 Rue ...".
-ADDRESS_WORDS = ("apt", "apartment", "suite", "ste", "unit", "box", "po box", "p.o. box",
+ADDRESS_WORDS = ("apt", "apartment", "suite", "ste", "box", "po box", "p.o. box",
                  "room", "floor", "flat", "building", "bldg", "lot", "zip", "zip code",
                  "postcode", "postal code", "plz")  # fmt: skip
 
@@ -299,8 +302,8 @@ def phone_shaped(candidate: str) -> bool:
     n = len(groups)
     if n < 2 or not 6 <= count <= 13 or max(sizes) > 8 or len(seps) > 1:
         return False
-    if count == 6 and sizes != (2, 2, 2):
-        return False  # six digits only as "89 97 11"
+    if count == 6 and (sizes != (2, 2, 2) or seps != {" "}):
+        return False  # six digits only as "89 97 11" ("29.13.21" is a version or a date)
     if n == 2 and count < 7:
         return False
     if any(size == 1 for size in sizes[1:]) or (sizes[0] == 1 and groups[0] not in "01"):
@@ -365,19 +368,32 @@ class PhoneRecognizer(Recognizer):
             shorter = next((c for c in _shorter(candidate) if phone_is_valid(c, regions)), None)
             if shorter is None:
                 return None
-            candidate, score = shorter, self.base_score
+            candidate = shorter
+            score = 0.4 if candidate.isdigit() else self.base_score
         elif count < 6:
             return None
         elif count >= 7 and phone_is_valid(candidate, self.regions):
             # A bare digit run with no "+" and no separators reads like an ID: it needs context.
             score = 0.4 if candidate.isdigit() else self.base_score
+        elif (shorter := next((c for c in _shorter(candidate)
+                               if phone_is_valid(c, self.regions)), None)) is not None:
+            # "+31 6 12347105 18 Nov 1940": a valid number, then something else.
+            candidate = shorter
+            score = 0.4 if candidate.isdigit() else self.base_score
         elif self.strict:
             return None
         elif candidate.isdigit():
-            if count < 7:
+            # A bare run no region validates: a phone only with a phone word right beside it
+            # ("Phone: 3987542834", "3987542834-Fax"), never a long one (timestamps, ids).
+            end = start + len(candidate)
+            beside = (self._context is not None
+                      and self._context.search(text, max(0, start - 12), start)) or (
+                self._after is not None and self._after.match(text, end, end + AFTER_WINDOW))
+            if not 7 <= count <= 12 or not beside:
                 return None
             score = 0.3
-        elif phone_shaped(candidate) and not self._amount(text, start, start + len(candidate)):
+        elif (phone_shaped(candidate) and not self._amount(text, start, start + len(candidate))
+              and not _TAIL.search(text, max(0, start - 2), start)):
             score = self.shaped_score
             # "932 3684 Court Street", "1159 3212 40th Street": two numbers and then a word are
             # an address's building and street numbers, unless the word says phone ("fax").
@@ -388,6 +404,10 @@ class PhoneRecognizer(Recognizer):
         else:
             return None
         end = start + len(candidate)
+        if text[end : end + 1] == "-" and (
+            self._after is None or not self._after.match(text, end, end + AFTER_WINDOW)
+        ):
+            return None  # "29.13.21-rc1": only a phone word may hang on by a dash ("-Fax")
         extension = _EXTENSION.match(text, end)
         if extension is not None:
             end = extension.end()
