@@ -67,3 +67,29 @@ def test_eval_reports_per_entity(tmp_path: Path) -> None:
     table = shipyard("pii", "eval", "--n", "200", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "| `EMAIL` |" in table.stdout and "F2" in table.stdout
+
+
+def _doc_example(name: str) -> tuple[str, list[str]]:
+    """The commands after `<!-- example: NAME -->` in docs/privacy.md and the output shown."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "privacy.md").read_text()
+    after = doc.split(f"<!-- example: {name} -->", 1)[1]
+    commands = after.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    output = after.split("```bash\n", 1)[1].split("\n```\n", 1)[1].split("```\n", 1)[1]
+    return commands + "\n", output.split("\n```", 1)[0].splitlines()
+
+
+def test_the_corpus_example_runs_as_printed(tmp_path: Path) -> None:
+    commands, shown = _doc_example("pii-eval-corpus")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    env.update(NO_COLOR="1", TERM="dumb", COLUMNS="200",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert len(printed) == len(shown), done.stdout
+    for got, want in zip(printed, shown, strict=True):
+        if want.endswith("..."):
+            assert got.startswith(want.removesuffix("...")), (got, want)
+        else:
+            assert got == want

@@ -108,7 +108,7 @@ def test_guards_apply_and_unsupported_parts_are_named(client: openai.OpenAI) -> 
     assert "can't help" in blocked.output_text
     with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.type"):
         client.responses.create(model="assistant", input="x", tools=[{"type": "web_search"}])
-    with pytest.raises(openai.NotFoundError, match="previous_response_id|no stored response"):
+    with pytest.raises(openai.NotFoundError, match=r"previous_response_id|no stored response"):
         client.responses.create(model="assistant", input="x",
                                 previous_response_id="resp_does_not_exist")
     with pytest.raises(openai.NotFoundError, match="model 'nope' does not exist"):

@@ -74,3 +74,11 @@ def test_the_documented_example_gives_the_documented_numbers(tmp_path: Path) -> 
             "removed")
     assert line in (example.parents[1] / "docs" / "data.md").read_text()
     assert report.bias is not None and "region=islands" in report.bias["warnings"][0]
+
+
+def test_under_represented_share_never_reads_as_the_threshold() -> None:
+    # 249 of 5,000 is 4.98%: rounded to one decimal it would read "5.0% ... below 5.0%".
+    acc = BiasAccumulator(BiasSpec(attributes=["g"], min_share=0.05))
+    acc.add(pa.record_batch({"g": ["a"] * 4751 + ["b"] * 249}))
+    [warning] = [w for w in acc.report()["warnings"] if "g=b" in w]
+    assert "holds 4.98% of rows (249 of 5,000), below the 5.00% threshold" in warning

@@ -280,3 +280,37 @@ def test_a_declared_column_missing_from_the_input_is_reported(tmp_path: Path) ->
     assert any("declared column(s) amount not in the input" in w for w in report.warnings)
     again, _, _ = run(tmp_path, b"id,name\n1,a\n")
     assert Path(str(again.path)).name == "v2" and Path(str(report.path)).name == "v1"
+
+
+def test_declared_pii_columns_keep_no_value_whatever_its_validity(tmp_path: Path) -> None:
+    # 30,000 rows: a phone column as people fill it in (valid, foreign, too short, bare, with
+    # letters or an extension) declared as a value column; a contact column of free text
+    # whose values are often just a number no recognizer validates.
+    import random
+
+    rng = random.Random(17)
+    forms = ["({}) 555-{:04d}", "+44 20 7946 {1:04d}", "555-{1:04d}", "{0}{1:04d}",
+             "call {0} {1}", "{0}-555-{1:04d} x12", "0{0} {1:04d}", "1{1:04d}"]
+    lines = ["id,phone,contact,amount"]
+    planted = []
+    for i in range(30_000):
+        phone = rng.choice(forms).format(rng.randrange(200, 999), rng.randrange(10_000))
+        contact = rng.choice(["{0}-{1:04d}", "ring {0} {1:04d}", "0{0} {1:04d} 12"]).format(
+            rng.randrange(100, 999), rng.randrange(10_000))
+        amount = "x" if i % 97 == 0 else str(i)  # some rows go to the quarantine
+        lines.append(f'{i},"{phone}","{contact}",{amount}')
+        planted += [phone, contact]
+    body = ("\n".join(lines) + "\n").encode()
+    extra = ("schema: {columns: {id: {type: int}, phone: {}, contact: {}, amount: {type: int}}}\n"
+             "pii: {columns: [contact], value_columns: {phone: PHONE}, mode: redact}\n"
+             "dedup: {exact: false}\n")
+    for workers in (1, 2):
+        report, out, q = run(tmp_path, body, extra=extra, source=", batch_size: 4000",
+                             workers=workers)
+        assert report.rows_out + report.rows_quarantined == 30_000
+        assert {r["phone"] for r in out} == {"[REDACTED]"}
+        kept = {r["contact"] for r in out}
+        assert kept <= {"[REDACTED]", "ring [REDACTED]"}, sorted(kept)[:5]
+        dumped = json.dumps(q)
+        assert not any(value in dumped for value in planted[:2000:7])
+        assert report.pii is not None and report.pii["findings"]["PHONE"] >= report.rows_out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import shipyard.privacy as privacy
@@ -125,7 +128,7 @@ def test_negative(text: str) -> None:
 
 
 def test_context_raises_score() -> None:
-    plain = ENGINE.analyze("reach 415-555-2671")[0]
+    plain = ENGINE.analyze("at 415-555-2671")[0]
     boosted = ENGINE.analyze("phone: 415-555-2671")[0]
     assert boosted.score > plain.score
 
@@ -133,7 +136,13 @@ def test_context_raises_score() -> None:
 def test_phone_default_region() -> None:
     uk = PIIEngine([PhoneRecognizer(regions=("GB",))])
     assert found("ring 020 7946 0958", uk) == [("PHONE", "020 7946 0958")]
-    assert found("ring 020 7946 0958") == []
+    # Not valid in the default region (US), but laid out like a phone number: still reported,
+    # at a lower score; `strict` reports only numbers a configured region validates.
+    [shaped] = ENGINE.analyze("at 020 7946 0958")
+    [valid] = uk.analyze("at 020 7946 0958")
+    assert shaped.entity == "PHONE" and shaped.score < valid.score
+    strict = PIIEngine([PhoneRecognizer(regions=("US",), strict=True)])
+    assert found("ring 020 7946 0958", strict) == []
 
 
 def test_several_entities_in_order() -> None:
@@ -229,3 +238,17 @@ def test_all_is_sorted() -> None:
     assert privacy.__all__ == sorted(privacy.__all__)
     for name in privacy.__all__:
         assert getattr(privacy, name) is not None
+
+
+def test_the_documented_context_word_examples() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "privacy.md").read_text()
+    section = doc.split("### Context words", 1)[1].split("### Phone numbers", 1)[0]
+    lines = re.findall(
+        r'engine\.analyze\("([^"]*)"\)\s+# (nothing|([A-Z_]+), (?:score )?([0-9.]+))', section)
+    assert len(lines) >= 6
+    for text, verdict, entity, score in lines:
+        found = ENGINE.analyze(text)
+        if verdict == "nothing":
+            assert found == [], text
+        else:
+            assert [(f.entity, round(f.score, 2)) for f in found] == [(entity, float(score))], text

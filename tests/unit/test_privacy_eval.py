@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("faker")
@@ -103,3 +106,45 @@ def test_entity_score_ratios() -> None:
     assert weighted.f2 > f1  # F2 leans towards recall
     with pytest.raises(ValueError, match="n is -1"):
         generate_corpus(-1)
+
+
+def test_overlap_matching_and_reading_a_labelled_file(tmp_path: Path) -> None:
+    from shipyard.privacy.evaluate import read_corpus
+
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(
+        '{"text": "fax 650-752-7354x549 now", "spans": [{"entity": "PHONE", "start": 4, '
+        '"end": 16}], "source": "ignored"}\n\n'
+        '{"text": "mail a@b.io", "spans": []}\n', encoding="utf-8")
+    samples = read_corpus(path)
+    assert [s.text for s in samples] == ["fax 650-752-7354x549 now", "mail a@b.io"]
+    exact = evaluate(PIIEngine(), samples, entities=["PHONE", "EMAIL"])
+    assert (exact.scores["PHONE"].tp, exact.scores["PHONE"].fp) == (0, 1)  # span edges differ
+    overlap = evaluate(PIIEngine(), samples, entities=["PHONE", "EMAIL"], match="overlap")
+    assert (overlap.scores["PHONE"].tp, overlap.scores["PHONE"].fp) == (1, 0)
+    assert (overlap.scores["EMAIL"].tp, overlap.scores["EMAIL"].fp) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "line 1 is not valid JSON"),
+        ('{"spans": []}', "no string 'text'"),
+        ('{"text": "x", "spans": {}}', "'spans' is dict"),
+        ('{"text": "x", "spans": [{"entity": "PHONE", "start": "0", "end": 1}]}',
+         "spans[0] is"),
+        ('{"text": "abc", "spans": [{"entity": "PHONE", "start": 1, "end": 9}]}',
+         "outside the text of 3 characters"),
+        ("", "holds no samples"),
+    ],
+)
+def test_bad_labelled_files_name_the_line_and_the_fix(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    from shipyard.errors import ConfigError
+    from shipyard.privacy.evaluate import read_corpus
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_corpus(path)

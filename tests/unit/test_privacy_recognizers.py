@@ -236,7 +236,7 @@ def test_gated_recognizers_skip_cheaply_but_find_at_edges() -> None:
         "tracking 4202 5021 0386 1905 1333 68",  # USPS: card-like groups that go on
         "UPS 1Z999AA10123456784 shipped",
         "FedEx tracking 748912345678",
-        "order no. 415-555-2671",
+        "order no. 4155552671",  # a bare digit run right after an identifier word
         "Order #123-45-6789",
         "build 10.8.5.5",
         "version 2.14.0-rc1 at 2026-11-27T10:00:00Z",
@@ -267,3 +267,108 @@ def test_values_glued_to_neighbours() -> None:
     assert found("Visa 4111111111111111.5 units") == []
     ip = found("Ask 10.0.0.1 then born on 1 May 1990")
     assert ip == [("IP_ADDRESS", "10.0.0.1"), ("DATE_OF_BIRTH", "1 May 1990")]
+
+
+# ------------------------------------------------------------- text the project did not write
+# Cases from presidio-evaluator's generator (national phone formats of 30 countries, values in
+# exported text with escaped line breaks) and from support-style notes.
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("fax 650-752-7354x549", "650-752-7354x549"),  # an extension is part of the number
+        ("(415) 555-2671 ext. 12 after 5pm", "(415) 555-2671 ext. 12"),
+        ("Office\\,781-618-4959-Fax", "781-618-4959"),  # a trailing "-Fax"
+        ("desk 0494 26 46 14 office", "0494 26 46 14"),  # Belgium, no country code
+        ("I didn't get any message on my registered 89 97 11.", "89 97 11"),  # Greenland
+        ("Desk: (07700)034176", "(07700)034176"),
+        ("call 21 259 903 5696", "21 259 903 5696"),
+        ("Fax: +46 (0)487 870 65", "+46 (0)487 870 65"),
+        ("Can someone call me on 67 501 36 56?", "67 501 36 56"),
+        ("How can we reach you? You can call 0372 9143663", "0372 9143663"),
+        ("Phone:\\n070 4493 5104\\n", "070 4493 5104"),  # an escaped line break before it
+        ("at 795 2525 I'd like to join", "795 2525"),
+        ("3987542834-Fax", "3987542834"),  # a bare run with a phone word after it
+    ],
+)
+def test_phones_of_any_country(text: str, value: str) -> None:
+    assert found(text) == [("PHONE", value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meeting on 2009-08-03",  # an ISO date
+        "due 03.08.2009 or 12/03/85",
+        "He lives at 932 3684 Court Street",  # building and street numbers
+        "1159 3212 40th Street",
+        "Apt. 380 34253 37 Rue de Libya",
+        "Suite 604 12 55",
+        "pages 123-456, years 1990-2000",
+        "ISBN 978-3-16-148410-0",
+        "pi is 3.14159, lat 33.9883",
+        "EUR 12 500 000 and 1.234.567 units",
+        "we sold 8 336 817 copies",
+        "room 12, ext 34",
+        "order no. 123 456 7890",  # laid out like a phone, not validated, identifier word
+    ],
+)
+def test_not_phones(text: str) -> None:
+    assert [f for f in ENGINE.analyze(text) if f.entity == "PHONE"] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "entity", "value"),
+    [
+        ("the order 374-80-2211", "US_SSN", "374-80-2211"),
+        ("says invoice 56.166.161.30", "IP_ADDRESS", "56.166.161.30"),
+        ("order +33 1 96 72 72 42", "PHONE", "+33 1 96 72 72 42"),
+        ("order no. 415-555-2671", "PHONE", "415-555-2671"),
+        ("ticket 4111 1111 1111 1111", "CREDIT_CARD", "4111 1111 1111 1111"),
+    ],
+)
+def test_identifier_words_do_not_hide_values_that_identify_themselves(
+    text: str, entity: str, value: str
+) -> None:
+    assert found(text) == [(entity, value)]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("card 180092617964050", "180092617964050"),  # JCB, 15 digits
+        ("card 213134127567717", "213134127567717"),
+        ("Please block card no 060448499479", "060448499479"),  # Maestro, 12 digits
+        ("my card 571144269420 is lost", "571144269420"),
+        ("cc 6584847513500046", "6584847513500046"),  # Discover 65
+        ("Number is 4777631706690743917", "4777631706690743917"),  # Visa, 19 digits
+    ],
+)
+def test_more_card_lengths(text: str, value: str) -> None:
+    assert found(text) == [("CREDIT_CARD", value)]
+
+
+def test_twelve_digits_need_a_card_word() -> None:
+    assert found("FedEx 571144269420 shipped") == []
+    assert found("order 571144269420") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("iban gb24utku39720300165632", "gb24utku39720300165632"),
+        ("compte fr76 3000 6000 0112 3456 7890 189 merci", "fr76 3000 6000 0112 3456 7890 189"),
+        ("Website:\\nGB82WEST12345698765432", "GB82WEST12345698765432"),
+    ],
+)
+def test_iban_in_any_case(text: str, value: str) -> None:
+    assert found(text) == [("IBAN", value)]
+
+
+def test_escaped_line_breaks_separate_values() -> None:
+    text = "E-mail:\\nBarabasPeterke@cuvox.de\\n\\nWebsite:\\nhttp://SeekStrategy.tn/\\n"
+    assert found(text) == [("EMAIL", "BarabasPeterke@cuvox.de"),
+                           ("URL", "http://SeekStrategy.tn/")]
+    [email] = [f for f in ENGINE.analyze(text) if f.entity == "EMAIL"]
+    assert text[email.start : email.end] == email.text

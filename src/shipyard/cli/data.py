@@ -16,7 +16,7 @@ from shipyard.cli.common import config_path, console, err_console, fail, open_st
 from shipyard.errors import ShipyardError
 
 app = typer.Typer(help="Run data pipelines and inspect versioned datasets (needs the `data` "
-                       "extra: pip install 'shipyard[data]').", no_args_is_help=True)
+                       "extra: pip install 'shipyard\\[data]').", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml whose store.url registers datasets (default: "

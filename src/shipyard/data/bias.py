@@ -30,6 +30,16 @@ def _key(value: Any) -> str:
     return MISSING if value is None else str(value)
 
 
+def _shares(share: float, limit: float) -> tuple[str, str]:
+    """Both as percentages with as many decimals as it takes to tell them apart: 4.98% is
+    below 5.0%, and must not read "5.0% ... below the 5.0% threshold"."""
+    for decimals in range(1, 5):
+        shown, bound = f"{share:.{decimals}%}", f"{limit:.{decimals}%}"
+        if shown != bound:
+            return shown, f"{limit:.1%}" if decimals == 1 else bound
+    return f"{share:.4%}", f"{limit:.4%}"
+
+
 class BiasAccumulator:
     """Feed it output batches; `report()` returns the JSON-able bias report."""
 
@@ -96,8 +106,10 @@ class BiasAccumulator:
                                 for c, v in sorted(self.nulls[attr].get(g, {}).items()) if v},
                 }
                 if n / total < spec.min_share:
-                    warnings.append(f"group {attr}={g} holds {n / total:.1%} of rows, below the "
-                                    f"{spec.min_share:.1%} threshold (under-represented)")
+                    share, limit = _shares(n / total, spec.min_share)
+                    warnings.append(f"group {attr}={g} holds {share} of rows ({n:,} of "
+                                    f"{total:,}), below the {limit} threshold "
+                                    "(under-represented)")
             present = [n for g, n in counts.items() if g != MISSING]
             ratio = (max(present) / min(present)) if present else None
             if ratio is not None and ratio > spec.max_ratio:

@@ -49,6 +49,7 @@ __all__ = [
 ColumnType = Literal["string", "int", "float", "bool", "date", "datetime"]
 DEFAULT_NULLS = ("", "NULL", "null", "Null", "NA", "N/A", "n/a", "NaN", "nan", "None", "\\N")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENTITY = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 
 class _Strict(BaseModel):
@@ -164,7 +165,20 @@ class DedupSpec(_Strict):
 
 
 class PiiSpec(_Strict):
-    columns: list[str]
+    """Which columns hold personal data, and what replaces it.
+
+    `columns` are free text: PII the engine finds in a value is replaced (and a value that is
+    only a number, such as an unvalidated phone number, is replaced whole). `value_columns`
+    map a column whose every value *is* personal data to its type (`{phone: PHONE}`): each
+    non-empty value is replaced whole, whatever it looks like.
+    """
+
+    columns: list[str] = Field(default_factory=list,
+                               description="Free-text columns: PII found in them is replaced.")
+    value_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Columns whose every non-empty value is personal data of the given type, "
+                    "e.g. {phone: PHONE, email: EMAIL}: replaced whole, valid or not.")
     mode: Literal["redact", "hash", "pseudonymize", "mask"] = "redact"
     key: str | None = Field(None, description="Key for mode hash: {$env: NAME} or {$file: path}.")
     entities: list[str] | None = None
@@ -176,6 +190,17 @@ class PiiSpec(_Strict):
     def _key_for_hash(self) -> PiiSpec:
         if self.mode == "hash" and not self.key:
             raise ValueError("pii.mode hash needs pii.key, e.g. key: {$env: DATA_PII_KEY}")
+        if not self.columns and not self.value_columns:
+            raise ValueError("pii needs columns (free text) or value_columns (e.g. {phone: "
+                             "PHONE}); list the columns that hold personal data")
+        both = sorted(set(self.columns) & set(self.value_columns))
+        if both:
+            raise ValueError(f"pii lists {', '.join(both)} in both columns and value_columns; "
+                             "keep each column in one of them")
+        for column, entity in self.value_columns.items():
+            if not _ENTITY.match(entity):
+                raise ValueError(f"pii.value_columns.{column} is {entity!r}; name its type in "
+                                 "capitals, e.g. PHONE, EMAIL, PERSON")
         return self
 
 
@@ -216,6 +241,17 @@ class PipelineConfig(_Strict):
             raise ValueError(f"name {value!r} must be letters, digits, '_', '.' or '-' "
                              "(up to 128), starting with a letter or digit")
         return value
+
+    @model_validator(mode="after")
+    def _pii_columns_are_text(self) -> PipelineConfig:
+        if self.pii is None:
+            return self
+        for name in (*self.pii.columns, *self.pii.value_columns):
+            column = self.schema_.columns.get(name)
+            if column is not None and column.type != "string":
+                raise ValueError(f"pii lists column '{name}', declared as {column.type}; PII "
+                                 "is replaced by text, so declare it as string (the default)")
+        return self
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()

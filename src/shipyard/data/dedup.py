@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from shipyard.data.config import NearDedupSpec
 
-__all__ = ["ExactDeduper", "NearDuplicates", "row_key", "signature"]
+__all__ = ["ExactDeduper", "NearDuplicates", "column_keys", "row_key", "signature"]
 
 _SPACE = re.compile(r"\s+")
 
@@ -38,6 +40,30 @@ def row_key(values: Iterable[Any]) -> bytes:
         text = _SPACE.sub(" ", text)
     return hashlib.blake2b(text.casefold().encode("utf-8", "surrogatepass"),
                            digest_size=16).digest()
+
+
+def column_keys(columns: list[pa.Array]) -> list[bytes]:
+    """`row_key`'s rule for whole typed columns: one 16-byte key per row.
+
+    Each column is rendered as text by Arrow (a null as "\\x00"), the row's texts are joined;
+    then, as in `row_key`, case and runs of whitespace do not make rows differ. Two rows get
+    the same key exactly when their typed values are equal that way.
+    """
+    if not columns:
+        return []
+    texts = [pc.fill_null(c if pa.types.is_string(c.type) else pc.cast(c, pa.string()), "\x00")
+             for c in columns]
+    joined = (texts[0] if len(texts) == 1
+              else pc.binary_join_element_wise(*texts, "\x1f"))
+    blake = hashlib.blake2b
+    space = _SPACE.sub
+    out = []
+    for text in joined.to_pylist():
+        if "  " in text or "\t" in text or "\n" in text:
+            text = space(" ", text)
+        out.append(blake(text.casefold().encode("utf-8", "surrogatepass"), digest_size=16)
+                   .digest())
+    return out
 
 
 class ExactDeduper:

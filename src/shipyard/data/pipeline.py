@@ -150,11 +150,7 @@ def _output_columns(config: PipelineConfig, raw: RawBatch) -> list[str]:
     if declared and config.schema_.extra_columns == "drop":
         return declared
     sources = {c.source or n for n, c in config.schema_.columns.items()}
-    seen: dict[str, None] = {}
-    for row in raw.rows:
-        for key in row:
-            seen.setdefault(key, None)
-    return declared + [c for c in seen if c not in sources and c not in declared]
+    return declared + [c for c in raw.column_names() if c not in sources and c not in declared]
 
 
 def _batches(config: PipelineConfig, info: SourceInfo,

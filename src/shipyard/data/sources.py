@@ -50,16 +50,45 @@ class BadRow:
 
 @dataclass(slots=True)
 class RawBatch:
-    """Rows as read (values are strings for CSV), with each row's line (or row) number."""
+    """Rows as read, with each row's line (or row) number.
+
+    Rows are dicts (JSONL, Parquet, SQL), or, when `header` is set (CSV and TSV), lists of
+    field strings in the header's order: cheaper to build and to send to a worker process.
+    """
 
     file: str
-    rows: list[dict[str, Any]]
+    rows: list[Any]
     lines: list[int]
     bad: list[BadRow] = field(default_factory=list)
+    header: list[str] | None = None
 
     @property
     def size(self) -> int:
         return len(self.rows) + len(self.bad)
+
+    def column_names(self) -> list[str]:
+        """The column names the rows have, in first-seen order."""
+        if self.header is not None:
+            return list(self.header)
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            for key in row:
+                seen.setdefault(key, None)
+        return list(seen)
+
+    def column(self, name: str) -> list[Any]:
+        """Every row's value of `name` (None where a row lacks it)."""
+        if self.header is not None:
+            if name not in self.header:
+                return [None] * len(self.rows)
+            i = self.header.index(name)
+            return [fields[i] for fields in self.rows]
+        return [row.get(name) for row in self.rows]
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row `i` as a dict (a copy for CSV rows, the row itself otherwise)."""
+        row = self.rows[i]
+        return dict(zip(self.header, row, strict=True)) if self.header is not None else row
 
 
 @dataclass(slots=True)
@@ -206,6 +235,7 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
     redecoded = 0
     batch = RawBatch(info.path, [], [])
     size = spec.batch_size
+    header: list[str] | None = None
     while True:
         try:
             fields = next(reader)
@@ -219,7 +249,7 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
             batch.bad.append(BadRow(line, f"malformed CSV: {reason}", ""))
             if batch.size >= size:
                 yield batch
-                batch = RawBatch(info.path, [], [])
+                batch = RawBatch(info.path, [], [], header=header)
             continue
         line = reader.line_num
         if columns is None:
@@ -227,13 +257,17 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
                 columns = _header(fields, info)
                 width = len(columns)
                 info.columns = columns
+                header = columns
+                batch.header = header
                 continue
             width = len(fields)
             columns = [f"column_{i + 1}" for i in range(width)]
             info.columns = columns
+            header = columns
+            batch.header = header
         if not fields:
             continue  # a blank line is not a row
-        undecoded = any(_UNDECODED.search(v) for v in fields)
+        undecoded = _UNDECODED.search("".join(fields)) is not None
         if undecoded and fallback:
             try:
                 fields = [v.encode(encoding, "surrogateescape").decode(fallback)
@@ -252,11 +286,11 @@ def _csv_batches(reader: Any, spec: SourceSpec, info: FileInfo,
             batch.bad.append(BadRow(line, f"malformed CSV: {len(fields)} fields, the header has "
                                           f"{width}", joined))
         else:
-            batch.rows.append(dict(zip(columns, fields, strict=True)))
+            batch.rows.append(fields)
             batch.lines.append(line)
         if batch.size >= size:
             yield batch
-            batch = RawBatch(info.path, [], [])
+            batch = RawBatch(info.path, [], [], header=header)
     if columns is None:
         info.warnings.append("empty file: no header and no rows")
     if redecoded:

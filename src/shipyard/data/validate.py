@@ -191,9 +191,9 @@ class RowValidator:
         self.schema = schema
         self.nulls = frozenset(nulls)
         self.columns: dict[str, ColumnSpec] = dict(schema.columns)
-        self._regex = {name: re.compile(spec.regex) for name, spec in self.columns.items()
+        self.regexes = {name: re.compile(spec.regex) for name, spec in self.columns.items()
                        if spec.regex}
-        self._enum = {name: frozenset(spec.enum) for name, spec in self.columns.items()
+        self.enums = {name: frozenset(spec.enum) for name, spec in self.columns.items()
                       if spec.enum is not None}
         self.rules = [compile_rule(r, self.columns) for r in schema.rules]
 
@@ -249,11 +249,11 @@ class RowValidator:
             if spec.max_length is not None and len(value) > spec.max_length:
                 return Violation("max_length", name, value,
                                  f"length {len(value)} is above the maximum {spec.max_length}")
-        enum = self._enum.get(name)
+        enum = self.enums.get(name)
         if enum is not None and value not in enum:
             allowed = ", ".join(_show(v) for v in sorted(enum, key=str)[:10])
             return Violation("enum", name, value, f"{_show(value)} is not one of {allowed}")
-        regex = self._regex.get(name)
+        regex = self.regexes.get(name)
         if regex is not None and not regex.fullmatch(str(value)):
             return Violation("regex", name, value,
                              f"{_show(value)} does not match {regex.pattern!r}")

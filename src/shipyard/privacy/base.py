@@ -3,8 +3,11 @@
 A recognizer finds spans of one entity type. `find(text)` first asks the cheap `gate` (a
 substring test or a regex that starts with a rare character, so CPython's `re` skips ahead in
 C), then runs one precompiled candidate regex; checksums and validity rules run only on the
-candidates. Context words in a short window before a match raise its score; negative context
-words (e.g. "order", "tracking") lower it.
+candidates. Context words in a short window before a match (or, for `context_after`, right
+after it) raise its score. Negative context words (e.g. "order", "tracking") right before a
+match sink an ambiguous value (a bare digit run scoring below `STRONG_SCORE`) but only nudge a
+value whose form alone identifies it ("the order 374-80-2211" is still an SSN); `veto_context`
+words ("version 1.2.3.4", "Apt. 380 34253") reject any value.
 
     >>> class Ticket(Recognizer):
     ...     entity = "TICKET"
@@ -22,14 +25,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "AFTER_WINDOW",
     "CONTEXT_BOOST",
     "CONTEXT_WINDOW",
     "ID_WORDS",
+    "NEGATIVE_NUDGE",
     "NEGATIVE_WINDOW",
+    "STRONG_SCORE",
+    "VERSION_WORDS",
     "Finding",
     "Recognizer",
     "context_regex",
     "digit_windows",
+    "negative_regex",
 ]
 
 CONTEXT_WINDOW = 40
@@ -37,17 +45,28 @@ CONTEXT_WINDOW = 40
 # "order" earlier in the sentence does not.
 NEGATIVE_WINDOW = 24
 CONTEXT_BOOST = 0.35
+# Context words right after a value ("650-752-7354 fax", "3987542834-Fax") count within this.
+AFTER_WINDOW = 12
+# A value whose form alone identifies it (a dashed SSN, a validated phone number with
+# separators, a Luhn-valid card, a dotted quad) scores at least this. Negative words only nudge
+# it by NEGATIVE_NUDGE, never below 0.5: "the order 374-80-2211" is an SSN whatever the word
+# before it says, while "order 4155552671" (a bare digit run, 0.4) is dropped.
+STRONG_SCORE = 0.6
+NEGATIVE_NUDGE = 0.1
 # Words before a number that say it identifies something else than a person: negative context.
 ID_WORDS = ("order", "invoice", "tracking", "ticket", "serial", "isbn", "sku", "ref",
             "reference", "build", "version")  # fmt: skip
+# Words that make a dotted number a version, never an address: they veto any IP finding.
+VERSION_WORDS = ("version", "ver", "v", "build", "release", "firmware", "fw", "rev", "revision")
 
-# A maximal run of at least seven digits, at most three other non-letters between neighbours.
-# Every phone number, card number and SSN lies inside one; most chat messages have none.
-_DIGIT_RUN = re.compile(r"[0-9](?:[^0-9A-Za-z\n]{0,3}[0-9]){6,}", re.ASCII)
+# A maximal run of at least six digits, at most three other non-letters between neighbours.
+# Every phone number ("89 97 11" in Greenland), card number and SSN lies inside one; most chat
+# messages have none.
+_DIGIT_RUN = re.compile(r"[0-9](?:[^0-9A-Za-z\n]{0,3}[0-9]){5,}", re.ASCII)
 
 
 def digit_windows(text: str) -> list[tuple[int, int]]:
-    """(pos, endpos) around each run of seven or more digits, for `pattern.finditer(text, ...)`.
+    """(pos, endpos) around each run of six or more digits, for `pattern.finditer(text, ...)`.
 
     The window starts three characters early (for a leading "+1 (" or "(") and ends two late
     (so a pattern's lookahead still sees what follows the run).
@@ -88,9 +107,20 @@ def negative_regex(words: Iterable[str]) -> re.Pattern[str] | None:
         return None
     alternatives = "|".join(re.escape(w) for w in words)
     return re.compile(
-        r"(?<!\w)(?:" + alternatives + r")s?(?:\s*(?:no\.?|nr\.?|number|num|id|#|:))*\s*[#:]?\s*\Z",
+        r"(?<!\w)(?:" + alternatives
+        + r")s?\.?(?:\s*(?:no\.?|nr\.?|number|num|id|#|:))*\s*[#:]?\s*\Z",
         re.IGNORECASE,
     )
+
+
+def after_regex(words: Iterable[str]) -> re.Pattern[str] | None:
+    """Any of `words` right after a value: only spaces, a dash or brackets between (after a
+    comma the word starts the next item: "1675269575, phone: +61 ...")."""
+    words = sorted(set(words))
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in words)
+    return re.compile(r"[\s()\[\]/-]{0,3}(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
 
 
 def context_regex(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -119,6 +149,8 @@ class Recognizer:
     base_score: ClassVar[float] = 0.5
     context: ClassVar[tuple[str, ...]] = ()
     negative_context: ClassVar[tuple[str, ...]] = ()
+    veto_context: ClassVar[tuple[str, ...]] = ()
+    context_after: ClassVar[tuple[str, ...]] = ()
     needles: ClassVar[tuple[str, ...]] = ()
     gate: ClassVar[re.Pattern[str] | None] = None
     digit_runs: ClassVar[bool] = False
@@ -128,6 +160,8 @@ class Recognizer:
         self.name = type(self).__name__
         self._context = context_regex(self.context)
         self._negative = negative_regex(self.negative_context)
+        self._veto = negative_regex(self.veto_context)
+        self._after = after_regex(self.context_after)
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         """Return (start, end, score) for a candidate, or None to reject it."""
@@ -141,20 +175,42 @@ class Recognizer:
         gate = self.gate
         return gate is None or gate.search(text) is not None
 
-    def adjust(self, text: str, start: int, score: float) -> float:
-        """`score` raised by context words and lowered by negative ones just before `start`."""
-        if self._context is None and self._negative is None:
-            return score
-        # Searched in place (no slice): a word cut by the window's edge is not a word.
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(substrings, ASCII words in any case) of which an ASCII text must hold one to hold
+        this recognizer's entity; None when it cannot tell (then every text is scanned).
+
+        The data pipeline turns these into one regex run over whole columns in C: a
+        necessary condition, like `may_contain`, never a sufficient one.
+        """
+        if self.needles and self.gate is None:
+            return self.needles, ()
+        return None
+
+    def adjust(self, text: str, start: int, score: float, end: int = -1) -> float:
+        """`score` raised by context words and lowered by negative ones around the value.
+
+        Returns 0.0 when a `veto_context` word is right before `start`. `end` (the value's end)
+        lets `context_after` words count too.
+        """
+        veto = self._veto
+        if veto is not None and veto.search(text, max(0, start - NEGATIVE_WINDOW), start):
+            return 0.0
         negative = self._negative
         if negative is not None and negative.search(text, max(0, start - NEGATIVE_WINDOW), start):
-            # "order no. 415-555-2671": the word right before the value outweighs any other.
+            # "order no. 4155552671": the word right before an ambiguous value outweighs any
+            # other; a value that identifies itself by its form keeps a passing score.
+            if score >= STRONG_SCORE:
+                return max(0.5, score - NEGATIVE_NUDGE)
             return max(0.0, score - CONTEXT_BOOST)
+        if score >= 1.0:
+            return score
+        # Searched in place (no slice): a word cut by the window's edge is not a word.
         context = self._context
-        if context is not None and score < 1.0 and context.search(
-            text, max(0, start - CONTEXT_WINDOW), start
-        ):
-            score = min(1.0, score + CONTEXT_BOOST)
+        if context is not None and context.search(text, max(0, start - CONTEXT_WINDOW), start):
+            return min(1.0, score + CONTEXT_BOOST)
+        after = self._after
+        if after is not None and end >= 0 and after.match(text, end, end + AFTER_WINDOW):
+            return min(1.0, score + CONTEXT_BOOST)
         return score
 
     def find(self, text: str) -> list[Finding]:
@@ -173,7 +229,7 @@ class Recognizer:
                     match = search(text, match.start() + 1 if self.rescan else match.end(), endpos)
                     continue
                 start, end, score = checked
-                score = self.adjust(text, start, score)
+                score = self.adjust(text, start, score, end)
                 found.append(Finding(self.entity, start, end, score, self.name, text[start:end]))
                 # Continue after the value, not the candidate: validate may have shortened it.
                 match = search(text, max(end, match.start() + 1), endpos)

@@ -108,6 +108,9 @@ class SecretRecognizer(Recognizer):
         lowered = text.lower()
         return any(stem in lowered for stem in _STEMS)
 
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(_FORMAT_NEEDLES), tuple(_STEMS)
+
     def find(self, text: str) -> list[Finding]:
         if not self.may_contain(text):
             return []

@@ -66,6 +66,9 @@ class DateOfBirthRecognizer(Recognizer):
         lowered = text.lower()
         return any(w in lowered for w in _GATE_WORDS)
 
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (), _GATE_WORDS
+
     def find(self, text: str) -> list[Finding]:
         if not self.may_contain(text):
             return []

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
+from shipyard.privacy.ner import SpacyRecognizer
 from shipyard.privacy.operators import Operator, Replace
 from shipyard.privacy.recognizers import (
     DenyListRecognizer,
@@ -19,6 +22,17 @@ from shipyard.privacy.recognizers import (
 )
 
 __all__ = ["PIIEngine", "resolve_overlaps"]
+
+# "Phone:\\n070 4493 5104": text exported from JSON, CSV or logs often holds line breaks as
+# the two characters backslash and "n". The recognizers read "n070" as one word; they scan a
+# copy with each such escape turned into a space and the control character it stands for
+# (same length, so every offset holds), and findings keep the original text.
+_ESCAPED_BREAK = re.compile(r"\\([nrt])")
+_CONTROL = {"n": " \n", "r": " \r", "t": " \t"}
+
+
+def _unescape_breaks(text: str) -> str:
+    return _ESCAPED_BREAK.sub(lambda m: _CONTROL[m.group(1)], text)
 
 
 def resolve_overlaps(findings: Iterable[Finding]) -> list[Finding]:
@@ -30,6 +44,15 @@ def resolve_overlaps(findings: Iterable[Finding]) -> list[Finding]:
             kept.append(f)
     kept.sort(key=lambda f: f.start)
     return kept
+
+
+def _patterns_before_names(found: list[Finding], ner: frozenset[str]) -> list[Finding]:
+    """`found` without the name-model findings that overlap a pattern recognizer's finding."""
+    patterns = [f for f in found if f.recognizer not in ner]
+    if len(patterns) == len(found):
+        return found
+    return [f for f in found if f.recognizer not in ner
+            or all(f.end <= p.start or f.start >= p.end for p in patterns)]
 
 
 class PIIEngine:
@@ -59,18 +82,31 @@ class PIIEngine:
         if deny_terms:
             chosen.append(DenyListRecognizer(deny_terms))
         self.recognizers: tuple[Recognizer, ...] = tuple(chosen)
+        self._ner = frozenset(r.name for r in chosen if isinstance(r, SpacyRecognizer))
         self._allow = frozenset(a.casefold() for a in allow)
         self.min_score = min_score
 
     def analyze(self, text: str) -> list[Finding]:
-        """Findings in `text`, sorted by start, with overlaps resolved."""
+        """Findings in `text`, sorted by start, with overlaps resolved.
+
+        A name model's finding (PERSON, LOCATION, ORGANIZATION) that overlaps a pattern
+        finding is dropped: "https://ViralSquad.be/" is a URL, not an organization.
+        """
+        scan = _unescape_breaks(text) if "\\" in text else text
         found: list[Finding] = []
         allow = self._allow
         for recognizer in self.recognizers:
-            for f in recognizer.find(text):
+            for f in recognizer.find(scan):
                 if f.score >= self.min_score and not (allow and f.text.casefold() in allow):
                     found.append(f)
-        return resolve_overlaps(found) if len(found) > 1 else found
+        if scan is not text:
+            found = [f if f.text == text[f.start : f.end]
+                     else replace(f, text=text[f.start : f.end]) for f in found]
+        if len(found) < 2:
+            return found
+        if self._ner:
+            found = _patterns_before_names(found, self._ner)
+        return resolve_overlaps(found)
 
     def anonymize(
         self, text: str, findings: Sequence[Finding], operator: Operator | None = None

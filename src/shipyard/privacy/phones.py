@@ -1,12 +1,22 @@
-"""Phone numbers: candidates by regex, validated against `phonenumbers`' metadata.
+"""Phone numbers: candidates by regex, validated against `phonenumbers`' metadata, or by layout.
 
 `phonenumbers.parse` is thorough and slow (tens of microseconds per call). The candidates here
 hold only digits, "+", "()", spaces, dots and dashes, so the country code and national number
 are read directly and checked with `is_valid_number_for_region`; only forms this shortcut does
 not cover (a "(0)" trunk prefix, regions with complex national prefixes) go through `parse`.
 
+A number written without its country code can only be validated for the regions configured,
+and a text rarely says which country it comes from ("89 97 11" is a Greenland number, "0494 26
+46 14" a Belgian one). So, unless `strict`, a number no configured region validates is still
+reported when it is laid out the way people write phone numbers (`phone_shaped`: groups of
+digits with one style of separator, 6 to 13 digits) and is not a date, an amount, an SSN or a
+card layout, or right after an address word ("Apt. 380 34253 37"). Extensions (`x549`,
+`ext. 12`) are part of the number.
+
     >>> [f.text for f in PhoneRecognizer().find("call +44 20 7946 0958 or (415) 555-2671")]
     ['+44 20 7946 0958', '(415) 555-2671']
+    >>> [f.text for f in PhoneRecognizer().find("fax 650-752-7354x549, desk 0494 26 46 14")]
+    ['650-752-7354x549', '0494 26 46 14']
 """
 
 from __future__ import annotations
@@ -18,9 +28,9 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumber
 
-from shipyard.privacy.base import ID_WORDS, Recognizer
+from shipyard.privacy.base import AFTER_WINDOW, ID_WORDS, Recognizer
 
-__all__ = ["PhoneRecognizer", "phone_is_valid"]
+__all__ = ["ADDRESS_WORDS", "PhoneRecognizer", "phone_is_valid", "phone_shaped"]
 
 _NON_DIGITS = re.compile(r"[^0-9]+")
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
@@ -209,24 +219,135 @@ def _shorter(candidate: str) -> list[str]:
     return [c for c in out if 7 <= _digit_count(c) <= 15]
 
 
+_GROUP = re.compile(r"[0-9]+")
+_SEPARATOR = re.compile(r"[^0-9]+")
+# Card layouts (4-4-4-4, 4-6-5, ...) are never read as phone numbers, whatever the checksum.
+_CARD_LAYOUTS = frozenset({(4, 4, 4), (4, 4, 4, 1), (4, 4, 4, 3), (4, 4, 4, 4), (4, 6, 4),
+                           (4, 6, 5)})  # fmt: skip
+_EXTENSION = re.compile(r" ?(?:[xX]|[eE]xt\.?|[eE]xtension) ?[0-9]{1,6}(?![0-9])", re.ASCII)
+# A currency or count right beside a number makes it an amount: "EUR 12 500 000", "2 500 kr".
+_MONEY_BEFORE = re.compile(
+    r"(?:[$\u00a3\u20ac\u00a5\u20b9]|\b(?:eur|usd|gbp|chf|sek|nok|dkk|pln|czk|kr|rs)\.?)\s?\Z",
+    re.IGNORECASE)
+_MONEY_AFTER = re.compile(
+    r"\s?(?:[$\u00a3\u20ac\u00a5\u20b9]|(?:eur|usd|gbp|chf|sek|nok|dkk|pln|czk|kr|k\u010d|zl"
+    r"|dollars?|euros?|pounds?|people|persons|users|rows|units|items|km|kg|m|t)\b)",
+    re.IGNORECASE)
+# The candidate continues a longer run of digit groups ("... 1792 2328 3852"): not a number
+# of its own.
+_TAIL = re.compile(r"[0-9][ .-]\Z")
+# A word right after a number: a letter, or "40th"; not the pronoun "I" ("at 795 2525 I'd like").
+_WORD_AFTER = re.compile(r"[ \t]+(?!I(?:'|\u2019|\b))(?:[^\W\d_]|[0-9]+(?:st|nd|rd|th)\b)")
+
+
+def _two_groups(candidate: str) -> bool:
+    return len(_GROUP.findall(candidate)) == 2
+
+
+# Words right before a number that make it part of an address: "Apt. 380 34253 37 Rue ...".
+ADDRESS_WORDS = ("apt", "apartment", "suite", "ste", "box", "po box", "p.o. box",
+                 "room", "floor", "flat", "building", "bldg", "lot", "zip", "zip code",
+                 "postcode", "postal code", "plz")  # fmt: skip
+
+
+def _is_year(group: str) -> bool:
+    return len(group) == 4 and 1900 <= int(group) <= 2099
+
+
+def _date_like(groups: list[str], seps: set[str]) -> bool:
+    """"2009-08-03", "03.08.2009", "12/03/85", "1990-2000": dates and year ranges."""
+    sizes = tuple(len(g) for g in groups)
+    if len(groups) == 2:
+        return all(_is_year(g) for g in groups)
+    if len(groups) != 3 or not seps <= {"-", ".", "/"}:
+        return False
+    a, b, c = (int(g) for g in groups)
+    if sizes[0] == 4:
+        return _is_year(groups[0]) and 1 <= b <= 12 and 1 <= c <= 31
+    if sizes[2] in (2, 4) and sizes[0] <= 2 and sizes[1] <= 2:
+        if sizes[2] == 4 and not _is_year(groups[2]):
+            return False
+        return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
+    return False
+
+
+def phone_shaped(candidate: str) -> bool:
+    """True when `candidate` is laid out like a phone number, whatever its country.
+
+    "+CC" and a national part of 4-14 digits; or 2+ groups of digits (at most 8 each, the
+    first may be an area code in brackets) totalling 6-13 digits, one separator style, no
+    single-digit group after the first (an ISBN), and none of: a date or year range, a decimal
+    ("3.14159"), dotted thousands ("1.234.567"), an SSN layout (3-2-4), a card layout.
+
+    >>> phone_shaped("0494 26 46 14"), phone_shaped("(07700)034176"), phone_shaped("89 97 11")
+    (True, True, True)
+    >>> phone_shaped("2009-08-03"), phone_shaped("978-3-16-148410-0"), phone_shaped("12 34")
+    (False, False, False)
+    """
+    digits = _NON_DIGITS.sub("", candidate)
+    if candidate.startswith("+"):
+        for size in (1, 2, 3):
+            if int(digits[:size] or "0") in _CC_REGIONS:
+                return 4 <= len(digits) - size <= 14
+        return False
+    count = len(digits)
+    body = candidate
+    area: list[str] = []
+    if body.startswith("("):  # "(022) 0905-618": the area code's own separator does not count
+        close = body.find(")")
+        area, body = [body[1:close]], body[close + 1 :].lstrip(" .-")
+    groups = area + _GROUP.findall(body)
+    seps = set(_SEPARATOR.findall(body))
+    sizes = tuple(len(g) for g in groups)
+    n = len(groups)
+    if n < 2 or not 6 <= count <= 13 or max(sizes) > 8 or len(seps) > 1:
+        return False
+    if count == 6 and (sizes != (2, 2, 2) or seps != {" "}):
+        return False  # six digits only as "89 97 11" ("29.13.21" is a version or a date)
+    if n == 2 and count < 7:
+        return False
+    if any(size == 1 for size in sizes[1:]) or (sizes[0] == 1 and groups[0] not in "01"):
+        return False  # "978-3-16-148410-0", "8 336 817"
+    if "." in seps and (n < 3 or all(size == 3 for size in sizes[1:])):
+        return False  # "3.14159", "1.234.567"
+    if sizes == (3, 2, 4) and seps <= {"-", " "}:
+        return False  # an SSN's layout, for the SSN recognizer to judge
+    return sizes not in _CARD_LAYOUTS and not _date_like(groups, seps)
+
+
 class PhoneRecognizer(Recognizer):
-    """Phone numbers validated with `phonenumbers`; numbers without `+CC` use `regions` in order."""
+    """Phone numbers: validated with `phonenumbers` ("+CC ..." anywhere, national numbers in
+    `regions`, in order), or, unless `strict`, laid out like one (`phone_shaped`).
+
+    Scores: a validated number with separators 0.7; laid out like one but not validated 0.55;
+    a bare digit run 0.4 when validated, else 0.3 (so a bare run needs a context word, such as
+    "phone" before it or "fax" after it).
+    """
 
     entity = "PHONE"
     base_score = 0.7
+    shaped_score = 0.55
     context = ("phone", "tel", "telephone", "mobile", "cell", "call", "fax", "whatsapp",
-               "ring", "text me", "sms")  # fmt: skip
+               "ring", "text me", "sms", "office", "desk", "direct", "landline", "dial",
+               "reach")  # fmt: skip
+    context_after = ("fax", "office", "mobile", "cell", "home", "work", "desk", "direct", "phone",
+                     "tel", "landline")  # fmt: skip
     negative_context = ID_WORDS
+    veto_context = ADDRESS_WORDS
     digit_runs = True
+    # Groups are maximal digit runs between single separators, so a failed candidate costs no
+    # backtracking; an "x549" extension and a trailing "-Fax" may follow.
     pattern = re.compile(
         r"(?:(?<=tel:)|(?<![\w+#/.:@-]))(?:\+[0-9]{1,3}[ .-]?)?(?:\(0\)[ .-]?)?"
-        r"(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-]?[0-9]{2,4}){1,5}(?![\w/:-]|\.[0-9])",
+        r"(?:\([0-9]{1,5}\)[ .-]?)?[0-9]{1,15}(?:[ .-][0-9]{1,15}){0,7}"
+        r"(?!(?![xX][0-9])[\w/:]|-[0-9]|\.[0-9])",
         re.ASCII,
     )
 
-    def __init__(self, regions: Iterable[str] = ("US",)) -> None:
+    def __init__(self, regions: Iterable[str] = ("US",), *, strict: bool = False) -> None:
         super().__init__()
         self.regions = tuple(r.upper() for r in regions)
+        self.strict = strict
         for region in self.regions:
             if region not in phonenumbers.SUPPORTED_REGIONS:
                 raise ValueError(
@@ -238,16 +359,62 @@ class PhoneRecognizer(Recognizer):
         candidate = match.group()
         if _DOTTED_QUAD.match(candidate):
             return None  # "150.142.95.173" is an IPv4 address
-        if _digit_count(candidate) > 15:
+        count = _digit_count(candidate)
+        start = match.start()
+        text = match.string
+        if count > 15:
             # The regex is greedy: "+49-30-122327 4388 6960 ..." ran into the next number.
             regions = self.regions
             shorter = next((c for c in _shorter(candidate) if phone_is_valid(c, regions)), None)
             if shorter is None:
                 return None
             candidate = shorter
-        elif _digit_count(candidate) < 7 or not phone_is_valid(candidate, self.regions):
+            score = 0.4 if candidate.isdigit() else self.base_score
+        elif count < 6:
             return None
-        # A bare digit run with no "+" and no separators reads like an ID: it needs context.
-        bare = candidate.isdigit()
-        start = match.start()
-        return start, start + len(candidate), 0.4 if bare else self.base_score
+        elif count >= 7 and phone_is_valid(candidate, self.regions):
+            # A bare digit run with no "+" and no separators reads like an ID: it needs context.
+            score = 0.4 if candidate.isdigit() else self.base_score
+        elif (shorter := next((c for c in _shorter(candidate)
+                               if phone_is_valid(c, self.regions)), None)) is not None:
+            # "+31 6 12347105 18 Nov 1940": a valid number, then something else.
+            candidate = shorter
+            score = 0.4 if candidate.isdigit() else self.base_score
+        elif self.strict:
+            return None
+        elif candidate.isdigit():
+            # A bare run no region validates: a phone only with a phone word right beside it
+            # ("Phone: 3987542834", "3987542834-Fax"), never a long one (timestamps, ids).
+            end = start + len(candidate)
+            beside = (self._context is not None
+                      and self._context.search(text, max(0, start - 12), start)) or (
+                self._after is not None and self._after.match(text, end, end + AFTER_WINDOW))
+            if not 7 <= count <= 12 or not beside:
+                return None
+            score = 0.3
+        elif (phone_shaped(candidate) and not self._amount(text, start, start + len(candidate))
+              and not _TAIL.search(text, max(0, start - 2), start)):
+            score = self.shaped_score
+            # "932 3684 Court Street", "1159 3212 40th Street": two numbers and then a word are
+            # an address's building and street numbers, unless the word says phone ("fax").
+            end = start + len(candidate)
+            if (_two_groups(candidate) and _WORD_AFTER.match(text, end)
+                    and (self._after is None or not self._after.match(text, end, end + 12))):
+                return None
+        else:
+            return None
+        end = start + len(candidate)
+        if text[end : end + 1] == "-" and (
+            self._after is None or not self._after.match(text, end, end + AFTER_WINDOW)
+        ):
+            return None  # "29.13.21-rc1": only a phone word may hang on by a dash ("-Fax")
+        extension = _EXTENSION.match(text, end)
+        if extension is not None:
+            end = extension.end()
+        return start, end, score
+
+    @staticmethod
+    def _amount(text: str, start: int, end: int) -> bool:
+        """A currency or a count right beside the number: "EUR 12 500 000", "2 500 000 users"."""
+        return bool(_MONEY_BEFORE.search(text, max(0, start - 5), start)
+                    or _MONEY_AFTER.match(text, end, end + 9))

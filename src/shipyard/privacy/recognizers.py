@@ -4,7 +4,7 @@ Candidates come from a regex compiled once at import; checksums and validity rul
 mod-97, SSN rules, `ipaddress`, `phonenumbers`) run only on those candidates. Patterns start
 with a character class where they can (a lookbehind goes after the first character), so
 CPython's `re` jumps between possible first characters in C instead of trying every position;
-recognizers of digit-heavy entities look only around runs of seven or more digits.
+recognizers of digit-heavy entities look only around runs of six or more digits.
 
     >>> [f.entity for f in EmailRecognizer().find("mail bob@example.com")]
     ['EMAIL']
@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from shipyard.privacy.base import ID_WORDS, Finding, Recognizer
+from shipyard.privacy.base import ID_WORDS, VERSION_WORDS, Finding, Recognizer
 from shipyard.privacy.credentials import SecretRecognizer
 from shipyard.privacy.dates import DateOfBirthRecognizer
 from shipyard.privacy.ner import ner_recognizer
@@ -97,7 +97,9 @@ class IpAddressRecognizer(Recognizer):
     entity = "IP_ADDRESS"
     base_score = 0.8
     context = ("ip", "address", "host", "server", "client")
-    negative_context = ID_WORDS
+    # An address is an address whatever it is called ("says invoice 56.166.161.30"); only a
+    # version word makes a dotted quad something else ("build 10.8.5.5").
+    veto_context = VERSION_WORDS
     # A word character, dot or dash beside it means a longer string (e.g. "v1.2.3.4-rc1").
     _v4 = re.compile(
         r"[0-9](?<![\w.][0-9])[0-9]{0,2}\.(?:[0-9]{1,3}\.){2}[0-9]{1,3}(?![\w-]|\.\w)", re.ASCII
@@ -129,7 +131,9 @@ class IpAddressRecognizer(Recognizer):
             except ValueError:
                 continue
             start, end = match.span()
-            score = self.adjust(text, start, self.base_score)
+            score = self.adjust(text, start, self.base_score, end)
+            if score <= 0.0:
+                continue
             found.append(Finding(self.entity, start, end, score, self.name, value))
         return found
 
@@ -149,24 +153,42 @@ def _luhn_ok(digits: str) -> bool:
 class CreditCardRecognizer(Recognizer):
     entity = "CREDIT_CARD"
     base_score = 0.9
-    context = ("card", "credit", "visa", "mastercard", "amex", "cc", "pan", "payment")
+    # Twelve digits (the shortest Maestro) is also the length of many order and tracking
+    # numbers: such a card needs a context word.
+    short_score = 0.4
+    context = ("card", "credit", "visa", "mastercard", "amex", "cc", "pan", "payment", "maestro",
+               "jcb", "debit")  # fmt: skip
     negative_context = ID_WORDS
     digit_runs = True
     pattern = re.compile(
-        r"[0-9](?<![\w#+.-][0-9])(?:[ -]?[0-9]){12,18}(?![\w-]|\.[0-9])", re.ASCII
+        r"[0-9](?<![\w#+.-][0-9])(?:[ -]?[0-9]){11,18}(?![\w-]|\.[0-9])", re.ASCII
     )
     # "61 3024-824094-6524" (the end of an IP address, then a card) hides a card: look inside.
     rescan = True
-    # Issuer prefixes (Visa, Mastercard, Amex, Diners, JCB, Discover/UnionPay): cheap first cut.
-    _issuer = re.compile(r"4|5[1-5]|2[2-7]|3[045-9]|6", re.ASCII)
+    # Issuer prefixes (Visa, Mastercard, Amex, Diners, JCB, Discover/UnionPay, Maestro): a cheap
+    # first cut; `_lengths` then says which lengths each issues.
+    _issuer = re.compile(r"4|5[0-8]|2[2-7]|3[045-9]|6|0604|1800|2131", re.ASCII)
+    # Prefixes that issue 12-digit (Maestro) and 15-digit JCB (1800, 2131) numbers.
+    _maestro = re.compile(r"5[0678]|6|0604", re.ASCII)
     _separator = re.compile(r"[ -]")
     # Printed layouts; other groupings (e.g. the tail of a spaced IBAN) are not card numbers.
     _layouts = frozenset({(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 1),
-                          (4, 4, 4, 3)})  # fmt: skip
+                          (4, 4, 4, 3), (4, 4, 4)})  # fmt: skip
     # What follows a grouped card: more groups ("4111 1111 1111 1111 2345 67" is a tracking
     # number, unless they make a second card), not an expiry ("... 1111 12/29").
     _goes_on = re.compile(r"(?:[ -][0-9]{1,6})+(?![0-9A-Za-z_/]|\.[0-9])", re.ASCII)
     _came_from = re.compile(r"(?<!\S)(?:[0-9]{1,6}[ -])+\Z", re.ASCII)
+
+    def _issued(self, digits: str) -> bool:
+        """An issuer prefix that issues numbers of this length."""
+        if self._issuer.match(digits) is None:
+            return False
+        n = len(digits)
+        if digits.startswith(("1800", "2131")):
+            return n == 15
+        if digits.startswith("0604") or n == 12:
+            return self._maestro.match(digits) is not None
+        return 13 <= n <= 19
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
         text = match.string
@@ -177,15 +199,15 @@ class CreditCardRecognizer(Recognizer):
         for k in range(len(groups), 0, -1):
             head = groups[:k]
             digits = "".join(head)
-            if len(digits) < 13:
+            if len(digits) < 12:
                 return None
             if len(digits) > 19 or (k > 1 and tuple(len(g) for g in head) not in self._layouts):
                 continue
             end = start + len(digits) + k - 1
             if k > 1 and not self._standalone(text, start, end, text[start + len(head[0])]):
                 continue
-            if self._issuer.match(digits) and len(set(digits)) > 1 and _luhn_ok(digits):
-                return start, end, self.base_score
+            if self._issued(digits) and len(set(digits)) > 1 and _luhn_ok(digits):
+                return start, end, self.short_score if len(digits) == 12 else self.base_score
         return None
 
     def _standalone(self, text: str, start: int, end: int, sep: str) -> bool:
@@ -208,7 +230,7 @@ class CreditCardRecognizer(Recognizer):
         return (
             tuple(len(g) for g in groups) in self._layouts
             and digits.isdigit()
-            and 13 <= len(digits) <= 19
+            and 12 <= len(digits) <= 19
             and _luhn_ok(digits)
         )
 
@@ -235,12 +257,18 @@ class IbanRecognizer(Recognizer):
     context = ("iban", "account", "bank", "transfer")
     # A rejected candidate ("DE00 ... IBAN PL96 ...", a bad checksum) may run into a real one.
     rescan = True
+    # Any case: "gb24utku39720300165632" (a lower-cased text) is still an IBAN; the country
+    # length and the mod-97 checksum keep words out. Matched from the first check digit
+    # (digits are rarer than letters, so `re` skips ahead in C); the country code is the two
+    # letters before it.
     pattern = re.compile(
-        r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){11,30}", re.ASCII
+        r"[0-9](?<=[A-Za-z]{2}[0-9])(?<![A-Za-z0-9][A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}",
+        re.ASCII,
     )
 
     def validate(self, match: re.Match[str]) -> tuple[int, int, float] | None:
-        raw = match.group()
+        start = match.start() - 2
+        raw = match.string[start : match.end()].upper()
         expected = _IBAN_LENGTHS.get(raw[:2])
         if expected is None:
             return None
@@ -255,12 +283,12 @@ class IbanRecognizer(Recognizer):
                     break
         if end == 0:
             return None
-        tail = match.string[match.start() + end : match.start() + end + 1]
+        tail = match.string[start + end : start + end + 1]
         if tail.isascii() and tail.isalnum():
             return None
         if not _iban_ok(raw[:end].replace(" ", "")):
             return None
-        return match.start(), match.start() + end, self.base_score
+        return start, start + end, self.base_score
 
 
 class UsSsnRecognizer(Recognizer):
@@ -302,6 +330,7 @@ class DenyListRecognizer(Recognizer):
         super().__init__()
         self.entity_name = entity
         words = sorted({t for t in terms if t}, key=len, reverse=True)
+        self._words = [w.lower() for w in words]
         self._terms = (
             re.compile(
                 r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE
@@ -309,6 +338,13 @@ class DenyListRecognizer(Recognizer):
             if words
             else None
         )
+
+    def gate_terms(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        # `terms` are matched in any case: each lower-cased word is a necessary substring (a
+        # term that is not ASCII may match ASCII text under Python's case folding: scan all).
+        if not all(w.isascii() for w in self._words):
+            return None
+        return (), tuple(self._words)
 
     def find(self, text: str) -> list[Finding]:
         if self._terms is None:
