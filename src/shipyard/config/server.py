@@ -15,6 +15,7 @@ __all__ = [
     "CorsConfig",
     "ServerConfig",
     "StateConfig",
+    "StateOutageConfig",
     "StoreConfig",
     "UIConfig",
 ]
@@ -128,13 +129,54 @@ class UIConfig(Section):
     )
 
 
+class StateOutageConfig(Section):
+    rate_limits: Literal["local", "closed"] = Field(
+        "local",
+        description="Rate limits while Redis is unreachable: `local` (fail open to a limiter "
+        "in each process, with the same limits per process) or `closed` (503 with "
+        "Retry-After).",
+    )
+    retry_after_s: int = Field(
+        2, ge=1, le=300,
+        description="The Retry-After (seconds) of a 503 answered because Redis is "
+        "unreachable.",
+    )
+
+
 class StateConfig(Section):
     backend: Literal["memory", "redis"] = Field(
         "memory",
-        description="Where shared state (the response cache) lives: `memory` (one process) or "
-        "`redis` (shared by replicas; install `shipyard[redis]`).",
+        description="Where shared state lives (rate limits, budgets' reservations, circuit "
+        "breakers, the response cache, PII conversation tables): `memory` (one process) or "
+        "`redis` (shared by every worker and replica; install `shipyard[redis]`).",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL when `backend: redis`."
     )
     key_prefix: str = Field("shipyard:", description="Prefix of every Redis key Shipyard writes.")
+    timeout_s: float = Field(
+        0.5, gt=0, le=30,
+        description="Timeout of one Redis operation (and of connecting); past it the feature's "
+        "outage policy applies.",
+    )
+    per_process: bool = Field(
+        False,
+        description="Accept `server.workers` > 1 on the `memory` backend, where every worker "
+        "keeps its own rate limits, breakers, cache and PII conversations (a 60 rpm key gets "
+        "60 per worker). Without it such a start is refused.",
+    )
+    circuit_sync_s: float = Field(
+        0.25, gt=0, le=10,
+        description="How often each replica reads the circuit breakers other replicas opened "
+        "(Redis backend).",
+    )
+    required_for_ready: bool = Field(
+        True,
+        description="`/readyz` answers 503 while Redis is unreachable (`false`: it answers 200 "
+        "and reports the outage in its checks).",
+    )
+    on_outage: StateOutageConfig = Field(
+        default_factory=lambda: StateOutageConfig(),
+        description="What each feature does while Redis is unreachable (see "
+        "docs/resilience.md).",
+    )

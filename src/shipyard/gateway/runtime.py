@@ -37,7 +37,9 @@ from shipyard.observe.tracing import parse_traceparent, record_span, sampled
 from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
+from shipyard.resilience.circuit import CircuitBreaker, SharedCircuits
 from shipyard.security.audit import AuditLog
+from shipyard.security.budget_ledger import Ledger, RedisLedger, StoreLedger
 from shipyard.security.budgets import BudgetGuard
 from shipyard.security.crypto import PayloadCipher, redact_encrypted
 from shipyard.security.jwt import JWTVerifier
@@ -46,7 +48,7 @@ from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
-from shipyard.state.redis import RedisKeyValue
+from shipyard.state.redis import RedisKeyValue, RedisState
 from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.store.retention import RetentionTask
 from shipyard.store.spool import Spool
@@ -89,27 +91,48 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
-        self.kv: KeyValue = (
-            RedisKeyValue(config.state.redis_url, prefix=config.state.key_prefix)
-            if config.state.backend == "redis" else MemoryKeyValue()
-        )
+        # Shared state: Redis when replicas must agree (see docs/deployment.md).
+        state = config.state
+        self.redis: RedisState | None = None
+        self.kv: KeyValue = MemoryKeyValue()
+        cache_store: KeyValue = self.kv
+        self.limiter: RateLimiter = MemoryLimiter()
+        ledger: Ledger = StoreLedger(self.engine)
+        if state.backend == "redis":
+            self.redis = RedisState(state.redis_url, prefix=state.key_prefix,
+                                    timeout_s=state.timeout_s,
+                                    retry_after_s=state.on_outage.retry_after_s,
+                                    rate_limits=state.on_outage.rate_limits)
+            self.redis.on_outage = self._state_outage
+            self.redis.health.on_change = lambda up: self.metrics.state_up.set(1 if up else 0)
+            self.kv = RedisKeyValue(self.redis, feature="conversations")
+            cache_store = RedisKeyValue(self.redis, feature="cache")
+            self.limiter = RedisLimiter(self.redis)
+            ledger = RedisLedger(self.redis)
+        self.metrics.state_up.set(1)
         server = config.server
         self.admission = Admission("The gateway", max_in_flight=server.max_in_flight,
                                    max_queue=server.max_queue, max_queue_ms=server.max_queue_ms)
-        self.limiter: RateLimiter = (
-            RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
-            if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
+        self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
+                                  for name, p in config.pricing.items()})
+        self.budgets = BudgetGuard(config.budgets, ledger, engine=self.engine,
+                                   on_soft=self._budget_alert)
         # Where escalation plugs in: `gateway.guard_hooks.on_escalate = ...`.
         self.guard_hooks = GuardHooks()
         self.models: dict[str, ModelTarget] = build_targets(
             config, self.providers, self.metrics, global_admission=self.admission,
-            cache_store=self.kv, limiter=self.limiter, guard_hooks=self.guard_hooks)
+            cache_store=cache_store, limiter=self.limiter, guard_hooks=self.guard_hooks,
+            budgets=self.budgets, prices=self.prices)
+        breakers: dict[str, CircuitBreaker] = {}
+        for target in self.models.values():
+            for deployment in target.deployments:
+                breakers.setdefault(deployment.breaker.name, deployment.breaker)
+        self.circuits = (SharedCircuits(self.redis, list(breakers.values()),
+                                        interval_s=state.circuit_sync_s)
+                         if self.redis is not None else None)
         self._background: set[asyncio.Task[None]] = set()
         keys = [k.get_secret_value() for k in config.traces.encryption_keys]
         self.cipher = PayloadCipher(keys) if keys else None
-        self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
-                                  for name, p in config.pricing.items()})
-        self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
         self.metrics.watch_admission(self._queue_depths)
         self.services: dict[str, HostedService] = {
             name: HostedService(name, s, metrics=self.metrics)
@@ -208,8 +231,9 @@ class Gateway:
                     self.engine, self.config.traces.retention,
                     on_purge=self.metrics.count_purge)
                 self.retention.start()
-        if self.budgets.budgets:
-            await asyncio.to_thread(self.budgets.reload)
+        await self.budgets.start()
+        if self.circuits is not None:
+            self.circuits.start()
         for provider in self.providers.values():
             await provider.start()
         self.overdue.start()
@@ -303,6 +327,9 @@ class Gateway:
             self._previous_sigterm = None
         await self.overdue.stop()
         await self.alerts.stop()
+        if self.circuits is not None:
+            await self.circuits.stop()
+        await self.budgets.stop()
         await self.kv.close()
         for provider in self.providers.values():
             try:
@@ -373,12 +400,28 @@ class Gateway:
         self._spawn(asyncio.to_thread(append))
 
     def check_budget(self, ctx: RequestContext) -> None:
-        """Refuse the request when its tenant's or key's hard budget is spent."""
-        if not self.budgets.budgets:
-            return
-        if self.budgets.claim_reload():
-            self._spawn(asyncio.to_thread(self.budgets.reload))
-        self.budgets.check(ctx.tenant_id, ctx.key_id)
+        """Refuse the request when its tenant's or key's hard budget is known to be spent
+        (no I/O; the budget stage then reserves the request's cost atomically)."""
+        if self.budgets.budgets:
+            self.budgets.check(ctx.tenant_id, ctx.key_id)
+
+    def _state_outage(self, feature: str, policy: str) -> None:
+        self.metrics.state_outage_answers.labels(feature, policy).inc()
+
+    async def state_status(self) -> dict[str, Any]:
+        """The shared state's health for `/readyz`: the backend, whether it answers, and
+        what each feature does while it does not."""
+        if self.redis is None:
+            return {"backend": "memory", "reachable": True}
+        reachable = await self.redis.reachable()
+        health = self.redis.health
+        status: dict[str, Any] = {"backend": "redis", "reachable": reachable}
+        if not reachable:
+            status["error"] = health.last_error
+            if health.down_since is not None:
+                status["down_s"] = round(time.monotonic() - health.down_since, 1)
+            status["policy"] = dict(self.redis.policy)
+        return status
 
     def _budget_alert(self, budget: Any, spent: float) -> None:
         scope = "key" if budget.key else "tenant"
@@ -473,7 +516,10 @@ class Gateway:
                     prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
                 if ctx.cost_usd:
                     self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
-                    self.budgets.add(ctx.tenant_id, ctx.key_id, ctx.cost_usd)
+            if ctx.budget is not None:  # settle the reservation with the real cost
+                self._spawn(self.budgets.settle(ctx.budget, ctx.cost_usd or 0.0))
+            elif ctx.cost_usd and self.budgets.budgets:
+                self._spawn(self.budgets.charge(ctx.tenant_id, ctx.key_id, ctx.cost_usd))
             if ctx.shed_by is not None:
                 self.metrics.shed.labels(ctx.shed_by).inc()
             if self.writer is not None:

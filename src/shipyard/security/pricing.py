@@ -7,7 +7,7 @@ time of this release; check them against your contract and override what differs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_PRICES", "Price", "PriceTable"]
@@ -50,3 +50,12 @@ class PriceTable:
             if name and name in self.prices:
                 return self.prices[name].cost(prompt_tokens, completion_tokens)
         return None
+
+    def bound(self, names: Iterable[str]) -> Price | None:
+        """The highest input and output prices among `names` (an alias, its upstream models
+        and fallbacks): what a request to that alias may cost at most per token. None when
+        none of them has a price (its requests cost nothing the gateway can count)."""
+        found = [self.prices[name] for name in names if name in self.prices]
+        if not found:
+            return None
+        return Price(max(p.input_per_1m for p in found), max(p.output_per_1m for p in found))

@@ -19,7 +19,9 @@ from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
 from shipyard.resilience.failover import Deployment
 from shipyard.resilience.retry import RetryBudget
 from shipyard.resilience.stages import AdmissionStage
+from shipyard.security.budgets import BudgetGuard, BudgetStage
 from shipyard.security.limits_stage import RateLimitStage
+from shipyard.security.pricing import PriceTable
 from shipyard.security.ratelimit import RateLimiter
 from shipyard.state.base import KeyValue
 from shipyard.targets.model import ModelTarget
@@ -41,7 +43,9 @@ def _report(metrics: Metrics, name: str) -> Callable[[str, str], None]:
 def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Metrics,
                   *, global_admission: Admission, cache_store: KeyValue,
                   limiter: RateLimiter,
-                  guard_hooks: GuardHooks | None = None) -> dict[str, ModelTarget]:
+                  guard_hooks: GuardHooks | None = None,
+                  budgets: BudgetGuard | None = None,
+                  prices: PriceTable | None = None) -> dict[str, ModelTarget]:
     """One `ModelTarget` per alias; deployments (and their breakers) are shared by aliases
     that name the same provider and upstream model."""
     deployments: dict[tuple[str, str], Deployment] = {}
@@ -67,6 +71,9 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         target.fallback_targets = [targets[name] for name in target.config.fallbacks]
         stages: list[Stage] = [RateLimitStage(alias, limiter, config.rate_limits,
                                               target.config.rate_limit)]
+        if budgets is not None and budgets.budgets:
+            stages.append(BudgetStage(budgets, (prices or PriceTable()).bound(_priced(target)),
+                                      default_max_tokens=config.rate_limits.default_max_tokens))
         service_admission = Admission.from_config(f"Model '{alias}'", target.config.admission)
         scoped = [(a, scope) for a, scope in ((global_admission, "global"),
                                                (service_admission, alias))
@@ -86,3 +93,16 @@ def build_targets(config: Config, providers: Mapping[str, Provider], metrics: Me
         if stages:
             target.use(*stages)
     return targets
+
+
+def _priced(target: ModelTarget, seen: set[str] | None = None) -> list[str]:
+    """Every name a request to `target` may be priced by: the alias, its upstream models, and
+    those of its fallbacks (recursively)."""
+    seen = seen if seen is not None else set()
+    if target.alias in seen:
+        return []
+    seen.add(target.alias)
+    names = [target.alias, *(d.model for d in target.deployments)]
+    for fallback in target.fallback_targets:
+        names += _priced(fallback, seen)
+    return names
