@@ -35,6 +35,7 @@ from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
 from shipyard.config.docs import render_reference
+from shipyard.config.server import per_process_state
 from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
 from shipyard.gateway.runtime import Gateway
@@ -186,8 +187,11 @@ def serve(
     file = config_path(config)
     cfg = _prepare(file)
     server = cfg.server
-    argv = _server_argv(file, host or server.host, port or server.port,
-                        workers or server.workers)
+    count = workers or server.workers
+    problem = per_process_state(cfg.state, count)
+    if problem is not None:
+        raise fail(f"{file}: {problem}")
+    argv = _server_argv(file, host or server.host, port or server.port, count)
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the lean serving process: same PID and signals, without the CLI's imports.

@@ -18,6 +18,7 @@ __all__ = [
     "StateOutageConfig",
     "StoreConfig",
     "UIConfig",
+    "per_process_state",
 ]
 
 
@@ -155,7 +156,7 @@ class StateConfig(Section):
     )
     key_prefix: str = Field("shipyard:", description="Prefix of every Redis key Shipyard writes.")
     timeout_s: float = Field(
-        0.5, gt=0, le=30,
+        1.0, gt=0, le=30,
         description="Timeout of one Redis operation (and of connecting); past it the feature's "
         "outage policy applies.",
     )
@@ -180,3 +181,21 @@ class StateConfig(Section):
         description="What each feature does while Redis is unreachable (see "
         "docs/resilience.md).",
     )
+
+
+def per_process_state(state: StateConfig, workers: int) -> str | None:
+    """Why serving with `workers` processes on this state backend would be wrong, or None.
+
+    Several workers on the `memory` backend each keep their own rate limits, circuit
+    breakers, cache and PII conversations, so a 60 rpm key gets 60 per worker: such a start
+    is refused unless `state.per_process` accepts it. (Budgets stay exact either way: without
+    Redis their ledger is the store, which every worker shares; with SQLite, workers on one
+    machine share its file.)
+    """
+    if workers <= 1 or state.backend != "memory" or state.per_process:
+        return None
+    return (f"server.workers is {workers} but state.backend is 'memory': every worker would "
+            "keep its own rate limits, circuit breakers, response cache and PII conversations "
+            f"(a key limited to 60 requests per minute would get {60 * workers}). Set "
+            "state.backend: redis (pip install 'shipyard[redis]') so the workers share them, "
+            "or set state.per_process: true to accept per-process limits.")

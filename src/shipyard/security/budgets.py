@@ -75,7 +75,10 @@ def usd(value: float) -> str:
     """Dollars with enough digits to tell small amounts apart ($0.0006, not $0.00)."""
     if value == 0 or abs(value) >= 1:
         return f"${value:,.2f}"
-    return f"${value:.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
+    text = f"{value:.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
+    while text.endswith("0") and len(text.partition(".")[2]) > 2:
+        text = text[:-1]
+    return "$" + text
 
 
 class BudgetExceeded(RateLimited):

@@ -101,8 +101,9 @@ OUTAGE_POLICY = {
 class RedisState:
     """The Redis client every shared-state feature uses, and its health."""
 
-    def __init__(self, url: str, *, prefix: str = "shipyard:", timeout_s: float = 0.5,
-                 retry_after_s: int = 2, rate_limits: str = "local") -> None:
+    def __init__(self, url: str, *, prefix: str = "shipyard:", timeout_s: float = 1.0,
+                 retry_after_s: int = 2, rate_limits: str = "local",
+                 max_connections: int = 32) -> None:
         if redis_asyncio is None:
             raise ConfigError(
                 "Config key 'state.backend' is 'redis', but the redis client is not installed; "
@@ -111,10 +112,15 @@ class RedisState:
         self.url = url
         self.retry_after_s = retry_after_s
         self.health = StateHealth()
-        # No client-side retries: an outage is handled by each feature's policy, at once.
-        self._client: Any = redis_asyncio.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        # No client-side retries: an outage is handled by each feature's policy, at once. A
+        # bounded pool: under a burst, requests wait for one of `max_connections` (each call
+        # takes well under a millisecond) instead of opening hundreds of sockets whose
+        # connect timeouts would look like an outage.
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        self._client: Any = redis_asyncio.Redis(connection_pool=pool)
         self._checked = (0.0, True)
         self.policy = {**OUTAGE_POLICY, "rate_limits": rate_limits}
         self.on_outage: Callable[[str, str], None] | None = None  # (feature, policy)
