@@ -177,9 +177,12 @@ class BudgetGuard:
         since = period_start(budget.period, now)
         key = f"{kind}:{ident}:{budget.period}:{since:%Y-%m-%d}"
         ends = period_end(budget.period, since) + timedelta(days=1)  # kept a day past its end
+        # Where the ledger starts an account it does not know (a new period, or Redis that
+        # lost its data): the stored traces' spend, or what this replica last saw if more.
+        seed = max(self._seeds.get(key, 0), self._known.get(key, (0, 0))[0])
         return Account(key=key, limit=round(budget.limit_usd * NANO),
                        soft=round(budget.limit_usd * budget.soft_ratio * NANO),
-                       seed=self._seeds.get(key, 0), period_end=ends.timestamp())
+                       seed=seed, period_end=ends.timestamp())
 
     # -- the request path -------------------------------------------------------------------
     def check(self, tenant_id: str, key_id: str | None) -> None:
