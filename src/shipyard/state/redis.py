@@ -170,7 +170,7 @@ class RedisState:
                 self.health.failed(exc)
                 ok = False
             self._checked = (now, ok)
-        return ok
+        return ok and self.health.up  # a call that failed since the last PING counts too
 
     async def close(self) -> None:
         await self._client.aclose()
