@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from loadgen import burst
 
 from conftest import API_KEY, REQUIRE_SERVICES, Proc, free_port, launch_gateway, launch_sim
@@ -106,9 +107,10 @@ def test_redis_killed_mid_run(tmp_path: Path, private_redis: PrivateRedis) -> No
     _, acme = store.create_key(engine, tenant_id="acme", name="acme", role="client")
     engine.dispose()
     sim = launch_sim(tmp_path, "--latency", "20")
+    cipher_key = Fernet.generate_key().decode()
     gateway = launch_gateway(tmp_path, f"""
 store: {{url: "{url}"}}
-traces: {{flush_interval_s: 0.05}}
+traces: {{flush_interval_s: 0.05, encryption_keys: [{{$env: PAYLOAD_KEY}}]}}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
 state:
   backend: redis
@@ -119,11 +121,15 @@ providers:
 models:
   demo: {{provider: sim, model: sim-chat, rate_limit: {{rpm: 100000}}}}
   cached: {{provider: sim, model: sim-chat, cache: {{enabled: true, ttl_s: 60}}}}
+  private:
+    provider: sim
+    model: sim-chat
+    pii: {{mode: pseudonymize, scope: conversation}}
 pricing:
   demo: {{input_per_1m: {PRICE}, output_per_1m: {PRICE}}}
 budgets:
   - {{tenant: acme, period: day, limit_usd: 100}}
-""")
+""", env={"PAYLOAD_KEY": cipher_key})
     chat = {"model": "demo", "max_tokens": 8,
             "messages": [{"role": "user", "content": "Hello outage"}]}
     acme_headers = {"authorization": f"Bearer {acme}"}
@@ -161,6 +167,12 @@ budgets:
         assert {o.status for o in limited} == {200}, {o.status for o in limited}
         cached = record(burst(gateway, 10, concurrency=4, body={**chat, "model": "cached"}))
         assert {o.status for o in cached} == {200}
+        private = {**chat, "model": "private",
+                   "messages": [{"role": "user", "content": "I am Jane Roe, jane@example.com"}]}
+        turns = record(burst(gateway, 4, concurrency=2, body=private,
+                             headers={"x-shipyard-conversation": "c-1"}))
+        assert {o.status for o in turns} == {503}  # conversation tables fail closed
+        assert turns[0].body["error"]["code"] == "state_unavailable"
         refused = acme_burst(10)
         assert {o.status for o in refused} == {503}
         error = refused[0].body["error"]
