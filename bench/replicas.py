@@ -270,8 +270,9 @@ def render(r: dict[str, Any]) -> str:
             "store's (PostgreSQL row locks, two transactions per request) takes the burst "
             "several times longer than Redis's Lua scripts."),
         "",
-        f"| set-up | budget: passed, burst time | spent (limit ${LIMIT_USD:.2f}) | error (requests) | "
-        f"rpm: passed (vs {RPM}; bound with refill) | tpm: tokens (vs {TPM}; bound) |",
+        f"| set-up | budget: passed, burst time | spent (limit ${LIMIT_USD:.2f}) | "
+        f"error (requests) | rpm: passed (vs {RPM}; bound with refill) | "
+        f"tpm: tokens (vs {TPM}; bound) |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
