@@ -211,35 +211,46 @@ class StoreLedger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = _insert(engine)
+        self._exists: set[str] = set()  # accounts known to have a row (rows are never deleted)
 
-    def _ensure(self, connection: Any, accounts: Sequence[Account]) -> None:
-        connection.execute(self._insert, [
-            {"account": a.key, "spent_nusd": a.seed, "reserved_nusd": 0, "warned": False,
-             "period_end": datetime.fromtimestamp(a.period_end, UTC)} for a in accounts])
+    def _ensure(self, connection: Any, accounts: Sequence[Account]) -> list[str]:
+        fresh = [a for a in accounts if a.key not in self._exists]
+        if fresh:
+            connection.execute(self._insert, [
+                {"account": a.key, "spent_nusd": a.seed, "reserved_nusd": 0, "warned": False,
+                 "period_end": datetime.fromtimestamp(a.period_end, UTC)} for a in fresh])
+        return [a.key for a in fresh]
 
     def reserve_sync(self, accounts: Sequence[Account], rid: str, amount: int,
                      ttl_s: float) -> Hold:
         ordered = sorted(range(len(accounts)), key=lambda i: accounts[i].key)
         c = budget_accounts.c
+        spent = [0] * len(accounts)
+        reserved = [0] * len(accounts)
         with self.engine.begin() as connection:
-            self._ensure(connection, [accounts[i] for i in ordered])  # takes the write lock
+            created = self._ensure(connection, [accounts[i] for i in ordered])
+            # Writes first (SQLite: the write lock before any read); the reservation rows
+            # go before the account rows are locked, so each lock is held for one round trip
+            # to the commit. A refusal rolls all of it back.
+            connection.execute(insert(budget_reservations), [
+                {"id": rid, "account": a.key, "amount_nusd": amount,
+                 "expires_at": time.time() + ttl_s} for a in accounts])
             for i in ordered:
                 account = accounts[i]
-                granted = connection.execute(
+                row = connection.execute(
                     update(budget_accounts)
                     .where(c.account == account.key)
                     .where(c.spent_nusd < account.limit)
                     .where(c.spent_nusd + c.reserved_nusd + amount <= account.limit)
-                    .values(reserved_nusd=c.reserved_nusd + amount)).rowcount
-                if not granted:
-                    spent, reserved = self._read(connection, accounts)
+                    .values(reserved_nusd=c.reserved_nusd + amount)
+                    .returning(c.spent_nusd, c.reserved_nusd)).first()
+                if row is None:
+                    seen = self._read(connection, accounts)
                     connection.rollback()
-                    return Hold(False, i, spent, reserved)
-            connection.execute(insert(budget_reservations), [
-                {"id": rid, "account": a.key, "amount_nusd": amount,
-                 "expires_at": time.time() + ttl_s} for a in accounts])
-            spent, reserved = self._read(connection, accounts)
-        return Hold(True, -1, spent, reserved)
+                    return Hold(False, i, *seen)
+                spent[i], reserved[i] = int(row[0]), int(row[1])
+        self._exists.update(created)
+        return Hold(True, -1, tuple(spent), tuple(reserved))
 
     def _read(self, connection: Any, accounts: Sequence[Account]
               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -257,26 +268,28 @@ class StoreLedger:
                     amount: int) -> Settled:
         c = budget_accounts.c
         r = budget_reservations.c
-        spent: list[int] = []
-        warn: list[bool] = []
+        spent: dict[str, int] = {}
+        warn: dict[str, bool] = {}
         with self.engine.begin() as connection:
-            self._ensure(connection, sorted(accounts, key=lambda a: a.key))
+            created = self._ensure(connection, sorted(accounts, key=lambda a: a.key))
             for account in sorted(accounts, key=lambda a: a.key):
                 released = connection.execute(
                     delete(budget_reservations)
                     .where(r.id == rid).where(r.account == account.key)).rowcount
-                connection.execute(
+                row = connection.execute(
                     update(budget_accounts).where(c.account == account.key)
                     .values(spent_nusd=c.spent_nusd + amount,
-                            reserved_nusd=c.reserved_nusd - (held if released else 0)))
-            for account in accounts:
-                warned = connection.execute(
-                    update(budget_accounts).where(c.account == account.key)
-                    .where(c.warned.is_(False)).where(c.spent_nusd >= account.soft)
-                    .values(warned=True)).rowcount
-                warn.append(bool(warned))
-            spent = list(self._read(connection, accounts)[0])
-        return Settled(tuple(spent), tuple(warn))
+                            reserved_nusd=c.reserved_nusd - (held if released else 0))
+                    .returning(c.spent_nusd, c.warned)).one()
+                spent[account.key] = int(row[0])
+                warn[account.key] = False
+                if not row[1] and row[0] >= account.soft:  # once per account, all replicas
+                    warn[account.key] = bool(connection.execute(
+                        update(budget_accounts).where(c.account == account.key)
+                        .where(c.warned.is_(False)).values(warned=True)).rowcount)
+        self._exists.update(created)
+        return Settled(tuple(spent[a.key] for a in accounts),
+                       tuple(warn[a.key] for a in accounts))
 
     def totals_sync(self, accounts: Sequence[Account]) -> list[tuple[int, int]]:
         with self.engine.connect() as connection:
