@@ -120,6 +120,7 @@ class RedisState:
             url, max_connections=max_connections, timeout=10,
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        self._pool: Any = pool
         self._client: Any = redis_asyncio.Redis(connection_pool=pool)
         self._checked = (0.0, True)
         self.policy = {**OUTAGE_POLICY, "rate_limits": rate_limits}
@@ -174,6 +175,7 @@ class RedisState:
 
     async def close(self) -> None:
         await self._client.aclose()
+        await self._pool.disconnect()  # a pool passed in is not closed by the client
 
 
 class RedisKeyValue:
