@@ -65,6 +65,19 @@ def test_manifests_validate_against_the_kubernetes_schemas(path: str) -> None:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def test_the_kustomization_renders_and_the_result_validates() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:  # kustomize is built into kubectl; the files are validated one by one
+        pytest.skip("kubectl is not installed (apt-get install kubectl) to render kustomize")
+    rendered = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert len(docs) == len(_manifests())
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "shipyard"
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
 def test_the_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
