@@ -12,9 +12,10 @@ from starlette.testclient import TestClient
 from shipyard.config import parse_config
 from shipyard.config.resilience import CircuitConfig
 from shipyard.config.server import StateConfig, per_process_state
-from shipyard.errors import StateUnavailable
+from shipyard.errors import ConfigError, StateUnavailable
 from shipyard.gateway.app import create_app
-from shipyard.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from shipyard.gateway.server import check_state
+from shipyard.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, SharedCircuits
 from shipyard.security.budgets import estimate_tokens, usd
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import Bucket, RedisLimiter
@@ -122,3 +123,35 @@ def test_cost_estimates_bound_the_answer() -> None:
 def test_dollar_amounts_keep_small_values_readable() -> None:
     assert [usd(v) for v in (0.0, 0.5, 0.01, 0.0006, 0.00123, 1234.5)] == [
         "$0.00", "$0.50", "$0.01", "$0.0006", "$0.0012", "$1,234.50"]
+
+
+def test_breakers_work_alone_while_redis_is_unreachable() -> None:
+    async def run() -> None:
+        state = RedisState(NOWHERE, timeout_s=0.2)
+        breaker = CircuitBreaker(CircuitConfig(consecutive_failures=2, open_s=5.0), name="p/m")
+        shared = SharedCircuits(state, [breaker], interval_s=0.01)
+        shared.start()
+        for _ in range(2):
+            assert breaker.acquire()
+            breaker.record(False)
+        assert breaker.state == OPEN  # opened locally; publishing it failed quietly
+        await asyncio.sleep(0.05)  # the sync loop meets the outage and keeps going
+        assert shared._task is not None and not shared._task.done()
+        assert not state.health.up
+        await shared.stop()
+        await state.close()
+
+    asyncio.run(run())
+
+
+def test_replicas_on_a_shared_store_with_memory_state_are_warned(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config("""
+store: {url: "postgresql+psycopg://postgres@127.0.0.1:5432/db"}
+""")
+    with caplog.at_level("WARNING", logger="shipyard.gateway"):
+        check_state(config, 1)
+    assert "each keeps its own rate limits" in caplog.text
+    assert "budgets stay exact" in caplog.text
+    with pytest.raises(ConfigError, match=r"server\.workers is 3"):
+        check_state(config, 3)
