@@ -339,6 +339,8 @@ class BudgetGuard:
                 log.exception("refreshing budgets failed")
 
     async def stop(self) -> None:
+        if not self.budgets:
+            return
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
