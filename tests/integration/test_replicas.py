@@ -31,12 +31,14 @@ TPM = 1700
 MAX_TOKENS = 8
 
 
-def replica_config(folder: Path, sim: Proc, postgres_url: str, prefix: str) -> str:
+def replica_config(folder: Path, sim: Proc, postgres_url: str, prefix: str | None) -> str:
+    state = (f'{{backend: redis, redis_url: "redis://127.0.0.1:6379/0", key_prefix: "{prefix}"}}'
+             if prefix else "{backend: memory}")
     return f"""
 store: {{url: "{postgres_url}"}}
 traces: {{flush_interval_s: 0.05}}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
-state: {{backend: redis, redis_url: "redis://127.0.0.1:6379/0", key_prefix: "{prefix}"}}
+state: {state}
 providers:
   sim:
     kind: openai
@@ -122,7 +124,28 @@ def _status(gateway: Proc) -> dict[str, Any]:
 
 @pytest.mark.parametrize("replicas", [2, 4], indirect=True)
 def test_a_budget_is_never_overspent_across_replicas(replicas: tuple[Proc, list[Proc]]) -> None:
-    _, gateways = replicas
+    _check_budget(replicas[1])
+
+
+def test_without_redis_the_store_ledger_holds_the_budget(tmp_path: Path,
+                                                         postgres_url: str) -> None:
+    """Replicas on PostgreSQL and no Redis: reservations go through the store's ledger (a
+    conditional UPDATE under PostgreSQL's row lock), exact all the same."""
+    sim = launch_sim(tmp_path)
+    config = replica_config(tmp_path, sim, postgres_url, None)
+    gateways: list[Proc] = []
+    try:
+        for _ in range(2):
+            gateways.append(launch_gateway(tmp_path, config))
+        assert "budgets stay exact" in gateways[0].output()
+        _check_budget(gateways)
+    finally:
+        for proc in gateways:
+            proc.stop()
+        sim.stop()
+
+
+def _check_budget(gateways: list[Proc]) -> None:
     results = asyncio.run(_fire(gateways, [_chat(i) for i in range(200)]))
     statuses = {r["status"] for r in results}
     assert statuses <= {200, 429}, statuses
