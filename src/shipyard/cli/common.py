@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from sqlalchemy import Engine
 
 from shipyard.config import Config, env, load_config
@@ -31,9 +30,7 @@ err_console = Console(stderr=True)
 
 def fail(exc: ShipyardError | str, code: int = 1) -> typer.Exit:
     message = exc.message if isinstance(exc, ShipyardError) else exc
-    # The message is text, not markup: "pip install 'shipyard[redis]'" must print as written.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
-                      soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
@@ -190,7 +191,7 @@ def serve(
     count = workers or server.workers
     problem = per_process_state(cfg.state, count)
     if problem is not None:
-        raise fail(f"{file}: {problem}")
+        raise fail(escape(f"{file}: {problem}"))  # text, not rich markup: 'shipyard[redis]'
     argv = _server_argv(file, host or server.host, port or server.port, count)
     sys.stdout.flush()
     sys.stderr.flush()
