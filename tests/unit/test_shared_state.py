@@ -16,10 +16,12 @@ from shipyard.errors import ConfigError, StateUnavailable
 from shipyard.gateway.app import create_app
 from shipyard.gateway.server import check_state
 from shipyard.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, SharedCircuits
+from shipyard.security.budget_ledger import Account, StoreLedger
 from shipyard.security.budgets import estimate_tokens, usd
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import Bucket, RedisLimiter
 from shipyard.state.redis import FEATURES, OUTAGE_POLICY, RedisState, StateHealth
+from shipyard.store import create_store_engine
 
 NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -155,3 +157,18 @@ store: {url: "postgresql+psycopg://postgres@127.0.0.1:5432/db"}
     assert "budgets stay exact" in caplog.text
     with pytest.raises(ConfigError, match=r"server\.workers is 3"):
         check_state(config, 3)
+
+
+def test_an_unreachable_store_ledger_is_a_503_not_a_500() -> None:
+    engine = create_store_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    account = Account(key="tenant:a:day:2026-05-01", limit=10, soft=5, seed=0,
+                      period_end=4_102_444_800.0)
+
+    async def run() -> None:
+        with pytest.raises(StateUnavailable) as raised:
+            await StoreLedger(engine).reserve([account], "r", 1, 60.0)
+        assert raised.value.status == 503 and raised.value.headers["retry-after"] == "2"
+        assert "the store (store.url) is unreachable" in raised.value.message
+
+    asyncio.run(run())
+    engine.dispose()

@@ -24,18 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shipyard.errors import StateUnavailable
 from shipyard.state.redis import RedisState
 from shipyard.store.tables import budget_accounts, budget_reservations
 
 __all__ = ["NANO", "Account", "Hold", "Ledger", "RedisLedger", "StoreLedger"]
+
+T = TypeVar("T")
 
 NANO = 1_000_000_000
 
@@ -314,17 +318,28 @@ class StoreLedger:
                     swept += 1
         return swept
 
-    # The async face of the ledger: the same calls in a worker thread.
+    # The async face of the ledger: the same calls in a worker thread; a store that cannot
+    # be reached is a 503 with Retry-After for budgeted requests (fail closed), never a 500.
     async def reserve(self, accounts: Sequence[Account], rid: str, amount: int,
                       ttl_s: float) -> Hold:
-        return await asyncio.to_thread(self.reserve_sync, accounts, rid, amount, ttl_s)
+        return await self._run(self.reserve_sync, accounts, rid, amount, ttl_s)
 
     async def settle(self, accounts: Sequence[Account], rid: str, held: int,
                      amount: int) -> Settled:
-        return await asyncio.to_thread(self.settle_sync, accounts, rid, held, amount)
+        return await self._run(self.settle_sync, accounts, rid, held, amount)
 
     async def totals(self, accounts: Sequence[Account]) -> list[tuple[int, int]]:
-        return await asyncio.to_thread(self.totals_sync, accounts)
+        return await self._run(self.totals_sync, accounts)
 
     async def sweep(self) -> int:
-        return await asyncio.to_thread(self.sweep_sync)
+        return await self._run(self.sweep_sync)
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(function, *args)
+        except (OperationalError, InterfaceError) as exc:
+            raise StateUnavailable(
+                "Budgets cannot be checked: the store (store.url) is unreachable "
+                f"({type(exc.orig).__name__ if exc.orig else type(exc).__name__}), and budgets "
+                "fail closed while it is; retry after 2 s.",
+                headers={"retry-after": "2"}) from None
