@@ -214,9 +214,10 @@ def test_a_breaker_opened_by_one_replica_is_open_in_all(
     while circuit(second) != "open":
         assert time.monotonic() - opened < 1.0, "the second replica did not follow in 1 s"
         time.sleep(0.05)
+    client.close()
     # The second replica now fails fast without calling the dead upstream.
-    other = openai.OpenAI(base_url=f"{second.url}/v1", api_key=API_KEY, max_retries=0)
-    with pytest.raises(openai.APIStatusError) as refused:
+    with openai.OpenAI(base_url=f"{second.url}/v1", api_key=API_KEY, max_retries=0) as other, \
+            pytest.raises(openai.APIStatusError) as refused:
         other.chat.completions.create(**_chat(9))
     assert refused.value.status_code == 503
     assert refused.value.body["code"] == "circuit_open"  # type: ignore[index]
