@@ -16,6 +16,7 @@ ShipyardError                       500 internal_error
 │   ├── Conflict                    409 invalid_request_error / conflict
 │   └── MethodNotAllowed            405 invalid_request_error / method_not_allowed
 ├── CapacityError                   503 server_error / overloaded (sent with Retry-After)
+│   └── StateUnavailable            503 server_error / state_unavailable (Redis unreachable)
 ├── UpstreamError                   502 upstream_error
 │   ├── UpstreamTimeout             504 upstream_error / upstream_timeout
 │   ├── UpstreamUnavailable         502 upstream_error / upstream_unavailable
@@ -49,6 +50,7 @@ __all__ = [
     "RateLimited",
     "ServiceError",
     "ShipyardError",
+    "StateUnavailable",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -168,6 +170,13 @@ class CapacityError(ShipyardError):
     status = 503
     type = "server_error"
     code = "overloaded"
+
+
+class StateUnavailable(CapacityError):
+    """The shared state (Redis) cannot be reached and the feature's outage policy is to fail
+    closed; the caller should retry later (sent with Retry-After)."""
+
+    code = "state_unavailable"
 
 
 class UpstreamError(ShipyardError):

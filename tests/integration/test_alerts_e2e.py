@@ -174,6 +174,7 @@ store: {{url: "sqlite:///{tmp_path}/store.db"}}
 traces: {{flush_interval_s: 0.05}}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
 server: {{public_url: "https://shipyard.example.com"}}
+state: {{per_process: true}}  # two workers, nothing shared to agree on in this test
 providers:
   sim:
     kind: openai

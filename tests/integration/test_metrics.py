@@ -168,6 +168,7 @@ def test_metrics_match_the_traffic(start_sim: Callable[..., Proc],
 
 GUARDED = """
 store: {{url: "sqlite:///{folder}/store.db"}}
+state: {{per_process: true}}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
 providers:
   sim: {{kind: openai, base_url: "{sim}/v1"}}

@@ -360,12 +360,17 @@ budgets:
   - {{tenant: acme, period: month, limit_usd: 0.1, soft_ratio: 0.5}}
 """)
     world = {"gateway": gateway, "keys": {}}
-    statuses = [call(world, "POST", "/v1/chat/completions", acme, CHAT) for _ in range(6)]
+    # Without max_tokens a request may cost up to 512 answer tokens ($1.02 here): more than
+    # the whole budget, so it is refused up front rather than overspending it.
+    status, too_big = call(world, "POST", "/v1/chat/completions", acme, CHAT)
+    assert status == 429 and "may cost up to $1.03" in too_big["error"]["message"]
+    bounded = {**CHAT, "max_tokens": 20}  # at most 8 * $0.001 + 20 * $0.002 = $0.048
+    statuses = [call(world, "POST", "/v1/chat/completions", acme, bounded) for _ in range(5)]
     codes = [s for s, _ in statuses]
     assert codes[0] == 200 and 429 in codes, codes
     refused = next(body for s, body in statuses if s == 429)
     assert refused["error"]["type"] == "insufficient_quota"
-    assert "monthly budget of tenant 'acme' ($0.10) is spent" in refused["error"]["message"]
+    assert "monthly budget of tenant 'acme' ($0.10) cannot cover" in refused["error"]["message"]
     # the platform tenant has no budget and is not affected
     assert call(world, "POST", "/v1/chat/completions", API_KEY, CHAT)[0] == 200
     _, body = call(world, "GET", "/metrics", API_KEY)
@@ -373,7 +378,7 @@ budgets:
     assert "shipyard_cost_usd_total" in body
     time.sleep(0.5)
     rows = store_usage(engine)
-    assert rows["acme"]["cost_usd"] >= 0.1 and rows["acme"]["requests"] == 6
+    assert 0.05 < rows["acme"]["cost_usd"] <= 0.1 and rows["acme"]["requests"] == 6
     result = subprocess.run(
         [sys.executable, "-m", "shipyard", "usage", "--by", "tenant", "--since", "1h",
          "--store-url", url, "--json"], capture_output=True, text=True, timeout=60)

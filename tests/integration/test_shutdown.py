@@ -70,7 +70,9 @@ def test_sigterm_during_burst_loses_no_completed_trace(tmp_path: Path) -> None:
 def test_several_workers_serve_and_trace(tmp_path: Path) -> None:
     sim = launch_sim(tmp_path)
     store = f"sqlite:///{tmp_path}/store.db"
-    gateway = launch_gateway(tmp_path, gateway_config(sim.port, store), workers=2)
+    gateway = launch_gateway(tmp_path, gateway_config(sim.port, store,
+                                                      extra="state: {per_process: true}"),
+                             workers=2)
     try:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY, max_retries=0)
         ids = [client.chat.completions.with_raw_response.create(

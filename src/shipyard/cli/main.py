@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
@@ -36,6 +37,7 @@ from shipyard.cli.usage import usage
 from shipyard.config import Config, env
 from shipyard.config.docs import render_reference
 from shipyard.config.loader import install_python_path
+from shipyard.config.server import per_process_state
 from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
 from shipyard.gateway.runtime import Gateway
@@ -189,8 +191,11 @@ def serve(
     file = config_path(config)
     cfg = _prepare(file)
     server = cfg.server
-    argv = _server_argv(file, host or server.host, port or server.port,
-                        workers or server.workers)
+    count = workers or server.workers
+    problem = per_process_state(cfg.state, count)
+    if problem is not None:
+        raise fail(escape(f"{file}: {problem}"))  # text, not rich markup: 'shipyard[redis]'
+    argv = _server_argv(file, host or server.host, port or server.port, count)
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the lean serving process: same PID and signals, without the CLI's imports.

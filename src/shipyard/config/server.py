@@ -15,8 +15,10 @@ __all__ = [
     "CorsConfig",
     "ServerConfig",
     "StateConfig",
+    "StateOutageConfig",
     "StoreConfig",
     "UIConfig",
+    "per_process_state",
 ]
 
 
@@ -128,13 +130,72 @@ class UIConfig(Section):
     )
 
 
+class StateOutageConfig(Section):
+    rate_limits: Literal["local", "closed"] = Field(
+        "local",
+        description="Rate limits while Redis is unreachable: `local` (fail open to a limiter "
+        "in each process, with the same limits per process) or `closed` (503 with "
+        "Retry-After).",
+    )
+    retry_after_s: int = Field(
+        2, ge=1, le=300,
+        description="The Retry-After (seconds) of a 503 answered because Redis is "
+        "unreachable.",
+    )
+
+
 class StateConfig(Section):
     backend: Literal["memory", "redis"] = Field(
         "memory",
-        description="Where shared state (the response cache) lives: `memory` (one process) or "
-        "`redis` (shared by replicas; install `shipyard[redis]`).",
+        description="Where shared state lives (rate limits, budgets' reservations, circuit "
+        "breakers, the response cache, PII conversation tables): `memory` (one process) or "
+        "`redis` (shared by every worker and replica; install `shipyard[redis]`).",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL when `backend: redis`."
     )
     key_prefix: str = Field("shipyard:", description="Prefix of every Redis key Shipyard writes.")
+    timeout_s: float = Field(
+        1.0, gt=0, le=30,
+        description="Timeout of one Redis operation (and of connecting); past it the feature's "
+        "outage policy applies.",
+    )
+    per_process: bool = Field(
+        False,
+        description="Accept `server.workers` > 1 on the `memory` backend, where every worker "
+        "keeps its own rate limits, breakers, cache and PII conversations (a 60 rpm key gets "
+        "60 per worker). Without it such a start is refused.",
+    )
+    circuit_sync_s: float = Field(
+        0.25, gt=0, le=10,
+        description="How often each replica reads the circuit breakers other replicas opened "
+        "(Redis backend).",
+    )
+    required_for_ready: bool = Field(
+        True,
+        description="`/readyz` answers 503 while Redis is unreachable (`false`: it answers 200 "
+        "and reports the outage in its checks).",
+    )
+    on_outage: StateOutageConfig = Field(
+        default_factory=lambda: StateOutageConfig(),
+        description="What each feature does while Redis is unreachable (see "
+        "docs/resilience.md).",
+    )
+
+
+def per_process_state(state: StateConfig, workers: int) -> str | None:
+    """Why serving with `workers` processes on this state backend would be wrong, or None.
+
+    Several workers on the `memory` backend each keep their own rate limits, circuit
+    breakers, cache and PII conversations, so a 60 rpm key gets 60 per worker: such a start
+    is refused unless `state.per_process` accepts it. (Budgets stay exact either way: without
+    Redis their ledger is the store, which every worker shares; with SQLite, workers on one
+    machine share its file.)
+    """
+    if workers <= 1 or state.backend != "memory" or state.per_process:
+        return None
+    return (f"server.workers is {workers} but state.backend is 'memory': every worker would "
+            "keep its own rate limits, circuit breakers, response cache and PII conversations "
+            f"(a key limited to 60 requests per minute would get {60 * workers}). Set "
+            "state.backend: redis (pip install 'shipyard[redis]') so the workers share them, "
+            "or set state.per_process: true to accept per-process limits.")

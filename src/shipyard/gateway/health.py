@@ -18,15 +18,25 @@ def health_routes(gateway: Gateway) -> list[ScopedRoute]:
         return json_response({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        state = await gateway.state_status()
         checks = {
             "config": True,
             "started": gateway.started,
             "draining": gateway.draining,
             "store": await gateway.store_reachable(),
+            "state": state["reachable"],
         }
         ready = checks["started"] and checks["store"] and not checks["draining"]
-        return json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                             status=200 if ready else 503)
+        status = "ready"
+        if not state["reachable"]:
+            # Redis is down: each feature follows its outage policy (fail open locally, or
+            # 503 with Retry-After); readiness says so, and fails unless told not to.
+            if gateway.config.state.required_for_ready:
+                ready = False
+            else:
+                status = "degraded"
+        return json_response({"status": status if ready else "not ready", "checks": checks,
+                              "state": state}, status=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         if not gateway.config.server.metrics_public:

@@ -420,9 +420,12 @@ _SCHEMAS: dict[str, JSON] = {
              "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object", "required": ["status", "checks"],
-        "properties": {"status": {"enum": ["ready", "not ready"]},
+        "properties": {"status": {"enum": ["ready", "degraded", "not ready"]},
                        "checks": {"type": "object",
-                                  "additionalProperties": {"type": "boolean"}}},
+                                  "additionalProperties": {"type": "boolean"}},
+                       "state": {"type": "object", "required": ["backend", "reachable"],
+                                 "properties": {"backend": {"enum": ["memory", "redis"]},
+                                                "reachable": {"type": "boolean"}}}},
     },
     "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
 }
@@ -638,8 +641,11 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("GET", "/livez"): _Op("livez", "Liveness probe", "health", _ok("Live"), ()),
     ("GET", "/readyz"): _Op(
         "readyz", "Readiness probe", "health",
-        {"200": {"description": "Ready.", "content": _json(_ref("Ready"))},
-         "503": {"description": "Not ready (starting, draining, or the store is unreachable).",
+        {"200": {"description": "Ready (or `degraded`: Redis is unreachable and "
+                              "`state.required_for_ready` is false).",
+                 "content": _json(_ref("Ready"))},
+         "503": {"description": "Not ready (starting, draining, the store is unreachable, or "
+                                "Redis is, with `state.required_for_ready`).",
                  "content": _json(_ref("Ready"))}}, ()),
     ("GET", "/openapi.json"): _Op("getOpenAPI", "This document", "meta", _ok("OpenAPI")),
 }

@@ -182,7 +182,10 @@ class Recorder:
                     prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
                 if ctx.cost_usd:
                     self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
-                    self.budgets.add(ctx.tenant_id, ctx.key_id, ctx.cost_usd)
+            if ctx.budget is not None:  # settle the reservation with the real cost
+                self.spawn(self.budgets.settle(ctx.budget, ctx.cost_usd or 0.0))
+            elif ctx.cost_usd and self.budgets.budgets:
+                self.spawn(self.budgets.charge(ctx.tenant_id, ctx.key_id, ctx.cost_usd))
             if ctx.shed_by is not None:
                 self.metrics.shed.labels(ctx.shed_by).inc()
             if self.writer is not None:

@@ -37,7 +37,9 @@ from shipyard.observe.tracing import record_span
 from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
 from shipyard.resilience.admission import Admission
+from shipyard.resilience.circuit import CircuitBreaker, SharedCircuits
 from shipyard.security.audit import AuditLog
+from shipyard.security.budget_ledger import Ledger, RedisLedger, StoreLedger
 from shipyard.security.budgets import BudgetGuard
 from shipyard.security.crypto import PayloadCipher
 from shipyard.security.jwt import JWTVerifier
@@ -45,7 +47,7 @@ from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
-from shipyard.state.redis import RedisKeyValue
+from shipyard.state.redis import RedisKeyValue, RedisState
 from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.targets.build import Shared, build_targets
 from shipyard.targets.model import ModelTarget
@@ -70,36 +72,56 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
-        self.kv: KeyValue = (
-            RedisKeyValue(config.state.redis_url, prefix=config.state.key_prefix)
-            if config.state.backend == "redis" else MemoryKeyValue()
-        )
+        # Shared state: Redis when replicas must agree (see docs/deployment.md).
+        state = config.state
+        self.redis: RedisState | None = None
+        self.kv: KeyValue = MemoryKeyValue()
+        cache_store: KeyValue = self.kv
+        limiter: RateLimiter = MemoryLimiter()
+        ledger: Ledger = StoreLedger(self.engine)
+        if state.backend == "redis":
+            self.redis = RedisState(state.redis_url, prefix=state.key_prefix,
+                                    timeout_s=state.timeout_s,
+                                    retry_after_s=state.on_outage.retry_after_s,
+                                    rate_limits=state.on_outage.rate_limits)
+            self.redis.on_outage = self._state_outage
+            self.redis.health.on_change = lambda up: self.metrics.state_up.set(1 if up else 0)
+            self.kv = RedisKeyValue(self.redis, feature="conversations")
+            cache_store = RedisKeyValue(self.redis, feature="cache")
+            limiter = RedisLimiter(self.redis)
+            ledger = RedisLedger(self.redis)
+        self.metrics.state_up.set(1)
         server = config.server
         self.admission = Admission("The gateway", max_in_flight=server.max_in_flight,
                                    max_queue=server.max_queue, max_queue_ms=server.max_queue_ms)
-        limiter: RateLimiter = (
-            RedisLimiter(self.kv.client, prefix=config.state.key_prefix)
-            if isinstance(self.kv, RedisKeyValue) else MemoryLimiter())
         keys = [k.get_secret_value() for k in config.traces.encryption_keys]
         self.cipher = PayloadCipher(keys) if keys else None
-        self.budgets = BudgetGuard(self.engine, list(config.budgets), on_soft=self._budget_alert)
+        self.prices = PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
+                                  for name, p in config.pricing.items()})
+        self.budgets = BudgetGuard(config.budgets, ledger, engine=self.engine,
+                                   on_soft=self._budget_alert)
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
         self.background = Background(config, self.engine, self.metrics,
                                      escalations=self.escalations, cipher=self.cipher)
-        self.recorder = Recorder(
-            config, self.engine, self.metrics, cipher=self.cipher, budgets=self.budgets,
-            prices=PriceTable({name: Price(p.input_per_1m, p.output_per_1m)
-                               for name, p in config.pricing.items()}),
-            spawn=self.background.spawn)
+        self.recorder = Recorder(config, self.engine, self.metrics, cipher=self.cipher,
+                                 budgets=self.budgets, prices=self.prices,
+                                 spawn=self.background.spawn)
         # Where escalation plugs into the guards: `gateway.guard_hooks.on_escalate = ...`.
         self.guard_hooks = GuardHooks(on_escalate=guard_hook(self.escalations, config))
         targets = build_targets(config, self.providers, Shared(
-            metrics=self.metrics, kv=self.kv,
-            persistent_kv=isinstance(self.kv, RedisKeyValue), limiter=limiter,
+            metrics=self.metrics, kv=self.kv, cache=cache_store,
+            persistent_kv=self.redis is not None, limiter=limiter,
             escalations=self.escalations, guard_hooks=self.guard_hooks, cipher=self.cipher,
-            base_url=_base_url(config)))
+            base_url=_base_url(config), budgets=self.budgets, prices=self.prices))
         self.models: dict[str, ModelTarget] = targets.models
         self.services: dict[str, ServiceTarget] = targets.services
+        breakers: dict[str, CircuitBreaker] = {}
+        for target in self.models.values():
+            for deployment in target.deployments:
+                breakers.setdefault(deployment.breaker.name, deployment.breaker)
+        self.circuits = (SharedCircuits(self.redis, list(breakers.values()),
+                                        interval_s=state.circuit_sync_s)
+                         if self.redis is not None else None)
         self.metrics.watch_admission(self._queue_depths)
         self.audit_log = AuditLog(self.engine)
         self.created = int(time.time())
@@ -119,8 +141,9 @@ class Gateway:
                     f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
                 ) from exc
         self.recorder.start()
-        if self.budgets.budgets:
-            await asyncio.to_thread(self.budgets.reload)
+        await self.budgets.start()
+        if self.circuits is not None:
+            self.circuits.start()
         for provider in self.providers.values():
             await provider.start()
         await self.background.start(traces=self.recorder.writer is not None)
@@ -152,6 +175,9 @@ class Gateway:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
         await self.background.stop()
+        if self.circuits is not None:
+            await self.circuits.stop()
+        await self.budgets.stop()
         await self.kv.close()
         for provider in self.providers.values():
             try:
@@ -242,12 +268,28 @@ class Gateway:
         return principal
 
     def check_budget(self, ctx: RequestContext) -> None:
-        """Refuse the request when its tenant's or key's hard budget is spent."""
-        if not self.budgets.budgets:
-            return
-        if self.budgets.claim_reload():
-            self.background.spawn(asyncio.to_thread(self.budgets.reload))
-        self.budgets.check(ctx.tenant_id, ctx.key_id)
+        """Refuse the request when its tenant's or key's hard budget is known to be spent
+        (no I/O; the budget stage then reserves the request's cost atomically)."""
+        if self.budgets.budgets:
+            self.budgets.check(ctx.tenant_id, ctx.key_id)
+
+    def _state_outage(self, feature: str, policy: str) -> None:
+        self.metrics.state_outage_answers.labels(feature, policy).inc()
+
+    async def state_status(self) -> dict[str, Any]:
+        """The shared state's health for `/readyz`: the backend, whether it answers, and
+        what each feature does while it does not."""
+        if self.redis is None:
+            return {"backend": "memory", "reachable": True}
+        reachable = await self.redis.reachable()
+        health = self.redis.health
+        status: dict[str, Any] = {"backend": "redis", "reachable": reachable}
+        if not reachable:
+            status["error"] = health.last_error
+            if health.down_since is not None:
+                status["down_s"] = round(time.monotonic() - health.down_since, 1)
+            status["policy"] = dict(self.redis.policy)
+        return status
 
     def model(self, alias: str, kind: str, ctx: RequestContext,
               principal: Principal) -> ModelTarget:

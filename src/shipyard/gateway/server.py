@@ -18,10 +18,12 @@ import uvicorn
 
 from shipyard.config import env
 from shipyard.config.loader import load_config
+from shipyard.config.schema import Config
+from shipyard.config.server import per_process_state
 from shipyard.errors import ConfigError
 from shipyard.gateway.app import FastPath, create_app
 
-__all__ = ["main", "serve", "worker_app"]
+__all__ = ["check_state", "main", "serve", "worker_app"]
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -50,6 +52,23 @@ def worker_app() -> FastPath:
     return app
 
 
+def check_state(config: Config, workers: int) -> None:
+    """Refuse several workers on per-process state; warn when a shared store suggests
+    several replicas that per-process state would not make agree."""
+    problem = per_process_state(config.state, workers)
+    if problem is not None:
+        raise ConfigError(problem)
+    if config.state.backend == "memory" and config.store.url.startswith("postgresql"):
+        log.warning(
+            "state.backend is 'memory' with a shared PostgreSQL store: if several replicas "
+            "serve this config, each keeps its own rate limits, circuit breakers, cache and "
+            "PII conversations (budgets stay exact: their ledger is the store). Set "
+            "state.backend: redis for replicas that agree; see docs/deployment.md.")
+    elif workers > 1 and config.state.backend == "memory":
+        log.warning("state.per_process is true: each of the %d workers keeps its own rate "
+                    "limits, circuit breakers, cache and PII conversations", workers)
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,6 +83,7 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
     config = load_config(config_path)
     server = config.server
     _configure_logging(server.log_level)
+    check_state(config, workers)
     options = dict(host=host, port=port, log_level=server.log_level,
                    access_log=server.access_log, loop="uvloop", http="httptools",
                    timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),

@@ -144,6 +144,13 @@ class Metrics:
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
             multiprocess_mode="livesum")
+        self.state_up = Gauge(
+            "shipyard_state_up", "1 while the shared state (Redis) answers, 0 during an "
+            "outage (the worst worker counts).", registry=r, multiprocess_mode="min")
+        self.state_outage_answers = Counter(
+            "shipyard_state_outage", "Operations that met a Redis outage, by feature and what "
+            "the feature did (local: fell back to this process; closed: answered 503).",
+            ("feature", "policy"), registry=r)
 
     def count_guard_trip(self, target: str, stage: str, guard: str, action: str) -> None:
         """A guard tripped (or failed); the guard runner calls this."""

@@ -38,6 +38,7 @@ class RequestContext:
 
     __slots__ = (
         "attributes",
+        "budget",
         "capture",
         "completion_tokens",
         "cost_usd",
@@ -128,6 +129,7 @@ class RequestContext:
         self.attributes: dict[str, Any] | None = None
         self.cost_usd: float | None = None
         self.rate_limit: Any = None  # token buckets to settle once usage is known
+        self.budget: Any = None  # the budget reservation to settle with the real cost
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0

@@ -17,12 +17,13 @@ The privacy engine is imported only when some alias or service turns PII protect
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shipyard.config.trust import PIIConfig
-from shipyard.errors import ConfigError, InvalidRequest
+from shipyard.errors import ConfigError, InvalidRequest, StateUnavailable
 from shipyard.pipeline import RequestContext
 from shipyard.state.base import KeyValue
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PIIPolicy", "PIISession", "StreamRewriter"]
 
+log = logging.getLogger("shipyard.privacy")
 Count = Callable[[str, str, int], None]  # (entity, where, n)
 
 
@@ -253,8 +255,13 @@ class PIISession:
             self.ctx.attributes = attributes
         if self.key is not None and self.table.changed and self.policy.cipher is not None:
             sealed = self.policy.cipher.encrypt(self.table.to_bytes().decode())
-            await self.policy.kv.set(self.key, sealed.encode(),
-                                     self.policy.config.conversation_ttl_s)
+            try:
+                await self.policy.kv.set(self.key, sealed.encode(),
+                                         self.policy.config.conversation_ttl_s)
+            except StateUnavailable:
+                # Redis went away during the request: its answer is complete; only this
+                # turn's new pseudonyms are not kept for the next turn.
+                log.warning("PII conversation table not saved: Redis is unreachable")
 
 
 class StreamRewriter:

@@ -4,17 +4,33 @@ closed --(failure rate >= threshold over the window, with enough requests;
           or `consecutive_failures` failures in a row)--> open
 open   --(open_s elapsed)--> half-open: up to `half_open_probes` calls at a time are let through
 half-open --(that many successes in a row)--> closed;  --(any failure)--> open
+
+With `state.backend: redis`, `SharedCircuits` shares the opening across replicas: a replica
+whose breaker opens writes `circuit:<deployment>` with the open time as its TTL, and every
+replica reads those keys every `state.circuit_sync_s` (0.25 s) and opens its own breaker for
+the time left. So one replica's verdict stops all of them from hammering a dead upstream
+within a second; each then probes on its own once the time is up. While Redis is
+unreachable each replica's breakers simply work alone (per process).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from shipyard.config.resilience import CircuitConfig
+from shipyard.errors import StateUnavailable
+from shipyard.state.redis import RedisState
 
-__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker", "SharedCircuits"]
+
+log = logging.getLogger("shipyard.resilience")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -37,6 +53,7 @@ class CircuitBreaker:
         self._probe_successes = 0
         self._consecutive_failures = 0
         self.opened_count = 0
+        self.opened_by_peer = False  # the last opening came from another replica
 
     def _set(self, state: str) -> None:
         if state != self.state:
@@ -122,9 +139,108 @@ class CircuitBreaker:
                 self._open(now)
 
     def _open(self, now: float) -> None:
+        self.opened_by_peer = False
         self._consecutive_failures = 0
         self.opened_at = now
         self.opened_count += 1
         self._probes_in_flight = 0
         self._probe_successes = 0
         self._set(OPEN)
+
+    def force_open(self, remaining_s: float) -> None:
+        """Open because another replica's breaker did, for the `remaining_s` it has left."""
+        if not self.config.enabled or self.state == OPEN:
+            return
+        now = self.clock()
+        self._open(now - max(0.0, self.config.open_s - remaining_s))
+        self.opened_by_peer = True
+
+
+class SharedCircuits:
+    """Share breaker openings across replicas through Redis (see the module docstring)."""
+
+    def __init__(self, state: RedisState, breakers: Sequence[CircuitBreaker], *,
+                 interval_s: float = 0.25) -> None:
+        self.state = state
+        self.interval_s = interval_s
+        self.breakers = list(breakers)
+        self._keys = [state.prefix + "circuit:" + b.name for b in self.breakers]
+        self._seen: dict[str, bytes] = {}  # breaker -> the opening last applied or published
+        self._task: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self.peer_openings = 0
+        for breaker, key in zip(self.breakers, self._keys, strict=True):
+            breaker.on_change = self._hook(breaker, key, breaker.on_change)
+
+    def _hook(self, breaker: CircuitBreaker, key: str,
+              previous: Callable[[str, str], None] | None) -> Callable[[str, str], None]:
+        def on_change(old: str, new: str) -> None:
+            if previous is not None:
+                previous(old, new)
+            if new == OPEN and not breaker.opened_by_peer:
+                self._spawn(self._publish(breaker, key))
+
+        return on_change
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            work.close()
+            return  # no loop (a unit test driving a breaker by hand): nothing to share
+        task = loop.create_task(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _publish(self, breaker: CircuitBreaker, key: str) -> None:
+        opening = os.urandom(8).hex().encode()
+        self._seen[breaker.name] = opening
+        ttl_ms = max(1, int(breaker.retry_after_s() * 1000))
+        # On an outage: per-process fallback, this replica's breaker is open all the same.
+        with contextlib.suppress(StateUnavailable):
+            await self.state.run(lambda: self.state.client.set(key, opening, px=ttl_ms),
+                                 feature="circuits")
+
+    async def sync(self) -> None:
+        """Open every breaker that another replica opened and this one has not applied."""
+        async def read() -> list[object]:
+            pipe = self.state.client.pipeline(transaction=False)
+            for key in self._keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            return list(await pipe.execute())
+
+        values = await self.state.run(read, feature="circuits")
+        for i, breaker in enumerate(self.breakers):
+            opening, ttl_ms = values[2 * i], values[2 * i + 1]
+            if not isinstance(opening, bytes) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+                continue
+            if self._seen.get(breaker.name) == opening:
+                continue
+            self._seen[breaker.name] = opening
+            if breaker.state != OPEN:
+                breaker.force_open(ttl_ms / 1000.0)
+                self.peer_openings += 1
+                log.warning("circuit of %s opened by another replica for %.1f s",
+                            breaker.name, ttl_ms / 1000.0)
+
+    def start(self) -> None:
+        if self.breakers:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except StateUnavailable:
+                pass  # Redis down: breakers work per process until it is back
+            except Exception:
+                log.exception("reading shared circuit state failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

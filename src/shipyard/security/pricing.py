@@ -8,7 +8,7 @@ time of this release; check them against your contract and override what differs
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_PRICES", "Price", "PriceTable", "base_model"]
@@ -98,3 +98,13 @@ class PriceTable:
             if base in self.prices:
                 return self.prices[base].cost(prompt_tokens, completion_tokens)
         return None
+
+    def bound(self, names: Iterable[str]) -> Price | None:
+        """The highest input and output prices among `names` (an alias, its upstream models
+        and fallbacks): what a request to that alias may cost at most per token. None when
+        none of them has a price (its requests cost nothing the gateway can count)."""
+        found = [self.prices[key] for name in names
+                 for key in dict.fromkeys((name, base_model(name))) if key in self.prices]
+        if not found:
+            return None
+        return Price(max(p.input_per_1m for p in found), max(p.output_per_1m for p in found))

@@ -13,12 +13,19 @@ briefly negative when an answer was longer than estimated.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from shipyard.errors import StateUnavailable
+from shipyard.state.redis import RedisState
 
 __all__ = ["Bucket", "Decision", "MemoryLimiter", "RateLimiter", "RedisLimiter"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,33 +142,73 @@ return 1
 
 
 class RedisLimiter:
-    """Shared by every replica through Redis (install `shipyard[redis]`)."""
+    """Shared by every replica through Redis (install `shipyard[redis]`).
 
-    def __init__(self, client: Any, *, prefix: str = "shipyard:") -> None:
-        self.client = client
-        self.prefix = prefix + "rl:"
-        self._take = client.register_script(_TAKE)
-        self._slot = client.register_script(_SLOT)
+    While Redis is unreachable, `state.on_outage.rate_limits: local` falls back to a
+    `MemoryLimiter` in this process (the same limits, per process: fail open, but still
+    limited), and `closed` refuses with `StateUnavailable` (503 + Retry-After). Buckets in
+    Redis are untouched by the outage and take over again as soon as it answers.
+    """
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self.client = state.client
+        self.prefix = state.prefix + "rl:"
+        self.on_outage = state.policy["rate_limits"]
+        self.local = MemoryLimiter()
+        self.fallbacks = 0
+        self._take = self.client.register_script(_TAKE)
+        self._slot = self.client.register_script(_SLOT)
+        self._local_slots: dict[str, int] = {}
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await self.state.run(call, feature="rate_limits")
+
+    def _fall_back(self) -> None:
+        if self.on_outage != "local":
+            raise self.state.unavailable("rate_limits")
+        self.fallbacks += 1
 
     async def take(self, bucket: Bucket, cost: float, *, force: bool = False) -> Decision:
-        allowed, tokens = await self._take(
-            keys=[self.prefix + bucket.key],
-            args=[bucket.capacity, bucket.refill_per_s, cost, 1 if force else 0])
+        try:
+            allowed, tokens = await self._run(lambda: self._take(
+                keys=[self.prefix + bucket.key],
+                args=[bucket.capacity, bucket.refill_per_s, cost, 1 if force else 0]))
+        except StateUnavailable:
+            self._fall_back()
+            return await self.local.take(bucket, cost, force=force)
         left = float(tokens)
         if int(allowed):
             return Decision(True, left, 0.0, (bucket.capacity - left) / bucket.refill_per_s)
         return _decide(left, bucket.capacity, bucket.refill_per_s, cost)
 
     async def give_back(self, bucket: Bucket, amount: float) -> None:
-        await self._take(keys=[self.prefix + bucket.key],
-                         args=[bucket.capacity, bucket.refill_per_s, -amount, 0])
+        try:
+            await self._run(lambda: self._take(keys=[self.prefix + bucket.key],
+                                               args=[bucket.capacity, bucket.refill_per_s,
+                                                     -amount, 0]))
+        except StateUnavailable:
+            await self.local.give_back(bucket, amount)  # settling never fails a request
 
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> bool:
-        return bool(int(await self._slot(keys=[self.prefix + "c:" + key],
-                                         args=[limit, int(ttl_s * 1000)])))
+        try:
+            return bool(int(await self._run(lambda: self._slot(
+                keys=[self.prefix + "c:" + key], args=[limit, int(ttl_s * 1000)]))))
+        except StateUnavailable:
+            self._fall_back()
+            taken = await self.local.acquire_slot(key, limit, ttl_s)
+            if taken:
+                self._local_slots[key] = self._local_slots.get(key, 0) + 1
+            return taken
 
     async def release_slot(self, key: str) -> None:
-        await self.client.decr(self.prefix + "c:" + key)
+        held = self._local_slots.get(key, 0)
+        if held:  # taken from the local limiter during an outage: give it back there
+            self._local_slots[key] = held - 1
+            await self.local.release_slot(key)
+            return
+        with contextlib.suppress(StateUnavailable):  # on an outage the slot's TTL frees it
+            await self._run(lambda: self.client.decr(self.prefix + "c:" + key))
 
     async def close(self) -> None:
         return None  # the client belongs to the state backend

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -27,6 +28,8 @@ __all__ = [
     "alerts",
     "audit_head",
     "audit_log",
+    "budget_accounts",
+    "budget_reservations",
     "drift_profiles",
     "drift_results",
     "feedback",
@@ -331,4 +334,27 @@ datasets = Table(
     Column("manifest", Text, nullable=False),
     UniqueConstraint("tenant_id", "name", "version"),
     Index(None, "name", "created_at"),
+)
+
+# The budget ledger (shipyard.security.budget_ledger) when Redis does not hold it: spend and
+# reservations per budget and period, in nano-USD so sums are exact; one row per account
+# ("tenant:acme:day:2026-05-01"), reservations expire so a crashed replica frees its holds.
+budget_accounts = Table(
+    "budget_accounts",
+    metadata,
+    Column("account", String(255), primary_key=True),
+    Column("spent_nusd", BigInteger, nullable=False),
+    Column("reserved_nusd", BigInteger, nullable=False),
+    Column("warned", Boolean, nullable=False, server_default=false()),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+)
+
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account", String(255), primary_key=True),
+    Column("amount_nusd", BigInteger, nullable=False),
+    Column("expires_at", Float, nullable=False),  # epoch seconds
+    Index(None, "expires_at"),
 )

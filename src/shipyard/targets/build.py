@@ -4,8 +4,9 @@ chain of stages around its terminal step.
 The chain, outermost first (a stage is left out when the target configures nothing for it,
 so an unused policy costs nothing):
 
-    rate limits → admission → escalation → PII → input/output guards → your own stages
-    (global `stages`, then the target's) → cache → the target
+    rate limits → budget reservation (priced models) → admission → escalation → PII →
+    input/output guards → your own stages (global `stages`, then the target's) → cache →
+    the target
 
 A model alias's terminal is failover over its deployments (retries, breakers, fallbacks); a
 service's is its function. Authentication, key restrictions and budgets run before the
@@ -39,8 +40,10 @@ from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
 from shipyard.resilience.failover import Deployment
 from shipyard.resilience.retry import RetryBudget
 from shipyard.resilience.stages import AdmissionStage
+from shipyard.security.budgets import BudgetGuard, BudgetStage
 from shipyard.security.crypto import PayloadCipher
 from shipyard.security.limits_stage import RateLimitStage
+from shipyard.security.pricing import PriceTable
 from shipyard.security.ratelimit import RateLimiter
 from shipyard.state.base import KeyValue
 from shipyard.targets.model import ModelTarget
@@ -56,13 +59,16 @@ class Shared:
     """What the chains of one gateway share."""
 
     metrics: Metrics
-    kv: KeyValue  # shared state: cache, PII conversation tables
+    kv: KeyValue  # shared state: PII conversation tables
+    cache: KeyValue  # shared state: the response cache
     persistent_kv: bool  # the state leaves the process (Redis)
     limiter: RateLimiter
     escalations: Escalations
     guard_hooks: GuardHooks
     cipher: PayloadCipher | None = None
     base_url: str | None = None  # where services' own calls reach this gateway
+    budgets: BudgetGuard | None = None  # reservations against spend caps (see security.budgets)
+    prices: PriceTable | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +136,11 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
     name = target.name
     stages: list[Stage] = [RateLimitStage(name, shared.limiter, config.rate_limits,
                                           own.rate_limit, kind=target.kind)]
+    if (isinstance(target, ModelTarget) and shared.budgets is not None
+            and shared.budgets.budgets):
+        price = (shared.prices or PriceTable()).bound(_priced(target))
+        stages.append(BudgetStage(shared.budgets, price,
+                                  default_max_tokens=config.rate_limits.default_max_tokens))
     label = "Model" if target.kind == "model" else "Service"
     local = (target.admission if isinstance(target, ServiceTarget)
              else Admission.from_config(f"{label} '{name}'", own.admission))
@@ -152,8 +163,21 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
     stages += [user_stage(spec, f"stages[{i}]") for i, spec in enumerate(config.stages)]
     stages += [user_stage(spec, f"{where}.stages[{i}]") for i, spec in enumerate(own.stages)]
     if own.cache.enabled:
-        stages.append(CacheStage(name, own.cache, shared.kv))
+        stages.append(CacheStage(name, own.cache, shared.cache))
     target.use(*stages)
+
+
+def _priced(target: ModelTarget, seen: set[str] | None = None) -> list[str]:
+    """Every name a request to `target` may be priced by: the alias, its upstream models, and
+    those of its fallbacks (recursively)."""
+    seen = seen if seen is not None else set()
+    if target.alias in seen:
+        return []
+    seen.add(target.alias)
+    names = [target.alias, *(d.model for d in target.deployments)]
+    for fallback in target.fallback_targets:
+        names += _priced(fallback, seen)
+    return names
 
 
 def _pii_stage(config: PIIConfig, where: str, name: str, shared: Shared) -> Stage:
