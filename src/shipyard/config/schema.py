@@ -21,6 +21,7 @@ from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, Rate
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
 from shipyard.config.targets import ModelConfig, ProviderConfig, ServiceConfig
 from shipyard.config.traces import TracesConfig
+from shipyard.config.work import WebhooksConfig, WorkConfig
 
 __all__ = ["Config", "Setting", "iter_settings"]
 
@@ -74,6 +75,8 @@ class Config(Section):
     slos: list[SLOConfig] = Field(default_factory=list, description="Service level objectives "
                                   "with error budgets and burn-rate alerts (see docs/alerts.md).")
     drift: DriftConfig = Field(default_factory=lambda: DriftConfig())
+    work: WorkConfig = Field(default_factory=lambda: WorkConfig())
+    webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
 
     @model_validator(mode="after")
     def _references(self) -> Config:
