@@ -54,6 +54,8 @@ from shipyard.store.writer import TraceWriter
 from shipyard.targets.build import build_targets
 from shipyard.targets.model import ModelTarget
 from shipyard.targets.service import HostedService
+from shipyard.webhooks.delivery import WebhookOutbox
+from shipyard.work import IdempotencyStore, Worker, WorkQueue
 
 __all__ = ["Gateway"]
 
@@ -144,10 +146,19 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
-        self.alerts = AlertEvaluator(config, self.engine)
+        # Durable work: the store-backed queue, its worker, idempotency keys, the webhook outbox.
+        self.work = WorkQueue(self.engine)
+        self.idempotency = IdempotencyStore(self.engine, ttl_s=config.work.idempotency_ttl_s)
+        self.worker = Worker.from_config(self.work, config.work, idempotency=self.idempotency)
+        self.webhooks = WebhookOutbox.from_config(config, self.work,
+                                                  on_result=self.metrics.count_webhook)
+        if config.webhooks.deliver:
+            self.webhooks.attach(self.worker)
+        self.alerts = AlertEvaluator(config, self.engine, outbox=self.webhooks)
         self.audit_log = AuditLog(self.engine)
         self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
-        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
+        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics,
+                                                   outbox=self.webhooks)
         self.overdue = OverdueChecker(self.escalations)
         if self.guard_hooks.on_escalate is None:
             self.guard_hooks.on_escalate = self._guard_escalated
@@ -212,6 +223,7 @@ class Gateway:
             await asyncio.to_thread(self.budgets.reload)
         for provider in self.providers.values():
             await provider.start()
+        await self.worker.start()
         self.overdue.start()
         await self._start_drift()
         self._watch_sigterm()
@@ -303,6 +315,8 @@ class Gateway:
             self._previous_sigterm = None
         await self.overdue.stop()
         await self.alerts.stop()
+        await self.worker.stop(grace_s=min(10.0, self.config.server.drain_timeout_s))
+        await self.webhooks.close()
         await self.kv.close()
         for provider in self.providers.values():
             try:

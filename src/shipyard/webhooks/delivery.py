@@ -66,6 +66,7 @@ __all__ = [
     "Delivery",
     "Endpoint",
     "WebhookOutbox",
+    "delivery_headers",
     "endpoints_from_config",
 ]
 
@@ -79,8 +80,8 @@ _RESPONSE_READ_MAX = 4096
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 Legacy = Literal["none", "body", "timestamp"]
-# (endpoint name, outcome): delivered | retry | dead
-ResultHook = Callable[[str, str], None]
+# (endpoint name, event type, outcome): outcome is delivered | retry | dead | cancelled
+ResultHook = Callable[[str, str, str], None]
 # (delivery, final status "succeeded" | "dead" | "cancelled"): runs in a worker thread
 FinishHook = Callable[["Delivery", str], None]
 
@@ -334,15 +335,16 @@ class WebhookOutbox:
         self._worker = worker
 
     def _finished(self, item: WorkItem, status: str, error: str | None) -> None:
-        endpoint = str((item.payload or {}).get("endpoint", ""))
+        payload = item.payload if isinstance(item.payload, dict) else {}
+        endpoint, event_type = str(payload.get("endpoint", "")), str(payload.get("type", ""))
         if self.on_result is not None:
-            self.on_result(endpoint, {"succeeded": "delivered"}.get(status, (
+            self.on_result(endpoint, event_type, {"succeeded": "delivered"}.get(status, (
                 "retry" if status == "queued" else status)))
         if status == "queued":
             return
         if status == "dead":
             log.warning("webhook %s (%s to %s) dead-lettered after %d attempts: %s", item.id,
-                        (item.payload or {}).get("type"), endpoint, item.attempts, error)
+                        event_type, endpoint, item.attempts, error)
         delivery = Delivery.of(item)
         for hook in self._listeners:
             hook(delivery, status)
@@ -350,22 +352,9 @@ class WebhookOutbox:
     def headers(self, ep: Endpoint, msg_id: str, body: bytes, *,
                 timestamp: int | None = None,
                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The request headers of one attempt: Standard Webhooks' id, timestamp and
-        signature (when the endpoint has a secret), and the deprecated legacy signature."""
-        now = int(time.time()) if timestamp is None else timestamp
-        headers = {"content-type": "application/json",
-                   "user-agent": f"shipyard-webhooks/{__version__}", **ep.headers,
-                   **(extra or {}), ID_HEADER: msg_id, TIMESTAMP_HEADER: str(now)}
-        if ep.secret:
-            headers[SIGNATURE_HEADER] = signature_header([ep.secret], msg_id, now, body)
-            if self.legacy_signature and ep.legacy != "none":
-                key = ep.secret.encode()  # the legacy schemes keyed HMAC with the raw text
-                signed = body if ep.legacy == "body" else f"{now}.".encode() + body
-                headers[LEGACY_SIGNATURE_HEADER] = "sha256=" + hmac.new(
-                    key, signed, hashlib.sha256).hexdigest()
-                if ep.legacy == "timestamp":
-                    headers[LEGACY_TIMESTAMP_HEADER] = str(now)
-        return headers
+        """The request headers of one attempt (see `delivery_headers`)."""
+        return delivery_headers(ep, msg_id, body, timestamp=timestamp, extra=extra,
+                                legacy_signature=self.legacy_signature)
 
     async def post(self, ep: Endpoint, msg_id: str, body: bytes, *,
                    extra_headers: Mapping[str, str] | None = None) -> tuple[int, float,
@@ -397,10 +386,11 @@ class WebhookOutbox:
                 ep, item.id, body, extra_headers=payload.get("headers") or {})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # The exception's text can repeat the URL: keep only its type.
-            problem = ("the attempt timed out" if isinstance(exc, TimeoutError)
-                       else f"could not reach {ep.where()} ({type(exc).__name__})")
+            problem = (f"The attempt timed out after {ep.timeout_s:g}s"
+                       if isinstance(exc, TimeoutError)
+                       else f"Could not reach {ep.where()} ({type(exc).__name__})")
             attempt.detail["error_type"] = type(exc).__name__
-            raise Retry(problem.capitalize() + ".", delay_s=ep.backoff.delay(
+            raise Retry(problem + ".", delay_s=ep.backoff.delay(
                 attempt.number)) from None
         attempt.detail.update(status_code=status, latency_ms=latency)
         if 200 <= status < 300:
@@ -421,6 +411,27 @@ class WebhookOutbox:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def delivery_headers(ep: Endpoint, msg_id: str, body: bytes, *, timestamp: int | None = None,
+                     extra: Mapping[str, str] | None = None,
+                     legacy_signature: bool = True) -> dict[str, str]:
+    """The headers of one attempt: Standard Webhooks' id, timestamp and signature (when the
+    endpoint has a secret) and, until `LEGACY_REMOVAL`, the deprecated legacy signature."""
+    now = int(time.time()) if timestamp is None else timestamp
+    headers = {"content-type": "application/json",
+               "user-agent": f"shipyard-webhooks/{__version__}", **ep.headers,
+               **(extra or {}), ID_HEADER: msg_id, TIMESTAMP_HEADER: str(now)}
+    if ep.secret:
+        headers[SIGNATURE_HEADER] = signature_header([ep.secret], msg_id, now, body)
+        if legacy_signature and ep.legacy != "none":
+            key = ep.secret.encode()  # the legacy schemes keyed HMAC with the raw text
+            signed = body if ep.legacy == "body" else f"{now}.".encode() + body
+            headers[LEGACY_SIGNATURE_HEADER] = "sha256=" + hmac.new(
+                key, signed, hashlib.sha256).hexdigest()
+            if ep.legacy == "timestamp":
+                headers[LEGACY_TIMESTAMP_HEADER] = str(now)
+    return headers
 
 
 def _retry_after(value: str | None, cap_s: float) -> float | None:
