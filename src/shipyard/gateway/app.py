@@ -34,6 +34,7 @@ from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
+from shipyard.gateway.webhook_routes import webhook_routes
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard.ui.routes import ui_routes
 
@@ -92,7 +93,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
-              openapi_route(gateway), *ui_routes(gateway)]
+              *webhook_routes(gateway), openapi_route(gateway), *ui_routes(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
