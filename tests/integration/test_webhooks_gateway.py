@@ -261,7 +261,7 @@ def test_a_delivery_survives_a_crash_and_a_replay_is_refused(world: dict[str, An
     assert outcomes[-1] == "succeeded" and "retry" in outcomes
     assert any(a["error"] == "HTTP 502 from the receiver." and a["status_code"] == 502
                for a in detail["attempt_log"])  # the tap's answer while nobody listened
-    status, error = api(gateway, "POST", f"/v1/admin/webhooks/deliveries/{item.id}/nope")
+    status, _ = api(gateway, "POST", f"/v1/admin/webhooks/deliveries/{item.id}/nope")
     assert status in (404, 405)
 
     # Redelivery from the CLI: the same webhook-id again, acknowledged, not reprocessed.
