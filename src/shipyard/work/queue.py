@@ -321,6 +321,13 @@ class WorkQueue:
         now = self.clock()
         token = os.urandom(16).hex()
         t = work_items
+        # A read first: an idle poll must not take SQLite's write lock (or open a PostgreSQL
+        # write transaction) when nothing is due.
+        with self.engine.connect() as connection:
+            if connection.execute(select(t.c.id).where(
+                    t.c.status == "queued", t.c.kind.in_(list(kinds)),
+                    t.c.run_after <= now).limit(1)).first() is None:
+                return []
         due = (select(t.c.id)
                .where(t.c.status == "queued", t.c.kind.in_(list(kinds)), t.c.run_after <= now)
                .order_by(t.c.priority.desc(), t.c.run_after, t.c.id)

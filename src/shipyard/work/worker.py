@@ -136,6 +136,7 @@ class Worker:
         self._lanes: dict[str, _Lane] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = False
 
     @classmethod
@@ -180,11 +181,15 @@ class Worker:
         return self._lanes[kind].processed
 
     def wake(self, kind: str | None = None) -> None:
-        """Look for due items now (call after enqueueing in this process)."""
+        """Look for due items now (call after enqueueing in this process; safe from any
+        thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
         for lane in ([self._lanes[kind]] if kind in self._lanes else
                      self._lanes.values() if kind is None else []):
             if lane.wake is not None:
-                lane.wake.set()
+                loop.call_soon_threadsafe(lane.wake.set)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -192,7 +197,7 @@ class Worker:
         if self.started:
             return
         self.started, self._stopping = True, False
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for lane in self._lanes.values():
             lane.wake = asyncio.Event()
             lane.loop_task = loop.create_task(self._claim_loop(lane))
