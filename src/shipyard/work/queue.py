@@ -26,9 +26,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -213,6 +215,9 @@ class WorkQueue:
         self.engine = engine
         self.clock = clock or (lambda: datetime.now(UTC))
         self._sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time; threads of one process queue here rather than in
+        # SQLite's busy handler, which sleeps in growing steps while it waits.
+        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _write(self, work: Callable[[Any], T]) -> T:
@@ -220,7 +225,7 @@ class WorkQueue:
         holds the write lock longer than the busy timeout (writers take turns there)."""
         for attempt in range(8):
             try:
-                with self.engine.begin() as connection:
+                with self._write_lock, self.engine.begin() as connection:
                     return work(connection)
             except OperationalError as exc:
                 if not self._sqlite or "locked" not in str(exc) or attempt == 7:
