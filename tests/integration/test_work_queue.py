@@ -351,3 +351,30 @@ def test_idempotency_keys(engine: Engine) -> None:
     assert store.purge() >= 2  # k3 and globex's k1
     with pytest.raises(InvalidRequest, match="Idempotency-Key"):
         store.begin(tenant_id="acme", scope=scope, key="has space", request_hash=digest)
+
+
+def test_a_kind_registered_after_start_is_served(engine: Engine) -> None:
+    queue = WorkQueue(engine)
+
+    async def late(item: WorkItem, attempt: Attempt) -> str:
+        return "served"
+
+    async def run() -> None:
+        worker = Worker(queue, lease_s=5, poll_interval_s=0.05)
+        await worker.start()
+        try:
+            worker.handle("late", late)
+            item = (await asyncio.to_thread(queue.enqueue, "late", {})).item
+            worker.wake("late")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (await asyncio.to_thread(
+                    queue.get, item.id, tenant_id=None)).status != "succeeded":
+                await asyncio.sleep(0.05)
+            assert (await asyncio.to_thread(queue.get, item.id, tenant_id=None)).result == (
+                "served")
+            with pytest.raises(ValueError, match="already has a handler"):
+                worker.handle("late", late)
+        finally:
+            await worker.stop()
+
+    asyncio.run(run())

@@ -159,15 +159,17 @@ class Worker:
     def handle(self, kind: str, handler: Handler, *, concurrency: int = 4,
                backoff: Backoff | None = None, timeout_s: float | None = None,
                on_finish: OnFinish | None = None) -> None:
-        """Run `handler` for items of `kind`, at most `concurrency` at once in this worker.
-        `timeout_s` bounds one attempt (an item's own `timeout_s` wins); `on_finish` hears
-        every recorded outcome (in a worker thread)."""
+        """Run `handler` for items of `kind`, at most `concurrency` at once in this worker
+        (before or after `start()`). `timeout_s` bounds one attempt (an item's own
+        `timeout_s` wins); `on_finish` hears every recorded outcome (in a worker thread)."""
         if concurrency < 1:
             raise ValueError(f"concurrency for '{kind}' is {concurrency}; it must be >= 1")
-        if self.started:
-            raise RuntimeError("register handlers before Worker.start()")
-        self._lanes[kind] = _Lane(kind, handler, concurrency, backoff or Backoff(), timeout_s,
-                                  on_finish)
+        if kind in self._lanes:
+            raise ValueError(f"kind '{kind}' already has a handler")
+        lane = self._lanes[kind] = _Lane(kind, handler, concurrency, backoff or Backoff(),
+                                         timeout_s, on_finish)
+        if self.started and self._loop is not None:  # added while running: start its loop
+            self._start_lane(lane)
 
     @property
     def kinds(self) -> list[str]:
@@ -199,13 +201,17 @@ class Worker:
         self.started, self._stopping = True, False
         loop = self._loop = asyncio.get_running_loop()
         for lane in self._lanes.values():
-            lane.wake = asyncio.Event()
-            lane.loop_task = loop.create_task(self._claim_loop(lane))
-            self._tasks.append(lane.loop_task)
+            self._start_lane(lane)
         self._tasks.append(loop.create_task(self._heartbeat_loop()))
         self._tasks.append(loop.create_task(self._reap_loop()))
         for interval, job in self.housekeeping:
             self._tasks.append(loop.create_task(self._every(interval, job)))
+
+    def _start_lane(self, lane: _Lane) -> None:
+        assert self._loop is not None  # set by start()
+        lane.wake = asyncio.Event()
+        lane.loop_task = self._loop.create_task(self._claim_loop(lane))
+        self._tasks.append(lane.loop_task)
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
         """Stop claiming; let running handlers finish for `grace_s`, then cancel and release."""
