@@ -111,6 +111,7 @@ class _Lane:
     wake: asyncio.Event | None = None
     loop_task: asyncio.Task[None] | None = None
     processed: int = 0
+    failing: bool = False
 
 
 class Worker:
@@ -279,10 +280,15 @@ class Worker:
                         self.queue.claim, [lane.kind], owner=self.owner, lease_s=self.lease_s,
                         limit=free)
                 except Exception as exc:  # the store may be down: try again after a pause
-                    log.warning("work: claiming '%s' items failed (%s); retrying",
-                                lane.kind, type(exc).__name__)
+                    if not lane.failing:  # once per outage, not once per poll
+                        log.warning("work: claiming '%s' items failed (%s); retrying until "
+                                    "the store answers", lane.kind, type(exc).__name__)
+                    lane.failing = True
                     await asyncio.sleep(min(5.0, self.poll_interval_s * 4))
                     continue
+                if lane.failing:
+                    log.info("work: claiming '%s' items works again", lane.kind)
+                    lane.failing = False
             for claim in claims:
                 task = loop.create_task(self._run(lane, claim))
                 lane.running[claim.id] = (claim, task)
