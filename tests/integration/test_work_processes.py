@@ -86,19 +86,24 @@ def test_an_item_of_a_killed_worker_is_reclaimed_and_completes_once(
         victim.wait(10)
         survivor = spawn(store_url, "jobs", "survivor", 2.0, second)
         finish(survivor, second, 120)
+        item = queue.get(slow.id, tenant_id=None)
+        assert item.status == "succeeded" and item.attempts == 2
+        assert item.result == {"by": "survivor"}
+        assert slow.id not in lines(first, "done")  # the killed attempt never finished
+        assert lines(second, "done").count(slow.id) == 1
+        log = queue.attempts(slow.id)
+        assert [a.outcome for a in log] == ["lost", "succeeded"]
+        assert log[0].owner == "victim" and log[1].owner == "survivor"
+        # The quick items: each completed exactly once in the store. One the victim ran but
+        # had not recorded when it was killed ran again (at least once), after a lost lease.
+        for item_id in quick:
+            outcomes = [a.outcome for a in queue.attempts(item_id)]
+            assert queue.get(item_id, tenant_id=None).status == "succeeded"
+            assert outcomes.count("succeeded") == 1, outcomes
+            ran = (lines(first, "done") + lines(second, "done")).count(item_id)
+            assert ran == 1 or outcomes[0] == "lost", (item_id, ran, outcomes)
     finally:
         if victim.poll() is None:
             victim.kill()
-    item = queue.get(slow.id, tenant_id=None)
-    assert item.status == "succeeded" and item.attempts == 2
-    assert item.result == {"by": "survivor"}
-    assert slow.id not in lines(first, "done")  # the killed attempt never finished
-    assert lines(second, "done").count(slow.id) == 1
-    log = queue.attempts(slow.id)
-    assert [a.outcome for a in log] == ["lost", "succeeded"]
-    assert log[0].owner == "victim" and log[1].owner == "survivor"
-    # The quick items: each completed exactly once, by whichever worker got it.
-    finished = lines(first, "done") + lines(second, "done")
-    assert sorted(i for i in finished if i in quick) == sorted(quick)
-    assert all(queue.get(i, tenant_id=None).status == "succeeded" for i in quick)
-    engine.dispose()
+            victim.wait(10)
+        engine.dispose()
