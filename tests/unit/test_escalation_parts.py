@@ -264,10 +264,19 @@ def test_overdue_tickets_are_alerted_once(store_url: str) -> None:
         engine.dispose()
 
 
-def test_webhook_deliveries_retry_sign_and_never_wait_for_the_receiver() -> None:
+def test_webhook_deliveries_retry_sign_and_never_wait_for_the_receiver(tmp_path: Any) -> None:
+    """Escalation events go through the durable outbox: queued at once, retried after a 502,
+    not retried after a 400, retried then dead-lettered when nobody listens; each signed per
+    Standard Webhooks and with the deprecated timestamped header."""
     from aiohttp import web
 
-    from shipyard.escalation import WebhookNotifier
+    from shipyard.escalation.webhook import event_data
+    from shipyard.webhooks import verify as verify_standard
+    from shipyard.webhooks.delivery import Endpoint, WebhookOutbox
+    from shipyard.work import Backoff, Worker, WorkQueue
+
+    engine = create_store_engine(f"sqlite:///{tmp_path}/s.db")
+    migrate(engine)
 
     async def run() -> None:
         seen: list[tuple[bytes, dict[str, str]]] = []
@@ -292,35 +301,58 @@ def test_webhook_deliveries_retry_sign_and_never_wait_for_the_receiver() -> None
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        results: list[tuple[str, bool]] = []
-        notifier = WebhookNotifier(backoff_base_s=0.01,
-                                   on_result=lambda e, ok: results.append((e, ok)))
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}/nothing"
+        fast = Backoff(0.01, 0.02)
+        results: list[tuple[str, str, str]] = []
+        outbox = WebhookOutbox(WorkQueue(engine), [
+            Endpoint("models.a.escalation", f"http://127.0.0.1:{port}/hook", secret="s3cret",
+                     max_attempts=3, backoff=fast, legacy="timestamp"),
+            Endpoint("models.b.escalation", f"http://127.0.0.1:{port}/refuse",
+                     max_attempts=4, backoff=fast, legacy="timestamp"),
+            Endpoint("models.c.escalation", closed, max_attempts=2, backoff=fast,
+                     timeout_s=1)], on_result=lambda *r: results.append(r))
+        worker = Worker(outbox.queue, lease_s=5, poll_interval_s=0.05)
+        outbox.attach(worker)
         try:
             started = time.perf_counter()
-            task = notifier.send(f"http://127.0.0.1:{port}/hook", "escalation.opened",
-                                 {"id": "esc_1"}, secret="s3cret", retries=2)
-            assert time.perf_counter() - started < 0.05  # queued, not awaited
-            assert await task is True
+            first = await outbox.asend("models.a.escalation", "escalation.opened",
+                                       event_data("escalation.opened", {"id": "esc_1"}),
+                                       headers={"x-shipyard-event": "escalation.opened"})
+            assert time.perf_counter() - started < 1.0  # queued, not delivered
+            refused = await outbox.asend("models.b.escalation", "escalation.overdue",
+                                         event_data("escalation.overdue", {"id": "esc_2"}))
+            dead = await outbox.asend("models.c.escalation", "escalation.opened",
+                                      event_data("escalation.opened", {"id": "esc_3"}))
+            assert await worker.run_until_idle(timeout_s=30) == 2 + 1 + 2
             body, headers = seen[0]
             assert verify(b"s3cret", body, headers["x-shipyard-timestamp"],
                           headers["x-shipyard-signature"])
+            assert verify_standard("s3cret", body, headers)["escalation"] == {"id": "esc_1"}
+            assert headers["webhook-id"] == first.id
             assert headers["x-shipyard-event"] == "escalation.opened"
-            assert await notifier.send(f"http://127.0.0.1:{port}/refuse", "escalation.overdue",
-                                       {"id": "esc_2"}, retries=3) is False
-            assert calls["n"] == 102  # one attempt only
-            with socket.socket() as probe:  # a port nobody listens on
-                probe.bind(("127.0.0.1", 0))
-                closed = f"http://127.0.0.1:{probe.getsockname()[1]}/nothing"
-            assert await notifier.send(closed, "escalation.opened", {"id": "esc_3"},
-                                       retries=1, timeout_s=1) is False
-            assert results == [("escalation.opened", True), ("escalation.overdue", False),
-                               ("escalation.opened", False)]
-            assert (notifier.delivered, notifier.failed) == (1, 2)
+            assert calls["n"] == 102  # one attempt only at /refuse
+            queue = outbox.queue
+            assert queue.get(first.id, tenant_id=None).status == "succeeded"
+            assert queue.get(refused.id, tenant_id=None).status == "dead"
+            lost = queue.get(dead.id, tenant_id=None)
+            assert lost.status == "dead" and lost.attempts == 2
+            assert "Could not reach 127.0.0.1" in (lost.last_error or "")
+            assert sorted(results) == sorted([
+                ("models.a.escalation", "escalation.opened", "retry"),
+                ("models.a.escalation", "escalation.opened", "delivered"),
+                ("models.b.escalation", "escalation.overdue", "dead"),
+                ("models.c.escalation", "escalation.opened", "retry"),
+                ("models.c.escalation", "escalation.opened", "dead")])
         finally:
-            await notifier.close()
+            await outbox.close()
             await runner.cleanup()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
 
 
 def test_the_python_api_a_guard_calls(tmp_path: Any) -> None:

@@ -16,10 +16,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "shipyard"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "types"},
     {"config"},
-    {"store", "state", "observe"},
+    {"store", "state", "observe", "work"},
     {"pipeline"},
     {"providers", "privacy", "security", "resilience", "guards", "escalation", "monitor",
-     "data", "sdk", "sim"},
+     "data", "sdk", "sim", "webhooks"},
     {"targets"},
     {"gateway", "ui"},
     {"readiness"},

@@ -27,6 +27,7 @@ from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
 from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
+from shipyard.cli import webhooks as webhooks_cli
 from shipyard.cli.chaos import chaos
 from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
@@ -63,6 +64,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
+app.add_typer(webhooks_cli.app, name="webhooks")
 app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")

@@ -113,8 +113,9 @@ class AlertChannelConfig(_Section):
         None, description="webhook/slack: the URL to POST to; a Slack URL is a secret, so "
         "reference it as `{$env: NAME}`.")
     secret: SecretStr | None = Field(
-        None, description="webhook: HMAC-SHA256 key; the body's signature is sent as "
-        "`X-Shipyard-Signature: sha256=<hex>`.")
+        None, description="webhook: signing secret; deliveries carry Standard Webhooks' "
+        "`webhook-signature` (and, deprecated until 0.3.0, `X-Shipyard-Signature: "
+        "sha256=<hex>` of the body).")
     headers: dict[str, SecretStr] = Field(
         default_factory=dict, description="webhook: extra headers (values may be secrets).")
     smtp_host: str | None = Field(None, description="email: SMTP server host.")

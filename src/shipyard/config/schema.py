@@ -21,6 +21,7 @@ from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, Rate
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
 from shipyard.config.targets import ModelConfig, ProviderConfig, ServiceConfig, StageSpec
 from shipyard.config.traces import TracesConfig
+from shipyard.config.work import WebhooksConfig, WorkConfig
 
 __all__ = ["Config", "Setting", "iter_settings"]
 
@@ -83,6 +84,8 @@ class Config(Section):
         description="Your own pipeline stages, in every model's and service's chain (after "
         "limits, admission, PII and input guards; before the cache and the target). See "
         "docs/architecture.md.")
+    work: WorkConfig = Field(default_factory=lambda: WorkConfig())
+    webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -115,8 +115,8 @@ class EscalationConfig(Section):
     webhook_url: str | None = Field(
         None, description="URL that gets a JSON POST when a ticket opens or becomes overdue.")
     webhook_secret: SecretStr | None = Field(
-        None, description="Signs webhook bodies with HMAC-SHA256 (header "
-        "`x-shipyard-signature`); reference it as `{$env: NAME}`.")
+        None, description="Signs deliveries per Standard Webhooks (`webhook-signature`; "
+        "deprecated until 0.3.0: `x-shipyard-signature`); reference it as `{$env: NAME}`.")
     webhook_retries: int = Field(
         3, ge=0, le=10, description="Retries of a failed webhook delivery, with exponential "
         "backoff.")

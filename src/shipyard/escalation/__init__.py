@@ -19,7 +19,7 @@ from shipyard.escalation.service import (
 )
 from shipyard.escalation.store import STATUSES, TRIGGERS, Ticket
 from shipyard.escalation.triggers import asks_for_person, read_confidence
-from shipyard.escalation.webhook import WebhookNotifier, sign, verify
+from shipyard.escalation.webhook import sign, verify
 
 __all__ = [
     "STATUSES",
@@ -30,7 +30,6 @@ __all__ = [
     "RequestInfo",
     "Ticket",
     "Trigger",
-    "WebhookNotifier",
     "asks_for_person",
     "caller_of",
     "read_confidence",

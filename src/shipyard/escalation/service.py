@@ -8,8 +8,8 @@ one `Escalations` per gateway process. A guard whose verdict is `escalate` calls
     return gateway.escalations.chat_response(ticket, model=alias)  # the graceful answer
 
 `open` stores the conversation (PII-cleaned when the policy's `clean_pii` is on), queues the
-`escalation.opened` webhook as a background task, and returns the ticket; its `notice` is the
-polite message the user should read.
+`escalation.opened` webhook in the durable outbox (delivered by the gateway's worker, never
+waited for), and returns the ticket; its `notice` is the polite message the user should read.
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from shipyard.escalation import store
 from shipyard.escalation.answers import chat_answer, service_answer
 from shipyard.escalation.store import Ticket
 from shipyard.escalation.triggers import FailureCounter, UserRequestDetector
-from shipyard.escalation.webhook import WebhookNotifier
+from shipyard.escalation.webhook import event_data
 from shipyard.observe.metrics import Metrics
 from shipyard.privacy import Operator, PIIEngine
 from shipyard.privacy.pseudonymize import Pseudonymize, Pseudonyms
 from shipyard.privacy.recognizers import Finding
 from shipyard.security.principal import Principal
 from shipyard.state.base import KeyValue
+from shipyard.webhooks.delivery import WebhookOutbox
+from shipyard.work import WorkItem
 
 __all__ = [
     "EscalationPolicy",
@@ -124,32 +126,32 @@ class Escalations:
     """Tickets, the user-facing notice, webhooks and the overdue check of one gateway."""
 
     def __init__(self, engine: Engine, *, kv: KeyValue, policies: Iterable[EscalationPolicy],
-                 notifier: WebhookNotifier | None = None,
+                 outbox: WebhookOutbox | None = None,
                  on_open: Callable[[Ticket], None] | None = None) -> None:
         self.engine = engine
         self.on_open = on_open
         self.policies: dict[tuple[str, str], EscalationPolicy] = {
             (p.kind, p.name): p for p in policies}
-        self.notifier = notifier or WebhookNotifier()
+        self.outbox = outbox
+        self._queued: set[asyncio.Task[WorkItem | None]] = set()
         self.failures = FailureCounter(kv)
         self._pending: set[tuple[str, str]] | None = None  # None: not loaded, ask the store
         self._default = EscalationPolicy("model", "", EscalationConfig())
 
     @classmethod
     def from_config(cls, config: Config, engine: Engine, kv: KeyValue,
-                    metrics: Metrics | None = None) -> Escalations:
-        """One policy per alias and service; tickets and webhooks counted in `metrics`."""
+                    metrics: Metrics | None = None,
+                    outbox: WebhookOutbox | None = None) -> Escalations:
+        """One policy per alias and service; tickets counted in `metrics`; webhooks queued in
+        `outbox` (without one, no webhook is sent)."""
         policies = [EscalationPolicy("model", alias, m.escalation, m.pii)
                     for alias, m in config.models.items()]
         policies += [EscalationPolicy("service", name, s.escalation, s.pii)
                      for name, s in config.services.items()]
         if metrics is None:
-            return cls(engine, kv=kv, policies=policies)
-        webhooks = metrics.escalation_webhooks
+            return cls(engine, kv=kv, policies=policies, outbox=outbox)
         opened = metrics.escalations
-        notifier = WebhookNotifier(on_result=lambda event, ok: webhooks.labels(
-            event, "delivered" if ok else "failed").inc())
-        return cls(engine, kv=kv, policies=policies, notifier=notifier,
+        return cls(engine, kv=kv, policies=policies, outbox=outbox,
                    on_open=lambda t: opened.labels(t.service, t.trigger).inc())
 
     @property
@@ -205,21 +207,45 @@ class Escalations:
         log.info("escalation %s opened (%s) for %s", ticket.id, trigger, ticket.service)
         if self.on_open is not None:
             self.on_open(ticket)
-        self.notify(ticket, "escalation.opened", policy)
+        queued = self.notify(ticket, "escalation.opened", policy)
+        if queued is not None:
+            await asyncio.shield(queued)  # in the store before the caller hears of the ticket
         return ticket
 
+    @staticmethod
+    def endpoint_of(kind: str, name: str) -> str:
+        """The outbox endpoint of an alias's or service's escalation webhook."""
+        return f"{'models' if kind == 'model' else 'services'}.{name}.escalation"
+
     def notify(self, ticket: Ticket, event: str,
-               policy: EscalationPolicy | None = None) -> asyncio.Task[bool] | None:
-        """Queue the webhook of `ticket`'s alias or service, if it has one."""
+               policy: EscalationPolicy | None = None) -> asyncio.Task[WorkItem | None] | None:
+        """Queue `event` for the webhook of `ticket`'s alias or service, if it has one; the
+        returned task finishes once the delivery is in the store (the outbox's worker sends
+        it). A second notification of the same ticket and event is not queued again."""
         policy = policy or self.policies.get((ticket.kind, ticket.service))
-        url = policy.config.webhook_url if policy is not None else None
-        if policy is None or url is None:
+        if policy is None or policy.config.webhook_url is None or self.outbox is None:
             return None
-        cfg = policy.config
-        secret = cfg.webhook_secret.get_secret_value() if cfg.webhook_secret else None
-        return self.notifier.send(url, event, _jsonable(ticket.public()),
-                                  secret=secret, retries=cfg.webhook_retries,
-                                  timeout_s=cfg.webhook_timeout_s)
+        endpoint = self.endpoint_of(policy.kind, policy.name)
+        if endpoint not in self.outbox.endpoints:
+            return None
+        outbox = self.outbox
+
+        def send() -> WorkItem | None:
+            try:
+                return outbox.send(endpoint, event, event_data(event, _jsonable(ticket.public())),
+                                   tenant_id=ticket.tenant_id,
+                                   idempotency_key=f"{ticket.id}:{event}",
+                                   headers={"x-shipyard-event": event},
+                                   meta={"escalation_id": ticket.id, "event": event})
+            except Exception as exc:  # the store failed: say so; the ticket stands
+                log.warning("escalation %s: queueing the %s webhook failed (%s)", ticket.id,
+                            event, type(exc).__name__)
+                return None
+
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(send))
+        self._queued.add(task)
+        task.add_done_callback(self._queued.discard)
+        return task
 
     def notice(self, ticket: Ticket) -> str:
         """The polite message for the user, from the policy's `message`."""
@@ -300,7 +326,9 @@ class Escalations:
         return max(0.2, min(1.0, min(slas) / 4))
 
     async def close(self) -> None:
-        await self.notifier.close()
+        """Let notifications being queued reach the store."""
+        if self._queued:
+            await asyncio.wait(set(self._queued), timeout=5.0)
 
 
 def _jsonable(value: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from shipyard.gateway.recorder import QUEUE_MS
 from shipyard.gateway.responses_routes import responses_routes
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
+from shipyard.gateway.webhook_routes import webhook_routes
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard.ui.routes import ui_routes
@@ -101,7 +102,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
               *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
-              openapi_route(gateway), *ui_routes(gateway)]
+              *webhook_routes(gateway), openapi_route(gateway), *ui_routes(gateway)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

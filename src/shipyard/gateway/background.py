@@ -18,6 +18,7 @@ from shipyard.monitor.alerts import AlertEvaluator
 from shipyard.observe.metrics import Metrics
 from shipyard.security.crypto import PayloadCipher
 from shipyard.store.retention import RetentionTask
+from shipyard.webhooks.delivery import WebhookOutbox
 
 __all__ = ["Background"]
 
@@ -28,12 +29,13 @@ class Background:
     """Everything that runs beside the requests of one gateway process."""
 
     def __init__(self, config: Config, engine: Engine, metrics: Metrics, *,
-                 escalations: Escalations, cipher: PayloadCipher | None) -> None:
+                 escalations: Escalations, cipher: PayloadCipher | None,
+                 outbox: WebhookOutbox | None = None) -> None:
         self.config = config
         self.engine = engine
         self.metrics = metrics
         self.cipher = cipher
-        self.alerts = AlertEvaluator(config, engine)
+        self.alerts = AlertEvaluator(config, engine, outbox=outbox)
         self.overdue = OverdueChecker(escalations)
         self.retention: RetentionTask | None = None
         self.drift: Any = None  # a shipyard.monitor DriftScheduler once started

@@ -53,6 +53,7 @@ _NAMES = _nullable("array", items={"type": "string"})
 _POSITIVE = _nullable("integer", minimum=1)
 _LIMIT = _nullable("integer", minimum=1, maximum=2**31 - 1)
 _SECONDS = 100 * 365.25 * 86400
+_DELIVERY_STATUS = {"enum": ["queued", "running", "succeeded", "dead", "cancelled"]}
 
 
 def _list_of(name: str) -> JSON:
@@ -401,6 +402,27 @@ _SCHEMAS: dict[str, JSON] = {
                              "when the policy says so); only on single tickets."}},
     },
     "EscalationList": _list_of("Escalation"),
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "object", "tenant", "endpoint", "event_type", "status", "attempts",
+                     "max_attempts", "created_at"],
+        "properties": {
+            "id": _STRING, "object": {"const": "webhook.delivery"}, "tenant": _STRING,
+            "endpoint": _STRING, "event_type": _STRING, "status": _DELIVERY_STATUS,
+            "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"},
+            "created_at": _TIME, "updated_at": _TIME, "next_attempt_at": _NULL_TIME,
+            "finished_at": _NULL_TIME, "last_error": _nullable("string"),
+            "last_status_code": _nullable("integer"), "last_latency_ms": _nullable("number"),
+            "body": {"type": "string", "description": "The exact body sent (detail only)."},
+            "attempt_log": {"type": "array", "items": {"type": "object"}}}},
+    "WebhookDeliveryList": _list_of("WebhookDelivery"),
+    "WebhookEndpoint": {
+        "type": "object", "required": ["name", "object", "host", "events", "signed"],
+        "properties": {"name": _STRING, "object": {"const": "webhook.endpoint"},
+                       "host": _STRING, "events": {"type": "array", "items": _STRING},
+                       "signed": {"type": "boolean"}, "max_attempts": {"type": "integer"},
+                       "timeout_s": {"type": "number"}}},
+    "WebhookEndpointList": _list_of("WebhookEndpoint"),
     "EscalationClaim": {"type": "object", "properties": {"force": {
         "type": "boolean", "description": "Take over a ticket another reviewer claimed."}}},
     "EscalationAnswer": {
@@ -470,6 +492,9 @@ def _query(name: str, schema: JSON, description: str) -> JSON:
 
 _ESCALATION_ID = {"name": "escalation_id", "in": "path", "required": True,
                   "description": "A ticket id (`esc_…`).", "schema": _STRING}
+_DELIVERY_ID = {"name": "delivery_id", "in": "path", "required": True,
+                "description": "A delivery id (`msg_…`, the `webhook-id` header).",
+                "schema": _STRING}
 
 
 @dataclass(frozen=True)
@@ -632,6 +657,25 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         "getMyEscalation", "Poll a ticket opened for the calling key (status and the "
         "reviewer's answer)", "inference", _ok("EscalationStatus"), (400, *_AUTH, 404),
         params=(_ESCALATION_ID,)),
+    ("GET", "/v1/admin/webhooks/deliveries"): _Op(
+        "listWebhookDeliveries", "The webhook delivery log, newest first", "webhooks",
+        _ok("WebhookDeliveryList"), (400, *_AUTH),
+        params=(_query("status", _DELIVERY_STATUS, "Only this status (`dead`: dead letter)."),
+                _query("endpoint", _STRING, "Only this endpoint (e.g. "
+                       "`alerts.channels.oncall`)."),
+                _query("limit", {"type": "integer"}, "How many (1-1000, default 100)."),
+                _TENANT)),
+    ("GET", "/v1/admin/webhooks/deliveries/{delivery_id}"): _Op(
+        "getWebhookDelivery", "One delivery with its body and attempt log", "webhooks",
+        _ok("WebhookDelivery"), (400, *_AUTH, 404), params=(_DELIVERY_ID, _TENANT)),
+    ("POST", "/v1/admin/webhooks/deliveries/{delivery_id}/redeliver"): _Op(
+        "redeliverWebhook", "Queue a finished delivery again (same webhook-id, fresh "
+        "attempts)", "webhooks", _ok("WebhookDelivery", 202, "Queued."),
+        (400, *_AUTH, 404, 409), params=(_DELIVERY_ID, _TENANT)),
+    ("GET", "/v1/admin/webhooks/endpoints"): _Op(
+        "listWebhookEndpoints", "Configured webhook endpoints (names and hosts, never URLs or "
+        "secrets)", "webhooks", _ok("WebhookEndpointList"), (400, *_AUTH),
+        params=(_TENANT,)),
     ("GET", "/v1/admin/status"): _Op("getStatus", "Live state: circuits, admission, budgets, "
                                      "the trace writer", "admin", _ok("Status")),
     ("GET", "/metrics"): _Op(

@@ -52,6 +52,8 @@ from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.targets.build import Shared, build_targets
 from shipyard.targets.model import ModelTarget
 from shipyard.targets.service import ServiceTarget
+from shipyard.webhooks.delivery import WebhookOutbox
+from shipyard.work import IdempotencyStore, Worker, WorkQueue
 
 __all__ = ["Gateway"]
 
@@ -100,9 +102,19 @@ class Gateway:
                                   for name, p in config.pricing.items()})
         self.budgets = BudgetGuard(config.budgets, ledger, engine=self.engine,
                                    on_soft=self._budget_alert)
-        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)
+        # Durable work: the store-backed queue, its worker, idempotency keys, the webhook outbox.
+        self.work = WorkQueue(self.engine)
+        self.idempotency = IdempotencyStore(self.engine, ttl_s=config.work.idempotency_ttl_s)
+        self.worker = Worker.from_config(self.work, config.work, idempotency=self.idempotency)
+        self.webhooks = WebhookOutbox.from_config(config, self.work,
+                                                  on_result=self.metrics.count_webhook)
+        if config.webhooks.deliver:
+            self.webhooks.attach(self.worker)
+        self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics,
+                                                   outbox=self.webhooks)
         self.background = Background(config, self.engine, self.metrics,
-                                     escalations=self.escalations, cipher=self.cipher)
+                                     escalations=self.escalations, cipher=self.cipher,
+                                     outbox=self.webhooks)
         self.recorder = Recorder(config, self.engine, self.metrics, cipher=self.cipher,
                                  budgets=self.budgets, prices=self.prices,
                                  spawn=self.background.spawn)
@@ -146,6 +158,7 @@ class Gateway:
             self.circuits.start()
         for provider in self.providers.values():
             await provider.start()
+        await self.worker.start()
         await self.background.start(traces=self.recorder.writer is not None)
         self._watch_sigterm()
         self.started = True
@@ -175,6 +188,8 @@ class Gateway:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
         await self.background.stop()
+        await self.worker.stop(grace_s=min(10.0, self.config.server.drain_timeout_s))
+        await self.webhooks.close()
         if self.circuits is not None:
             await self.circuits.stop()
         await self.budgets.stop()

@@ -8,8 +8,11 @@ from the store. Every `alerts.interval_s` the leader:
 
 1. computes each rule's metric and each SLO's burn rates over their windows;
 2. advances each alert's state machine (`shipyard.monitor.state`) and stores the change;
-3. notifies the alert's channels of `firing` and `resolved` transitions (retried, in the
-   background, so a slow receiver never delays the next evaluation).
+3. notifies the alert's channels of `firing` and `resolved` transitions: webhook and Slack
+   channels through the durable webhook outbox (`shipyard.webhooks`; retried with backoff
+   across restarts, listed by `shipyard webhooks list`), email in the background with
+   retries, so a slow receiver never delays the next evaluation. The alert's history gets
+   `notified` (or `delivery_failed`) once a channel's delivery succeeded (or gave up).
 
 >>> evaluator = AlertEvaluator(config, engine)  # doctest: +SKIP
 >>> await evaluator.start()  # doctest: +SKIP
@@ -35,10 +38,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from shipyard.config.alerting import AlertRuleConfig, SLOConfig
 from shipyard.config.schema import Config
 from shipyard.monitor import history
-from shipyard.monitor.channels import Channel, Notification, build_channel, deliver
+from shipyard.monitor.channels import (
+    Channel,
+    Notification,
+    WebhookChannel,
+    build_channel,
+    deliver,
+)
 from shipyard.monitor.queries import Scope, custom_query, metric_value
 from shipyard.monitor.slo import SLOCounter, evaluate_slo
 from shipyard.monitor.state import OpenAlert, advance
+from shipyard.webhooks.delivery import Delivery, WebhookOutbox
 
 __all__ = ["AlertDefinition", "AlertEvaluator", "Observation", "definitions", "observe"]
 
@@ -193,12 +203,16 @@ class AlertEvaluator:
     def __init__(self, config: Config, engine: Engine, *,
                  channels: dict[str, Channel] | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, outbox: WebhookOutbox | None = None) -> None:
         self.config = config
         self.engine = engine
         self.defs = definitions(config)
+        legacy = config.webhooks.legacy_signature
         self.channels: dict[str, Channel] = channels if channels is not None else {
-            c.name: build_channel(c) for c in config.alerts.channels}
+            c.name: build_channel(c, legacy_signature=legacy) for c in config.alerts.channels}
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.listen(self._delivered)
         self._retry = {c.name: (c.attempts, c.backoff_s) for c in config.alerts.channels}
         self.clock = clock or (lambda: datetime.now(UTC))
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -268,6 +282,12 @@ class AlertEvaluator:
         if not leader:
             return []
         results = await asyncio.to_thread(self._evaluate, self.clock())
+        if results and self.outbox is not None:
+            try:
+                await asyncio.to_thread(self._queue_durable, results)
+            except Exception as exc:  # the store failed between two writes
+                log.warning("alerts: queueing webhook notifications failed (%s)",
+                            type(exc).__name__)
         for result in results:
             if result.transition in ("firing", "resolved"):
                 self._notify(result)
@@ -332,13 +352,52 @@ class AlertEvaluator:
             return list(self.channels.values())
         return [self.channels[n] for n in names if n in self.channels]
 
+    def _durable(self, channel: Channel) -> bool:
+        """Webhook and Slack channels go through the outbox when the gateway has one."""
+        return (self.outbox is not None and isinstance(channel, WebhookChannel)
+                and channel.endpoint.name in self.outbox.endpoints)
+
     def _notify(self, result: _Result) -> None:
         notification = Notification(result.transition, self._payload(result))
         for channel in self._targets(result.definition.channels):
+            if self._durable(channel):
+                continue  # queued by _queue_durable
             task = asyncio.get_running_loop().create_task(
                 self._send(channel, notification, result.alert.id))
             self._outbox.tasks.add(task)
             task.add_done_callback(self._outbox.tasks.discard)
+
+    def _queue_durable(self, results: list[_Result]) -> None:
+        """Queue the outbox deliveries of `results` (blocking: runs in a thread). The key
+        (alert, transition, channel) makes a second evaluator's attempt a no-op."""
+        if self.outbox is None:
+            return
+        for result in results:
+            if result.transition not in ("firing", "resolved"):
+                continue
+            notification = Notification(result.transition, self._payload(result))
+            for channel in self._targets(result.definition.channels):
+                if not isinstance(channel, WebhookChannel) or not self._durable(channel):
+                    continue
+                self.outbox.send(
+                    channel.endpoint.name, notification.event_type,
+                    raw_body=channel.body(notification),
+                    tenant_id=result.definition.info.tenant_id,
+                    idempotency_key=f"{result.alert.id}:{result.transition}:{channel.name}",
+                    headers=channel.extra_headers(notification),
+                    meta={"alert_id": result.alert.id, "channel": channel.name,
+                          "event": notification.event})
+
+    def _delivered(self, delivery: Delivery, status: str) -> None:
+        """An outbox delivery of an alert finished (in whichever process delivered it)."""
+        alert_id = delivery.meta.get("alert_id")
+        if not alert_id or not delivery.endpoint.startswith("alerts.channels."):
+            return
+        history.record_event(self.engine, str(alert_id),
+                             "notified" if status == "succeeded" else "delivery_failed",
+                             details={"channel": delivery.meta.get("channel"),
+                                      "event": delivery.meta.get("event"),
+                                      "delivery": delivery.id})
 
     async def _send(self, channel: Channel, notification: Notification, alert_id: str) -> None:
         attempts, backoff = self._retry.get(channel.name, (5, 1.0))

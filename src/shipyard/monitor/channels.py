@@ -1,5 +1,7 @@
-"""Notification channels: a JSON webhook (optionally HMAC-signed), a Slack-compatible webhook
-and email over SMTP; `deliver` retries each with exponential backoff.
+"""Notification channels: a JSON webhook (signed per Standard Webhooks), a Slack-compatible
+webhook and email over SMTP; `deliver` retries each with exponential backoff. In the gateway,
+webhook and Slack notifications go through the durable webhook outbox instead (see
+`shipyard.monitor.alerts`).
 
 A channel is anything with a `name` and `async send(notification)`; `MemoryChannel` keeps what
 it was sent (for tests, or to collect notifications in your own code). Failures are logged by
@@ -32,6 +34,8 @@ import aiohttp
 import orjson
 
 from shipyard.config.alerting import AlertChannelConfig
+from shipyard.webhooks.delivery import Endpoint, Legacy, delivery_headers
+from shipyard.work import new_item_id
 
 __all__ = [
     "Channel",
@@ -60,6 +64,11 @@ class Notification:
         """The JSON body a webhook receives."""
         return {"version": 1, "event": self.event, "sent_at": self.sent_at.isoformat(),
                 "alert": self.alert}
+
+    @property
+    def event_type(self) -> str:
+        """The Standard Webhooks event type: `alert.firing`, `alert.resolved`, `alert.test`."""
+        return f"alert.{self.event}"
 
     def title(self) -> str:
         a = self.alert
@@ -111,42 +120,69 @@ class MemoryChannel:
 
 
 class WebhookChannel:
-    """POST the notification as JSON; with a secret, sign the body with HMAC-SHA256."""
+    """POST the notification as JSON, signed per Standard Webhooks when it has a secret.
+
+    The gateway queues these deliveries in the durable webhook outbox (`shipyard.webhooks`,
+    endpoint `alerts.channels.NAME`), so they survive restarts; `send` is the immediate path
+    (`shipyard alerts test`, or an evaluator without an outbox). Both send the same body and
+    headers: `webhook-id`, `webhook-timestamp`, `webhook-signature` and, until Shipyard 0.3.0,
+    the deprecated `x-shipyard-signature: sha256=<hex HMAC of the body>`.
+    """
+
+    legacy: Legacy = "body"
 
     def __init__(self, name: str, url: str, *, secret: str | None = None,
-                 headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> None:
+                 headers: dict[str, str] | None = None, timeout_s: float = 10.0,
+                 legacy_signature: bool = True) -> None:
         self.name, self.url, self.secret = name, url, secret
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
+        self.legacy_signature = legacy_signature
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """This channel as a webhook endpoint (its name in the outbox)."""
+        return Endpoint(f"alerts.channels.{self.name}", self.url, secret=self.secret,
+                        headers=self.headers, timeout_s=self.timeout_s, legacy=self.legacy)
 
     def body(self, notification: Notification) -> bytes:
-        return orjson.dumps(notification.payload())
+        """`{"type": "alert.firing", "timestamp": ..., "version": 1, "event", "sent_at",
+        "alert"}`: Standard Webhooks' type and timestamp beside the original fields."""
+        return orjson.dumps({"type": notification.event_type,
+                             "timestamp": notification.sent_at, **notification.payload()},
+                            option=orjson.OPT_UTC_Z)
+
+    def extra_headers(self, notification: Notification) -> dict[str, str]:
+        return {"x-shipyard-event": notification.event,
+                "x-shipyard-delivery": f"{notification.alert.get('id', '')}:"
+                                       f"{notification.event}"}
 
     async def send(self, notification: Notification) -> None:
         body = self.body(notification)
-        headers = {"content-type": "application/json", **self.headers,
-                   "x-shipyard-event": notification.event,
-                   "x-shipyard-delivery": f"{notification.alert.get('id', '')}:"
-                                          f"{notification.event}"}
-        if self.secret:
-            digest = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-            headers[SIGNATURE_HEADER] = f"sha256={digest}"
+        headers = delivery_headers(self.endpoint, new_item_id("msg"), body,
+                                   extra=self.extra_headers(notification),
+                                   legacy_signature=self.legacy_signature)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                self.url, data=body, headers=headers) as response:
+                self.url, data=body, headers=headers, allow_redirects=False) as response:
             await response.read()
             if not 200 <= response.status < 300:
                 raise DeliveryFailed(f"HTTP {response.status}")
 
 
 def verify_signature(secret: str, body: bytes, header: str) -> bool:
-    """Check `X-Shipyard-Signature` on the receiving side (constant-time)."""
+    """Check the deprecated `X-Shipyard-Signature` on the receiving side (constant-time).
+
+    Deprecated: use `shipyard.webhooks.verify`, which also rejects replays; the header and
+    this helper are removed in Shipyard 0.3.0."""
     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, header)
 
 
 class SlackChannel(WebhookChannel):
     """A Slack-compatible incoming webhook (`text` plus Block Kit `blocks`)."""
+
+    legacy: Legacy = "none"
 
     def body(self, notification: Notification) -> bytes:
         a = notification.alert
@@ -212,7 +248,7 @@ class EmailChannel:
         await asyncio.to_thread(self._send, self.message(notification))
 
 
-def build_channel(config: AlertChannelConfig) -> Channel:
+def build_channel(config: AlertChannelConfig, *, legacy_signature: bool = True) -> Channel:
     """The channel a config entry describes (secrets resolved by the config loader)."""
     if config.kind == "email":
         return EmailChannel(
@@ -226,7 +262,8 @@ def build_channel(config: AlertChannelConfig) -> Channel:
     if config.kind == "slack":
         return SlackChannel(config.name, url, headers=headers, timeout_s=config.timeout_s)
     return WebhookChannel(config.name, url, headers=headers, timeout_s=config.timeout_s,
-                          secret=config.secret.get_secret_value() if config.secret else None)
+                          secret=config.secret.get_secret_value() if config.secret else None,
+                          legacy_signature=legacy_signature)
 
 
 async def deliver(channel: Channel, notification: Notification, *, attempts: int = 5,

@@ -130,6 +130,9 @@ class Metrics:
         self.escalation_webhooks = Counter(
             "shipyard_escalation_webhooks", "Escalation webhook deliveries, by event and outcome "
             "(delivered, failed).", ("event", "outcome"), registry=r)
+        self.webhook_deliveries = Counter(
+            "shipyard_webhook_deliveries", "Webhook delivery attempts by endpoint and outcome "
+            "(delivered, retry, dead, cancelled).", ("endpoint", "outcome"), registry=r)
         self.guard_trips = Counter(
             "shipyard_guard_trips",
             "Guard verdicts other than allow (fix, block, escalate) and guard failures "
@@ -173,6 +176,14 @@ class Metrics:
             if len(self._series) < 10_000:  # bounded: labels come from config, not clients
                 self._series[key] = series
         return series
+
+    def count_webhook(self, endpoint: str, event_type: str, outcome: str) -> None:
+        """One webhook delivery attempt's outcome (escalation events are also counted under
+        their older name)."""
+        self.webhook_deliveries.labels(endpoint, outcome).inc()
+        if endpoint.endswith(".escalation") and outcome in ("delivered", "dead"):
+            self.escalation_webhooks.labels(
+                event_type, "delivered" if outcome == "delivered" else "failed").inc()
 
     def count_purge(self, traces: int, payloads: int) -> None:
         if traces:

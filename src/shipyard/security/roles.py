@@ -6,7 +6,7 @@ table and fails if a route other than the health probes declares none.
 | role | can |
 |---|---|
 | admin | everything in its tenant; admins of the `default` (platform) tenant manage all tenants |
-| operator | call models, roll out, work escalations; read traces, usage, status, metrics, audit |
+| operator | call models, roll out, work escalations and webhooks; read traces, metrics, audit |
 | developer | call models, read traces, usage and status, give feedback, change configuration |
 | client | call the inference routes, list models, give feedback on its tenant's traces |
 | viewer | read traces, usage, status and metrics (dashboards) |
@@ -36,6 +36,8 @@ SCOPES = (
     "feedback:read",  # list individual feedback (comments, who gave it)
     "escalations:read",  # the review queue
     "escalations:manage",  # claim, answer and resolve tickets
+    "webhooks:read",  # the webhook delivery log and endpoints
+    "webhooks:manage",  # redeliver webhooks
 )
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
@@ -43,7 +45,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "operator": frozenset({"inference", "models:read", "traces:read", "usage:read",
                            "status:read", "metrics:read", "audit:read", "deploy",
                            "feedback:write", "feedback:read", "escalations:read",
-                           "escalations:manage"}),
+                           "escalations:manage", "webhooks:read", "webhooks:manage"}),
     "developer": frozenset({"inference", "models:read", "traces:read", "usage:read",
                             "status:read", "config:write", "feedback:write"}),
     "client": frozenset({"inference", "models:read", "feedback:write"}),

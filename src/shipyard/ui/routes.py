@@ -37,6 +37,7 @@ from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX, get_key
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
+from shipyard.ui import webhook_pages as _webhook_pages  # noqa: F401  (registers its pages)
 from shipyard.ui.charts import figure_json
 from shipyard.ui.pages import PAGES, RANGES, Page, PageContext, PageError, nav
 from shipyard.ui.session import COOKIE, CSRF_COOKIE, Session, SessionSigner, load_secret
@@ -276,6 +277,38 @@ class Dashboard:
                       target=ticket.id)
         return RedirectResponse(f"{back}?done={action}", 303)
 
+    # -- webhook redelivery ------------------------------------------------------------------
+    async def webhook_redeliver(self, request: Request) -> Response:
+        """Redeliver a finished webhook from the delivery log (CSRF token, webhooks:manage)."""
+        delivery_id = request.path_params["delivery_id"]
+        session = await self.session(request)
+        if session is None:
+            return RedirectResponse(f"/ui/login?next={quote('/ui/webhooks', safe='')}", 303)
+        form = await _form(request)
+        page = PAGES["/ui/webhooks"]
+        base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
+                                "path": "/ui/webhooks", "params": request.query_params}
+        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self.html("error.html", 400, title=page.title, **base, message=(
+                "The form expired or was sent from elsewhere; reload the page and try again."))
+        if "webhooks:manage" not in ROLE_SCOPES.get(session.role, frozenset()):
+            return self.html("error.html", 403, title=page.title, **base, message=(
+                f"Redelivering webhooks needs scope 'webhooks:manage', which the role "
+                f"'{session.role}' does not have."))
+        try:
+            await asyncio.to_thread(self.gw.webhooks.redeliver, delivery_id,
+                                    tenant_id=session.tenant_id)
+        except ShipyardError as exc:
+            return self.html("error.html", exc.status, title=page.title, **base,
+                             message=exc.message)
+        actor = f"key:{session.key_id or session.kind}"
+        self.gw.audit(tenant_id=session.tenant_id, actor=actor, action="webhook.redeliver",
+                      target=delivery_id)
+        quoted = quote(delivery_id, safe="")
+        if form.get("back") == "detail":
+            return RedirectResponse(f"/ui/webhooks/{quoted}?done=1", 303)
+        return RedirectResponse(f"/ui/webhooks?done={quoted}", 303)
+
     # -- static assets ----------------------------------------------------------------------
     async def static(self, request: Request) -> Response:
         asset = self.asset(request.path_params["name"])
@@ -372,6 +405,9 @@ def ui_routes(gateway: Gateway) -> list[ScopedRoute]:
     ]
     routes.append(ScopedRoute("/ui/escalations/{ticket_id}/{action}", ui.escalation_action,
                               methods=["POST"], scope="escalations:manage",
+                              include_in_schema=False))
+    routes.append(ScopedRoute("/ui/webhooks/{delivery_id}/redeliver", ui.webhook_redeliver,
+                              methods=["POST"], scope="webhooks:manage",
                               include_in_schema=False))
     for path, page in PAGES.items():
         routes.append(ScopedRoute(path, ui.page_endpoint(path), methods=["GET"],
