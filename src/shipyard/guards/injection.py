@@ -30,7 +30,7 @@ categories that fired, never the text itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -545,12 +545,14 @@ class InjectionGuard(Guard):
         self.embedder = embedder(folder, adapter)
         if similarity:  # in the model's space instead of character n-grams
             self.neighbours = _shared_neighbours(self.embedder)
-        # A model takes tens of milliseconds: run it in a worker thread, with more time.
-        self.threaded = True
+        # The cheap layers run inline; only the wait for the model (its batching worker
+        # thread) is timed, with more time than a regex needs.
         self.timeout_ms = EMBEDDING_TIMEOUT_MS
 
-    def scores(self, text: str) -> dict[str, Any]:
-        """Every layer's score for `text` (for tuning and the red-team report)."""
+    def cheap_scores(self, text: str) -> tuple[dict[str, Any], list[str]]:
+        """The cheap layers' scores for `text` (normalisation, patterns, classifier, n-gram
+        similarity: the whole text, in about a millisecond per KB) and the texts the model
+        would read (`embeddings.bounded_rows`: a fixed number of windows)."""
         forms = variants(text, decode=self.decode)
         heuristic, categories = heuristic_score(forms)
         out: dict[str, Any] = {"heuristic": heuristic, "categories": categories}
@@ -559,28 +561,68 @@ class InjectionGuard(Guard):
         plain = _without_quotes(forms[0])
         if self.classifier is not None:
             out["classifier"] = self.classifier.probability(plain)
+        rows: list[str] = []
         if self.embedder is not None:
-            # The model reads the plain text and any decoded or joined-up variants of it.
-            vectors = self.embedder.encode_long([plain, *forms[1:]])
-            if self.neighbours is not None:
-                out["similarity"] = self.neighbours.score(vectors)
-            prob = self.embedder.probability(vectors)
-            if prob is not None:
-                out["embedding"] = prob
+            from shipyard.guards.embeddings import bounded_rows
+
+            rows = bounded_rows([plain, *forms[1:]])
+        return out, rows
+
+    def model_scores(self, parts: dict[str, Any], vectors: Any) -> dict[str, Any]:
+        """`parts` with the model layer's scores added, from the vectors of the rows."""
+        out = dict(parts)
+        if self.neighbours is not None:
+            out["similarity"] = self.neighbours.score(vectors)
+        prob = self.embedder.probability(vectors)
+        if prob is not None:
+            out["embedding"] = prob
         return out
 
-    def check(self, subject: Subject) -> Verdict:
+    def scores(self, text: str) -> dict[str, Any]:
+        """Every layer's score for `text` (for tuning and `shipyard guards check`)."""
+        parts, rows = self.cheap_scores(text)
+        if rows:
+            parts = self.model_scores(parts, self.embedder.encode(rows))
+        return parts
+
+    def decide(self, text: str) -> Verdict:
+        """The verdict on `text` with every layer, synchronously and without a time limit
+        (offline scoring: the CLI, benchmarks). Requests go through `check`."""
+        if not text.strip():
+            return Verdict.allow()
+        parts, rows = self.cheap_scores(text)
+        verdict = self.verdict(parts)
+        if verdict.tripped or not rows:
+            return verdict
+        return self.verdict(self.model_scores(parts, self.embedder.encode(rows)))
+
+    def check(self, subject: Subject) -> Verdict | Awaitable[Verdict]:
+        """Cheap layers first, inline: their block is final and never waits on the model.
+        Otherwise, with `embeddings`, the model's verdict is awaited (the runner's timeout
+        applies to that wait only; a timeout is recorded on the outcome and trace, and the
+        list's `on_error` decides, never silently)."""
         text = subject.text
         if not text.strip():
             return Verdict.allow()
-        parts = self.scores(text)
+        parts, rows = self.cheap_scores(text)
+        verdict = self.verdict(parts)
+        if verdict.tripped or not rows:
+            return verdict
+        return self._with_model(parts, rows)
+
+    async def _with_model(self, parts: dict[str, Any], rows: list[str]) -> Verdict:
+        vectors = await self.embedder.aencode(rows)
+        return self.verdict(self.model_scores(parts, vectors))
+
+    def verdict(self, parts: dict[str, Any]) -> Verdict:
+        """Combine the layers' scores (`cheap_scores`, maybe with `model_scores`)."""
         heuristic = parts["heuristic"]
         prob = parts.get("embedding")
         layers = []
         if prob is not None and prob < self.embedding_veto:
             # Patterns match words; the embedding head reads the whole request. When it is
-            # sure the request is benign (a support question that says "disregard my earlier
-            # request"), pattern evidence counts for less.
+            # sure the request is benign, pattern evidence counts for less (this only ever
+            # lowers a score the cheap layers alone did not block on).
             heuristic *= VETO_DISCOUNT
         if heuristic >= 0.3:
             layers.append("patterns: " + ", ".join(sorted(parts["categories"])))
@@ -605,7 +647,7 @@ class InjectionGuard(Guard):
         if score < self.threshold:
             return Verdict.allow(score)
         category = max(parts["categories"], key=parts["categories"].get, default="injection")
-        code = "jailbreak" if category == "jailbreak" else (
+        code = "jailbreak" if category in ("jailbreak", "adversarial_suffix") else (
             "data_extraction" if category == "data_extraction" else "prompt_injection")
         reason = "Looks like a prompt injection or jailbreak attempt (" + "; ".join(layers) + ")."
         if self.action == "escalate":
