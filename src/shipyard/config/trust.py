@@ -166,8 +166,8 @@ class EscalationConfig(Section):
 
 
 GUARD_NAMES = (
-    "banned", "grounding", "injection", "invisible", "json_schema", "length", "pii", "refusal",
-    "secrets", "system_prompt_leak", "topics", "toxicity",
+    "banned", "grounding", "harmful", "injection", "invisible", "json_schema", "length", "pii",
+    "refusal", "secrets", "system_prompt_leak", "topics", "toxicity",
 )
 
 
@@ -178,7 +178,8 @@ class GuardSpec(Section):
     `options`; a bare string is a guard with its defaults.
     """
 
-    guard: str = Field(description="A built-in guard (`injection`, `pii`, `topics`, `length`, "
+    guard: str = Field(description="A built-in guard (`injection`, `harmful`, `pii`, `topics`, "
+                       "`length`, "
                        "`invisible`, `secrets`, `json_schema`, `system_prompt_leak`, "
                        "`grounding`, `refusal`, `banned`, `toxicity`) or your own as "
                        "`package.module:function` or `package.module:GuardClass`.")

@@ -14,6 +14,7 @@ from shipyard.config.trust import GuardsConfig, GuardSpec
 from shipyard.errors import ConfigError
 from shipyard.guards.base import FunctionGuard, Guard
 from shipyard.guards.grounding import GroundingGuard
+from shipyard.guards.harmful import HarmfulGuard
 from shipyard.guards.injection import InjectionGuard
 from shipyard.guards.inputs import InvisibleGuard, LengthGuard, PIIGuard, SecretsGuard, TopicsGuard
 from shipyard.guards.outputs import (
@@ -31,6 +32,7 @@ __all__ = ["BUILTINS", "build_guard", "build_guard_lists", "register"]
 BUILTINS: dict[str, Callable[..., Guard]] = {
     "banned": BannedGuard,
     "grounding": GroundingGuard,
+    "harmful": HarmfulGuard,
     "injection": InjectionGuard,
     "invisible": InvisibleGuard,
     "json_schema": JSONSchemaGuard,
