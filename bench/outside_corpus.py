@@ -132,6 +132,7 @@ class Builder:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
         self.seen: set[str] = set()
+        self.numbers: dict[str, int] = {}
 
     def add(self, text: str, label: str, category: str, source: str, group: str) -> None:
         text = text.strip()
@@ -141,8 +142,9 @@ class Builder:
         self.seen.add(key)
         digest = hashlib.sha256(f"{SPLIT_SEED}|{category}|{group}".encode()).digest()
         split = "calibration" if digest[0] % 2 == 0 else "holdout"
-        number = sum(1 for i in self.items if i["source"] == source)
-        self.items.append({"id": f"{source.split(':')[0].split()[0]}-{category}-{number}",
+        prefix = f"{source.split()[0]}-{category}"
+        self.numbers[prefix] = number = self.numbers.get(prefix, -1) + 1
+        self.items.append({"id": f"{prefix}-{number}",
                            "text": text, "label": label, "category": category,
                            "source": source, "split": split})
 
