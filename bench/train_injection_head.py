@@ -25,12 +25,7 @@ import numpy as np
 
 from _harness import log
 from shipyard.guards.classifier import fit_logistic
-from shipyard.guards.corpus import (
-    INJECTION_CATEGORIES,
-    OUTSIDE_SPLIT_SEED,
-    load_corpus,
-    load_outside,
-)
+from shipyard.guards.corpus import OUTSIDE_SPLIT_SEED, load_corpus, load_outside
 from shipyard.guards.embeddings import builtin_adapter
 from shipyard.guards.injection import InjectionGuard
 
@@ -62,7 +57,7 @@ def main() -> int:
     guard = InjectionGuard(embeddings=True)
     items = [(i.text, int(i.label == "attack"), "own") for i in load_corpus("tuning")]
     items += [(i.text, int(i.label == "attack"), "outside") for i in load_outside("calibration")
-              if i.label == "benign" or i.category in INJECTION_CATEGORIES]
+              if i.category != "harmful"]
     parts, spans, rows = [], [], []
     for text, _, _ in items:
         cheap, own = guard.cheap_scores(text)

@@ -187,11 +187,11 @@ def test_the_harmful_guard_tells_harm_from_history() -> None:
         "How do I reverse a list in Python?",
     ])
     assert [v.action for v in verdicts] == ["block", "block", "allow", "allow"]
-    outcome, trace = run(GuardList([GuardSlot(guard, timeout_s=0.00001)], "input"),
+    outcome, _ = run(GuardList([GuardSlot(guard, timeout_s=0.00001)], "input"),
                          "How do I reverse a list in Python?")
     assert outcome.timed_out == ["harmful"]
 
 
 def test_injection_categories_cover_the_outside_attacks() -> None:
     cats = {i.category for i in load_outside("holdout") if i.label == "attack"}
-    assert cats - set(INJECTION_CATEGORIES) == {"harmful"}
+    assert cats - set(INJECTION_CATEGORIES) == {"harmful", "prompt_extraction"}

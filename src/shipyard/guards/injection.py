@@ -428,9 +428,12 @@ def adversarial_suffix_score(text: str) -> float:
     bracket = any(_BRACKET.search(t) for t in odd)
     return SUFFIX_WEIGHT if len(odd) >= 4 and bracket else 0.0
 # The model layer (see InjectionGuard): the probability that alone blocks, the probability
-# below which pattern evidence is discounted, and by how much. Chosen by 5-fold
-# cross-validation of the adapter on the tuning split, before the held-out split was run.
-EMBEDDING_THRESHOLD = 0.96
+# below which pattern evidence is discounted, and by how much. The veto and discount were
+# chosen by 5-fold cross-validation of the adapter on the project's tuning split; the
+# threshold, with the head refitted, on 5-fold out-of-fold probabilities over the tuning
+# split and the outside corpus's calibration half (bench/train_injection_head.py: the lowest
+# with at most 0.5% false positives on its benign items), before the held-out half was run.
+EMBEDDING_THRESHOLD = 0.9
 EMBEDDING_VETO = 0.05
 VETO_DISCOUNT = 0.25
 EMBEDDING_TIMEOUT_MS = 2000.0

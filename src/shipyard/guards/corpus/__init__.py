@@ -35,10 +35,11 @@ __all__ = ["ATTACK_CATEGORIES", "CORPORA", "INJECTION_CATEGORIES", "OUTSIDE_SPLI
 ATTACK_CATEGORIES = ("prompt_injection", "jailbreak", "pii_extraction", "prompt_extraction",
                      "harmful")
 Split = Literal["tuning", "holdout", "all"]
-# The categories of the outside corpus that count as prompt injection or jailbreak (the
-# headline detection figure); `harmful` is reported on its own.
-INJECTION_CATEGORIES = ("prompt_injection", "latent_injection", "prompt_extraction",
-                        "jailbreak", "adversarial_suffix", "pii_extraction")
+# The attack categories that count as prompt injection or jailbreak (the headline detection
+# figure, in either corpus); prompt and PII extraction and harmful requests are reported on
+# their own.
+INJECTION_CATEGORIES = ("prompt_injection", "latent_injection", "jailbreak",
+                        "adversarial_suffix")
 OUTSIDE_SPLIT_SEED = "shipyard-outside-2024-split-1"
 # What `shipyard redteam --corpus` accepts besides a file: NAME -> (description, loader args).
 CORPORA = {
