@@ -159,7 +159,9 @@ class HarmfulGuard(Guard):
             own = self.rows(text) if text.strip() else []
             spans.append((len(rows), len(rows) + len(own)))
             rows.extend(own)
-        vectors = self.embedder.encode(rows) if rows else None
+        if not rows:
+            return [0.0] * len(spans)
+        vectors = self.embedder.encode(rows)
         return [self.head.probability(vectors[a:b]) if b > a else 0.0 for a, b in spans]
 
     def decide_many(self, texts: Sequence[str],
