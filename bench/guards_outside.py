@@ -183,7 +183,9 @@ def markdown(report: dict[str, Any]) -> str:
         paragraph("Attacks per category: " + ", ".join(
             f"{c} {n:,}" for c, n in report["attack_counts"].items()) +
             ". Benign: " + ", ".join(f"{k} {n:,}" for k, n in kinds.items()) +
-            ". Injection + jailbreak counts every category but `harmful`."),
+            ". Injection + jailbreak counts " + ", ".join(
+                f"`{c}`" for c in INJECTION_CATEGORIES) + "; `prompt_extraction` and "
+            "`harmful` are reported on their own."),
         paragraph("False positives by kind with the model and the harmful guard: " + (", ".join(
             f"{k} {v['false_positive_rate']:.2%} ({v['wrongly_blocked']} of {v['requests']})"
             for k, v in (model.get("benign") or {}).items()) or "not measured") + "."),
@@ -206,7 +208,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--quick", action="store_true", help="every 10th item (a smoke run)")
+    parser.add_argument("--render", action="store_true",
+                        help="rewrite the docs section from the saved results only")
     args = parser.parse_args()
+    if args.render:
+        import json
+
+        saved = json.loads((RESULTS_DIR / "guards_outside.json").read_text())
+        write_docs_section("guards-outside", markdown(saved))
+        return 0
     items = load_outside("holdout")
     own = load_corpus("holdout")
     if args.quick:
