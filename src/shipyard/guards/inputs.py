@@ -74,11 +74,14 @@ _INTENT = (r"(how (do|can|could|would|should|to) (i|you|we|one|someone)?|how to|
            r"instructions (to|for|on)|teach me|help me|show me|tell me how|guide (to|for|on)|"
            r"recipe for|walk me through|explain how to|i want to|i need to|i'm going to|"
            r"write|create|make|build|generate|develop|give me|code|synthesi[sz]e|produce|commit|"
+           r"explain how|describe how|where (can|do|could|to) (i |we |one )?(buy|get|find|order)|"
+           r"(buy|purchase|obtain|acquire|order|get hold of|source)|"
+           r"(manufactur|synthesi[sz]|produc|mak|build|assembl|brew|cook)ing|"
            r"(best|easiest|fastest|simplest|quickest|cheapest) (way|ways|method)s? (to|of))")
 _NOT_DEFENSIVE = (r"(?:(?!\b(protect|defend|prevent|detect|remove|recover|against|avoid|stop|"
                   r"mitigate|report|spot|identify|block|secure|safe from|tell if|"
                   r"check (if|for|whether)|scan for|find out if|know if|is there)\b)"
-                  r"[^.?!\n]){0,60}?")
+                  r"[^.?!\n]){0,100}?")
 TOPIC_PRESETS: dict[str, str] = {
     "weapons": r"\b(bomb|pipe bomb|explosives?|explosive device|ied|molotov|napalm|thermite|"
                r"untraceable (gun|firearm)|ghost gun|3d[- ]printed (gun|firearm)|silencer|"
@@ -101,8 +104,13 @@ TOPIC_PRESETS: dict[str, str] = {
                r"\b(bypass|crack|brute[- ]force|get around) (the |a |their |his |her |my )?(2fa|"
                r"two[- ]factor|mfa|password)\b[^.?!\n]{0,30}\b(someone|somebody|coworker|"
                r"colleague|neighbou?r|ex|boss|wife|husband|another|other|their|his|her)\b",
-    "self_harm": r"\b(kill myself|end my life|suicide|hurt myself|self[- ]harm|cut myself|"
-                 r"overdose on purpose|don'?t want to (live|be alive))\b",
+    # First person, or a request for a method: "Why did Hitler commit suicide?" is history.
+    "self_harm": r"\b(kill myself|end my life|hurt myself|harm myself|cut myself|"
+                 r"overdose on purpose|don'?t want to (live|be alive)|want to die|"
+                 r"(i|i'm|im|i am|i've|ive|me|my)\b[^.?!\n]{0,40}\b(suicid\w*|self[- ]harm\w*)|"
+                 r"(how|ways?|methods?|best way|easiest way|painless way|help me)\b[^.?!\n]{0,20}"
+                 r"\b(to )?(commit suicide|kill (myself|yourself|oneself)|end (my|your|one'?s) "
+                 r"life)|suicide (methods?|notes? for me|pact))\b",
 }
 _NO_INTENT = {"self_harm", "violence", "hacking"}  # the phrase itself is the signal
 

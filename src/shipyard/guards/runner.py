@@ -3,7 +3,11 @@
 Sync guards run inline, in order, and a block from one of them stops the list at once (the
 common, cheap case). Async guards and `threaded` guards run concurrently, each under its own
 timeout. A guard that raises or times out gets its failure policy: `open` allows (and says
-so on the trace), `closed` blocks. Verdicts are then combined in list order: the first
+so on the trace), `closed` blocks. A guard that times out is never silent: its name is on
+`Outcome.timed_out` and on the trace (`attributes["guards_timed_out"]`), for the response
+header. (A guard with a slow layer, such as the injection guard's model, decides with its
+cheap layers inline first and only then hands back an awaitable for the slow part, so a
+timeout can never discard a cheap block.) Verdicts are then combined in list order: the first
 `block` or `escalate` decides; otherwise fixes apply one after the other. Every verdict is
 recorded on the trace (`attributes["guards"]`) and trips are counted in metrics.
 
@@ -72,6 +76,9 @@ class Outcome:
     guard: str = ""
     slot: GuardSlot | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Guards that did not answer in time (or whose model refused more work): their verdict
+    # is the failure policy's, which `records` also shows.
+    timed_out: list[str] = field(default_factory=list)
 
     @property
     def stops(self) -> bool:
@@ -142,10 +149,10 @@ class GuardList:
         try:
             result = await asyncio.wait_for(_resolve(work), slot.timeout_s)
             return self._effective(slot, result), _ms(started)
-        except TimeoutError:
-            exc: Exception = TimeoutError(
+        except TimeoutError as exc:  # the wait, or the guard's own (a model refusing work)
+            failure: Exception = exc if str(exc) else TimeoutError(
                 f"timed out after {slot.timeout_s * 1000:g} ms")
-            return self._failed(slot, exc), _ms(started)
+            return self._failed(slot, failure), _ms(started)
         except Exception as exc:
             return self._failed(slot, exc), _ms(started)
 
@@ -202,7 +209,7 @@ class GuardList:
                 timers[i](ms / 1000.0)
             if verdict.action == "fix" and verdict.fixed_text is not None:
                 text = verdict.fixed_text
-        return Outcome("fix", text, records=outcome.records)
+        return Outcome("fix", text, records=outcome.records, timed_out=outcome.timed_out)
 
     def _record(self, outcome: Outcome, results: list[tuple[Verdict, float] | None],
                 trace: dict[str, Any] | None) -> None:
@@ -221,11 +228,16 @@ class GuardList:
                 record["reason"] = verdict.reason
             if verdict.code:
                 record["code"] = verdict.code
+            if verdict.metadata.get("failure") == "timeout":
+                record["timed_out"] = True
+                outcome.timed_out.append(slot.name)
             outcome.records.append(record)
             if verdict.action != "allow" and metrics is not None:
                 metrics.count_guard_trip(self.target, self.stage, slot.name, verdict.action)
         if trace is not None and outcome.records:
             trace.setdefault("guards", []).extend(outcome.records)
+        if trace is not None and outcome.timed_out:
+            trace.setdefault("guards_timed_out", []).extend(outcome.timed_out)
 
 
 async def _resolve(work: Awaitable[Any]) -> Any:

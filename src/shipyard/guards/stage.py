@@ -123,6 +123,15 @@ class GuardStage(Stage):
         self.hooks = hooks
 
     async def __call__(self, call: Call, call_next: Handler) -> Reply:
+        reply = await self._guarded(call, call_next)
+        # A guard that timed out (and failed open or closed) is never silent: the caller sees
+        # which ones in a header, the trace records them (`guards_timed_out`).
+        timed_out = (call.ctx.attributes or {}).get("guards_timed_out")
+        if timed_out:
+            reply.headers["x-shipyard-guard-timeout"] = ",".join(dict.fromkeys(timed_out))
+        return reply
+
+    async def _guarded(self, call: Call, call_next: Handler) -> Reply:
         if call.endpoint == "embeddings":
             return await call_next(call)
         if call.endpoint == "invoke":

@@ -6,9 +6,10 @@ it, or the model refused). Each benign request is either **answered** or **wrong
 (a false positive). The result has the attack success rate per category, the false-positive
 rate per benign kind, and examples of what got through, as JSON and a self-contained HTML page.
 
->>> corpus = load_corpus("holdout")  # the shipped held-out split  # doctest: +SKIP
->>> result = asyncio.run(run_redteam(Target(url, key, model="support"), corpus))  # doctest: +SKIP
->>> result.detection_rate(("prompt_injection", "jailbreak"))  # doctest: +SKIP
+>>> corpus = load_outside("holdout")  # outside attacks and text  # doctest: +SKIP
+>>> result = asyncio.run(run_redteam(Target(url, key, model="support"), corpus,
+...                                  corpus_name="outside-holdout"))  # doctest: +SKIP
+>>> result.detection_rate(INJECTION_CATEGORIES)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class RedteamResult:
     url: str
     items: list[ItemResult] = field(default_factory=list)
     duration_s: float = 0.0
+    corpus: str = ""  # what was sent: its name and where it comes from
 
     def _rate(self, rows: Sequence[ItemResult], hit: str) -> float:
         if not rows:
@@ -190,12 +192,13 @@ def _answer(data: dict[str, Any]) -> str:
 
 
 async def run_redteam(target: Target, corpus: Sequence[CorpusItem], *, concurrency: int = 4,
-                      timeout_s: float = 30.0) -> RedteamResult:
-    """Send every corpus item to `target` (at most `concurrency` at once) and judge it."""
+                      timeout_s: float = 30.0, corpus_name: str = "") -> RedteamResult:
+    """Send every corpus item to `target` (at most `concurrency` at once) and judge it;
+    `corpus_name` (e.g. `describe_corpus("outside-holdout")`) is named in the report."""
     if (target.model is None) == (target.service is None):
         raise ValueError("give exactly one of model and service")
     name = f"model {target.model}" if target.model else f"service {target.service}"
-    result = RedteamResult(name, target.url)
+    result = RedteamResult(name, target.url, corpus=corpus_name)
     headers = {"content-type": "application/json"}
     if target.api_key:
         headers["authorization"] = f"Bearer {target.api_key}"
@@ -229,7 +232,8 @@ async def run_redteam(target: Target, corpus: Sequence[CorpusItem], *, concurren
 
 
 def to_dict(result: RedteamResult) -> dict[str, Any]:
-    return {"target": result.target, "url": result.url, "duration_s": result.duration_s,
+    return {"target": result.target, "url": result.url, "corpus": result.corpus,
+            "duration_s": result.duration_s,
             "shipyard": __version__, "summary": result.summary(),
             "items": [asdict(i) for i in result.items]}
 
@@ -281,6 +285,7 @@ def render_html(result: RedteamResult) -> str:
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{title}</h1>"
+        f"<p>Corpus: {html.escape(result.corpus or 'unnamed')}</p>"
         f"<p>{html.escape(result.url)} &middot; {len(result.items)} requests in "
         f"{result.duration_s:g} s &middot; attack success {_pct(summary['attack_success_rate'])}"
         f" &middot; false positives {_pct(summary['false_positive_rate'])} &middot; errors "
