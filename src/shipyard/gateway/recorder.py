@@ -104,19 +104,26 @@ class Recorder:
 
     # -- begin ------------------------------------------------------------------------------
     def begin(self, request: Request, route: str) -> RequestContext:
-        """Start a request: its context carries a fresh trace id, the request id, and the
-        caller's W3C trace when it sent `traceparent`."""
-        trace_id = os.urandom(16).hex()  # 4x cheaper than uuid4().hex, same entropy
+        """Start an HTTP request: its context carries a fresh trace id, the request id, and
+        the caller's W3C trace when it sent `traceparent`."""
         headers = request.headers
-        given = headers.get("x-request-id")
-        request_id = given if given is not None and _REQUEST_ID.match(given) else "req_" + trace_id
-        self.metrics.in_flight.inc()
-        parent = headers.get("traceparent")
-        ctx = RequestContext(request_id, route, trace_id,
-                             parent=parse_traceparent(parent) if parent else None)
+        ctx = self.begin_call(route, request_id=headers.get("x-request-id"),
+                              traceparent=headers.get("traceparent"))
         queued = request.scope.get("state", {}).get(QUEUE_MS)
         if queued is not None:  # waited for a slot of the gateway's admission (app.FastPath)
             ctx.queue_ms = queued
+        return ctx
+
+    def begin_call(self, route: str, *, request_id: str | None = None,
+                   traceparent: str | None = None) -> RequestContext:
+        """Start a request that did not come over HTTP (a job, a batch line, a queue
+        message): the same context, trace and metrics as an HTTP request."""
+        trace_id = os.urandom(16).hex()  # 4x cheaper than uuid4().hex, same entropy
+        if request_id is None or not _REQUEST_ID.match(request_id):
+            request_id = "req_" + trace_id
+        self.metrics.in_flight.inc()
+        ctx = RequestContext(request_id, route, trace_id,
+                             parent=parse_traceparent(traceparent) if traceparent else None)
         if self.export_ratio < 1.0 and ctx.parent_span_id is None:
             ctx.sampled = sampled(trace_id, self.export_ratio)  # a new trace: our own decision
         return ctx

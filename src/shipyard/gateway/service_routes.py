@@ -19,7 +19,7 @@ from shipyard.gateway.scopes import ScopedRoute
 from shipyard.pipeline import Call, Reply, RequestContext
 from shipyard.targets.service import ServiceTarget
 
-__all__ = ["service_routes"]
+__all__ = ["service_deadline", "service_result", "service_routes"]
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -49,7 +49,7 @@ class ServiceRoutes:
             target = gw.service(request.path_params["name"], ctx, principal)
             body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
             ctx.request_payload = body
-            call = Call(ctx, "invoke", body, False, target, deadline=_deadline(target),
+            call = Call(ctx, "invoke", body, False, target, deadline=service_deadline(target),
                         priority=request_priority(request), principal=principal,
                         conversation_id=conversation_of(request),
                         validated=(body, target.validate(body)))
@@ -64,37 +64,44 @@ class ServiceRoutes:
             gw.recorder.finish(ctx)
 
     def _result(self, ctx: RequestContext, target: ServiceTarget, reply: Reply) -> Response:
-        """`{"id", "object": "service.result", "service", "output"}` around the output, or
-        the complete envelope a stage answered with (a guard's refusal, a person's answer)."""
-        headers = {**self.gw.headers(ctx), **{k: v for k, v in reply.headers.items()
-                                               if k.startswith(("x-shipyard-", "x-ratelimit-"))}}
-        if reply.body:
-            body = reply.body
-            ctx.response_payload = reply.data
-            if reply.data is not None and reply.data.get("blocked"):
-                ctx.finish_reason = "content_filter"
-        else:
-            result: dict[str, Any] = {"id": ctx.trace_id, "object": "service.result",
-                                      "service": target.name, "output": reply.data}
-            try:
-                body = orjson.dumps(result)
-            except TypeError as exc:
-                raise ServiceError(
-                    f"Service '{target.name}' returned a value that is not JSON serialisable "
-                    f"({exc}); return dicts, lists, strings, numbers or a pydantic model."
-                ) from None
-            ctx.response_payload = reply.traced if reply.traced is not None else reply.data
-            if reply.citations:
-                attributes = ctx.attributes if ctx.attributes is not None else {}
-                attributes["citations"] = reply.citations[:20]
-                ctx.attributes = attributes
-        ctx.response_bytes = len(body)
-        ctx.status = 200
-        headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+        body, headers = service_result(self.gw, ctx, target, reply)
         return json_response(None, body=body, headers=headers)
 
 
-def _deadline(target: ServiceTarget) -> float:
+def service_result(gw: Gateway, ctx: RequestContext, target: ServiceTarget,
+                   reply: Reply) -> tuple[bytes, dict[str, str]]:
+    """The answer of a service invocation, and its headers:
+    `{"id", "object": "service.result", "service", "output"}` around the output, or the
+    complete envelope a stage answered with (a guard's refusal, a person's answer)."""
+    headers = {**gw.headers(ctx), **{k: v for k, v in reply.headers.items()
+                                     if k.startswith(("x-shipyard-", "x-ratelimit-"))}}
+    if reply.body:
+        body = reply.body
+        ctx.response_payload = reply.data
+        if reply.data is not None and reply.data.get("blocked"):
+            ctx.finish_reason = "content_filter"
+    else:
+        result: dict[str, Any] = {"id": ctx.trace_id, "object": "service.result",
+                                  "service": target.name, "output": reply.data}
+        try:
+            body = orjson.dumps(result)
+        except TypeError as exc:
+            raise ServiceError(
+                f"Service '{target.name}' returned a value that is not JSON serialisable "
+                f"({exc}); return dicts, lists, strings, numbers or a pydantic model."
+            ) from None
+        ctx.response_payload = reply.traced if reply.traced is not None else reply.data
+        if reply.citations:
+            attributes = ctx.attributes if ctx.attributes is not None else {}
+            attributes["citations"] = reply.citations[:20]
+            ctx.attributes = attributes
+    ctx.response_bytes = len(body)
+    ctx.status = 200
+    headers["x-shipyard-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+    return body, headers
+
+
+def service_deadline(target: ServiceTarget) -> float:
     seconds = target.config.timeout_s
     return time.monotonic() + seconds if math.isfinite(seconds) else math.inf
 
