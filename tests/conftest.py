@@ -114,7 +114,8 @@ def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None
     scheme = "https" if "tls_certfile" in config_text else "http"
     proc = Proc(process, port, log, {"config": config}, scheme=scheme)
     try:
-        wait_http(f"{proc.url}/livez", proc=process)
+        # A gateway that loads a model (the injection guard's MiniLM) takes a while to start.
+        wait_http(f"{proc.url}/livez", timeout=60.0, proc=process)
     except RuntimeError as exc:
         proc.stop()
         raise RuntimeError(f"{exc}\n--- serve output ---\n{proc.output()}") from None
