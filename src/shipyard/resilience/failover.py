@@ -106,8 +106,8 @@ async def _attempt(call: Call, target: Routed, deployment: Deployment,
     payload = dict(call.payload)
     payload["model"] = deployment.model
     injected = False
-    if (call.stream and not call.client_wants_usage and deployment.provider.kind == "openai"
-            and config.stream_usage):
+    if (call.stream and not call.client_wants_usage and config.stream_usage
+            and deployment.provider.kind in ("openai", "local")):
         payload["stream_options"] = {**(payload.get("stream_options") or {}),
                                      "include_usage": True}
         injected = True
