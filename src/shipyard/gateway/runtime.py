@@ -210,8 +210,8 @@ class Gateway:
                 self.retention.start()
         if self.budgets.budgets:
             await asyncio.to_thread(self.budgets.reload)
-        for provider in self.providers.values():
-            await provider.start()
+        # Together: a local model loads for seconds, and several of them need not queue.
+        await asyncio.gather(*(provider.start() for provider in self.providers.values()))
         self.overdue.start()
         await self._start_drift()
         self._watch_sigterm()
