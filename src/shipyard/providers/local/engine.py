@@ -57,7 +57,7 @@ from shipyard.providers.local.chat import (
     tools_instruction,
 )
 
-__all__ = ["MAX_CHOICES", "Event", "LocalModel", "LocalRequestError", "Settings"]
+__all__ = ["MAX_CHOICES", "Event", "LocalModel", "LocalRequestError", "Settings", "model_params"]
 
 Event = tuple[str, dict[str, Any]]
 # Used when a GGUF file carries no chat template of its own.
@@ -96,7 +96,7 @@ class Settings:
 
 
 @contextlib.contextmanager
-def _model_params(*, extra_buffers: bool) -> Iterator[None]:
+def model_params(*, extra_buffers: bool) -> Iterator[None]:
     """`Llama()` does not expose `use_extra_bufts`; set it in the defaults while loading.
 
     llama.cpp's extra CPU buffer types repack weights for its AMX kernels, and the AMX int8
@@ -224,7 +224,7 @@ class LocalModel:
             # One input is one batch; mean pooling turns a decoder into a text embedder.
             options.update(n_batch=s.context_tokens, n_ubatch=s.context_tokens,
                            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        with _model_params(extra_buffers=s.cpu_repack):
+        with model_params(extra_buffers=s.cpu_repack):
             return llama_cpp.Llama(**options)
 
     def info(self) -> dict[str, Any]:
