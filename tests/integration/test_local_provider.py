@@ -72,6 +72,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc = launch_gateway(folder, CONFIG.format(folder=folder), timeout=120)
     yield proc
     proc.stop()
+    # The workers exit with the gateway (their input closes): none is left behind.
+    pids = _worker_pids(proc, "local")
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "orphan workers"
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ class _Channel:
         self.writer = writer
         self.requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.cancelled: set[int] = set()
+        self.closed = threading.Event()  # the gateway is gone: stop generating, exit
         self._thread = threading.Thread(target=self._read, args=(reader,), daemon=True)
 
     def start(self) -> None:
@@ -55,11 +56,20 @@ class _Channel:
                 self.cancelled.add(int(message["cancel"]))
             elif isinstance(message, dict):
                 self.requests.put(message)
-        self.requests.put(None)  # the gateway closed our input: finish and exit
+        self.closed.set()
+        self.requests.put(None)  # the gateway closed our input: stop and exit
 
     def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(orjson.dumps(message) + b"\n")
-        self.writer.flush()
+        if self.closed.is_set():
+            return
+        try:
+            self.writer.write(orjson.dumps(message) + b"\n")
+            self.writer.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed.set()
+
+    def stopped(self, rid: int) -> bool:
+        return rid in self.cancelled or self.closed.is_set()
 
 
 def _serve(channel: _Channel, model: LocalModel) -> None:
@@ -72,13 +82,13 @@ def _serve(channel: _Channel, model: LocalModel) -> None:
             channel.cancelled.discard(rid)
             continue
         def cancelled(rid: int = rid) -> bool:
-            return rid in channel.cancelled
+            return channel.stopped(rid)
 
         try:
             events = model.run(str(request.get("endpoint")), request.get("body") or {},
                                bool(request.get("stream")), cancelled)
             for kind, payload in events:
-                if rid in channel.cancelled:
+                if channel.stopped(rid):
                     break
                 channel.send({"id": rid, kind: payload})
             channel.send({"id": rid, "end": True})
