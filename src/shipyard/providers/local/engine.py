@@ -37,14 +37,6 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import (
     JSON_GBNF,
     LlamaGrammar,
-    SchemaConverter,
-    _build_repetition,
-)
-from llama_cpp.llama_grammar import (
-    PRIMITIVE_RULES as _PRIMITIVES,
-)
-from llama_cpp.llama_grammar import (
-    RESERVED_NAMES as _RESERVED,
 )
 
 from shipyard.providers.local.chat import (
@@ -56,6 +48,7 @@ from shipyard.providers.local.chat import (
     tool_call,
     tools_instruction,
 )
+from shipyard.providers.local.grammars import schema_to_gbnf
 
 __all__ = ["MAX_CHOICES", "Event", "LocalModel", "LocalRequestError", "Settings", "model_params"]
 
@@ -115,58 +108,6 @@ def model_params(*, extra_buffers: bool) -> Iterator[None]:
         yield
     finally:
         setattr(llama_low, name, original)
-
-
-class _Converter(SchemaConverter):
-    """llama-cpp-python's JSON-schema-to-grammar converter, plus number bounds it ignores:
-    an integer range of up to 1,000 values is spelled out, and a non-negative integer or
-    number cannot start with a minus sign. Other bounds stay unenforced (documented)."""
-
-    def visit(self, schema: Any, name: str) -> Any:
-        if isinstance(schema, dict) and schema.get("type") in ("integer", "number") and (
-                "$ref" not in schema and "enum" not in schema and "const" not in schema):
-            rule = _bounded_number(schema)
-            if rule is not None:
-                deps = ["integral-part"] + (["decimal-part"] if "decimal" in rule else [])
-                for dep in deps:
-                    self._add_primitive(dep, _PRIMITIVES[dep])
-                return self._add_rule(name + "-" if name in _RESERVED else name or "root",
-                                      rule)
-        return super().visit(schema, name)
-
-
-def _bounded_number(schema: dict[str, Any]) -> str | None:
-    def bound(key: str) -> float | None:
-        value = schema.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(
-            value, bool) else None
-
-    low, high = bound("minimum"), bound("maximum")
-    if (ex := bound("exclusiveMinimum")) is not None:
-        low = max(low, ex + (1 if schema["type"] == "integer" else 0)) if low is not None else \
-            ex + (1 if schema["type"] == "integer" else 0)
-    if (ex := bound("exclusiveMaximum")) is not None and schema["type"] == "integer":
-        high = min(high, ex - 1) if high is not None else ex - 1
-    if schema["type"] == "integer" and low is not None and high is not None:
-        first, last = math.ceil(low), math.floor(high)
-        if 0 <= last - first < 1000:
-            return "(" + " | ".join(f'"{v}"' for v in range(first, last + 1)) + ") space"
-    if low is not None and 0 <= low <= 9 and high is None:
-        if schema["type"] == "integer":
-            if low <= 0:
-                return "integral-part space"
-            more = _build_repetition("[0-9]", 1, 15)
-            return f"([{math.ceil(low)}-9] | [1-9] {more}) space"
-        if low == 0:
-            return '(integral-part) ("." decimal-part)? ([eE] [-+]? integral-part)? space'
-    return None
-
-
-def _schema_to_gbnf(text: str) -> str:
-    converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    schema = converter.resolve_refs(json.loads(text), "stdin")
-    converter.visit(schema, "")
-    return str(converter.format_grammar())
 
 
 @dataclass
@@ -258,7 +199,7 @@ class LocalModel:
     def _schema_grammar(self, schema: Any, param: str) -> LlamaGrammar:
         text = json.dumps(schema, sort_keys=True)
         try:
-            return self._grammar(text, lambda: LlamaGrammar.from_string(_schema_to_gbnf(text),
+            return self._grammar(text, lambda: LlamaGrammar.from_string(schema_to_gbnf(text),
                                                                         verbose=False))
         except Exception as exc:
             raise LocalRequestError(
@@ -307,7 +248,7 @@ class LocalModel:
         stop = body.get("stop")
         if isinstance(stop, str):
             return [stop] if stop else []
-        return [s for s in stop or [] if isinstance(s, str) and s]
+        return [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
 
     @staticmethod
     def _whole(body: dict[str, Any], *names: str) -> int | None:
