@@ -10,10 +10,11 @@ wheel), the same prompts, greedy decoding (temperature 0) and the same `max_toke
 - **gateway**: the official openai SDK against `shipyard serve` with a `kind: local` provider
   (one worker process), non-streaming and streaming.
 
-Rounds interleave the three (direct, gateway, gateway stream) so that the load of a shared
-machine falls on all of them alike. Tokens are the completion tokens each side reports (the
-model's own counts). Goal: the gateway keeps at least 95% of the direct tokens/s. Results go
-to stdout, `bench/results/local_model.json` and `docs/benchmarks.md`.
+Rounds interleave the three (direct, gateway, gateway stream), in an order that flips every
+round, so that the load of a shared machine falls on all of them alike. Tokens are the
+completion tokens each side reports (the model's own counts). Goal: the gateway keeps at least
+95% of the direct tokens/s. Results go to stdout, `bench/results/local_model.json` and
+`docs/benchmarks.md`.
 """
 
 from __future__ import annotations
@@ -139,23 +140,28 @@ models:
         gateway_round(client, 8, stream=False)
         for r in range(rounds):
             loads.append(load_average())
+            answers: dict[str, list[str]] = {}
             pids = process_tree(server.pid)
-            for name in ("direct", "gateway", "gateway_stream"):
+            # The order flips every round, so a drift in the machine's load falls on all three.
+            order = ["direct", "gateway", "gateway_stream"]
+            for name in order if r % 2 == 0 else order[::-1]:
                 cpu0 = time.process_time() + sum(_proc_ticks(p) for p in pids) / tick
                 if name == "direct":
                     tokens, seconds, texts = direct_round(llm, max_tokens)
-                    reference = texts
                 else:
                     tokens, seconds, texts = gateway_round(client, max_tokens,
                                                            stream=name == "gateway_stream")
-                    compared += len(texts)
-                    same += sum(a == b for a, b in zip(texts, reference, strict=True))
+                answers[name] = texts
                 cpu = time.process_time() + sum(_proc_ticks(p) for p in pids) / tick - cpu0
                 samples[name].append(tokens / seconds)
                 per_cpu[name].append(tokens / cpu)
                 totals[name].append(tokens)
                 log(f"  round {r + 1} {name}: {tokens} tokens in {seconds:.2f} s = "
                     f"{tokens / seconds:.1f} tokens/s, {tokens / cpu:.1f} per CPU-second")
+            for name in ("gateway", "gateway_stream"):
+                compared += len(answers[name])
+                same += sum(a == b for a, b in zip(answers[name], answers["direct"],
+                                                   strict=True))
     result: dict[str, Any] = {"model": model.name, "prompts": len(PROMPTS),
                               "max_tokens": max_tokens, "rounds": rounds,
                               "load_average": [round(x, 2) for x in loads],
