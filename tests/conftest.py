@@ -99,7 +99,7 @@ def launch_sim(folder: Path, *flags: str) -> Proc:
 
 
 def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None = None,
-                   workers: int = 1) -> Proc:
+                   workers: int = 1, timeout: float = 60.0) -> Proc:
     """Write a config and start `shipyard serve` on a free port; waits until it answers."""
     port = free_port()
     config = folder / f"shipyard-{port}.yaml"
@@ -114,8 +114,7 @@ def launch_gateway(folder: Path, config_text: str, *, env: dict[str, str] | None
     scheme = "https" if "tls_certfile" in config_text else "http"
     proc = Proc(process, port, log, {"config": config}, scheme=scheme)
     try:
-        # A gateway that loads a model (the injection guard's MiniLM) takes a while to start.
-        wait_http(f"{proc.url}/livez", timeout=60.0, proc=process)
+        wait_http(f"{proc.url}/livez", timeout, proc=process)
     except RuntimeError as exc:
         proc.stop()
         raise RuntimeError(f"{exc}\n--- serve output ---\n{proc.output()}") from None

@@ -201,9 +201,13 @@ def test_tool_calls_both_ways(client: openai.OpenAI, alias: str) -> None:
     answer = client.chat.completions.create(model=alias, messages=ask,  # type: ignore[arg-type]
                                             tools=WEATHER, tool_choice=forced)  # type: ignore[arg-type]
     call = answer.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert answer.choices[0].finish_reason == "tool_calls"
+    # OpenAI (and Azure) end a turn whose tool_choice names the function with `stop`; the
+    # other kinds' APIs end any tool-calling turn in their own tool-use reason.
+    expected = "stop" if alias == "az" else "tool_calls"
+    assert answer.choices[0].finish_reason == expected
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "sim"}  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
     # Streamed, the call arrives in pieces that add up to the same arguments.
     parts: dict[str, str] = {"name": "", "arguments": ""}
     for chunk in client.chat.completions.create(
@@ -212,7 +216,7 @@ def test_tool_calls_both_ways(client: openai.OpenAI, alias: str) -> None:
         for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
             parts["name"] += delta.function.name or "" if delta.function else ""
             parts["arguments"] += delta.function.arguments or "" if delta.function else ""
-    assert parts["name"] == "get_weather" and json.loads(parts["arguments"]) == {"city": "sim"}
+    assert parts["name"] == "get_weather" and json.loads(parts["arguments"]) == arguments
     # The tool's result goes back upstream in the kind's own shape, and the model answers.
     follow = client.chat.completions.create(model=alias, tools=WEATHER, messages=[  # type: ignore[arg-type]
         *ask, {"role": "assistant", "content": None, "tool_calls": [

@@ -34,7 +34,8 @@ def test_anthropic_sdk(start_sim: Callable[..., Proc]) -> None:
         tools=[{"name": "get_weather", "input_schema": {
             "type": "object", "properties": {"city": {"type": "string"}}}}],
         tool_choice={"type": "tool", "name": "get_weather"})
-    assert tool.stop_reason == "tool_use" and tool.content[0].input == {"city": "sim"}  # type: ignore[union-attr]
+    assert tool.stop_reason == "tool_use"
+    assert isinstance(tool.content[0].input["city"], str)  # type: ignore[union-attr]
     client.close()
     with anthropic.Anthropic(base_url=sim.url, api_key="wrong", max_retries=0) as wrong, \
             pytest.raises(anthropic.AuthenticationError):

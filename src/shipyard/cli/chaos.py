@@ -24,7 +24,7 @@ FAILED_EXIT = 3
 
 def fail(message: ShipyardError | str) -> typer.Exit:
     # Messages quote user input (JSON knobs, shell commands): not rich markup.
-    return _fail(escape(message.message if isinstance(message, ShipyardError) else message))
+    return _fail(message)  # common.fail escapes rich markup ('shipyard[report]')
 
 
 def _ms(value: float) -> str:

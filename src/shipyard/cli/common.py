@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine
 
 from shipyard.config import Config, env, load_config
@@ -30,7 +31,9 @@ err_console = Console(stderr=True)
 
 def fail(exc: ShipyardError | str, code: int = 1) -> typer.Exit:
     message = exc.message if isinstance(exc, ShipyardError) else exc
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: "[local]" in "pip install 'shipyard[local]'" is not a rich style tag.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                      soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -25,8 +25,7 @@ SLO_MISSED_EXIT = 3
 
 
 def fail(message: ShipyardError | str) -> typer.Exit:
-    # Messages quote user input and install lines ('shipyard[report]'): not rich markup.
-    return _fail(escape(message.message if isinstance(message, ShipyardError) else message))
+    return _fail(message)  # common.fail escapes rich markup ('shipyard[report]')
 
 
 def _ms(value: float) -> str:

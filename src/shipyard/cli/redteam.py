@@ -36,7 +36,7 @@ guards_app = typer.Typer(help="Train and try the guards offline.", no_args_is_he
 
 
 def fail(message: ShipyardError | str) -> typer.Exit:
-    return _fail(escape(message.message if isinstance(message, ShipyardError) else message))
+    return _fail(message)  # common.fail escapes rich markup ('shipyard[report]')
 
 
 def _pct(value: float) -> str:

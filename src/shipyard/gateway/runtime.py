@@ -156,8 +156,8 @@ class Gateway:
         await self.budgets.start()
         if self.circuits is not None:
             self.circuits.start()
-        for provider in self.providers.values():
-            await provider.start()
+        # Together: a local model loads for seconds, and several of them need not queue.
+        await asyncio.gather(*(provider.start() for provider in self.providers.values()))
         await self.worker.start()
         await self.background.start(traces=self.recorder.writer is not None)
         self._watch_sigterm()

@@ -1,6 +1,7 @@
 """Upstream providers, one kind per module: OpenAI-compatible HTTP (`openai`, `azure`), the
-translating kinds (`anthropic`, `gemini`, `bedrock`, `ollama`), Python callables and the
-simulated model. The kinds are declared once in `shipyard.config.targets.ProviderKind`."""
+translating kinds (`anthropic`, `gemini`, `bedrock`, `ollama`), Python callables, the
+simulated model, and local GGUF models (`local`: llama.cpp in worker processes). The kinds are
+declared once in `shipyard.config.targets.ProviderKind`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from shipyard.providers.azure import AzureProvider
 from shipyard.providers.base import Provider
 from shipyard.providers.bedrock import BedrockProvider
 from shipyard.providers.gemini import GeminiProvider
+from shipyard.providers.local import LocalProvider
 from shipyard.providers.ollama import OllamaProvider
 from shipyard.providers.openai import OpenAIProvider
 from shipyard.providers.python import PythonProvider
@@ -28,10 +30,12 @@ KINDS: dict[str, Callable[[str, ProviderConfig], Provider]] = {
     "azure": AzureProvider,
     "bedrock": BedrockProvider,
     "ollama": OllamaProvider,
+    "local": LocalProvider,
 }
 # Kinds whose streams report usage when the request has `stream_options.include_usage`
 # (failover asks for it so cost is exact, and drops the event the client did not ask for).
-STREAM_USAGE_KINDS = frozenset({"openai", "azure", "anthropic", "gemini", "bedrock", "ollama"})
+STREAM_USAGE_KINDS = frozenset({"openai", "azure", "anthropic", "gemini", "bedrock", "ollama",
+                                "local"})
 
 
 def build_provider(name: str, config: ProviderConfig) -> Provider:

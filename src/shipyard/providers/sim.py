@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from shipyard.config.targets import ProviderConfig
+from shipyard.errors import InvalidRequest
 from shipyard.pipeline import Endpoint, Reply
-from shipyard.sim.engine import SimModel
+from shipyard.sim.engine import SimModel, SimRequestError
 
 __all__ = ["SimProvider"]
 
@@ -35,22 +36,32 @@ class SimProvider:
         started = time.perf_counter()
         if self.config.latency_ms:
             await asyncio.sleep(self.config.latency_ms / 1000.0)
-        if stream:
-            chunks = (self.model.chat_chunks(payload) if endpoint == "chat/completions"
-                      else self.model.completion_chunks(payload))
-            return Reply(stream=_sse(chunks),
-                         upstream_ms=(time.perf_counter() - started) * 1000.0)
-        if endpoint == "embeddings":
-            data = self.model.embeddings(payload)
-        elif endpoint == "completions":
-            data = self.model.completion(payload)
-        else:
-            data = self.model.chat(payload)
+        route = {"chat/completions": "chat", "completions": "completions"}.get(
+            endpoint, "embeddings")
+        try:
+            self.model.check(route, payload)  # what a real model refuses: a 400
+            if stream and endpoint != "embeddings":
+                chunks = (self.model.chat_chunks(payload) if endpoint == "chat/completions"
+                          else self.model.completion_chunks(payload))
+                first = next(chunks, None)  # a refused schema is a 400, not a cut stream
+                return Reply(stream=_sse(first, chunks),
+                             upstream_ms=(time.perf_counter() - started) * 1000.0)
+            if endpoint == "embeddings":
+                data = self.model.embeddings(payload)
+            elif endpoint == "completions":
+                data = self.model.completion(payload)
+            else:
+                data = self.model.chat(payload)
+        except SimRequestError as exc:
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
         return Reply(data=data, body=orjson.dumps(data),
                      upstream_ms=(time.perf_counter() - started) * 1000.0)
 
 
-async def _sse(chunks: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _sse(first: dict[str, Any] | None,
+               chunks: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield b"data: " + orjson.dumps(first) + b"\n\n"
     for chunk in chunks:
         yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     yield b"data: [DONE]\n\n"

@@ -1,7 +1,9 @@
 """The simulated model: deterministic answers, embeddings and usage, plus fault knobs.
 
 Used in process by the `sim` provider and over HTTP by `shipyard sim`. Output depends only on
-the input, so tests can assert on it; faults are drawn from the knobs in `Faults`.
+the input (and `seed`), so tests can assert on it; faults are drawn from the knobs in `Faults`.
+Structured answers come from `sim.schema`, tokens and log probabilities from `sim.tokens`, and
+the sizes it refuses from `sim.limits`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,20 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+import orjson
 
-__all__ = ["Faults", "SimModel", "parse_latency"]
+from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
+from shipyard.sim.limits import (
+    SimRequestError,
+    check_chat,
+    check_completion,
+    check_embeddings,
+    whole,
+)
+from shipyard.sim.schema import SchemaTooLarge, draw
+from shipyard.sim.tokens import chat_logprobs, completion_logprobs, split_tokens
+
+__all__ = ["Faults", "SimModel", "SimRequestError", "parse_latency"]
 
 _PROSE = """
 the model considered your request carefully and here is a simulated answer that stays
@@ -28,6 +41,7 @@ sentences about production readiness latency budgets and traces
 """
 _WORDS = _PROSE.split()
 _STATUSES = (408, 429, 500, 502, 503, 504)
+_FINGERPRINT = "fp_shipyard_sim"
 
 
 def parse_latency(spec: str | float | int) -> tuple[str, tuple[float, ...]]:
@@ -132,8 +146,71 @@ class Faults:
         return asdict(self)
 
 
+@dataclass
+class _Choice:
+    """One answer of a request, before it is shaped as a response or as stream chunks."""
+
+    index: int
+    content: str | None
+    finish: str
+    salt: str
+    structured: bool = False            # JSON content: streamed token by token
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def output_text(self) -> str:
+        """What counts as completion tokens: the content, or the tool calls' arguments."""
+        if self.tool_calls:
+            return "".join(c["function"]["name"] + c["function"]["arguments"]
+                           for c in self.tool_calls)
+        return self.content or ""
+
+
+def _salt(prompt: str, seed: int | None, index: int) -> str:
+    # Choice 0 without a seed keeps the answer the sim always gave for this prompt.
+    return prompt if seed is None and index == 0 else f"{prompt}\x00{seed}\x00{index}"
+
+
+def _rng(salt: str) -> random.Random:
+    return random.Random(hashlib.sha256(salt.encode("utf-8", "replace")).digest())
+
+
+def _stops(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    return [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str | None:
+    """The text before the first stop sequence, or None when none occurs."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[:min(found)] if found else None
+
+
+def _cut_tokens(text: str, max_tokens: int | None) -> tuple[str, bool]:
+    if max_tokens is None or estimate_text(text) <= max_tokens:
+        return (text, False)
+    return ("".join(split_tokens(text)[:max_tokens]), True)
+
+
+def _draw(schema: Any, rng: random.Random, param: str) -> Any:
+    try:
+        return draw(schema, rng)
+    except SchemaTooLarge as exc:
+        raise SimRequestError(f"Invalid '{param}': {exc}.", param) from None
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 class SimModel:
     """Deterministic fake model.
+
+    Honours `n`, `seed`, `stop`, `max_tokens`/`max_completion_tokens`, `response_format`
+    (`json_object`, `json_schema`), `tools`/`tool_choice` and `logprobs`/`top_logprobs`, in
+    answers and in streams; `check()` refuses what a real model would (see `sim.limits`).
 
     >>> SimModel().chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})["object"]
     'chat.completion'
@@ -160,6 +237,15 @@ class SimModel:
 
     def latency_s(self, faults: Faults) -> float:
         return _draw_ms(parse_latency(faults.latency), self.rng) / 1000.0
+
+    # -- requests it refuses ----------------------------------------------------------------
+    @staticmethod
+    def check(route: str, body: dict[str, Any]) -> None:
+        """Raise `SimRequestError` (a 400) for a request a real model would refuse: absurd
+        sizes (`n`, `max_tokens`, `top_logprobs`, `dimensions`, inputs) and bad options.
+        `route` is `chat`, `completions` or `embeddings`."""
+        {"chat": check_chat, "completions": check_completion,
+         "embeddings": check_embeddings}[route](body)
 
     # -- answers --------------------------------------------------------------------------
     @staticmethod
@@ -196,110 +282,265 @@ class SimModel:
 
     @staticmethod
     def _max_tokens(body: dict[str, Any]) -> int | None:
-        value = body.get("max_completion_tokens", body.get("max_tokens"))
-        return value if isinstance(value, int) and value > 0 else None
+        value = whole(body.get("max_completion_tokens", body.get("max_tokens")))
+        return value if value is not None and value > 0 else None
 
-    def _finish(self, text: str, max_tokens: int | None) -> str:
-        # A complete answer ends with a period; one cut at max_tokens does not.
-        return "stop" if text.endswith(".") else "length"
+    def _prose(self, salt: str, max_tokens: int | None, stops: list[str]) -> tuple[str, str]:
+        text = self.answer_text(salt, None)
+        stopped = _cut_at_stop(text, stops)
+        if stopped is not None:
+            text, finish = stopped, "stop"
+        else:
+            finish = "stop"
+        if max_tokens is not None and estimate_text(text) > max_tokens:
+            text = self.answer_text(salt, max_tokens) if stopped is None else \
+                _cut_tokens(text, max_tokens)[0]
+            finish = "length"
+        return (text, finish)
+
+    @staticmethod
+    def _tool_to_call(body: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
+        """The tool this answer calls, if it calls one (as a model would decide)."""
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict)
+                 and isinstance(t.get("function"), dict)]
+        choice = body.get("tool_choice")
+        if not tools or choice == "none":
+            return None
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            return next((t["function"] for t in tools if t["function"].get("name") == name),
+                        None)
+        if choice != "required":
+            # `auto`: call a tool, unless the conversation just got a tool's result back.
+            messages = body.get("messages") or []
+            last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+            if last.get("role") in ("tool", "function"):
+                return None
+        return dict(rng.choice(tools)["function"])
+
+    def _chat_choices(self, body: dict[str, Any], text: str | None) -> list[_Choice]:
+        n = whole(body.get("n")) or 1
+        prompt = self._prompt_of(body)
+        seed = whole(body.get("seed"))
+        max_tokens = self._max_tokens(body)
+        stops = _stops(body)
+        given = body.get("response_format")
+        fmt: dict[str, Any] = given if isinstance(given, dict) else {}
+        choices = []
+        for index in range(n):
+            salt = _salt(prompt, seed, index)
+            if text is not None:  # a scripted reply, as is
+                choices.append(_Choice(index, text, "stop", salt))
+                continue
+            rng = _rng(salt)
+            tool = self._tool_to_call(body, rng)
+            if tool is not None:
+                where = next(f"tools[{i}].function.parameters" for i, t in enumerate(
+                    body.get("tools") or []) if (t or {}).get("function", {}).get("name")
+                    == tool.get("name"))
+                value = _draw(tool.get("parameters") or {"type": "object", "properties": {}},
+                              rng, where)
+                arguments, cut = _cut_tokens(_json(value), max_tokens)
+                named = isinstance(body.get("tool_choice"), dict)
+                call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
+                        "function": {"name": str(tool.get("name")), "arguments": arguments}}
+                finish = "length" if cut else ("stop" if named else "tool_calls")
+                choices.append(_Choice(index, None, finish, salt, True, [call]))
+                continue
+            kind = fmt.get("type")
+            if kind in ("json_object", "json_schema"):
+                if kind == "json_schema":
+                    schema = (fmt.get("json_schema") or {}).get("schema", {})
+                    content = _json(_draw(schema, rng, "response_format.json_schema.schema"))
+                else:
+                    content = _json({"answer": self.answer_text(salt, None)})
+                stopped = _cut_at_stop(content, stops)
+                content, cut = _cut_tokens(stopped if stopped is not None else content,
+                                           max_tokens)
+                choices.append(_Choice(index, content, "length" if cut else "stop", salt, True))
+                continue
+            content, finish = self._prose(salt, max_tokens, stops)
+            choices.append(_Choice(index, content, finish, salt))
+        return choices
+
+    @staticmethod
+    def _logprobs(body: dict[str, Any], choice: _Choice, text: str | None = None,
+                  offset: int = 0) -> dict[str, Any] | None:
+        if not body.get("logprobs"):
+            return None
+        if choice.content is None:
+            return {"content": None, "refusal": None}
+        top = whole(body.get("top_logprobs")) or 0
+        tokens = split_tokens(choice.content if text is None else text)
+        return {"content": chat_logprobs(tokens, top, choice.salt, offset), "refusal": None}
 
     def chat(self, body: dict[str, Any], *, omit_usage: bool = False,
              text: str | None = None) -> dict[str, Any]:
         """A chat completion; `text` (a scripted reply) replaces the deterministic answer."""
-        max_tokens = self._max_tokens(body)
-        finish = "stop" if text is not None else None
-        if text is None:
-            text = self.answer_text(self._prompt_of(body), max_tokens)
-        prompt_tokens = estimate_chat_prompt(body.get("messages") or [])
-        completion_tokens = estimate_text(text)
+        choices = self._chat_choices(body, text)
         result: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": str(body.get("model", "sim")),
-            "system_fingerprint": "fp_shipyard_sim",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish or self._finish(text, max_tokens),
-                }
-            ],
+            "system_fingerprint": _FINGERPRINT,
+            "choices": [self._message(body, c) for c in choices],
         }
         if not omit_usage:
-            result["usage"] = _usage(prompt_tokens, completion_tokens)
+            result["usage"] = self._chat_usage(body, choices)
         return result
+
+    def _message(self, body: dict[str, Any], choice: _Choice) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": choice.content,
+                                   "refusal": None}
+        if choice.tool_calls:
+            message["tool_calls"] = choice.tool_calls
+        return {"index": choice.index, "message": message,
+                "logprobs": self._logprobs(body, choice), "finish_reason": choice.finish}
+
+    @staticmethod
+    def _chat_usage(body: dict[str, Any], choices: list[_Choice]) -> dict[str, int]:
+        prompt_tokens = estimate_chat_prompt(body.get("messages") or [])
+        return _usage(prompt_tokens, sum(estimate_text(c.output_text) for c in choices))
 
     def chat_chunks(
         self, body: dict[str, Any], *, omit_usage: bool = False, text: str | None = None
     ) -> Iterator[dict[str, Any]]:
         """Yield `chat.completion.chunk` objects, ending with a usage chunk when asked for."""
-        max_tokens = self._max_tokens(body)
-        finish = "stop" if text is not None else None
-        if text is None:
-            text = self.answer_text(self._prompt_of(body), max_tokens)
+        choices = self._chat_choices(body, text)
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": str(body.get("model", "sim")),
-            "system_fingerprint": "fp_shipyard_sim",
+            "system_fingerprint": _FINGERPRINT,
         }
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool(_include_usage(body))
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def chunk(index: int, delta: dict[str, Any], finish: str | None,
+                  logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
             out = {**base, "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             ]}
             if include_usage:
                 out["usage"] = None
             return out
 
-        yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
-        for i, word in enumerate(text.split(" ")):
-            yield chunk({"content": word if i == 0 else " " + word}, None)
-        yield chunk({}, finish or self._finish(text, max_tokens))
+        for choice in choices:
+            i = choice.index
+            if choice.tool_calls:
+                for position, call in enumerate(choice.tool_calls):
+                    function = call["function"]
+                    head = {"index": position, "id": call["id"], "type": "function",
+                            "function": {"name": function["name"], "arguments": ""}}
+                    delta: dict[str, Any] = {"tool_calls": [head]}
+                    if position == 0:
+                        delta = {"role": "assistant", "content": None, "refusal": None,
+                                 **delta}
+                    yield chunk(i, delta, None)
+                    for piece in split_tokens(function["arguments"]):
+                        yield chunk(i, {"tool_calls": [{"index": position, "function": {
+                            "arguments": piece}}]}, None)
+                yield chunk(i, {}, choice.finish)
+                continue
+            yield chunk(i, {"role": "assistant", "content": "", "refusal": None}, None)
+            content = choice.content or ""
+            pieces = split_tokens(content) if choice.structured else [
+                w if n == 0 else " " + w for n, w in enumerate(content.split(" "))]
+            offset = 0
+            for piece in pieces:
+                logprobs = self._logprobs(body, choice, piece, offset)
+                offset += estimate_text(piece)
+                yield chunk(i, {"content": piece}, None, logprobs)
+            yield chunk(i, {}, choice.finish)
         if include_usage and not omit_usage:
-            prompt_tokens = estimate_chat_prompt(body.get("messages") or [])
-            yield {**base, "choices": [], "usage": _usage(prompt_tokens, estimate_text(text))}
+            yield {**base, "choices": [], "usage": self._chat_usage(body, choices)}
+
+    # -- legacy completions -----------------------------------------------------------------
+    def _completion_choices(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        prompt = body.get("prompt")
+        prompts: list[str]
+        if isinstance(prompt, list) and prompt and not all(whole(p) is not None for p in prompt):
+            prompts = [p if isinstance(p, str) else " ".join(map(str, p))
+                       if isinstance(p, list) else str(p) for p in prompt]
+        else:
+            prompts = [self._prompt_of(body)]
+        n = whole(body.get("n")) or 1
+        seed = whole(body.get("seed"))
+        asked = whole(body.get("max_tokens"))
+        max_tokens = 16 if asked is None else asked  # OpenAI's default for completions
+        stops = _stops(body)
+        echo = bool(body.get("echo"))
+        top = whole(body.get("logprobs"))
+        out = []
+        for p, text_prompt in enumerate(prompts):
+            for i in range(n):
+                salt = _salt(text_prompt, seed, i)
+                if max_tokens == 0:
+                    text, finish = "", "length"
+                else:
+                    text, finish = self._prose(salt, max_tokens, stops)
+                    text = " " + text
+                    text, cut = _cut_tokens(text, max_tokens)
+                    finish = "length" if cut else finish
+                full = (text_prompt + text) if echo else text
+                logprobs = None
+                if top is not None:
+                    tokens = split_tokens(text_prompt) if echo else []
+                    tokens += split_tokens(text)
+                    logprobs = completion_logprobs(tokens, top, salt, first_is_prompt=echo)
+                out.append({"index": p * n + i, "text": full, "logprobs": logprobs,
+                            "finish_reason": finish, "_new": text, "_prompt": text_prompt})
+        return out
 
     def completion(self, body: dict[str, Any], *, omit_usage: bool = False) -> dict[str, Any]:
-        max_tokens = self._max_tokens(body) or 16
-        prompt = self._prompt_of(body)
-        text = " " + self.answer_text(prompt, max_tokens)
+        choices = self._completion_choices(body)
         result: dict[str, Any] = {
             "id": f"cmpl-{uuid.uuid4().hex[:24]}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": str(body.get("model", "sim")),
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None,
-                 "finish_reason": self._finish(text, max_tokens)}
-            ],
+            "system_fingerprint": _FINGERPRINT,
+            "choices": [{k: v for k, v in c.items() if not k.startswith("_")} for c in choices],
         }
         if not omit_usage:
-            result["usage"] = _usage(estimate_text(prompt), estimate_text(text))
+            result["usage"] = self._completion_usage(choices)
         return result
+
+    @staticmethod
+    def _completion_usage(choices: list[dict[str, Any]]) -> dict[str, int]:
+        prompts = {c["_prompt"] for c in choices}
+        return _usage(sum(estimate_text(p) for p in prompts),
+                      sum(estimate_text(c["_new"]) for c in choices))
 
     def completion_chunks(
         self, body: dict[str, Any], *, omit_usage: bool = False
     ) -> Iterator[dict[str, Any]]:
-        full = self.completion(body, omit_usage=True)
-        text = full["choices"][0]["text"]
-        base = {k: full[k] for k in ("id", "object", "created", "model")}
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            last = i == len(words) - 1
-            piece = word if i == 0 else " " + word
-            yield {**base, "choices": [{"index": 0, "text": piece, "logprobs": None,
-                                        "finish_reason": full["choices"][0]["finish_reason"]
-                                        if last else None}]}
-        if (body.get("stream_options") or {}).get("include_usage") and not omit_usage:
-            prompt = self._prompt_of(body)
-            yield {**base, "choices": [],
-                   "usage": _usage(estimate_text(prompt), estimate_text(text))}
+        choices = self._completion_choices(body)
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                "created": int(time.time()), "model": str(body.get("model", "sim")),
+                "system_fingerprint": _FINGERPRINT}
+        for choice in choices:
+            text = choice["text"]
+            words = text.split(" ")
+            logprobs = choice["logprobs"]
+            used = 0
+            for i, word in enumerate(words):
+                last = i == len(words) - 1
+                piece = word if i == 0 else " " + word
+                part = None
+                if logprobs is not None:
+                    count = estimate_text(piece)
+                    part = {k: v[used:used + count] for k, v in logprobs.items()}
+                    used += count
+                yield {**base, "choices": [{"index": choice["index"], "text": piece,
+                                            "logprobs": part,
+                                            "finish_reason": choice["finish_reason"]
+                                            if last else None}]}
+        if _include_usage(body) and not omit_usage:
+            yield {**base, "choices": [], "usage": self._completion_usage(choices)}
 
+    # -- embeddings -------------------------------------------------------------------------
     def embedding_vector(self, text: str, dims: int | None = None) -> list[float]:
         dims = dims or self.embedding_dims
         values: list[float] = []
@@ -315,19 +556,21 @@ class SimModel:
     def embeddings(self, body: dict[str, Any], *, omit_usage: bool = False) -> dict[str, Any]:
         inputs = body.get("input")
         token_ids = isinstance(inputs, list) and bool(inputs) and all(
-            isinstance(x, int) for x in inputs)
+            whole(x) is not None for x in inputs)
         items = [inputs] if token_ids or not isinstance(inputs, list) else inputs
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else None
+        dims = whole(body.get("dimensions"))
         data = []
         tokens = 0
         for i, item in enumerate(items):
             if isinstance(item, str):
                 text = item
+                tokens += estimate_text(text)
             elif isinstance(item, list):
                 text = " ".join(map(str, item))
+                tokens += len(item)  # token ids: one token each
             else:
-                text = str(item)  # one token id of a flat list
-            tokens += estimate_text(text)
+                text = str(item)
+                tokens += 1
             vector = self.embedding_vector(text, dims)
             if body.get("encoding_format") == "base64":
                 encoded: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
@@ -347,3 +590,8 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shipyard.sim.engine import Faults, SimModel
+from shipyard.sim.engine import Faults, SimModel, SimRequestError
 from shipyard.sim.formats import FORMATS
 
 __all__ = ["SIM_FORMATS", "SimServer", "build_sim_app", "run_sim"]
@@ -37,8 +38,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error",
-           code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+           code: str | None = None, headers: dict[str, str] | None = None,
+           param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.Response(body=orjson.dumps(body), status=status,
                         content_type="application/json", headers=headers)
 
@@ -131,12 +133,25 @@ class SimServer:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
+        try:
+            self.model.check(route, body)  # absurd sizes and bad options: 400, like a real one
+        except SimRequestError as exc:
+            self.stats[f"{route}:invalid"] += 1
+            self.stats["requests"] += 1
+            return _error(400, exc.message, code=exc.code, param=exc.param)
         stream = bool(body.get("stream")) and chunks is not None
         fault = await self.fault(request, route, stream)
         if isinstance(fault, web.StreamResponse):
             return fault
+        try:
+            if not stream or chunks is None:
+                payload = orjson.dumps(make(body))
+            else:  # the first chunk now, so a refused request is still a plain 400
+                iterator = chunks(body)
+                first = next(iterator, None)
+        except SimRequestError as exc:
+            return _error(400, exc.message, code=exc.code, param=exc.param)
         if not stream or chunks is None:
-            payload = orjson.dumps(make(body))
             if fault == "cut":
                 return await self.cut_plain(request, payload)
             return web.Response(body=payload, content_type="application/json")
@@ -144,7 +159,7 @@ class SimServer:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         delay = self.faults.token_delay_ms / 1000.0
-        for i, chunk in enumerate(chunks(body)):
+        for i, chunk in enumerate(itertools.chain([first] if first else [], iterator)):
             if fault == "cut" and i >= self.faults.cut_after_chunks:
                 if request.transport is not None:
                     request.transport.abort()

@@ -414,7 +414,10 @@ def to_anthropic_response(data: dict[str, Any], *, model: str | None = None) -> 
                                                  param="tool_calls.function.arguments")})
     return {"id": _message_id(data.get("id")), "type": "message", "role": "assistant",
             "model": model or data.get("model"), "content": content,
-            "stop_reason": FINISH_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
+            # A turn that calls tools ends in `tool_use` for Anthropic, whatever the OpenAI
+            # finish reason (OpenAI says `stop` when tool_choice names the function).
+            "stop_reason": "tool_use" if message.get("tool_calls") else FINISH_REASONS.get(
+                str(choice.get("finish_reason")), "end_turn"),
             "stop_sequence": None, "usage": _anthropic_usage(data.get("usage"))}
 
 
@@ -433,6 +436,7 @@ class StreamWriter:
         self._block = -1
         self._open: str | None = None  # "text" or "tool" while a block is open
         self._stop = "end_turn"
+        self._called = False  # a tool call was streamed: the turn ends in `tool_use`
         self._usage: dict[str, int] | None = None
         self._started = False
 
@@ -468,6 +472,7 @@ class StreamWriter:
                     "delta": {"type": "text_delta", "text": value}}))
             elif kind == "tool_start":
                 _, call_id, name = value
+                self._called = True
                 events += self._open_block("tool", {"type": "tool_use", "id": call_id,
                                                     "name": name, "input": {}})
             elif kind == "tool_arguments":
@@ -475,7 +480,8 @@ class StreamWriter:
                     "type": "content_block_delta", "index": self._block,
                     "delta": {"type": "input_json_delta", "partial_json": value[1]}}))
             elif kind == "finish":
-                self._stop = FINISH_REASONS.get(value, "end_turn")
+                self._stop = "tool_use" if self._called else FINISH_REASONS.get(value,
+                                                                                 "end_turn")
             elif kind == "usage":
                 self._usage = _anthropic_usage(value)
         return events

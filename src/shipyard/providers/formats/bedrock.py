@@ -393,7 +393,8 @@ def to_converse_response(data: dict[str, Any], *, latency_ms: int = 0) -> dict[s
         content.append({"text": text})
     content.extend(_tool_use(call) for call in message.get("tool_calls") or [])
     return {"output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": _FINISH.get(str(choice.get("finish_reason")), "end_turn"),
+            "stopReason": "tool_use" if message.get("tool_calls") else _FINISH.get(
+                str(choice.get("finish_reason")), "end_turn"),
             "usage": _converse_usage(data.get("usage")), "metrics": {"latencyMs": latency_ms}}
 
 
@@ -406,6 +407,7 @@ class StreamWriter:
         self._open = False
         self._kind: str | None = None
         self._stop = "end_turn"
+        self._called = False  # a tool call was streamed: the turn ends in `tool_use`
         self._usage: Any = None
         self._started = False
 
@@ -429,6 +431,7 @@ class StreamWriter:
                 events.append(("contentBlockDelta", {"contentBlockIndex": self._block,
                                                      "delta": {"text": value}}))
             elif kind == "tool_start":
+                self._called = True
                 events += self._close()
                 self._block += 1
                 self._open, self._kind = True, "tool"
@@ -439,7 +442,7 @@ class StreamWriter:
                 events.append(("contentBlockDelta", {"contentBlockIndex": self._block,
                                                      "delta": {"toolUse": {"input": value[1]}}}))
             elif kind == "finish":
-                self._stop = _FINISH.get(value, "end_turn")
+                self._stop = "tool_use" if self._called else _FINISH.get(value, "end_turn")
             elif kind == "usage":
                 self._usage = value
         return events
