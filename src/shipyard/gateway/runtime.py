@@ -44,6 +44,7 @@ from shipyard.security.jwt import JWTVerifier
 from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
@@ -85,7 +86,8 @@ class Gateway:
         self.metrics = Metrics()
         self.engine = engine or create_store_engine(config.store.url)
         verifier = JWTVerifier(config.auth.oidc) if config.auth.oidc is not None else None
-        self.auth = Authenticator(config.auth, self.engine, verifier)
+        self.auth = Authenticator(config.auth, self.engine, verifier,
+                                  on_failure=self._auth_failed, on_lockout=self._locked_out)
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
@@ -347,11 +349,16 @@ class Gateway:
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:
         """Authenticate the caller and check `scope`; notes the tenant and key on `ctx`."""
+        client = request.client.host if request.client is not None else None
+        route = request.scope.get("route")
+        path = route.path if route is not None else request.scope["path"]
         if ctx is None:
-            return await self.auth.authenticate(request.headers, scope)
+            return await self.auth.authenticate(request.headers, scope, client=client,
+                                                route=path)
         started = time.perf_counter()
         try:
-            principal = await self.auth.authenticate(request.headers, scope)
+            principal = await self.auth.authenticate(request.headers, scope, client=client,
+                                                     route=path)
         except BaseException as exc:
             record_span(ctx, "auth", started, time.perf_counter(), error=type(exc).__name__)
             raise
@@ -359,6 +366,21 @@ class Gateway:
         ctx.tenant_id = principal.tenant_id
         ctx.key_id = principal.key_id
         return principal
+
+    def _auth_failed(self, reason: str, route: str) -> None:
+        self.metrics.auth_failures.labels(reason, route).inc()
+
+    def _locked_out(self, kind: str, subject: str, tenant: str | None) -> None:
+        """A burst of failed authentications: counted, logged and audited once per lockout."""
+        self.metrics.auth_lockouts.labels(kind).inc()
+        lockout = self.config.auth.lockout
+        limit = (lockout.max_failures_per_address if kind == "address"
+                 else lockout.max_failures_per_key)
+        log.warning("authentication lockout: %s %s failed %d times within %gs",
+                    kind, subject, limit, lockout.window_s)
+        self.audit(tenant_id=tenant or PLATFORM_TENANT, actor=f"{kind}:{subject}",
+                   action="auth.lockout", target=subject, outcome="denied",
+                   details={"kind": kind, "failures": limit, "window_s": lockout.window_s})
 
     def audit(self, *, tenant_id: str, actor: str, action: str, target: str,
               outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
