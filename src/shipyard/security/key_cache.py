@@ -119,9 +119,13 @@ class KeyCache:
         self._down_until = self._clock() + self.retry_s
 
     def _stale(self, key_id: str, entry: _Entry | None, now: float) -> KeyRecord | None:
-        if entry is not None and now - entry.fetched <= self.outage_grace_s:
+        if entry is None:
+            pass
+        elif now - entry.fetched <= self.outage_grace_s:
             self.stale_served += 1
             return entry.record
+        elif entry.record is not None and entry.record.status() != "active":
+            return entry.record  # revoked or expired is final, however old the record
         raise StoreUnavailable(
             "The key store cannot be reached right now, so this API key cannot be checked; "
             "retry in a few seconds.",

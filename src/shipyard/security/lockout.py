@@ -7,7 +7,8 @@ on that key id) are answered 429 with Retry-After **without being checked**, so 
 at the refill rate at best. A client address that authenticated with a key recently
 (`known_good_s`) keeps using that key while locked out, so an attacker who knows a key id (or
 shares a NAT address) cannot lock a working client out. State is per process and bounded
-(`max_tracked`); a lockout is reported once (`on_lockout`) for the audit log.
+(`max_tracked`); a lockout is reported once per burst (at most once per window and
+subject) for the audit log.
 
 >>> limiter = FailureLimiter(per_address=3, per_key=10, window_s=60)
 >>> for _ in range(3):
@@ -18,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -25,19 +27,21 @@ __all__ = ["FailureLimiter"]
 
 
 class _Buckets:
-    """Token buckets keyed by a subject: (tokens, last update); bounded in size."""
+    """Token buckets keyed by a subject, bounded in size. Each entry is (tokens, last update,
+    when its last lockout was reported)."""
 
     def __init__(self, capacity: int, window_s: float, max_tracked: int) -> None:
         self.capacity = float(capacity)
+        self.window_s = window_s
         self.rate = capacity / window_s  # tokens per second
         self.max_tracked = max_tracked
-        self._state: dict[str, tuple[float, float]] = {}
+        self._state: dict[str, tuple[float, float, float]] = {}
 
     def _tokens(self, subject: str, now: float) -> float:
         state = self._state.get(subject)
         if state is None:
             return self.capacity
-        tokens, at = state
+        tokens, at, _ = state
         return min(self.capacity, tokens + (now - at) * self.rate)
 
     def wait_s(self, subject: str, now: float) -> float:
@@ -46,13 +50,17 @@ class _Buckets:
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self, subject: str, now: float) -> bool:
-        """Count one failure; True when this failure emptied the bucket (a new lockout)."""
+        """Count one failure; True when it starts a lockout (the bucket just emptied, and no
+        lockout of this subject was reported within the window: one report per burst)."""
         before = self._tokens(subject, now)
         after = max(0.0, before - 1.0)
-        if subject not in self._state and len(self._state) >= self.max_tracked:
+        state = self._state.get(subject)
+        reported = state[2] if state is not None else -math.inf
+        if state is None and len(self._state) >= self.max_tracked:
             self._prune(now)
-        self._state[subject] = (after, now)
-        return before >= 1.0 > after
+        starts = before >= 1.0 > after and now - reported > self.window_s
+        self._state[subject] = (after, now, now if starts else reported)
+        return starts
 
     def _prune(self, now: float) -> None:
         """Forget subjects whose buckets are full again; if none are, the oldest tenth."""
