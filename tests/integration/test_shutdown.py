@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import threading
 import time
@@ -97,3 +99,49 @@ def test_several_workers_serve_and_trace(tmp_path: Path) -> None:
         engine.dispose()
     assert set(ids) <= stored
     assert gateway.output().count("gateway ready") == 2  # two worker processes
+
+
+def test_keep_alive_requests_right_after_sigterm_get_503_with_connection_close(
+        tmp_path: Path) -> None:
+    """Clients holding kept-alive connections send their next request just after SIGTERM:
+    each gets the documented 503 with Retry-After and `Connection: close`, never a reset."""
+    gateway = launch_gateway(tmp_path, gateway_config(None, f"sqlite:///{tmp_path}/s.db"))
+    body = b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+    routes = [("POST", "/v1/chat/completions", body), ("GET", "/v1/models", None),
+              ("GET", "/v1/admin/status", None), ("GET", "/v1/traces?limit=1", None)]
+    connections = [http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+                   for _ in range(24)]
+    try:
+        for i, conn in enumerate(connections):
+            method, path, payload = routes[i % len(routes)]
+            conn.request(method, path, body=payload, headers=headers)
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200 and not answer.will_close
+        gateway.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        outcomes: list[tuple[int, str | None, str | None]] = []
+        for i, conn in enumerate(connections):
+            method, path, payload = routes[i % len(routes)]
+            conn.request(method, path, body=payload, headers=headers)  # the same connection
+            answer = conn.getresponse()
+            data = json.loads(answer.read())
+            outcomes.append((answer.status, answer.getheader("connection"),
+                             answer.getheader("retry-after")))
+            assert data["error"]["code"] == "overloaded", data
+        assert outcomes == [(503, "close", "1")] * len(connections)
+        with urllib.request.urlopen(f"{gateway.url}/livez", timeout=5) as live:
+            assert live.status == 200  # the process is still serving its probes
+        # Every client closed its connection after the 503: the shutdown goes on at once
+        # instead of waiting out the whole grace.
+        for conn in connections:
+            conn.close()
+        started = time.monotonic()
+        assert gateway.process.wait(30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 10
+    finally:
+        for conn in connections:
+            conn.close()
+        gateway.stop()
+    assert "Traceback" not in gateway.output()

@@ -106,7 +106,8 @@ class AdminRoutes:
         self.gw = gateway
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        body, _ = await read_json(request, self.gw.config.server.max_body_bytes)
+        body, _ = await read_json(request, self.gw.config.server.max_body_bytes,
+                                  max_depth=self.gw.config.server.max_json_depth)
         return body
 
     # -- tenants ----------------------------------------------------------------------------

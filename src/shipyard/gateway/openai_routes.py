@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from shipyard.config.server import BoundsConfig
 from shipyard.errors import InvalidRequest, ModelNotFound, ShipyardError, UpstreamError
 from shipyard.gateway.escalate import ChatEscalation, conversation_of
 from shipyard.gateway.http import error_response, json_response, read_json, request_priority
@@ -45,7 +46,7 @@ class OpenAIRoutes:
         request: Request,
         endpoint: Endpoint,
         route: str,
-        validate: Callable[[dict[str, Any]], tuple[str, bool]],
+        validate: Callable[[dict[str, Any], BoundsConfig], tuple[str, bool]],
     ) -> Response:
         gw = self.gw
         ctx = gw.begin(request, route)
@@ -56,8 +57,10 @@ class OpenAIRoutes:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
-            alias, stream = validate(body)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
+            alias, stream = validate(body, gw.config.server.bounds)
             target = gw.model(alias, "chat", ctx, principal)
             ctx.stream = stream
             policy = gw.escalations.for_model(alias) if endpoint == "chat/completions" else None
@@ -208,8 +211,10 @@ class OpenAIRoutes:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
-            alias = validate_embeddings(body)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
+            alias = validate_embeddings(body, gw.config.server.bounds)
             target = gw.model(alias, "embedding", ctx, principal)
             pii = await gw.pii_session(ctx, gw.model_pii.get(alias), request)
             payload = self._protect(ctx, pii, body, dict(body))

@@ -28,6 +28,7 @@ from shipyard.errors import (
 )
 from shipyard.escalation import Escalations, OverdueChecker, caller_of
 from shipyard.gateway.auth import Authenticator, Principal
+from shipyard.gateway.drain import DrainGrace
 from shipyard.gateway.pii import CONVERSATION_HEADER, PIIPolicy, PIISession
 from shipyard.guards.answers import Escalation as GuardEscalation
 from shipyard.guards.answers import GuardHooks
@@ -146,6 +147,7 @@ class Gateway:
         self.draining = False
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
+        self.drain_grace = DrainGrace(config.server.drain_grace_s)
         self.alerts = AlertEvaluator(config, self.engine)
         self.audit_log = AuditLog(self.engine)
         self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
@@ -234,8 +236,9 @@ class Gateway:
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
             self.drain()
             if callable(previous):
-                previous(signum, frame)
+                self.drain_grace.on_signal(previous, signum, frame)
 
+        self.drain_grace.bind(asyncio.get_running_loop())
         signal.signal(signal.SIGTERM, on_sigterm)
         self._previous_sigterm = previous
 

@@ -61,7 +61,9 @@ class ServiceRoutes:
             ctx.service = name
             ctx.provider = "python"
             gw.set_capture(ctx, service.config.capture)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
             policy = gw.escalations.for_service(name)
             if policy is not None:
                 escalation = ServiceEscalation(gw, ctx, policy, conversation_of(request),
