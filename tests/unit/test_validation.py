@@ -205,5 +205,5 @@ def test_bounds_come_from_the_config() -> None:
     assert validate_chat({"model": "m", "messages": USER, "n": 4}, bounds) == ("m", False)
     with pytest.raises(InvalidRequest, match=r"at most 4 \(server.bounds.max_n\)"):
         validate_chat({"model": "m", "messages": USER, "n": 5}, bounds)
-    with pytest.raises(InvalidRequest, match="server.bounds.max_dimensions"):
+    with pytest.raises(InvalidRequest, match=r"server\.bounds\.max_dimensions"):
         validate_embeddings({"model": "e", "input": "x", "dimensions": 1025}, bounds)

@@ -50,6 +50,7 @@ from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue
 from shipyard.store.engine import create_store_engine, migrate, ping
+from shipyard.store.journal import Journal
 from shipyard.store.retention import RetentionTask
 from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
@@ -128,6 +129,7 @@ class Gateway:
         self.store_spans = config.traces.spans
         self.sample_spans = config.traces.sample_spans
         self.sample_payloads = config.traces.sample_payloads
+        self.durable = config.traces.durable
         self.retention: RetentionTask | None = None
         self.writer: TraceWriter | None = None
         if config.traces.enabled:
@@ -139,6 +141,8 @@ class Gateway:
                 on_drop=lambda n: self.metrics.trace_drops.inc(n),
                 on_write=lambda n: self.metrics.traces_written.inc(n),
                 spool=Spool(default_spool_dir(config), max_bytes=config.traces.spool_max_bytes),
+                journal=Journal(default_spool_dir(config))
+                if config.traces.durable != "off" else None,
             )
             self.metrics.watch_spool(self.writer.spool_status)
             self.metrics.watch_queue(lambda: self.writer.depth if self.writer else 0)
@@ -514,7 +518,8 @@ class Gateway:
                     record["spans"] = [(ctx.root_span, ctx.parent_span_id, ctx.route,
                                         ctx.t0, finishing, ctx.error_type, None), *ctx.spans]
                     record["spans_t0"] = ctx.t0
-                self.writer.submit(record)
+                self.writer.submit(record, durable=self.durable == "all" or (
+                    self.durable == "full" and ctx.capture == "full"))
             if self.otlp is not None and ctx.sampled:
                 # After the response has gone out: the loop runs this on its next turn.
                 asyncio.get_running_loop().call_soon(self._export, ctx, finishing)
