@@ -128,6 +128,17 @@ class TracesConfig(Section):
         "`capture: full`), or `all`. Costs one file append per such request "
         "(docs/benchmarks.md); a machine crash can still lose the page cache.",
     )
+
+    @field_validator("durable", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML reads a bare `off` (and `on`) as a boolean.
+        if value is False:
+            return "off"
+        if value is True:
+            return "all"
+        return value
+
     spool_max_bytes: int = Field(
         256 * 1024 * 1024,
         ge=0,
