@@ -17,7 +17,6 @@ ShipyardError                       500 internal_error
 │   └── MethodNotAllowed            405 invalid_request_error / method_not_allowed
 ├── CapacityError                   503 server_error / overloaded (sent with Retry-After)
 │   └── StoreUnavailable            503 server_error / store_unavailable (sent with Retry-After)
-├── FeatureUnavailable              501 server_error / extra_not_installed (names the pip line)
 ├── UpstreamError                   502 upstream_error
 │   ├── UpstreamTimeout             504 upstream_error / upstream_timeout
 │   ├── UpstreamUnavailable         502 upstream_error / upstream_unavailable
@@ -41,7 +40,6 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "Conflict",
-    "FeatureUnavailable",
     "InvalidJSON",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -179,15 +177,6 @@ class StoreUnavailable(CapacityError):
     an outage); the caller should retry shortly."""
 
     code = "store_unavailable"
-
-
-class FeatureUnavailable(ShipyardError):
-    """A feature needs an optional extra that is not installed; the message names the
-    `pip install 'shipyard[extra]'` line."""
-
-    status = 501
-    type = "server_error"
-    code = "extra_not_installed"
 
 
 class UpstreamError(ShipyardError):

@@ -241,3 +241,25 @@ def test_sim_bad_fault_flags_fail_clearly(flags: list[str], expected: str,
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_check_warns_about_an_inline_secret_and_strict_refuses_it(tmp_path: Path) -> None:
+    (tmp_path / "inline.yaml").write_text(
+        "store: {url: 'sqlite:///s.db'}\n"
+        "auth: {api_keys: ['sk-inline-secret-1234', {$env: SHIPYARD_API_KEY}]}\n"
+        "providers: {sim: {kind: sim}}\n"
+        "models: {demo: {provider: sim, model: sim-chat}}\n")
+    env = {"SHIPYARD_API_KEY": "sk-e2e-" + "x" * 20}
+    checked = shipyard("config", "check", "--no-store", "--config", "inline.yaml",
+                       cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "1 provider, 1 model, 0 services." in checked.stdout
+    assert "key 'auth.api_keys[0]' holds a secret written inline" in checked.stderr
+    assert "auth.api_keys[1]" not in checked.stderr  # referenced: fine
+    assert "sk-inline-secret-1234" not in checked.stderr + checked.stdout
+    strict = shipyard("config", "check", "--no-store", "--strict", "--config", "inline.yaml",
+                      cwd=tmp_path, env=env)
+    assert strict.returncode != 0
+    assert "key 'auth.api_keys[0]' holds a secret written inline" in strict.stderr
+    assert "--strict refuses inline secrets" in strict.stderr
+    assert "sk-inline-secret-1234" not in strict.stderr + strict.stdout

@@ -61,7 +61,6 @@ EXPECTED = {  # class: (status, type, code)
     "MethodNotAllowed": (405, "invalid_request_error", "method_not_allowed"),
     "CapacityError": (503, "server_error", "overloaded"),
     "StoreUnavailable": (503, "server_error", "store_unavailable"),
-    "FeatureUnavailable": (501, "server_error", "extra_not_installed"),
     "UpstreamError": (502, "upstream_error", "upstream_error"),
     "UpstreamTimeout": (504, "upstream_error", "upstream_timeout"),
     "UpstreamUnavailable": (502, "upstream_error", "upstream_unavailable"),

@@ -442,7 +442,8 @@ class Gateway:
             route = "/v1/embeddings" if target.config.type == "embedding" else (
                 "/v1/chat/completions")
             raise InvalidRequest(
-                f"The model '{alias}' is a {target.config.type} model; call {route} with it.",
+                f"The model '{alias}' is {'an' if target.config.type[0] in 'aeiou' else 'a'} "
+                f"{target.config.type} model; call {route} with it.",
                 param="model", code="wrong_model_type")
         principal.may_use_model(alias)
         ctx.service = alias
@@ -492,8 +493,8 @@ class Gateway:
             if ctx.completion_tokens:
                 self.metrics.tokens.labels(service, model, "completion").inc(
                     ctx.completion_tokens)
-            if ctx.attributes:
-                self._count_attempts(model, ctx.attributes)
+            if ctx.spans or ctx.attributes:
+                self._count_attempts(model, ctx)
             if ctx.rate_limit is not None:
                 self._spawn(settle_tokens(ctx))
             if ctx.total_tokens and ctx.cost_usd is None and ctx.status < 400:
@@ -562,25 +563,30 @@ class Gateway:
         except Exception:  # exporting must never break serving
             log.exception("exporting the spans of request %s failed", ctx.request_id)
 
-    def _count_attempts(self, model: str, attributes: dict[str, Any]) -> None:
-        attempts = attributes.get("attempts")
-        if attempts:
-            tried = 0
-            for attempt in attempts:
-                outcome = attempt.get("outcome", "")
-                if outcome == "retry_budget_spent":
-                    self.metrics.retry_budget_spent.labels(model).inc()
-                    continue
-                if "deployment" in attempt:
-                    tried += 1
-                    self.metrics.attempts.labels(
-                        attempt.get("alias", model), attempt["deployment"], outcome).inc()
-            if tried > 1:
-                self.metrics.retries.labels(model).inc(tried - 1)
-            served = attempts[-1].get("alias")
-            if served and served != model and attempts[-1].get("outcome") == "ok":
-                self.metrics.fallbacks.labels(model, served).inc()
-        cache = attributes.get("cache")
+    def _count_attempts(self, model: str, ctx: RequestContext) -> None:
+        """Upstream attempts, retries and fallbacks, from the request's `upstream.attempt`
+        spans: recorded for every attempt (the trace's `attempts` attribute only lists them
+        when there was more than one)."""
+        tried = 0
+        served: str | None = None
+        for _sid, _parent, name, _start, _end, _error, attributes in ctx.spans:
+            if name != "upstream.attempt" or not attributes:
+                continue
+            tried += 1
+            alias = attributes.get("shipyard.model", model)
+            outcome = attributes.get("shipyard.outcome", "")
+            self.metrics.attempts.labels(alias, attributes.get("shipyard.deployment", ""),
+                                         outcome).inc()
+            served = alias if outcome == "ok" else None
+        if tried > 1:
+            self.metrics.retries.labels(model).inc(tried - 1)
+        if served and served != model:
+            self.metrics.fallbacks.labels(model, served).inc()
+        attempts = (ctx.attributes or {}).get("attempts") or ()
+        for attempt in attempts:
+            if attempt.get("outcome") == "retry_budget_spent":
+                self.metrics.retry_budget_spent.labels(model).inc()
+        cache = (ctx.attributes or {}).get("cache")
         if cache:
             self.metrics.cache.labels(model, cache).inc()
 

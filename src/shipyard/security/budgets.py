@@ -19,11 +19,13 @@ from sqlalchemy import Engine, func, select
 
 from shipyard.config.security import BudgetConfig
 from shipyard.errors import RateLimited
+from shipyard.security.pricing import format_usd
 from shipyard.store.tables import traces
 
 __all__ = ["BudgetGuard", "period_start"]
 
 log = logging.getLogger("shipyard.budgets")
+_ADJECTIVE = {"day": "daily", "month": "monthly"}
 
 
 def period_start(period: str, now: datetime | None = None) -> datetime:
@@ -100,9 +102,10 @@ class BudgetGuard:
             if entry.usd >= budget.limit_usd:
                 kind, ident = self._scope(budget)
                 raise BudgetExceeded(
-                    f"The {budget.period}ly budget of {kind} '{ident}' (${budget.limit_usd:.2f}) "
-                    f"is spent (${entry.usd:.2f} so far); requests are refused until the "
-                    f"period ends or an admin raises 'budgets' in the config.")
+                    f"The {_ADJECTIVE[budget.period]} budget of {kind} '{ident}' "
+                    f"({format_usd(budget.limit_usd)}) is spent ({format_usd(entry.usd)} so "
+                    "far); requests are refused until the period ends or an admin raises "
+                    "'budgets' in the config.")
 
     def add(self, tenant_id: str, key_id: str | None, usd: float) -> None:
         for budget in self.budgets:

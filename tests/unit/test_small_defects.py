@@ -1,0 +1,50 @@
+"""Small defects found by outside testing (issue 16, item 8), each pinned by a test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from shipyard.config.security import BudgetConfig
+from shipyard.errors import RateLimited
+from shipyard.security.budgets import BudgetGuard
+from shipyard.security.pricing import format_usd
+from shipyard.ui.monitor_pages import drift_page
+from shipyard.ui.pages import PageContext, PageError
+
+
+@pytest.mark.parametrize(("period", "limit", "spent", "words"), [
+    ("day", 0.001, 0.002, "The daily budget of tenant 'acme' ($0.001) is spent ($0.002 so far)"),
+    ("month", 25.0, 25.5, "The monthly budget of tenant 'acme' ($25.00) is spent ($25.50 so"),
+])
+def test_the_budget_error_names_the_period_and_the_real_amounts(
+        period: str, limit: float, spent: float, words: str) -> None:
+    guard = BudgetGuard(create_engine("sqlite://"),
+                        [BudgetConfig(tenant="acme", period=period, limit_usd=limit)])
+    guard.add("acme", None, spent)
+    with pytest.raises(RateLimited) as raised:
+        guard.check("acme", None)
+    assert words in raised.value.message
+    assert "dayly" not in raised.value.message
+
+
+def test_dollars_are_never_shown_as_zero_or_in_exponent_form() -> None:
+    assert format_usd(2.91e-05) == "$0.0000291"
+    assert format_usd(0.004) == "$0.004"
+    assert format_usd(1234.5) == "$1,234.50"
+    assert format_usd(0.0) == "$0.00"
+
+
+def test_the_drift_page_without_the_monitor_extra_is_a_clear_501(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # numpy/scipy missing: importing the drift store fails as it would without the extra.
+    monkeypatch.setitem(sys.modules, "shipyard.monitor.drift_store", None)
+    ctx = PageContext(engine=create_engine(f"sqlite:///{tmp_path}/s.db"), tenant_id="default",
+                      role="admin", params={})
+    with pytest.raises(PageError) as raised:
+        drift_page(ctx)
+    assert raised.value.status == 501
+    assert "pip install 'shipyard[monitor]'" in raised.value.message
