@@ -48,3 +48,16 @@ def test_the_drift_page_without_the_monitor_extra_is_a_clear_501(
         drift_page(ctx)
     assert raised.value.status == 501
     assert "pip install 'shipyard[monitor]'" in raised.value.message
+
+
+def test_jsonl_corpora_keep_line_separators_inside_strings(tmp_path: Path) -> None:
+    from shipyard.guards.classifier import load_examples
+    from shipyard.guards.corpus import read_corpus
+
+    lines = ['{"text": "first\u2028part\u0085two\u2029three", "label": "attack"}',
+             '{"text": "benign\u2028text", "label": "benign"}']
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    items = read_corpus(corpus)
+    assert [i.text for i in items] == ["first\u2028part\u0085two\u2029three", "benign\u2028text"]
+    assert [text for text, _ in load_examples(corpus)] == [i.text for i in items]
