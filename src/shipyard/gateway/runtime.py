@@ -152,7 +152,8 @@ class Gateway:
         self._store_ok = (0.0, False)
         self._previous_sigterm: Any = None
         self.drain_grace = DrainGrace(config.server.drain_grace_s)
-        self.alerts = AlertEvaluator(config, self.engine)
+        self.alerts = AlertEvaluator(config, self.engine,
+                                     on_evaluated=self.metrics.alert_evaluations.inc)
         self.audit_log = AuditLog(self.engine)
         self.drift: Any = None  # a shipyard.monitor DriftScheduler once started
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics)

@@ -136,6 +136,9 @@ class Metrics:
             "Time each guard took to judge (failed and timed-out runs included), by model or "
             "service, stage and guard.",
             ("target", "stage", "guard"), buckets=_GUARD_BUCKETS, registry=r)
+        self.alert_evaluations = Counter(
+            "shipyard_alert_evaluations", "Rounds in which this gateway (holding the evaluator "
+            "lease) evaluated the alert rules and SLOs.", registry=r)
         self.auth_failures = Counter(
             "shipyard_auth_failures", "Requests that failed authentication or authorization, "
             "by reason (invalid_key, unknown_key, invalid_token, revoked, expired, missing, "
