@@ -84,7 +84,7 @@ def _common(body: dict[str, Any], bounds: BoundsConfig) -> bool:
             raise _bad("Parameter 'stream_options' is only allowed when 'stream' is true.",
                        "stream_options")
     _integer(body, "n", 1, bounds.max_n, "max_n")
-    _integer(body, "seed", -(2**63), 2**63 - 1)
+    _integer(body, "seed", -(2**64))  # any integer: the upstream knows its own range
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     return bool(stream)
@@ -137,10 +137,17 @@ def validate_chat(body: dict[str, Any], bounds: BoundsConfig = _DEFAULT_BOUNDS
     return model, _common(body, bounds)
 
 
+def _is_token(value: Any) -> bool:
+    """A token id: a JSON integer. The JSON parser reads integers beyond 64 bits as whole
+    floats; they are still integers to JSON Schema (and to OpenAI's document)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+
+
 def _token_count(items: list[Any]) -> int:
     """Token ids in a token-array input (a list of ints, or a list of such lists)."""
     return sum(len(i) if isinstance(i, list) else 1 for i in items
-               if isinstance(i, int | list) and not isinstance(i, bool))
+               if isinstance(i, list) or _is_token(i))
 
 
 def _inputs(value: list[Any], name: str, bounds: BoundsConfig) -> None:
@@ -166,9 +173,9 @@ def validate_completion(body: dict[str, Any], bounds: BoundsConfig = _DEFAULT_BO
     prompt = body["prompt"]
     if isinstance(prompt, list):
         ok = all(isinstance(p, str) for p in prompt) or bool(prompt and (
-            all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)
-            or all(isinstance(p, list) and p and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt)))
+            all(_is_token(p) for p in prompt)
+            or all(isinstance(p, list) and p and all(_is_token(t) for t in p)
+                   for p in prompt)))
         if not ok:
             raise _bad("Parameter 'prompt' must be a string, a list of strings, a list of token "
                        "ids or a list of token id lists.", "prompt", "invalid_type")
@@ -191,9 +198,8 @@ def validate_embeddings(body: dict[str, Any], bounds: BoundsConfig = _DEFAULT_BO
                    "input", "missing_required_parameter")
     ok = (isinstance(value, str) and value != "") or bool(
         isinstance(value, list) and value and all(
-            (isinstance(v, str) and v != "") or (isinstance(v, int) and not isinstance(v, bool))
-            or (isinstance(v, list) and v and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in v))
+            (isinstance(v, str) and v != "") or _is_token(v)
+            or (isinstance(v, list) and v and all(_is_token(t) for t in v))
             for v in value))
     if not ok:
         raise _bad("Parameter 'input' must be a non-empty string, a non-empty list of non-empty "
