@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import API_KEY, Proc, gateway_config, launch_gateway
+from conftest import API_KEY, Proc, gateway_config, launch_gateway, launch_sim
 from shipyard.store import create_store_engine, migrate
 from shipyard.store import tenants as store
 
@@ -206,3 +207,47 @@ def test_brute_force_meets_429_per_address_and_per_key_id(tmp_path: Path) -> Non
                             ("acme", f"key:{target.id}", "denied")}
     finally:
         gateway.stop()
+
+
+def test_chaos_store_down_measures_a_tenant_key_through_a_postgres_outage(
+        postgres_url: str, tmp_path: Path) -> None:
+    from shipyard.readiness.chaos import run_scenarios
+
+    name = postgres_url.rsplit("/", 1)[1]
+    sim = launch_sim(tmp_path)
+    gateway = launch_gateway(tmp_path, _with_auth(gateway_config(sim.port, postgres_url),
+                                                  "  key_cache_s: 1\n"))
+    script = tmp_path / "pg_outage.py"  # the hooks: what an operator's script would do
+    script.write_text(f"""import sys
+import psycopg
+down = sys.argv[1] == "down"
+with psycopg.connect({PG_DSN!r}, autocommit=True) as conn:
+    conn.execute('ALTER DATABASE "{name}" ALLOW_CONNECTIONS ' + ('false' if down else 'true'))
+    if down:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", ({name!r},))
+""")
+    hook = f"{sys.executable} {script} {{}}"
+    try:
+        report = run_scenarios(gateway.url, API_KEY, "demo", [sim.url], ["store-down"],
+                               rate=20, baseline_s=2, fault_s=6, recovery_s=3, hold_s=1,
+                               latency_factor=20, store_down_cmd=hook.format("down"),
+                               store_up_cmd=hook.format("up"))
+    finally:
+        _pg_outage(name, down=False)
+        gateway.stop()
+        sim.stop()
+    [scenario] = report.scenarios
+    assert scenario.skipped is None and scenario.fault is not None
+    notes = " ".join(scenario.notes)
+    assert "Traffic used a fresh key of tenant 'chaos'" in notes, notes
+    assert not any("exited with" in n for n in scenario.notes), notes  # the hooks ran
+    # 6 s down with key_cache_s: 1: the key is served from its last known record throughout.
+    assert scenario.fault.success_rate == 1.0, scenario.fault.errors
+    assert scenario.fault.requests >= 100
+    engine = create_store_engine(postgres_url)
+    try:
+        [key] = store.list_keys(engine, tenant_id="chaos")
+        assert key.status() == "revoked"  # cleaned up after the drill
+    finally:
+        engine.dispose()
