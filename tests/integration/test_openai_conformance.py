@@ -272,6 +272,14 @@ def test_unknown_routes_name_the_route_and_list_the_supported_ones(gateway: Proc
     assert "the API lives under /v1" not in error["message"]
 
 
+def test_a_wrong_model_type_reads_as_english(gateway: Proc) -> None:
+    status, answer = _post(gateway, "/chat/completions", {
+        "model": EMBED, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 400
+    assert f"The model '{EMBED}' is an embedding model; call /v1/embeddings with it." in (
+        json.loads(answer)["error"]["message"])
+
+
 def test_405_names_the_allowed_methods_in_allow(gateway: Proc) -> None:
     for method, path, allowed in [("GET", "/v1/chat/completions", "POST"),
                                   ("DELETE", "/v1/admin/keys", "GET, HEAD, POST"),

@@ -61,3 +61,24 @@ def test_jsonl_corpora_keep_line_separators_inside_strings(tmp_path: Path) -> No
     items = read_corpus(corpus)
     assert [i.text for i in items] == ["first\u2028part\u0085two\u2029three", "benign\u2028text"]
     assert [text for text, _ in load_examples(corpus)] == [i.text for i in items]
+
+
+def test_the_trace_page_shows_milliseconds_and_dollars_for_people(tmp_path: Path) -> None:
+    from shipyard.store import create_store_engine, migrate, new_trace_record
+    from shipyard.store.writer import TraceWriter
+    from shipyard.ui.pages import trace_detail
+
+    engine = create_store_engine(f"sqlite:///{tmp_path}/s.db")
+    migrate(engine)
+    writer = TraceWriter(engine)
+    writer.start()
+    record = new_trace_record(route="chat", status=200, total_ms=9.396971999876769,
+                              upstream_ms=8.1234567, cost_usd=2.91e-05, service="demo")
+    writer.submit(record)
+    writer.stop()
+    ctx = PageContext(engine=engine, tenant_id="default", role="admin", params={},
+                      path_params={"trace_id": record["id"]})
+    fields = dict(trace_detail(ctx)["fields"])
+    assert fields["total_ms"] == "9.40 ms" and fields["upstream_ms"] == "8.12 ms"
+    assert fields["cost_usd"] == "$0.0000291"
+    engine.dispose()
