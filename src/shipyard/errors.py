@@ -16,7 +16,8 @@ ShipyardError                       500 internal_error
 │   ├── Conflict                    409 invalid_request_error / conflict
 │   └── MethodNotAllowed            405 invalid_request_error / method_not_allowed
 ├── CapacityError                   503 server_error / overloaded (sent with Retry-After)
-│   └── StateUnavailable            503 server_error / state_unavailable (Redis unreachable)
+│   ├── StateUnavailable            503 server_error / state_unavailable (Redis unreachable)
+│   └── StoreUnavailable            503 server_error / store_unavailable (sent with Retry-After)
 ├── UpstreamError                   502 upstream_error
 │   ├── UpstreamTimeout             504 upstream_error / upstream_timeout
 │   ├── UpstreamUnavailable         502 upstream_error / upstream_unavailable
@@ -51,6 +52,7 @@ __all__ = [
     "ServiceError",
     "ShipyardError",
     "StateUnavailable",
+    "StoreUnavailable",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -177,6 +179,11 @@ class StateUnavailable(CapacityError):
     closed; the caller should retry later (sent with Retry-After)."""
 
     code = "state_unavailable"
+class StoreUnavailable(CapacityError):
+    """The store cannot be reached and the answer depends on it (e.g. a key never seen before
+    an outage); the caller should retry shortly."""
+
+    code = "store_unavailable"
 
 
 class UpstreamError(ShipyardError):

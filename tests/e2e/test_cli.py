@@ -264,3 +264,23 @@ def test_python_path_and_plugins_are_honoured_from_any_directory(tmp_path: Path)
                   cwd=elsewhere)
     assert checked.returncode == 0, checked.stderr
     assert "is valid" in checked.stdout
+def test_config_check_warns_about_an_inline_secret_and_strict_refuses_it(tmp_path: Path) -> None:
+    (tmp_path / "inline.yaml").write_text(
+        "store: {url: 'sqlite:///s.db'}\n"
+        "auth: {api_keys: ['sk-inline-secret-1234', {$env: SHIPYARD_API_KEY}]}\n"
+        "providers: {sim: {kind: sim}}\n"
+        "models: {demo: {provider: sim, model: sim-chat}}\n")
+    env = {"SHIPYARD_API_KEY": "sk-e2e-" + "x" * 20}
+    checked = shipyard("config", "check", "--no-store", "--config", "inline.yaml",
+                       cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "1 provider, 1 model, 0 services." in checked.stdout
+    assert "key 'auth.api_keys[0]' holds a secret written inline" in checked.stderr
+    assert "auth.api_keys[1]" not in checked.stderr  # referenced: fine
+    assert "sk-inline-secret-1234" not in checked.stderr + checked.stdout
+    strict = shipyard("config", "check", "--no-store", "--strict", "--config", "inline.yaml",
+                      cwd=tmp_path, env=env)
+    assert strict.returncode != 0
+    assert "key 'auth.api_keys[0]' holds a secret written inline" in strict.stderr
+    assert "--strict refuses inline secrets" in strict.stderr
+    assert "sk-inline-secret-1234" not in strict.stderr + strict.stdout

@@ -158,6 +158,10 @@ class Traffic:
         for thread in self.threads:
             thread.join(15)
 
+    def ok(self) -> int:
+        """Requests answered 200 so far: the test's clock is work done, not wall time."""
+        return self.statuses.count(200)
+
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -166,6 +170,29 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _admin(gateway: Proc, path: str) -> Any:
+    request = urllib.request.Request(f"{gateway.url}{path}",
+                                     headers={"authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def notified(gateway: Proc) -> int:
+    """Notifications the alert state machine has recorded as delivered."""
+    return sum(e["event"] == "notified" for alert in _admin(gateway, "/v1/admin/alerts")["data"]
+               for e in alert["events"])
+
+
+def evaluations(gateway: Proc) -> int:
+    """Alert evaluation rounds so far, from the gateway's metrics (all workers)."""
+    request = urllib.request.Request(f"{gateway.url}/metrics",
+                                     headers={"authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("shipyard_alert_evaluations_total")))
 
 
 def config(tmp_path: Path, sim: Proc, receiver: Receiver, smtp_port: int) -> str:
@@ -219,20 +246,25 @@ def test_a_burn_rate_alert_fires_and_resolves_once_to_webhook_slack_and_email(
                             env={"HOOK_SECRET": HOOK_SECRET})
     traffic = Traffic(gateway)
     try:
-        time.sleep(1.5)  # healthy: nothing fires
+        # Healthy: nothing fires while a good baseline of requests is served and evaluated.
+        wait_for(lambda: traffic.ok() >= 60 and evaluations(gateway) >= 5, 60,
+                 "a healthy baseline")
         assert receiver.posts == [] and inbox.messages == []
         faults(sim, error_rates={"500": 1.0})
-        wait_for(lambda: "firing" in receiver.events("/hook"), 30, "the firing webhook")
+        wait_for(lambda: "firing" in receiver.events("/hook"), 60, "the firing webhook")
         faults(sim)  # healed
-        wait_for(lambda: "resolved" in receiver.events("/hook"), 30, "the resolved webhook")
+        wait_for(lambda: "resolved" in receiver.events("/hook"), 60, "the resolved webhook")
         # Still healthy for a while: the long window still holds the errors, the short one
-        # does not, so nothing fires again.
-        time.sleep(2.5)
+        # does not, so nothing fires again — "a while" counted in served requests and
+        # evaluations, so a slow machine waits longer instead of checking too early.
+        served, evaluated = traffic.ok(), evaluations(gateway)
+        wait_for(lambda: traffic.ok() >= served + 60 and evaluations(gateway) >= evaluated + 5,
+                 60, "requests and evaluations after the resolution")
     finally:
         traffic.stop()
-    wait_for(lambda: len(inbox.messages) >= 2 and len(receiver.events("/slack")) >= 2, 15,
-             "email and Slack deliveries")
-    time.sleep(0.5)
+    # Every delivery is recorded as a `notified` event: wait for all six (3 channels x
+    # firing and resolved) instead of sleeping and hoping the last one has arrived.
+    wait_for(lambda: notified(gateway) >= 6, 60, "all six deliveries")
     assert 200 in traffic.statuses and max(traffic.statuses) >= 500, set(traffic.statuses)
     assert receiver.events("/hook") == ["firing", "resolved"]
     assert receiver.events("/slack") == ["firing", "resolved"]

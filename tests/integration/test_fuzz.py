@@ -115,7 +115,12 @@ def live(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     spare, _ = store.create_key(engine, tenant_id="default", name="fuzz spare", role="viewer")
     engine.dispose()
     sim = launch_sim(folder)
-    gateway = launch_gateway(folder, gateway_config(sim.port, url, extra=SERVICES))
+    # The anonymous pass sends hundreds of bad credentials from one address on purpose; lockout
+    # has its own tests (test_auth_hardening.py).
+    config = gateway_config(sim.port, url, extra=SERVICES).replace("\nauth:\n", (
+        "\nauth:\n  lockout: {max_failures_per_address: 1000000, "
+        "max_failures_per_key: 1000000}\n"), 1)
+    gateway = launch_gateway(folder, config)
     try:
         request = urllib.request.Request(
             f"{gateway.url}/v1/chat/completions", method="POST",

@@ -136,6 +136,11 @@ def test_metrics_match_the_traffic(start_sim: Callable[..., Proc],
     assert value(m, "shipyard_fallbacks_total", model="flaky", served_by="demo") == 2
     assert value(m, "shipyard_upstream_attempts_total", model="flaky",
                  outcome="UpstreamError") == 4
+    # Every successful attempt counts, not only those of retried requests: 13 direct on
+    # `demo` and the 2 fallbacks served by it.
+    assert value(m, "shipyard_upstream_attempts_total", model="demo", outcome="ok") == 15
+    assert value(m, "shipyard_upstream_attempts_total", model="tight",
+                 outcome="ok") == statuses[200]
     # Upstream time: every request that reached an upstream (the cache hits did not).
     reached = 13 + 1 + 2 + statuses[200]
     assert value(m, "shipyard_upstream_duration_seconds_count") == reached

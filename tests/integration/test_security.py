@@ -87,7 +87,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     sim = launch_sim(folder)
     gateway = launch_gateway(folder, f"""
 store: {{url: "{url}"}}
-auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
+# The auth matrix sends hundreds of bad keys from one address on purpose; lockout has its own
+# tests (test_auth_hardening.py).
+auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}],
+        lockout: {{max_failures_per_address: 1000000, max_failures_per_key: 1000000}}}}
 python_path: ["{Path(__file__).parent.parent / 'fixtures'}"]
 providers:
   sim: {{kind: openai, base_url: "{sim.url}/v1"}}

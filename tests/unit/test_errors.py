@@ -61,6 +61,7 @@ EXPECTED = {  # class: (status, type, code)
     "MethodNotAllowed": (405, "invalid_request_error", "method_not_allowed"),
     "CapacityError": (503, "server_error", "overloaded"),
     "StateUnavailable": (503, "server_error", "state_unavailable"),
+    "StoreUnavailable": (503, "server_error", "store_unavailable"),
     "UpstreamError": (502, "upstream_error", "upstream_error"),
     "UpstreamTimeout": (504, "upstream_error", "upstream_timeout"),
     "UpstreamUnavailable": (502, "upstream_error", "upstream_unavailable"),

@@ -17,8 +17,8 @@ from shipyard.gateway.app import create_app
 from shipyard.gateway.server import check_state
 from shipyard.resilience.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, SharedCircuits
 from shipyard.security.budget_ledger import Account, StoreLedger
-from shipyard.security.budgets import estimate_tokens, usd
-from shipyard.security.pricing import Price, PriceTable
+from shipyard.security.budgets import estimate_tokens
+from shipyard.security.pricing import Price, PriceTable, format_usd
 from shipyard.security.ratelimit import Bucket, RedisLimiter
 from shipyard.state.redis import FEATURES, OUTAGE_POLICY, RedisState, StateHealth
 from shipyard.store import create_store_engine
@@ -123,8 +123,8 @@ def test_cost_estimates_bound_the_answer() -> None:
 
 
 def test_dollar_amounts_keep_small_values_readable() -> None:
-    assert [usd(v) for v in (0.0, 0.5, 0.01, 0.0006, 0.00123, 1234.5)] == [
-        "$0.00", "$0.50", "$0.01", "$0.0006", "$0.0012", "$1,234.50"]
+    assert [format_usd(v) for v in (0.0, 0.5, 0.01, 0.0006, 0.00123, 1234.5)] == [
+        "$0.00", "$0.50", "$0.01", "$0.0006", "$0.00123", "$1,234.50"]
 
 
 def test_breakers_work_alone_while_redis_is_unreachable() -> None:

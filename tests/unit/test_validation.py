@@ -46,12 +46,20 @@ CHAT_REJECTIONS = [
     ({"model": "m", "messages": USER, "stream": True, "stream_options": True},
      "stream_options", "invalid_type", "include_usage"),
     ({"model": "m", "messages": USER, "max_tokens": 0}, "max_tokens", "invalid_value",
-     "positive integer"),
-    ({"model": "m", "messages": USER, "max_tokens": True}, "max_tokens", "invalid_value",
-     "positive integer"),
+     "at least 1"),
+    ({"model": "m", "messages": USER, "max_tokens": True}, "max_tokens", "invalid_type",
+     "an integer"),
     ({"model": "m", "messages": USER, "max_completion_tokens": 1.5}, "max_completion_tokens",
-     "invalid_value", "positive integer"),
-    ({"model": "m", "messages": USER, "n": -1}, "n", "invalid_value", "positive integer"),
+     "invalid_type", "an integer"),
+    ({"model": "m", "messages": USER, "n": -1}, "n", "invalid_value", "at least 1"),
+    ({"model": "m", "messages": USER, "n": 1000}, "n", "bound_exceeded",
+     "at most 128 (server.bounds.max_n)"),
+    ({"model": "m", "messages": USER, "max_tokens": 10**18}, "max_tokens", "bound_exceeded",
+     "server.bounds.max_tokens"),
+    ({"model": "m", "messages": USER, "top_logprobs": 21}, "top_logprobs", "bound_exceeded",
+     "at most 20 (server.bounds.max_top_logprobs)"),
+    ({"model": "m", "messages": [{"role": "tool", "tool_call_id": "c"}]},
+     "messages[0].content", "missing_required_parameter", "needs content"),
     ({"model": "m", "messages": USER, "temperature": 2.5}, "temperature", "invalid_value",
      "from 0 to 2"),
     ({"model": "m", "messages": USER, "temperature": "hot"}, "temperature", "invalid_value",
@@ -72,9 +80,12 @@ def test_chat_rejections(body: dict[str, Any], param: str, code: str, words: str
 @pytest.mark.parametrize(("body", "param", "words"), [
     ({"model": "m"}, "prompt", "send a string"),
     ({"model": "m", "prompt": 5}, "prompt", "list of token ids"),
-    ({"model": "m", "prompt": []}, "prompt", "list of strings"),
     ({"model": "m", "prompt": [{"x": 1}]}, "prompt", "list of strings"),
-    ({"model": "m", "prompt": "hi", "max_tokens": -2}, "max_tokens", "positive integer"),
+    ({"model": "m", "prompt": ["a", 1]}, "prompt", "list of strings"),
+    ({"model": "m", "prompt": "hi", "max_tokens": -2}, "max_tokens", "at least 0"),
+    ({"model": "m", "prompt": ["x"] * 2049}, "prompt", "server.bounds.max_inputs"),
+    ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs", "server.bounds.max_logprobs"),
+    ({"model": "m", "prompt": "x", "best_of": 21}, "best_of", "server.bounds.max_best_of"),
     ({"prompt": "hi"}, "model", "GET /v1/models"),
 ])
 def test_completion_rejections(body: dict[str, Any], param: str, words: str) -> None:
@@ -92,8 +103,12 @@ def test_completion_rejections(body: dict[str, Any], param: str, words: str) -> 
     ({"model": "e", "input": {"text": "x"}}, "input", "non-empty string"),
     ({"model": "e", "input": "x", "encoding_format": "hex"}, "encoding_format",
      "'float' or 'base64'"),
-    ({"model": "e", "input": "x", "dimensions": 0}, "dimensions", "positive integer"),
-    ({"model": "e", "input": "x", "dimensions": "64"}, "dimensions", "positive integer"),
+    ({"model": "e", "input": "x", "dimensions": 0}, "dimensions", "at least 1"),
+    ({"model": "e", "input": "x", "dimensions": "64"}, "dimensions", "an integer"),
+    ({"model": "e", "input": "x", "dimensions": 39928267929292}, "dimensions",
+     "at most 65536 (server.bounds.max_dimensions)"),
+    ({"model": "e", "input": ["x"] * 2049}, "input", "at most 2048 (server.bounds.max_inputs)"),
+    ({"model": "e", "input": [[1] * 1000] * 301}, "input", "server.bounds.max_input_tokens"),
     ({"input": "x"}, "model", "GET /v1/models"),
 ])
 def test_embeddings_rejections(body: dict[str, Any], param: str, words: str) -> None:
@@ -143,3 +158,52 @@ def test_valid_embeddings_forms() -> None:
     for value in ("text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]):
         assert validate_embeddings({"model": "e", "input": value, "encoding_format": "base64",
                                     "dimensions": 256, "user": "u-1"}) == "e"
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "assistant"},
+    {"role": "assistant", "tool_calls": []},
+    {"role": "assistant", "audio": {"id": "audio_abc123"}},
+    {"role": "assistant", "content": None, "refusal": "No."},
+    {"role": "function", "name": "f", "content": None},
+    {"role": "function", "name": "f"},
+])
+def test_messages_openai_accepts_without_content_are_accepted(message: dict[str, Any]) -> None:
+    assert validate_chat({"model": "m", "messages": [*USER, message]}) == ("m", False)
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "m", "prompt": None},
+    {"model": "m", "prompt": []},
+    {"model": "m", "prompt": "score me", "max_tokens": 0, "echo": True, "logprobs": 0},
+    {"model": "m", "prompt": [[1, 2], [3]]},
+    {"model": "m", "prompt": [1, 2, 3]},
+])
+def test_completions_openai_accepts_are_accepted(body: dict[str, Any]) -> None:
+    assert validate_completion(body) == ("m", False)
+
+
+def test_whole_number_floats_are_integers_and_forwarded_as_integers() -> None:
+    chat = {"model": "m", "messages": USER, "n": 1.0, "max_tokens": 16.0,
+            "max_completion_tokens": 8.0, "top_logprobs": 2.0, "seed": 7.0}
+    validate_chat(chat)
+    assert [type(chat[k]) for k in ("n", "max_tokens", "max_completion_tokens",
+                                    "top_logprobs", "seed")] == [int] * 5
+    assert chat["max_tokens"] == 16
+    embed = {"model": "e", "input": "x", "dimensions": 64.0}
+    validate_embeddings(embed)
+    assert embed["dimensions"] == 64 and type(embed["dimensions"]) is int
+    completion = {"model": "m", "prompt": "x", "max_tokens": 0.0, "logprobs": 1.0}
+    validate_completion(completion)
+    assert completion["max_tokens"] == 0 and type(completion["max_tokens"]) is int
+
+
+def test_bounds_come_from_the_config() -> None:
+    from shipyard.config.server import BoundsConfig
+
+    bounds = BoundsConfig(max_n=4, max_dimensions=1024)
+    assert validate_chat({"model": "m", "messages": USER, "n": 4}, bounds) == ("m", False)
+    with pytest.raises(InvalidRequest, match=r"at most 4 \(server.bounds.max_n\)"):
+        validate_chat({"model": "m", "messages": USER, "n": 5}, bounds)
+    with pytest.raises(InvalidRequest, match=r"server\.bounds\.max_dimensions"):
+        validate_embeddings({"model": "e", "input": "x", "dimensions": 1025}, bounds)

@@ -12,6 +12,7 @@ from rich.markup import escape
 from sqlalchemy import Engine
 
 from shipyard.config import Config, env, load_config
+from shipyard.config.loader import inline_secrets
 from shipyard.errors import ShipyardError
 from shipyard.store import create_store_engine
 from shipyard.store import migrate as run_migrations
@@ -45,13 +46,24 @@ def config_path(path: Path | None) -> Path:
 
 
 def resolve_config(
-    path: Path | None, environ: dict[str, str] | None = None, *, secrets: bool = True
+    path: Path | None, environ: dict[str, str] | None = None, *, secrets: bool = True,
+    strict: bool = False,
 ) -> tuple[Path, Config]:
+    """The config file and its settings; `strict` refuses secrets written inline."""
     file = config_path(path)
     try:
-        return file, load_config(file, environ=environ, secrets=secrets)
+        return file, load_config(file, environ=environ, secrets=secrets, strict=strict)
     except ShipyardError as exc:
         raise fail(exc) from None
+
+
+def warn_inline_secrets(file: Path, config: Config) -> None:
+    """Say which secrets are written inline in the file (--strict makes this an error)."""
+    for key in inline_secrets(config):
+        err_console.print(
+            f"[yellow]warning[/] {escape(str(file))}: key '{key}' holds a secret written "
+            "inline; reference it as {$env: NAME} or {$file: path} so it stays out of the "
+            "file (--strict refuses this).", highlight=False)
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")

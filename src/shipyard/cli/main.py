@@ -29,7 +29,14 @@ from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
 from shipyard.cli import webhooks as webhooks_cli
 from shipyard.cli.chaos import chaos
-from shipyard.cli.common import config_path, console, fail, open_store, resolve_config
+from shipyard.cli.common import (
+    config_path,
+    console,
+    fail,
+    open_store,
+    resolve_config,
+    warn_inline_secrets,
+)
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.redteam import guards_app, redteam
@@ -119,9 +126,12 @@ def init(
 def config_check(
     config: ConfigOpt = None,
     store: Annotated[bool, typer.Option(help="Also connect to the store.")] = True,
+    strict: Annotated[bool, typer.Option(
+        help="Fail on a secret written inline in the file (instead of a warning).")] = False,
 ) -> None:
     """Validate shipyard.yaml (and import every Python function it names) without serving."""
-    file, cfg = resolve_config(config)
+    file, cfg = resolve_config(config, strict=strict)
+    warn_inline_secrets(file, cfg)
     try:
         # Imports every function and schema: the same checks as serve. Without --store, an
         # in-memory engine keeps the check from touching the configured store at all.
@@ -138,8 +148,13 @@ def config_check(
         if not reachable:
             raise fail(f"{file}: the store at store.url cannot be reached; check the URL and "
                        "that the database is running.")
-    console.print(f"[green]✓[/] {file} is valid: {len(cfg.providers)} providers, "
-                  f"{len(cfg.models)} models, {len(cfg.services)} services.")
+    console.print(f"[green]✓[/] {file} is valid: {_count(len(cfg.providers), 'provider')}, "
+                  f"{_count(len(cfg.models), 'model')}, "
+                  f"{_count(len(cfg.services), 'service')}.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @config_app.command("docs")
@@ -156,9 +171,11 @@ def config_docs(
         console.print(f"Wrote {output}.")
 
 
-def _prepare(file: Path, environ: dict[str, str] | None = None) -> Config:
+def _prepare(file: Path, environ: dict[str, str] | None = None, *,
+             strict: bool = False) -> Config:
     """Validate the config (and every function it names) and migrate the store."""
-    _, cfg = resolve_config(file, environ)
+    _, cfg = resolve_config(file, environ, strict=strict)
+    warn_inline_secrets(file, cfg)
     try:
         install_python_path(cfg)
         Gateway(cfg, migrate=False).engine.dispose()  # imports and schemas, as serving will
@@ -188,10 +205,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (server.workers).")] = None,
+    strict: Annotated[bool, typer.Option(
+        help="Refuse to start when a secret is written inline in the config file.")] = False,
 ) -> None:
     """Serve the gateway: OpenAI-compatible API, hosted services, /metrics and probes."""
     file = config_path(config)
-    cfg = _prepare(file)
+    cfg = _prepare(file, strict=strict)
     server = cfg.server
     count = workers or server.workers
     problem = per_process_state(cfg.state, count)

@@ -9,28 +9,31 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from shipyard.config import env
 from shipyard.config.schema import Config
 from shipyard.errors import ConfigError
 
-__all__ = ["install_python_path", "load_config", "parse_config"]
+__all__ = ["inline_secrets", "install_python_path", "load_config", "parse_config"]
 
 
 
 def load_config(
-    path: str | Path, *, environ: Mapping[str, str] | None = None, secrets: bool = True
+    path: str | Path, *, environ: Mapping[str, str] | None = None, secrets: bool = True,
+    strict: bool = False,
 ) -> Config:
     """Read and validate a config file.
 
     With `secrets=False` (read-only tools such as `shipyard traces`), secret references that
-    cannot be resolved are replaced by a placeholder instead of failing.
+    cannot be resolved are replaced by a placeholder instead of failing. With `strict=True`, a
+    secret written inline in the file (not as `{$env: NAME}` or `{$file: path}`) is an error;
+    otherwise `inline_secrets(config)` lists them for a warning.
 
     >>> config = load_config("examples/quickstart/shipyard.yaml")  # doctest: +SKIP
     """
@@ -45,7 +48,7 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Config file '{file}' cannot be read: {exc}.") from None
     return parse_config(text, source=str(file), base_dir=file.parent, environ=environ,
-                        secrets=secrets)
+                        secrets=secrets, strict=strict)
 
 
 def parse_config(
@@ -55,8 +58,10 @@ def parse_config(
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     secrets: bool = True,
+    strict: bool = False,
 ) -> Config:
-    """Validate config text (YAML). `base_dir` anchors relative `$file` references."""
+    """Validate config text (YAML). `base_dir` anchors relative `$file` references; `strict`
+    refuses secrets written inline (see `load_config`)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -75,11 +80,12 @@ def parse_config(
             f"models, ...), not a {type(raw).__name__}."
         )
     problems: list[str] = []
+    referenced: set[str] = set()
     resolved = _resolve(raw, "", base_dir or Path.cwd(), environ, problems,
-                        None if secrets else _PLACEHOLDER)
+                        None if secrets else _PLACEHOLDER, referenced)
     if problems:
         raise ConfigError(_join(source, problems))
-    _apply_overrides(resolved, env.overrides(environ), problems)
+    _apply_overrides(resolved, env.overrides(environ), problems, referenced)
     if problems:
         raise ConfigError(_join(source, problems))
     folder = base_dir or Path.cwd()
@@ -89,9 +95,36 @@ def parse_config(
             for p in resolved["python_path"]
         ]
     try:
-        return Config.model_validate(resolved)
+        config = Config.model_validate(resolved)
     except ValidationError as exc:
         raise ConfigError(_join(source, _explain(exc, resolved))) from None
+    inline = [path for path in _secret_paths(config, "") if path not in referenced]
+    config._inline_secrets = inline
+    if strict and inline:
+        raise ConfigError(_join(source, [
+            f"key '{path}' holds a secret written inline; reference it as {{$env: NAME}} or "
+            "{$file: path} instead (--strict refuses inline secrets)" for path in inline]))
+    return config
+
+
+def inline_secrets(config: Config) -> list[str]:
+    """Keys of `config` whose secret was written inline in the file instead of referenced
+    (`{$env: NAME}` / `{$file: path}`): committed with the file, and in every copy of it."""
+    return list(config._inline_secrets)
+
+
+def _secret_paths(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, SecretStr):
+        yield path
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_paths(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secret_paths(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _secret_paths(item, f"{path}[{i}]")
 
 
 def install_python_path(config: Config) -> None:
@@ -128,7 +161,10 @@ def _resolve(
     environ: Mapping[str, str] | None,
     problems: list[str],
     placeholder: str | None = None,
+    referenced: set[str] | None = None,
 ) -> Any:
+    if isinstance(node, dict) and set(node) in ({"$env"}, {"$file"}) and referenced is not None:
+        referenced.add(path)
     if isinstance(node, dict):
         if set(node) == {"$env"}:
             name = node["$env"]
@@ -163,18 +199,19 @@ def _resolve(
             return None
         return {
             str(k): _resolve(v, f"{path}.{k}" if path else str(k), base_dir, environ, problems,
-                             placeholder)
+                             placeholder, referenced)
             for k, v in node.items()
         }
     if isinstance(node, list):
         return [
-            _resolve(v, f"{path}[{i}]", base_dir, environ, problems, placeholder)
+            _resolve(v, f"{path}[{i}]", base_dir, environ, problems, placeholder, referenced)
             for i, v in enumerate(node)
         ]
     return node
 
 
-def _apply_overrides(data: dict[str, Any], values: dict[str, str], problems: list[str]) -> None:
+def _apply_overrides(data: dict[str, Any], values: dict[str, str], problems: list[str],
+                     referenced: set[str]) -> None:
     for name, value in sorted(values.items()):
         section, _, key = name.partition("_")
         model = Config.model_fields.get(section)
@@ -191,6 +228,7 @@ def _apply_overrides(data: dict[str, Any], values: dict[str, str], problems: lis
         if not isinstance(target, dict):
             continue
         target[key] = value
+        referenced.add(f"{section}.{key}")  # from the environment: not in the file
 
 
 def _suggest(word: str, options: Mapping[str, Any] | list[str]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
 from shipyard.config.base import NAME_PATTERN, Section
@@ -40,6 +40,9 @@ class Config(Section):
     >>> Config().server.port
     8000
     """
+
+    # Keys whose secret was written inline (set by the loader; `loader.inline_secrets`).
+    _inline_secrets: list[str] = PrivateAttr(default_factory=list)
 
     version: Literal[1] = Field(1, description="Version of the configuration format.")
     python_path: list[str] = Field(

@@ -14,6 +14,7 @@ __all__ = [
     "JWT_ALGORITHMS",
     "AuthConfig",
     "BudgetConfig",
+    "LockoutConfig",
     "OIDCConfig",
     "PriceConfig",
     "RateLimitConfig",
@@ -121,6 +122,30 @@ class OIDCConfig(Section):
         return [self.audience] if isinstance(self.audience, str) else list(self.audience)
 
 
+class LockoutConfig(Section):
+    """Failed-authentication limiting: brute force meets 429s, not an oracle."""
+
+    enabled: bool = Field(
+        True, description="Limit failed authentications per client address and per key id.")
+    window_s: float = Field(
+        60.0, gt=0, le=86_400, description="The failure budgets below refill over this many "
+        "seconds (a token bucket per client address and per key id).")
+    max_failures_per_address: int = Field(
+        30, ge=1, description="Failed attempts (wrong, unknown, revoked or expired keys, bad "
+        "tokens) one client address may make per window; beyond it its attempts get 429 with "
+        "Retry-After and are not checked at all.")
+    max_failures_per_key: int = Field(
+        20, ge=1, description="Failed attempts on one existing key id (from any address) per "
+        "window; beyond it attempts on that key id get 429 with Retry-After.")
+    known_good_s: float = Field(
+        3600.0, ge=0, description="A client address that authenticated with a key in the last "
+        "this many seconds keeps using that key while its address or key id is locked out, so "
+        "an attacker cannot lock a working client out (0: no exemption).")
+    max_tracked: int = Field(
+        100_000, ge=100, description="Most addresses and key ids tracked at once (memory "
+        "bound); the quietest are forgotten first.")
+
+
 class AuthConfig(Section):
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -136,6 +161,18 @@ class AuthConfig(Section):
         description="Also accept bearer JWTs from an OpenID Connect identity provider "
         "(see docs/oidc.md).",
     )
+    key_cache_s: float = Field(
+        5.0, gt=0, le=300, description="How long a stored key's record is used before it is "
+        "read again: a revocation made through another gateway (or the CLI) applies within "
+        "this time.")
+    outage_grace_s: float = Field(
+        900.0, ge=0, le=7 * 86_400, description="While the store is unreachable, keys are "
+        "checked against their last known records if those were read at most this many "
+        "seconds ago (revocations and expiries seen before stay in force); other keys get 503 "
+        "with Retry-After. 0: no grace, every key needs the store.")
+    lockout: LockoutConfig = Field(
+        default_factory=lambda: LockoutConfig(),
+        description="Limits on failed authentications (see docs/security.md).")
 
     @model_validator(mode="after")
     def _keys_or_disabled(self) -> AuthConfig:

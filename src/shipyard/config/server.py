@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from shipyard.config.base import Section
 
 __all__ = [
+    "BoundsConfig",
     "CorsConfig",
     "ServerConfig",
     "StateConfig",
@@ -36,6 +37,31 @@ class CorsConfig(Section):
     max_age_s: int = Field(600, ge=0, description="How long browsers cache a preflight.")
 
 
+class BoundsConfig(Section):
+    """Upper bounds of size-like request parameters, checked by the gateway on every request
+    before anything is forwarded; a request above one gets a 400 naming the parameter and the
+    bound. The defaults are OpenAI's own published maxima where it has them."""
+
+    max_n: int = Field(128, ge=1, le=10_000, description="Most choices (`n`) one chat or "
+                       "completion request may ask for (OpenAI's maximum: 128).")
+    max_tokens: int = Field(
+        1_048_576, ge=1, description="Largest `max_tokens` / `max_completion_tokens` accepted "
+        "(per model, `limits.max_tokens` can be lower).")
+    max_dimensions: int = Field(65_536, ge=1, description="Largest embedding `dimensions`.")
+    max_inputs: int = Field(
+        2048, ge=1, description="Most inputs in one embeddings request, and most prompts in "
+        "one completions request (OpenAI's maximum: 2048).")
+    max_input_tokens: int = Field(
+        300_000, ge=1, description="Most token ids in one request's token-array `input` or "
+        "`prompt`, summed over all inputs (OpenAI's maximum for embeddings: 300,000).")
+    max_top_logprobs: int = Field(20, ge=0, description="Largest chat `top_logprobs` "
+                                  "(OpenAI's maximum: 20).")
+    max_logprobs: int = Field(5, ge=0, description="Largest completions `logprobs` (OpenAI's "
+                              "maximum: 5).")
+    max_best_of: int = Field(20, ge=1, description="Largest completions `best_of` (OpenAI's "
+                             "maximum: 20).")
+
+
 class ServerConfig(Section):
     """How `shipyard serve` listens."""
 
@@ -47,6 +73,13 @@ class ServerConfig(Section):
         ge=1024,
         description="Largest request body accepted, in bytes; larger bodies get 413.",
     )
+    max_json_depth: int = Field(
+        64, ge=2, le=200, description="Deepest nesting of objects and arrays accepted in a "
+        "JSON request body, on every route; deeper bodies get 400 before any other work.")
+    bounds: BoundsConfig = Field(
+        default_factory=lambda: BoundsConfig(),
+        description="Upper bounds of size-like request parameters (`n`, `max_tokens`, "
+        "`dimensions`, inputs, `top_logprobs`, ...); above one, 400.")
     metrics_public: bool = Field(
         False,
         description="Serve `/metrics` without an API key (for a scraper on a private network).",
@@ -89,6 +122,14 @@ class ServerConfig(Section):
         ge=0,
         description="On SIGTERM: how long in-flight requests (streams too) may finish before "
         "the process exits.",
+    )
+    drain_grace_s: float = Field(
+        2.0, ge=0, le=300,
+        description="On SIGTERM, first: for up to this long the server keeps its connections "
+        "open and answers every request but the health probes with 503, Retry-After and "
+        "`Connection: close` (so clients on kept-alive connections retry elsewhere instead of "
+        "being reset); it moves on as soon as every client has closed its connection. Then "
+        "`drain_timeout_s` applies.",
     )
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -120,6 +120,25 @@ class TracesConfig(Section):
         description="Where traces wait on disk while the store is down (replayed in order when "
         "it is back). Default: a `spool` folder beside a SQLite store, else `.shipyard/spool`.",
     )
+    durable: Literal["off", "full", "all"] = Field(
+        "off",
+        description="Which traces are on disk before their response is sent, so killing the "
+        "process (SIGKILL, OOM) loses none of them: `off` (the default: traces wait in memory "
+        "for up to `flush_interval_s`), `full` (requests whose payloads are captured, "
+        "`capture: full`), or `all`. Costs one file append per such request "
+        "(docs/benchmarks.md); a machine crash can still lose the page cache.",
+    )
+
+    @field_validator("durable", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML reads a bare `off` (and `on`) as a boolean.
+        if value is False:
+            return "off"
+        if value is True:
+            return "all"
+        return value
+
     spool_max_bytes: int = Field(
         256 * 1024 * 1024,
         ge=0,

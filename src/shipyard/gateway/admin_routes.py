@@ -106,7 +106,8 @@ class AdminRoutes:
         self.gw = gateway
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        body, _ = await read_json(request, self.gw.config.server.max_body_bytes)
+        body, _ = await read_json(request, self.gw.config.server.max_body_bytes,
+                                  max_depth=self.gw.config.server.max_json_depth)
         return body
 
     # -- tenants ----------------------------------------------------------------------------
@@ -169,6 +170,7 @@ class AdminRoutes:
             expires_in_s=_number(body, "expires_in_s"), created_by=_actor(principal),
             rpm=_int(body, "rpm"), tpm=_int(body, "tpm"),
             max_concurrent=_int(body, "max_concurrent"))
+        self.gw.auth.remember(record)
         self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.create",
                       target=record.id, details={"role": role, "name": record.name})
         return json_response({**record.public(), "secret": secret,
@@ -180,7 +182,7 @@ class AdminRoutes:
         key_id = request.path_params["key_id"]
         record = await asyncio.to_thread(store.revoke_key, self.gw.engine, key_id,
                                          tenant_id=tenant)
-        self.gw.auth.forget(key_id)
+        self.gw.auth.remember(record)  # in force at once, and through a store outage
         self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.revoke",
                       target=key_id)
         return json_response(record.public())
@@ -194,7 +196,8 @@ class AdminRoutes:
         new, secret, old = await asyncio.to_thread(
             store.rotate_key, self.gw.engine, key_id, tenant_id=tenant,
             overlap_s=3600.0 if overlap is None else overlap, created_by=_actor(principal))
-        self.gw.auth.forget(key_id)
+        self.gw.auth.remember(new)
+        self.gw.auth.remember(old)
         self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.rotate",
                       target=key_id, details={"new_key": new.id,
                                               "old_expires_at": str(old.expires_at)})

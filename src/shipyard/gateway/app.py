@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from shipyard.config import env
 from shipyard.config.loader import install_python_path, load_config
@@ -26,6 +28,7 @@ from shipyard.errors import (
     MethodNotAllowed,
     NotFound,
     ShipyardError,
+    StoreUnavailable,
 )
 from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.escalation_routes import escalation_routes
@@ -51,6 +54,7 @@ _DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 # Paths that spend capacity, and their route names: the gateway-wide admission guards them.
 _ADMITTED = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
              "/v1/embeddings": "embeddings", "/v1/responses": "responses"}
+_PROBES = frozenset({"/livez", "/readyz"})
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -85,24 +89,35 @@ def create_app(config: Config, *, engine: Engine | None = None,
         status = getattr(exc, "status_code", 500)
         if status == 404:
             error: ShipyardError = NotFound(
-                f"There is no route {request.method} {request.url.path}; the API lives under "
-                "/v1 (e.g. POST /v1/chat/completions).")
+                f"There is no route {request.method} {request.url.path}. {catalogue[0]}",
+                code="route_not_found")
         elif status == 405:
+            allowed = _allowed_methods(app.routes, request.scope)
             error = MethodNotAllowed(
-                f"{request.method} is not allowed on {request.url.path}; see the API reference "
-                "for the methods it accepts.")
+                f"{request.method} is not allowed on {request.url.path}; use "
+                f"{' or '.join(allowed) or 'another route'}.",
+                headers={"allow": ", ".join(allowed)})
         else:
             error = ClientError(str(getattr(exc, "detail", "Bad request.")))
             error.status = status
         return error_response(error)
 
     async def server_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OperationalError | InterfaceError | TimeoutError | OSError):
+            # The store (or another dependency) is down: the caller should retry, and it is
+            # not an internal error of ours.
+            log.warning("%s %s: the store cannot be reached (%s)", request.method,
+                        request.url.path, type(exc).__name__)
+            return error_response(StoreUnavailable(
+                "The store cannot be reached right now; retry in a few seconds.",
+                headers={"retry-after": "2"}))
         return error_response(internal_error(exc))
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
               *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
               *webhook_routes(gateway), openapi_route(gateway), *ui_routes(gateway)]
+    catalogue = [_route_catalogue(routes)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -114,6 +129,28 @@ def create_app(config: Config, *, engine: Engine | None = None,
     )
     app.state.gateway = gateway
     return FastPath(app, routes, cors=config.server.cors, gateway=gateway)
+
+
+def _route_catalogue(routes: Sequence[BaseRoute]) -> str:
+    """The sentence a 404 ends with: every API route with its methods, from the route table."""
+    methods: dict[str, set[str]] = {}
+    for route in routes:
+        if isinstance(route, Route) and route.path.startswith("/v1/"):
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # {model:path} -> {model}
+            methods.setdefault(path, set()).update((route.methods or set()) - {"HEAD"})
+    listed = ", ".join(f"{'|'.join(sorted(m))} {p}" for p, m in methods.items())
+    return (f"The API routes are: {listed}. Health probes are /livez and /readyz, the "
+            "dashboard is /ui, and GET /openapi.json describes every route.")
+
+
+def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route accepts on this path (routes may split methods)."""
+    allowed: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and \
+                route.matches({**scope, "method": "GET"})[0] != Match.NONE:
+            allowed |= route.methods
+    return sorted(allowed)
 
 
 class FastPath:
@@ -152,6 +189,15 @@ class FastPath:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             gateway = self.gateway
+            if (gateway is not None and gateway.draining
+                    and scope["path"] not in _PROBES):
+                # Every route, not only the inference ones: 503 with Connection: close, so a
+                # client on a kept-alive connection retries elsewhere instead of being reset.
+                try:
+                    gateway.refuse_if_draining()
+                except CapacityError as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
             if (gateway is not None and scope["method"] == "POST"
                     and gateway.admission.max_in_flight is not None):
                 route = _inference_route(scope["path"])

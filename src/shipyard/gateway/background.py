@@ -35,7 +35,8 @@ class Background:
         self.engine = engine
         self.metrics = metrics
         self.cipher = cipher
-        self.alerts = AlertEvaluator(config, engine, outbox=outbox)
+        self.alerts = AlertEvaluator(config, engine, outbox=outbox,
+                                     on_evaluated=metrics.alert_evaluations.inc)
         self.overdue = OverdueChecker(escalations)
         self.retention: RetentionTask | None = None
         self.drift: Any = None  # a shipyard.monitor DriftScheduler once started

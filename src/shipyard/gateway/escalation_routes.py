@@ -80,7 +80,8 @@ class EscalationRoutes:
     async def _body(self, request: Request) -> dict[str, Any]:
         if not await request.body():
             return {}
-        body, _ = await read_json(request, self.gw.config.server.max_body_bytes)
+        body, _ = await read_json(request, self.gw.config.server.max_body_bytes,
+                                  max_depth=self.gw.config.server.max_json_depth)
         return body
 
     def _audit(self, principal: Principal, tenant: str, action: str, ticket: Ticket,

@@ -101,7 +101,8 @@ class FeedbackRoutes:
 
     async def create(self, request: Request) -> Response:
         principal = await self.gw.authorize(request, "feedback:write")
-        body, _ = await read_json(request, self.gw.config.server.max_body_bytes)
+        body, _ = await read_json(request, self.gw.config.server.max_body_bytes,
+                                  max_depth=self.gw.config.server.max_json_depth)
         fields = parse_feedback(body)
         trace = await self._trace(fields.pop("trace_id"), principal.tenant_id)
         row = await asyncio.to_thread(add_feedback, self.gw.engine,

@@ -13,10 +13,20 @@ from starlette.responses import Response
 from shipyard.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, ShipyardError
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 
-__all__ = ["CONVERSATION_HEADER", "conversation_of", "error_response", "internal_error",
-           "json_response", "read_json", "request_priority"]
+__all__ = [
+    "CONVERSATION_HEADER",
+    "DEFAULT_JSON_DEPTH",
+    "conversation_of",
+    "error_response",
+    "internal_error",
+    "json_depth_exceeds",
+    "json_response",
+    "read_json",
+    "request_priority",
+]
 
 log = logging.getLogger("shipyard.gateway")
+DEFAULT_JSON_DEPTH = 64  # server.max_json_depth's default
 CONVERSATION_HEADER = "x-shipyard-conversation"
 _CONVERSATION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -53,8 +63,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
-    """Read and parse a JSON object body; returns the object and its size in bytes."""
+async def read_json(request: Request, limit: int, *,
+                    max_depth: int = DEFAULT_JSON_DEPTH) -> tuple[dict[str, Any], int]:
+    """Read and parse a JSON object body; returns the object and its size in bytes.
+
+    Bodies nested deeper than `max_depth` (`server.max_json_depth`) are refused here, once for
+    every route, so nothing downstream (serialisers, guards, upstreams) meets them.
+    """
     body = await read_body(request, limit)
     if not body.strip():
         raise InvalidJSON(
@@ -63,6 +78,8 @@ async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):
+            raise _too_deep(max_depth) from None
         raise InvalidJSON(
             f"The request body is not valid JSON ({exc.msg} at position {exc.pos}); "
             "send a JSON object with Content-Type: application/json."
@@ -71,7 +88,33 @@ async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
         raise InvalidJSON(
             f"The request body must be a JSON object, not a JSON {_json_type(data)}."
         )
+    # Cheap test first: a body with few brackets cannot be deep (strings may hold brackets,
+    # which only makes this count larger), so most requests skip the walk.
+    if body.count(b"{") + body.count(b"[") > max_depth and json_depth_exceeds(data, max_depth):
+        raise _too_deep(max_depth)
     return data, len(body)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when objects and arrays in `value` nest more than `limit` levels deep (the
+    outermost one is level 1). Iterative: no recursion limit to hit."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep(limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body nests JSON objects and arrays more than {limit} levels deep; the "
+        f"limit is {limit} (server.max_json_depth). Send a flatter body.",
+        code="json_too_deep")
 
 
 def _json_type(value: Any) -> str:

@@ -95,10 +95,11 @@ class Invoker:
             raise InvalidRequest("'stream' is not available here (the answer is stored, not "
                                  "streamed); set it to false or leave it out.", param="stream")
         validate = {"chat/completions": validate_chat, "completions": validate_completion}
+        bounds = self.gw.config.server.bounds
         if endpoint == "embeddings":
-            alias = validate_embeddings(body)
+            alias = validate_embeddings(body, bounds)
         else:
-            alias, _ = validate[endpoint](body)
+            alias, _ = validate[endpoint](body, bounds)
         target = self.gw.model(alias, _KINDS[endpoint], ctx, principal)
         seconds = min(target.config.deadline_s, deadline_s or math.inf)
         call = Call(ctx, endpoint, apply_limits(target, body) if endpoint != "embeddings"

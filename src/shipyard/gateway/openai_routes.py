@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from shipyard.config.server import BoundsConfig
 from shipyard.errors import InvalidRequest, ModelNotFound, UpstreamError
 from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
 from shipyard.gateway.runtime import Gateway
@@ -53,7 +54,7 @@ class OpenAIRoutes:
         request: Request,
         endpoint: Endpoint,
         route: str,
-        validate: Callable[[dict[str, Any]], tuple[str, bool]],
+        validate: Callable[[dict[str, Any], BoundsConfig], tuple[str, bool]],
     ) -> Response:
         gw = self.gw
         ctx = gw.recorder.begin(request, route)
@@ -62,8 +63,10 @@ class OpenAIRoutes:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
-            alias, stream = validate(body)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
+            alias, stream = validate(body, gw.config.server.bounds)
             target = gw.model(alias, "embedding" if endpoint == "embeddings" else "chat", ctx,
                               principal)
             ctx.stream = stream
@@ -183,8 +186,8 @@ def answer(gw: Gateway, ctx: RequestContext, call: Call, endpoint: Endpoint,
     return data, body, headers
 
 
-def _validate_embeddings(body: dict[str, Any]) -> tuple[str, bool]:
-    return validate_embeddings(body), False
+def _validate_embeddings(body: dict[str, Any], bounds: BoundsConfig) -> tuple[str, bool]:
+    return validate_embeddings(body, bounds), False
 
 
 def shipyard_headers(reply: Reply) -> dict[str, str]:

@@ -31,6 +31,7 @@ from shipyard.security.crypto import PayloadCipher, redact_encrypted
 from shipyard.security.limits_stage import settle_tokens
 from shipyard.security.pricing import PriceTable
 from shipyard.security.roles import PLATFORM_TENANT
+from shipyard.store.journal import Journal
 from shipyard.store.spool import Spool
 from shipyard.store.writer import TraceWriter
 
@@ -88,6 +89,7 @@ class Recorder:
         self.sample_spans = traces.sample_spans
         self.sample_payloads = traces.sample_payloads
         self.max_payload_chars = traces.max_payload_chars
+        self.durable = traces.durable
         self.writer: TraceWriter | None = None
         if traces.enabled:
             self.writer = TraceWriter(
@@ -98,6 +100,7 @@ class Recorder:
                 on_drop=lambda n: metrics.trace_drops.inc(n),
                 on_write=lambda n: metrics.traces_written.inc(n),
                 spool=Spool(default_spool_dir(config), max_bytes=traces.spool_max_bytes),
+                journal=Journal(default_spool_dir(config)) if traces.durable != "off" else None,
             )
             metrics.watch_spool(self.writer.spool_status)
             metrics.watch_queue(lambda: self.writer.depth if self.writer else 0)
@@ -179,8 +182,8 @@ class Recorder:
             if ctx.completion_tokens:
                 self.metrics.tokens.labels(service, model, "completion").inc(
                     ctx.completion_tokens)
-            if ctx.attributes:
-                self._count_attempts(model, ctx.attributes)
+            if ctx.spans or ctx.attributes:
+                self._count_attempts(model, ctx)
             if ctx.rate_limit is not None:
                 self.spawn(settle_tokens(ctx))
             if ctx.total_tokens and ctx.cost_usd is None and ctx.status < 400:
@@ -212,7 +215,8 @@ class Recorder:
                     record["spans"] = [(ctx.root_span, ctx.parent_span_id, ctx.route,
                                         ctx.t0, finishing, ctx.error_type, None), *ctx.spans]
                     record["spans_t0"] = ctx.t0
-                self.writer.submit(record)
+                self.writer.submit(record, durable=self.durable == "all" or (
+                    self.durable == "full" and ctx.capture == "full"))
             if self.otlp is not None and ctx.sampled:
                 # After the response has gone out: the loop runs this on its next turn.
                 asyncio.get_running_loop().call_soon(self._export, ctx, finishing)
@@ -276,27 +280,32 @@ class Recorder:
         except Exception:  # exporting must never break serving
             log.exception("exporting the spans of request %s failed", ctx.request_id)
 
-    def _count_attempts(self, model: str, attributes: dict[str, Any]) -> None:
-        attempts = attributes.get("attempts")
-        if attempts:
-            tried = 0
-            for attempt in attempts:
-                outcome = attempt.get("outcome", "")
-                if outcome == "retry_budget_spent":
-                    self.metrics.retry_budget_spent.labels(model).inc()
-                    continue
-                if "deployment" in attempt:
-                    tried += 1
-                    self.metrics.attempts.labels(
-                        attempt.get("alias", model), attempt["deployment"], outcome).inc()
-            if tried > 1:
-                self.metrics.retries.labels(model).inc(tried - 1)
-            served = attempts[-1].get("alias")
-            if served and served != model and attempts[-1].get("outcome") == "ok":
-                self.metrics.fallbacks.labels(model, served).inc()
-        cache = attributes.get("cache")
+    def _count_attempts(self, model: str, ctx: RequestContext) -> None:
+        """Upstream attempts, retries and fallbacks, from the request's `upstream.attempt`
+        spans: recorded for every attempt (the trace's `attempts` attribute only lists them
+        when there was more than one)."""
+        tried = 0
+        served: str | None = None
+        for _sid, _parent, name, _start, _end, _error, attributes in ctx.spans:
+            if name != "upstream.attempt" or not attributes:
+                continue
+            tried += 1
+            alias = attributes.get("shipyard.model", model)
+            outcome = attributes.get("shipyard.outcome", "")
+            self.metrics.attempts.labels(alias, attributes.get("shipyard.deployment", ""),
+                                         outcome).inc()
+            served = alias if outcome == "ok" else None
+        if tried > 1:
+            self.metrics.retries.labels(model).inc(tried - 1)
+        if served and served != model:
+            self.metrics.fallbacks.labels(model, served).inc()
+        attempts = (ctx.attributes or {}).get("attempts") or ()
+        for attempt in attempts:
+            if attempt.get("outcome") == "retry_budget_spent":
+                self.metrics.retry_budget_spent.labels(model).inc()
+        cache = (ctx.attributes or {}).get("cache")
         if cache:
-            self.metrics.cache.labels(model or attributes.get("target", ""), cache).inc()
+            self.metrics.cache.labels(model or ctx.service or "", cache).inc()
 
     def readable(self, row: dict[str, Any]) -> dict[str, Any]:
         """A stored trace with its payloads decrypted (when this gateway holds the keys)."""

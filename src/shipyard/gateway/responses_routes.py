@@ -76,9 +76,11 @@ class ResponsesRoutes:
             gw.refuse_if_draining()
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
             chat = to_chat(body, await self._history(ctx, body))
-            alias, stream = validate_chat(chat)
+            alias, stream = validate_chat(chat, gw.config.server.bounds)
             target = gw.model(alias, "chat", ctx, principal)
             ctx.stream = stream
             ctx.request_payload = body
@@ -190,12 +192,13 @@ class ResponsesRoutes:
         as the gateway does when an upstream reports no usage)."""
         gw = self.gw
         principal = await gw.authorize(request, "inference")
-        body, _ = await read_json(request, gw.config.server.max_body_bytes)
+        body, _ = await read_json(request, gw.config.server.max_body_bytes,
+                                  max_depth=gw.config.server.max_json_depth)
         ctx = RequestContext("count", "responses", "count")
         ctx.tenant_id = principal.tenant_id
         chat = to_chat({k: v for k, v in body.items() if k != "stream"},
                        await self._history(ctx, body))
-        alias, _ = validate_chat(chat)
+        alias, _ = validate_chat(chat, gw.config.server.bounds)
         principal.may_use_model(alias)
         return json_response({"object": "response.input_tokens",
                               "input_tokens": estimate_chat_prompt(chat["messages"])})

@@ -29,6 +29,7 @@ from shipyard.escalation import Escalations
 from shipyard.escalation.stage import guard_hook
 from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.background import Background
+from shipyard.gateway.drain import DrainGrace
 from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.recorder import Recorder
 from shipyard.guards.answers import GuardHooks
@@ -45,6 +46,7 @@ from shipyard.security.crypto import PayloadCipher
 from shipyard.security.jwt import JWTVerifier
 from shipyard.security.pricing import Price, PriceTable
 from shipyard.security.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.state.base import KeyValue
 from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue, RedisState
@@ -70,7 +72,8 @@ class Gateway:
         self.metrics = Metrics()
         self.engine = engine or create_store_engine(config.store.url)
         verifier = JWTVerifier(config.auth.oidc) if config.auth.oidc is not None else None
-        self.auth = Authenticator(config.auth, self.engine, verifier)
+        self.auth = Authenticator(config.auth, self.engine, verifier,
+                                  on_failure=self._auth_failed, on_lockout=self._locked_out)
         self.providers: dict[str, Provider] = {
             name: build_provider(name, p) for name, p in config.providers.items()
         }
@@ -115,6 +118,7 @@ class Gateway:
         self.background = Background(config, self.engine, self.metrics,
                                      escalations=self.escalations, cipher=self.cipher,
                                      outbox=self.webhooks)
+        self.drain_grace = DrainGrace(config.server.drain_grace_s)
         self.recorder = Recorder(config, self.engine, self.metrics, cipher=self.cipher,
                                  budgets=self.budgets, prices=self.prices,
                                  spawn=self.background.spawn)
@@ -177,8 +181,9 @@ class Gateway:
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
             self.drain()
             if callable(previous):
-                previous(signum, frame)
+                self.drain_grace.on_signal(previous, signum, frame)
 
+        self.drain_grace.bind(asyncio.get_running_loop())
         signal.signal(signal.SIGTERM, on_sigterm)
         self._previous_sigterm = previous
 
@@ -269,11 +274,16 @@ class Gateway:
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:
         """Authenticate the caller and check `scope`; notes the tenant and key on `ctx`."""
+        client = request.client.host if request.client is not None else None
+        route = request.scope.get("route")
+        path = route.path if route is not None else request.scope["path"]
         if ctx is None:
-            return await self.auth.authenticate(request.headers, scope)
+            return await self.auth.authenticate(request.headers, scope, client=client,
+                                                route=path)
         started = time.perf_counter()
         try:
-            principal = await self.auth.authenticate(request.headers, scope)
+            principal = await self.auth.authenticate(request.headers, scope, client=client,
+                                                     route=path)
         except BaseException as exc:
             record_span(ctx, "auth", started, time.perf_counter(), error=type(exc).__name__)
             raise
@@ -320,7 +330,8 @@ class Gateway:
             route = "/v1/embeddings" if target.config.type == "embedding" else (
                 "/v1/chat/completions")
             raise InvalidRequest(
-                f"The model '{alias}' is a {target.config.type} model; call {route} with it.",
+                f"The model '{alias}' is {'an' if target.config.type[0] in 'aeiou' else 'a'} "
+                f"{target.config.type} model; call {route} with it.",
                 param="model", code="wrong_model_type")
         principal.may_use_model(alias)
         ctx.service = alias
@@ -353,6 +364,21 @@ class Gateway:
                 log.exception("audit log append failed for %s %s", action, target)
 
         self.background.spawn(asyncio.to_thread(append))
+
+    def _auth_failed(self, reason: str, route: str) -> None:
+        self.metrics.auth_failures.labels(reason, route).inc()
+
+    def _locked_out(self, kind: str, subject: str, tenant: str | None) -> None:
+        """A burst of failed authentications: counted, logged and audited once per lockout."""
+        self.metrics.auth_lockouts.labels(kind).inc()
+        lockout = self.config.auth.lockout
+        limit = (lockout.max_failures_per_address if kind == "address"
+                 else lockout.max_failures_per_key)
+        log.warning("authentication lockout: %s %s failed %d times within %gs",
+                    kind, subject, limit, lockout.window_s)
+        self.audit(tenant_id=tenant or PLATFORM_TENANT, actor=f"{kind}:{subject}",
+                   action="auth.lockout", target=subject, outcome="denied",
+                   details={"kind": kind, "failures": limit, "window_s": lockout.window_s})
 
     def _budget_alert(self, budget: Any, spent: float) -> None:
         scope = "key" if budget.key else "tenant"

@@ -47,7 +47,9 @@ class ServiceRoutes:
             principal = await gw.authorize(request, "inference", ctx)
             gw.check_budget(ctx)
             target = gw.service(request.path_params["name"], ctx, principal)
-            body, ctx.request_bytes = await read_json(request, gw.config.server.max_body_bytes)
+            body, ctx.request_bytes = await read_json(
+                request, gw.config.server.max_body_bytes,
+                max_depth=gw.config.server.max_json_depth)
             ctx.request_payload = body
             call = Call(ctx, "invoke", body, False, target, deadline=service_deadline(target),
                         priority=request_priority(request), principal=principal,

@@ -79,20 +79,34 @@ def _id() -> str:
     return "chatcmpl-guard-" + os.urandom(12).hex()
 
 
+def _choice_count(payload: dict[str, Any], legacy: bool) -> int:
+    """How many choices the request asked for: `n` (per prompt, for a list of prompts)."""
+    n = payload.get("n")
+    count = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    prompt = payload.get("prompt")
+    if legacy and isinstance(prompt, list) and prompt and all(
+            isinstance(p, str | list) for p in prompt):
+        count *= len(prompt)
+    return count
+
+
 def blocked_completion(payload: dict[str, Any], message: str, meta: dict[str, Any], *,
                        legacy: bool = False) -> dict[str, Any]:
-    """A complete answer carrying `message`, finish_reason `content_filter` and `meta`."""
+    """A complete answer carrying `message` in every choice the request asked for,
+    finish_reason `content_filter` and `meta`."""
     model = str(payload.get("model", ""))
-    choice: dict[str, Any]
+    choices: list[dict[str, Any]]
     if legacy:
-        choice = {"index": 0, "text": message, "logprobs": None,
-                  "finish_reason": "content_filter"}
+        choices = [{"index": i, "text": message, "logprobs": None,
+                    "finish_reason": "content_filter"}
+                   for i in range(_choice_count(payload, legacy))]
     else:
-        choice = {"index": 0, "message": {"role": "assistant", "content": message,
-                                          "refusal": None},
-                  "logprobs": None, "finish_reason": "content_filter"}
+        choices = [{"index": i, "message": {"role": "assistant", "content": message,
+                                            "refusal": None},
+                    "logprobs": None, "finish_reason": "content_filter"}
+                   for i in range(_choice_count(payload, legacy))]
     return {"id": _id(), "object": "text_completion" if legacy else "chat.completion",
-            "created": int(time.time()), "model": model, "choices": [choice],
+            "created": int(time.time()), "model": model, "choices": choices,
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             "shipyard": meta}
 
@@ -102,9 +116,9 @@ async def blocked_chunks(payload: dict[str, Any], message: str, meta: dict[str, 
     """The same answer as a stream: one content chunk, then `[DONE]`."""
     base = {"id": _id(), "object": "text_completion" if legacy else "chat.completion.chunk",
             "created": int(time.time()), "model": str(payload.get("model", ""))}
-    choice: dict[str, Any] = (
-        {"index": 0, "text": message, "finish_reason": "content_filter"} if legacy else
-        {"index": 0, "delta": {"role": "assistant", "content": message},
-         "finish_reason": "content_filter"})
-    yield b"data: " + orjson.dumps({**base, "choices": [choice], "shipyard": meta}) + b"\n\n"
+    choices: list[dict[str, Any]] = [
+        {"index": i, "text": message, "finish_reason": "content_filter"} if legacy else
+        {"index": i, "delta": {"role": "assistant", "content": message},
+         "finish_reason": "content_filter"} for i in range(_choice_count(payload, legacy))]
+    yield b"data: " + orjson.dumps({**base, "choices": choices, "shipyard": meta}) + b"\n\n"
     yield b"data: [DONE]\n\n"

@@ -93,7 +93,9 @@ def _label(value: Any, where: str) -> int:
 def load_examples(path: Path) -> list[tuple[str, int]]:
     """`(text, label)` pairs from a JSONL file; errors name the line and the fix."""
     rows: list[tuple[str, int]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # JSONL lines end at \n only: str.splitlines() would also split at U+2028, U+0085 and
+    # other characters valid inside a JSON string.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

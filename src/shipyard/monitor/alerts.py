@@ -203,8 +203,10 @@ class AlertEvaluator:
     def __init__(self, config: Config, engine: Engine, *,
                  channels: dict[str, Channel] | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 holder: str | None = None, outbox: WebhookOutbox | None = None) -> None:
+                 holder: str | None = None, outbox: WebhookOutbox | None = None,
+                 on_evaluated: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.on_evaluated = on_evaluated  # counts evaluation rounds (a metric)
         self.engine = engine
         self.defs = definitions(config)
         legacy = config.webhooks.legacy_signature
@@ -291,6 +293,8 @@ class AlertEvaluator:
         for result in results:
             if result.transition in ("firing", "resolved"):
                 self._notify(result)
+        if self.on_evaluated is not None:
+            self.on_evaluated()
         return [(r.definition.key, r.transition) for r in results]
 
     def _evaluate(self, now: datetime) -> list[_Result]:

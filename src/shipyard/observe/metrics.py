@@ -143,6 +143,17 @@ class Metrics:
             "Time each guard took to judge (failed and timed-out runs included), by model or "
             "service, stage and guard.",
             ("target", "stage", "guard"), buckets=_GUARD_BUCKETS, registry=r)
+        self.alert_evaluations = Counter(
+            "shipyard_alert_evaluations", "Rounds in which this gateway (holding the evaluator "
+            "lease) evaluated the alert rules and SLOs.", registry=r)
+        self.auth_failures = Counter(
+            "shipyard_auth_failures", "Requests that failed authentication or authorization, "
+            "by reason (invalid_key, unknown_key, invalid_token, revoked, expired, missing, "
+            "malformed, locked_out, scope, store_unavailable) and route (its path template).",
+            ("reason", "route"), registry=r)
+        self.auth_lockouts = Counter(
+            "shipyard_auth_lockouts", "Client addresses or key ids locked out after too many "
+            "failed authentications, by kind (address, key).", ("kind",), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,

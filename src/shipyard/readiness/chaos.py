@@ -25,6 +25,7 @@ the client would take a truncated answer for a complete one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import html
 import math
@@ -74,6 +75,7 @@ TIMEOUT = "timeout"
 CONNECT_ERROR = "connect_error"
 DISCONNECTED = "disconnected"
 STORE_HOOK: Literal["store"] = "store"
+CHAOS_TENANT = "chaos"
 _HOOK_TIMEOUT_S = 120.0
 
 
@@ -121,7 +123,8 @@ BUILTIN_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
          {"latency": "lognormal:300,1"}),
     _one("rate-limited", "50% of upstream answers are 429 with Retry-After: 1",
          {"error_rates": {"429": 0.5}, "retry_after_s": 1}),
-    Scenario(name="store-down", description="the store is down (user's --store-down-cmd)",
+    Scenario(name="store-down", description="the store is down (user's --store-down-cmd); "
+             "traffic uses a fresh tenant key, which the store holds",
              steps=(FaultStep(name="fault", hook=STORE_HOOK),)),
 )}
 
@@ -315,9 +318,10 @@ async def _read_stream(response: aiohttp.ClientResponse, sample: _Sample, schedu
 
 
 async def _send(session: aiohttp.ClientSession, url: str, body: bytes, sample: _Sample,
-                scheduled: float, loop: asyncio.AbstractEventLoop) -> None:
+                scheduled: float, loop: asyncio.AbstractEventLoop,
+                headers: Mapping[str, str] | None = None) -> None:
     try:
-        async with session.post(url, data=body) as response:
+        async with session.post(url, data=body, headers=headers) as response:
             if response.status != 200:
                 await response.read()
                 sample.outcome = str(response.status)
@@ -475,6 +479,40 @@ class _Controls:
             return f"{option} '{command}' exited with {proc.returncode}: {tail}"
         return None
 
+    async def _admin(self, method: str, path: str, body: dict[str, Any] | None = None
+                     ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        async with self.session.request(method, f"{self.gateway}{path}", headers=headers,
+                                        data=orjson.dumps(body) if body is not None else None
+                                        ) as response:
+            text = await response.read()
+            try:
+                return response.status, orjson.loads(text) if text else None
+            except orjson.JSONDecodeError:
+                return response.status, text.decode(errors="replace")
+
+    async def tenant_key(self) -> tuple[str, str] | str:
+        """A fresh client key of tenant `chaos` (created through the admin API): (key id,
+        secret), or a note saying why there is none. Stored keys are what a store outage
+        can break; the static admin key never touches the store."""
+        try:
+            status, answer = await self._admin("POST", "/v1/admin/tenants",
+                                               {"id": CHAOS_TENANT, "name": "chaos drills"})
+            if status not in (201, 400):
+                return f"creating tenant '{CHAOS_TENANT}' answered {status}: {answer}"
+            status, answer = await self._admin(
+                "POST", f"/v1/admin/keys?tenant={CHAOS_TENANT}",
+                {"name": "chaos store-down", "role": "client"})
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return f"the admin API cannot be reached ({exc or type(exc).__name__})"
+        if status != 201 or not isinstance(answer, dict):
+            return f"creating a key of tenant '{CHAOS_TENANT}' answered {status}: {answer}"
+        return str(answer["id"]), str(answer["secret"])
+
+    async def revoke(self, key_id: str) -> None:
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            await self._admin("POST", f"/v1/admin/keys/{key_id}/revoke?tenant={CHAOS_TENANT}")
+
     async def status(self) -> dict[str, Any]:
         """A digest of `GET /v1/admin/status`: circuit per deployment, budget, trace spool."""
         url = f"{self.gateway}/v1/admin/status"
@@ -522,6 +560,19 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
             name=scenario.name, description=scenario.description,
             skipped="needs --store-down-cmd and --store-up-cmd (e.g. 'docker stop pg' / "
                     "'docker start pg'): no sim knob can take the gateway's store down.")
+    headers: dict[str, str] | None = None
+    key_id: str | None = None
+    if scenario.needs_store_hooks:
+        made = await controls.tenant_key()
+        if isinstance(made, str):
+            notes.append(f"Traffic used the --api-key, not a tenant key ({made}); a static "
+                         "key never needs the store, so this measured less than it could.")
+        else:
+            key_id, secret = made
+            headers = {"Authorization": f"Bearer {secret}"}
+            notes.append(f"Traffic used a fresh key of tenant '{CHAOS_TENANT}' ({key_id}), "
+                         "created for this scenario and revoked after it: a stored key is "
+                         "what a store outage can break.")
     total_share = sum(step.share for step in scenario.steps) or 1.0
     plan_phases: list[tuple[str, dict[str, Any], FaultStep | None, float]] = [
         ("baseline", {}, None, plan.baseline_s)]
@@ -589,7 +640,7 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
         body = orjson.dumps({
             "model": model, "stream": sample.stream,
             "messages": [{"role": "user", "content": f"chaos {scenario.name} #{len(samples)}"}]})
-        await _send(client, url, body, sample, scheduled, loop)
+        await _send(client, url, body, sample, scheduled, loop, headers)
 
     controller = asyncio.create_task(control())
     reporter = asyncio.create_task(ticker())
@@ -620,6 +671,8 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
         await controls.set_faults({})
         if store_down[0]:
             await store("up")
+        if key_id is not None:
+            await controls.revoke(key_id)
     progress()
 
     edges = [*boundaries, duration]

@@ -38,7 +38,7 @@ from shipyard.errors import RateLimited, StateUnavailable
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.pipeline import Call, Handler, Reply, Stage
 from shipyard.security.budget_ledger import NANO, Account, Ledger
-from shipyard.security.pricing import Price
+from shipyard.security.pricing import Price, format_usd
 from shipyard.store.tables import traces
 
 __all__ = [
@@ -69,16 +69,6 @@ def period_end(period: str, since: datetime) -> datetime:
     if period == "day":
         return since + timedelta(days=1)
     return (since + timedelta(days=32)).replace(day=1)
-
-
-def usd(value: float) -> str:
-    """Dollars with enough digits to tell small amounts apart ($0.0006, not $0.00)."""
-    if value == 0 or abs(value) >= 1:
-        return f"${value:,.2f}"
-    text = f"{value:.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
-    while text.endswith("0") and len(text.partition(".")[2]) > 2:
-        text = text[:-1]
-    return "$" + text
 
 
 class BudgetExceeded(RateLimited):
@@ -263,7 +253,7 @@ class BudgetGuard:
     def _warn(self, budget: BudgetConfig, spent: float) -> None:
         kind, ident = self._scope(budget)
         log.warning("budget of %s '%s' is %.0f%% spent (%s of %s this %s)", kind, ident,
-                    100 * spent / budget.limit_usd, usd(spent), usd(budget.limit_usd),
+                    100 * spent / budget.limit_usd, format_usd(spent), format_usd(budget.limit_usd),
                     budget.period)
         if self.on_soft is not None:
             self.on_soft(budget, spent)
@@ -272,19 +262,20 @@ class BudgetGuard:
                   amount: int) -> BudgetExceeded:
         kind, ident = self._scope(budget)
         word = _PERIOD_WORD[budget.period]
+        limit = format_usd(budget.limit_usd)
         if spent >= round(budget.limit_usd * NANO):
             ends = period_end(budget.period, period_start(budget.period))
             wait = max(1, math.ceil(ends.timestamp() - time.time()))
             return BudgetExceeded(
-                f"The {word} budget of {kind} '{ident}' ({usd(budget.limit_usd)}) is spent "
-                f"({usd(spent / NANO)} so far); requests are refused until the period ends "
-                "or an admin raises 'budgets' in the config.",
+                f"The {word} budget of {kind} '{ident}' ({limit}) is spent "
+                f"({format_usd(spent / NANO)} so far); requests are refused until the period "
+                "ends or an admin raises 'budgets' in the config.",
                 headers={"retry-after": str(wait)})
         return BudgetExceeded(
-            f"The {word} budget of {kind} '{ident}' ({usd(budget.limit_usd)}) cannot cover "
-            f"this request: {usd(spent / NANO)} is spent and {usd(reserved / NANO)} is held "
-            f"by requests in flight, and this one may cost up to {usd(amount / NANO)}; lower "
-            "max_tokens or retry when those finish.", headers={"retry-after": "1"})
+            f"The {word} budget of {kind} '{ident}' ({limit}) cannot cover this request: "
+            f"{format_usd(spent / NANO)} is spent and {format_usd(reserved / NANO)} is held by "
+            f"requests in flight, and this one may cost up to {format_usd(amount / NANO)}; "
+            "lower max_tokens or retry when those finish.", headers={"retry-after": "1"})
 
     # -- background -------------------------------------------------------------------------
     def load_seeds(self) -> None:

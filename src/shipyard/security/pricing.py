@@ -7,11 +7,29 @@ time of this release; check them against your contract and override what differs
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PRICES", "Price", "PriceTable", "base_model"]
+__all__ = ["DEFAULT_PRICES", "Price", "PriceTable", "base_model", "format_usd"]
+
+
+def format_usd(value: float) -> str:
+    """Dollars for people: cents for ordinary amounts, three significant digits for the small
+    ones a single request costs (never `$0.00` for a non-zero amount, never `2.91e-05`).
+
+    >>> format_usd(12.345), format_usd(0.1), format_usd(0.0123), format_usd(2.91e-05)
+    ('$12.35', '$0.10', '$0.0123', '$0.0000291')
+    """
+    if not math.isfinite(value):
+        return f"${value}"
+    if value == 0 or abs(value) >= 0.1:
+        return f"${value:,.2f}"
+    text = f"{value:.{2 - math.floor(math.log10(abs(value)))}f}".rstrip("0")
+    if len(text.split(".")[1]) < 2:
+        text = f"{value:.2f}"
+    return "$" + text
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "revive"]
 
 log = logging.getLogger("shipyard.traces")
 _DATETIMES = ("started_at", "ended_at")
+REJECTED = "rejected.jsonl"
 
 
 class Spool:
@@ -39,7 +40,10 @@ class Spool:
     def _segments(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        return sorted(p for p in self.folder.iterdir() if p.suffix == ".jsonl")
+        # rejected.jsonl (rows the store refused twice, kept for a person) is not a segment:
+        # replaying it would reject them again, forever.
+        return sorted(p for p in self.folder.iterdir()
+                      if p.suffix == ".jsonl" and p.name != REJECTED)
 
     @property
     def bytes(self) -> int:
@@ -81,8 +85,16 @@ class Spool:
                 path.rename(claimed)
             except FileNotFoundError:
                 continue  # another worker took it
-            rows = [_revive(orjson.loads(line)) for line in claimed.read_bytes().splitlines()
-                    if line.strip()]
+            rows = []
+            for line in claimed.read_bytes().split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(revive(orjson.loads(line)))
+                except orjson.JSONDecodeError:
+                    # Only a journal segment's last line can be cut (the process was killed
+                    # mid-append, before that request was answered).
+                    log.warning("skipping an incomplete line in %s", path.name)
             return claimed, rows
         return None
 
@@ -116,7 +128,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _revive(row: dict[str, Any]) -> dict[str, Any]:
+def revive(row: dict[str, Any]) -> dict[str, Any]:
+    """A record read back from JSON (spool or journal) as the writer takes it."""
     row.setdefault("trace_id", None)  # spooled by a version before traces.trace_id
     for key in _DATETIMES:
         value = row.get(key)

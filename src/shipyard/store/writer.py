@@ -8,7 +8,9 @@ buffer is full the record is counted in `dropped` (and the
 without a count. `stop()` flushes everything queued. If the store fails, batches go to the
 on-disk spool (`store.spool`) and are replayed in order once it answers again; without a
 spool, a batch is retried with backoff until it is written or the writer stops, when the
-unwritten rows are counted as lost and logged.
+unwritten rows are counted as lost and logged. Records submitted with `durable=True` are also
+appended to the journal (`store.journal`) before `submit` returns, so a killed process loses
+none of them (see `traces.durable`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
 
+from shipyard.store.journal import Journal
 from shipyard.store.rollups import aggregate, upsert
-from shipyard.store.spool import Spool
+from shipyard.store.spool import Spool, revive
 from shipyard.store.tables import spans, traces
 
 __all__ = ["TraceWriter"]
@@ -54,6 +58,7 @@ class TraceWriter:
         on_write: Callable[[int], None] | None = None,
         spool: Spool | None = None,
         probe_interval_s: float = 2.0,
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
@@ -69,6 +74,8 @@ class TraceWriter:
         self._on_write = on_write
         self._last_drop_log = 0.0
         self.spool = spool
+        self.journal = journal
+        self._journal_failed_at = -1e9
         self.probe_interval_s = probe_interval_s
         self._pick: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
         self._mark: str | None = None
@@ -98,8 +105,26 @@ class TraceWriter:
                                             daemon=True)
             self._thread.start()
 
-    def submit(self, record: dict[str, Any]) -> bool:
-        """Queue one trace; never blocks. False (and counted) when the buffer is full."""
+    def submit(self, record: dict[str, Any], *, durable: bool = False) -> bool:
+        """Queue one trace; never blocks on the store. False (and counted) when the buffer is
+        full. With `durable` (and a journal), the record is on disk when this returns."""
+        if durable and self.journal is not None:
+            try:
+                with self.journal.lock:
+                    self.journal.append(record)
+                    if len(self._buffer) >= self.queue_size:
+                        self.journal.overflowed = True  # on disk; read back from the segment
+                        return True
+                    self._buffer.append(record)
+                if len(self._buffer) == self.batch_size:
+                    self._wake.set()
+                return True
+            except OSError as exc:  # a full or broken disk: keep serving, say so
+                now = time.monotonic()
+                if now - self._journal_failed_at > 5.0:
+                    self._journal_failed_at = now
+                    log.error("appending to the trace journal in %s failed (%s); traces are "
+                              "not durable until it works again", self.journal.folder, exc)
         depth = len(self._buffer)
         if depth >= self.queue_size:
             self._drop()
@@ -138,23 +163,71 @@ class TraceWriter:
     def _run(self) -> None:
         if self.spool is not None:
             self.spool.recover_claims()
+        self._recover_journal()
         while True:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             stopping = self._stopping
             self._replay()
-            while self._buffer:
-                batch: list[dict[str, Any]] = []
-                popleft = self._buffer.popleft
-                try:
-                    for _ in range(self.batch_size):
-                        batch.append(popleft())
-                except IndexError:
-                    pass
-                self._write(batch, final=stopping)
+            # Every record of the closed segment is in the buffer (or marked overflowed):
+            # once the buffer is drained, the segment is no longer needed.
+            segment = self.journal.rotate() if self.journal is not None else None
+            lost = self._lost_so_far()
+            self._drain(stopping)
+            if segment is not None:
+                self._settle(segment, lost, final=stopping)
             if stopping:
+                if self.journal is not None and (last := self.journal.rotate()) is not None:
+                    lost = self._lost_so_far()
+                    self._drain(stopping)
+                    self._settle(last, lost, final=True)
                 self._replay()
                 return
+
+    def _drain(self, stopping: bool) -> None:
+        while self._buffer:
+            batch: list[dict[str, Any]] = []
+            popleft = self._buffer.popleft
+            try:
+                for _ in range(self.batch_size):
+                    batch.append(popleft())
+            except IndexError:
+                pass
+            self._write(batch, final=stopping)
+
+    def _lost_so_far(self) -> int:
+        return self.lost + (self.spool.lost if self.spool is not None else 0)
+
+    def _settle(self, segment: tuple[Path, bool], lost: int, *, final: bool) -> None:
+        """A closed journal segment whose records were all written (or spooled): delete it.
+        Records that overflowed the buffer are read back from it first. If some rows were
+        lost meanwhile (no spool, or a full one), the segment stays for the next start."""
+        path, overflowed = segment
+        if overflowed:
+            self._write([revive(r) for r in Journal.read(path)], final=final)
+        if self._lost_so_far() > lost:
+            log.error("some traces could not be written or spooled; their journal segment %s "
+                      "is kept and replayed at the next start", path)
+            return
+        path.unlink(missing_ok=True)
+
+    def _recover_journal(self) -> None:
+        """Journal segments of processes that died are replayed (through the spool)."""
+        if self.journal is None:
+            return
+        for path in self.journal.orphans():
+            try:
+                if self.spool is not None:
+                    self.spool.folder.mkdir(parents=True, exist_ok=True)
+                    path.rename(self.spool.folder / (path.name.removesuffix(".journal")
+                                                     + ".jsonl"))
+                else:
+                    self._write([revive(r) for r in Journal.read(path)], final=False)
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue  # another worker took it
+            log.warning("recovered the trace journal %s of a process that stopped without "
+                        "flushing; its traces are replayed", path.name)
 
     def _store_down(self) -> bool:
         return time.monotonic() < self._store_down_until

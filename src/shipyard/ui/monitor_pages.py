@@ -42,7 +42,11 @@ def _num(value: float | None, digits: int = 4) -> str:
 def drift_page(ctx: PageContext) -> dict[str, Any]:
     """The latest verdict of every check, and its drift share over the window."""
     # Imported here: the drift stack loads numpy and scipy, which serving pages never needs.
-    from shipyard.monitor.drift.store import drift_history
+    try:
+        from shipyard.monitor.drift.store import drift_history
+    except ImportError as exc:
+        raise PageError(501, f"The drift page needs numpy and scipy ({exc}); install them "
+                        "with pip install 'shipyard[monitor]' and restart the gateway.") from None
 
     checks = ctx.config.drift.checks if ctx.config is not None else {}
     configured = sorted(name for name, check in checks.items()

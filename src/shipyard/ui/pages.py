@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Engine, or_, select, tuple_
 
+from shipyard.security.pricing import format_usd
 from shipyard.security.roles import ROLE_SCOPES
 from shipyard.store import rollups
 from shipyard.store.feedback import feedback_series, list_feedback
@@ -285,6 +286,15 @@ def explore(ctx: PageContext) -> dict[str, Any]:
                         "to": ctx.params.get("to", "")}}
 
 
+def _shown(name: str, value: Any) -> Any:
+    """A trace field as people read it: milliseconds to two decimals, dollars in full."""
+    if isinstance(value, float) and name.endswith("_ms"):
+        return f"{value:,.2f} ms"
+    if isinstance(value, float | int) and name == "cost_usd":
+        return format_usd(value)
+    return value
+
+
 def trace_detail(ctx: PageContext) -> dict[str, Any]:
     trace_id = ctx.path_params["trace_id"]
     row = get_trace(ctx.engine, trace_id, tenant_id=ctx.tenant_id)
@@ -301,6 +311,7 @@ def trace_detail(ctx: PageContext) -> dict[str, Any]:
                                     "capture", "key_id") if row.get(k) is not None]
     if not ctx.can("keys:manage"):
         fields = [(k, v) for k, v in fields if k != "key_id"]
+    fields = [(k, _shown(k, v)) for k, v in fields]
     notes = []
     if ctx.can("feedback:read"):
         notes = list_feedback(ctx.engine, tenant_id=ctx.tenant_id, trace_id=row["id"],

@@ -30,12 +30,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from shipyard._version import __version__
 from shipyard.config.traces import default_spool_dir
-from shipyard.errors import AuthenticationFailed, NotFound, PermissionDenied, ShipyardError
+from shipyard.errors import (
+    AuthenticationFailed,
+    PermissionDenied,
+    RateLimited,
+    ShipyardError,
+    StoreUnavailable,
+)
 from shipyard.escalation import store as tickets
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
-from shipyard.store.tenants import KEY_PREFIX, get_key
+from shipyard.store.tenants import KEY_PREFIX
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import webhook_pages as _webhook_pages  # noqa: F401  (registers its pages)
 from shipyard.ui.charts import figure_json
@@ -61,7 +67,6 @@ _STATIC_DIR = Path(__file__).parent / "static"
 _TEMPLATES = Path(__file__).parent / "templates"
 _STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css",
                  "favicon.svg": "image/svg+xml"}
-_KEY_CHECK_S = 5.0
 _LOGIN_MAX_BYTES = 16_384
 _MISSING = ("The dashboard needs the 'ui' extra, which is not installed; run: "
             "pip install 'shipyard[ui]'")
@@ -86,7 +91,6 @@ class Dashboard:
         self.config = gateway.config.ui
         self._signer: SessionSigner | None = None
         self._assets: dict[str, _Asset] = {}
-        self._keys: dict[str, tuple[float, bool]] = {}
         self.env: Any = None
         if jinja2 is not None:
             self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
@@ -153,19 +157,13 @@ class Dashboard:
         return session
 
     async def _key_active(self, key_id: str) -> bool:
-        now = time.monotonic()
-        cached = self._keys.get(key_id)
-        if cached is not None and now - cached[0] < _KEY_CHECK_S:
-            return cached[1]
-        try:
-            record = await asyncio.to_thread(get_key, self.gw.engine, key_id, tenant_id=None)
-            active = record.status() == "active"
-        except NotFound:
-            active = False
-        if len(self._keys) > 10_000:
-            self._keys.clear()
-        self._keys[key_id] = (now, active)
-        return active
+        """The session's key is still active (the authenticator's key cache: cached for
+        auth.key_cache_s, and through a store outage its last known record)."""
+        keys = self.gw.auth.keys
+        if keys is None:
+            return False
+        record = await keys.get(key_id)
+        return record is not None and record.status() == "active"
 
     # -- login and logout -------------------------------------------------------------------
     def _login_form(self, request: Request, *, error: str | None = None, status: int = 200,
@@ -195,8 +193,9 @@ class Dashboard:
                                     error="Paste an API key (or OIDC token) to sign in.")
         try:
             principal = await self.gw.auth.authenticate(
-                Headers({"authorization": f"Bearer {secret}"}), "traces:read")
-        except (AuthenticationFailed, PermissionDenied) as exc:
+                Headers({"authorization": f"Bearer {secret}"}), "traces:read",
+                client=request.client.host if request.client else None, route="/ui/login")
+        except (AuthenticationFailed, PermissionDenied, RateLimited, StoreUnavailable) as exc:
             return self._login_form(request, status=exc.status, next_path=back,
                                     error=exc.message)
         kind, not_after = "static", None

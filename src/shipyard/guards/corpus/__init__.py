@@ -69,7 +69,9 @@ def read_corpus(path: Path) -> list[CorpusItem]:
 
 def _parse(text: str, where: str) -> list[CorpusItem]:
     items: list[CorpusItem] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSONL lines end at \n only: str.splitlines() would also split at U+2028, U+0085 and
+    # other characters valid inside a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
