@@ -27,6 +27,7 @@ from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
 from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
+from shipyard.cli import versions as versions_cli
 from shipyard.cli import webhooks as webhooks_cli
 from shipyard.cli.chaos import chaos
 from shipyard.cli.common import (
@@ -37,9 +38,11 @@ from shipyard.cli.common import (
     resolve_config,
     warn_inline_secrets,
 )
+from shipyard.cli.evals import evaluate
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.redteam import guards_app, redteam
+from shipyard.cli.retrain import reload, retrain
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
 from shipyard.config import Config, env
@@ -77,6 +80,10 @@ app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(drift_cli.app, name="drift")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(versions_cli.app, name="versions")
+app.command("eval")(evaluate)
+app.command("retrain")(retrain)
+app.command("reload")(reload)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
@@ -215,7 +222,7 @@ def serve(
     count = workers or server.workers
     problem = per_process_state(cfg.state, count)
     if problem is not None:
-        raise fail(escape(f"{file}: {problem}"))  # text, not rich markup: 'shipyard[redis]'
+        raise fail(f"{file}: {problem}")  # fail() escapes rich markup: 'shipyard[redis]'
     argv = _server_argv(file, host or server.host, port or server.port, count)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -94,6 +94,7 @@ def parse_config(
             str((folder / p).resolve()) if isinstance(p, str) else p
             for p in resolved["python_path"]
         ]
+    _anchor_paths(resolved, folder)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
@@ -125,6 +126,24 @@ def _secret_paths(value: Any, path: str) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             yield from _secret_paths(item, f"{path}[{i}]")
+
+
+def _anchor_paths(resolved: dict[str, Any], folder: Path) -> None:
+    """Relative file paths of the lifecycle (model artifacts, training data, the artifact
+    store) are relative to the config file, wherever the command runs."""
+    def anchor(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            path = Path(section[key]).expanduser()
+            section[key] = str(path if path.is_absolute() else (folder / path).resolve())
+
+    anchor(resolved.get("lifecycle"), "artifact_dir")
+    services = resolved.get("services")
+    if isinstance(services, dict):
+        for service in services.values():
+            if isinstance(service, dict):
+                anchor(service, "model")
+                anchor(service.get("retrain"), "data")
+                anchor(service.get("retrain"), "eval_data")
 
 
 def install_python_path(config: Config) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
 from shipyard.config.base import NAME_PATTERN, Section
 from shipyard.config.drift import DriftConfig
+from shipyard.config.lifecycle import LifecycleConfig
 from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, RateLimitsConfig
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
 from shipyard.config.targets import ModelConfig, ProviderConfig, ServiceConfig, StageSpec
@@ -82,6 +83,9 @@ class Config(Section):
     slos: list[SLOConfig] = Field(default_factory=list, description="Service level objectives "
                                   "with error budgets and burn-rate alerts (see docs/alerts.md).")
     drift: DriftConfig = Field(default_factory=lambda: DriftConfig())
+    lifecycle: LifecycleConfig = Field(
+        default_factory=lambda: LifecycleConfig(),
+        description="Versions, rollouts and retraining (see docs/lifecycle.md).")
     stages: list[StageSpec] = Field(
         default_factory=list,
         description="Your own pipeline stages, in every model's and service's chain (after "
@@ -117,6 +121,15 @@ class Config(Section):
                         f"models.{alias}.fallbacks names '{fallback}', a "
                         f"{self.models[fallback].type} model; fallbacks must be {model.type} models"
                     )
+        for name, service in self.services.items():
+            for key, check in (("rollout.gates.drift", service.rollout.gates.drift),
+                               ("retrain.on_drift",
+                                service.retrain.on_drift if service.retrain else None)):
+                if check is not None and check not in self.drift.checks:
+                    raise ValueError(
+                        f"services.{name}.{key} is '{check}', which is not a drift check "
+                        f"(known: {', '.join(sorted(self.drift.checks)) or 'none'}); add it "
+                        "under drift.checks or fix the name")
         return self
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipyard.config.base import FUNCTION_PATTERN, CaptureMode, Section
+from shipyard.config.lifecycle import RetrainConfig, RolloutConfig
 from shipyard.config.resilience import (
     AdmissionConfig,
     CacheConfig,
@@ -349,7 +350,23 @@ class ServiceConfig(Section):
     kind: Literal["python"] = Field(
         "python", description="`python`: serve a Python callable at /v1/services/NAME/invoke."
     )
-    function: str = Field(description="The callable as `package.module:function`.")
+    function: str | None = Field(
+        None, description="The callable as `package.module:function` (or set `model`).")
+    model: str | None = Field(
+        None, description="A model artifact to serve without a wrapper module: a "
+        "scikit-learn/joblib/pickle file (`.joblib`, `.pkl`) or ONNX (`.onnx`, the `onnx` "
+        "extra); relative to the config file. Its input is `{features: [...]}` (one row or "
+        "a list of rows). Pickles run code when loaded: serve only files you trust "
+        "(docs/lifecycle.md).")
+    call: Literal["predict", "predict_proba"] = Field(
+        "predict_proba", description="How a `model` is called: `predict` (the label) or "
+        "`predict_proba` (the label and each class's probability).")
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(),
+        description="How a candidate version takes over (canary or shadow, steps, gates; "
+        "see docs/lifecycle.md).")
+    retrain: RetrainConfig | None = Field(
+        None, description="The retraining job of a `model` service (see docs/lifecycle.md).")
     input_schema: dict[str, Any] | None = Field(
         None, description="JSON Schema the request body must match (or use `input_model`)."
     )
@@ -395,4 +412,10 @@ class ServiceConfig(Section):
     def _one_schema(self) -> ServiceConfig:
         if self.input_schema is not None and self.input_model is not None:
             raise ValueError("set either 'input_schema' or 'input_model', not both")
+        if (self.function is None) == (self.model is None):
+            raise ValueError("set either 'function' (package.module:function) or 'model' "
+                             "(a model file such as model.joblib), not both or neither")
+        if self.retrain is not None and self.model is None:
+            raise ValueError("'retrain' needs a 'model' service (its artifact is what the "
+                             "training function replaces)")
         return self

@@ -35,6 +35,7 @@ from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.lifecycle_routes import lifecycle_routes
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
 from shipyard.gateway.recorder import QUEUE_MS
@@ -60,7 +61,7 @@ log = logging.getLogger("shipyard.gateway")
 
 
 def create_app(config: Config, *, engine: Engine | None = None,
-               migrate: bool = True) -> FastPath:
+               migrate: bool = True, config_path: str | None = None) -> FastPath:
     """Build the gateway app for `config`.
 
     >>> from shipyard.config import parse_config
@@ -70,7 +71,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     it starts the serving process).
     """
     install_python_path(config)
-    gateway = Gateway(config, engine=engine, migrate=migrate)
+    gateway = Gateway(config, engine=engine, migrate=migrate, config_path=config_path)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -116,7 +117,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
     routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
               *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
-              *webhook_routes(gateway), openapi_route(gateway), *ui_routes(gateway)]
+              *webhook_routes(gateway), *lifecycle_routes(gateway),
+              openapi_route(gateway), *ui_routes(gateway)]
     catalogue = [_route_catalogue(routes)]
     app = Starlette(
         routes=routes,
@@ -296,4 +298,4 @@ def app_from_env() -> FastPath:
     if not path:
         raise ConfigError("SHIPYARD_CONFIG is not set; start the gateway with "
                           "'shipyard serve --config PATH'.")
-    return create_app(load_config(path))
+    return create_app(load_config(path), config_path=path)

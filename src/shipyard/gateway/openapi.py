@@ -450,6 +450,63 @@ _SCHEMAS: dict[str, JSON] = {
                                                 "reachable": {"type": "boolean"}}}},
     },
     "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
+    "Version": {
+        "type": "object", "required": ["target", "version", "kind"],
+        "properties": {"target": _STRING, "version": {"type": "integer"},
+                       "kind": {"enum": ["function", "model"]},
+                       "function": _nullable("string"), "artifact": {"type": ["object", "null"]},
+                       "call": _nullable("string"), "config": {"type": "object"},
+                       "meta": {"type": "object"}, "created_at": _TIME,
+                       "created_by": _STRING, "new": {"type": "boolean"}}},
+    "VersionList": {
+        "type": "object", "required": ["object", "service", "aliases", "data"],
+        "properties": {"object": {"const": "list"}, "service": _STRING,
+                       "aliases": {"type": "object",
+                                   "additionalProperties": {"type": "integer"}},
+                       "serving": {"type": ["object", "null"]},
+                       "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/"
+                                                                       "Rollout"}},
+                       "data": {"type": "array",
+                                "items": {"$ref": "#/components/schemas/Version"}}}},
+    "VersionRegister": {
+        "type": "object", "description": "Exactly one of `function` or `model`.",
+        "properties": {"function": _STRING, "model": {
+            "type": "string", "description": "A model file beside the config or in the "
+            "artifact store."}, "call": {"enum": ["predict", "predict_proba"]},
+            "meta": {"type": "object"}}},
+    "Promote": {"type": "object", "required": ["version"],
+                "properties": {"version": {"type": "integer", "minimum": 1},
+                               "reason": _STRING}},
+    "Promoted": {"type": "object", "properties": {"service": _STRING,
+                                                  "stable": {"type": "integer"},
+                                                  "previous": {"type": ["integer", "null"]}}},
+    "Rollback": {"type": "object", "properties": {"to": {"type": "integer", "minimum": 1},
+                                                  "reason": _STRING}},
+    "RolledBack": {"type": "object", "properties": {
+        "service": _STRING, "rolled_back": {"enum": ["rollout", "stable"]},
+        "stable": {"type": ["integer", "null"]}}},
+    "RolloutStart": {"type": "object", "required": ["version"],
+                     "properties": {"version": {"type": "integer", "minimum": 1},
+                                    "mode": {"enum": ["canary", "shadow"]},
+                                    "share": {"type": "number"}}},
+    "Rollout": {"type": "object", "required": ["id", "target", "candidate", "stable", "mode",
+                                               "state"],
+                "properties": {"id": _STRING, "target": _STRING,
+                               "candidate": {"type": "integer"}, "stable": {"type": "integer"},
+                               "mode": {"enum": ["canary", "shadow"]},
+                               "state": {"enum": ["running", "promoted", "rolled_back",
+                                                  "stopped"]},
+                               "step": {"type": "integer"}, "share": {"type": "number"},
+                               "reason": _nullable("string"),
+                               "last_check": {"type": ["object", "null"]}}},
+    "EvalList": {"type": "object", "required": ["object", "data"],
+                 "properties": {"object": {"const": "list"},
+                                "data": {"type": "array", "items": {"type": "object"}}}},
+    "Reloaded": {"type": "object", "required": ["reloaded"],
+                 "properties": {"reloaded": {"type": "boolean"},
+                                "models": {"type": "array", "items": _STRING},
+                                "services": {"type": "object"},
+                                "restart_needed": {"type": "array", "items": _STRING}}},
 }
 
 _ERRORS: dict[int, str] = {
@@ -459,7 +516,8 @@ _ERRORS: dict[int, str] = {
          "or tenant.",
     404: "The model, service, key, trace, escalation or tenant does not exist (or is another "
          "tenant's).",
-    409: "The escalation's status does not allow the action (the message names it).",
+    409: "The escalation's status does not allow the action, or a version change conflicts "
+         "(a rollout already running, a reload that failed to load): the message names it.",
     413: "The body is larger than `server.max_body_bytes`.",
     422: "The input does not match the service's schema, the upstream refused it, or a "
          "field of an admin request is invalid (`param` names it).",
@@ -490,6 +548,8 @@ def _query(name: str, schema: JSON, description: str) -> JSON:
             "schema": schema}
 
 
+_SERVICE = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "A service name."}
 _ESCALATION_ID = {"name": "escalation_id", "in": "path", "required": True,
                   "description": "A ticket id (`esc_…`).", "schema": _STRING}
 _DELIVERY_ID = {"name": "delivery_id", "in": "path", "required": True,
@@ -676,6 +736,35 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         "listWebhookEndpoints", "Configured webhook endpoints (names and hosts, never URLs or "
         "secrets)", "webhooks", _ok("WebhookEndpointList"), (400, *_AUTH),
         params=(_TENANT,)),
+    ("GET", "/v1/admin/services/{name}/versions"): _Op(
+        "listVersions", "A service's versions, aliases, serving plan and rollouts", "lifecycle",
+        _ok("VersionList"), (400, *_AUTH, 404), params=(_SERVICE,)),
+    ("POST", "/v1/admin/services/{name}/versions"): _Op(
+        "registerVersion", "Register an immutable version (a function or a model file)",
+        "lifecycle", {**_ok("Version", 201, "Registered."), **_ok("Version", 200,
+                                                                  "Already registered.")},
+        (400, *_AUTH, 404, 409, 413), "VersionRegister", params=(_SERVICE,)),
+    ("GET", "/v1/admin/services/{name}/versions/{version}"): _Op(
+        "getVersion", "One version of a service", "lifecycle", _ok("Version"),
+        (400, *_AUTH, 404),
+        params=(_SERVICE, _path_param("version", "A version number."))),
+    ("POST", "/v1/admin/services/{name}/promote"): _Op(
+        "promoteVersion", "Make a version stable now", "lifecycle", _ok("Promoted"),
+        (400, *_AUTH, 404, 413), "Promote", params=(_SERVICE,)),
+    ("POST", "/v1/admin/services/{name}/rollback"): _Op(
+        "rollbackVersion", "Roll back a running rollout, or stable to its previous version",
+        "lifecycle", _ok("RolledBack"), (400, *_AUTH, 404, 409, 413), "Rollback",
+        body_required=False, params=(_SERVICE,)),
+    ("POST", "/v1/admin/services/{name}/rollouts"): _Op(
+        "startRollout", "Start a canary or shadow rollout of a version", "lifecycle",
+        _ok("Rollout", 201, "Started."), (400, *_AUTH, 404, 409, 413), "RolloutStart",
+        params=(_SERVICE,)),
+    ("GET", "/v1/admin/services/{name}/evals"): _Op(
+        "listEvals", "Stored eval results of a service, newest first", "lifecycle",
+        _ok("EvalList"), (400, *_AUTH, 404), params=(_SERVICE,)),
+    ("POST", "/v1/admin/reload"): _Op(
+        "reload", "Reload the config without downtime (new targets load beside the running "
+        "ones, then swap)", "lifecycle", _ok("Reloaded"), (*_AUTH, 409)),
     ("GET", "/v1/admin/status"): _Op("getStatus", "Live state: circuits, admission, budgets, "
                                      "the trace writer", "admin", _ok("Status")),
     ("GET", "/metrics"): _Op(

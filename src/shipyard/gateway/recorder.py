@@ -158,6 +158,11 @@ class Recorder:
             self.metrics.payloads_skipped.inc()
         ctx.capture = capture
 
+    def record(self, ctx: RequestContext) -> None:
+        """Record a request that did not come through `begin` (a shadow copy)."""
+        self.metrics.in_flight.inc()
+        self.finish(ctx)
+
     # -- finish -----------------------------------------------------------------------------
     def finish(self, ctx: RequestContext) -> None:
         """Count the request and queue its trace; never raises, never blocks."""
@@ -172,6 +177,9 @@ class Recorder:
             latency.observe(ctx.elapsed_ms() / 1000.0)
             if outcome != "ok":
                 self.metrics.outcomes.labels(service, outcome).inc()
+            if ctx.version is not None and ctx.service:
+                self.metrics.version_requests.labels(service, ctx.version, ctx.route,
+                                                     outcome).inc()
             if ctx.upstream_ms is not None and ctx.provider:
                 self.metrics.upstream_latency.labels(ctx.provider).observe(ctx.upstream_ms / 1e3)
             self.metrics.overhead.observe(ctx.overhead_ms() / 1000.0)

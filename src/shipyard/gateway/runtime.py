@@ -31,8 +31,10 @@ from shipyard.gateway.auth import Authenticator, Principal
 from shipyard.gateway.background import Background
 from shipyard.gateway.drain import DrainGrace
 from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.lifecycle_hooks import LifecycleHooks
 from shipyard.gateway.recorder import Recorder
 from shipyard.guards.answers import GuardHooks
+from shipyard.lifecycle.controller import Controller
 from shipyard.observe.metrics import Metrics
 from shipyard.observe.tracing import record_span
 from shipyard.pipeline import RequestContext
@@ -66,8 +68,9 @@ class Gateway:
     """Everything one gateway process holds; routes reach it through `request.app.state`."""
 
     def __init__(self, config: Config, *, engine: Engine | None = None,
-                 migrate: bool = True) -> None:
+                 migrate: bool = True, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what `reload()` reads again
         self._migrate = migrate and config.store.migrate
         self.metrics = Metrics()
         self.engine = engine or create_store_engine(config.store.url)
@@ -124,11 +127,12 @@ class Gateway:
                                  spawn=self.background.spawn)
         # Where escalation plugs into the guards: `gateway.guard_hooks.on_escalate = ...`.
         self.guard_hooks = GuardHooks(on_escalate=guard_hook(self.escalations, config))
-        targets = build_targets(config, self.providers, Shared(
+        self.shared = Shared(
             metrics=self.metrics, kv=self.kv, cache=cache_store,
             persistent_kv=self.redis is not None, limiter=limiter,
             escalations=self.escalations, guard_hooks=self.guard_hooks, cipher=self.cipher,
-            base_url=_base_url(config), budgets=self.budgets, prices=self.prices))
+            base_url=_base_url(config), budgets=self.budgets, prices=self.prices)
+        targets = build_targets(config, self.providers, self.shared)
         self.models: dict[str, ModelTarget] = targets.models
         self.services: dict[str, ServiceTarget] = targets.services
         breakers: dict[str, CircuitBreaker] = {}
@@ -138,6 +142,12 @@ class Gateway:
         self.circuits = (SharedCircuits(self.redis, list(breakers.values()),
                                         interval_s=state.circuit_sync_s)
                          if self.redis is not None else None)
+        # Versions and rollouts (shipyard.lifecycle): serve what the registry says, decide.
+        self.hooks = LifecycleHooks(self)
+        self.hooks.wire_shadows(self.services)
+        self.lifecycle = Controller(config, self.engine, routers=self.hooks.routers,
+                                    retrain=self.hooks.retrain, resume=self.hooks.run_job,
+                                    on_decision=self.hooks.count_decision)
         self.metrics.watch_admission(self._queue_depths)
         self.audit_log = AuditLog(self.engine)
         self.created = int(time.time())
@@ -164,6 +174,7 @@ class Gateway:
         await asyncio.gather(*(provider.start() for provider in self.providers.values()))
         await self.worker.start()
         await self.background.start(traces=self.recorder.writer is not None)
+        await self.lifecycle.start()
         self._watch_sigterm()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
@@ -186,9 +197,17 @@ class Gateway:
         self.drain_grace.bind(asyncio.get_running_loop())
         signal.signal(signal.SIGTERM, on_sigterm)
         self._previous_sigterm = previous
+        if self.config_path is not None:  # SIGHUP: load the config again, swap atomically
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.background.spawn(
+                self.hooks.reload_logged()))
+            self._hup = True
 
     async def stop(self) -> None:
         self.drain()
+        if getattr(self, "_hup", False):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.lifecycle.stop()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -239,7 +258,8 @@ class Gateway:
                 "deployments": deployments, "fallbacks": target.config.fallbacks,
                 "retry_budget_exhausted": target.budget.exhausted,
                 "admission": _admissions(target.admissions)}
-        services = {name: {"admission": _admissions(s.admissions)}
+        versions = self.lifecycle.status()
+        services = {name: {"admission": _admissions(s.admissions), **versions.get(name, {})}
                     for name, s in sorted(self.services.items())}
         writer = self.recorder.writer
         return {
@@ -261,6 +281,10 @@ class Gateway:
                 if admission is not self.admission:
                     depths[target.name] = admission.queued
         return depths
+
+    async def reload(self, config: Config | None = None) -> dict[str, Any]:
+        """Swap in the config file again without downtime (`shipyard.gateway.lifecycle_hooks`)."""
+        return await self.hooks.reload(config)
 
     # -- before a call ----------------------------------------------------------------------
     def refuse_if_draining(self) -> None:

@@ -47,7 +47,7 @@ def worker_app() -> FastPath:
                           "'shipyard serve --config PATH'.")
     config = load_config(path)
     _configure_logging(config.server.log_level)  # worker processes start with a fresh runtime
-    app = create_app(config, migrate=False)
+    app = create_app(config, migrate=False, config_path=path)
     _freeze_heap()
     return app
 
@@ -90,7 +90,7 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
                    server_header=False, date_header=False,
                    ssl_certfile=server.tls_certfile, ssl_keyfile=server.tls_keyfile)
     if workers == 1:
-        app = create_app(config, migrate=migrate)
+        app = create_app(config, migrate=migrate, config_path=config_path)
         _freeze_heap()
         uvicorn.run(app, **options)  # type: ignore[arg-type]
         return

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, case, func, select, text
 
-from shipyard.store.tables import traces
+from shipyard.store.tables import SIDE_ROUTES, traces
 
 __all__ = ["RATIO_METRICS", "Scope", "WindowCounts", "custom_query", "metric_value",
            "window_counts"]
@@ -43,7 +43,8 @@ class Scope:
     tenant: str | None = None
 
     def where(self, since: datetime, until: datetime) -> list[ColumnElement[bool]]:
-        clauses = [traces.c.started_at >= since, traces.c.started_at < until]
+        clauses = [traces.c.started_at >= since, traces.c.started_at < until,
+                   traces.c.route.not_in(SIDE_ROUTES)]
         if self.service is not None:
             clauses.append(traces.c.service == self.service)
         if self.model is not None:

@@ -154,6 +154,16 @@ class Metrics:
         self.auth_lockouts = Counter(
             "shipyard_auth_lockouts", "Client addresses or key ids locked out after too many "
             "failed authentications, by kind (address, key).", ("kind",), registry=r)
+        self.version_requests = Counter(
+            "shipyard_version_requests", "Requests answered by each version of a service "
+            "(shadow copies included, route shadow), by service, version, route and outcome.",
+            ("service", "version", "route", "outcome"), registry=r)
+        self.shadow = Counter(
+            "shipyard_shadow_copies", "Shadow copies sent to a candidate, by service and result "
+            "(agree, differ, or the error).", ("service", "result"), registry=r)
+        self.rollout_decisions = Counter(
+            "shipyard_rollout_decisions", "Rollout controller decisions (step, promote, "
+            "rollback, shadow_to_canary), by service.", ("service", "action"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,

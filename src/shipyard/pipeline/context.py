@@ -78,6 +78,7 @@ class RequestContext:
         "ttft_ms",
         "upstream_model",
         "upstream_ms",
+        "version",
     )
 
     def __init__(self, request_id: str, route: str, trace_id: str, *,
@@ -104,6 +105,7 @@ class RequestContext:
         self.model_alias: str | None = None
         self.provider: str | None = None
         self.upstream_model: str | None = None
+        self.version: str | None = None  # the target version that answered
         self.stream = False
         self.status = 0
         self.error_type: str | None = None
@@ -187,5 +189,6 @@ class RequestContext:
             "request_body": self.request_body,
             "response_body": self.response_body,
             "cost_usd": self.cost_usd,
+            "version": self.version or (self.upstream_model if self.model_alias else None),
             "outcome": None,  # filled by the recorder (shipyard.gateway.recorder.outcome_of)
         }

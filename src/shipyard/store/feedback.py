@@ -32,7 +32,10 @@ __all__ = [
 
 
 def trace_version(trace: dict[str, Any]) -> str:
-    """The version a trace ran: its `version` attribute, else the upstream model."""
+    """The version a trace ran: its `version` column (the lifecycle's version number), its
+    `version` attribute, else the upstream model."""
+    if trace.get("version"):
+        return str(trace["version"])[:256]
     attributes = trace.get("attributes")
     if isinstance(attributes, str) and '"version"' in attributes:
         try:

@@ -25,7 +25,13 @@ from sqlalchemy import Connection, Engine, and_, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from shipyard.store.tables import LATENCY_BOUNDS_MS, LATENCY_BUCKETS, trace_rollups, traces
+from shipyard.store.tables import (
+    LATENCY_BOUNDS_MS,
+    LATENCY_BUCKETS,
+    SIDE_ROUTES,
+    trace_rollups,
+    traces,
+)
 
 __all__ = [
     "Point",
@@ -63,6 +69,8 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], list[Any]] = {}
     n = len(_SUMS)
     for row in rows:
+        if row.get("route") in SIDE_ROUTES:
+            continue  # not a caller's request (a shadow copy, a canary's failed attempt)
         status = int(row["status"])
         key = (row["tenant_id"] or "default", MINUTE, _minute(row["started_at"]),
                row["service"] or "", row["model_alias"] or "", status,
@@ -135,7 +143,7 @@ def rebuild(engine: Engine, *, since: datetime | None = None,
     """
     columns = [traces.c[c] for c in ("tenant_id", "started_at", "service", "model_alias",
                                      "status", "error_type", "total_ms", "prompt_tokens",
-                                     "completion_tokens", "cost_usd", "outcome")]
+                                     "completion_tokens", "cost_usd", "outcome", "route")]
     read = 0
     with engine.begin() as connection:
         first, last = connection.execute(

@@ -32,15 +32,26 @@ __all__ = [
     "budget_reservations",
     "drift_profiles",
     "drift_results",
+    "eval_runs",
     "feedback",
+    "lifecycle_events",
     "metadata",
     "responses",
+    "retrain_jobs",
+    "rollouts",
     "spans",
+    "target_aliases",
+    "target_versions",
     "trace_rollups",
     "traces",
 ]
 
-__all__ = ["audit_head", "audit_log", "datasets", "metadata", "traces"]
+__all__ = ["SIDE_ROUTES", "audit_head", "audit_log", "datasets", "metadata", "traces"]
+
+# Traces that are not a caller's request: a shadow copy sent to a candidate version, and a
+# canary's failed attempt that stable then answered (shipyard.lifecycle). Dashboards' rollups,
+# alert rules and SLOs leave them out; the rollout gates read them.
+SIDE_ROUTES = ("shadow", "canary")
 
 metadata = MetaData(
     naming_convention={
@@ -92,6 +103,9 @@ traces = Table(
     # What became of the request beyond its status (`shipyard.gateway.recorder.outcome_of`):
     # ok, cached, fixed, blocked, escalated, shed, limited, error.
     Column("outcome", String(16), nullable=True),
+    # The version of the target that answered (`shipyard.lifecycle`): a service's version
+    # number, or the upstream model of a model alias; "shadow" traces name the candidate.
+    Column("version", String(64), nullable=True),
     Index(None, "started_at"),
     Index(None, "tenant_id", "started_at"),
     Index(None, "service", "started_at"),
@@ -100,6 +114,8 @@ traces = Table(
     # Newest-first keyset pages of the trace explorer, whole tenant or one service.
     Index(None, "tenant_id", "started_at", "id"),
     Index(None, "tenant_id", "service", "started_at", "id"),
+    # The rollout controller's gates: one version of one service over a recent window.
+    Index(None, "service", "version", "started_at"),
 )
 
 # What can become of a request beyond its HTTP status (the `outcome` column; see
@@ -357,4 +373,110 @@ budget_reservations = Table(
     Column("amount_nusd", BigInteger, nullable=False),
     Column("expires_at", Float, nullable=False),  # epoch seconds
     Index(None, "expires_at"),
+)
+
+# Versions and aliases of targets (shipyard.lifecycle.registry). A version is immutable: its
+# code reference or content-addressed artifact, its config and who registered it from what.
+# Aliases (`stable`, `canary`, any name) point at versions; moving one is the deploy.
+target_versions = Table(
+    "target_versions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("target", String(128), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # function | model
+    Column("function", Text, nullable=True),
+    Column("artifact_sha256", String(64), nullable=True),
+    Column("artifact_path", Text, nullable=True),
+    Column("artifact_format", String(16), nullable=True),  # joblib | pickle | onnx
+    Column("call", String(16), nullable=True),
+    Column("spec_hash", String(64), nullable=False),
+    Column("config", Text, nullable=True),
+    Column("meta", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    UniqueConstraint("target", "number"),
+    Index(None, "target", "spec_hash"),
+)
+
+target_aliases = Table(
+    "target_aliases",
+    metadata,
+    Column("target", String(128), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
+# One row per rollout of a candidate (canary or shadow), from start to promotion or rollback.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("target", String(128), nullable=False),
+    Column("candidate", Integer, nullable=False),
+    Column("stable", Integer, nullable=False),
+    Column("mode", String(16), nullable=False),  # canary | shadow
+    Column("state", String(16), nullable=False),  # running | promoted | rolled_back | stopped
+    Column("step", Integer, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("step_started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("last_check", Text, nullable=True),  # the newest gate evaluation (JSON)
+    Index(None, "target", "state"),
+)
+
+# What happened to a target's versions, in order: registered, promoted, rolled back, a step,
+# a gate's verdict, an eval; each with its explanation (JSON).
+lifecycle_events = Table(
+    "lifecycle_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(128), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("actor", String(128), nullable=False),
+    Column("details", Text, nullable=True),
+    Index(None, "target", "seq"),
+)
+
+# `shipyard eval` results, per target version (the baseline run on the same dataset beside).
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("target", String(128), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("baseline", Integer, nullable=True),
+    Column("dataset", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("baseline_metrics", Text, nullable=True),
+    Column("passed", Boolean, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "target", "created_at"),
+)
+
+# Retraining jobs (shipyard.lifecycle.retrain): each step's result is kept as it completes,
+# so a job whose process died resumes from the step it was in.
+retrain_jobs = Table(
+    "retrain_jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("target", String(128), nullable=False),
+    Column("trigger", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # running | done | failed
+    Column("step", String(16), nullable=False),
+    Column("steps", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("holder", String(128), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "target", "created_at"),
+    Index(None, "state"),
 )

@@ -1,0 +1,239 @@
+"""`shipyard versions`: the registry of a service's versions, its aliases and rollouts.
+
+Commands act on the store the config names; a running gateway serves the change within one
+controller tick (`lifecycle.tick_s`). Every change is in the audit log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from shipyard.cli.common import console, fail, open_store, resolve_config
+from shipyard.cli.keys import actor
+from shipyard.errors import ShipyardError
+from shipyard.lifecycle import registry
+from shipyard.lifecycle.artifacts import artifact_dir
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Versions of services: list, show, register, promote, roll out, "
+                  "roll back.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
+                      help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
+Service = Annotated[str, typer.Argument(help="The service (a name under `services:`).")]
+
+
+def _service(config: Path | None, name: str) -> None:
+    _, cfg = resolve_config(config, secrets=False)
+    if name not in cfg.services:
+        raise fail(f"The config has no service '{name}' (it has "
+                   f"{', '.join(sorted(cfg.services)) or 'none'}).")
+
+
+@app.command("list")
+def list_versions(service: Service, config: ConfigOpt = None,
+                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+                  ) -> None:
+    """List a service's versions, which aliases point at them and the running rollout.
+
+    Example: shipyard versions list cancer
+    """
+    engine = open_store(config, None, migrate=True)
+    try:
+        versions = registry.list_versions(engine, service)
+        aliases = registry.aliases_of(engine, service).get(service, {})
+        rollouts = [r for r in registry.running_rollouts(engine) if r.target == service]
+    finally:
+        engine.dispose()
+    if as_json:
+        print(orjson.dumps({"aliases": aliases, "rollouts": [r.to_dict() for r in rollouts],
+                            "versions": [v.to_dict() for v in versions]}).decode())
+        return
+    if not versions:
+        console.print(f"'{escape(service)}' has no versions yet; they are registered when "
+                      "'shipyard serve' starts, or with 'shipyard versions register'.")
+        return
+    by_version: dict[int, list[str]] = {}
+    for alias, number in aliases.items():
+        by_version.setdefault(number, []).append(alias)
+    table = Table(show_edge=False)
+    for column in ("version", "aliases", "kind", "artifact / function", "created", "by"):
+        table.add_column(column)
+    for v in versions:
+        what = (f"{v.artifact.format} {v.artifact.sha256[:12]}" if v.artifact
+                else v.function or "")
+        table.add_row(str(v.number), ", ".join(sorted(by_version.get(v.number, []))), v.kind,
+                      escape(what), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      escape(v.created_by))
+    console.print(table)
+    for r in rollouts:
+        console.print(f"rollout: {r.mode} of v{r.candidate} against v{r.stable}"
+                      + (f" at {r.share:g}%" if r.mode == "canary" else ""), highlight=False)
+
+
+@app.command()
+def show(service: Service, version: Annotated[int, typer.Argument(help="Version number.")],
+         config: ConfigOpt = None) -> None:
+    """Show one version (artifact, hash, config, metadata) and its history.
+
+    Example: shipyard versions show cancer 2
+    """
+    engine = open_store(config, None, migrate=True)
+    try:
+        found = registry.get_version(engine, service, version)
+        events = [e for e in registry.list_events(engine, service, limit=200)
+                  if e["version"] == version]
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    data = found.to_dict()
+    data["history"] = [{**e, "at": e["at"].isoformat()} for e in reversed(events)]
+    console.print_json(orjson.dumps(data).decode())
+
+
+@app.command()
+def register(
+    service: Service,
+    model: Annotated[Path | None, typer.Option(
+        help="A model file (.joblib, .pkl, .onnx) to copy into the artifact store. Pickles "
+        "run code when loaded: register only files you trust.")] = None,
+    function: Annotated[str | None, typer.Option(
+        help="Or a function as package.module:function.")] = None,
+    call: Annotated[str | None, typer.Option(
+        help="predict or predict_proba (default: the service's `call`).")] = None,
+    note: Annotated[str | None, typer.Option(help="A note kept with the version.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Register a new immutable version (it serves nothing until promoted or rolled out).
+
+    Example: shipyard versions register cancer --model model-v2.joblib
+    """
+    _, cfg = resolve_config(config, secrets=False)
+    if service not in cfg.services:
+        raise fail(f"The config has no service '{service}' (it has "
+                   f"{', '.join(sorted(cfg.services)) or 'none'}).")
+    if (model is None) == (function is None):
+        raise fail("Give exactly one of --model FILE or --function package.module:function.")
+    engine = open_store(config, None, migrate=True)
+    try:
+        version, new = registry.register_version(
+            engine, service, model=model.resolve() if model else None, function=function,
+            call=call or cfg.services[service].call, artifact_dir=artifact_dir(cfg),
+            actor=actor(), meta={"source": "cli", **({"note": note} if note else {})})
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    if new:
+        console.print(f"Registered {escape(service)} version {version.number}.")
+    else:
+        console.print(f"{escape(service)} version {version.number} already holds this "
+                      "artifact; nothing new was registered.")
+
+
+@app.command()
+def promote(service: Service,
+            version: Annotated[int, typer.Argument(help="The version to make stable.")],
+            reason: Annotated[str | None, typer.Option(help="Why (audit log).")] = None,
+            config: ConfigOpt = None) -> None:
+    """Make a version stable now (ends a running rollout).
+
+    Example: shipyard versions promote cancer 2
+    """
+    _service(config, service)
+    engine = open_store(config, None, migrate=True)
+    try:
+        before = registry.promote(engine, service, version, actor=actor(), reason=reason)
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    console.print(f"{escape(service)}: stable is now version {version} (was {before}).")
+
+
+@app.command()
+def rollout(
+    service: Service,
+    version: Annotated[int, typer.Argument(help="The candidate version.")],
+    mode: Annotated[str | None, typer.Option(
+        help="canary or shadow (default: the service's rollout.mode).")] = None,
+    share: Annotated[float | None, typer.Option(
+        help="Starting canary share in percent (default: the first of rollout.steps).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start a canary (or shadow) rollout of a version; the gates decide the rest.
+
+    Example: shipyard versions rollout cancer 2
+    """
+    _, cfg = resolve_config(config, secrets=False)
+    if service not in cfg.services:
+        raise fail(f"The config has no service '{service}'.")
+    policy = cfg.services[service].rollout
+    mode = mode or policy.mode
+    if mode not in ("canary", "shadow"):
+        raise fail(f"--mode is '{mode}'; use canary or shadow.")
+    engine = open_store(config, None, migrate=True)
+    try:
+        started = registry.start_rollout(engine, service, version, mode=mode,
+                                         share=share or policy.steps[0], actor=actor())
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    what = (f"canary at {started.share:g}%" if started.mode == "canary" else "shadow")
+    console.print(f"{escape(service)}: version {version} started as {what} against stable "
+                  f"version {started.stable}.", highlight=False)
+
+
+@app.command()
+def rollback(service: Service,
+             to: Annotated[int | None, typer.Option(
+                 help="Make this version stable instead of the previous one.")] = None,
+             reason: Annotated[str | None, typer.Option(help="Why (audit log).")] = None,
+             config: ConfigOpt = None) -> None:
+    """Roll back: end a running rollout, or move stable back to the version before.
+
+    Example: shipyard versions rollback cancer
+    """
+    _service(config, service)
+    engine = open_store(config, None, migrate=True)
+    try:
+        what, stable = registry.rollback(engine, service, actor=actor(), to=to, reason=reason)
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    if what == "rollout":
+        console.print(f"{escape(service)}: the rollout was rolled back; stable version "
+                      f"{stable} serves alone.")
+    else:
+        console.print(f"{escape(service)}: stable is now version {stable}.")
+
+
+@app.command()
+def history(service: Service, limit: Annotated[int, typer.Option(help="Most events.")] = 30,
+            config: ConfigOpt = None) -> None:
+    """What happened to a service's versions, newest first, with the reasons.
+
+    Example: shipyard versions history cancer
+    """
+    engine = open_store(config, None, migrate=True)
+    try:
+        events = registry.list_events(engine, service, limit=limit)
+    finally:
+        engine.dispose()
+    for e in events:
+        details = e["details"]
+        why = details.get("reason") or ""
+        console.print(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['event']:<18} "
+                      f"v{e['version'] if e['version'] is not None else '-'}  "
+                      f"{escape(e['actor'])}  {escape(str(why))}", highlight=False)

@@ -1,0 +1,147 @@
+"""Where the lifecycle plugs into the gateway: the version routers' shadow records, the
+retraining jobs the controller starts, and the zero-downtime reload (`shipyard reload`,
+SIGHUP, `POST /v1/admin/reload`).
+
+A reload builds every target of the new config *beside* the running ones (imports, schemas,
+guards, model files), has the controller load the versions the registry names for them, and
+only then swaps `providers`, `models` and `services` on the gateway — one assignment each,
+so a request that already resolved its target finishes on it. Anything that fails leaves the
+running targets serving and raises with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from shipyard.config.loader import install_python_path, load_config
+from shipyard.config.schema import Config
+from shipyard.errors import ConfigError, ShipyardError
+from shipyard.lifecycle.controller import Decision
+from shipyard.lifecycle.retrain import RetrainJob, start_job
+from shipyard.lifecycle.serving import ShadowResult, VersionRouter
+from shipyard.pipeline import RequestContext
+from shipyard.providers import Provider, build_provider
+from shipyard.targets.build import build_targets
+from shipyard.targets.service import ServiceTarget
+
+if TYPE_CHECKING:
+    from shipyard.config.targets import ServiceConfig
+    from shipyard.gateway.runtime import Gateway
+
+__all__ = ["RESTART_SECTIONS", "LifecycleHooks"]
+
+log = logging.getLogger("shipyard.gateway")
+
+# Sections a reload does not apply (the objects built from them live as long as the process).
+RESTART_SECTIONS = ("server", "store", "state", "auth", "traces", "ui", "rate_limits",
+                    "budgets", "alerts", "slos", "drift", "pricing")
+
+
+class LifecycleHooks:
+    """The gateway's side of `shipyard.lifecycle` (see the module docstring)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.reloads = 0
+        self._lock = asyncio.Lock()
+
+    def routers(self) -> dict[str, tuple[VersionRouter, ServiceConfig]]:
+        return {name: (svc.router, svc.config) for name, svc in self.gw.services.items()}
+
+    def wire_shadows(self, services: dict[str, ServiceTarget]) -> None:
+        """Shadow copies and a canary's failed attempts become traces of their own."""
+        gw = self.gw
+
+        def record(ctx: RequestContext, result: ShadowResult) -> None:
+            if ctx.route == "shadow":
+                gw.metrics.shadow.labels(ctx.service or "", result.error or (
+                    "agree" if result.agree else "differ")).inc()
+            gw.recorder.record(ctx)
+
+        for service in services.values():
+            service.router.on_shadow = record
+            service.router.shadow_limit = gw.config.lifecycle.shadow_concurrency
+
+    def count_decision(self, decision: Decision) -> None:
+        if decision.action != "wait":
+            self.gw.metrics.rollout_decisions.labels(decision.target, decision.action).inc()
+
+    def retrain(self, service: str, trigger: str) -> None:
+        """Start a retraining job (its steps run in a worker thread, off the loop)."""
+        try:
+            job_id = start_job(self.gw.engine, service, trigger,
+                               holder=self.gw.lifecycle.holder)
+        except ShipyardError as exc:
+            log.info("retrain of %s not started: %s", service, exc.message)
+            return
+        log.info("retrain of %s started (%s): job %s", service, trigger, job_id)
+        self.run_job(job_id)
+
+    def run_job(self, job_id: str) -> None:
+        gw = self.gw
+
+        def run() -> None:
+            try:
+                RetrainJob(gw.engine, gw.config, job_id, holder=gw.lifecycle.holder).run()
+            except Exception as exc:  # recorded on the job; the gateway keeps serving
+                log.warning("retrain job %s failed: %s", job_id, exc)
+
+        gw.background.spawn(asyncio.to_thread(run))
+
+    async def reload_logged(self) -> None:
+        """SIGHUP's reload: the outcome goes to the log."""
+        try:
+            result = await self.reload()
+            log.info("reloaded: %s", result)
+        except ShipyardError as exc:
+            log.error("reload refused, the running config keeps serving: %s", exc.message)
+
+    async def reload(self, config: Config | None = None) -> dict[str, Any]:
+        """Load the config again (or `config`) and swap it in; see the module docstring.
+        Returns what serves now and the changed sections only a restart applies."""
+        gw = self.gw
+        async with self._lock:
+            if config is None:
+                if gw.config_path is None:
+                    raise ConfigError("This gateway was not started from a config file, so "
+                                      "there is nothing to reload; restart it instead.")
+                config = await asyncio.to_thread(load_config, gw.config_path)
+            install_python_path(config)
+            restart = [name for name in RESTART_SECTIONS
+                       if getattr(config, name) != getattr(gw.config, name)]
+            # What a reload cannot apply keeps its running value, so the process stays
+            # consistent (routes read limits from `gateway.config`).
+            config = config.model_copy(update={n: getattr(gw.config, n) for n in restart})
+            providers = {name: build_provider(name, p) for name, p in config.providers.items()}
+            targets = await asyncio.to_thread(build_targets, config, providers, gw.shared)
+            self.wire_shadows(targets.services)
+            routers = {n: (s.router, s.config) for n, s in targets.services.items()}
+            await gw.lifecycle.sync(routers, config)
+            failed = [r.load_error for r, _ in routers.values() if r.load_error]
+            if failed:
+                raise ConfigError("Reload refused, the running config keeps serving: "
+                                  + "; ".join(failed))
+            for provider in providers.values():
+                await provider.start()
+            old = list(gw.providers.values())
+            # The swap: one assignment each; requests that resolved a target keep it.
+            gw.providers, gw.models, gw.services = providers, targets.models, targets.services
+            gw.config = config
+            gw.lifecycle.config = config
+            self.reloads += 1
+            gw.background.spawn(self._close_later(old))
+            return {"reloaded": True, "models": sorted(gw.models),
+                    "services": {n: s.router.plan.stable.label
+                                 for n, s in sorted(gw.services.items())},
+                    "restart_needed": restart}
+
+    async def _close_later(self, providers: list[Provider]) -> None:
+        """Close replaced providers once the requests that use them had time to finish."""
+        await asyncio.sleep(self.gw.config.server.drain_timeout_s)
+        for provider in providers:
+            try:
+                await provider.close()
+            except Exception:
+                log.exception("closing replaced provider %s failed", provider.name)
