@@ -45,7 +45,7 @@ def test_per_process_state_starts_with_a_loud_warning(tmp_path: Path) -> None:
             [sys.executable, "-m", "shipyard", "serve", "--config", str(config), "--workers",
              "2", "--port", str(port)], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/livez", proc=process)
+        wait_http(f"http://127.0.0.1:{port}/livez", timeout=60, proc=process)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
             assert answer.status == 200
         deadline = time.monotonic() + 10
