@@ -55,7 +55,8 @@ class Finding:
     weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        data: dict[str, Any] = _clean(asdict(self))
+        return data
 
 
 @dataclass
@@ -98,7 +99,7 @@ def status_of(statuses: list[Status]) -> Status:
     """The worst decided status (fail > warn > pass); `skip` when nothing was decided."""
     for worst in ("fail", "warn", "pass"):
         if worst in statuses:
-            return worst  # type: ignore[return-value]
+            return worst
     return "skip"
 
 

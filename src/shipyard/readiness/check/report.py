@@ -52,7 +52,7 @@ def _badge(status: str) -> str:
 
 
 def _score(value: Any) -> str:
-    return "–" if value is None else f"{value:g}"
+    return "-" if value is None else f"{value:g}"
 
 
 def _figures(go: Any, data: dict[str, Any]) -> list[tuple[str, Any]]:
