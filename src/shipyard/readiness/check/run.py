@@ -569,6 +569,16 @@ class _Runner:
             evidence={"per_kind": {c: b["false_positive_rate"]
                                    for c, b in summary["benign"].items()},
                       "errors": summary["errors"]}, link="check-redteam.json"))
+        errors = summary["errors"]
+        share = errors / len(result.items) if result.items else 0.0
+        if errors:
+            section.add(Finding(
+                "trust.redteam-errors", "fail" if share > 0.1 else "warn",
+                f"{errors} of {len(result.items)} red-team requests failed and could not be "
+                "judged", fix="Fix the failures first (see the error codes in "
+                "check-redteam.json): rates over the rest are less certain.",
+                evidence={"errors": errors, "requests": len(result.items)},
+                link="check-redteam.json"))
         self.progress("trust", 0.8, "graceful answers and escalation")
         section.add(asyncio.run(self._trust_probes()))
         self.progress("trust", 1.0, "done")
