@@ -30,6 +30,7 @@ from shipyard.cli import traces as traces_cli
 from shipyard.cli import versions as versions_cli
 from shipyard.cli import webhooks as webhooks_cli
 from shipyard.cli.chaos import chaos
+from shipyard.cli.check import check
 from shipyard.cli.common import (
     config_path,
     console,
@@ -355,3 +356,4 @@ def main() -> None:
 
 
 app.command("chaos")(chaos)
+app.command("check")(check)

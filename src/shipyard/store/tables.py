@@ -36,6 +36,7 @@ __all__ = [
     "feedback",
     "lifecycle_events",
     "metadata",
+    "readiness_runs",
     "responses",
     "retrain_jobs",
     "rollouts",
@@ -479,4 +480,22 @@ retrain_jobs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(None, "target", "created_at"),
     Index(None, "state"),
+)
+
+# Readiness verdicts (`shipyard check`): one row per run, per target, for the dashboard's
+# readiness-over-time page; `report` is the whole JSON report.
+readiness_runs = Table(
+    "readiness_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, server_default="default"),
+    Column("target", String(256), nullable=False),  # what was checked, e.g. "model demo"
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("mode", String(16), nullable=False),  # quick | full
+    Column("score", Float, nullable=True),  # overall, 0-100
+    Column("status", String(8), nullable=False),  # pass | warn | fail
+    Column("gate_passed", Boolean, nullable=True),  # None: no gate was given
+    Column("scores", Text, nullable=False),  # JSON: section key -> score
+    Column("report", Text, nullable=False),  # JSON: the whole report
+    Index(None, "tenant_id", "target", "created_at"),
 )

@@ -44,6 +44,7 @@ from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX
 from shipyard.ui import lifecycle_pages as _lifecycle_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
+from shipyard.ui import readiness_pages as _readiness_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import webhook_pages as _webhook_pages  # noqa: F401  (registers its pages)
 from shipyard.ui.charts import figure_json
 from shipyard.ui.pages import PAGES, RANGES, Page, PageContext, PageError, nav
