@@ -97,11 +97,14 @@ def open_store(config: Path | None, store_url: str | None, *, migrate: bool = Fa
     else:
         file, cfg = resolve_config(config, secrets=False)
         where, url = f"store.url in {file}", cfg.store.url
+    shown = _hide_password(url)
     try:
         engine = create_store_engine(url)
     except ShipyardError as exc:
         raise fail(exc) from None
-    shown = _hide_password(url)
+    except OSError as exc:  # SQLite: its folder cannot be created
+        raise fail(f"The store at {shown} ({where}) cannot be opened: {exc.strerror or exc} "
+                   f"({exc.filename or url}). Check the path in the URL.") from None
     try:
         if migrate:
             run_migrations(engine)

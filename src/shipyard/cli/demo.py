@@ -47,7 +47,10 @@ def assistant_root() -> Path | None:
 
 
 def _installed(*modules: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in modules)
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass
@@ -144,12 +147,12 @@ def render_instructions(plan: Plan, *, key: str, port: int, sim_port: int,
         lines.append(
             f"curl -s {url}/v1/services/support/invoke -H \"Authorization: Bearer "
             "$SHIPYARD_API_KEY\" -H 'content-type: application/json' "
-            f"-d '{{\"question\": \"{QUESTION}\"}}'")
+            f"-d '{{\"question\": \"{QUESTION}\"}}'; echo")
     else:
         lines.append(
             f"curl -s {url}/v1/chat/completions -H \"Authorization: Bearer $SHIPYARD_API_KEY\" "
             f"-H 'content-type: application/json' -d '{{\"model\": \"{plan.model}\", "
-            "\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'")
+            "\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'; echo")
     if not openai_installed:
         lines.append(f"{sys.executable} -m pip install openai")
     lines += [f"{sys.executable} - <<'EOF'",
