@@ -103,9 +103,10 @@ class ChatPage:
                               kind="open", expires=time.time() + 3600,
                               csrf=self.signer.token("open-chat"))
             return session, Principal(tenant_id=PLATFORM_TENANT, key_id=None, role="admin")
-        session = self.signer.verify(request.cookies.get(COOKIE))
-        if session is None:
+        signed = self.signer.verify(request.cookies.get(COOKIE))
+        if signed is None:
             return None
+        session = signed
         if session.kind == "stored" and session.key_id is not None:
             keys = self.gw.auth.keys
             record = await keys.get(session.key_id) if keys is not None else None
@@ -277,16 +278,18 @@ def _turn(message: str, result: Invocation) -> dict[str, Any]:
     """What the page keeps of one exchange: the question, the answer text, its kind
     (answer, blocked, person, error), the citations and the trace id for feedback."""
     body = result.body
-    shipyard = body.get("shipyard") if isinstance(body.get("shipyard"), dict) else {}
+    found = body.get("shipyard")
+    shipyard: dict[str, Any] = found if isinstance(found, dict) else {}
     turn: dict[str, Any] = {"q": message, "trace": result.trace_id}
     if not result.ok:
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        problem = body.get("error")
+        error: dict[str, Any] = problem if isinstance(problem, dict) else {}
         turn.update(kind="error", a=str(error.get("message") or f"HTTP {result.status}"))
         return turn
     output = body.get("output")
     if body.get("blocked"):
         turn.update(kind="blocked", a=str(body.get("message", "")))
-    elif isinstance(shipyard, dict) and shipyard.get("escalation"):
+    elif shipyard.get("escalation"):
         ticket = shipyard["escalation"]
         text = output.get("message") if isinstance(output, dict) else None
         turn.update(kind="person", a=str(text or "A person will reply."),
