@@ -9,7 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from shipyard.config import Config, env, load_config
 from shipyard.config.loader import inline_secrets
@@ -24,6 +26,7 @@ __all__ = [
     "open_store",
     "parse_since",
     "resolve_config",
+    "store_error",
 ]
 
 console = Console()
@@ -85,12 +88,50 @@ def parse_since(value: str | None) -> datetime | None:
 
 
 def open_store(config: Path | None, store_url: str | None, *, migrate: bool = False) -> Engine:
-    """The store named by --store-url, or by the config's store.url (secrets not needed)."""
+    """The store named by --store-url, or by the config's store.url (secrets not needed).
+
+    A store that cannot be opened, or that was never set up, ends the command with a sentence
+    naming the URL (password hidden) and the fix, never a traceback."""
     if store_url:
-        engine = create_store_engine(store_url)
+        where, url = "--store-url", store_url
     else:
-        _, cfg = resolve_config(config, secrets=False)
-        engine = create_store_engine(cfg.store.url)
-    if migrate:
-        run_migrations(engine)
+        file, cfg = resolve_config(config, secrets=False)
+        where, url = f"store.url in {file}", cfg.store.url
+    shown = _hide_password(url)
+    try:
+        engine = create_store_engine(url)
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    except OSError as exc:  # SQLite: its folder cannot be created
+        raise fail(f"The store at {shown} ({where}) cannot be opened: {exc.strerror or exc} "
+                   f"({exc.filename or url}). Check the path in the URL.") from None
+    try:
+        if migrate:
+            run_migrations(engine)
+        else:
+            with engine.connect() as connection:
+                ready = inspect(connection).has_table("alembic_version")
+            if not ready:
+                engine.dispose()
+                raise fail(f"The store at {shown} ({where}) has no Shipyard tables yet; start "
+                           "'shipyard serve' with this config once (it creates them), or run "
+                           "'shipyard init'.")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise fail(f"The store at {shown} ({where}) cannot be opened: {store_error(exc)}. "
+                   "Check the URL and that the database is running and reachable.") from None
     return engine
+
+
+def store_error(exc: BaseException) -> str:
+    """The first line of a database error, without SQLAlchemy's boilerplate."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"{type(original).__name__}: {text[:200]}" if text else type(original).__name__
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url

