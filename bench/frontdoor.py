@@ -166,7 +166,7 @@ def lookup_rows(entries: int, model: Any) -> tuple[list[dict[str, Any]], dict[st
     log(f"lookup: filling an index with {entries} vectors")
     vectors = rng.standard_normal((entries, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    partition = "p" * 64
+    partition = "ab" * 32
     index = SemanticIndex(dim=dim, max_entries=entries)
     for i in range(entries):
         index.add(partition, vectors[i], f"cache:{i}", ttl_s=3600)

@@ -131,12 +131,27 @@ def test_stream_event_sequence_and_final_message(client: anthropic.Anthropic,
         kinds = [event.type for event in stream]
         final = stream.get_final_message()
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
-    assert "ping" in kinds and "content_block_start" in kinds
+    assert "content_block_start" in kinds and "content_block_delta" in kinds
     assert kinds[-2] == "message_delta" and kinds[-3] == "content_block_stop"
     assert _text(final) == _text(complete)
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == complete.usage.output_tokens
     assert final.usage.input_tokens == complete.usage.input_tokens
+
+
+def test_raw_stream_events_are_named(stack: dict[str, Any]) -> None:
+    names = []
+    with httpx.stream("POST", f"{stack['gateway'].url}/v1/messages",
+                      headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+                      json={"model": "gpt", "max_tokens": 50, "stream": True,
+                            "messages": [{"role": "user", "content": "Hi"}]}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                names.append(line.removeprefix("event: "))
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(names[3:-3]) == {"content_block_delta"}
 
 
 @pytest.mark.parametrize("alias", UPSTREAMS)
@@ -178,7 +193,7 @@ def test_errors_have_anthropic_shape_and_status(client: anthropic.Anthropic,
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "'max_tokens' is 0" in body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError, match="top_k"):
-        client.messages.create(model="gpt", max_tokens=10, top_k=5,
+        client.messages.create(model="gpt", max_tokens=10, extra_body={"top_k": 5},
                                messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.role"):
         client.messages.create(model="gpt", max_tokens=10,

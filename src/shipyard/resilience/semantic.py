@@ -120,8 +120,8 @@ class SemanticIndex:
 
     >>> import numpy as np
     >>> index = SemanticIndex(dim=4, max_entries=2)
-    >>> index.add("p" * 64, np.array([1, 0, 0, 0], "f4"), "cache:a", ttl_s=60)
-    >>> index.search("p" * 64, np.array([0.99, 0.1, 0, 0], "f4")).key
+    >>> index.add("ab" * 32, np.array([1, 0, 0, 0], "f4"), "cache:a", ttl_s=60)
+    >>> index.search("ab" * 32, np.array([0.99, 0.1, 0, 0], "f4")).key
     'cache:a'
     """
 
