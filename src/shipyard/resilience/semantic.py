@@ -33,6 +33,7 @@ takes about a millisecond on one core (bench/frontdoor.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -280,9 +281,9 @@ class SemanticCache:
         client = self.redis.client
         try:
             while True:
-                start = b"(" + self._last_id
                 records = await self.redis.state.run(
-                    lambda: client.xrange(self.stream, min=start, count=1000),
+                    functools.partial(client.xrange, self.stream, min=b"(" + self._last_id,
+                                      count=1000),
                     feature="cache")
                 for record_id, fields in records:
                     self._last_id = record_id
