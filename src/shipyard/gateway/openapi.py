@@ -163,6 +163,38 @@ _SCHEMAS: dict[str, JSON] = {
         "type": "object", "required": ["object", "input_tokens"],
         "properties": {"object": _STRING, "input_tokens": {"type": "integer"}},
     },
+    "AnthropicMessageRequest": {
+        "type": "object", "required": ["model", "messages"],
+        "description": "An Anthropic Messages API request (`max_tokens` is required to "
+                       "create a message), served over the alias's chat chain. Your own "
+                       "tools only; `thinking` and `top_k` are refused with a 400.",
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "max_tokens": _POSITIVE,
+            "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "system": {"anyOf": [{"type": "string"}, {"type": "array",
+                                                      "items": {"type": "object"}}]},
+            "stream": {"type": "boolean"}, "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+            "stop_sequences": {"type": "array", "items": _STRING},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "tool_choice": {"type": "object"}, "metadata": {"type": "object"}},
+    },
+    "AnthropicMessage": {
+        "type": "object", "required": ["id", "type", "role", "content"],
+        "description": "A Messages API answer; with `stream: true`, Anthropic's named events "
+                       "(message_start … message_stop). Errors on these routes have "
+                       "Anthropic's shape: {\"type\": \"error\", \"error\": {\"type\", "
+                       "\"message\"}}.",
+        "properties": {"id": _STRING, "type": {"const": "message"}, "role": _STRING,
+                       "model": _STRING,
+                       "content": {"type": "array", "items": {"type": "object"}},
+                       "stop_reason": _nullable("string"), "usage": {"type": "object"}},
+    },
+    "AnthropicTokenCount": {
+        "type": "object", "required": ["input_tokens"],
+        "properties": {"input_tokens": {"type": "integer"}},
+    },
     "Usage": {
         "type": "object", "required": ["prompt_tokens", "total_tokens"],
         "properties": {"prompt_tokens": {"type": "integer"},
@@ -606,6 +638,14 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("DELETE", "/v1/responses/{response_id}"): _Op(
         "deleteResponse", "Delete a stored response", "inference", _ok("ResponseDeleted"),
         (*_AUTH, 404), params=(_path_param("response_id", "A response id (resp_...)."),)),
+    ("POST", "/v1/messages"): _Op(
+        "createMessage", "Anthropic Messages API over any chat model alias (errors in "
+        "Anthropic's shape)", "inference", _streaming("AnthropicMessage"), _INFERENCE,
+        "AnthropicMessageRequest", params=(_PRIORITY,)),
+    ("POST", "/v1/messages/count_tokens"): _Op(
+        "countMessageTokens", "A Messages request's input size in tokens (estimated)",
+        "inference", _ok("AnthropicTokenCount"), (400, *_AUTH, 404, 413),
+        "AnthropicMessageRequest"),
     ("GET", "/v1/models"): _Op("listModels", "The model aliases this key may use", "models",
                                _ok("ModelList")),
     ("GET", "/v1/models/{model}"): _Op(

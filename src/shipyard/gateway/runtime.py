@@ -412,12 +412,12 @@ class Gateway:
                    details={"period": budget.period, "limit_usd": budget.limit_usd,
                             "spent_usd": round(spent, 6)})
 
-    def error(self, ctx: RequestContext, exc: Exception) -> Response:
+    def error(self, ctx: RequestContext, exc: Exception, *, path: str = "") -> Response:
         """The error answer of a request (our own bugs become a logged 500), noted on its
-        trace."""
+        trace; in Anthropic's shape when `path` is an Anthropic-format route."""
         error = exc if isinstance(exc, ShipyardError) else internal_error(exc, ctx.request_id)
         self.fail(ctx, error)
-        return error_response(error, headers=self.headers(ctx))
+        return error_response(error, headers=self.headers(ctx), path=path)
 
     def fail(self, ctx: RequestContext, exc: ShipyardError) -> None:
         ctx.status = exc.status

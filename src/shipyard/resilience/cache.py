@@ -9,6 +9,11 @@ Only complete answers are stored — never errors, never partial streams. Reques
 on. Identical requests that arrive while the first is still in flight wait for it instead of
 going upstream too (single flight), so at peak an answer is fetched once per TTL. A hit can be
 served as a stream. Hits are marked with `x-shipyard-cache: hit` and in the trace.
+
+With `semantic`, an exact miss is looked up again by meaning (`shipyard.resilience.semantic`):
+a paraphrase of a cached prompt, everything else equal, is answered from the cache
+(`x-shipyard-cache: semantic_hit` and `x-shipyard-cache-similarity`; a best match just below
+the threshold is a `near_miss`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import orjson
 from shipyard.config.resilience import CacheConfig
 from shipyard.observe.tracing import record_span
 from shipyard.pipeline import Call, Handler, Reply, Stage
+from shipyard.resilience.semantic import Probe, SemanticCache
 from shipyard.state.base import KeyValue
 
 __all__ = ["CacheStage", "cache_key", "completion_to_sse", "sse_to_completion"]
@@ -147,10 +153,12 @@ def sse_to_completion(raw: bytes) -> bytes | None:
 
 
 class CacheStage(Stage):
-    def __init__(self, alias: str, config: CacheConfig, store: KeyValue) -> None:
+    def __init__(self, alias: str, config: CacheConfig, store: KeyValue, *,
+                 semantic: SemanticCache | None = None) -> None:
         self.alias = alias
         self.config = config
         self.store = store
+        self.semantic = semantic
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.hits = 0
         self.misses = 0
@@ -181,10 +189,33 @@ class CacheStage(Stage):
             record_span(call.ctx, "cache", looked, time.perf_counter(),
                         attributes={"shipyard.cache": "hit"})
             return self._hit(call, value)
+        probe: Probe | None = None
+        similarity: float | None = None
+        semantic = self.semantic
+        if semantic is not None and call.endpoint == "chat/completions" and (
+                semantic.eligible(call.payload)):
+            probe = await semantic.probe(call.ctx.tenant_id, call.payload)
+            match = await semantic.lookup(probe) if probe is not None else None
+            if match is not None:
+                similarity = match.similarity
+                if similarity >= semantic.config.threshold:
+                    value = await self._get(match.key)
+                    if value is not None:
+                        self.hits += 1
+                        record_span(call.ctx, "cache", looked, time.perf_counter(),
+                                    attributes={"shipyard.cache": "semantic_hit",
+                                                "shipyard.cache.similarity": similarity})
+                        return self._hit(call, value, similarity=similarity)
+                    semantic.index.drop(match.slot)  # its answer expired
+                    similarity = None
         self.misses += 1
-        _mark(call, "miss")
+        near = (similarity is not None and semantic is not None and similarity >= (
+            semantic.config.threshold - semantic.config.near_miss))
+        outcome = "near_miss" if near else "miss"
+        _mark(call, outcome, similarity)
         record_span(call.ctx, "cache", looked, time.perf_counter(),
-                    attributes={"shipyard.cache": "miss"})
+                    attributes={"shipyard.cache": outcome} if similarity is None else
+                    {"shipyard.cache": outcome, "shipyard.cache.similarity": similarity})
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -192,9 +223,11 @@ class CacheStage(Stage):
         except BaseException:
             self._settle(key, future, None)
             raise
-        reply.headers["x-shipyard-cache"] = "miss"
+        reply.headers["x-shipyard-cache"] = outcome
+        if similarity is not None:
+            reply.headers["x-shipyard-cache-similarity"] = f"{similarity:.4f}"
         if reply.stream is not None:
-            reply.stream = self._store_stream(key, future, reply.stream)
+            reply.stream = self._store_stream(key, future, reply.stream, probe)
             return reply
         if call.endpoint == "invoke":
             # A service's output (never a guard's or a person's complete answer envelope).
@@ -204,14 +237,17 @@ class CacheStage(Stage):
             body = reply.body or (orjson.dumps(reply.data) if reply.data is not None else b"")
             stored = body if reply.status == 200 and _complete_answer(body) else None
         if stored is not None:
-            await self._set(key, stored)
+            await self._set(key, stored, probe)
         self._settle(key, future, stored)
         return reply
 
-    def _hit(self, call: Call, value: bytes) -> Reply:
-        _mark(call, "hit")
+    def _hit(self, call: Call, value: bytes, *, similarity: float | None = None) -> Reply:
+        outcome = "hit" if similarity is None else "semantic_hit"
+        _mark(call, outcome, similarity)
         call.served_by = self.alias
-        headers = {"x-shipyard-cache": "hit"}
+        headers = {"x-shipyard-cache": outcome}
+        if similarity is not None:
+            headers["x-shipyard-cache-similarity"] = f"{similarity:.4f}"
         if call.endpoint == "invoke":
             return Reply(data=orjson.loads(value), headers=headers)
         if call.stream:
@@ -220,7 +256,8 @@ class CacheStage(Stage):
         return Reply(body=value, headers=headers)
 
     async def _store_stream(self, key: str, future: asyncio.Future[bytes | None],
-                            stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                            stream: AsyncIterator[bytes],
+                            probe: Probe | None) -> AsyncIterator[bytes]:
         collected: list[bytes] = []
         size = 0
         stored: bytes | None = None
@@ -233,7 +270,7 @@ class CacheStage(Stage):
             if size <= self.config.max_bytes:
                 stored = sse_to_completion(b"".join(collected))
                 if stored is not None:
-                    await self._set(key, stored)
+                    await self._set(key, stored, probe)
         finally:
             self._settle(key, future, stored)
 
@@ -251,16 +288,21 @@ class CacheStage(Stage):
             log.warning("cache read failed (%s); serving without the cache", type(exc).__name__)
             return None
 
-    async def _set(self, key: str, value: bytes) -> None:
+    async def _set(self, key: str, value: bytes, probe: Probe | None = None) -> None:
         try:
             await self.store.set(key, value, self.config.ttl_s)
         except Exception as exc:  # a cache outage must never fail the request
             log.warning("cache write failed (%s)", type(exc).__name__)
+            return
+        if probe is not None and self.semantic is not None:
+            await self.semantic.remember(probe, key)
 
 
-def _mark(call: Call, outcome: str) -> None:
+def _mark(call: Call, outcome: str, similarity: float | None = None) -> None:
     attributes = call.ctx.attributes if call.ctx.attributes is not None else {}
     attributes["cache"] = outcome
+    if similarity is not None:
+        attributes["cache_similarity"] = round(similarity, 4)
     call.ctx.attributes = attributes
 
 

@@ -39,6 +39,7 @@ from shipyard.resilience.cache import CacheStage
 from shipyard.resilience.circuit import STATE_VALUE, CircuitBreaker
 from shipyard.resilience.failover import Deployment
 from shipyard.resilience.retry import RetryBudget
+from shipyard.resilience.semantic import semantic_cache
 from shipyard.resilience.stages import AdmissionStage
 from shipyard.security.budgets import BudgetGuard, BudgetStage
 from shipyard.security.crypto import PayloadCipher
@@ -163,7 +164,15 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
     stages += [user_stage(spec, f"stages[{i}]") for i, spec in enumerate(config.stages)]
     stages += [user_stage(spec, f"{where}.stages[{i}]") for i, spec in enumerate(own.stages)]
     if own.cache.enabled:
-        stages.append(CacheStage(name, own.cache, shared.cache))
+        semantic = None
+        if own.cache.semantic is not None:
+            if not isinstance(target, ModelTarget) or target.config.type != "chat":
+                raise ConfigError(
+                    f"Config key '{where}.cache.semantic' is set, but the semantic cache "
+                    "matches chat prompts only; remove it here (the exact cache stays).")
+            semantic = semantic_cache(name, own.cache.semantic, ttl_s=own.cache.ttl_s,
+                                      store=shared.cache, where=f"{where}.cache.semantic")
+        stages.append(CacheStage(name, own.cache, shared.cache, semantic=semantic))
     target.use(*stages)
 
 
