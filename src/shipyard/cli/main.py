@@ -12,11 +12,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from sqlalchemy import create_engine
 
 from shipyard._version import __version__
 from shipyard.cli import alerts as alerts_cli
@@ -45,16 +43,11 @@ from shipyard.cli.redteam import guards_app, redteam
 from shipyard.cli.retrain import reload, retrain
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
-from shipyard.config import Config, env
-from shipyard.config.docs import render_reference
-from shipyard.config.loader import install_python_path
-from shipyard.config.server import per_process_state
-from shipyard.config.starter import STARTER_CONFIG
+from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.gateway.runtime import Gateway
-from shipyard.sim.engine import Faults
-from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
-from shipyard.store import create_store_engine, migrate
+
+if TYPE_CHECKING:
+    from shipyard.config import Config
 
 app = typer.Typer(
     help="Shipyard takes AI prototypes to production: an OpenAI-compatible gateway and "
@@ -109,6 +102,8 @@ def init(
         help="Also create the first admin API key in the new store (printed once).")] = True,
 ) -> None:
     """Write a commented starter shipyard.yaml and create the first admin key."""
+    from shipyard.config.starter import STARTER_CONFIG
+
     if path.exists() and not force:
         raise fail(f"'{path}' already exists; pass --force to overwrite it or --path to write "
                    "elsewhere.")
@@ -137,6 +132,11 @@ def config_check(
         help="Fail on a secret written inline in the file (instead of a warning).")] = False,
 ) -> None:
     """Validate shipyard.yaml (and import every Python function it names) without serving."""
+    from sqlalchemy import create_engine
+
+    from shipyard.config.loader import install_python_path
+    from shipyard.gateway.runtime import Gateway
+
     file, cfg = resolve_config(config, strict=strict)
     warn_inline_secrets(file, cfg)
     try:
@@ -170,6 +170,8 @@ def config_docs(
                       help="Write here instead of stdout.")] = None,
 ) -> None:
     """Print the configuration reference (Markdown) generated from the settings table."""
+    from shipyard.config.docs import render_reference
+
     text = render_reference()
     if output is None:
         sys.stdout.write(text)
@@ -181,6 +183,10 @@ def config_docs(
 def _prepare(file: Path, environ: dict[str, str] | None = None, *,
              strict: bool = False) -> Config:
     """Validate the config (and every function it names) and migrate the store."""
+    from shipyard.config.loader import install_python_path
+    from shipyard.gateway.runtime import Gateway
+    from shipyard.store import create_store_engine, migrate
+
     _, cfg = resolve_config(file, environ, strict=strict)
     warn_inline_secrets(file, cfg)
     try:
@@ -216,6 +222,8 @@ def serve(
         help="Refuse to start when a secret is written inline in the config file.")] = False,
 ) -> None:
     """Serve the gateway: OpenAI-compatible API, hosted services, /metrics and probes."""
+    from shipyard.config.server import per_process_state
+
     file = config_path(config)
     cfg = _prepare(file, strict=strict)
     server = cfg.server
@@ -270,6 +278,9 @@ def sim(
     Knobs can be changed while it runs: curl -X PATCH localhost:9100/_sim/faults
     -d '{"error_rates": {"500": 0.3}}'.
     """
+    from shipyard.sim.engine import Faults
+    from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
+
     if wire not in SIM_FORMATS:
         raise fail(f"--format is '{wire}'; use one of {', '.join(SIM_FORMATS)}.")
     rates: dict[str, float] = {}
