@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +94,8 @@ def test(
         help="Only this channel (repeatable).")] = None,
 ) -> None:
     """Send a test notification through each configured channel (exit 1 if one fails)."""
+    import asyncio
+
     from shipyard.monitor.alerts import AlertEvaluator
     from shipyard.store import create_store_engine
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -132,6 +131,8 @@ def config_check(
         help="Fail on a secret written inline in the file (instead of a warning).")] = False,
 ) -> None:
     """Validate shipyard.yaml (and import every Python function it names) without serving."""
+    import asyncio
+
     from sqlalchemy import create_engine
 
     from shipyard.config.loader import install_python_path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,6 +84,8 @@ def redteam(
       shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\
           --json redteam.json --html redteam.html --min-detection 0.9 --max-false-positive 0.02
     """
+    import asyncio
+
     from shipyard.guards.corpus import (
         CORPORA,
         INJECTION_CATEGORIES,

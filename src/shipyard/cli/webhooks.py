@@ -3,7 +3,6 @@ dead letter from a terminal, straight on the store (the same calls the admin API
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -139,6 +138,8 @@ def flush(
     Uses the config's endpoints; for a store no gateway delivers from, or after `redeliver`.
     Exits 1 when a delivery was dead-lettered.
     """
+    import asyncio
+
     from shipyard.store import create_store_engine
     from shipyard.store import migrate as run_migrations
     from shipyard.webhooks.delivery import WebhookOutbox
