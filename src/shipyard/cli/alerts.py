@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
-from shipyard.monitor import history
-from shipyard.monitor.alerts import AlertEvaluator, definitions, observe
-from shipyard.store import create_store_engine, migrate
 
 app = typer.Typer(help="Alerts and SLOs: list current and past alerts, test channels and rules.",
                   no_args_is_help=True)
@@ -48,6 +44,8 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List current (pending, firing) and past (resolved) alerts, newest first."""
+    from shipyard.monitor import history
+
     if state not in (None, "open", "pending", "firing", "resolved"):
         raise fail(f"--state is '{state}'; use open, pending, firing or resolved.")
     engine = open_store(config, store_url, migrate=True)
@@ -96,6 +94,11 @@ def test(
         help="Only this channel (repeatable).")] = None,
 ) -> None:
     """Send a test notification through each configured channel (exit 1 if one fails)."""
+    import asyncio
+
+    from shipyard.monitor.alerts import AlertEvaluator
+    from shipyard.store import create_store_engine
+
     _, cfg = resolve_config(config, secrets=not evaluate)  # evaluating sends nothing
     if evaluate:
         _evaluate(cfg)
@@ -123,6 +126,9 @@ def test(
 
 
 def _evaluate(cfg: Any) -> None:
+    from shipyard.monitor.alerts import definitions, observe
+    from shipyard.store import create_store_engine, migrate
+
     defs = definitions(cfg)
     if not defs:
         raise fail("No alert rules or SLOs are configured; add them under alerts.rules or "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -14,7 +14,9 @@ from rich.table import Table
 
 from shipyard.cli.common import console, fail, open_store, parse_since
 from shipyard.errors import ShipyardError
-from shipyard.security.audit import AuditAnchor, AuditEntry, AuditLog
+
+if TYPE_CHECKING:
+    from shipyard.security.audit import AuditEntry
 
 app = typer.Typer(help="Read and verify the tamper-evident audit log.", no_args_is_help=True)
 
@@ -56,6 +58,8 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List audit entries, newest first."""
+    from shipyard.security.audit import AuditLog
+
     log = AuditLog(open_store(config, store_url, migrate=True))
     try:
         entries = log.list(tenant_id=tenant, since=parse_since(since), action=action,
@@ -85,6 +89,8 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the hash chain: exit 0 when intact, 1 listing each problem when not."""
+    from shipyard.security.audit import AuditAnchor, AuditLog
+
     try:
         expected = None if anchor is None else AuditAnchor.parse(anchor)
     except ShipyardError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,7 +15,9 @@ from shipyard.cli.common import console, err_console
 from shipyard.cli.common import fail as _fail
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.readiness import chaos as engine
+
+if TYPE_CHECKING:
+    from shipyard.readiness import chaos as engine
 
 __all__ = ["chaos"]
 
@@ -164,6 +166,8 @@ def chaos(
       shipyard chaos http://127.0.0.1:8000 --sim http://127.0.0.1:9100 \\
           --custom 'flaky={"error_rates": {"502": 0.1}, "latency": "exp:100"}'
     """
+    from shipyard.readiness import chaos as engine
+
     try:
         chosen = engine.resolve_scenarios(scenario or ([] if custom else ["all"]))
         chosen += [engine.custom_scenario(spec) for spec in custom or []]

@@ -13,11 +13,6 @@ from rich.table import Table
 from shipyard.cli.common import config_path, console, err_console, fail, resolve_config
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.readiness.check import SECTIONS, CheckOptions, parse_gate, run_check
-from shipyard.readiness.check.report import write_html, write_json
-from shipyard.readiness.report import ensure_html_support
-from shipyard.store import create_store_engine, migrate
-from shipyard.store.readiness import save_run
 
 __all__ = ["GATE_MISSED_EXIT", "check"]
 
@@ -82,6 +77,12 @@ def check(
       shipyard check -c shipyard.yaml --url http://127.0.0.1:8000 --sim http://127.0.0.1:9100 \\
           --quick --gate overall=60
     """
+    from shipyard.readiness.check import SECTIONS, CheckOptions, parse_gate, run_check
+    from shipyard.readiness.check.report import write_html, write_json
+    from shipyard.readiness.report import ensure_html_support
+    from shipyard.store import create_store_engine, migrate
+    from shipyard.store.readiness import save_run
+
     file = config_path(config)
     _, cfg = resolve_config(file)
     key = env.get(api_key_env)

@@ -1,23 +1,28 @@
-"""Helpers shared by CLI commands: finding the config, printing errors the same way."""
+"""Helpers shared by CLI commands: finding the config, printing errors the same way.
+
+CLI modules import their domains (store, gateway, config schema, ...) inside the command
+functions, so `shipyard --help` and `shipyard version` load only typer, rich and the CLI
+(tests/unit/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine, inspect
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from shipyard.config import Config, env, load_config
-from shipyard.config.loader import inline_secrets
+from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.store import create_store_engine
-from shipyard.store import migrate as run_migrations
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from shipyard.config import Config
 
 __all__ = [
     "console",
@@ -53,6 +58,8 @@ def resolve_config(
     strict: bool = False,
 ) -> tuple[Path, Config]:
     """The config file and its settings; `strict` refuses secrets written inline."""
+    from shipyard.config import load_config
+
     file = config_path(path)
     try:
         return file, load_config(file, environ=environ, secrets=secrets, strict=strict)
@@ -62,6 +69,8 @@ def resolve_config(
 
 def warn_inline_secrets(file: Path, config: Config) -> None:
     """Say which secrets are written inline in the file (--strict makes this an error)."""
+    from shipyard.config.loader import inline_secrets
+
     for key in inline_secrets(config):
         err_console.print(
             f"[yellow]warning[/] {escape(str(file))}: key '{key}' holds a secret written "
@@ -92,6 +101,12 @@ def open_store(config: Path | None, store_url: str | None, *, migrate: bool = Fa
 
     A store that cannot be opened, or that was never set up, ends the command with a sentence
     naming the URL (password hidden) and the fix, never a traceback."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from shipyard.store import create_store_engine
+    from shipyard.store import migrate as run_migrations
+
     if store_url:
         where, url = "--store-url", store_url
     else:
@@ -131,6 +146,9 @@ def store_error(exc: BaseException) -> str:
 
 
 def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import Engine
 
 from shipyard.cli.common import config_path, console, err_console, fail, open_store
 from shipyard.errors import ShipyardError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer(help="Run data pipelines and inspect versioned datasets (needs the `data` "
                        "extra: pip install 'shipyard\\[data]').", no_args_is_help=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from shipyard.cli.common import config_path, fail
 from shipyard.cli.serving import prepare, server_argv
@@ -66,6 +65,8 @@ class Plan:
 
 def plan_assistant(state: Path, *, model: str, sim_port: int) -> Plan:
     """Write the assistant's config for this machine into `state` and describe it."""
+    import yaml
+
     root = assistant_root()
     if root is None:
         raise fail("The support-assistant example is not part of this installation; run "
@@ -112,6 +113,8 @@ def plan_assistant(state: Path, *, model: str, sim_port: int) -> Plan:
 
 
 def _first_chat_model(file: Path) -> str:
+    import yaml
+
     try:
         data = yaml.safe_load(file.read_text("utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -16,7 +16,6 @@ import typer
 from rich.table import Table
 
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
-from shipyard.config.drift import DriftCheckConfig
 from shipyard.errors import ShipyardError
 
 if TYPE_CHECKING:
@@ -132,6 +131,7 @@ def check(
     shipyard drift check --reference last_month.csv --current today.csv --json
     """
     _require_monitor()
+    from shipyard.config.drift import DriftCheckConfig
     from shipyard.monitor.drift.checks import run_check
     from shipyard.monitor.drift.detect import detect_drift
 

@@ -6,20 +6,20 @@ from __future__ import annotations
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.table import Table
-from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store, parse_since
 from shipyard.cli.keys import actor
 from shipyard.errors import ShipyardError
-from shipyard.escalation import STATUSES, Ticket
-from shipyard.escalation import store as tickets
-from shipyard.security.audit import AuditLog
-from shipyard.security.roles import PLATFORM_TENANT
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from shipyard.escalation import Ticket
 
 app = typer.Typer(help="Work the escalation review queue: tickets handed to a person.",
                   no_args_is_help=True)
@@ -30,6 +30,8 @@ StoreOpt = Annotated[str | None, typer.Option("--store-url",
                      help="Use this store instead of the config's store.url.")]
 TenantOpt = Annotated[str | None, typer.Option(
     "--tenant", help="Only this tenant's tickets (default: every tenant).")]
+# shipyard.escalation.STATUSES, written out so --help does not load the store (a test pins it).
+STATUSES = ("open", "claimed", "answered", "resolved")
 ReviewerOpt = Annotated[str | None, typer.Option(
     "--reviewer", help="Who acts (default: cli:USER@HOST).")]
 
@@ -45,6 +47,8 @@ def _store(config: Path | None, store_url: str | None) -> Engine:
 
 def _run(engine: Engine, action: str, ticket_id: str, work: Any) -> Ticket:
     """Run a queue action; print its error the CLI way; audit it."""
+    from shipyard.security.audit import AuditLog
+
     try:
         ticket: Ticket = work()
     except ShipyardError as exc:
@@ -72,6 +76,8 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List escalation tickets, newest first."""
+    from shipyard.escalation import store as tickets
+
     engine = _store(config, store_url)
     try:
         rows = tickets.list_tickets(engine, tenant_id=tenant, status=status, service=service,
@@ -105,6 +111,8 @@ def show(
     store_url: StoreOpt = None,
 ) -> None:
     """Show one ticket with its (cleaned) conversation, as JSON."""
+    from shipyard.escalation import store as tickets
+
     engine = _store(config, store_url)
     try:
         ticket = tickets.get_ticket(engine, escalation_id, tenant_id=None)
@@ -123,6 +131,8 @@ def claim(
                      help="Take over a ticket another reviewer claimed.")] = False,
 ) -> None:
     """Claim a ticket: you are now the reviewer who answers it."""
+    from shipyard.escalation import store as tickets
+
     engine = _store(config, store_url)
     ticket = _run(engine, "claim", escalation_id, lambda: tickets.claim_ticket(
         engine, escalation_id, tenant_id=None, reviewer=reviewer or actor(), force=force))
@@ -141,6 +151,8 @@ def answer(
         "reviewer_answer"),
 ) -> None:
     """Answer a ticket; the answer is delivered to the conversation and kept as feedback."""
+    from shipyard.escalation import store as tickets
+
     if not text.strip():
         raise fail("The answer is empty; pass the text the user should get, e.g. "
                    "shipyard escalations answer esc_… 'Your refund was sent today.'")
@@ -161,6 +173,8 @@ def resolve(
     note: Annotated[str | None, typer.Option("--note", help="How it was resolved.")] = None,
 ) -> None:
     """Resolve (close) a ticket."""
+    from shipyard.escalation import store as tickets
+
     engine = _store(config, store_url)
     ticket = _run(engine, "resolve", escalation_id, lambda: tickets.resolve_ticket(
         engine, escalation_id, tenant_id=None, reviewer=reviewer or actor(), resolution=note))
@@ -179,6 +193,10 @@ def export(
 ) -> None:
     """Export reviewers' answers as labelled feedback, oldest first, one JSON object per line
     (conversation, answer, label, reviewer) for evaluation and retraining."""
+    from shipyard.escalation import store as tickets
+    from shipyard.security.audit import AuditLog
+    from shipyard.security.roles import PLATFORM_TENANT
+
     if fmt != "jsonl":
         raise fail(f"--format is '{fmt}'; the supported format is jsonl.")
     engine = _store(config, store_url)

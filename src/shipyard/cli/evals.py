@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -15,16 +15,9 @@ from shipyard.cli.common import console, fail, open_store, resolve_config
 from shipyard.cli.keys import actor
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.lifecycle import registry
-from shipyard.lifecycle.datasets import (
-    EvalDataset,
-    from_escalations,
-    from_feedback,
-    from_file,
-    from_traces,
-)
-from shipyard.lifecycle.eval_run import judge_client, run_eval, select_version
-from shipyard.lifecycle.evaluate import parse_gate
+
+if TYPE_CHECKING:
+    from shipyard.lifecycle.datasets import EvalDataset
 
 __all__ = ["evaluate"]
 
@@ -36,6 +29,13 @@ _SHOWN = ("rows", "accuracy", "precision", "recall", "f1", "roc_auc", "brier", "
 def _dataset(engine: Any, service: str, dataset: Path | None, from_feedback_: bool,
              from_escalations_: bool, from_traces_: int | None, label: str,
              features: str | None, decrypt: Any) -> EvalDataset:
+    from shipyard.lifecycle.datasets import (
+        from_escalations,
+        from_feedback,
+        from_file,
+        from_traces,
+    )
+
     sources = sum([dataset is not None, from_feedback_, from_escalations_,
                    from_traces_ is not None])
     if sources != 1:
@@ -104,6 +104,10 @@ def evaluate(
 
     shipyard eval cancer --dataset holdout.csv --gate 'accuracy>=0.9' --html report.html
     """
+    from shipyard.lifecycle import registry
+    from shipyard.lifecycle.eval_run import judge_client, run_eval, select_version
+    from shipyard.lifecycle.evaluate import parse_gate
+
     _, cfg = resolve_config(config)
     if service not in cfg.services:
         raise fail(f"The config has no service '{service}' (it has "

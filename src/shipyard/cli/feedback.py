@@ -6,7 +6,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -14,10 +14,9 @@ import typer
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
 from shipyard.cli.keys import actor
 from shipyard.errors import ShipyardError
-from shipyard.security.audit import AuditLog
-from shipyard.security.crypto import PayloadCipher, redact_encrypted
-from shipyard.security.roles import PLATFORM_TENANT
-from shipyard.store.feedback import iter_dataset
+
+if TYPE_CHECKING:
+    from shipyard.security.crypto import PayloadCipher
 
 app = typer.Typer(help="Feedback on traced requests.", no_args_is_help=True)
 
@@ -32,6 +31,8 @@ COLUMNS = ("feedback_id", "trace_id", "tenant", "created_at", "service", "versio
 
 
 def _record(row: dict[str, Any], cipher: PayloadCipher | None) -> dict[str, Any]:
+    from shipyard.security.crypto import redact_encrypted
+
     def payload(value: str | None) -> str | None:
         if value is None:
             return None
@@ -47,6 +48,8 @@ def _record(row: dict[str, Any], cipher: PayloadCipher | None) -> dict[str, Any]
 
 
 def _cipher(config: Path | None, store_url: str | None) -> PayloadCipher | None:
+    from shipyard.security.crypto import PayloadCipher
+
     if store_url:
         return None
     _, cfg = resolve_config(config)
@@ -70,6 +73,10 @@ def export(
 
     Recorded in the audit log. Example: shipyard feedback export --format csv -o labels.csv
     """
+    from shipyard.security.audit import AuditLog
+    from shipyard.security.roles import PLATFORM_TENANT
+    from shipyard.store.feedback import iter_dataset
+
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format is '{fmt}'; choose jsonl or csv.")
     engine = open_store(config, store_url, migrate=True)  # migrated: the export is audited

@@ -9,21 +9,21 @@ from __future__ import annotations
 import getpass
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store
 from shipyard.errors import ShipyardError
-from shipyard.security.audit import AuditLog
-from shipyard.security.crypto import generate_key
-from shipyard.security.principal import Principal
 from shipyard.security.roles import PLATFORM_TENANT
-from shipyard.store import tenants as store
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from shipyard.store import tenants as store
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
@@ -44,6 +44,8 @@ def _print(data: Any) -> None:
 
 
 def _show_secret(record: store.KeyRecord, secret: str) -> None:
+    from shipyard.security.principal import Principal
+
     may = Principal(record.tenant_id, record.id, record.role, services=record.services,
                     models=record.models).allowed()
     console.print(f"Created key [bold]{escape(record.id)}[/] ({escape(record.role)}) for "
@@ -60,6 +62,8 @@ def tenants_create(
     store_url: StoreOpt = None,
 ) -> None:
     """Create a tenant (an organisation, team or customer)."""
+    from shipyard.store import tenants as store
+
     engine = open_store(config, store_url, migrate=True)
     try:
         store.create_tenant(engine, tenant_id, name=name)
@@ -73,6 +77,8 @@ def tenants_create(
 def tenants_list(config: ConfigOpt = None, store_url: StoreOpt = None,
                  as_json: JsonOpt = False) -> None:
     """List tenants."""
+    from shipyard.store import tenants as store
+
     rows = store.list_tenants(open_store(config, store_url, migrate=True))
     if as_json:
         _print(rows)
@@ -111,6 +117,8 @@ def keys_create(
 
     Example: shipyard keys create --tenant acme --name support-bot --role client --model demo
     """
+    from shipyard.store import tenants as store
+
     engine = open_store(config, store_url, migrate=True)
     if bootstrap:
         refuse_second_bootstrap(engine, force=force)
@@ -128,6 +136,8 @@ def keys_create(
 
 
 def _admins(engine: Engine) -> list[store.KeyRecord]:
+    from shipyard.store import tenants as store
+
     return [k for k in store.list_keys(engine, tenant_id=PLATFORM_TENANT)
             if k.role == "admin" and k.status() == "active"]
 
@@ -145,6 +155,8 @@ def refuse_second_bootstrap(engine: Engine, *, force: bool) -> None:
 
 def bootstrap_admin(engine: Engine) -> None:
     """Create and print the first admin key of the platform tenant."""
+    from shipyard.store import tenants as store
+
     record, secret = store.create_key(engine, tenant_id=PLATFORM_TENANT,
                                       name="bootstrap admin", role="admin", created_by=actor())
     _audit(engine, PLATFORM_TENANT, "key.create", record.id, {"role": "admin"})
@@ -159,6 +171,8 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List keys (never their secrets)."""
+    from shipyard.store import tenants as store
+
     records = store.list_keys(open_store(config, store_url, migrate=True), tenant_id=tenant)
     if as_json:
         _print([r.public() for r in records])
@@ -181,6 +195,8 @@ def keys_revoke(
     store_url: StoreOpt = None,
 ) -> None:
     """Revoke a key at once (gateways stop accepting it within 5 seconds)."""
+    from shipyard.store import tenants as store
+
     engine = open_store(config, store_url, migrate=True)
     try:
         record = store.revoke_key(engine, key_id, tenant_id=tenant)
@@ -200,6 +216,8 @@ def keys_rotate(
     store_url: StoreOpt = None,
 ) -> None:
     """Replace a key: a new secret now, the old one expires after --overlap seconds."""
+    from shipyard.store import tenants as store
+
     engine = open_store(config, store_url, migrate=True)
     try:
         new, secret, old = store.rotate_key(engine, key_id, tenant_id=tenant,
@@ -214,6 +232,8 @@ def keys_rotate(
 @keys_app.command("encryption-key")
 def keys_encryption_key() -> None:
     """Print a new Fernet key for traces.encryption_keys (store it as a secret)."""
+    from shipyard.security.crypto import generate_key
+
     try:
         print(generate_key())
     except ShipyardError as exc:
@@ -223,5 +243,7 @@ def keys_encryption_key() -> None:
 def _audit(engine: Engine, tenant: str, action: str, target: str,
            details: dict[str, Any] | None) -> None:
     """Record the action in the audit log."""
+    from shipyard.security.audit import AuditLog
+
     AuditLog(engine).append(tenant_id=tenant, actor=actor(), action=action, target=target,
                             details=details)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,8 +16,9 @@ from shipyard.cli.common import console, err_console
 from shipyard.cli.common import fail as _fail
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.readiness import loadtest as engine
-from shipyard.readiness import report
+
+if TYPE_CHECKING:
+    from shipyard.readiness import loadtest as engine
 
 __all__ = ["loadtest"]
 
@@ -108,6 +109,8 @@ _LAG_WARNING = ("[yellow]warning:[/] the client launched requests late (send lag
 
 
 def _preflight(target: engine.Target) -> None:
+    from shipyard.readiness import loadtest as engine
+
     status, text = engine.check_target(target)
     if status != 200:
         console.print(f"[yellow]warning:[/] the first request answered {status}: "
@@ -145,6 +148,8 @@ def _print_search(result: engine.SearchResult) -> None:
 
 def _write(result: engine.LoadResult | engine.SearchResult, json_path: Path | None,
            html_path: Path | None) -> None:
+    from shipyard.readiness import report
+
     if json_path is not None:
         report.write_json(result, json_path)
         console.print(f"Wrote {json_path}.")
@@ -252,6 +257,9 @@ def _run(*, url: str, model: str | None, service: str | None, profile: str | Non
          find_max_rate: bool, slo_p99_ms: float | None, slo_error_rate: float, low: float,
          high: float, tolerance: float, json_path: Path | None, html_path: Path | None,
          quiet: bool) -> None:
+    from shipyard.readiness import loadtest as engine
+    from shipyard.readiness import report
+
     if arrivals not in ("uniform", "poisson"):
         raise fail(f"--arrivals is '{arrivals}'; use uniform or poisson.")
     if html_path is not None:
@@ -312,6 +320,8 @@ def _search(target: engine.Target, slo: engine.SLO, *, low: float, high: float, 
             tolerance: float, arrivals: engine.Arrivals, seed: int | None, max_in_flight: int,
             connections: int, json_path: Path | None, html_path: Path | None,
             quiet: bool) -> None:
+    from shipyard.readiness import loadtest as engine
+
     def announce(p: engine.Probe) -> None:
         verdict = "[green]pass[/]" if p.passed else f"[red]fail[/] ({'; '.join(p.reasons)})"
         console.print(f"probe {p.rate:g}/s: {verdict} · p99 {_ms(p.result.latency.p99_ms)} · "

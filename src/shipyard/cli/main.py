@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy import create_engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from shipyard._version import __version__
 from shipyard.cli import alerts as alerts_cli
@@ -45,14 +42,10 @@ from shipyard.cli.serving import prepare as _prepare
 from shipyard.cli.serving import server_argv as _server_argv
 from shipyard.cli.status import status
 from shipyard.cli.usage import usage
-from shipyard.config.docs import render_reference
-from shipyard.config.loader import install_python_path
-from shipyard.config.server import per_process_state
-from shipyard.config.starter import STARTER_CONFIG
 from shipyard.errors import ShipyardError
-from shipyard.gateway.runtime import Gateway
-from shipyard.sim.engine import Faults
-from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
+
+if TYPE_CHECKING:
+    pass
 
 app = typer.Typer(
     help="Shipyard takes AI prototypes to production: an OpenAI-compatible gateway and "
@@ -108,6 +101,8 @@ def init(
         help="Also create the first admin API key in the new store (printed once).")] = True,
 ) -> None:
     """Write a commented starter shipyard.yaml and create the first admin key."""
+    from shipyard.config.starter import STARTER_CONFIG
+
     if path.exists() and not force:
         raise fail(f"'{path}' already exists; pass --force to overwrite it or --path to write "
                    "elsewhere.")
@@ -136,6 +131,13 @@ def config_check(
         help="Fail on a secret written inline in the file (instead of a warning).")] = False,
 ) -> None:
     """Validate shipyard.yaml (and import every Python function it names) without serving."""
+    import asyncio
+
+    from sqlalchemy import create_engine
+
+    from shipyard.config.loader import install_python_path
+    from shipyard.gateway.runtime import Gateway
+
     file, cfg = resolve_config(config, strict=strict)
     warn_inline_secrets(file, cfg)
     try:
@@ -169,6 +171,8 @@ def config_docs(
                       help="Write here instead of stdout.")] = None,
 ) -> None:
     """Print the configuration reference (Markdown) generated from the settings table."""
+    from shipyard.config.docs import render_reference
+
     text = render_reference()
     if output is None:
         sys.stdout.write(text)
@@ -187,6 +191,8 @@ def serve(
         help="Refuse to start when a secret is written inline in the config file.")] = False,
 ) -> None:
     """Serve the gateway: OpenAI-compatible API, hosted services, /metrics and probes."""
+    from shipyard.config.server import per_process_state
+
     file = config_path(config)
     cfg = _prepare(file, strict=strict)
     server = cfg.server
@@ -241,6 +247,9 @@ def sim(
     Knobs can be changed while it runs: curl -X PATCH localhost:9100/_sim/faults
     -d '{"error_rates": {"500": 0.3}}'.
     """
+    from shipyard.sim.engine import Faults
+    from shipyard.sim.server import SIM_FORMATS, SimServer, run_sim
+
     if wire not in SIM_FORMATS:
         raise fail(f"--format is '{wire}'; use one of {', '.join(SIM_FORMATS)}.")
     rates: dict[str, float] = {}
@@ -274,8 +283,12 @@ def sim(
 def main() -> None:
     try:
         app()
-    except SQLAlchemyError as exc:
+    except Exception as exc:
         # A store that fails in the middle of a command: one sentence, not a traceback.
+        # (sqlalchemy is imported by the commands that use it, not for --help.)
+        database = sys.modules.get("sqlalchemy.exc")
+        if database is None or not isinstance(exc, database.SQLAlchemyError):
+            raise
         fail(f"The store failed during this command: {store_error(exc)}. Check that the "
              "database is running and reachable, then run the command again.")
         sys.exit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -12,17 +12,11 @@ from rich.table import Table
 
 from shipyard.cli.common import console, fail
 from shipyard.errors import ShipyardError
-from shipyard.privacy import (
-    Mask,
-    Operator,
-    PIIEngine,
-    Redact,
-    Replace,
-    default_recognizers,
-)
-from shipyard.privacy.corpus import ENTITIES, Sample, generate_corpus
-from shipyard.privacy.evaluate import PATTERN_ENTITIES, Match, evaluate, read_corpus, render_table
-from shipyard.privacy.ner import SpacyRecognizer
+
+if TYPE_CHECKING:
+    from shipyard.privacy import PIIEngine
+    from shipyard.privacy.corpus import Sample
+    from shipyard.privacy.evaluate import Match
 
 app = typer.Typer(help="Find PII and measure how well the PII engine finds it.",
                   no_args_is_help=True)
@@ -35,6 +29,8 @@ EntitiesOpt = Annotated[list[str] | None, typer.Option(
 
 
 def _engine(ner: str | None, entities: list[str] | None, min_score: float) -> PIIEngine:
+    from shipyard.privacy import PIIEngine, default_recognizers
+
     try:
         return PIIEngine(default_recognizers(ner=ner), entities=entities or None,
                          min_score=min_score)
@@ -46,6 +42,8 @@ def _engine(ner: str | None, entities: list[str] | None, min_score: float) -> PI
 
 def _producible(engine: PIIEngine) -> set[str]:
     """Entity types `engine` can report (a NER backend reports several)."""
+    from shipyard.privacy.ner import SpacyRecognizer
+
     out: set[str] = set()
     for r in engine.recognizers:
         out |= set(r.entities) if isinstance(r, SpacyRecognizer) else {r.entity}
@@ -79,6 +77,9 @@ def eval_(
     With --corpus FILE it is your own labelled text; labelled types the engine cannot report
     (e.g. PERSON without --ner) are listed and left out of the scores.
     """
+    from shipyard.privacy.corpus import ENTITIES, generate_corpus
+    from shipyard.privacy.evaluate import PATTERN_ENTITIES, evaluate, read_corpus, render_table
+
     if match is not None and match not in ("exact", "overlap"):
         raise fail(f"--match is '{match}'; use exact or overlap.")
     chosen: Match = "overlap" if (match or ("overlap" if corpus else "exact")) == "overlap" \
@@ -141,9 +142,6 @@ def eval_(
         raise typer.Exit(1)
 
 
-_OPERATORS: dict[str, type[Operator]] = {"replace": Replace, "redact": Redact, "mask": Mask}
-
-
 @app.command("scan")
 def scan(
     file: Annotated[Path, typer.Argument(help="Text file to scan; '-' reads standard input.")],
@@ -162,8 +160,11 @@ def scan(
     Values are masked in the output unless --show. With --anonymize the cleaned text is
     printed instead, e.g. `shipyard pii scan notes.txt --anonymize replace > clean.txt`.
     """
-    if anonymize is not None and anonymize not in _OPERATORS:
-        raise fail(f"--anonymize is '{anonymize}'; use one of {', '.join(_OPERATORS)}.")
+    from shipyard.privacy import Mask, Operator, Redact, Replace
+
+    operators: dict[str, type[Operator]] = {"replace": Replace, "redact": Redact, "mask": Mask}
+    if anonymize is not None and anonymize not in operators:
+        raise fail(f"--anonymize is '{anonymize}'; use one of {', '.join(operators)}.")
     try:
         text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -172,7 +173,7 @@ def scan(
     engine = _engine(ner, entity, min_score)
     findings = engine.analyze(text)
     if anonymize is not None:
-        sys.stdout.write(engine.anonymize(text, findings, _OPERATORS[anonymize]()))
+        sys.stdout.write(engine.anonymize(text, findings, operators[anonymize]()))
         return
     masked = [f.text if show else Mask(keep_last=2).replace_one(f) for f in findings]
     line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]

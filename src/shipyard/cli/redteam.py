@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,18 +15,6 @@ from shipyard.cli.common import console
 from shipyard.cli.common import fail as _fail
 from shipyard.config import env
 from shipyard.errors import ShipyardError
-from shipyard.guards.classifier import load_examples, split_holdout, train
-from shipyard.guards.corpus import (
-    CORPORA,
-    INJECTION_CATEGORIES,
-    describe_corpus,
-    load_corpus,
-    load_outside,
-    read_corpus,
-)
-from shipyard.guards.injection import InjectionGuard, model_text
-from shipyard.readiness import redteam as engine
-from shipyard.readiness.report import ensure_html_support
 
 __all__ = ["guards_app", "redteam"]
 
@@ -97,6 +84,19 @@ def redteam(
       shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\
           --json redteam.json --html redteam.html --min-detection 0.9 --max-false-positive 0.02
     """
+    import asyncio
+
+    from shipyard.guards.corpus import (
+        CORPORA,
+        INJECTION_CATEGORIES,
+        describe_corpus,
+        load_corpus,
+        load_outside,
+        read_corpus,
+    )
+    from shipyard.readiness import redteam as engine
+    from shipyard.readiness.report import ensure_html_support
+
     if (model is None) == (service is None):
         raise fail("Pass exactly one of --model and --service.")
     if html_out is not None:
@@ -180,6 +180,9 @@ def guards_train(
     """Train an injection classifier on your own labelled data: logistic regression on
     character n-grams (JSON, for `{guard: injection, classifier: model.json}`), or with
     --embeddings a fine-tuned embedding model (a LoRA adapter)."""
+    from shipyard.guards.classifier import load_examples, split_holdout, train
+    from shipyard.guards.injection import model_text
+
     try:
         # Train on what the guard reads: folded, quoted attacks dropped from talk about them.
         rows = [(model_text(text), label) for text, label in load_examples(data)]
@@ -239,6 +242,8 @@ def guards_check(
     ] = "builtin",
 ) -> None:
     """Score one text with the injection guard and show each layer's score."""
+    from shipyard.guards.injection import InjectionGuard
+
     try:
         guard = InjectionGuard(classifier=classifier, embeddings=embeddings or False,
                                adapter=adapter)

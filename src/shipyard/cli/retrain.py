@@ -14,9 +14,7 @@ from rich.markup import escape
 from shipyard.cli.common import console, fail, open_store, resolve_config
 from shipyard.cli.keys import actor
 from shipyard.config import env
-from shipyard.config.loader import install_python_path
 from shipyard.errors import ShipyardError
-from shipyard.lifecycle.retrain import RetrainJob, claim_stale, list_jobs, start_job
 
 __all__ = ["reload", "retrain"]
 
@@ -37,6 +35,9 @@ def retrain(
     Each step is recorded as it completes; a job killed mid-way resumes with --resume.
     Example: shipyard retrain cancer
     """
+    from shipyard.config.loader import install_python_path
+    from shipyard.lifecycle.retrain import RetrainJob, claim_stale, list_jobs, start_job
+
     _, cfg = resolve_config(config)
     install_python_path(cfg)
     found = cfg.services.get(service)

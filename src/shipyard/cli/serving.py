@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shipyard.cli.common import fail, resolve_config, warn_inline_secrets
-from shipyard.config import Config
-from shipyard.config.loader import install_python_path
 from shipyard.errors import ShipyardError
-from shipyard.gateway.runtime import Gateway
-from shipyard.store import create_store_engine, migrate
+
+if TYPE_CHECKING:
+    from shipyard.config import Config
 
 __all__ = ["prepare", "server_argv"]
 
@@ -18,6 +18,10 @@ __all__ = ["prepare", "server_argv"]
 def prepare(file: Path, environ: dict[str, str] | None = None, *,
              strict: bool = False) -> Config:
     """Validate the config (and every function it names) and migrate the store."""
+    from shipyard.config.loader import install_python_path
+    from shipyard.gateway.runtime import Gateway
+    from shipyard.store import create_store_engine, migrate
+
     _, cfg = resolve_config(file, environ, strict=strict)
     warn_inline_secrets(file, cfg)
     try:

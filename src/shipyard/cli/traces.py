@@ -7,21 +7,21 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.table import Table
-from sqlalchemy import Engine
 
 from shipyard.cli.common import console, fail, open_store, parse_since, resolve_config
 from shipyard.cli.keys import actor
-from shipyard.config.traces import RetentionConfig
 from shipyard.errors import ShipyardError
-from shipyard.security.audit import AuditLog
 from shipyard.security.roles import PLATFORM_TENANT
-from shipyard.store import TraceFilter, get_spans, get_trace, iter_traces, purge
-from shipyard.store.rollups import rebuild
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from shipyard.store import TraceFilter
 
 app = typer.Typer(help="Read request traces from the store.", no_args_is_help=True)
 
@@ -35,6 +35,8 @@ def _jsonable(row: dict[str, Any]) -> bytes:
 
 def _filters(service: str | None, model: str | None, status: int | None, errors: bool,
              since: str | None, text: str | None) -> TraceFilter:
+    from shipyard.store import TraceFilter
+
     return TraceFilter(service=service, model=model, status=status, errors_only=errors,
                        since=parse_since(since), text=text)
 
@@ -71,6 +73,8 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List recent traces (newest first). Tokens marked ~ are estimates."""
+    from shipyard.store import iter_traces
+
     engine = open_store(config, store_url)
     rows = list(iter_traces(engine, _filters(service, model, status, errors, since, text),
                             limit=limit))
@@ -93,6 +97,8 @@ def show(
         "--spans", help="Print the span waterfall (stages, upstream attempts) instead.")] = False,
 ) -> None:
     """Show one trace in full (JSON), or with --spans its span waterfall."""
+    from shipyard.store import get_spans, get_trace, iter_traces
+
     engine = open_store(config, store_url)
     row = get_trace(engine, trace_id)
     if row is None:
@@ -142,6 +148,8 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Follow new traces as they are written (Ctrl-C to stop)."""
+    from shipyard.store import iter_traces
+
     engine = open_store(config, store_url)
     last = datetime.now(UTC) - timedelta(seconds=2)
     seen: set[str] = set()
@@ -178,6 +186,8 @@ def export(
     errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
 ) -> None:
     """Export traces, oldest first, one JSON object per line."""
+    from shipyard.store import iter_traces
+
     if fmt != "jsonl":
         raise fail(f"--format is '{fmt}'; the supported format is jsonl.")
     engine = open_store(config, store_url, migrate=True)  # migrated: the export is audited
@@ -223,6 +233,9 @@ def purge_(
     Uses `traces.retention` from the config (the gateway also runs it in the background every
     `interval_s`). Works in small batches, so a running gateway keeps writing meanwhile.
     """
+    from shipyard.config.traces import RetentionConfig
+    from shipyard.store import purge
+
     policy = RetentionConfig()
     if store_url is None or config is not None:
         _, cfg = resolve_config(config, secrets=False)
@@ -278,6 +291,8 @@ def _audit_export(engine: Engine, target: str, details: dict[str, Any],
 def _audit(engine: Engine, action: str, target: str, details: dict[str, Any],
            outcome: str) -> str | None:
     """Record a control-plane action on traces; the reason when that fails."""
+    from shipyard.security.audit import AuditLog
+
     try:
         AuditLog(engine).append(tenant_id=PLATFORM_TENANT, actor=actor(), action=action,
                                 target=target, outcome=outcome, details=details)
@@ -300,6 +315,8 @@ def rollup(
     The trace writer keeps rollups current; run this once after upgrading a store that held
     traces before rollups existed, or after restoring traces from a backup.
     """
+    from shipyard.store.rollups import rebuild
+
     engine = open_store(config, store_url, migrate=True)
     read = rebuild(engine, since=parse_since(since))
     console.print(f"Rolled up {read} traces.")

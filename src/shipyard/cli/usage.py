@@ -11,7 +11,6 @@ from rich.table import Table
 
 from shipyard.cli.common import console, fail, open_store, parse_since
 from shipyard.cli.keys import ConfigOpt, StoreOpt
-from shipyard.store.traces import usage as usage_query
 
 __all__ = ["usage"]
 
@@ -28,6 +27,8 @@ def usage(
 
     Example: shipyard usage --by model --since 7d --config shipyard.yaml
     """
+    from shipyard.store.traces import usage as usage_query
+
     start = parse_since(since) or datetime(1970, 1, 1, tzinfo=UTC)
     try:
         rows = usage_query(open_store(config, store_url), by=by, since=start, tenant_id=tenant)

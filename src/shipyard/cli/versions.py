@@ -17,8 +17,6 @@ from rich.table import Table
 from shipyard.cli.common import console, fail, open_store, resolve_config
 from shipyard.cli.keys import actor
 from shipyard.errors import ShipyardError
-from shipyard.lifecycle import registry
-from shipyard.lifecycle.artifacts import artifact_dir
 
 __all__ = ["app"]
 
@@ -45,6 +43,8 @@ def list_versions(service: Service, config: ConfigOpt = None,
 
     Example: shipyard versions list cancer
     """
+    from shipyard.lifecycle import registry
+
     engine = open_store(config, None, migrate=True)
     try:
         versions = registry.list_versions(engine, service)
@@ -85,6 +85,8 @@ def show(service: Service, version: Annotated[int, typer.Argument(help="Version 
 
     Example: shipyard versions show cancer 2
     """
+    from shipyard.lifecycle import registry
+
     engine = open_store(config, None, migrate=True)
     try:
         found = registry.get_version(engine, service, version)
@@ -116,6 +118,9 @@ def register(
 
     Example: shipyard versions register cancer --model model-v2.joblib
     """
+    from shipyard.lifecycle import registry
+    from shipyard.lifecycle.artifacts import artifact_dir
+
     _, cfg = resolve_config(config, secrets=False)
     if service not in cfg.services:
         raise fail(f"The config has no service '{service}' (it has "
@@ -148,6 +153,8 @@ def promote(service: Service,
 
     Example: shipyard versions promote cancer 2
     """
+    from shipyard.lifecycle import registry
+
     _service(config, service)
     engine = open_store(config, None, migrate=True)
     try:
@@ -174,6 +181,8 @@ def rollout(
 
     Example: shipyard versions rollout cancer 2
     """
+    from shipyard.lifecycle import registry
+
     _, cfg = resolve_config(config, secrets=False)
     if service not in cfg.services:
         raise fail(f"The config has no service '{service}'.")
@@ -204,6 +213,8 @@ def rollback(service: Service,
 
     Example: shipyard versions rollback cancer
     """
+    from shipyard.lifecycle import registry
+
     _service(config, service)
     engine = open_store(config, None, migrate=True)
     try:
@@ -226,6 +237,8 @@ def history(service: Service, limit: Annotated[int, typer.Option(help="Most even
 
     Example: shipyard versions history cancer
     """
+    from shipyard.lifecycle import registry
+
     engine = open_store(config, None, migrate=True)
     try:
         events = registry.list_events(engine, service, limit=limit)

@@ -3,11 +3,10 @@ dead letter from a terminal, straight on the store (the same calls the admin API
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -17,12 +16,9 @@ from rich.table import Table
 from shipyard.cli.common import console, fail, open_store, resolve_config
 from shipyard.cli.keys import actor
 from shipyard.errors import ShipyardError
-from shipyard.security.audit import AuditLog
-from shipyard.store import create_store_engine
-from shipyard.store import migrate as run_migrations
-from shipyard.webhooks import generate_secret
-from shipyard.webhooks.delivery import WebhookOutbox
-from shipyard.work import STATUSES, Worker, WorkQueue
+
+if TYPE_CHECKING:
+    from shipyard.webhooks.delivery import WebhookOutbox
 
 app = typer.Typer(help="Webhook deliveries: the delivery log, the dead letter, redelivery and "
                        "signing secrets.", no_args_is_help=True)
@@ -31,11 +27,16 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
 StoreOpt = Annotated[str | None, typer.Option("--store-url",
                      help="Use this store instead of the config's store.url.")]
+# shipyard.work.STATUSES, written out so --help does not load the store (a test pins it).
+STATUSES = ("queued", "running", "succeeded", "dead", "cancelled")
 TenantOpt = Annotated[str | None, typer.Option(
     "--tenant", help="Only this tenant's deliveries (default: every tenant).")]
 
 
 def _outbox(config: Path | None, store_url: str | None) -> WebhookOutbox:
+    from shipyard.webhooks.delivery import WebhookOutbox
+    from shipyard.work import WorkQueue
+
     return WebhookOutbox(WorkQueue(open_store(config, store_url, migrate=True)))
 
 
@@ -109,6 +110,8 @@ def redeliver(
     A running gateway sends them within `work.poll_interval_s`; without one, run
     `shipyard webhooks flush`.
     """
+    from shipyard.security.audit import AuditLog
+
     outbox = _outbox(config, store_url)
     for delivery_id in delivery_ids:
         try:
@@ -135,6 +138,13 @@ def flush(
     Uses the config's endpoints; for a store no gateway delivers from, or after `redeliver`.
     Exits 1 when a delivery was dead-lettered.
     """
+    import asyncio
+
+    from shipyard.store import create_store_engine
+    from shipyard.store import migrate as run_migrations
+    from shipyard.webhooks.delivery import WebhookOutbox
+    from shipyard.work import Worker, WorkQueue
+
     _, cfg = resolve_config(config)
     engine = create_store_engine(cfg.store.url)
     run_migrations(engine)
@@ -168,6 +178,8 @@ def secret(
 
     Put it in the sender's config as {$env: NAME} and give it to the receiver.
     """
+    from shipyard.webhooks import generate_secret
+
     try:
         print(generate_secret(nbytes))
     except ValueError as exc:
