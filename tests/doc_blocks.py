@@ -171,3 +171,101 @@ def stop_background(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+class Shell:
+    """A reader's terminal: the blocks of a doc run one after the other in `folder`, with what
+    one block exports seen by the next. A command ending in `&` keeps running in the
+    background (until `close`), and the next block waits until the `--port N` it names answers
+    /livez. `ports` maps a port the doc prints to a free one (the only change made to the
+    text), so a test never collides with a server already running on the machine."""
+
+    def __init__(self, folder: Path, ports: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.folder, self.ports = folder, dict(ports or {})
+        self.env = env if env is not None else clean_env()
+        self.groups: list[int] = []
+        self.state = folder / ".shell-state.sh"  # a new terminal: nothing exported, no cd
+        self.state.unlink(missing_ok=True)
+        self.logs = 0
+
+    def local(self, text: str) -> str:
+        for old, new in self.ports.items():
+            text = re.sub(rf"(?<![0-9]){old}(?![0-9])", new, text)
+        return text
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.local(text), encoding="utf-8")
+        return path
+
+    def run(self, script: str, timeout: float = 300, check: bool = True,
+            wait_s: float = 120) -> subprocess.CompletedProcess[str]:
+        script = self.local(script)
+        self.logs += 1
+        log = self.folder / f"shell-{self.logs}.log"
+        wrapped = (f"set -euo pipefail\n[ -f {self.state} ] && source {self.state}\n"
+                   f"{script}\nexport -p > {self.state}\n"
+                   f'echo cd "$(printf %q "$PWD")" >> {self.state}\n')
+        out_file = self.folder / f"shell-{self.logs}.out"
+        with log.open("w") as err, out_file.open("w") as out:  # background children keep these
+            proc = subprocess.Popen(["bash", "-c", wrapped], cwd=self.folder, env=self.env,
+                                    stdout=out, stderr=err, start_new_session=True)
+        self.groups.append(proc.pid)
+        background = [line for line in script.splitlines()
+                      if line.split("#", 1)[0].rstrip().endswith("&")]
+        proc.wait(timeout)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                           out_file.read_text(errors="replace"),
+                                           log.read_text(errors="replace"))
+        if check:
+            assert done.returncode == 0, (f"{script}\n--- stdout ---\n{done.stdout}\n"
+                                          f"--- stderr ---\n{done.stderr}")
+        for line in background:
+            port = re.search(r"--port (\d+)", line)
+            if port:
+                self.wait_for(f"http://127.0.0.1:{port.group(1)}/livez", wait_s, log)
+        return done
+
+    def python(self, code: str, name: str = "snippet.py", timeout: float = 300) -> str:
+        self.write(name, code)
+        return self.run(f"python {name}", timeout=timeout).stdout
+
+    def wait_for(self, url: str, timeout: float, log: Path | None = None) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.2)
+        output = log.read_text(errors="replace") if log else ""
+        raise AssertionError(f"{url} did not answer within {timeout}s\n{output}")
+
+    def close(self) -> None:
+        for group in self.groups:
+            try:
+                os.killpg(group, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        import time
+
+        time.sleep(0.5)
+        for group in self.groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+    def __enter__(self) -> Shell:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
