@@ -69,3 +69,13 @@ def test_the_data_worked_example_runs_as_printed(tmp_path: Path) -> None:
     with Shell(tmp_path) as shell:
         out = shell.python(DATA_PYTHON.text).splitlines()
         assert out[0].startswith("111 ") and re.fullmatch(r"[0-9a-f]{64}", out[1]), out
+
+
+SECURITY_TRACE_KEY = take("docs/security.md", "## Secrets and payloads", "bash")[0]
+
+
+def test_the_trace_key_line_runs_as_printed(tmp_path: Path) -> None:
+    with Shell(tmp_path) as shell:
+        shell.run(SECURITY_TRACE_KEY.text)
+        key = shell.run('printf %s "$TRACE_KEY"').stdout
+        assert len(key) >= 32 and " " not in key, key

@@ -145,8 +145,6 @@ NOT_RUN: dict[str, str] = {
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/security.md | ## Tenants and API keys | curl -s localhost:8000/v1/admin/tenants -H "Authorization: Bearer $ADMIN" -d \'{"id": "acme"}\'':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    "docs/security.md | ## Secrets and payloads | export TRACE_KEY=$(shipyard keys encryption-key)     # pip install 'shipyard[encryption]'":
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/services.md | # Hosting Python services | # my_app/loans.py':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/services.md | # Hosting Python services | curl -s localhost:8000/v1/services/loan-score/invoke -H "Authorization: Bearer $KEY" \\':
