@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from doc_blocks import parse, take
+
 NOTES = (
     "Hi, I am Jane (jane.doe@example.com), card 4111 1111 1111 1111\n"
     "SSN: 078-05-1120, call +44 20 7946 0958\n"
@@ -69,13 +71,17 @@ def test_eval_reports_per_entity(tmp_path: Path) -> None:
     assert "| `EMAIL` |" in table.stdout and "F2" in table.stdout
 
 
+CORPUS_EXAMPLE = take("docs/privacy.md", marker="example: pii-eval-corpus")
+
+
 def _doc_example(name: str) -> tuple[str, list[str]]:
-    """The commands after `<!-- example: NAME -->` in docs/privacy.md and the output shown."""
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "privacy.md").read_text()
-    after = doc.split(f"<!-- example: {name} -->", 1)[1]
-    commands = after.split("```bash\n", 1)[1].split("\n```", 1)[0]
-    output = after.split("```bash\n", 1)[1].split("\n```\n", 1)[1].split("```\n", 1)[1]
-    return commands + "\n", output.split("\n```", 1)[0].splitlines()
+    """The commands after `<!-- example: NAME -->` in docs/privacy.md and the output shown
+    (the text block after them)."""
+    [commands] = CORPUS_EXAMPLE if name == "pii-eval-corpus" else []
+    every = parse("docs/privacy.md")
+    shown = every[every.index(commands) + 1]
+    assert shown.lang == "text"
+    return commands.text, shown.text.splitlines()
 
 
 def test_the_corpus_example_runs_as_printed(tmp_path: Path) -> None:

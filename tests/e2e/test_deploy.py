@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from doc_blocks import take
 from shipyard.config import parse_config
 from shipyard.observe.metrics import Metrics
 
@@ -152,6 +153,10 @@ def _blocks(doc: str) -> list[tuple[str | None, str]]:
     ... -->` comment right before it, if any."""
     pattern = re.compile(r"(?:<!-- (not run here: [^>]+) -->\n)?```bash\n(.*?)```", re.DOTALL)
     return [(m.group(1), m.group(2)) for m in pattern.finditer(doc)]
+
+
+# The block the next test runs (the Docker and Kubernetes ones: test_docs_coverage.NOT_RUN).
+DEPLOY_RUN = take("docs/deployment.md", lang="bash", containing="hadolint")
 
 
 def test_the_commands_in_the_deployment_guide_run_as_printed(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, REQUIRE_SERVICES, wait_http
+from doc_blocks import take
 from shipyard.providers.local import INSTALL_HINT
 
 BIN = Path(sys.executable).parent
@@ -22,11 +23,15 @@ BIN = Path(sys.executable).parent
 
 def blocks(doc: str, section: str, language: str) -> list[str]:
     """The fenced `language` blocks of one `## section` of a doc."""
-    text = (REPO / "docs" / doc).read_text(encoding="utf-8")
-    start = text.index(section)
-    end = text.find("\n## ", start + len(section))
-    part = text[start:] if end < 0 else text[start:end]
-    return re.findall(rf"```{language}\n(.*?)```", part, re.DOTALL)
+    return [b.text for b in take(f"docs/{doc}", section, language)]
+
+
+# What the tests below run (taken here, at import, so the docs coverage test sees them).
+TAKEN = (take("docs/providers.md", "## Local models", "bash")
+         + take("docs/providers.md", "## Local models", "yaml")
+         + take("docs/providers.md", "## Local models", "python")
+         + take("docs/sim.md", "## Like a real model", "python")
+         + take("docs/sim.md", "## Requests it refuses", "bash"))
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ tests/integration/test_webhooks_gateway.py.)"""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -15,16 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from conftest import REPO
+from doc_blocks import take
 from shipyard.config import parse_config
 from shipyard.store import create_store_engine, migrate
 from shipyard.webhooks.delivery import WebhookOutbox, endpoints_from_config
 from shipyard.work import WorkQueue
 
 DOC = (REPO / "docs" / "integration.md").read_text()
+# The webhook sections (the receiver runs in tests/integration/test_webhooks_gateway.py) and
+# the Python example of "Building on it".
+TAKEN = {"yaml": take("docs/integration.md", "### Endpoints", "yaml"),
+         "bash": take("docs/integration.md", "### Endpoints", "bash")
+         + take("docs/integration.md", "### The delivery log", "bash"),
+         "python": take("docs/integration.md", "## Building on it", "python",
+                        containing="run_until_idle")}
 
 
 def blocks(language: str) -> list[str]:
-    return [str(b) for b in re.findall(rf"```{language}\n(.*?)```", DOC, flags=re.DOTALL)]
+    return [b.text for b in TAKEN[language]]
 
 
 def _env(folder: Path, **extra: str) -> dict[str, str]:

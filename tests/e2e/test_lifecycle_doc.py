@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from doc_blocks import take
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "lifecycle.md"
+# every file it writes and every console block it runs (the test reads them from DOC in order)
+TAKEN = take("docs/lifecycle.md", marker="file:") + take("docs/lifecycle.md", lang="console")
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow

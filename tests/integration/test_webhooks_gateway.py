@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,17 +26,18 @@ import pytest
 from aiohttp import ClientSession, web
 
 from conftest import API_KEY, REPO, free_port, launch_gateway
+from doc_blocks import take
 from shipyard.store import create_store_engine, migrate
 from shipyard.webhooks import generate_secret
 from shipyard.work import WorkQueue
 
 DOC = REPO / "docs" / "integration.md"
+RECEIVER = take("docs/integration.md", "### Receiving", "python", containing="class Receiver")
 
 
 def doc_block(language: str, containing: str) -> str:
-    blocks = re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
-    [block] = [b for b in blocks if containing in b]
-    return str(block)
+    [block] = [b.text for b in RECEIVER if b.lang == language and containing in b.text]
+    return block
 
 
 class DocReceiver:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from doc_blocks import take
 from shipyard.config import parse_config
 from shipyard.config.alerting import DEFAULT_BURN_RATES, parse_duration
 from shipyard.errors import ConfigError
@@ -268,9 +268,11 @@ def test_payloads_of_webhook_and_slack() -> None:
     assert asyncio.run(deliver(memory, note)) and memory.sent == [note]
 
 
+ALERTS_YAML = take("docs/alerts.md", lang="yaml")
+
+
 def test_every_yaml_example_in_the_alerts_doc_is_valid() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.DOTALL)
+    blocks = [b.text for b in ALERTS_YAML]
     assert len(blocks) >= 8
     environ = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
                "ALERT_WEBHOOK_SECRET": "s", "SMTP_PASSWORD": "p"}

@@ -3,22 +3,23 @@ the URLs and send the auth the doc promises."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from doc_blocks import take
 from shipyard.config.loader import parse_config
 from shipyard.config.targets import PROVIDER_KINDS
 from shipyard.providers import KINDS, build_provider
 from shipyard.providers.translating import TranslatingProvider
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
+TAKEN = take("docs/providers.md", lang="yaml")
 ENV = {"ANTHROPIC_API_KEY": "sk-ant-x", "GEMINI_API_KEY": "g-x", "AZURE_OPENAI_API_KEY": "az",
        "AWS_ACCESS_KEY_ID": "AKIDX", "AWS_SECRET_ACCESS_KEY": "s", "SHIPYARD_API_KEY": "k" * 32}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _blocks() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    return [b.text for b in TAKEN]
 
 
 def test_every_kind_is_registered_and_documented() -> None:
