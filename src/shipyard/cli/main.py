@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
