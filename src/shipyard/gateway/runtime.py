@@ -141,6 +141,9 @@ class Gateway:
         targets = build_targets(config, self.providers, self.shared)
         self.models: dict[str, ModelTarget] = targets.models
         self.services: dict[str, ServiceTarget] = targets.services
+        if self.ray is not None:
+            self.ray.plans = lambda: {name: s.router.plan for name, s in self.services.items()
+                                      if s.runner is not None}
         breakers: dict[str, CircuitBreaker] = {}
         for target in self.models.values():
             for deployment in target.deployments:

@@ -107,6 +107,10 @@ class Replica:
             result = result.model_dump(mode="json")
         return result
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The spec's hash, sent as Ray Serve's user_config (see `serving`)."""
+        self.spec_hash = user_config.get("spec")
+
     def pid(self) -> int:
         """The replica's process id (what `shipyard status` lists, what a chaos test kills)."""
         return os.getpid()

@@ -22,12 +22,14 @@ request. Replica states, the autoscaler's target and its decisions are read ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +81,11 @@ class _Snapshot:
     replicas: dict[str, int] = field(default_factory=dict)
     target: int | None = None
     pids: list[dict[str, Any]] = field(default_factory=list)
+    spec_hash: str | None = None
+
+
+def _quiet_backpressure(record: logging.LogRecord) -> bool:
+    return "dropped due to backpressure" not in record.getMessage()
 
 
 def _error_class(name: str) -> type[ShipyardError]:
@@ -100,6 +107,9 @@ class RayServing:
         self.snapshots: dict[str, _Snapshot] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=50)
         self.runners: dict[str, RayRunner] = {}
+        # The plans that serve now, by service (set by the gateway: its current targets, so a
+        # reload that was refused never retires what still serves).
+        self.plans: Callable[[], dict[str, Plan]] = self._runner_plans
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +122,10 @@ class RayServing:
         if self._serve is None:
             connect(self.config)
             from ray import serve
+
+            # Shed requests are counted (shipyard_requests_shed) and answered 503; Ray's own
+            # line per dropped request would flood the log under overload.
+            logging.getLogger("ray.serve").addFilter(_quiet_backpressure)
 
             serve.start(proxy_location="Disabled")
             self._serve = serve
@@ -156,7 +170,10 @@ class RayServing:
             options["num_replicas"] = placement.replicas or 1
         identity = orjson.dumps({"spec": spec.identity(), "options": options},
                                 option=orjson.OPT_SORT_KEYS, default=str)
-        options["version"] = hashlib.sha256(identity).hexdigest()[:16]
+        # Ray Serve versions Python deployments itself (a new code version on every deploy),
+        # so the spec's hash rides along as user_config: a process that finds the same hash
+        # running does not deploy again (no replica restarts when a gateway restarts).
+        options["user_config"] = {"spec": hashlib.sha256(identity).hexdigest()[:16]}
         return options
 
     def deploy(self, service: str, placement: RayPlacement, version: LoadedVersion, *,
@@ -166,25 +183,33 @@ class RayServing:
         name = self.app_name(service, version.label)
         spec = VersionSpec.of(service, version, timeout_s=timeout_s)
         options = self._options(placement, spec)
+        spec_hash = str(options["user_config"]["spec"])
         with self._lock:
             known = self.apps.get(name)
-            if known is not None and known.spec_hash == options["version"] and (
+            if known is not None and known.spec_hash == spec_hash and (
                     known.handle is not None):
                 known.unused_since = None
                 return known
         serve = self.serve()
-        app = serve.deployment(Replica).options(**options).bind(spec)
         started = time.monotonic()
-        log.info("ray: deploying %s (%s)", name, placement.scale)
-        serve._run(app, name=name, route_prefix=None, _blocking=False)
-        self._wait_healthy(name, started)
+        running = _details(serve).get(name)
+        if running is None or running.spec_hash != spec_hash or running.status != "RUNNING":
+            app = serve.deployment(Replica).options(**options).bind(spec)
+            log.info("ray: deploying %s (%s)", name, placement.scale)
+            serve._run(app, name=name, route_prefix=None, _blocking=False)
+            self._wait_healthy(name, started)
+            self.events.append({"at": time.time(), "service": service,
+                                "version": version.label, "event": "deployed",
+                                "detail": placement.scale,
+                                "seconds": round(time.monotonic() - started, 1)})
         handle = serve.get_deployment_handle(DEPLOYMENT, app_name=name)
-        found = _App(name, service, version.label, options["version"], handle)
+        # One call before serving: the handle learns the replicas, so the first burst of
+        # requests is spread over them instead of filling the queue of a handle that knows
+        # none yet.
+        handle.pid.remote().result(timeout_s=self.config.deploy_timeout_s)
+        found = _App(name, service, version.label, spec_hash, handle)
         with self._lock:
             self.apps[name] = found
-        self.events.append({"at": time.time(), "service": service, "version": version.label,
-                            "event": "deployed", "detail": placement.scale,
-                            "seconds": round(time.monotonic() - started, 1)})
         return found
 
     def _wait_healthy(self, name: str, started: float) -> None:
@@ -236,10 +261,8 @@ class RayServing:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
             self._task = None
 
     async def _loop(self) -> None:
@@ -284,15 +307,16 @@ class RayServing:
                 for state in found.replicas:
                     self.metrics.ray_replicas.labels(app.service, app.label, state).set(0)
 
+    def _runner_plans(self) -> dict[str, Plan]:
+        return {name: runner.router.plan for name, runner in self.runners.items()
+                if runner.router is not None}
+
     def _wanted(self) -> set[str]:
         names = set()
-        for runner in self.runners.values():
-            plan = runner.router.plan if runner.router is not None else None
-            if plan is None:
-                continue
+        for service, plan in self.plans().items():
             for version in (plan.stable, plan.candidate):
                 if version is not None:
-                    names.add(self.app_name(runner.name, version.label))
+                    names.add(self.app_name(service, version.label))
         return names
 
     def _report(self, app: _App, old: _Snapshot | None, new: _Snapshot) -> None:
@@ -359,7 +383,9 @@ def _details(serve: Any) -> dict[str, _Snapshot]:
             status=str(app.get("status", "UNKNOWN")).rsplit(".", 1)[-1],
             deployment_status=str(deployment.get("status", "UNKNOWN")).rsplit(".", 1)[-1],
             message=str(deployment.get("message") or app.get("message") or ""),
-            replicas=replicas, target=deployment.get("target_num_replicas"), pids=pids)
+            replicas=replicas, target=deployment.get("target_num_replicas"), pids=pids,
+            spec_hash=((deployment.get("deployment_config") or {}).get("user_config")
+                       or {}).get("spec"))
     return out
 
 
