@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -42,7 +42,7 @@ class LocalRayCluster:
 
     def processes(self) -> list[int]:
         """The pids of the node processes and all their descendants."""
-        return _descendants([n.pid for n in self.nodes])
+        return descendants([n.pid for n in self.nodes])
 
     def stop(self) -> None:
         # Every process the nodes started (raylets, GCS, workers, replicas), by pid.
@@ -62,7 +62,7 @@ class LocalRayCluster:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _descendants(roots: list[int]) -> list[int]:
+def descendants(roots: list[int]) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
