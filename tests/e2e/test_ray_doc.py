@@ -7,6 +7,7 @@ raylet, GCS and workers included) is ended by pid afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -129,10 +130,8 @@ def test_the_worked_example_runs_as_printed(tmp_path: Path) -> None:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(10)
         for pid in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     # Both data runs wrote the same bytes.
     parquet = sorted((tmp_path / "datasets" / "signups").glob("v*/data.parquet"))
     assert len(parquet) == 2 and parquet[0].read_bytes() == parquet[1].read_bytes()

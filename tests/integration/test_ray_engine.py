@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -277,6 +278,21 @@ def test_autoscaling_up_under_load_and_back(gateway: Proc) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics", headers=HEADERS).text
     assert 'shipyard_ray_scaling_decisions_total{direction="up",service="auto"}' in metrics
     assert 'shipyard_ray_scaling_decisions_total{direction="down",service="auto"}' in metrics
+    # The service's dashboard page shows the replicas and the decisions.
+    page = _dashboard(gateway, "/ui/services/auto")
+    assert "On Ray Serve" in page and "shipyard-auto-v1" in page
+    assert "scale up" in page and "1 → 2 replicas" in page and "2 → 1 replicas" in page
+
+
+def _dashboard(gateway: Proc, path: str) -> str:
+    with httpx.Client(base_url=gateway.url, follow_redirects=True, timeout=30) as client:
+        form = client.get("/ui/login").text
+        found = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert found is not None, form[:500]
+        client.post("/ui/login", data={"key": API_KEY, "csrf": found.group(1), "next": path})
+        answer = client.get(path)
+        assert answer.status_code == 200 and "/ui/login" not in str(answer.url), answer.text
+        return answer.text
 
 
 def _target(gateway: Proc) -> int | None:
