@@ -32,9 +32,9 @@ from typing import Any
 
 import httpx
 import pytest
-from ray_cluster import LocalRayCluster, start_cluster
 
 from conftest import API_KEY, FIXTURES, REPO, Proc, launch_gateway
+from ray_cluster import LocalRayCluster, start_cluster
 
 pytestmark = pytest.mark.slow
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
