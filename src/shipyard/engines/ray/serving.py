@@ -179,7 +179,19 @@ class RayServing:
     def deploy(self, service: str, placement: RayPlacement, version: LoadedVersion, *,
                timeout_s: float) -> _App:
         """Deploy `version` of `service` (a no-op when Ray already runs the same spec) and
-        wait until it is healthy; blocking, for a worker thread."""
+        wait until it is healthy; blocking, for a worker thread. Raises ConfigError saying
+        why when it cannot."""
+        try:
+            return self._deploy(service, placement, version, timeout_s=timeout_s)
+        except ShipyardError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise ConfigError(f"Ray Serve could not deploy version {version.label} of "
+                              f"'{service}' ({type(exc).__name__}: {text}).") from None
+
+    def _deploy(self, service: str, placement: RayPlacement, version: LoadedVersion, *,
+                timeout_s: float) -> _App:
         name = self.app_name(service, version.label)
         spec = VersionSpec.of(service, version, timeout_s=timeout_s)
         options = self._options(placement, spec)
@@ -340,6 +352,20 @@ class RayServing:
                                 "version": app.label, "event": "unhealthy",
                                 "detail": new.message[:200]})
 
+    def problems(self) -> list[str]:
+        """What keeps services on Ray from serving (for /readyz): the status read failing,
+        versions that could not be deployed."""
+        found = [f"reading Ray Serve's status failed: {self.last_error}"] if (
+            self.last_error) else []
+        for name, runner in sorted(self.runners.items()):
+            router = runner.router
+            if router is not None and router.load_error and router.load_error.startswith(
+                    "versions of"):
+                found.append(router.load_error)
+            if runner.deploy_error is not None:
+                found.append(f"service '{name}': {runner.deploy_error}")
+        return found
+
     def status(self, service: str) -> dict[str, Any]:
         """What `shipyard status` and the dashboard show of one service on Ray."""
         runner = self.runners.get(service)
@@ -398,6 +424,7 @@ class RayRunner:
         self.name = name
         self.config = config
         self.router: VersionRouter | None = None
+        self.deploy_error: str | None = None  # the last on-demand deployment that failed
 
     def attach(self, router: VersionRouter) -> None:
         """Deploy every plan the lifecycle controller is about to swap in first."""
@@ -413,7 +440,16 @@ class RayRunner:
 
         attempts = placement.retries + 1
         for attempt in range(1, attempts + 1):
-            handle = await self.serving.handle(self.name, self.config, version)
+            try:
+                handle = await self.serving.handle(self.name, self.config, version)
+            except ShipyardError as exc:
+                # Not deployable now (the cluster is unreachable, too few CPUs): retryable.
+                self.deploy_error = exc.message
+                raise CapacityError(
+                    f"{what} cannot be deployed on Ray now ({exc.message}); retry after "
+                    f"{placement.retry_after_s} s.",
+                    headers={"retry-after": str(placement.retry_after_s)}) from None
+            self.deploy_error = None
             response = handle.remote(argument, called)
             try:
                 async with asyncio.timeout(self.config.timeout_s):
