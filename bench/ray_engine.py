@@ -178,6 +178,8 @@ def make_csv(path: Path, rows: int) -> None:
 
 
 def data_runs(folder: Path, address: str, rows: int) -> dict[str, Any]:
+    folder = folder / "data"
+    folder.mkdir()
     make_csv(folder / "big.csv", rows)
     (folder / "pipeline.yaml").write_text(
         "name: big\nsource: {path: big.csv, batch_size: 20000}\nschema:\n  columns:\n"

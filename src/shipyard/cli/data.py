@@ -160,7 +160,8 @@ def _ray_runner(config: Path | None, address: str | None, workers: int | None) -
         raise fail(f"--engine ray needs the '{exc.name}' package; run: "
                    "pip install 'shipyard[ray]'") from None
     found = config_path(config)
-    ray = load_config(found).ray if (config is not None or found.exists()) else RayConfig()
+    ray = (load_config(found, secrets=False).ray if (config is not None or found.exists())
+           else RayConfig())
     if address is not None:
         try:
             ray = ray.model_copy(update={"address": RayConfig(address=address).address})
