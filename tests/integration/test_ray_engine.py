@@ -172,6 +172,10 @@ def test_two_replicas_behind_the_gateway(gateway: Proc) -> None:
             assert answer.status_code == 200, answer.text
             assert answer.json()["output"]["y"] == i * i
             assert answer.headers["x-shipyard-version"] == "1"
+            # The replica knows the request it serves (and its W3C trace).
+            output = answer.json()["output"]
+            assert output["request_id"] == answer.headers["x-request-id"]
+            assert output["traceparent"].split("-")[1] == answer.headers["x-shipyard-trace-id"]
             pids.add(answer.json()["output"]["pid"])
         # Both replicas answered, and none of them is the gateway.
         assert len(pids) == 2 and gateway.process.pid not in pids
@@ -189,6 +193,8 @@ def test_two_replicas_behind_the_gateway(gateway: Proc) -> None:
         assert "ValueError: cannot handle 3" in broken.json()["error"]["message"]
     metrics = httpx.get(f"{gateway.url}/metrics", headers=HEADERS).text
     assert 'shipyard_ray_replicas{service="square",state="RUNNING",version="1"} 2.0' in metrics
+    ready = httpx.get(f"{gateway.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["ray"] is True
 
 
 def test_killing_a_replica_loses_no_request(gateway: Proc) -> None:

@@ -105,8 +105,10 @@ def build_targets(config: Config, providers: Mapping[str, Provider],
     for service in services.values():
         if service.config.engine == "ray":
             if shared.ray is None:
-                raise ConfigError(f"Service '{service.name}' has engine 'ray' but this "
-                                  "gateway was built without Ray Serve (Shared.ray).")
+                raise ConfigError(f"Config key 'services.{service.name}.engine' is 'ray', "
+                                  "but this gateway started without any service on Ray; "
+                                  "restart it (a reload cannot add the first engine: ray "
+                                  "service).")
             runner = shared.ray.runner(service.name, service.config)
             runner.attach(service.router)
             service.runner = runner

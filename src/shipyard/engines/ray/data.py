@@ -40,6 +40,9 @@ class BatchActor:
     def process(self, raw: RawBatch, columns: list[str], first_id: int) -> ProcessedBatch:
         return self.processor.process(raw, columns, first_id)
 
+    def ready(self) -> bool:
+        return True
+
 
 class RayBatchRunner:
     """A `shipyard.data.pipeline.BatchRunner` on Ray actors.
@@ -49,10 +52,11 @@ class RayBatchRunner:
     """
 
     def __init__(self, config: RayConfig, *, workers: int | None = None,
-                 num_cpus: float = 1.0) -> None:
+                 num_cpus: float = 1.0, start_timeout_s: float = 120.0) -> None:
         self.config = config
         self.workers = workers
         self.num_cpus = num_cpus
+        self.start_timeout_s = start_timeout_s
         self.used_workers = 0
 
     def _size(self, ray: Any) -> int:
@@ -70,21 +74,39 @@ class RayBatchRunner:
         actors = [actor_class.remote(config) for _ in range(size)]
         pending: deque[Any] = deque()
         try:
+            self._started(ray, actors)
             for n, (raw, columns, first_id) in enumerate(jobs):
                 pending.append(actors[n % size].process.remote(raw, columns, first_id))
                 while len(pending) >= size * 2:
-                    yield _get(ray, pending.popleft())
+                    yield _processed(ray, pending.popleft())
             while pending:
-                yield _get(ray, pending.popleft())
+                yield _processed(ray, pending.popleft())
         finally:
             for actor in actors:
                 ray.kill(actor)
 
 
-def _get(ray: Any, ref: Any) -> ProcessedBatch:
+    def _started(self, ray: Any, actors: list[Any]) -> None:
+        """Every actor is up, or a clear error: an actor that cannot be placed (every CPU
+        reserved, e.g. by Serve replicas) would otherwise wait forever."""
+        probes = [actor.ready.remote() for actor in actors]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=self.start_timeout_s)
+        if len(ready) == len(probes):
+            return
+        for probe in ready:
+            _get(ray, probe)  # an actor that failed to start says why
+        free = ray.available_resources().get("CPU", 0.0)
+        total = ray.cluster_resources().get("CPU", 0.0)
+        raise ShipyardError(
+            f"Only {len(ready)} of {len(actors)} Ray actors of the data pipeline started within "
+            f"{self.start_timeout_s:g} s; the cluster has {free:g} of {total:g} CPUs free and "
+            f"each actor needs {self.num_cpus:g}. Pass fewer --workers, or free CPUs (Serve "
+            "replicas reserve theirs).")
+
+
+def _get(ray: Any, ref: Any) -> Any:
     try:
-        done: ProcessedBatch = ray.get(ref)
-        return done
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, ShipyardError):
@@ -94,3 +116,8 @@ def _get(ray: Any, ref: Any) -> ProcessedBatch:
     except ray.exceptions.RayActorError as exc:
         raise ShipyardError(f"A Ray actor of the data pipeline died ({type(exc).__name__}); "
                           "check the cluster's memory (ray status) and run again.") from None
+
+
+def _processed(ray: Any, ref: Any) -> ProcessedBatch:
+    done: ProcessedBatch = _get(ray, ref)
+    return done
