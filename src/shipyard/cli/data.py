@@ -86,7 +86,7 @@ def run(
                        ] = False,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes for validate/clean/PII (default: the pipeline's workers; "
-             "with --engine ray: Ray actors, default one per CPU of the cluster).")
+             "with --engine ray: Ray actors, default one per free CPU of the cluster).")
                        ] = None,
     engine: Annotated[str, typer.Option(
         help="Where batches are processed: local (this machine's processes) or ray (actors "

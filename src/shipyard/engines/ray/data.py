@@ -47,7 +47,7 @@ class BatchActor:
 class RayBatchRunner:
     """A `shipyard.data.pipeline.BatchRunner` on Ray actors.
 
-    `workers` actors (default: one per CPU of the cluster, at most 64), each reserving
+    `workers` actors (default: one per CPU free on the cluster, at most 64), each reserving
     `num_cpus`.
     """
 
@@ -62,7 +62,8 @@ class RayBatchRunner:
     def _size(self, ray: Any) -> int:
         if self.workers is not None:
             return self.workers
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        # The CPUs free now (Serve replicas may hold some of the cluster's).
+        cpus = float(ray.available_resources().get("CPU", 1.0))
         return max(1, min(64, int(cpus // max(self.num_cpus, 0.01))))
 
     def __call__(self, config: PipelineConfig,
