@@ -238,7 +238,7 @@ def test_overload_sheds_503_with_retry_after(gateway: Proc) -> None:
             async def one() -> tuple[int, float, dict[str, str]]:
                 started = time.perf_counter()
                 answer = await client.post(f"{gateway.url}/v1/services/tight/invoke",
-                                           headers=HEADERS, json={"x": 2, "sleep": 1.5})
+                                           headers=HEADERS, json={"x": 2, "sleep": 3})
                 return answer.status_code, time.perf_counter() - started, dict(
                     answer.headers)
             return await asyncio.gather(*(one() for _ in range(8)))
@@ -250,7 +250,7 @@ def test_overload_sheds_503_with_retry_after(gateway: Proc) -> None:
     # One replica working on one request and one waiting: the rest are refused at once.
     assert 1 <= len(ok) <= 2 and len(shed) >= 6
     assert all(r[2]["retry-after"] == "2" for r in shed)
-    assert all(r[1] < 1.2 for r in shed)  # refused, not queued behind the 1.5 s calls
+    assert all(r[1] < 2.0 for r in shed)  # refused, not queued behind the 3 s calls
     metrics = httpx.get(f"{gateway.url}/metrics", headers=HEADERS).text
     assert 'shipyard_requests_shed_total{scope="tight:ray"}' in metrics
 
