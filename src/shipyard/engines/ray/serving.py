@@ -439,7 +439,9 @@ class RayRunner:
         from ray.serve.exceptions import BackPressureError
 
         attempts = placement.retries + 1
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 handle = await self.serving.handle(self.name, self.config, version)
             except ShipyardError as exc:
@@ -499,4 +501,3 @@ class RayRunner:
             if isinstance(result, Failure):
                 raise _error_class(result.error)(result.message, code=result.code)
             return result
-        raise AssertionError("unreachable")  # pragma: no cover
