@@ -18,6 +18,7 @@ import yaml
 
 from doc_blocks import take
 from shipyard.config import parse_config
+from shipyard.config.engines import RayConfig
 from shipyard.observe.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,6 +147,27 @@ def test_the_rayservice_template() -> None:
              "template": group["template"]}, K8S_VERSION, strict=True)
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_the_raycluster_template_runs_the_shipyard_image_and_fits_the_ray_config() -> None:
+    (cluster,) = _docs(K8S / "ray" / "raycluster.yaml")
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    spec = cluster["spec"]
+    gateway = _docs(K8S / "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray"},
+             "template": group["template"]}, K8S_VERSION, strict=True)
+        # Replicas import Shipyard and the user's code: the gateway's own image.
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["image"] == gateway["image"]
+    for group in spec["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # The address docs/ray.md tells the gateway to use is KubeRay's head service.
+    address = f"{cluster['metadata']['name']}-head-svc:6379"
+    assert f'address: "{address}"' in (REPO / "docs" / "ray.md").read_text()
+    RayConfig(address=address)
 
 
 def _blocks(doc: str) -> list[tuple[str | None, str]]:

@@ -21,7 +21,8 @@ YAML = [b for doc in DOCS for b in parse(doc) if b.lang == "yaml"]
 
 
 def _is_pipeline(block: Block) -> bool:
-    return block.doc == "docs/data.md"
+    return block.doc == "docs/data.md" or (block.doc == "docs/ray.md"
+                                           and block.text.startswith("name:"))
 
 
 for _block in YAML:  # registered block by block: each is loaded by the test below
@@ -68,7 +69,7 @@ def test_the_pipeline_blocks_of_data_md_load() -> None:
     reference fragments are top-level keys of a pipeline: put into the worked example, it
     still loads."""
     example = Path(__file__).resolve().parents[2] / "examples" / "data"
-    blocks = [b for b in YAML if _is_pipeline(b)]
+    blocks = [b for b in YAML if _is_pipeline(b) and b.doc == "docs/data.md"]
     whole = [b for b in blocks if b.text.startswith("name:")]
     assert len(whole) == 1 and whole[0].text in (example / "pipeline.yaml").read_text()
     parse_pipeline(whole[0].text, base_dir=example)
@@ -79,3 +80,10 @@ def test_the_pipeline_blocks_of_data_md_load() -> None:
         merged = {**base, **{k: v if not isinstance(v, dict) or not isinstance(base.get(k), dict)
                              else {**base[k], **v} for k, v in fragment.items()}}
         parse_pipeline(yaml.safe_dump(merged), base_dir=example)
+
+
+def test_the_pipeline_of_ray_md_loads(tmp_path: Path) -> None:
+    """docs/ray.md's pipeline is a whole one (run as printed by tests/e2e/test_ray_doc.py)."""
+    (block,) = [b for b in YAML if _is_pipeline(b) and b.doc == "docs/ray.md"]
+    (tmp_path / "signups.csv").write_text("id,age,notes\n1,30,hi\n")
+    parse_pipeline(block.text, base_dir=tmp_path)

@@ -87,8 +87,16 @@ def run(
                        help="Validate and report; write no dataset, quarantine or store row.")
                        ] = False,
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes for validate/clean/PII (default: the pipeline's workers).")
+        help="Worker processes for validate/clean/PII (default: the pipeline's workers; "
+             "with --engine ray: Ray actors, default one per free CPU of the cluster).")
                        ] = None,
+    engine: Annotated[str, typer.Option(
+        help="Where batches are processed: local (this machine's processes) or ray (actors "
+             "on the Ray cluster of the config's ray: section, or --ray-address).")
+                      ] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        help="engine ray: the cluster (auto, HOST:PORT, ray://HOST:10001 or local); "
+             "default: the config's ray.address, else auto (RAY_ADDRESS).")] = None,
     config: ConfigOpt = None,
     store_url: StoreOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")
@@ -101,11 +109,14 @@ def run(
     Exits 0 when the run completes (quarantined rows are not an error; see the report).
     """
     data = _data()
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine is '{engine}'; use local or ray.")
     try:
         cfg = data.load_pipeline(pipeline)
+        runner = _ray_runner(config, ray_address, workers) if engine == "ray" else None
     except ShipyardError as exc:
         raise fail(exc) from None
-    engine = None if dry_run else _store(config, store_url)
+    store = None if dry_run else _store(config, store_url)
     show = progress and not as_json and sys.stderr.isatty()
     bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
                    TextColumn("{task.completed:,.0f} rows"),
@@ -122,17 +133,44 @@ def run(
                     started[0] = bar.get_time()
                 bar.update(task, completed=rows, rate=rows / elapsed if elapsed > 0 else 0.0)
 
-            report = data.run_pipeline(cfg, store=engine, dry_run=dry_run, progress=tick,
-                                       workers=workers)
+            report = data.run_pipeline(cfg, store=store, dry_run=dry_run, progress=tick,
+                                       workers=workers, runner=runner, engine=engine)
     except ShipyardError as exc:
         raise fail(exc) from None
     finally:
-        if engine is not None:
-            engine.dispose()
+        if store is not None:
+            store.dispose()
+        if runner is not None:
+            from shipyard.engines.ray.cluster import shutdown
+
+            shutdown()
     if as_json:
         _json(report.to_dict())
     else:
         _summary(report.to_dict())
+
+
+def _ray_runner(config: Path | None, address: str | None, workers: int | None) -> Any:
+    """The Ray engine's batch runner: the cluster of the config's `ray:` section (when a
+    config is given or found), with --ray-address over it."""
+    from shipyard.config.engines import RayConfig
+    from shipyard.config.loader import load_config
+
+    try:
+        from shipyard.engines.ray.data import RayBatchRunner
+    except ModuleNotFoundError as exc:
+        raise fail(f"--engine ray needs the '{exc.name}' package; run: "
+                   "pip install 'shipyard[ray]'") from None
+    found = config_path(config)
+    ray = (load_config(found, secrets=False).ray if (config is not None or found.exists())
+           else RayConfig())
+    if address is not None:
+        try:
+            ray = ray.model_copy(update={"address": RayConfig(address=address).address})
+        except ValueError as exc:
+            raise fail(f"--ray-address is '{address}', which is not a Ray address; use auto, "
+                       "local, HOST:PORT or ray://HOST:10001.") from exc
+    return RayBatchRunner(ray, workers=workers)
 
 
 @app.command("list")

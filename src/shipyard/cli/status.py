@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shipyard.cli.common import console, fail
@@ -66,6 +67,7 @@ def status(
                           f"{d['retry_after_s']:.1f}s" if circuit == "open" else "",
                           ", ".join(model["fallbacks"]))
     console.print(table)
+    _ray_table(data.get("services") or {})
     traces = data.get("traces")
     if traces:
         console.print(
@@ -74,3 +76,30 @@ def status(
             f"{traces['replayed']} replayed, {traces['spool_lost'] + traces['lost']} lost")
     if data.get("draining"):
         console.print("[yellow]draining: not taking new requests[/]")
+
+
+def _ray_table(services: dict[str, Any]) -> None:
+    """Services on Ray Serve: each version's state, replicas (running / the autoscaler's
+    target) and the newest scaling or deployment event (`--json` has the applications and
+    each replica's process)."""
+    rows = [(name, s["ray"]) for name, s in sorted(services.items()) if s.get("ray")]
+    if not rows:
+        return
+    table = Table(title="Services on Ray", show_edge=False)
+    for column in ("service", "version", "state", "replicas", "scale", "last event"):
+        table.add_column(column)
+    for name, ray in rows:
+        events = ray.get("events") or []
+        last = (f"{events[-1]['event']} {events[-1].get('detail', '')}".strip()
+                if events else "")
+        for v in ray["versions"] or [{"version": "-", "app": "-", "status": "not deployed",
+                                      "replicas": {}, "target_replicas": None,
+                                      "retiring": False}]:
+            running = v["replicas"].get("RUNNING", 0)
+            target = v["target_replicas"]
+            state = v["status"] + (" (retiring)" if v["retiring"] else "")
+            table.add_row(*(escape(cell) for cell in (
+                name, str(v["version"]), state,
+                f"{running}/{target if target is not None else '?'}",
+                str(ray.get("scale") or ""), last)))
+    console.print(table)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
 from shipyard.config.base import NAME_PATTERN, Section
 from shipyard.config.drift import DriftConfig
+from shipyard.config.engines import RayConfig
 from shipyard.config.lifecycle import LifecycleConfig
 from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, RateLimitsConfig
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
@@ -92,6 +93,9 @@ class Config(Section):
         "limits, admission, PII and input guards; before the cache and the target). See "
         "docs/architecture.md.")
     work: WorkConfig = Field(default_factory=lambda: WorkConfig())
+    ray: RayConfig = Field(default_factory=lambda: RayConfig(),
+                           description="The Ray cluster of `engine: ray` services and "
+                           "`shipyard data run --engine ray` (see docs/ray.md).")
     webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
 
     @model_validator(mode="after")

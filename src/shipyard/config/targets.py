@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shipyard.config.base import FUNCTION_PATTERN, CaptureMode, Section
+from shipyard.config.engines import Engine, RayPlacement
 from shipyard.config.lifecycle import RetrainConfig, RolloutConfig
 from shipyard.config.resilience import (
     AdmissionConfig,
@@ -358,6 +359,15 @@ class ServiceConfig(Section):
         "extra); relative to the config file. Its input is `{features: [...]}` (one row or "
         "a list of rows). Pickles run code when loaded: serve only files you trust "
         "(docs/lifecycle.md).")
+    engine: Engine = Field(
+        "process", description="Where the function runs: `process` (in the gateway process, "
+        "sync functions in its thread pool) or `ray` (a Ray Serve deployment per version on "
+        "the cluster of the `ray:` section, reached through a deployment handle; see "
+        "docs/ray.md).")
+    ray: RayPlacement = Field(
+        default_factory=lambda: RayPlacement(),
+        description="engine `ray`: replicas or autoscaling bounds, resources per replica and "
+        "bounded queues.")
     call: Literal["predict", "predict_proba"] = Field(
         "predict_proba", description="How a `model` is called: `predict` (the label) or "
         "`predict_proba` (the label and each class's probability).")
@@ -415,6 +425,9 @@ class ServiceConfig(Section):
         if (self.function is None) == (self.model is None):
             raise ValueError("set either 'function' (package.module:function) or 'model' "
                              "(a model file such as model.joblib), not both or neither")
+        if "ray" in self.model_fields_set and self.engine != "ray":
+            raise ValueError("'ray' settings only apply to 'engine: ray'; add engine: ray "
+                             "or remove the 'ray' section")
         if self.retrain is not None and self.model is None:
             raise ValueError("'retrain' needs a 'model' service (its artifact is what the "
                              "training function replaces)")

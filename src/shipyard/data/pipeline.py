@@ -23,7 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -45,7 +45,8 @@ from shipyard.data.registry import DatasetRegistry
 from shipyard.data.sources import RawBatch, SourceInfo, iter_source
 from shipyard.errors import ShipyardError
 
-__all__ = ["AccountingError", "RunReport", "run_pipeline"]
+__all__ = ["AccountingError", "BatchJob", "BatchRunner", "InProcesses", "RunReport",
+           "in_process", "run_pipeline"]
 
 Progress = Callable[[int], None]
 
@@ -82,6 +83,7 @@ class RunReport:
     content_hash: str | None = None
     config_hash: str = ""
     columns: list[dict[str, str]] = field(default_factory=list)
+    engine: str = "local"  # where batches were processed: local (processes) or ray
 
     def check(self) -> None:
         """Raise AccountingError unless rows_in = rows_out + quarantined + duplicates removed."""
@@ -98,7 +100,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "dry_run": self.dry_run, "version": self.version,
+            "name": self.name, "dry_run": self.dry_run, "engine": self.engine,
+            "version": self.version,
             "dataset_id": self.dataset_id, "path": self.path, "content_hash": self.content_hash,
             "config_hash": self.config_hash,
             "rows": {"in": self.rows_in, "out": self.rows_out,
@@ -153,43 +156,73 @@ def _output_columns(config: PipelineConfig, raw: RawBatch) -> list[str]:
     return declared + [c for c in raw.column_names() if c not in sources and c not in declared]
 
 
-def _batches(config: PipelineConfig, info: SourceInfo,
-             workers: int) -> Iterator[tuple[str, int, ProcessedBatch, list[str]]]:
+# One batch to process: the raw rows, the output columns and the id of its first row.
+BatchJob = tuple[RawBatch, list[str], int]
+
+
+class BatchRunner(Protocol):
+    """Where batches are processed (an engine): takes the run's jobs in input order and
+    yields their processed batches in the same order. Built in: this process (`workers`
+    1), spawned worker processes (`workers` N), and Ray actors across a cluster
+    (`shipyard.engines.ray.data`). Pulling jobs lazily keeps memory flat."""
+
+    def __call__(self, config: PipelineConfig,
+                 jobs: Iterator[BatchJob]) -> Iterator[ProcessedBatch]: ...
+
+
+def in_process(config: PipelineConfig, jobs: Iterator[BatchJob]) -> Iterator[ProcessedBatch]:
+    processor = BatchProcessor(config)
+    for raw, columns, first_id in jobs:
+        yield processor.process(raw, columns, first_id)
+
+
+@dataclass(frozen=True)
+class InProcesses:
+    """Spawned worker processes, at most two batches each in flight."""
+
+    workers: int
+
+    def __call__(self, config: PipelineConfig,
+                 jobs: Iterator[BatchJob]) -> Iterator[ProcessedBatch]:
+        # spawn, not fork: the parent may run a progress thread, and forked threads deadlock.
+        context = multiprocessing.get_context("spawn")
+        pending: deque[Future[ProcessedBatch]] = deque()
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
+                                 initializer=init_worker, initargs=(config,)) as pool:
+            for raw, columns, first_id in jobs:
+                pending.append(pool.submit(process_in_worker, raw, columns, first_id))
+                while len(pending) >= self.workers * 2:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+
+def _batches(config: PipelineConfig, info: SourceInfo, workers: int,
+             runner: BatchRunner | None = None
+             ) -> Iterator[tuple[str, int, ProcessedBatch, list[str]]]:
     """(file, rows read, processed batch, output columns) in input order.
 
-    The output columns are fixed by the first batch that has rows.
+    The output columns are fixed by the first batch that has rows; row ids count from 1 in
+    read order, so every engine numbers (and so de-duplicates) the same rows the same way.
     """
     source = iter_source(config.source, base_dir=Path(config.base_dir), info=info)
-    columns: list[str] | None = None
-    first_id = 1
-    if workers <= 1:
-        processor = BatchProcessor(config)
+    meta: deque[tuple[str, int, list[str]]] = deque()
+
+    def jobs() -> Iterator[BatchJob]:
+        columns: list[str] | None = None
+        first_id = 1
         for raw in source:
             if columns is None and raw.rows:
                 columns = _output_columns(config, raw)
             cols = columns or list(config.schema_.columns)
-            yield raw.file, raw.size, processor.process(raw, cols, first_id), cols
+            meta.append((raw.file, raw.size, cols))
+            yield raw, cols, first_id
             first_id += raw.size
-        return
-    # spawn, not fork: the parent may run a progress thread, and forked threads deadlock.
-    context = multiprocessing.get_context("spawn")
-    pending: deque[tuple[str, int, Future[ProcessedBatch], list[str]]] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker,
-                             initargs=(config,)) as pool:
-        for raw in source:
-            if columns is None and raw.rows:
-                columns = _output_columns(config, raw)
-            cols = columns or list(config.schema_.columns)
-            # At most two batches per worker in flight: memory stays flat on any input size.
-            pending.append((raw.file, raw.size,
-                            pool.submit(process_in_worker, raw, cols, first_id), cols))
-            first_id += raw.size
-            while len(pending) >= workers * 2:
-                file, size, future, done_cols = pending.popleft()
-                yield file, size, future.result(), done_cols
-        while pending:
-            file, size, future, done_cols = pending.popleft()
-            yield file, size, future.result(), done_cols
+
+    run = runner or (in_process if workers <= 1 else InProcesses(workers))
+    for done in run(config, jobs()):
+        file, size, cols = meta.popleft()
+        yield file, size, done, cols
 
 
 def _sha256(path: Path) -> str:
@@ -201,13 +234,18 @@ def _sha256(path: Path) -> str:
 
 
 def run_pipeline(config: PipelineConfig, *, store: Engine | None = None, dry_run: bool = False,
-                 progress: Progress | None = None, workers: int | None = None) -> RunReport:
+                 progress: Progress | None = None, workers: int | None = None,
+                 runner: BatchRunner | None = None, engine: str = "local") -> RunReport:
     """Run `config` end to end; with `dry_run`, validate and report without writing anything.
 
-    Without `store` the version is written to disk but not registered.
+    Without `store` the version is written to disk but not registered. `runner` processes
+    the batches elsewhere (e.g. on Ray: `shipyard.engines.ray.data.RayBatchRunner`), named
+    `engine` in the report; everything that needs the whole run stays here, so the result
+    does not depend on where batches ran.
     """
     started = time.perf_counter()
-    report = RunReport(name=config.name, dry_run=dry_run, config_hash=config_hash(config))
+    report = RunReport(name=config.name, dry_run=dry_run, config_hash=config_hash(config),
+                       engine=engine)
     info = SourceInfo(format=str(config.source.format))
     registry = DatasetRegistry(store) if store is not None else None
     version = registry.next_version(config.name) if registry else None
@@ -230,7 +268,7 @@ def run_pipeline(config: PipelineConfig, *, store: Engine | None = None, dry_run
     pii_scanned = pii_skipped = 0
     workers = workers or config.workers
     try:
-        for file, size, done, columns in _batches(config, info, workers):
+        for file, size, done, columns in _batches(config, info, workers, runner):
             report.rows_in += size
             keep = [True] * len(done.ids)
             extra_q: list[dict[str, Any]] = []

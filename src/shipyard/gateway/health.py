@@ -35,8 +35,17 @@ def health_routes(gateway: Gateway) -> list[ScopedRoute]:
                 ready = False
             else:
                 status = "degraded"
-        return json_response({"status": status if ready else "not ready", "checks": checks,
-                              "state": state}, status=200 if ready else 503)
+        body = {"status": status, "checks": checks, "state": state}
+        if gateway.ray is not None:
+            # Services on Ray: a cluster that cannot be read or a version that cannot be
+            # deployed degrades this gateway (its other targets still serve).
+            problems = gateway.ray.problems()
+            checks["ray"] = not problems
+            if problems:
+                body["ray"] = problems
+                status = "degraded"
+        body["status"] = status if ready else "not ready"
+        return json_response(body, status=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         if not gateway.config.server.metrics_public:

@@ -36,7 +36,7 @@ log = logging.getLogger("shipyard.gateway")
 
 # Sections a reload does not apply (the objects built from them live as long as the process).
 RESTART_SECTIONS = ("server", "store", "state", "auth", "traces", "ui", "rate_limits",
-                    "budgets", "alerts", "slos", "drift", "pricing")
+                    "budgets", "alerts", "slos", "drift", "pricing", "ray")
 
 
 class LifecycleHooks:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shipyard.config.schema import Config
+from shipyard.engines.ray.serving import RayServing
 from shipyard.errors import (
     CapacityError,
     ConfigError,
@@ -127,14 +128,22 @@ class Gateway:
                                  spawn=self.background.spawn)
         # Where escalation plugs into the guards: `gateway.guard_hooks.on_escalate = ...`.
         self.guard_hooks = GuardHooks(on_escalate=guard_hook(self.escalations, config))
+        # Services with `engine: ray` run on Ray Serve (shipyard.engines.ray).
+        self.ray = (RayServing(config.ray, python_path=config.python_path,
+                               metrics=self.metrics)
+                    if any(s.engine == "ray" for s in config.services.values()) else None)
         self.shared = Shared(
             metrics=self.metrics, kv=self.kv, cache=cache_store,
             persistent_kv=self.redis is not None, limiter=limiter,
             escalations=self.escalations, guard_hooks=self.guard_hooks, cipher=self.cipher,
-            base_url=_base_url(config), budgets=self.budgets, prices=self.prices)
+            base_url=_base_url(config), budgets=self.budgets, prices=self.prices,
+            ray=self.ray)
         targets = build_targets(config, self.providers, self.shared)
         self.models: dict[str, ModelTarget] = targets.models
         self.services: dict[str, ServiceTarget] = targets.services
+        if self.ray is not None:
+            self.ray.plans = lambda: {name: s.router.plan for name, s in self.services.items()
+                                      if s.runner is not None}
         breakers: dict[str, CircuitBreaker] = {}
         for target in self.models.values():
             for deployment in target.deployments:
@@ -175,6 +184,8 @@ class Gateway:
         await self.worker.start()
         await self.background.start(traces=self.recorder.writer is not None)
         await self.lifecycle.start()
+        if self.ray is not None:
+            await self.ray.start()
         self._watch_sigterm()
         self.started = True
         log.info("gateway ready: %d models, %d services", len(self.models), len(self.services))
@@ -208,6 +219,8 @@ class Gateway:
         if getattr(self, "_hup", False):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.lifecycle.stop()
+        if self.ray is not None:
+            await self.ray.stop()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -261,6 +274,10 @@ class Gateway:
         versions = self.lifecycle.status()
         services = {name: {"admission": _admissions(s.admissions), **versions.get(name, {})}
                     for name, s in sorted(self.services.items())}
+        if self.ray is not None:
+            for name, s in self.services.items():
+                if s.config.engine == "ray":
+                    services[name]["ray"] = self.ray.status(name)
         writer = self.recorder.writer
         return {
             "draining": self.draining,

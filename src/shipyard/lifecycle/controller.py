@@ -248,10 +248,22 @@ class Controller:
                 log.error("lifecycle: %s", message)
             router.load_error = message
             return None
-        router.load_error = None
         rollout = service.rollout
-        return Plan(stable, candidate, wanted.mode, wanted.share, tuple(rollout.rules),
+        plan = Plan(stable, candidate, wanted.mode, wanted.share, tuple(rollout.rules),
                     rollout.sticky, wanted.rollout_id, rollout.fallback)
+        if router.prepare is not None:
+            try:
+                router.prepare(plan)  # e.g. deployed on Ray and healthy before it serves
+            except Exception as exc:
+                text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                message = (f"versions of '{name}' could not be deployed ({text}); the "
+                           "previous version keeps serving")
+                if router.load_error != message:
+                    log.error("lifecycle: %s", message)
+                router.load_error = message
+                return None
+        router.load_error = None
+        return plan
 
     def _load(self, name: str, number: int) -> LoadedVersion:
         key = (name, number)

@@ -47,6 +47,10 @@ class LoadedVersion:
     function: Callable[..., Any]
     caller: ModelCaller | None = None  # a model artifact's built-in call style
     number: int | None = None
+    # Where it came from, so another engine can load the same version elsewhere (a Ray
+    # replica): the `module:function` reference, or the artifact and its call style.
+    reference: str | None = None
+    artifact: StoredArtifact | None = None
 
 
 def load_function(reference: str, *, key: str, label: str = "config",
@@ -54,7 +58,7 @@ def load_function(reference: str, *, key: str, label: str = "config",
     function = import_object(reference, key=key)
     if not callable(function):
         raise ConfigError(f"Config key '{key}' is '{reference}', which is not callable.")
-    return LoadedVersion(label, function, None, number)
+    return LoadedVersion(label, function, None, number, reference=reference)
 
 
 def load_model_version(artifact: StoredArtifact, call: str, *, name: str,
@@ -66,7 +70,7 @@ def load_model_version(artifact: StoredArtifact, call: str, *, name: str,
         # by the latency gate as the candidate being slow).
         with contextlib.suppress(Exception):
             caller.predict_rows([[0.0] * width])
-    return LoadedVersion(label, caller, caller, number)
+    return LoadedVersion(label, caller, caller, number, artifact=artifact)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,10 @@ class VersionRouter:
     shadow_limit: int = 8
     # Where a shadow copy's record goes (set by the gateway: a trace of route "shadow").
     on_shadow: Callable[[RequestContext, ShadowResult], None] | None = None
+    # Makes a plan servable before it is swapped in (blocking, in a worker thread): an
+    # engine that runs versions elsewhere deploys them here (`shipyard.engines.ray`). An
+    # exception leaves the previous plan serving, like a version that fails to load.
+    prepare: Callable[[Plan], None] | None = None
     shadow_in_flight: int = 0
     shadow_skipped: int = 0
     load_error: str | None = None  # the last version that failed to load, and why

@@ -164,6 +164,24 @@ class Metrics:
         self.rollout_decisions = Counter(
             "shipyard_rollout_decisions", "Rollout controller decisions (step, promote, "
             "rollback, shadow_to_canary), by service.", ("service", "action"), registry=r)
+        # Services on Ray Serve (shipyard.engines.ray): replicas by state as Ray reports them,
+        # the autoscaler's target, its decisions, and calls re-sent after a replica died.
+        self.ray_replicas = Gauge(
+            "shipyard_ray_replicas", "Ray Serve replicas of a service version, by state "
+            "(RUNNING, STARTING, UPDATING, RECOVERING, STOPPING, ...), read every "
+            "ray.status_interval_s.", ("service", "version", "state"), registry=r,
+            multiprocess_mode="max")
+        self.ray_target_replicas = Gauge(
+            "shipyard_ray_target_replicas", "Replicas Ray Serve is scaling a service version "
+            "to (the autoscaler's decision).", ("service", "version"), registry=r,
+            multiprocess_mode="max")
+        self.ray_scaling = Counter(
+            "shipyard_ray_scaling_decisions", "Autoscaling decisions seen on Ray Serve, by "
+            "service and direction (up, down).", ("service", "direction"), registry=r)
+        self.ray_replica_failures = Counter(
+            "shipyard_ray_replica_failures", "Calls whose Ray replica died or became "
+            "unreachable while working on them, by service and what followed (retried, "
+            "failed).", ("service", "outcome"), registry=r)
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,

@@ -24,6 +24,7 @@ from typing import Any
 from shipyard.config.schema import Config
 from shipyard.config.targets import StageSpec
 from shipyard.config.trust import GuardsConfig, PIIConfig
+from shipyard.engines.ray.serving import RayServing
 from shipyard.errors import ConfigError
 from shipyard.escalation.service import Escalations
 from shipyard.escalation.stage import EscalationStage
@@ -70,6 +71,7 @@ class Shared:
     base_url: str | None = None  # where services' own calls reach this gateway
     budgets: BudgetGuard | None = None  # reservations against spend caps (see security.budgets)
     prices: PriceTable | None = None
+    ray: RayServing | None = None  # Ray Serve, when a service has `engine: ray`
 
 
 @dataclass(slots=True)
@@ -102,6 +104,15 @@ def build_targets(config: Config, providers: Mapping[str, Provider],
     for model in models.values():
         _chain(model, f"models.{model.name}", config, shared)
     for service in services.values():
+        if service.config.engine == "ray":
+            if shared.ray is None:
+                raise ConfigError(f"Config key 'services.{service.name}.engine' is 'ray', "
+                                  "but this gateway started without any service on Ray; "
+                                  "restart it (a reload cannot add the first engine: ray "
+                                  "service).")
+            runner = shared.ray.runner(service.name, service.config)
+            runner.attach(service.router)
+            service.runner = runner
         _chain(service, f"services.{service.name}", config, shared)
         _warn_ungrounded(service)
     return Targets(models, services)

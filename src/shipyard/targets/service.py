@@ -17,7 +17,7 @@ over the retrieved context its answer is based on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class ServiceTarget(Target):
         self.configured = configured_version(name, config)
         self.router = VersionRouter(name, Plan(self.configured, sticky=config.rollout.sticky,
                                                rules=tuple(config.rollout.rules)))
+        # Where the function runs when not in this process (`engine: ray`): set by
+        # `shipyard.targets.build`, called with (version, argument) instead of the function.
+        self.runner: Callable[[LoadedVersion, Any], Awaitable[Any]] | None = None
         self.model: type[pydantic.BaseModel] | None = None
         self.validator: Any = None
         if config.input_model is not None:
@@ -183,6 +186,8 @@ class ServiceTarget(Target):
         caller = version.caller
         if caller is not None:
             caller.check(argument)  # 422 for a malformed input, before the model runs
+        if self.runner is not None:
+            return await self.runner(version, argument)
         return await call_function(version.function, argument,
                                    timeout_s=self.config.timeout_s,
                                    what=f"Service '{self.name}'")

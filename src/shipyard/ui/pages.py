@@ -67,6 +67,8 @@ class PageContext:
     path_params: Mapping[str, str] = field(default_factory=dict)
     readable: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
     config: Any = None  # the gateway's `Config` (drift checks, alert rules, SLOs), if any
+    # A service's live engine state in this gateway process (replicas on Ray), if any.
+    live: Callable[[str], dict[str, Any] | None] | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def can(self, scope: str) -> bool:
@@ -205,7 +207,17 @@ def service(ctx: PageContext) -> dict[str, Any]:
     context["service"] = name
     context["models"] = context.pop("breakdown")
     context["feedback"] = _feedback_table(ctx, name)
+    context["ray"] = _ray_panel(ctx.live(name) if ctx.live is not None else None)
     return context
+
+
+def _ray_panel(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A service on Ray Serve: each version's replicas and processes, recent events."""
+    if status is None:
+        return None
+    events = [{**e, "at": datetime.fromtimestamp(e["at"], UTC).strftime("%H:%M:%S")}
+              for e in reversed(status.get("events") or [])]
+    return {**status, "events": events}
 
 
 # -- trace explorer -------------------------------------------------------------------------

@@ -335,6 +335,13 @@ class Dashboard:
 
         return endpoint
 
+    def _live(self, name: str) -> dict[str, Any] | None:
+        """A service's state on Ray Serve, as this gateway process last read it."""
+        service = self.gw.services.get(name)
+        if self.gw.ray is None or service is None or service.config.engine != "ray":
+            return None
+        return self.gw.ray.status(name)
+
     async def render(self, page: Page, request: Request, session: Session) -> Response:
         base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
                 "path": request.url.path, "params": request.query_params}
@@ -349,7 +356,8 @@ class Dashboard:
             tenant = asked  # platform admins may look at any tenant
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
-                          readable=self.gw.recorder.readable, config=self.gw.config)
+                          readable=self.gw.recorder.readable, config=self.gw.config,
+                          live=self._live)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:
