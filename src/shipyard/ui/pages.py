@@ -67,6 +67,7 @@ class PageContext:
     path_params: Mapping[str, str] = field(default_factory=dict)
     readable: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row
     config: Any = None  # the gateway's `Config` (drift checks, alert rules, SLOs), if any
+    connectors: Any = None  # the process's running connectors (shipyard.connectors), if any
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def can(self, scope: str) -> bool:

@@ -42,6 +42,7 @@ from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX
+from shipyard.ui import connector_pages as _connector_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import lifecycle_pages as _lifecycle_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import webhook_pages as _webhook_pages  # noqa: F401  (registers its pages)
@@ -348,7 +349,8 @@ class Dashboard:
             tenant = asked  # platform admins may look at any tenant
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
-                          readable=self.gw.recorder.readable, config=self.gw.config)
+                          readable=self.gw.recorder.readable, config=self.gw.config,
+                          connectors=self.gw.connectors)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:

@@ -1,0 +1,138 @@
+"""File drops on a temporary folder, run in process over a real gateway runtime and store:
+CSV, JSONL and Parquet files through a hosted service, moved to done/ with their results and
+summary; an unreadable file to failed/; rows that fail are listed, not lost; every file is a
+run in the store and every row a trace."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import text
+
+from conftest import FIXTURES
+from shipyard.config import parse_config
+from shipyard.config.loader import install_python_path
+from shipyard.connectors import Connectors, RunLog
+from shipyard.gateway.invoke import Invoker
+from shipyard.gateway.runtime import Gateway
+
+SCHEMA = ('{type: object, required: [id, text], properties: {id: {type: integer}, '
+          'text: {type: string}}}')
+
+
+def _config(tmp_path: Path, inbox: Path, extra: str = "") -> str:
+    return f"""
+python_path: ["{FIXTURES}"]
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+traces: {{flush_interval_s: 0.05}}
+auth: {{disabled: true}}
+services:
+  score: {{function: "connector_services:score", input_schema: {SCHEMA}}}
+  flaky: {{function: "connector_services:flaky", input_schema: {SCHEMA}}}
+connectors:
+  drops:
+    kind: files
+    path: {inbox}
+    settle_s: 0
+    poll_interval_s: 0.1
+    target: {{service: score}}
+{extra}
+"""
+
+
+def test_file_drops_through_a_service(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.csv").write_text("id,text\n1,hello world\n2,one two three\n")
+    # Line 2 is not JSON, line 3 fails the service's input schema.
+    (inbox / "b.jsonl").write_bytes(b'{"id": 3, "text": "x"}\n{"id": 4,\n{"id": 5}\n')
+    pq.write_table(pa.table({"id": [6, 7], "text": ["a b", "c"]}), inbox / "c.parquet")
+    (inbox / "d.parquet").write_bytes(b"this is not parquet")
+    (inbox / "notes.txt").write_text("not matched by the patterns")
+    config = parse_config(_config(tmp_path, inbox))
+    install_python_path(config)
+
+    async def scenario() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            connectors = Connectors(gateway, Invoker(gateway))
+            connector = await connectors.run("drops", idle_exit_s=0.5)
+            assert connector.stats.processed == 7
+            assert (connector.stats.succeeded, connector.stats.failed) == (5, 2)
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+    done, failed = inbox / "done", inbox / "failed"
+    assert sorted(p.name for p in done.iterdir() if not p.name.endswith(
+        (".summary.json", ".results.jsonl"))) == ["a.csv", "b.jsonl", "c.parquet"]
+    lines = [orjson.loads(x) for x in (done / "a.csv.results.jsonl").read_bytes().splitlines()]
+    assert [x["output"] for x in lines] == [{"id": 1, "words": 2}, {"id": 2, "words": 3}]
+    assert all(x["trace_id"] for x in lines)
+    b = [orjson.loads(x) for x in (done / "b.jsonl.results.jsonl").read_bytes().splitlines()]
+    assert [x["status"] for x in b] == ["ok", "failed", "failed"]
+    assert b[1]["error"].startswith("bad_json") and "text" in b[2]["error"]
+    summary = orjson.loads((done / "b.jsonl.summary.json").read_bytes())
+    assert (summary["rows"], summary["ok"], summary["failed"]) == (3, 1, 2)
+    parquet = [orjson.loads(x) for x in (done / "c.parquet.results.jsonl").read_bytes()
+               .splitlines()]
+    assert [x["output"]["words"] for x in parquet] == [2, 1]
+    assert (failed / "d.parquet").exists()
+    broken = orjson.loads((failed / "d.parquet.summary.json").read_bytes())
+    assert broken["status"] == "failed" and "parquet" in broken["error"].lower()
+    assert (inbox / "notes.txt").exists() and not list((inbox / ".processing").iterdir())
+
+    gateway = Gateway(config, migrate=False)
+    runs = RunLog(gateway.engine).list("drops")
+    assert sorted(r.detail["file"] for r in runs) == ["a.csv", "b.jsonl", "c.parquet",
+                                                      "d.parquet"]
+    assert {r.status for r in runs if r.detail["file"] != "d.parquet"} == {"succeeded"}
+    with gateway.engine.connect() as conn:
+        traced = conn.execute(text("SELECT COUNT(*) FROM traces WHERE route = 'connector' "
+                                   "AND attributes LIKE '%drops%'")).scalar()
+    gateway.engine.dispose()
+    assert traced == 6  # every row that reached the service (the bad JSON line did not)
+
+
+def test_a_passing_failure_is_retried_and_row_errors_can_fail_the_file(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "retry.csv").write_text("id,text\n7,seven\n8,eight\n")
+    (inbox / "strict.jsonl").write_text('{"id": 1, "text": "fine"}\n{"id": 2}\n')
+    config = parse_config(_config(tmp_path, inbox, extra=f"""  retrying:
+    kind: files
+    path: {inbox}
+    patterns: ["*.csv"]
+    settle_s: 0
+    retry_backoff_s: 0
+    target: {{service: flaky}}
+  strict:
+    kind: files
+    path: {inbox}
+    patterns: ["strict.*"]
+    settle_s: 0
+    fail_on_row_errors: true
+    target: {{service: score}}"""))
+    install_python_path(config)
+
+    async def scenario() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            connectors = Connectors(gateway, Invoker(gateway))
+            retrying = await connectors.run("retrying", idle_exit_s=0.3)
+            assert (retrying.stats.succeeded, retrying.stats.retried) == (2, 1)
+            await connectors.run("strict", idle_exit_s=0.3)
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+    assert (inbox / "done" / "retry.csv").exists()
+    assert (inbox / "failed" / "strict.jsonl").exists()
+    summary = orjson.loads((inbox / "failed" / "strict.jsonl.summary.json").read_bytes())
+    assert summary["error"] == "1 rows failed" and summary["ok"] == 1
