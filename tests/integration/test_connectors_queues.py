@@ -70,17 +70,21 @@ def spawn(cfg: Path, name: str, log: Path, *flags: str) -> subprocess.Popen[byte
 def kill_when(proc: subprocess.Popen[bytes], done: Any, log: Path, at_least: int) -> int:
     """SIGKILL the consumer once `done()` reports at least `at_least` results."""
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        count = done()
-        if count >= at_least:
-            proc.send_signal(signal.SIGKILL)
+    try:
+        while time.monotonic() < deadline:
+            count = done()
+            if count >= at_least:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                return count
+            if proc.poll() is not None:
+                raise AssertionError(f"the consumer exited early:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"no progress in time:\n{log.read_text()[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
             proc.wait(10)
-            return count
-        if proc.poll() is not None:
-            raise AssertionError(f"the consumer exited early:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"no progress in time:\n{log.read_text()[-3000:]}")
 
 
 def finish(cfg: Path, name: str, log: Path) -> None:
@@ -116,7 +120,10 @@ async def _rabbit_count(queue: str) -> int:
     connection = await aio_pika.connect(RABBITMQ_URL)
     async with connection:
         channel = await connection.channel()
-        found = await channel.declare_queue(queue, passive=True)
+        try:
+            found = await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:  # not declared yet
+            return 0
         return int(found.declaration_result.message_count or 0)
 
 
@@ -219,7 +226,7 @@ async def _nats_drain(stream: str, subject: str) -> list[Any]:
         while True:
             try:
                 batch = await sub.fetch(1000, timeout=2)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 return got
             for message in batch:
                 await message.ack()

@@ -97,13 +97,14 @@ class NATSConnector(Connector):
             log.info("connector %s: consuming %s on stream %s (durable %s)", self.name,
                      cfg.subject, cfg.stream, self.durable)
             while not stop.is_set() and not self.enough():
-                free = cfg.prefetch - len(tasks)
-                if free <= 0:
+                # Refill in bulk: a fetch is a round trip, so wait until half the window is
+                # free rather than fetching one message each time one finishes.
+                while len(tasks) > cfg.prefetch // 2:
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    continue
+                free = cfg.prefetch - len(tasks)
                 try:
                     messages = await sub.fetch(free, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch
                     if self._idle_over(tasks):
                         break
                     continue
