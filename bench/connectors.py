@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (  # noqa: E402
+from _harness import (
     RESULTS_DIR,
     command_line,
     git_revision,
@@ -36,13 +36,12 @@ from _harness import (  # noqa: E402
     write_docs_section,
     write_json,
 )
-
-from bench_services import echo  # noqa: E402
-from shipyard.config import parse_config  # noqa: E402
-from shipyard.config.loader import install_python_path  # noqa: E402
-from shipyard.connectors import Connectors  # noqa: E402
-from shipyard.gateway.invoke import Invoker  # noqa: E402
-from shipyard.gateway.runtime import Gateway  # noqa: E402
+from bench_services import echo
+from shipyard.config import parse_config
+from shipyard.config.loader import install_python_path
+from shipyard.connectors import Connectors
+from shipyard.gateway.invoke import Invoker
+from shipyard.gateway.runtime import Gateway
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 NATS_URL = "nats://127.0.0.1:4222"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from brokers import NATS_URL, RABBITMQ_URL, _delete_queues, _reachable
 
+from brokers import NATS_URL, RABBITMQ_URL, _delete_queues, _reachable
 from conftest import REPO
 from shipyard.config import parse_config
 

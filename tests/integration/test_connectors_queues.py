@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 import pytest
-from brokers import NATS_URL, RABBITMQ_URL, nats_prefix, rabbitmq  # noqa: F401
 
+from brokers import NATS_URL, RABBITMQ_URL, nats_prefix, rabbitmq  # noqa: F401
 from conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

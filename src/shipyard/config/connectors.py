@@ -107,7 +107,7 @@ class RabbitMQConnectorConfig(_Connector):
     """Consume a RabbitMQ queue (AMQP 0-9-1, aio-pika), publish each result to the message's
     `reply_to` (or `reply_queue`) with its `correlation_id`, and dead-letter poison messages."""
 
-    kind: Literal["rabbitmq"]
+    kind: Literal["rabbitmq"] = Field(description="`rabbitmq`: a RabbitMQ queue consumer.")
     url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
                            description="AMQP URL (it holds a password: `{$env: AMQP_URL}`).")
     queue: str = Field(description="The queue requests are consumed from.")
@@ -142,7 +142,7 @@ class NATSConnectorConfig(_Connector):
     """Consume a NATS JetStream stream with a durable pull consumer (nats-py), publish each
     result to JetStream, and dead-letter poison messages."""
 
-    kind: Literal["nats"]
+    kind: Literal["nats"] = Field(description="`nats`: a NATS JetStream consumer.")
     url: SecretStr = Field(SecretStr("nats://127.0.0.1:4222"),
                            description="NATS server URL(s), comma-separated.")
     stream: str = Field(description="The JetStream stream requests are stored in.")
@@ -173,17 +173,20 @@ class KafkaConnectorConfig(_Connector):
     """Consume a Kafka topic (aiokafka) in a consumer group, produce each result to
     `reply_topic` (acks=all), commit offsets only after the results are written."""
 
-    kind: Literal["kafka"]
+    kind: Literal["kafka"] = Field(description="`kafka`: a Kafka consumer group.")
     bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
     topic: str = Field(description="The topic requests are consumed from.")
     group_id: str = Field("", description="Consumer group (default: the connector's name).")
     reply_topic: str = Field(description="Where results are produced.")
     dead_letter_topic: str = Field("", description="Where poison messages go (default: "
                                    "TOPIC.dead).")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How to reach the brokers (TLS and/or SASL).")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with a SASL security_protocol).")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password: "
+                                            "`{$env: KAFKA_PASSWORD}`.")
     prefetch: int = Field(64, ge=1, le=10_000, description="Most records fetched at once.")
     connect_timeout_s: float = Field(10.0, gt=0, le=300, description="How long to wait for "
                                      "the brokers at start before failing with an error.")
@@ -240,7 +243,7 @@ class SQLConnectorConfig(_Connector):
     """Score the rows of a SQL table or query in batches through a target and upsert the
     results (with the run id) into an output table; resumable from its last key."""
 
-    kind: Literal["sql"]
+    kind: Literal["sql"] = Field(description="`sql`: SQL scoring.")
     url: SecretStr = Field(description="SQLAlchemy URL of the database (PostgreSQL "
                            "`postgresql+psycopg://`, MySQL/MariaDB `mysql+pymysql://`, "
                            "`sqlite:///file.db`); it may hold a password: `{$env: DB_URL}`.")
@@ -279,7 +282,7 @@ class FilesConnectorConfig(_Connector):
     whole file through a `shipyard data` pipeline); move the file to `done/` or `failed/` with
     a result file beside it."""
 
-    kind: Literal["files"]
+    kind: Literal["files"] = Field(description="`files`: a watched folder.")
     path: str = Field(description="The folder watched for new files.")
     patterns: list[str] = Field(default_factory=lambda: ["*.csv", "*.jsonl", "*.parquet"],
                                 description="File name patterns picked up.")

@@ -106,14 +106,15 @@ class Config(Section):
         _names_ok("service", iter(self.services))
         _names_ok("connector", iter(self.connectors))
         for name, connector in self.connectors.items():
-            target = connector.target
-            if target is None:
+            reached = connector.target
+            if reached is None:
                 continue
-            known_targets = self.services if target.service else self.models
-            if target.name not in known_targets:
-                what = "service" if target.service else "model"
+            known_targets: dict[str, Any] = dict(self.services if reached.service
+                                                 else self.models)
+            if reached.name not in known_targets:
+                what = "service" if reached.service else "model"
                 raise ValueError(
-                    f"connectors.{name}.target.{what} is '{target.name}', which is not a "
+                    f"connectors.{name}.target.{what} is '{reached.name}', which is not a "
                     f"{what} (known: {', '.join(sorted(known_targets)) or 'none'}); add it "
                     f"under '{what}s' or fix the name")
         known = ", ".join(sorted(self.providers)) or "none are defined"

@@ -81,11 +81,11 @@ class KafkaConnector(Connector):
         producer = kafka.AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all",
                                           enable_idempotence=True,
                                           client_id=f"shipyard-{self.name}", **security)
+        await self._start(producer)
         consumer = kafka.AIOKafkaConsumer(
             cfg.topic, bootstrap_servers=cfg.bootstrap_servers, group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=cfg.prefetch, client_id=f"shipyard-{self.name}", **security)
-        await self._start(producer)
         try:
             await self._start(consumer)
         except KafkaUnreachable:

@@ -35,8 +35,8 @@ from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
-from shipyard.gateway.invoke import Invoker
 from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.invoke import Invoker
 from shipyard.gateway.lifecycle_routes import lifecycle_routes
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
