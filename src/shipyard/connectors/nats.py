@@ -121,10 +121,12 @@ class NATSConnector(Connector):
             for task in list(tasks):
                 task.cancel()
             self._up.set(0)
+            # Every message was settled above (or is left for redelivery): close at once (a
+            # drain would wait for the pull subscription's open request to expire).
             try:
-                await nc.drain()
+                await nc.close()
             except Exception:  # closing a broken connection must not hide the first error
-                log.debug("connector %s: draining the NATS connection failed", self.name)
+                log.debug("connector %s: closing the NATS connection failed", self.name)
 
     def _idle_over(self, tasks: set[asyncio.Task[None]]) -> bool:
         idle = self.env.idle_exit_s
