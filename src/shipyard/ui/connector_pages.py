@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from shipyard.connectors import RunLog, describe_target
+from shipyard.security.roles import PLATFORM_TENANT
 from shipyard.ui.pages import Page, PageContext, register
 
 __all__ = ["connectors_page"]
@@ -27,6 +28,9 @@ def _when(value: datetime | None) -> str:
 def connectors_page(ctx: PageContext) -> dict[str, Any]:
     """Configured connectors with their live state, and the newest runs."""
     configured = dict(ctx.config.connectors) if ctx.config is not None else {}
+    # Connectors belong to the platform: another tenant's viewer sees states and counts, not
+    # error messages (which may quote a message).
+    errors = ctx.tenant_id == PLATFORM_TENANT
     live = {row["name"]: row["live"] for row in ctx.connectors.status()} if (
         ctx.connectors is not None) else {}
     name = ctx.params.get("connector") or None
@@ -44,7 +48,7 @@ def connectors_page(ctx: PageContext) -> dict[str, Any]:
                      "processed": state["processed"] if state else "",
                      "failed": state["failed"] if state else "",
                      "in_flight": state["in_flight"] if state else "",
-                     "last_error": state["last_error"] if state else "",
+                     "last_error": state["last_error"] if state and errors else "",
                      "last_run": last.status if last else ""})
     return {"connectors": rows, "filter": name or "",
             "runs": [{"id": r.id, "connector": r.connector, "kind": r.kind,
@@ -52,7 +56,8 @@ def connectors_page(ctx: PageContext) -> dict[str, Any]:
                       "ended": _when(r.ended_at), "processed": r.processed,
                       "succeeded": r.succeeded, "failed": r.failed, "retried": r.retried,
                       "checkpoint": orjson.dumps(r.checkpoint).decode() if r.checkpoint
-                      else r.detail.get("file", ""), "error": r.error or ""} for r in runs]}
+                      else r.detail.get("file", ""), "error": (r.error or "") if errors else ""}
+                     for r in runs]}
 
 
 register(Page("/ui/connectors", "Connectors", "status:read", "connectors.html",
