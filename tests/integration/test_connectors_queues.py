@@ -265,3 +265,116 @@ def test_nats_ten_thousand_messages_survive_a_killed_consumer(
     dead = asyncio.run(_nats_drain(stream, f"{stream}.req.dead"))
     reasons = {int(m.headers["Correlation-Id"][1:]): m.headers["Shipyard-Reason"] for m in dead}
     assert len(dead) == len(poison) and reasons == poison
+
+
+# -- Smaller scenarios, in process ------------------------------------------------------------
+
+
+def _runtime(tmp_path: Path, connectors: str) -> Any:
+    from shipyard.config import parse_config
+    from shipyard.config.loader import install_python_path
+
+    config = parse_config(f"""
+python_path: ["{FIXTURES}"]
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+traces: {{flush_interval_s: 0.05}}
+auth: {{disabled: true}}
+providers: {{sim: {{kind: sim}}}}
+models: {{demo: {{provider: sim, model: sim-chat}}}}
+services:
+  flaky: {{function: "connector_services:flaky", input_schema: {SCHEMA}}}
+connectors:
+{connectors}
+""")
+    install_python_path(config)
+    return config
+
+
+async def _run_connector(config: Any, name: str, n: int) -> Any:
+    from shipyard.connectors import Connectors
+    from shipyard.gateway.invoke import Invoker
+    from shipyard.gateway.runtime import Gateway
+
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        return await asyncio.wait_for(
+            Connectors(gateway, Invoker(gateway)).run(name, max_messages=n), 120)
+    finally:
+        await gateway.stop()
+
+
+def test_rabbitmq_confirm_mode_honours_reply_to_and_retries_passing_failures(
+        tmp_path: Path, rabbitmq: str) -> None:  # noqa: F811
+    import aio_pika
+
+    queue = rabbitmq
+    config = _runtime(tmp_path, f"""  rpc:
+    kind: rabbitmq
+    queue: {queue}
+    settle: confirm
+    retry_backoff_s: 0
+    target: {{service: flaky}}""")
+
+    async def scenario() -> tuple[list[Any], list[Any], Any]:
+        connection = await aio_pika.connect(RABBITMQ_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.declare_queue(queue, durable=True)
+            inbox = await channel.declare_queue(f"{queue}.replies", durable=True)
+            for i in range(30):  # ids divisible by 7 fail once, then succeed
+                await channel.default_exchange.publish(aio_pika.Message(
+                    orjson.dumps({"id": i, "text": "x y"}), correlation_id=f"c{i}",
+                    reply_to=inbox.name), routing_key=queue)
+            await channel.default_exchange.publish(  # no reply_to, no reply_queue
+                aio_pika.Message(b'{"id": 99, "text": "x"}', message_id="lost"),
+                routing_key=queue)
+            connector = await _run_connector(config, "rpc", 31)
+            replies = await _rabbit_drain(inbox.name)
+            dead = await _rabbit_drain(f"{queue}.dead")
+            return replies, dead, connector
+
+    replies, dead, connector = asyncio.run(scenario())
+    assert sorted(m.correlation_id for m in replies) == sorted(f"c{i}" for i in range(30))
+    assert (connector.stats.succeeded, connector.stats.failed) == (30, 1)
+    assert connector.stats.retried == len([i for i in range(30) if i % 7 == 0])
+    [lost] = dead
+    assert lost.headers["x-shipyard-reason"] == "no_reply_to"
+    assert "reply_queue" in lost.headers["x-shipyard-error"]
+
+
+def test_nats_messages_through_a_model_alias_with_a_prompt(
+        tmp_path: Path, nats_prefix: str) -> None:  # noqa: F811
+    import nats
+
+    stream = nats_prefix
+    config = _runtime(tmp_path, f"""  summarise:
+    kind: nats
+    stream: {stream}
+    subject: {stream}.req
+    reply_subject: {stream}.res
+    target: {{model: demo, prompt: "Summarise: {{text}}"}}""")
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream}.req", f"{stream}.res",
+                                                   f"{stream}.req.dead"])
+        for i in range(20):
+            await js.publish(f"{stream}.req", orjson.dumps({"text": f"story {i}"}),
+                             headers={"Correlation-Id": f"s{i}"})
+        await js.publish(f"{stream}.req", b'{"title": "no text"}',
+                         headers={"Correlation-Id": "bad"})
+        await nc.close()
+        await _run_connector(config, "summarise", 21)
+        return (await _nats_drain(stream, f"{stream}.res"),
+                await _nats_drain(stream, f"{stream}.req.dead"))
+
+    replies, dead = asyncio.run(scenario())
+    assert len(replies) == 20
+    answer = orjson.loads(replies[0].data)
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"]
+    [bad] = dead
+    assert bad.headers["Shipyard-Reason"] == "invalid"
+    assert "'text'" in bad.headers["Shipyard-Error"]

@@ -111,6 +111,10 @@ class RabbitMQConnector(Connector):
                         await message.ack()
                         self.counted(outcome)
                         self._check_done(done)
+                except Exception as exc:
+                    # The channel broke: start a new session (unacked messages come back).
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    failed.set()
                 finally:
                     slots.release()
                     self.end()
