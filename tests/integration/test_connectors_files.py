@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from sqlalchemy import text
 
 from conftest import FIXTURES
@@ -136,3 +138,50 @@ def test_a_passing_failure_is_retried_and_row_errors_can_fail_the_file(tmp_path:
     assert (inbox / "failed" / "strict.jsonl").exists()
     summary = orjson.loads((inbox / "failed" / "strict.jsonl.summary.json").read_bytes())
     assert summary["error"] == "1 rows failed" and summary["ok"] == 1
+
+
+def test_calls_run_as_the_connectors_key(tmp_path: Path) -> None:
+    """`api_key`: the key's restrictions apply to every row (a key for another service is
+    refused: each row fails as rejected); a key that is not valid stops the connector at start
+    with an error naming the setting."""
+    from shipyard.errors import ConfigError
+    from shipyard.store import create_store_engine, migrate
+    from shipyard.store import tenants as store
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "rows.jsonl").write_text('{"id": 1, "text": "a"}\n')
+    engine = create_store_engine(f"sqlite:///{tmp_path}/store.db")
+    migrate(engine)
+    store.create_tenant(engine, "acme")
+    _, other = store.create_key(engine, tenant_id="acme", name="only-flaky", role="client",
+                                services=["flaky"])
+    engine.dispose()
+    text = _config(tmp_path, inbox).replace("auth: {disabled: true}",
+                                            "auth: {api_keys: [{$env: ADMIN_KEY}]}")
+    text = text.replace("    target: {service: score}\n",
+                        "    target: {service: score}\n    api_key: {$env: CONNECTOR_KEY}\n", 1)
+    for key, expect in ((other, "rejected"), ("sk-wrong-" + "x" * 20, "refused")):
+        config = parse_config(text, environ={"ADMIN_KEY": "sk-admin-" + "y" * 20,
+                                             "CONNECTOR_KEY": key})
+        install_python_path(config)
+
+        async def scenario() -> Any:
+            gateway = Gateway(config)
+            await gateway.start()
+            try:
+                return await Connectors(gateway, Invoker(gateway)).run("drops",
+                                                                        idle_exit_s=0.3)
+            finally:
+                await gateway.stop()
+
+        if expect == "rejected":
+            connector = asyncio.run(scenario())
+            assert (connector.stats.succeeded, connector.stats.failed) == (0, 1)
+            [line] = (inbox / "done" / "rows.jsonl.results.jsonl").read_bytes().splitlines()
+            error = orjson.loads(line)["error"]
+            assert error.startswith("rejected") and "may not call service 'score'" in error
+        else:
+            with pytest.raises(ConfigError) as caught:
+                asyncio.run(scenario())
+            assert "connectors.drops.api_key was refused" in caught.value.message

@@ -125,3 +125,72 @@ connectors:
     # Resumed, not restarted: only the batches after the checkpoint were scored again.
     # (the killed process scored at most one batch past its checkpoint)
     assert ROWS - killed_at <= traced <= ROWS + 2000
+
+
+def test_scheduled_incremental_runs_of_a_query_on_sqlite(tmp_path: Path) -> None:
+    """On a schedule, with `incremental`, each run scores only the rows added since the last
+    finished run; `query` instead of `table`."""
+    import asyncio
+
+    from shipyard.config import parse_config
+    from shipyard.config.loader import install_python_path
+    from shipyard.connectors import Connectors, RunLog
+    from shipyard.gateway.invoke import Invoker
+    from shipyard.gateway.runtime import Gateway
+
+    source = tmp_path / "source.db"
+    engine = sa.create_engine(f"sqlite:///{source}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE reviews (id INTEGER PRIMARY KEY, text TEXT)"))
+        conn.execute(sa.text("INSERT INTO reviews VALUES (:id, :text)"),
+                     [{"id": i, "text": f"row {i}"} for i in range(1, 11)])
+    config = parse_config(f"""
+python_path: ["{FIXTURES}"]
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+auth: {{disabled: true}}
+services:
+  score: {{function: "connector_services:score", input_schema: {SCHEMA}}}
+connectors:
+  nightly:
+    kind: sql
+    url: "sqlite:///{source}"
+    query: "SELECT id, text FROM reviews WHERE text IS NOT NULL"
+    key: id
+    output_table: scores
+    batch_size: 4
+    schedule: {{every_s: 1}}
+    incremental: true
+    target: {{service: score}}
+""")
+    install_python_path(config)
+
+    async def scenario() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        stop = asyncio.Event()
+        try:
+            connectors = Connectors(gateway, Invoker(gateway))
+            task = asyncio.create_task(connectors.run("nightly", stop=stop, scheduled=True))
+            runs = RunLog(gateway.engine)
+            while not [r for r in runs.list("nightly") if r.status == "succeeded"]:
+                await asyncio.sleep(0.05)
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO reviews VALUES (:id, :text)"),
+                             [{"id": i, "text": f"row {i}"} for i in range(11, 16)])
+            while len([r for r in runs.list("nightly") if r.status == "succeeded"]) < 2:
+                await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        finally:
+            await gateway.stop()
+        finished = [r for r in RunLog(gateway.engine).list("nightly")
+                    if r.status == "succeeded"]
+        assert [r.processed for r in reversed(finished)][:2] == [10, 5]
+        assert finished[-1].checkpoint == {"key": 10}
+
+    asyncio.run(scenario())
+    with engine.connect() as conn:
+        count, runs = conn.execute(sa.text(
+            "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM scores")).one()
+    engine.dispose()
+    assert (count, runs) == (15, 2)
