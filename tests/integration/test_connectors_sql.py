@@ -194,3 +194,65 @@ connectors:
             "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM scores")).one()
     engine.dispose()
     assert (count, runs) == (15, 2)
+
+
+def test_a_stopped_run_resumes_and_a_live_run_is_not_run_twice(tmp_path: Path) -> None:
+    """A run stopped mid-way is `interrupted` and the next run continues it (same run id,
+    from its checkpoint); while a run's heartbeat is fresh another run is refused (409)."""
+    import asyncio
+
+    from shipyard.config import parse_config
+    from shipyard.config.loader import install_python_path
+    from shipyard.connectors import Connectors, RunLog
+    from shipyard.errors import Conflict
+    from shipyard.gateway.invoke import Invoker
+    from shipyard.gateway.runtime import Gateway
+
+    source = tmp_path / "source.db"
+    engine = sa.create_engine(f"sqlite:///{source}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE reviews (id INTEGER PRIMARY KEY, text TEXT)"))
+        conn.execute(sa.text("INSERT INTO reviews VALUES (:id, :text)"),
+                     [{"id": i, "text": f"row {i}"} for i in range(1, 101)])
+    engine.dispose()
+    config = parse_config(f"""
+python_path: ["{FIXTURES}"]
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+auth: {{disabled: true}}
+services:
+  score: {{function: "connector_services:score", input_schema: {SCHEMA}}}
+connectors:
+  reviews: {{kind: sql, url: "sqlite:///{source}", table: reviews, key: id, batch_size: 10,
+             columns: [id, text], output_table: scores, target: {{service: score}}}}
+""")
+    install_python_path(config)
+
+    async def scenario() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            connectors = Connectors(gateway, Invoker(gateway))
+            first = await connectors.run("reviews", max_messages=30)
+            runs = RunLog(gateway.engine)
+            [stopped] = runs.list("reviews")
+            assert (stopped.status, stopped.processed) == ("interrupted", 30)
+            assert stopped.checkpoint == {"key": 30} and first.stats.processed == 30
+
+            # A live run (fresh heartbeat) of another process: not run twice.
+            runs.update(stopped)
+            with gateway.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE connector_runs SET status = 'running'"))
+            with pytest.raises(Conflict) as caught:
+                await connectors.run("reviews")
+            assert stopped.id in caught.value.message and "--resume" in caught.value.message
+            with gateway.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE connector_runs SET status = 'interrupted'"))
+
+            second = await connectors.run("reviews")
+            [done] = runs.list("reviews")
+            assert done.id == stopped.id and done.status == "succeeded"
+            assert done.processed == 100 and second.stats.processed == 100
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())

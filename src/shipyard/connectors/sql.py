@@ -40,7 +40,7 @@ from shipyard.config.connectors import SQLConnectorConfig
 from shipyard.connectors.base import Connector, Environment, Outcome
 from shipyard.connectors.runs import Run
 from shipyard.connectors.schedule import next_run
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, Conflict
 
 __all__ = ["SQLConnector"]
 
@@ -104,6 +104,8 @@ class SQLConnector(Connector):
                 await self.score(stop)
             except ConfigError:
                 raise
+            except Conflict as exc:  # another process runs it (serve with several workers)
+                log.info("connector %s: %s", self.name, exc.message)
             except Exception as exc:  # a scheduled run that failed is retried next time
                 log.warning("connector %s: run failed (%s: %s)", self.name,
                             type(exc).__name__, exc)
@@ -112,9 +114,18 @@ class SQLConnector(Connector):
         """One pass over the source (resumed from an unfinished run's checkpoint)."""
         cfg = self.config
         runs = self.env.runs
+        stale_s = 3 * _HEARTBEAT_S
+        if self.resume is None:  # one run at a time: a live run is left to its process
+            live = await asyncio.to_thread(runs.unfinished, self.name)
+            age = (datetime.now(UTC) - live.heartbeat_at).total_seconds() if live else 0.0
+            if live is not None and live.status == "running" and age <= stale_s:
+                raise Conflict(
+                    f"Connector '{self.name}' has a run in progress ({live.id} on {live.host}, "
+                    f"last heartbeat {age:.0f} s ago); wait for it, or take it over with "
+                    "--resume (when its process is gone) or start another with --fresh.")
         run = await asyncio.to_thread(
             runs.start, self.name, "sql", resume=self.resume is not False,
-            stale_after_s=0.0 if self.resume else 3 * _HEARTBEAT_S)
+            stale_after_s=0.0 if self.resume else stale_s)
         self.last_run = run
         if not run.resumed and cfg.incremental:
             previous = await asyncio.to_thread(self._previous_checkpoint, run.id)
