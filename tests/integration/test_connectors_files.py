@@ -166,7 +166,7 @@ def test_calls_run_as_the_connectors_key(tmp_path: Path) -> None:
                                              "CONNECTOR_KEY": key})
         install_python_path(config)
 
-        async def scenario() -> Any:
+        async def scenario(config: Any = config) -> Any:
             gateway = Gateway(config)
             await gateway.start()
             try:
@@ -185,3 +185,42 @@ def test_calls_run_as_the_connectors_key(tmp_path: Path) -> None:
             with pytest.raises(ConfigError) as caught:
                 asyncio.run(scenario())
             assert "connectors.drops.api_key was refused" in caught.value.message
+
+
+def test_files_through_a_data_pipeline(tmp_path: Path) -> None:
+    """`pipeline:` instead of a target: each dropped file runs through `shipyard data` (its
+    source replaced by the file), a dataset version is written, and the summary holds the
+    pipeline's report (rows in, out, quarantined)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "clean.yaml").write_text("""
+name: drops
+source: {path: placeholder.csv}
+schema:
+  columns:
+    id: {type: int, required: true, unique: true}
+    text: {type: string, required: true}
+output: {dir: datasets}
+""")
+    (inbox / "batch.csv").write_text("id,text\n1,a\n2,b\n2,dup id\n,missing id\n")
+    config = parse_config(f"""
+store: {{url: "sqlite:///{tmp_path}/store.db"}}
+auth: {{disabled: true}}
+connectors:
+  cleaned: {{kind: files, path: {inbox}, settle_s: 0, pipeline: {tmp_path}/clean.yaml}}
+""")
+
+    async def scenario() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            await Connectors(gateway, Invoker(gateway)).run("cleaned", idle_exit_s=0.3)
+        finally:
+            await gateway.stop()
+
+    asyncio.run(scenario())
+    summary = orjson.loads((inbox / "done" / "batch.csv.summary.json").read_bytes())
+    assert summary["status"] == "succeeded"
+    rows = summary["pipeline"]["rows"]
+    assert rows["in"] == 4 and rows["out"] == 2 and rows["quarantined"] == 2
+    assert Path(summary["pipeline"]["path"]).exists() and summary["pipeline"]["version"] == 1

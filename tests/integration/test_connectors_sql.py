@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 import sqlalchemy as sa
-from brokers import mariadb_url  # noqa: F401
 
+from brokers import mariadb_url  # noqa: F401
 from conftest import FIXTURES, REPO
 
 ROWS = 100_000

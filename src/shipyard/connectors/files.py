@@ -199,7 +199,7 @@ class FilesConnector(Connector):
         base = self._pipeline
         config = base.model_copy(update={"source": base.source.model_copy(
             update={"path": str(path.resolve())})})
-        report = run_pipeline(config)
+        report = run_pipeline(config, store=self.env.runs.engine)  # a registered version
         result: dict[str, Any] = report.to_dict()
         return result
 
