@@ -98,7 +98,6 @@ class Stats:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
-    duplicates: int = 0
     in_flight: int = 0
     last_error: str = ""
     started: float = field(default_factory=time.time)
@@ -106,7 +105,7 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "processed": self.processed,
                 "succeeded": self.succeeded, "failed": self.failed, "retried": self.retried,
-                "duplicates": self.duplicates, "in_flight": self.in_flight,
+                "in_flight": self.in_flight,
                 "last_error": self.last_error, "uptime_s": round(time.time() - self.started, 1)}
 
 
@@ -247,7 +246,6 @@ class Connector:
         metrics = env.metrics
         self._ok = metrics.connector_messages.labels(name, "ok")
         self._dead = metrics.connector_messages.labels(name, "dead")
-        self._duplicate = metrics.connector_messages.labels(name, "duplicate")
         self._in_flight = metrics.connector_in_flight.labels(name)
         self._up = metrics.connector_up.labels(name)
         self._up.set(0)

@@ -167,7 +167,7 @@ class Metrics:
         self.connector_messages = Counter(
             "shipyard_connector_messages", "Messages, rows and files connectors handled, by "
             "connector and outcome (ok; dead: dead-lettered; retried: a passing failure tried "
-            "again; duplicate: already answered, acknowledged without a second call).",
+            "again).",
             ("connector", "outcome"), registry=r)
         self.connector_runs = Counter(
             "shipyard_connector_runs", "Connector runs that ended, by connector and status "
