@@ -45,6 +45,14 @@ def test_the_yaml_is_a_valid_config() -> None:
     assert config.connectors["clicks"].dead_letter_topic == "clicks.dead"
 
 
+def test_the_s3_block_is_a_valid_config() -> None:
+    services = block("yaml connectors").split("connectors:")[0]
+    config = parse_config(services + block("yaml connectors-s3"), environ={
+        "S3_ACCESS_KEY_ID": "AKIAEXAMPLE", "S3_SECRET_ACCESS_KEY": "secret"})
+    s3 = config.connectors["bucket-drops"].s3  # type: ignore[union-attr]
+    assert s3 is not None and s3.done_prefix == "incoming/done/"
+
+
 async def _publish(body: bytes) -> None:
     import aio_pika
 

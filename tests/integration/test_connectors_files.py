@@ -224,3 +224,57 @@ connectors:
     rows = summary["pipeline"]["rows"]
     assert rows["in"] == 4 and rows["out"] == 2 and rows["quarantined"] == 2
     assert Path(summary["pipeline"]["path"]).exists() and summary["pipeline"]["version"] == 1
+
+
+def test_file_drops_from_an_s3_compatible_bucket(tmp_path: Path) -> None:
+    """`s3:`: objects under the prefix are taken from a real S3-compatible server on
+    127.0.0.1 (moto's), processed, and uploaded with their result files to done/."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3.create_bucket(Bucket="drops")
+        s3.put_object(Bucket="drops", Key="incoming/a.csv", Body=b"id,text\n1,one two\n")
+        s3.put_object(Bucket="drops", Key="incoming/notes.txt", Body=b"not matched")
+        s3.put_object(Bucket="drops", Key="incoming/deeper/b.csv", Body=b"id,text\n2,x\n")
+        inbox = tmp_path / "staging"
+        config = parse_config(_config(tmp_path, inbox).replace(
+            "    target: {service: score}\n", f"""    target: {{service: score}}
+    s3:
+      bucket: drops
+      prefix: incoming
+      endpoint_url: {endpoint}
+      region: us-east-1
+      access_key_id: {{$env: S3_KEY}}
+      secret_access_key: {{$env: S3_SECRET}}
+""", 1), environ={"S3_KEY": "test", "S3_SECRET": "test"})
+        install_python_path(config)
+
+        async def scenario() -> Any:
+            gateway = Gateway(config)
+            await gateway.start()
+            try:
+                return await Connectors(gateway, Invoker(gateway)).run("drops",
+                                                                        idle_exit_s=0.5)
+            finally:
+                await gateway.stop()
+
+        connector = asyncio.run(scenario())
+        assert (connector.stats.processed, connector.stats.succeeded) == (1, 1)
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="drops")["Contents"])
+        assert keys == ["incoming/deeper/b.csv", "incoming/done/a.csv",
+                        "incoming/done/a.csv.results.jsonl", "incoming/done/a.csv.summary.json",
+                        "incoming/notes.txt"]
+        results = s3.get_object(Bucket="drops", Key="incoming/done/a.csv.results.jsonl")
+        assert orjson.loads(results["Body"].read())["output"] == {"id": 1, "words": 2}
+        assert not any((inbox / "done").iterdir())  # uploaded, then removed locally
+    finally:
+        server.stop()

@@ -27,6 +27,7 @@ __all__ = [
     "KafkaConnectorConfig",
     "NATSConnectorConfig",
     "RabbitMQConnectorConfig",
+    "S3Source",
     "SQLConnectorConfig",
     "Schedule",
 ]
@@ -277,6 +278,38 @@ class SQLConnectorConfig(_Connector):
         return self
 
 
+class S3Source(Section):
+    """An S3-compatible bucket watched instead of (into) the local folder."""
+
+    bucket: str = Field(description="The bucket watched.")
+    prefix: str = Field("", description="Only objects directly under this prefix (e.g. "
+                        "`incoming/`).")
+    done_prefix: str = Field("", description="Where finished files and their result files "
+                             "are uploaded (default: PREFIX + `done/`).")
+    failed_prefix: str = Field("", description="Where failed files go (default: PREFIX + "
+                               "`failed/`).")
+    endpoint_url: str | None = Field(None, description="An S3-compatible endpoint (MinIO, "
+                                     "Ceph, R2...); default: AWS.")
+    region: str | None = Field(None, description="The bucket's region.")
+    access_key_id: SecretStr | None = Field(
+        None, description="Access key id (`{$env: S3_ACCESS_KEY_ID}`); default: the AWS "
+        "credential chain (environment, profile, instance role).")
+    secret_access_key: SecretStr | None = Field(None, description="Secret access key "
+                                                "(`{$env: S3_SECRET_ACCESS_KEY}`).")
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> S3Source:
+        if self.prefix and not self.prefix.endswith("/"):
+            object.__setattr__(self, "prefix", self.prefix + "/")
+        if not self.done_prefix:
+            object.__setattr__(self, "done_prefix", f"{self.prefix}done/")
+        if not self.failed_prefix:
+            object.__setattr__(self, "failed_prefix", f"{self.prefix}failed/")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        return self
+
+
 class FilesConnectorConfig(_Connector):
     """Watch a folder for CSV, JSONL and Parquet files; run each row through a target (or the
     whole file through a `shipyard data` pipeline); move the file to `done/` or `failed/` with
@@ -296,6 +329,10 @@ class FilesConnectorConfig(_Connector):
                                    "listed.")
     settle_s: float = Field(1.0, ge=0, le=3600, description="A file is picked up once it has "
                             "not changed for this long (still being written otherwise).")
+    s3: S3Source | None = Field(
+        None, description="Watch an S3-compatible bucket: new objects are downloaded into "
+        "`path` (then deleted from the bucket), processed, and uploaded with their result "
+        "files to `done_prefix` or `failed_prefix`.")
     fail_on_row_errors: bool = Field(
         False, description="Move a file to failed/ when any row failed (default: done/, with "
         "the failed rows in its result file).")

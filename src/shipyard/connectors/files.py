@@ -37,6 +37,7 @@ from shipyard.connectors.base import (
     decode,
     sleep_unless,
 )
+from shipyard.connectors.s3 import S3Inbox
 from shipyard.errors import ConfigError
 
 __all__ = ["FilesConnector", "read_rows"]
@@ -88,6 +89,7 @@ class FilesConnector(Connector):
         self.files_done = 0
         self.files_failed = 0
         self._pipeline: Any = None
+        self.s3 = S3Inbox(config.s3, name) if config.s3 is not None else None
         if config.pipeline is not None:
             try:  # optional: the data extra
                 from shipyard.data.config import load_pipeline
@@ -102,6 +104,15 @@ class FilesConnector(Connector):
         self.set_state("running")
         idle_since = time.monotonic()
         while not stop.is_set() and not self.enough():
+            if self.s3 is not None:
+                try:
+                    await asyncio.to_thread(self.s3.fetch, self.inbox, self.config.patterns,
+                                            self.config.settle_s)
+                except Exception as exc:  # the bucket is unreachable: try again next poll
+                    self.set_state("reconnecting", f"S3: {type(exc).__name__}: {exc}")
+                    log.warning("connector %s: listing the bucket failed: %s", self.name, exc)
+                else:
+                    self.set_state("running")
             found = await asyncio.to_thread(self._ready)
             for path in found:
                 if stop.is_set():
@@ -175,8 +186,14 @@ class FilesConnector(Connector):
             toucher.cancel()
         summary.update({"status": status, "error": error,
                         "seconds": round(time.monotonic() - started, 3)})
-        await asyncio.to_thread(self._move, path, summary,
-                                self.done if status == "succeeded" else self.failed)
+        moved = await asyncio.to_thread(self._move, path, summary,
+                                        self.done if status == "succeeded" else self.failed)
+        if self.s3 is not None:
+            try:
+                await asyncio.to_thread(self.s3.upload, moved, done=status == "succeeded")
+            except Exception as exc:  # kept locally in done/ or failed/
+                log.warning("connector %s: uploading %s's results failed (%s); they are in %s",
+                            self.name, path.name, exc, moved[0].parent)
         await asyncio.to_thread(runs.finish, run, status, error)
         self.env.metrics.connector_runs.labels(self.name, status).inc()
         if status == "succeeded":
@@ -241,17 +258,20 @@ class FilesConnector(Connector):
                 out.write(b"".join(lines))
         return counts
 
-    def _move(self, path: Path, summary: dict[str, Any], folder: Path) -> None:
+    def _move(self, path: Path, summary: dict[str, Any], folder: Path) -> list[Path]:
+        """Move the file and its result files into `folder`; their new paths."""
         name = path.name
         if (folder / name).exists():  # the same name dropped again: keep both
             stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{summary['run_id'][-6:]}"
             name = f"{path.stem}.{stem}{path.suffix}"
+        moved = [folder / name, folder / f"{name}.summary.json"]
         results = path.with_name(path.name + ".results.jsonl")
         if results.exists():
             os.replace(results, folder / f"{name}.results.jsonl")
-        (folder / f"{name}.summary.json").write_bytes(
-            orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
-        os.replace(path, folder / name)
+            moved.append(folder / f"{name}.results.jsonl")
+        moved[1].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
+        os.replace(path, moved[0])
+        return moved
 
 
 def _typed(row: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:
