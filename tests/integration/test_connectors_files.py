@@ -278,3 +278,34 @@ def test_file_drops_from_an_s3_compatible_bucket(tmp_path: Path) -> None:
         assert not any((inbox / "done").iterdir())  # uploaded, then removed locally
     finally:
         server.stop()
+
+
+def test_a_draining_gateway_leaves_work_for_later_instead_of_failing_it(
+        tmp_path: Path) -> None:
+    """While the gateway drains (SIGTERM), calls answer 503: the connector neither retries
+    nor fails the rows; the file stays claimed for the next run and the run is interrupted."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "late.csv").write_text("id,text\n1,a\n2,b\n")
+    config = parse_config(_config(tmp_path, inbox))
+    install_python_path(config)
+
+    async def scenario() -> Any:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            gateway.drain()
+            return await Connectors(gateway, Invoker(gateway)).run("drops", idle_exit_s=0.3)
+        finally:
+            await gateway.stop()
+
+    connector = asyncio.run(scenario())
+    assert (connector.stats.processed, connector.stats.failed, connector.stats.retried) == (
+        0, 0, 0)
+    assert (inbox / ".processing" / "late.csv").exists()
+    assert not (inbox / "done" / "late.csv").exists()
+    assert not (inbox / "failed" / "late.csv").exists()
+    gateway = Gateway(config, migrate=False)
+    [run] = RunLog(gateway.engine).list("drops")
+    gateway.engine.dispose()
+    assert run.status == "interrupted"

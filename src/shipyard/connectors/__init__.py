@@ -8,7 +8,7 @@ RabbitMQConnector AMQP queue -> target -> reply_to / reply_queue; dead letter; t
 NATSConnector     JetStream durable pull consumer -> target -> reply subject; dead letter
 KafkaConnector    topic (consumer group) -> target -> reply topic; dead letter topic
 SQLConnector      table or query, in key order and batches -> target -> upserted output table
-FilesConnector    a folder (or S3 bucket) of CSV/JSONL/Parquet -> target or pipeline -> done/ failed/
+FilesConnector    a folder (or S3 bucket) of CSV/JSONL/Parquet -> target or pipeline -> done/
 RunLog            connector runs in the store (counts, heartbeat, checkpoint)
 ```
 See docs/integration.md#connectors.

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,6 +89,12 @@ class Outcome:
     def result(self) -> bytes:
         return orjson.dumps(self.body)
 
+    @property
+    def unsettled(self) -> bool:
+        """A passing failure while the process stops: leave the message for redelivery
+        (the row, the file for the next run) instead of dead-lettering it."""
+        return not self.ok and self.reason == "stopping"
+
 
 @dataclass(slots=True)
 class Stats:
@@ -127,6 +134,9 @@ class Dispatcher:
         # The service's input schema, when it declares one (text columns of a CSV file are
         # converted to the types it names).
         self.input_schema: dict[str, Any] | None = None
+        # True while the process stops (the gateway drains): a passing failure then is not
+        # retried nor dead-lettered but left for redelivery (`Outcome.unsettled`).
+        self.stopping: Callable[[], bool] = lambda: False
         self._retried = metrics.connector_messages.labels(connector, "retried")
 
     def request(self, payload: Any) -> tuple[Endpoint, Any]:
@@ -189,6 +199,9 @@ class Dispatcher:
                                error=poison.message, attempts=attempt)
             outcome.attempts = attempt
             if outcome.ok or outcome.status not in TRANSIENT:
+                return outcome
+            if self.stopping():
+                outcome.reason = "stopping"
                 return outcome
             if attempt < tries:
                 self._retried.inc()

@@ -179,6 +179,11 @@ class FilesConnector(Connector):
                 run.failed = counts["failed"]
                 if counts["failed"] and self.config.fail_on_row_errors:
                     status, error = "failed", f"{counts['failed']} rows failed"
+        except _Stopping:  # left claimed: taken back and done again after the restart
+            toucher.cancel()
+            await asyncio.to_thread(runs.finish, run, "interrupted", None)
+            self.env.metrics.connector_runs.labels(self.name, "interrupted").inc()
+            return {**summary, "status": "interrupted"}
         except Exception as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("connector %s: %s failed: %s", self.name, path.name, error)
@@ -245,6 +250,8 @@ class FilesConnector(Connector):
                 if not chunk:
                     break
                 outcomes = await asyncio.gather(*(one(row) for row in chunk))
+                if any(o.unsettled for o in outcomes):
+                    raise _Stopping
                 lines = []
                 for outcome in outcomes:
                     lines.append(orjson.dumps(
@@ -272,6 +279,10 @@ class FilesConnector(Connector):
         moved[1].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
         os.replace(path, moved[0])
         return moved
+
+
+class _Stopping(Exception):
+    """The process stops while a file is worked on: the file is left for the next run."""
 
 
 def _typed(row: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:

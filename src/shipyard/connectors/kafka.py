@@ -103,17 +103,23 @@ class KafkaConnector(Connector):
                     continue
                 last_activity = time.monotonic()
                 for partition, records in batches.items():
-                    await self._partition(producer, records)
-                    await consumer.commit({partition: records[-1].offset + 1})
+                    settled = await self._partition(producer, records)
+                    if settled:
+                        await consumer.commit({partition: settled[-1].offset + 1})
+                    if len(settled) < len(records):  # stopping: the rest is consumed again
+                        consumer.seek(partition, records[len(settled)].offset)
+                        stop.set()
+                        break
             self.set_state("stopped")
         finally:
             self._up.set(0)
             await consumer.stop()
             await producer.stop()
 
-    async def _partition(self, producer: Any, records: list[Any]) -> None:
-        """Answer a partition's records concurrently, write every result, then return (the
-        caller commits the offset after the last)."""
+    async def _partition(self, producer: Any, records: list[Any]) -> list[Any]:
+        """Answer a partition's records concurrently and write their results; the records
+        settled, in order (the caller commits the offset after the last): all, or those
+        before the first one left for redelivery because the process stops."""
         slots = asyncio.Semaphore(self.config.concurrency)
 
         async def one(record: Any) -> tuple[Any, Outcome]:
@@ -131,11 +137,14 @@ class KafkaConnector(Connector):
                 finally:
                     self.end()
 
-        answered = await asyncio.gather(*(one(r) for r in records))
+        answered = list(await asyncio.gather(*(one(r) for r in records)))
+        cut = next((i for i, (_, o) in enumerate(answered) if o.unsettled), len(answered))
+        answered = answered[:cut]
         sends = [await self._send(producer, record, outcome) for record, outcome in answered]
         await asyncio.gather(*sends)
         for _, outcome in answered:
             self.counted(outcome)
+        return [record for record, _ in answered]
 
     async def _send(self, producer: Any, record: Any, outcome: Outcome) -> Any:
         cfg = self.config

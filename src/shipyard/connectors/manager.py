@@ -111,6 +111,10 @@ class Connectors:
         return connector
 
     async def run_built(self, connector: Connector, stop: asyncio.Event) -> None:
+        """Run a built connector until it ends or `stop` is set (or the gateway drains)."""
+        if connector.env.dispatcher is not None:
+            gateway = self.gw
+            connector.env.dispatcher.stopping = lambda: stop.is_set() or gateway.draining
         if connector.kind in ("sql", "files"):  # they record their own runs (checkpoints)
             await self._guarded(connector, stop)
             return
@@ -157,7 +161,10 @@ class Connectors:
                             exc_info=True)
 
     async def start(self) -> None:
-        """Start every connector with `autostart: true` in the background."""
+        """Start every connector with `autostart: true` in the background; they stop when
+        the gateway starts draining (SIGTERM), before its requests are cut off."""
+        if any(cfg.autostart for cfg in self.configs.values()):
+            self._tasks[""] = asyncio.create_task(self._watch_drain())
         for name, cfg in self.configs.items():
             if not cfg.autostart:
                 continue
@@ -165,6 +172,13 @@ class Connectors:
             task = asyncio.create_task(self._background(connector))
             self._tasks[name] = task
             log.info("connector %s (%s) started", name, cfg.kind)
+
+    async def _watch_drain(self) -> None:
+        while not self._stop.is_set():
+            if self.gw.draining:
+                self._stop.set()
+                return
+            await asyncio.sleep(0.2)
 
     async def _background(self, connector: Connector) -> None:
         try:

@@ -184,7 +184,7 @@ class NATSConnector(Connector):
                            error=poison.message), None
         outcome = await self.dispatcher.call(payload, request_id=headers.get("Nats-Msg-Id"),
                                              traceparent=headers.get("traceparent"))
-        if (not outcome.ok and outcome.reason == "failed_after_retries"
+        if outcome.unsettled or (not outcome.ok and outcome.reason == "failed_after_retries"
                 and self._stopping()):
             return None, None
         return outcome, reply_to

@@ -194,7 +194,7 @@ class RabbitMQConnector(Connector):
         outcome = await self.dispatcher.call(
             payload, request_id=message.message_id,
             traceparent=traceparent if isinstance(traceparent, str) else None)
-        if (not outcome.ok and outcome.reason == "failed_after_retries"
+        if outcome.unsettled or (not outcome.ok and outcome.reason == "failed_after_retries"
                 and (self._stop.is_set() or self._done.is_set())):
             return None, None
         return outcome, reply_to

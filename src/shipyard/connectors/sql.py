@@ -150,6 +150,9 @@ class SQLConnector(Connector):
                 if output is None:
                     output = await asyncio.to_thread(self._output_table, engine, rows[0])
                 outcomes = await self._score_rows(rows)
+                if any(o.unsettled for o in outcomes):  # stopping: this batch is redone
+                    status = "interrupted"
+                    break
                 await asyncio.to_thread(self._write, engine, output, run, rows, outcomes)
                 last = rows[-1][cfg.key]
                 for outcome in outcomes:
