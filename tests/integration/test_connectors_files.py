@@ -104,7 +104,7 @@ def test_file_drops_through_a_service(tmp_path: Path) -> None:
 def test_a_passing_failure_is_retried_and_row_errors_can_fail_the_file(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    (inbox / "retry.csv").write_text("id,text\n7,seven\n8,eight\n")
+    (inbox / "retry.csv").write_text("id,text\n700,seven\n701,eight\n")  # 700: fails once
     (inbox / "strict.jsonl").write_text('{"id": 1, "text": "fine"}\n{"id": 2}\n')
     config = parse_config(_config(tmp_path, inbox, extra=f"""  retrying:
     kind: files
