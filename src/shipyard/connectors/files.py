@@ -147,11 +147,15 @@ class FilesConnector(Connector):
 
     def _claim(self, path: Path) -> Path | None:
         target = self.processing / path.name
+        taken_back = path.parent == self.processing
         try:
-            os.replace(path, target) if path.parent != self.processing else os.utime(path)
+            if taken_back:  # a claim whose process stopped: touch it to hold it again
+                os.utime(path)
+            else:
+                os.replace(path, target)
         except FileNotFoundError:  # another watcher took it
             return None
-        if path.parent == self.processing:
+        if taken_back:
             log.warning("connector %s: taking back %s (its process stopped)", self.name,
                         path.name)
         return target
