@@ -25,7 +25,8 @@ DOCS = ("README.md", *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.m
 RUNNABLE = frozenset({"bash", "sh", "shell", "console", "python", "yaml", "yml"})
 SHOWN = frozenset({"text", "json", "html"})
 
-_FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
+# The language is the info string's first word ("```python connectors": python).
+_FENCE = re.compile(r"^(\s*)```(\S*)(?:\s+\S.*)?\s*$")
 
 
 @dataclass(frozen=True)

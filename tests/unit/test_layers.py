@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"providers", "privacy", "security", "resilience", "guards", "escalation", "monitor",
      "data", "sdk", "sim", "webhooks", "lifecycle", "engines"},
     {"targets"},
+    {"connectors"},
     {"gateway", "ui"},
     {"readiness"},
     {"cli", "__main__", "__init__"},

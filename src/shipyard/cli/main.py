@@ -13,6 +13,7 @@ import typer
 from shipyard._version import __version__
 from shipyard.cli import alerts as alerts_cli
 from shipyard.cli import audit as audit_cli
+from shipyard.cli import connectors as connectors_cli
 from shipyard.cli import data as data_cli
 from shipyard.cli import drift as drift_cli
 from shipyard.cli import escalations as escalations_cli
@@ -66,6 +67,7 @@ app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
 app.add_typer(webhooks_cli.app, name="webhooks")
+app.add_typer(connectors_cli.app, name="connectors")
 app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
 from shipyard.config.base import NAME_PATTERN, Section
+from shipyard.config.connectors import AnyConnector
 from shipyard.config.drift import DriftConfig
 from shipyard.config.engines import RayConfig
 from shipyard.config.lifecycle import LifecycleConfig
@@ -97,6 +98,9 @@ class Config(Section):
                            description="The Ray cluster of `engine: ray` services and "
                            "`shipyard data run --engine ray` (see docs/ray.md).")
     webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
+    connectors: dict[str, AnyConnector] = Field(
+        default_factory=dict, description="Queue consumers, SQL scoring and file drops, by "
+        "name, each run through a target (see docs/integration.md#connectors).")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -104,6 +108,19 @@ class Config(Section):
         _names_ok("provider", iter(self.providers))
         _names_ok("model", iter(self.models))
         _names_ok("service", iter(self.services))
+        _names_ok("connector", iter(self.connectors))
+        for name, connector in self.connectors.items():
+            reached = connector.target
+            if reached is None:
+                continue
+            known_targets: dict[str, Any] = dict(self.services if reached.service
+                                                 else self.models)
+            if reached.name not in known_targets:
+                what = "service" if reached.service else "model"
+                raise ValueError(
+                    f"connectors.{name}.target.{what} is '{reached.name}', which is not a "
+                    f"{what} (known: {', '.join(sorted(known_targets)) or 'none'}); add it "
+                    f"under '{what}s' or fix the name")
         known = ", ".join(sorted(self.providers)) or "none are defined"
         for alias, model in self.models.items():
             for i, target in enumerate(model.targets(alias)):
@@ -158,6 +175,17 @@ def _type_name(annotation: Any) -> str:
     return text
 
 
+def _kinds(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
+    """The models of an `Annotated[A | B, discriminator]` union, with their `kind`."""
+    union = get_args(annotation)[0] if get_origin(annotation) is Annotated else None
+    found: list[tuple[str, type[BaseModel]]] = []
+    for member in get_args(union) if union is not None else ():
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            kind = get_args(member.model_fields["kind"].annotation)
+            found.append((str(kind[0]) if kind else member.__name__, member))
+    return found
+
+
 def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[Setting]:
     """Yield every setting of `shipyard.yaml`, depth first, as (path, type, default, help)."""
     nested: dict[str, tuple[str, type[BaseModel]]] = {
@@ -176,6 +204,12 @@ def iter_settings(model: type[BaseModel] = Config, prefix: str = "") -> Iterator
             yield from iter_settings(annotation, path + ".")
             continue
         args = getattr(annotation, "__args__", ())
+        kinds = _kinds(args[-1]) if get_origin(annotation) is dict and args else []
+        if kinds:  # a dict of sections told apart by their `kind` (connectors)
+            yield Setting(path, "dict", "{}", field.description or "")
+            for kind, sub_model in kinds:
+                yield from iter_settings(sub_model, f"{path}.NAME(kind={kind}).")
+            continue
         optional = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(args) == 2 and type(None) in args and optional:  # an optional section
             yield Setting(path, f"{optional[0].__name__} | None", "None", field.description or "")

@@ -21,6 +21,7 @@ from shipyard.config import env
 from shipyard.config.loader import install_python_path, load_config
 from shipyard.config.schema import Config
 from shipyard.config.server import CorsConfig
+from shipyard.connectors.manager import Connectors
 from shipyard.errors import (
     CapacityError,
     ClientError,
@@ -36,6 +37,7 @@ from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.invoke import Invoker
 from shipyard.gateway.lifecycle_routes import lifecycle_routes
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
@@ -79,9 +81,12 @@ def create_app(config: Config, *, engine: Engine | None = None,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        connectors = Connectors(gateway, Invoker(gateway))
         try:
+            await connectors.start()  # those with autostart: true
             yield
         finally:
+            await connectors.stop(grace_s=min(15.0, config.server.drain_timeout_s))
             await gateway.stop()
 
     async def shipyard_error(request: Request, exc: Exception) -> Response:

@@ -60,13 +60,17 @@ class Invoker:
     async def run(self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], *,
                   route: str, service: str | None = None, request_id: str | None = None,
                   traceparent: str | None = None, conversation_id: str | None = None,
-                  priority: int = 1, deadline_s: float | None = None) -> Invocation:
+                  priority: int = 1, deadline_s: float | None = None,
+                  attributes: dict[str, Any] | None = None) -> Invocation:
         """One call. `endpoint` is an OpenAI endpoint (`body` its request; streaming is not
         available here) or `invoke` (`service` names the service, `body` is its input).
         `route` names the entry point on the trace (`job`, `batch`, a connector's name).
-        Headless work is batch priority by default: interactive requests go first."""
+        Headless work is batch priority by default: interactive requests go first.
+        `attributes` are kept on the trace (e.g. the connector a message came through)."""
         gw = self.gw
         ctx = gw.recorder.begin_call(route, request_id=request_id, traceparent=traceparent)
+        if attributes:
+            ctx.attributes = dict(attributes)
         ctx.tenant_id = principal.tenant_id
         ctx.key_id = principal.key_id
         try:

@@ -159,6 +159,9 @@ class Gateway:
                                     on_decision=self.hooks.count_decision)
         self.metrics.watch_admission(self._queue_depths)
         self.audit_log = AuditLog(self.engine)
+        # The process's running connectors (shipyard.connectors.Connectors sets itself here:
+        # the dashboard's connectors page reads their live counts).
+        self.connectors: Any = None
         self.created = int(time.time())
         self.started = False
         self.draining = False

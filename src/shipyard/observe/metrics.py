@@ -182,6 +182,21 @@ class Metrics:
             "shipyard_ray_replica_failures", "Calls whose Ray replica died or became "
             "unreachable while working on them, by service and what followed (retried, "
             "failed).", ("service", "outcome"), registry=r)
+        self.connector_messages = Counter(
+            "shipyard_connector_messages", "Messages, rows and files connectors handled, by "
+            "connector and outcome (ok; dead: dead-lettered; retried: a passing failure tried "
+            "again).",
+            ("connector", "outcome"), registry=r)
+        self.connector_runs = Counter(
+            "shipyard_connector_runs", "Connector runs that ended, by connector and status "
+            "(succeeded, failed, interrupted).", ("connector", "status"), registry=r)
+        self.connector_in_flight = Gauge(
+            "shipyard_connector_in_flight", "Messages or rows a connector is working on now.",
+            ("connector",), registry=r, multiprocess_mode="livesum")
+        self.connector_up = Gauge(
+            "shipyard_connector_up", "1 while a connector is connected to its broker, "
+            "database or folder and running, 0 otherwise.", ("connector",), registry=r,
+            multiprocess_mode="livemax")
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,

@@ -69,6 +69,7 @@ class PageContext:
     config: Any = None  # the gateway's `Config` (drift checks, alert rules, SLOs), if any
     # A service's live engine state in this gateway process (replicas on Ray), if any.
     live: Callable[[str], dict[str, Any] | None] | None = None
+    connectors: Any = None  # the process's running connectors (shipyard.connectors), if any
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def can(self, scope: str) -> bool:

@@ -42,6 +42,7 @@ from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX
+from shipyard.ui import connector_pages as _connector_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import lifecycle_pages as _lifecycle_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import readiness_pages as _readiness_pages  # noqa: F401  (registers its pages)
@@ -357,7 +358,7 @@ class Dashboard:
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
                           readable=self.gw.recorder.readable, config=self.gw.config,
-                          live=self._live)
+                          live=self._live, connectors=self.gw.connectors)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:
