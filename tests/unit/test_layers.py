@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"store", "state", "observe", "work"},
     {"pipeline"},
     {"providers", "privacy", "security", "resilience", "guards", "escalation", "monitor",
-     "data", "sdk", "sim", "webhooks", "lifecycle"},
+     "data", "sdk", "sim", "webhooks", "lifecycle", "jobs"},
     {"targets"},
     {"gateway", "ui"},
     {"readiness"},

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from sqlalchemy import create_engine
 
 from shipyard._version import __version__
@@ -25,6 +24,7 @@ from shipyard.cli import data as data_cli
 from shipyard.cli import drift as drift_cli
 from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
+from shipyard.cli import jobs as jobs_cli
 from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
 from shipyard.cli import versions as versions_cli
@@ -75,6 +75,7 @@ app.add_typer(feedback_cli.app, name="feedback")
 app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
 app.add_typer(webhooks_cli.app, name="webhooks")
+app.add_typer(jobs_cli.app, name="jobs")
 app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from shipyard.config.alerting import AlertsConfig, SLOConfig, check_alert_references
 from shipyard.config.base import NAME_PATTERN, Section
 from shipyard.config.drift import DriftConfig
+from shipyard.config.jobs import BatchesConfig, JobsConfig
 from shipyard.config.lifecycle import LifecycleConfig
 from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, RateLimitsConfig
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
@@ -93,6 +94,11 @@ class Config(Section):
         "docs/architecture.md.")
     work: WorkConfig = Field(default_factory=lambda: WorkConfig())
     webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
+    jobs: JobsConfig = Field(default_factory=lambda: JobsConfig(),
+                             description="Durable jobs (see docs/integration.md).")
+    batches: BatchesConfig = Field(default_factory=lambda: BatchesConfig(),
+                                   description="The Batch and Files APIs (see "
+                                   "docs/integration.md).")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -121,6 +127,12 @@ class Config(Section):
                         f"models.{alias}.fallbacks names '{fallback}', a "
                         f"{self.models[fallback].type} model; fallbacks must be {model.type} models"
                     )
+        targets = ", ".join(sorted({*self.models, *self.services})) or "none"
+        for name in self.jobs.targets:
+            if name not in self.models and name not in self.services:
+                raise ValueError(
+                    f"jobs.targets names '{name}', which is neither a model alias nor a "
+                    f"service (known: {targets}); fix the name or remove the entry")
         for name, service in self.services.items():
             for key, check in (("rollout.gates.drift", service.rollout.gates.drift),
                                ("retrain.on_drift",
