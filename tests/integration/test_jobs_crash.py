@@ -185,4 +185,5 @@ webhooks:
         gateway.stop()
         sim.stop()
         receiver.shutdown()
+        receiver.server_close()
         engine.dispose()
