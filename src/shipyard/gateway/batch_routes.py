@@ -31,7 +31,6 @@ from shipyard.gateway.admin_routes import acting_tenant
 from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
-from shipyard.jobs.batches import TERMINAL
 
 __all__ = ["batch_routes"]
 
@@ -120,10 +119,9 @@ class BatchRoutes:
         tenant = acting_tenant(principal, request)
         file_id = request.path_params["file_id"]
         await asyncio.to_thread(self.gw.files.get, file_id, tenant_id=tenant)
-        running, _ = await asyncio.to_thread(self.gw.batches.list_batches, tenant_id=tenant, limit=1000)
-        for batch in running:
-            if batch.row["input_file_id"] == file_id and batch.status not in TERMINAL:
-                raise Conflict(f"File '{file_id}' is the input of batch '{batch.id}', which is "
+        batch = await asyncio.to_thread(self.gw.batches.reading, file_id)
+        if batch is not None:
+            raise Conflict(f"File '{file_id}' is the input of batch '{batch.id}', which is "
                                f"{batch.status}; cancel the batch or wait for it to end, then "
                                "delete the file.", param="file_id")
         gone = await asyncio.to_thread(self.gw.files.delete, file_id, tenant_id=tenant)

@@ -683,10 +683,12 @@ def _streaming(schema: str) -> JSON:
 _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("POST", "/v1/chat/completions"): _Op(
         "createChatCompletion", "Chat completion (OpenAI-compatible)", "inference",
-        _streaming("ChatCompletion"), _INFERENCE, "ChatCompletionRequest", params=(_PRIORITY, _IDEMPOTENCY)),
+        _streaming("ChatCompletion"), _INFERENCE, "ChatCompletionRequest",
+        params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/completions"): _Op(
         "createCompletion", "Legacy text completion", "inference",
-        _streaming("TextCompletion"), _INFERENCE, "CompletionRequest", params=(_PRIORITY, _IDEMPOTENCY)),
+        _streaming("TextCompletion"), _INFERENCE, "CompletionRequest",
+        params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/embeddings"): _Op(
         "createEmbedding", "Embeddings", "inference", _ok("EmbeddingList"), _INFERENCE,
         "EmbeddingRequest", params=(_PRIORITY, _IDEMPOTENCY)),

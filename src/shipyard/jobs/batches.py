@@ -319,6 +319,14 @@ class Batches:
             self._worker.wake(KIND)
         return self.get(batch_id, tenant_id=tenant_id)
 
+    def reading(self, file_id: str) -> Batch | None:
+        """A batch that has not ended and reads `file_id` as its input, if any."""
+        with self.engine.connect() as connection:
+            found = connection.execute(select(batches.c.id).where(
+                batches.c.input_file_id == file_id,
+                batches.c.status.not_in(TERMINAL)).limit(1)).scalar()
+        return None if found is None else self.get(str(found), tenant_id=None)
+
     def counts(self) -> dict[str, int]:
         """How many batches are in each status."""
         with self.engine.connect() as connection:
