@@ -187,3 +187,60 @@ webhooks:
         receiver.shutdown()
         receiver.server_close()
         engine.dispose()
+
+
+def test_a_batch_resumes_after_kill_9(tmp_path: Path) -> None:
+    """A batch whose gateway is killed mid-way resumes from its last checkpoint on the next
+    start: every line is answered exactly once in the output file, in input order."""
+    import openai
+
+    sim = launch_sim(tmp_path, "--latency", "40")
+    config = gateway_config(sim.port, f"sqlite:///{tmp_path}/store.db", extra="""
+work: {lease_s: 2, poll_interval_s: 0.1}
+batches: {line_concurrency: 4, checkpoint_s: 0.2}
+""")
+    gateway = launch_gateway(tmp_path, config)
+    lines = 300
+    source = tmp_path / "requests.jsonl"
+    source.write_text("".join(json.dumps({
+        "custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "demo", "messages": [{"role": "user", "content": f"n {i}"}]}}) + "\n"
+        for i in range(lines)))
+    try:
+        with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY,
+                           max_retries=0) as client:
+            with source.open("rb") as handle:
+                uploaded = client.files.create(file=handle, purpose="batch")
+            batch = client.batches.create(input_file_id=uploaded.id,
+                                          endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            deadline = time.monotonic() + 60
+            while True:
+                seen = client.batches.retrieve(batch.id)
+                if seen.request_counts is not None and seen.request_counts.completed >= 60:
+                    break
+                assert time.monotonic() < deadline, seen
+                time.sleep(0.05)
+        assert seen.status == "in_progress"
+        gateway.process.kill()
+        gateway.process.wait(10)
+        gateway = launch_gateway(tmp_path, config)
+        with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=API_KEY,
+                           max_retries=0) as client:
+            deadline = time.monotonic() + 120
+            while (done := client.batches.retrieve(batch.id)).status != "completed":
+                assert done.status == "in_progress" and time.monotonic() < deadline, done
+                time.sleep(0.2)
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (lines, 0)
+            assert done.output_file_id is not None
+            output = [json.loads(x) for x in
+                      client.files.content(done.output_file_id).text.splitlines()]
+        assert [o["custom_id"] for o in output] == [f"c{i}" for i in range(lines)]
+        # Resumed, not restarted: only the lines after the last checkpoint ran twice.
+        stats = httpx.get(f"{sim.url}/_sim/stats").json()
+        calls = sum(int(n) for key, n in stats.items() if "chat" in key)
+        assert lines <= calls < lines + 60, stats
+    finally:
+        gateway.stop()
+        sim.stop()
