@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 from shipyard.config.jobs import JobsConfig
 from shipyard.errors import InvalidRequest, NotFound
 from shipyard.security.principal import Principal
+from shipyard.webhooks.delivery import KIND as WEBHOOK_KIND
 from shipyard.webhooks.delivery import WebhookOutbox
 from shipyard.work import (
     STATUSES,
@@ -385,13 +386,21 @@ class Jobs:
         webhook. Returns how many jobs were looked at."""
         if self.outbox is None or not any(self._subscribed(e) for e in EVENTS.values()):
             return 0
+        assert self.outbox is not None  # checked above
         seen = 0
-        for status in EVENTS:
+        for status, event in EVENTS.items():
+            endpoints = [ep for ep in self.outbox.endpoints.values()
+                         if ep.name.startswith("webhooks.endpoints.")]
             for item in self.queue.list_items(tenant_id=None, kind_prefix=KIND_PREFIX,
                                               status=status, limit=limit):
-                if item.finished_at is not None and item.finished_at >= since:
-                    self._announce(item, status)
-                    seen += 1
+                if item.finished_at is None or item.finished_at < since:
+                    continue
+                seen += 1
+                if all(self.queue.find(tenant_id=item.tenant_id, kind=WEBHOOK_KIND,
+                                       idempotency_key=f"{item.id}:{status}:{ep.name}")
+                       for ep in endpoints if ep.wants(event, item.tenant_id)):
+                    continue  # announced already (the usual case): no second look
+                self._announce(item, status)
         return seen
 
 
