@@ -384,6 +384,10 @@ class WorkQueue:
         """Take back items whose lease expired (their worker died or froze): back to the
         queue, or dead when their attempts are spent, or cancelled when that was asked.
         Returns how many were taken back."""
+        return len(self.reap_items(limit=limit))
+
+    def reap_items(self, *, limit: int = 500) -> list[tuple[str, str, str]]:
+        """`reap`, returning (id, kind, new status) of each item taken back."""
         now = self.clock()
         t = work_items
         expired = (select(t.c.id).where(t.c.status == "running", t.c.lease_until < now)
@@ -421,7 +425,7 @@ class WorkQueue:
         for r in rows:
             log.warning("work item %s (%s) lost its lease on attempt %d; now %s",
                         r[0], r[2], r[3], r[5])
-        return len(rows)
+        return [(str(r[0]), str(r[2]), str(r[5])) for r in rows]
 
     # -- finishing an attempt ---------------------------------------------------------------
     def _finish(self, claim: Claim, values: dict[str, Any], outcome: str,
