@@ -28,6 +28,9 @@ def test_idempotency_keys(start_sim: Callable[..., Proc], start_gateway: Callabl
 services:
   classify: {function: "sample_services:classify",
              input_schema: {type: object, required: [text]}}
+  sleeper: {function: "sample_services:slow_async"}
+jobs: {targets: {sleeper: {concurrency: 1}}}
+work: {poll_interval_s: 0.1}
 """))
     admin = {"authorization": f"Bearer {API_KEY}"}
     assert httpx.post(f"{gateway.url}/v1/admin/tenants", json={"id": "acme"},
@@ -35,6 +38,7 @@ services:
     made = httpx.post(f"{gateway.url}/v1/admin/keys", params={"tenant": "acme"},
                       json={"role": "client", "name": "acme app"}, headers=admin)
     acme = {"authorization": f"Bearer {made.json()['secret']}"}
+    acme_key_id = made.json()["id"]
 
     def post(path: str, body: Any, key: str, headers: dict[str, str] = admin) -> httpx.Response:
         return httpx.post(f"{gateway.url}{path}", json=body, timeout=30,
@@ -102,3 +106,17 @@ services:
                                           "content": "sdk"}],
                                           extra_headers={"Idempotency-Key": "sdk-1"})
     assert one.id == two.id
+
+    # A job runs with its creator's key: revoked meanwhile, the job is dead-lettered.
+    running = post("/v1/services/sleeper/jobs", {"seconds": 2}, "slow-1", headers=acme).json()
+    waiting = post("/v1/services/sleeper/jobs", {"seconds": 0}, "slow-2", headers=acme).json()
+    revoked = httpx.post(f"{gateway.url}/v1/admin/keys/{acme_key_id}/revoke",
+                         params={"tenant": "acme"}, headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    ended = {j["id"]: httpx.get(f"{gateway.url}/v1/jobs/{j['id']}",
+                                params={"wait": 20, "tenant": "acme"}, headers=admin).json()
+             for j in (running, waiting)}
+    assert ended[running["id"]]["status"] == "succeeded"  # it started before the revocation
+    dead = ended[waiting["id"]]
+    assert dead["status"] == "dead" and dead["error"]["status_code"] == 401
+    assert "revoked" in dead["error"]["message"] and dead["attempts"] == 1

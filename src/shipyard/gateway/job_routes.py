@@ -19,6 +19,7 @@ id; a worker then sends it through the target's full chain (`shipyard.gateway.in
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -26,12 +27,18 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipyard.errors import InvalidJSON, InvalidRequest, ModelNotFound, NotFound
+from shipyard.errors import (
+    AuthenticationFailed,
+    InvalidJSON,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+)
 from shipyard.gateway.admin_routes import acting_tenant
 from shipyard.gateway.auth import Principal
 from shipyard.gateway.http import error_response, json_response, read_body
 from shipyard.gateway.idempotent import begin, in_progress
-from shipyard.gateway.invoke import Invoker
+from shipyard.gateway.invoke import Invocation, Invoker
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.validation import validate_chat, validate_completion, validate_embeddings
@@ -44,6 +51,7 @@ from shipyard.work.idempotency import HEADER
 __all__ = ["attach_runners", "job_routes"]
 
 _WAIT_MAX_S = 60.0
+_STORED_KEY_ID = re.compile(r"^[0-9a-f]{12}$")  # shipyard.store.tenants.create_key
 
 
 def attach_runners(gw: Gateway) -> None:
@@ -53,6 +61,9 @@ def attach_runners(gw: Gateway) -> None:
     invoker = Invoker(gw)
 
     async def run(request: JobRequest) -> Outcome:
+        refused = await _key_refused(gw, request.principal)
+        if refused is not None:
+            return Invocation(refused.status, refused.to_dict(), dict(refused.headers))
         return await invoker.run(
             request.principal, request.endpoint, request.body, route=request.route,  # type: ignore[arg-type]
             service=request.target if request.endpoint == "invoke" else None,
@@ -62,6 +73,20 @@ def attach_runners(gw: Gateway) -> None:
         ("service", name) for name in gw.services]
     gw.jobs.attach(gw.worker, run=run, targets=targets, stopping=lambda: gw.draining)
     gw.batches.attach(gw.worker, run=run, stopping=lambda: gw.draining)
+
+
+async def _key_refused(gw: Gateway, principal: Principal) -> AuthenticationFailed | None:
+    """A job runs with its creator's key: one revoked or expired since is refused (the job
+    is dead-lettered with the reason, as the key's own request would be refused)."""
+    keys, key_id = gw.auth.keys, principal.key_id
+    if keys is None or key_id is None or not _STORED_KEY_ID.match(key_id):
+        return None  # a static key from the config, or an OIDC token: nothing stored to check
+    record = await keys.get(key_id)
+    status = "deleted" if record is None else record.status()
+    if status == "active":
+        return None
+    return AuthenticationFailed(f"The API key {record.prefix if record else key_id} that created "
+                                f"this work is {status}; create it again with an active key.")
 
 
 def _number(request: Request, name: str, kind: type[int] | type[float]) -> Any:
