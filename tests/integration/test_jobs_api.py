@@ -119,8 +119,12 @@ jobs:
         assert done[embed["id"]]["endpoint"] == "/v1/embeddings"
         assert done[embed["id"]]["result"]["data"][0]["embedding"]
         assert done[generic["id"]]["metadata"] == {"ticket": "42"}
-        trace = client.get(f"/v1/traces/{done[chat['id']]['trace_id']}").json()
-        assert trace["route"] == "job" and trace["status"] == 200
+        deadline = time.monotonic() + 20  # traces are written off the hot path
+        while (found := client.get(f"/v1/traces/{done[chat['id']]['trace_id']}")
+               ).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        trace = found.json()
+        assert trace["route"] == "job" and trace["status"] == 200, trace
 
         metrics = client.get("/metrics").text
         assert 'shipyard_jobs_finished_total{status="succeeded",target="sleeper"}' in metrics
