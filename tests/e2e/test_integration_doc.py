@@ -1,7 +1,8 @@
 """docs/integration.md as printed: its YAML is a valid config, its shell commands run from a
 folder outside the repo against a store with a dead-lettered delivery (and redeliver it), and
 its Python example runs and prints what the page says. (The receiver example runs in
-tests/integration/test_webhooks_gateway.py.)"""
+tests/integration/test_webhooks_gateway.py; the jobs, batch and idempotency examples in
+tests/e2e/test_jobs_doc.py.)"""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Hook(BaseHTTPRequestHandler):
 
 
 def test_the_yaml_is_a_valid_config() -> None:
-    [yaml] = blocks("yaml")
+    [yaml] = [b for b in blocks("yaml") if "webhooks:" in b]
     config = parse_config(yaml, environ={"CRM_WEBHOOK_URL": "https://crm.example.com/hooks",
                                          "SHIPYARD_WEBHOOK_SECRET": "whsec_" + "A" * 43 + "="})
     [crm] = endpoints_from_config(config).values()
@@ -68,7 +69,7 @@ def test_the_shell_commands_run_as_printed(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        secret_cmd, cli_cmds = blocks("bash")
+        secret_cmd, cli_cmds = [b for b in blocks("bash") if "webhooks" in b]
         made = subprocess.run(["bash", "-ec", secret_cmd + 'echo "$SHIPYARD_WEBHOOK_SECRET"'],
                               capture_output=True, text=True, cwd=tmp_path,
                               env=_env(tmp_path), timeout=60)

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"store", "state", "observe", "work"},
     {"pipeline"},
     {"providers", "privacy", "security", "resilience", "guards", "escalation", "monitor",
-     "data", "sdk", "sim", "webhooks", "lifecycle", "engines"},
+     "data", "sdk", "sim", "webhooks", "lifecycle", "engines", "jobs"},
     {"targets"},
     {"connectors"},
     {"gateway", "ui"},

@@ -18,6 +18,7 @@ from shipyard.cli import data as data_cli
 from shipyard.cli import drift as drift_cli
 from shipyard.cli import escalations as escalations_cli
 from shipyard.cli import feedback as feedback_cli
+from shipyard.cli import jobs as jobs_cli
 from shipyard.cli import pii as pii_cli
 from shipyard.cli import traces as traces_cli
 from shipyard.cli import versions as versions_cli
@@ -68,6 +69,7 @@ app.add_typer(pii_cli.app, name="pii")
 app.add_typer(escalations_cli.app, name="escalations")
 app.add_typer(webhooks_cli.app, name="webhooks")
 app.add_typer(connectors_cli.app, name="connectors")
+app.add_typer(jobs_cli.app, name="jobs")
 app.command("redteam")(redteam)
 app.add_typer(guards_app, name="guards")
 app.add_typer(alerts_cli.app, name="alerts")

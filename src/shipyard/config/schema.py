@@ -19,6 +19,7 @@ from shipyard.config.base import NAME_PATTERN, Section
 from shipyard.config.connectors import AnyConnector
 from shipyard.config.drift import DriftConfig
 from shipyard.config.engines import RayConfig
+from shipyard.config.jobs import BatchesConfig, JobsConfig
 from shipyard.config.lifecycle import LifecycleConfig
 from shipyard.config.security import AuthConfig, BudgetConfig, PriceConfig, RateLimitsConfig
 from shipyard.config.server import ServerConfig, StateConfig, StoreConfig, UIConfig
@@ -101,6 +102,11 @@ class Config(Section):
     connectors: dict[str, AnyConnector] = Field(
         default_factory=dict, description="Queue consumers, SQL scoring and file drops, by "
         "name, each run through a target (see docs/integration.md#connectors).")
+    jobs: JobsConfig = Field(default_factory=lambda: JobsConfig(),
+                             description="Durable jobs (see docs/integration.md).")
+    batches: BatchesConfig = Field(default_factory=lambda: BatchesConfig(),
+                                   description="The Batch and Files APIs (see "
+                                   "docs/integration.md).")
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -142,6 +148,12 @@ class Config(Section):
                         f"models.{alias}.fallbacks names '{fallback}', a "
                         f"{self.models[fallback].type} model; fallbacks must be {model.type} models"
                     )
+        targets = ", ".join(sorted({*self.models, *self.services})) or "none"
+        for name in self.jobs.targets:
+            if name not in self.models and name not in self.services:
+                raise ValueError(
+                    f"jobs.targets names '{name}', which is neither a model alias nor a "
+                    f"service (known: {targets}); fix the name or remove the entry")
         for name, service in self.services.items():
             for key, check in (("rollout.gates.drift", service.rollout.gates.drift),
                                ("retrain.on_drift",

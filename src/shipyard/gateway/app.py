@@ -33,11 +33,13 @@ from shipyard.errors import (
 )
 from shipyard.gateway.admin_routes import admin_routes
 from shipyard.gateway.anthropic_routes import anthropic_routes
+from shipyard.gateway.batch_routes import batch_routes
 from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
 from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.invoke import Invoker
+from shipyard.gateway.job_routes import attach_runners, job_routes
 from shipyard.gateway.lifecycle_routes import lifecycle_routes
 from shipyard.gateway.openai_routes import openai_routes
 from shipyard.gateway.openapi import openapi_route
@@ -77,6 +79,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     """
     install_python_path(config)
     gateway = Gateway(config, engine=engine, migrate=migrate, config_path=config_path)
+    attach_runners(gateway)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -124,7 +127,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
 
     routes = [*health_routes(gateway), *openai_routes(gateway), *responses_routes(gateway),
               *anthropic_routes(gateway),
-              *service_routes(gateway),
+              *service_routes(gateway), *job_routes(gateway), *batch_routes(gateway),
               *admin_routes(gateway), *feedback_routes(gateway), *escalation_routes(gateway),
               *webhook_routes(gateway), *lifecycle_routes(gateway),
               openapi_route(gateway), *ui_routes(gateway), *chat_routes(gateway)]

@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from shipyard.config.server import BoundsConfig
 from shipyard.errors import InvalidRequest, ModelNotFound, UpstreamError
 from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
+from shipyard.gateway.idempotent import idempotent
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.gateway.streaming import relay_sse
@@ -262,10 +263,12 @@ def estimate_usage(endpoint: Endpoint, payload: dict[str, Any],
 def openai_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = OpenAIRoutes(gateway)
     return [
-        ScopedRoute("/v1/chat/completions", routes.chat, methods=["POST"], scope="inference"),
-        ScopedRoute("/v1/completions", routes.completions, methods=["POST"],
+        ScopedRoute("/v1/chat/completions", idempotent(gateway, routes.chat), methods=["POST"],
                     scope="inference"),
-        ScopedRoute("/v1/embeddings", routes.embeddings, methods=["POST"], scope="inference"),
+        ScopedRoute("/v1/completions", idempotent(gateway, routes.completions), methods=["POST"],
+                    scope="inference"),
+        ScopedRoute("/v1/embeddings", idempotent(gateway, routes.embeddings), methods=["POST"],
+                    scope="inference"),
         ScopedRoute("/v1/models", routes.list_models, methods=["GET"], scope="models:read"),
         ScopedRoute("/v1/models/{model:path}", routes.get_model, methods=["GET"],
                     scope="models:read"),

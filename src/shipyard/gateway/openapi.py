@@ -62,6 +62,17 @@ def _list_of(name: str) -> JSON:
                            "data": {"type": "array", "items": _ref(name)}}}
 
 
+def _page_of(name: str) -> JSON:
+    return {"type": "object", "required": ["object", "data", "has_more"],
+            "properties": {"object": {"const": "list"},
+                           "data": {"type": "array", "items": _ref(name)},
+                           "first_id": _nullable("string"), "last_id": _nullable("string"),
+                           "has_more": {"type": "boolean"}}}
+
+
+_UNIX = {"type": "integer", "description": "Unix seconds."}
+_NULL_UNIX = {"type": ["integer", "null"], "description": "Unix seconds."}
+
 _CONTENT_PART = {"type": "object", "required": ["type"], "properties": {"type": _STRING}}
 
 _KEY_FIELDS: JSON = {
@@ -448,6 +459,77 @@ _SCHEMAS: dict[str, JSON] = {
             "body": {"type": "string", "description": "The exact body sent (detail only)."},
             "attempt_log": {"type": "array", "items": {"type": "object"}}}},
     "WebhookDeliveryList": _list_of("WebhookDelivery"),
+    "Job": {
+        "type": "object", "required": ["id", "object", "status", "endpoint", "target",
+                                       "created_at", "attempts", "max_attempts"],
+        "properties": {
+            "id": _STRING, "object": {"const": "job"},
+            "status": {"enum": ["queued", "running", "succeeded", "dead", "cancelled"]},
+            "endpoint": _STRING, "target": _STRING,
+            "target_type": {"enum": ["model", "service"]},
+            "created_at": _UNIX, "started_at": _NULL_UNIX, "finished_at": _NULL_UNIX,
+            "next_attempt_at": _NULL_UNIX, "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"}, "timeout_s": _nullable("number"),
+            "cancel_requested": {"type": "boolean"}, "metadata": {"type": "object"},
+            "result": {"description": "The answer a synchronous call would have given."},
+            "status_code": _nullable("integer"), "trace_id": _nullable("string"),
+            "error": {"type": ["object", "null"], "description": "The last error (dead, "
+                      "cancelled, or retrying)."}}},
+    "JobList": _page_of("Job"),
+    "JobCreate": {
+        "type": "object", "required": ["endpoint", "body"],
+        "properties": {
+            "endpoint": {"type": "string", "description": "`/v1/chat/completions`, "
+                         "`/v1/completions`, `/v1/embeddings` or `/v1/services/NAME/invoke`."},
+            "body": {"description": "The request (or the service's input)."},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "max_attempts": {"type": "integer", "minimum": 1},
+            "metadata": {"type": "object", "additionalProperties": _STRING}}},
+    "JobInput": {"description": "What the synchronous route takes: a service's input, or a "
+                 "chat, completion or embedding request (`model` may be left out)."},
+    "File": {
+        "type": "object", "required": ["id", "object", "bytes", "created_at", "filename",
+                                       "purpose"],
+        "properties": {"id": _STRING, "object": {"const": "file"}, "bytes": {"type": "integer"},
+                       "created_at": _UNIX, "filename": _STRING, "purpose": _STRING,
+                       "status": _STRING, "expires_at": _NULL_UNIX}},
+    "FileList": _page_of("File"),
+    "FileUpload": {
+        "type": "object", "required": ["file", "purpose"],
+        "properties": {"file": {"type": "string", "contentMediaType":
+                                "application/octet-stream"},
+                       "purpose": {"enum": ["batch", "user_data"]}}},
+    "FileDeleted": {"type": "object", "required": ["id", "object", "deleted"],
+                    "properties": {"id": _STRING, "object": {"const": "file"},
+                                   "deleted": {"type": "boolean"}}},
+    "Batch": {
+        "type": "object", "required": ["id", "object", "endpoint", "input_file_id",
+                                       "completion_window", "status", "created_at"],
+        "properties": {
+            "id": _STRING, "object": {"const": "batch"}, "endpoint": _STRING,
+            "input_file_id": _STRING, "completion_window": _STRING,
+            "status": {"enum": ["validating", "failed", "in_progress", "finalizing",
+                                "completed", "expired", "cancelling", "cancelled"]},
+            "output_file_id": _nullable("string"), "error_file_id": _nullable("string"),
+            "errors": {"type": ["object", "null"]},
+            "request_counts": {"type": "object", "properties": {
+                "total": {"type": "integer"}, "completed": {"type": "integer"},
+                "failed": {"type": "integer"}}},
+            "metadata": {"type": ["object", "null"]}, "created_at": _UNIX,
+            "expires_at": _NULL_UNIX, "in_progress_at": _NULL_UNIX,
+            "finalizing_at": _NULL_UNIX, "completed_at": _NULL_UNIX,
+            "failed_at": _NULL_UNIX, "expired_at": _NULL_UNIX, "cancelling_at": _NULL_UNIX,
+            "cancelled_at": _NULL_UNIX}},
+    "BatchList": _page_of("Batch"),
+    "BatchCreate": {
+        "type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
+        "properties": {
+            "input_file_id": _STRING,
+            "endpoint": {"type": "string", "description": "`/v1/chat/completions`, "
+                         "`/v1/completions`, `/v1/embeddings` or `/v1/services/NAME/invoke`."},
+            "completion_window": {"type": "string", "description": "One of "
+                                  "`batches.completion_windows` (default `24h`)."},
+            "metadata": {"type": "object", "additionalProperties": _STRING}}},
     "WebhookEndpoint": {
         "type": "object", "required": ["name", "object", "host", "events", "signed"],
         "properties": {"name": _STRING, "object": {"const": "webhook.endpoint"},
@@ -548,8 +630,10 @@ _ERRORS: dict[int, str] = {
          "or tenant.",
     404: "The model, service, key, trace, escalation or tenant does not exist (or is another "
          "tenant's).",
-    409: "The escalation's status does not allow the action, or a version change conflicts "
-         "(a rollout already running, a reload that failed to load): the message names it.",
+    409: "The escalation's, job's or batch's status does not allow the action, a version "
+         "change conflicts (a rollout already running, a reload that failed to load), or an "
+         "`Idempotency-Key` was reused with another body or is still running: the message "
+         "names it.",
     413: "The body is larger than `server.max_body_bytes`.",
     422: "The input does not match the service's schema, the upstream refused it, or a "
          "field of an admin request is invalid (`param` names it).",
@@ -560,11 +644,16 @@ _ERRORS: dict[int, str] = {
     504: "The upstream (or the hosted service) did not answer in time.",
 }
 _AUTH = (401, 403, 500)
-_INFERENCE = (400, *_AUTH, 404, 413, 422, 429, 502, 503, 504)
+_INFERENCE = (400, *_AUTH, 404, 409, 413, 422, 429, 502, 503, 504)
 
 _PRIORITY = {"name": "x-shipyard-priority", "in": "header", "required": False,
              "description": "`batch` requests wait behind interactive ones.",
              "schema": {"enum": ["interactive", "batch"]}}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "Repeat the request with the same key (within "
+                "`work.idempotency_ttl_s`) to get the first answer back (`idempotent-replayed: "
+                "true`) instead of running it again; another body under the same key is a 409.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
 _TENANT = {"name": "tenant", "in": "query", "required": False,
            "description": "Act on another tenant (admins of the platform tenant only).",
            "schema": _STRING}
@@ -584,6 +673,14 @@ _SERVICE = {"name": "name", "in": "path", "required": True, "schema": {"type": "
             "description": "A service name."}
 _ESCALATION_ID = {"name": "escalation_id", "in": "path", "required": True,
                   "description": "A ticket id (`esc_…`).", "schema": _STRING}
+_JOB_ID = _path_param("job_id", "A job id (`job_…`).")
+_FILE_ID = _path_param("file_id", "A file id (`file-…`).")
+_BATCH_ID = _path_param("batch_id", "A batch id (`batch_…`).")
+_JOB_OPTIONS = (
+    _query("timeout_s", {"type": "number", "exclusiveMinimum": 0},
+           "Longest one attempt may take (at most `jobs.timeout_s`)."),
+    _query("max_attempts", {"type": "integer", "minimum": 1},
+           "Attempts before the job is dead-lettered (at most `jobs.max_attempts`)."))
 _DELIVERY_ID = {"name": "delivery_id", "in": "path", "required": True,
                 "description": "A delivery id (`msg_…`, the `webhook-id` header).",
                 "schema": _STRING}
@@ -618,17 +715,19 @@ def _streaming(schema: str) -> JSON:
 _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("POST", "/v1/chat/completions"): _Op(
         "createChatCompletion", "Chat completion (OpenAI-compatible)", "inference",
-        _streaming("ChatCompletion"), _INFERENCE, "ChatCompletionRequest", params=(_PRIORITY,)),
+        _streaming("ChatCompletion"), _INFERENCE, "ChatCompletionRequest",
+        params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/completions"): _Op(
         "createCompletion", "Legacy text completion", "inference",
-        _streaming("TextCompletion"), _INFERENCE, "CompletionRequest", params=(_PRIORITY,)),
+        _streaming("TextCompletion"), _INFERENCE, "CompletionRequest",
+        params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/embeddings"): _Op(
         "createEmbedding", "Embeddings", "inference", _ok("EmbeddingList"), _INFERENCE,
-        "EmbeddingRequest", params=(_PRIORITY,)),
+        "EmbeddingRequest", params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/responses"): _Op(
         "createResponse", "Responses API (OpenAI-compatible) over a chat model alias",
         "inference", _streaming("Response"), _INFERENCE, "ResponseRequest",
-        params=(_PRIORITY,)),
+        params=(_PRIORITY, _IDEMPOTENCY)),
     ("POST", "/v1/responses/input_tokens"): _Op(
         "countResponseInputTokens", "The input's size in tokens (estimated)", "inference",
         _ok("ResponseInputTokens"), (400, *_AUTH, 404, 413), "ResponseRequest"),
@@ -655,8 +754,74 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
                                  "services", _ok("ServiceList")),
     ("POST", "/v1/services/{name}/invoke"): _Op(
         "invokeService", "Invoke a hosted Python service", "services", _ok("ServiceResult"),
-        (400, *_AUTH, 404, 413, 422, 429, 503, 504), "ServiceInput",
-        params=(_path_param("name", "A service name."), _PRIORITY)),
+        (400, *_AUTH, 404, 409, 413, 422, 429, 503, 504), "ServiceInput",
+        params=(_path_param("name", "A service name."), _PRIORITY, _IDEMPOTENCY)),
+    ("POST", "/v1/services/{name}/jobs"): _Op(
+        "createServiceJob", "Invoke a hosted service asynchronously (a durable job)", "jobs",
+        _ok("Job", 202, "Queued."), (400, *_AUTH, 404, 409, 413, 422, 503), "JobInput",
+        params=(_path_param("name", "A service name."), _IDEMPOTENCY, *_JOB_OPTIONS)),
+    ("POST", "/v1/models/{model}/jobs"): _Op(
+        "createModelJob", "Call a model alias asynchronously (a durable job)", "jobs",
+        _ok("Job", 202, "Queued."), (400, *_AUTH, 404, 409, 413, 503), "JobInput",
+        params=(_path_param("model", "A model alias."), _IDEMPOTENCY, *_JOB_OPTIONS)),
+    ("POST", "/v1/jobs"): _Op(
+        "createJob", "Create a durable job for any endpoint", "jobs",
+        _ok("Job", 202, "Queued."), (400, *_AUTH, 404, 409, 413, 422, 503), "JobCreate",
+        params=(_IDEMPOTENCY,)),
+    ("GET", "/v1/jobs"): _Op(
+        "listJobs", "This tenant's jobs, newest first", "jobs", _ok("JobList"), (400, *_AUTH),
+        params=(_query("status", {"enum": ["queued", "running", "succeeded", "dead",
+                                            "cancelled"]}, "Only this status."),
+                _query("target", _STRING, "Only this model alias or service."),
+                _query("limit", {"type": "integer"}, "How many (1-100, default 20)."),
+                _query("after", _STRING, "The last id of the previous page."), _TENANT)),
+    ("GET", "/v1/jobs/{job_id}"): _Op(
+        "getJob", "Poll a job (its result, or its last error)", "jobs", _ok("Job"),
+        (400, *_AUTH, 404),
+        params=(_JOB_ID, _query("wait", {"type": "number", "minimum": 0, "maximum": 60},
+                                "Wait up to this many seconds for the job to finish."),
+                _TENANT)),
+    ("POST", "/v1/jobs/{job_id}/cancel"): _Op(
+        "cancelJob", "Cancel a queued or running job", "jobs", _ok("Job"),
+        (400, *_AUTH, 404, 409), params=(_JOB_ID, _TENANT)),
+    ("POST", "/v1/jobs/{job_id}/retry"): _Op(
+        "retryJob", "Run a dead, cancelled or succeeded job again", "jobs",
+        _ok("Job", 202, "Queued."), (400, *_AUTH, 404, 409), params=(_JOB_ID, _TENANT)),
+    ("POST", "/v1/files"): _Op(
+        "uploadFile", "Upload a file (multipart: `file`, `purpose`)", "files", _ok("File"),
+        (400, *_AUTH, 413), extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": _ref("FileUpload")}}}}),
+    ("GET", "/v1/files"): _Op(
+        "listFiles", "This tenant's files", "files", _ok("FileList"), (400, *_AUTH),
+        params=(_query("purpose", _STRING, "Only this purpose."),
+                _query("limit", {"type": "integer"}, "How many (1-10000, default 100)."),
+                _query("after", _STRING, "The last id of the previous page."),
+                _query("order", {"enum": ["asc", "desc"]}, "By creation time (default desc)."),
+                _TENANT)),
+    ("GET", "/v1/files/{file_id}"): _Op(
+        "getFile", "One file", "files", _ok("File"), (400, *_AUTH, 404),
+        params=(_FILE_ID, _TENANT)),
+    ("DELETE", "/v1/files/{file_id}"): _Op(
+        "deleteFile", "Delete a file", "files", _ok("FileDeleted"), (400, *_AUTH, 404, 409),
+        params=(_FILE_ID, _TENANT)),
+    ("GET", "/v1/files/{file_id}/content"): _Op(
+        "getFileContent", "A file's bytes", "files",
+        {"200": {"description": "The file.", "content": {"application/jsonl": {
+            "schema": _STRING}}}}, (400, *_AUTH, 404), params=(_FILE_ID, _TENANT)),
+    ("POST", "/v1/batches"): _Op(
+        "createBatch", "Create a batch from an uploaded JSONL file", "batches", _ok("Batch"),
+        (400, *_AUTH, 404, 413, 503), "BatchCreate"),
+    ("GET", "/v1/batches"): _Op(
+        "listBatches", "This tenant's batches, newest first", "batches", _ok("BatchList"),
+        (400, *_AUTH),
+        params=(_query("limit", {"type": "integer"}, "How many (1-100, default 20)."),
+                _query("after", _STRING, "The last id of the previous page."), _TENANT)),
+    ("GET", "/v1/batches/{batch_id}"): _Op(
+        "getBatch", "One batch with its progress", "batches", _ok("Batch"),
+        (400, *_AUTH, 404), params=(_BATCH_ID, _TENANT)),
+    ("POST", "/v1/batches/{batch_id}/cancel"): _Op(
+        "cancelBatch", "Cancel a batch (what was answered is kept)", "batches", _ok("Batch"),
+        (400, *_AUTH, 404, 409), params=(_BATCH_ID, _TENANT)),
     ("GET", "/v1/admin/tenants"): _Op("listTenants", "Tenants (the caller's own unless it is "
                                       "a platform admin)", "admin", _ok("TenantList")),
     ("POST", "/v1/admin/tenants"): _Op(
@@ -838,6 +1003,7 @@ def _operation(op: _Op, scope: str | None) -> JSON:
         out["parameters"] = list(op.params)
     if op.body is not None:
         out["requestBody"] = {"required": op.body_required, "content": _json(_ref(op.body))}
+    out.update(op.extra)
     return out
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 from shipyard.errors import NotFound
 from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
+from shipyard.gateway.idempotent import idempotent
 from shipyard.gateway.openai_routes import (
     SSE_HEADERS,
     answer,
@@ -207,7 +208,8 @@ class ResponsesRoutes:
 def responses_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = ResponsesRoutes(gateway)
     return [
-        ScopedRoute("/v1/responses", routes.create, methods=["POST"], scope="inference"),
+        ScopedRoute("/v1/responses", idempotent(gateway, routes.create), methods=["POST"],
+                    scope="inference"),
         ScopedRoute("/v1/responses/input_tokens", routes.input_tokens, methods=["POST"],
                     scope="inference"),
         ScopedRoute("/v1/responses/{response_id}", routes.retrieve, methods=["GET"],

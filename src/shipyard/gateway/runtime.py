@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -35,6 +36,7 @@ from shipyard.gateway.http import error_response, internal_error
 from shipyard.gateway.lifecycle_hooks import LifecycleHooks
 from shipyard.gateway.recorder import Recorder
 from shipyard.guards.answers import GuardHooks
+from shipyard.jobs import Batches, FileStore, Jobs, files_dir
 from shipyard.lifecycle.controller import Controller
 from shipyard.observe.metrics import Metrics
 from shipyard.observe.tracing import record_span
@@ -117,6 +119,20 @@ class Gateway:
                                                   on_result=self.metrics.count_webhook)
         if config.webhooks.deliver:
             self.webhooks.attach(self.worker)
+        # Jobs, batches and files (their runners are attached by the app, which has the
+        # invoker that sends their requests through the targets' chains).
+        self.files = FileStore(self.engine, files_dir(config),
+                               max_bytes=config.batches.max_file_bytes,
+                               retention_days=config.batches.file_retention_days)
+        self.jobs = Jobs(self.work, config.jobs, outbox=self.webhooks,
+                         on_finish=self.metrics.count_job)
+        self.batches = Batches(self.engine, self.work, self.files, config.batches,
+                               outbox=self.webhooks)
+        self._job_counts: dict[tuple[str, str], int] = {}
+        self._batch_counts: dict[str, int] = {}
+        self.metrics.watch_jobs(lambda: self._job_counts, lambda: self._batch_counts)
+        self.worker.housekeeping.append((5.0, self._count_jobs))
+        self.worker.housekeeping.append((600.0, self.files.purge))
         self.escalations = Escalations.from_config(config, self.engine, self.kv, self.metrics,
                                                    outbox=self.webhooks)
         self.background = Background(config, self.engine, self.metrics,
@@ -185,6 +201,8 @@ class Gateway:
         # Together: a local model loads for seconds, and several of them need not queue.
         await asyncio.gather(*(provider.start() for provider in self.providers.values()))
         await self.worker.start()
+        # A job that completed just before a crash may not have queued its webhook yet.
+        self.background.spawn(self._announce_recent_jobs())
         await self.background.start(traces=self.recorder.writer is not None)
         await self.lifecycle.start()
         if self.ray is not None:
@@ -291,6 +309,17 @@ class Gateway:
                 "queued": writer.depth, "written": writer.written, "dropped": writer.dropped,
                 "lost": writer.lost, **writer.spool_status()},
         }
+
+    async def _announce_recent_jobs(self) -> None:
+        since = self.work.clock() - timedelta(days=1)
+        try:
+            await asyncio.to_thread(self.jobs.announce_recent, since=since)
+        except Exception as exc:  # the store may be down at start: deliveries are best effort
+            log.warning("announcing recently finished jobs failed (%s)", type(exc).__name__)
+
+    def _count_jobs(self) -> None:
+        self._job_counts = self.jobs.counts()
+        self._batch_counts = self.batches.counts()
 
     def _queue_depths(self) -> dict[str, int]:
         depths = {"global": self.admission.queued}

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from shipyard.errors import ServiceError
 from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
+from shipyard.gateway.idempotent import idempotent
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.pipeline import Call, Reply, RequestContext
@@ -112,6 +113,6 @@ def service_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes = ServiceRoutes(gateway)
     return [
         ScopedRoute("/v1/services", routes.list_services, methods=["GET"], scope="models:read"),
-        ScopedRoute("/v1/services/{name}/invoke", routes.invoke, methods=["POST"],
-                    scope="inference"),
+        ScopedRoute("/v1/services/{name}/invoke", idempotent(gateway, routes.invoke),
+                    methods=["POST"], scope="inference"),
     ]

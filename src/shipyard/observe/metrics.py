@@ -204,6 +204,9 @@ class Metrics:
         self.state_up = Gauge(
             "shipyard_state_up", "1 while the shared state (Redis) answers, 0 during an "
             "outage (the worst worker counts).", registry=r, multiprocess_mode="min")
+        self.jobs_finished = Counter(
+            "shipyard_jobs_finished", "Jobs that ended, by target and final status "
+            "(succeeded, dead, cancelled).", ("target", "status"), registry=r)
         self.state_outage_answers = Counter(
             "shipyard_state_outage", "Operations that met a Redis outage, by feature and what "
             "the feature did (local: fell back to this process; closed: answered 503).",
@@ -257,6 +260,33 @@ class Metrics:
                 yield family
 
         self.local_registry.register(_Depths())
+
+    def count_job(self, target: str, status: str) -> None:
+        self.jobs_finished.labels(target, status).inc()
+
+    def watch_jobs(self, jobs: Callable[[], dict[tuple[str, str], int]],
+                   batches: Callable[[], dict[str, int]]) -> None:
+        """Jobs and batches in the store by status, from the last periodic count (a scrape
+        never queries the store)."""
+
+        class _Jobs:
+            def collect(self) -> Iterator[Metric]:
+                family = GaugeMetricFamily(
+                    "shipyard_jobs", "Jobs in the store by target and status (queued, running, "
+                    "succeeded, dead, cancelled), counted every few seconds.",
+                    labels=("target", "status"))
+                for (target, status), n in sorted(jobs().items()):
+                    family.add_metric((target, status), float(n))
+                yield family
+                family = GaugeMetricFamily(
+                    "shipyard_batches", "Batches in the store by status (validating, "
+                    "in_progress, completed, failed, expired, cancelling, cancelled).",
+                    labels=("status",))
+                for status, n in sorted(batches().items()):
+                    family.add_metric((status,), float(n))
+                yield family
+
+        self.local_registry.register(_Jobs())
 
     def watch_spool(self, status: Callable[[], dict[str, int]]) -> None:
         """Spool counters, read from the trace writer at scrape time."""

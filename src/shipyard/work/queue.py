@@ -384,6 +384,10 @@ class WorkQueue:
         """Take back items whose lease expired (their worker died or froze): back to the
         queue, or dead when their attempts are spent, or cancelled when that was asked.
         Returns how many were taken back."""
+        return len(self.reap_items(limit=limit))
+
+    def reap_items(self, *, limit: int = 500) -> list[tuple[str, str, str]]:
+        """`reap`, returning (id, kind, new status) of each item taken back."""
         now = self.clock()
         t = work_items
         expired = (select(t.c.id).where(t.c.status == "running", t.c.lease_until < now)
@@ -421,7 +425,7 @@ class WorkQueue:
         for r in rows:
             log.warning("work item %s (%s) lost its lease on attempt %d; now %s",
                         r[0], r[2], r[3], r[5])
-        return len(rows)
+        return [(str(r[0]), str(r[2]), str(r[5])) for r in rows]
 
     # -- finishing an attempt ---------------------------------------------------------------
     def _finish(self, claim: Claim, values: dict[str, Any], outcome: str,
@@ -579,8 +583,10 @@ class WorkQueue:
     def list_items(self, *, tenant_id: str | None, kind: str | None = None,
                    kinds: Sequence[str] | None = None, status: str | None = None,
                    ref: str | None = None, limit: int = 100,
-                   before: tuple[datetime, str] | None = None) -> list[WorkItem]:
-        """Items newest first; `before` (created_at, id) of the last row pages on."""
+                   before: tuple[datetime, str] | None = None,
+                   kind_prefix: str | None = None) -> list[WorkItem]:
+        """Items newest first; `before` (created_at, id) of the last row pages on;
+        `kind_prefix` selects every kind that starts with it (e.g. all jobs)."""
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Status {status!r} is not a work item status; use one of "
                                  f"{', '.join(STATUSES)}.", param="status")
@@ -592,6 +598,8 @@ class WorkQueue:
             query = query.where(t.c.kind == kind)
         if kinds is not None:
             query = query.where(t.c.kind.in_(list(kinds)))
+        if kind_prefix is not None:
+            query = query.where(t.c.kind.startswith(kind_prefix, autoescape=True))
         if status is not None:
             query = query.where(t.c.status == status)
         if ref is not None:
@@ -646,6 +654,16 @@ class WorkQueue:
             for status, n in connection.execute(query):
                 out[str(status)] = int(n)
         return out
+
+    def counts_by_kind(self, kind_prefix: str) -> dict[tuple[str, str], int]:
+        """How many items of each kind starting with `kind_prefix` are in each status (for
+        gauges): {(kind, status): n}, only the pairs that exist."""
+        t = work_items
+        query = (select(t.c.kind, t.c.status, func.count())
+                 .where(t.c.kind.startswith(kind_prefix, autoescape=True))
+                 .group_by(t.c.kind, t.c.status))
+        with self.engine.connect() as connection:
+            return {(str(k), str(s)): int(n) for k, s, n in connection.execute(query)}
 
     def next_due(self, kinds: Sequence[str]) -> datetime | None:
         """When the next queued item of `kinds` becomes due (None: nothing queued)."""

@@ -384,11 +384,23 @@ class Worker:
     async def _reap_loop(self) -> None:
         while True:
             try:
-                if await asyncio.to_thread(self.queue.reap):
+                reaped = await asyncio.to_thread(self.queue.reap_items)
+                if reaped:
                     self.wake()
+                for item_id, kind, status in reaped:
+                    lane = self._lanes.get(kind)
+                    if status != "queued" and lane is not None and lane.on_finish is not None:
+                        # Ended by the reaper (its last attempt died with its worker): its
+                        # kind hears of it like of any other end.
+                        await asyncio.to_thread(self._reaped, lane, item_id, status)
             except Exception as exc:
                 log.warning("work: reclaiming expired leases failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.reap_interval_s)
+
+    def _reaped(self, lane: _Lane, item_id: str, status: str) -> None:
+        item = self.queue.get(item_id, tenant_id=None)
+        if lane.on_finish is not None:
+            lane.on_finish(item, status, item.last_error)
 
     async def _every(self, interval_s: float, job: Callable[[], object]) -> None:
         while True:
