@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from shipyard.cli.common import fail, resolve_config, warn_inline_secrets
 from shipyard.config import Config
 from shipyard.config.loader import install_python_path
 from shipyard.errors import ShipyardError
+from shipyard.gateway.launch import server_argv
 from shipyard.gateway.runtime import Gateway
 from shipyard.store import create_store_engine, migrate
 
@@ -36,10 +36,3 @@ def prepare(file: Path, environ: dict[str, str] | None = None, *,
                    f"{str(exc).splitlines()[0][:200]}); check that the database is reachable."
                    ) from None
     return cfg
-
-
-def server_argv(file: Path, host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "shipyard.gateway.server", "--config", str(file.resolve()),
-            "--host", host, "--port", str(port), "--workers", str(workers), "--no-migrate"]
-
-
