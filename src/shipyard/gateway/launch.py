@@ -138,9 +138,10 @@ class LocalDeployment:
     environ: dict[str, str] | None = None
     host: str = "127.0.0.1"
     ready_timeout: float = 180.0
-    output: IO[bytes] | int | None = None       # the gateway's stdout/stderr (default: ours)
+    log: Path | None = None       # where the processes' output goes (default: our stdout)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     server: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -152,14 +153,19 @@ class LocalDeployment:
 
     def start(self) -> None:
         environ = dict(os.environ if self.environ is None else self.environ)
+        output: IO[bytes] | None = None
+        where = "its error is above"
+        if self.log is not None:
+            output = self._log_file = self.log.open("ab")
+            where = f"its output is in {self.log}"
         try:
             sims = [(port, subprocess.Popen(sim_argv(port), stdout=subprocess.DEVNULL,
-                                            stderr=self.output, env=environ))
+                                            stderr=output, env=environ))
                     for port in self.sim_ports]
             self.processes += [process for _, process in sims]
             self.server = subprocess.Popen(
                 server_argv(self.config_file, self.host, self.port, 1), env=environ,
-                stdout=self.output, stderr=self.output)
+                stdout=output, stderr=subprocess.STDOUT if output else None)
             self.processes.append(self.server)
             for port, sim in sims:
                 if not _wait_ready(f"http://127.0.0.1:{port}/livez", sim, 30):
@@ -169,7 +175,7 @@ class LocalDeployment:
                 code = self.server.poll()
                 raise ConfigError(
                     f"The gateway did not become ready on port {self.port}"
-                    + (f" (it exited with status {code}; its error is above)"
+                    + (f" (it exited with status {code}; {where})"
                        if code is not None else f" within {self.ready_timeout:.0f} s")
                     + "; is the port free? (--port picks another)")
         except BaseException:
@@ -186,6 +192,9 @@ class LocalDeployment:
         # The gateway first (it drains), then its upstreams.
         for process in reversed(self.processes):
             _stop(process, 30 if process is self.server else 10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def __enter__(self) -> LocalDeployment:
         self.start()
