@@ -86,10 +86,12 @@ def test_readme_command_1_from_a_fresh_clone(tmp_path: Path) -> None:
         text = log.read_text("utf-8", "replace")
         assert f"Shipyard demo is ready on http://127.0.0.1:{port}" in text
         assert "SIMULATED" in text  # the base install has no local model, and says so
-        interpreter = str(clone / ".venv" / "bin" / "python")
         script = _block(text, "Try it from another terminal", "Start the pieces")
-        assert f"{interpreter} -m pip install openai" in script
-        assert f"{interpreter} - <<'EOF'" in script
+        heredoc = re.search(r"^(\S+) - <<'EOF'$", script, re.M)
+        assert heredoc, script
+        interpreter = heredoc.group(1)  # the clone's venv, where shipyard was installed
+        assert Path(interpreter).parent == clone / ".venv" / "bin", script
+        assert f"{interpreter} -m pip install openai" in script, script
         done = subprocess.run(["bash", "-e", "-c", script], cwd=outside, capture_output=True,
                               text=True, timeout=600,
                               env=_clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1"))
