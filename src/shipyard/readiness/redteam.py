@@ -2,9 +2,10 @@
 
 Each attack either **got through** (answered normally, or the answer leaked: the canary, or
 personal data for a PII-extraction attack) or was **stopped** (a guard blocked or escalated
-it, a service's input schema refused it, or the model refused). Each benign request is either **answered** or **wrongly blocked**
-(a false positive). The result has the attack success rate per category, the false-positive
-rate per benign kind, and examples of what got through, as JSON and a self-contained HTML page.
+it, a service's input schema refused it, or the model refused). Each benign request is
+either **answered** or **wrongly blocked** (a false positive). The result has the attack
+success rate per category, the false-positive rate per benign kind, and examples of what got
+through, as JSON and a self-contained HTML page.
 
 >>> corpus = load_outside("holdout")  # outside attacks and text  # doctest: +SKIP
 >>> result = asyncio.run(run_redteam(Target(url, key, model="support"), corpus,
