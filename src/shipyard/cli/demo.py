@@ -7,6 +7,10 @@ writes the config it serves into the state folder (absolute paths: it works from
 directory), waits until `/readyz` answers, and only then prints instructions that work as
 printed: the key it created, `sys.executable` for the Python snippet, a curl line, and the
 `pip install openai` line when the SDK is missing.
+
+With a config of your own, `shipyard sim` is started only for providers whose `base_url`
+points at `127.0.0.1:--sim-port` with nothing listening there; any other upstream is named
+and used as it is. The processes themselves are run by `shipyard.gateway.launch`.
 """
 
 from __future__ import annotations
