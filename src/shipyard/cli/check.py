@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -116,6 +118,8 @@ def check(
         migrate(engine)
         sims = list(sim or [])
         if url is None:
+            # SIGTERM (a CI timeout) must stop what we started and remove the config copy.
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
             log = out / "deployment.log"
             err_console.print(f"no --url: starting the deployment of {escape(str(file))} "
                               f"(its output goes to {escape(str(log))}) ...", highlight=False)
