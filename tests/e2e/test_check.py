@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 QUICKSTART = REPO / "examples" / "quickstart"
+ASSISTANT = REPO / "examples" / "support-assistant"
 
 
 def _check(config: Path, gateway: Proc, out: Path, *flags: str) -> tuple[int, dict[str, Any],
@@ -221,3 +223,66 @@ def test_dashboard_shows_readiness_over_time(runs: dict[str, Any]) -> None:
         assert run["sections"][0]["findings"]
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def assistant_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`shipyard check --quick` on the reference assistant with no --url and no key: the
+    check starts the gateway and the sim its provider points at, then stops them."""
+    folder = tmp_path_factory.mktemp("assistant-check")  # the store lands here, not in the repo
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SHIPYARD_API_KEY", "SHIPYARD_CONFIG")}
+    env.update(PYTHONPATH=str(REPO / "src"), COLUMNS="200")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "shipyard", "check", "-c", str(ASSISTANT / "shipyard.yaml"),
+         "--quick", "--out", "out"], capture_output=True, text=True, env=env, cwd=folder,
+        timeout=400)
+    report = folder / "out" / "readiness.json"
+    return {"code": done.returncode, "output": done.stdout + done.stderr, "folder": folder,
+            "data": json.loads(report.read_text()) if report.exists() else {},
+            "seconds": time.perf_counter() - started}
+
+
+def test_check_starts_the_assistant_itself_and_scores_its_guards(
+        assistant_run: dict[str, Any], runs: dict[str, Any]) -> None:
+    assert assistant_run["code"] == 0, assistant_run["output"]
+    data, out = assistant_run["data"], assistant_run["folder"] / "out"
+    assert (out / "readiness.html").stat().st_size > 1_000_000
+    assert "no --url: starting the deployment" in assistant_run["output"]
+    started = next(n for n in data["notes"] if "started this deployment itself" in n)
+    assert "shipyard sim (a SIMULATED model) for provider llm" in started
+    # the red team went through the service users reach, and met its guards
+    red = _finding(data, "trust.injection-detection")
+    assert "sent to service support (field 'question')" in red["evidence"]["corpus"]
+    assert _finding(data, "trust.graceful")["status"] == "pass"
+    assert _finding(data, "trust.escalation")["status"] == "pass"
+    assert _finding(data, "trust.false-positives")["status"] == "pass"
+    assert _finding(data, "lint.output-guards")["status"] == "pass"
+    _, quickstart, _, _ = runs["good"]
+    assert _section(data, "trust")["score"] > _section(quickstart, "trust")["score"] + 15
+    detection = red["evidence"]["per_category"]
+    assert sum(c["detection_rate"] * c["attacks"] for c in detection.values()) > sum(
+        c["detection_rate"] * c["attacks"]
+        for c in _finding(quickstart, "trust.injection-detection")["evidence"]
+        ["per_category"].values())
+    # the chaos drills broke the sim the check started
+    assert _finding(data, "chaos.errors-30")["evidence"]["success_rate"] is not None
+    # everything was stopped, and the temporary config copy removed
+    port = urlsplit(data["url"]).port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert not list(ASSISTANT.glob(".*.check-*.yaml"))
+    assert (assistant_run["folder"] / ".shipyard" / "support.db").is_file()
+
+
+def test_check_names_an_unknown_service(tmp_path: Path) -> None:
+    config = tmp_path / "shipyard.yaml"
+    config.write_text("auth: {disabled: true}\nproviders: {sim: {kind: openai, base_url: "
+                      "'http://127.0.0.1:9/v1'}}\nmodels: {demo: {provider: sim}}\n")
+    done = subprocess.run([sys.executable, "-m", "shipyard", "check", "-c", str(config),
+                           "--url", "http://127.0.0.1:9", "--service", "nope", "--no-html"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "--service is 'nope'" in done.stderr and "Traceback" not in done.stderr

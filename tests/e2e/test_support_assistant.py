@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, launch_sim
 
 EXAMPLE = REPO / "examples" / "support-assistant"
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -240,6 +240,58 @@ def test_demo_honours_shipyard_config(tmp_path: Path) -> None:
         assert '"object":"chat.completion"' in done.stdout
     finally:
         demo.stop()
+
+
+def _own_config(tmp_path: Path, upstream: int) -> Path:
+    config = tmp_path / "mine.yaml"
+    config.write_text((REPO / "examples" / "quickstart" / "shipyard.yaml").read_text()
+                      .replace("sqlite:///.shipyard/quickstart.db", f"sqlite:///{tmp_path}/q.db")
+                      .replace("127.0.0.1:9100", f"127.0.0.1:{upstream}")
+                      .replace('python_path: ["."]',
+                               f'python_path: ["{REPO / "examples" / "quickstart"}"]'))
+    return config
+
+
+def test_demo_starts_no_sim_for_a_config_that_does_not_use_it(tmp_path: Path) -> None:
+    """The config's provider is an upstream of its own (here a sim we run, on another port):
+    the demo starts nothing on --sim-port, says where the upstream is, and its printed
+    commands still work."""
+    upstream = launch_sim(tmp_path)
+    config, unused = _own_config(tmp_path, upstream.port), free_port()
+    demo = Demo(tmp_path, _env(), "--config", str(config), sim_port=unused)
+    try:
+        text = demo.wait_for("Start the pieces yourself", timeout=120)
+        assert f"upstream:   sim at http://127.0.0.1:{upstream.port}/v1" in text
+        assert "SIMULATED" not in text and " sim --port" not in text
+        with pytest.raises(httpx.ConnectError):  # nothing was started on --sim-port
+            httpx.get(f"http://127.0.0.1:{unused}/livez", timeout=5)
+        script = _block(text, "Try it from another terminal", "Start the pieces")
+        done = subprocess.run(["bash", "-e", "-c", script], env=_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert '"object":"chat.completion"' in done.stdout
+    finally:
+        demo.stop()
+        upstream.stop()
+
+
+def test_demo_reuses_a_sim_already_listening(tmp_path: Path) -> None:
+    from shipyard.cli.demo import plan_own_config
+    from shipyard.config import load_config
+
+    upstream = launch_sim(tmp_path)
+    try:
+        config = _own_config(tmp_path, upstream.port)
+        cfg = load_config(config, environ={"SHIPYARD_API_KEY": "sk-" + "x" * 24})
+        plan = plan_own_config(config, cfg, sim_port=upstream.port)
+        assert plan.start_sim is False
+        assert any("already listening; not started" in note for note in plan.notes)
+        upstream.stop()  # the same config with nothing listening there: the demo starts one
+        plan = plan_own_config(config, cfg, sim_port=upstream.port)
+        assert plan.start_sim is True and "SIMULATED" in plan.notes[1]
+        assert plan_own_config(config, cfg, sim_port=free_port()).start_sim is False
+    finally:
+        upstream.stop()
 
 
 def test_demo_refuses_a_missing_config(tmp_path: Path) -> None:

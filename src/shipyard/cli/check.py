@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,6 +17,9 @@ from rich.table import Table
 from shipyard.cli.common import config_path, console, err_console, fail, resolve_config
 from shipyard.config import env
 from shipyard.errors import ShipyardError
+
+if TYPE_CHECKING:
+    from shipyard.readiness.check.deployment import StartedDeployment
 
 __all__ = ["GATE_MISSED_EXIT", "check"]
 
@@ -25,13 +32,17 @@ def check(
         "--config", "-c", help="shipyard.yaml of the deployment (default: $SHIPYARD_CONFIG or "
         "./shipyard.yaml).")] = None,
     url: Annotated[str | None, typer.Option(
-        help="Root URL of the running gateway (default: http://127.0.0.1:PORT from "
-        "server.port).")] = None,
+        help="Root URL of the running gateway. Without it the check starts the deployment "
+        "itself: the gateway on a free port, and shipyard sim for providers on 127.0.0.1 "
+        "where nothing listens; stopped afterwards.")] = None,
     api_key_env: Annotated[str, typer.Option(
         help="Environment variable holding a platform admin key (it creates the temporary "
         "tenants and keys the check uses).")] = "SHIPYARD_API_KEY",
     model: Annotated[str | None, typer.Option(
         help="Chat model alias to test (default: the config's first chat model).")] = None,
+    service: Annotated[str | None, typer.Option(
+        help="Hosted service the trust challenge attacks (default: when no chat model runs "
+        "input guards, the first service that does).")] = None,
     sim: Annotated[list[str] | None, typer.Option(
         help="Root URL of a `shipyard sim` behind the gateway, for the chaos drills "
         "(repeatable; without one, chaos is skipped).")] = None,
@@ -76,16 +87,24 @@ def check(
 
       shipyard check -c shipyard.yaml --url http://127.0.0.1:8000 --sim http://127.0.0.1:9100 \\
           --quick --gate overall=60
+
+      shipyard check -c examples/support-assistant/shipyard.yaml --quick   # starts it itself
     """
     from shipyard.readiness.check import SECTIONS, CheckOptions, parse_gate, run_check
+    from shipyard.readiness.check.deployment import started_deployment
     from shipyard.readiness.check.report import write_html, write_json
     from shipyard.readiness.report import ensure_html_support
     from shipyard.store import create_store_engine, migrate
     from shipyard.store.readiness import save_run
 
     file = config_path(config)
-    _, cfg = resolve_config(file)
-    key = env.get(api_key_env)
+    environ = env.snapshot()
+    if url is None and not environ.get(api_key_env):
+        # The deployment the check starts accepts this key through {$env: NAME} in
+        # auth.api_keys, as `shipyard demo` does.
+        environ[api_key_env] = "sk-check-" + secrets.token_urlsafe(18)
+    _, cfg = resolve_config(file, environ)
+    key = environ.get(api_key_env)
     if not key and not cfg.auth.disabled:
         raise fail(f"${api_key_env} is not set; export a platform admin key (e.g. the one in "
                    "auth.api_keys) or name another variable with --api-key-env.")
@@ -95,14 +114,26 @@ def check(
             ensure_html_support()
     except ShipyardError as exc:
         raise fail(exc) from None
-    root = (url or f"http://127.0.0.1:{cfg.server.port}").rstrip("/").removesuffix("/v1")
     out.mkdir(parents=True, exist_ok=True)
     engine = create_store_engine(store_url or cfg.store.url)
+    stack = contextlib.ExitStack()
+    started: StartedDeployment | None = None
     try:
         migrate(engine)
+        sims = list(sim or [])
+        if url is None:
+            # SIGTERM (a CI timeout) must stop what we started and remove the config copy.
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+            log = out / "deployment.log"
+            err_console.print(f"no --url: starting the deployment of {escape(str(file))} "
+                              f"(its output goes to {escape(str(log))}) ...", highlight=False)
+            started = stack.enter_context(started_deployment(file, cfg, environ, log=log))
+            sims += started.deployment.sim_urls
+        root = (url or started.deployment.url  # type: ignore[union-attr]
+                ).rstrip("/").removesuffix("/v1")
         options = CheckOptions(
             config=cfg, config_file=file, url=root, api_key=key or "", engine=engine,
-            model=model, sims=list(sim or []), sim_admin_token=sim_admin_token,
+            model=model, service=service, sims=sims, sim_admin_token=sim_admin_token,
             pipelines=list(pipeline or []), quick=quick, slo_p99_ms=slo_p99_ms,
             slo_error_rate=slo_error_rate, target_rate=target_rate,
             store_down_cmd=store_down_cmd, store_up_cmd=store_up_cmd, out_dir=out, gate=rules)
@@ -117,6 +148,9 @@ def check(
                 bar.update(tasks[stage], completed=done, detail=escape(detail))
 
             report = run_check(options, progress)
+        if started is not None:
+            report.notes.append(started.note())
+        stack.close()
         data = report.to_dict()
         write_json(data, out / "readiness.json")
         if html:
@@ -128,6 +162,7 @@ def check(
     except PermissionError as exc:
         raise fail(str(exc)) from None
     finally:
+        stack.close()
         engine.dispose()
     _print(data)
     console.print(f"wrote {out / 'readiness.json'}" + (f" and {out / 'readiness.html'}"

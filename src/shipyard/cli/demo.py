@@ -7,29 +7,34 @@ writes the config it serves into the state folder (absolute paths: it works from
 directory), waits until `/readyz` answers, and only then prints instructions that work as
 printed: the key it created, `sys.executable` for the Python snippet, a curl line, and the
 `pip install openai` line when the SDK is missing.
+
+With a config of your own, `shipyard sim` is started only for providers whose `base_url`
+points at `127.0.0.1:--sim-port` with nothing listening there; any other upstream is named
+and used as it is. The processes themselves are run by `shipyard.gateway.launch`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import secrets
 import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shipyard.cli.common import config_path, fail
-from shipyard.cli.serving import prepare, server_argv
+from shipyard.cli.serving import prepare
 from shipyard.config import env
+from shipyard.errors import ShipyardError
 
-__all__ = ["Plan", "assistant_root", "demo", "plan_assistant", "render_instructions"]
+if TYPE_CHECKING:
+    from shipyard.config import Config
+
+__all__ = ["Plan", "assistant_root", "demo", "plan_assistant", "plan_own_config",
+           "render_instructions"]
 
 EXAMPLE = "support-assistant"
 QUESTION = "Do gift cards expire?"
@@ -59,6 +64,7 @@ class Plan:
     config: Path
     assistant: bool
     start_sim: bool
+    sim_port: int
     model: str                     # a chat alias for the Python snippet
     notes: list[str] = field(default_factory=list)
 
@@ -108,8 +114,30 @@ def plan_assistant(state: Path, *, model: str, sim_port: int) -> Plan:
     header = (f"# Written by 'shipyard demo' from {root / 'shipyard.yaml'}: absolute paths, the "
               "model this machine has.\n")
     file.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return Plan(file.resolve(), assistant=True, start_sim=not use_local, model="assistant",
-                notes=notes)
+    return Plan(file.resolve(), assistant=True, start_sim=not use_local, sim_port=sim_port,
+                model="assistant", notes=notes)
+
+
+def plan_own_config(file: Path, cfg: Config, *, sim_port: int) -> Plan:
+    """Serve the user's config; a sim only for the providers that point at `sim_port` on
+    this machine, and only when nothing listens there already."""
+    from shipyard.gateway.launch import port_in_use, upstreams_on_this_machine
+
+    notes = [f"config:     {file.resolve()}"]
+    upstreams = upstreams_on_this_machine(cfg)
+    on_sim = sorted(name for name, p in upstreams.items() if p == sim_port)
+    start_sim = bool(on_sim) and not port_in_use(sim_port)
+    for name, provider in cfg.providers.items():
+        where = getattr(provider, "base_url", None) or f"kind {provider.kind}"
+        if name in on_sim and start_sim:
+            notes.append(f"model:      SIMULATED (shipyard sim on port {sim_port}) for "
+                         f"provider {name}")
+        elif name in on_sim:
+            notes.append(f"upstream:   {name} at {where} (already listening; not started)")
+        else:
+            notes.append(f"upstream:   {name} at {where}")
+    return Plan(file.resolve(), assistant=False, start_sim=start_sim, sim_port=sim_port,
+                model=_first_chat_model(file), notes=notes)
 
 
 def _first_chat_model(file: Path) -> str:
@@ -131,8 +159,8 @@ def _shipyard_command() -> str:
     return str(script) if script.is_file() else f"{sys.executable} -m shipyard"
 
 
-def render_instructions(plan: Plan, *, key: str, port: int, sim_port: int,
-                        openai_installed: bool, ui_installed: bool) -> str:
+def render_instructions(plan: Plan, *, key: str, port: int, openai_installed: bool,
+                        ui_installed: bool) -> str:
     """The text printed once the gateway is ready; every command in it runs as printed."""
     url = f"http://127.0.0.1:{port}"
     lines = ["", f"Shipyard demo is ready on {url} (Ctrl-C stops it)."]
@@ -171,34 +199,10 @@ def render_instructions(plan: Plan, *, key: str, port: int, sim_port: int,
         lines.append("print(result[\"output\"][\"answer\"])")
     lines += ["EOF", "", "Start the pieces yourself instead:", ""]
     if plan.start_sim:
-        lines.append(f"{_shipyard_command()} sim --port {sim_port} &")
+        lines.append(f"{_shipyard_command()} sim --port {plan.sim_port} &")
     lines += [f"export SHIPYARD_API_KEY={key}",
               f"{_shipyard_command()} serve --config {plan.config} --port {port}", ""]
     return "\n".join(lines)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
-
-
-def _stop(process: subprocess.Popen[bytes] | None, grace: float) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -208,8 +212,13 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 def demo(
     config: ConfigOpt = None,
-    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
-    sim_port: Annotated[int, typer.Option(help="Port of the simulated upstream.")] = 9100,
+    port: Annotated[int | None, typer.Option(
+        help="Gateway port (default: server.port, 8000 unless the config or "
+        "$SHIPYARD_SERVER_PORT says otherwise).")] = None,
+    sim_port: Annotated[int | None, typer.Option(
+        help="Port of the simulated upstream. The assistant's sim takes 9100, or a free port "
+        "when 9100 is taken; your config's sim is started only when a provider's base_url "
+        "points at this port on 127.0.0.1 (default 9100) and nothing listens there.")] = None,
     model: Annotated[str, typer.Option(
         help="The assistant's model: auto (the local SmolLM2 when shipyard[local] is "
         "installed, else the simulator), local or sim.")] = "auto",
@@ -219,51 +228,42 @@ def demo(
         help="Seconds to wait for the gateway to be ready.")] = 180.0,
 ) -> None:
     """Run the support assistant (or your config) on embedded defaults, ready to call."""
+    from shipyard.gateway.launch import LocalDeployment, free_port, port_in_use
+
     if model not in ("auto", "local", "sim"):
         raise fail(f"--model is '{model}'; use auto, local or sim.")
     chosen = config or (config_path(None) if env.config_path_from_env() or
                         Path("shipyard.yaml").is_file() else None)
+    environ = env.snapshot()
+    key = environ.get("SHIPYARD_API_KEY") or "sk-demo-" + secrets.token_urlsafe(18)
+    environ["SHIPYARD_API_KEY"] = key
     if chosen is not None:
         if not chosen.is_file():
             raise fail(f"The config file '{chosen}' does not exist; pass --config with the "
                        "path of a shipyard.yaml, or run 'shipyard demo' without one for the "
                        "support assistant.")
-        plan = Plan(chosen.resolve(), assistant=False, start_sim=True,
-                    model=_first_chat_model(chosen),
-                    notes=[f"config:     {chosen.resolve()}",
-                           f"model:      SIMULATED upstream (shipyard sim) on port {sim_port}"])
+        cfg = prepare(chosen, environ)
+        plan = plan_own_config(chosen, cfg, sim_port=sim_port or 9100)
     else:
+        if sim_port is None:
+            sim_port = free_port() if port_in_use(9100) else 9100
         plan = plan_assistant(state_dir, model=model, sim_port=sim_port)
-    environ = env.snapshot()
-    key = environ.get("SHIPYARD_API_KEY") or "sk-demo-" + secrets.token_urlsafe(18)
-    environ["SHIPYARD_API_KEY"] = key
-    sim: subprocess.Popen[bytes] | None = None
-    server: subprocess.Popen[bytes] | None = None
+        cfg = prepare(plan.config, environ)
+    port = port or cfg.server.port
+    deployment = LocalDeployment(plan.config, port, [plan.sim_port] if plan.start_sim else [],
+                                 environ=environ, host=cfg.server.host,
+                                 ready_timeout=ready_timeout)
     # SIGTERM (not just Ctrl-C) must stop the children, not orphan them.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    print(f"Starting the gateway on port {port} ...", flush=True)
     try:
-        if plan.start_sim:
-            sim = subprocess.Popen([sys.executable, "-m", "shipyard", "sim", "--port",
-                                    str(sim_port)], stdout=subprocess.DEVNULL)
-        print(f"Starting the gateway on port {port} ...", flush=True)
-        cfg = prepare(plan.config, environ)
-        server = subprocess.Popen(server_argv(plan.config, cfg.server.host, port, 1),
-                                  env=environ)
-        if sim is not None and not _wait_ready(f"http://127.0.0.1:{sim_port}/livez", sim, 30):
-            raise fail(f"The simulated upstream did not start on port {sim_port}; is the port "
-                       "free? (--sim-port picks another)")
-        if not _wait_ready(f"http://127.0.0.1:{port}/readyz", server, ready_timeout):
-            code = server.poll()
-            raise fail(f"The gateway did not become ready on port {port}"
-                       + (f" (it exited with status {code}; its error is above)"
-                          if code is not None else f" within {ready_timeout:.0f} s")
-                       + "; is the port free? (--port picks another)")
-        print(render_instructions(plan, key=key, port=port, sim_port=sim_port,
+        deployment.start()
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    try:
+        print(render_instructions(plan, key=key, port=port,
                                   openai_installed=_installed("openai"),
                                   ui_installed=_installed("jinja2")), flush=True)
-        with contextlib.suppress(KeyboardInterrupt, SystemExit):
-            server.wait()
+        deployment.wait()
     finally:
-        _stop(server, 30)
-        _stop(sim, 10)
-
+        deployment.stop()

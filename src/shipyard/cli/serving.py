@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ def prepare(file: Path, environ: dict[str, str] | None = None, *,
 
 
 def server_argv(file: Path, host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "shipyard.gateway.server", "--config", str(file.resolve()),
-            "--host", host, "--port", str(port), "--workers", str(workers), "--no-migrate"]
+    """The command that serves `file` (shipyard.gateway.launch, imported when used)."""
+    from shipyard.gateway.launch import server_argv as argv
 
-
+    return argv(file, host, port, workers)

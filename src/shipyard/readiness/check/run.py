@@ -61,6 +61,7 @@ class CheckOptions:
     api_key: str
     engine: Engine
     model: str | None = None
+    service: str | None = None  # red-team this hosted service instead of the chat model
     sims: list[str] = field(default_factory=list)
     sim_admin_token: str | None = None
     pipelines: list[Path] = field(default_factory=list)
@@ -120,6 +121,16 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{value:.1%}"
 
 
+def _text_field(schema: dict[str, Any] | None) -> str | None:
+    """The input field a service reads text from: its first required string property, else
+    its first string property."""
+    props = (schema or {}).get("properties") or {}
+    strings = [k for k, v in props.items() if isinstance(v, dict) and v.get("type") == "string"]
+    required = [k for k in (schema or {}).get("required") or [] if k in strings]
+    found = required or strings
+    return str(found[0]) if found else None
+
+
 def _grade(value: float, good: float, ok: float, *, higher: bool = True) -> str:
     if value != value:
         return "skip"
@@ -144,6 +155,30 @@ class _Runner:
             raise ConfigError(f"--model is '{self.model}', which is not a model alias of "
                               f"{options.config_file} (known: {', '.join(chat) or 'none'}).",
                               param="model")
+        self.service, self.field = self._trust_service(options)
+
+    def _trust_service(self, options: CheckOptions) -> tuple[str | None, str]:
+        """The hosted service the trust challenge attacks: --service, else (when no --model
+        is given and no chat model runs input guards) the first service that does — users
+        reach such a deployment through its service, not the raw model alias."""
+        services = self.cfg.services
+        name = options.service
+        if name is not None and name not in services:
+            raise ConfigError(f"--service is '{name}', which is not a service of "
+                              f"{options.config_file} (known: {', '.join(services) or 'none'}).",
+                              param="service")
+        if name is None and options.model is None and not any(
+                m.guards.input for m in self.cfg.models.values() if m.type == "chat"):
+            name = next((n for n, s in services.items()
+                         if s.guards.input and _text_field(s.input_schema)), None)
+        if name is None:
+            return None, ""
+        field = _text_field(services[name].input_schema)
+        if field is None:
+            raise ConfigError(f"--service '{name}' has no string property in its "
+                              "input_schema to send the red-team text in; add one (e.g. "
+                              "question: {type: string}).", param="service")
+        return name, field
 
     def _out(self, name: str) -> Path | None:
         return None if self.o.out_dir is None else self.o.out_dir / name
@@ -513,7 +548,7 @@ class _Runner:
         section = self.sections["trust"]
         for finding in lint.lint_trust(self.cfg):
             section.add(finding)
-        if self.model is None:
+        if self.model is None and self.service is None:
             section.add(Finding("trust.redteam", "skip", "no chat model to attack"))
             return
         items = load_outside("holdout") if self.o.corpus == "outside-holdout" else \
@@ -527,8 +562,13 @@ class _Runner:
             items = [i for group in by.values() for i in rng.sample(group, min(len(group), 8))]
             described += f" — a stratified sample of {len(items)} (quick mode)"
         self.progress("trust", 0.05, f"red team: {len(items)} requests")
-        target = redteam_engine.Target(url=self.o.url + "/v1", api_key=self.client_key,
-                                       model=self.model)
+        if self.service is not None:
+            target = redteam_engine.Target(url=self.o.url + "/v1", api_key=self.client_key,
+                                           service=self.service, field=self.field)
+            described += f" — sent to service {self.service} (field '{self.field}')"
+        else:
+            target = redteam_engine.Target(url=self.o.url + "/v1", api_key=self.client_key,
+                                           model=self.model)
         result = asyncio.run(redteam_engine.run_redteam(target, items, concurrency=8,
                                                         timeout_s=15.0,
                                                         corpus_name=described))
@@ -546,7 +586,8 @@ class _Runner:
             "trust.injection-detection", status,  # type: ignore[arg-type]
             f"guards stopped {_pct(detection)} of injection and jailbreak attacks (corpus: "
             f"{described})", fix="" if status == "pass" else "Add {guard: injection} (and the "
-            "embeddings layer) to the model's input guards; see docs/guards.md.",
+            "embeddings layer) to the input guards of the model (or service) users reach; see "
+            "docs/guards.md.",
             evidence={"corpus": described, "per_category": per_category},
             link="check-redteam.json", weight=2.0))
         others = [c for c in summary["attacks"] if c not in INJECTION_CATEGORIES]
@@ -584,6 +625,16 @@ class _Runner:
         self.progress("trust", 1.0, "done")
 
     async def _trust_probes(self) -> Finding:
+        if self.service is not None:
+            spec = self.cfg.services[self.service]
+            async with self._gw() as gw:
+                graceful = await probes.service_graceful_probe(
+                    gw, self.client_key, self.service, self.field,
+                    [g.guard for g in spec.guards.input])
+                escalation = await probes.service_escalation_probe(
+                    gw, self.client_key, self.service, self.field, spec.escalation.enabled)
+            self.sections["trust"].add(graceful)
+            return escalation
         model = self.model or ""
         guards = [g.guard for g in self.cfg.models[model].guards.input]
         async with self._gw() as gw:
@@ -679,6 +730,10 @@ class _Runner:
             for tenant in (self.temp.a, self.temp.b):
                 disable_tenant(self.o.engine, tenant)
             self.notes.extend(self.temp.notes)
+            if self.service is not None:
+                self.notes.append(f"the trust challenge attacked service {self.service} (the "
+                                  "guarded way in); load and chaos used "
+                                  + (f"model {self.model}" if self.model else "no model"))
             self.notes.append(f"traffic used temporary tenants {self.temp.a} and "
                               f"{self.temp.b}; their keys were revoked and the tenants "
                               "disabled afterwards")
