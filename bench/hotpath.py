@@ -380,19 +380,44 @@ def run_target(target: str, upstream_port: int, args: argparse.Namespace, *,
 
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
-    rows = ["| target | function calls / request (event loop) | other threads | total "
-            "| vs its bare peer | server CPU µs / request |", "|---|--:|--:|--:|--:|--:|"]
     results = report["targets"]
+    before = (report.get("before") or {}).get("targets", {})
+    counted = all("instructions_loop" in r for r in results.values())
+
+    def cell(res: dict[str, Any] | None, key: str, peer: dict[str, Any] | None) -> str:
+        if res is None or key not in res:
+            return "-"
+        text = f"{res[key]:,.0f}"
+        if peer is not None and key in peer and peer[key]:
+            text += f" ({res[key] / peer[key]:.2f}x)"
+        return text
+
+    head = ["target"]
+    if counted:
+        head += ["instructions / request, event loop (vs bare)", "other threads"]
+        if before:
+            head += ["event loop, before"]
+    head += ["Python+C calls / request, event loop (vs bare)"]
+    if before:
+        head += ["calls, before"]
+    head += ["CPU µs / request (noisy)"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for target, res in results.items():
-        total = res["loop_calls_per_request"] + res["thread_calls_per_request"]
-        peer = PEERS.get(target)
-        ratio = "-"
-        if peer in results:
-            peer_res = results[peer]
-            ratio = f"{total / (peer_res['loop_calls_per_request'] + peer_res['thread_calls_per_request']):.2f}x"  # noqa: E501
-        rows.append(f"| {target} | {res['loop_calls_per_request']:,.0f} | "
-                    f"{res['thread_calls_per_request']:,.0f} | {total:,.0f} | {ratio} | "
-                    f"{res['cpu_us_per_request']:,.0f} |")
+        peer_name = PEERS.get(target)
+        peer = results.get(peer_name) if peer_name else None
+        old = before.get(target)
+        old_peer = before.get(peer_name) if peer_name else None
+        cells = [target]
+        if counted:
+            cells += [cell(res, "instructions_loop", peer),
+                      cell(res, "instructions_other", None)]
+            if before:
+                cells += [cell(old, "instructions_loop", old_peer)]
+        cells += [cell(res, "loop_calls_per_request", peer)]
+        if before:
+            cells += [cell(old, "loop_calls_per_request", old_peer)]
+        cells += [cell(res, "cpu_us_per_request", peer)]
+        rows.append("| " + " | ".join(cells) + " |")
     tops = []
     for target in ("chat", "service"):
         if target not in results:
@@ -407,14 +432,21 @@ def markdown(report: dict[str, Any]) -> str:
         tops.append("")
     intro = paragraph(
         f"Measured {report['date']} on {machine['cpu']}, {machine['cores']} cores (shared with",
-        "other agents' work while this ran: the call counts do not depend on that, the CPU",
-        "times do somewhat), Python",
-        f"{machine['python']}; shipyard git {report['git']}. {report['requests']:,} requests",
-        "per target, one at a time on one kept-alive connection, after as many warm-up ones;",
-        "every function call (Python and C) in the server process is counted while they run.",
+        "other agents' work while this ran: instruction and call counts do not depend on that,",
+        f"the CPU times do), Python {machine['python']}; shipyard git {report['git']}"
+        + (f" (before: git {report['before']['git']}, measured with the same harness)."
+           if before else "."),
+        f"{report['requests']:,} requests per target, one at a time on one kept-alive",
+        "connection, after as many warm-up ones, under uvicorn (uvloop, httptools) in front of",
+        "the fake upstream of bench/gateway.py. Instructions: valgrind callgrind over n and",
+        "2n requests, the difference divided by n, main thread (the event loop) and the other",
+        "threads apart. The other threads are mostly the trace writer, whose cost per request",
+        "depends on its batch size: under valgrind requests are ~50x slower, batches much",
+        "smaller, so that column overstates it (CPU time without valgrind: about a tenth of the",
+        "event loop's). Calls: `sys.setprofile` counts every Python and C function call.",
         "See the docstring of `bench/hotpath.py`.")
     return "\n\n".join([
-        "## Hot path: function calls per request",
+        "## Hot path: instructions and calls per request",
         intro,
         "\n".join(rows),
         "\n".join(tops),
@@ -434,6 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--src", default=str(BENCH_DIR.parent / "src"),
                         help="the shipyard source tree to measure (e.g. an older revision's, "
                         "from `git archive REV src | tar -x -C DIR`)")
+    parser.add_argument("--before", help="a --dump of an earlier run to show beside this one")
+    parser.add_argument("--render", help="only render docs from a --dump (with --before)")
     parser.add_argument("--dump", help="also write the full report (JSON) to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
@@ -446,6 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         child(args)
+        return 0
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        if args.before:
+            report["before"] = json.loads(Path(args.before).read_text())
+        text = markdown(report)
+        print(text)
+        if not args.no_write:
+            write_json(RESULTS_DIR / "hotpath.json", report)
+            write_docs_section("hotpath", text)
         return 0
     targets = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = set(targets) - set(TARGETS)
@@ -479,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "requests": args.requests, "top_shown": 15,
         "targets": results,
     }
+    if args.before:
+        report["before"] = json.loads(Path(args.before).read_text())
     text = markdown(report)
     print(text)
     if args.dump:
