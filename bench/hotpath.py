@@ -325,6 +325,8 @@ def top_functions(stats: pstats.Stats, n: int, top: int) -> list[dict[str, Any]]
     total_tt = sum(v[2] for v in raw.values()) or 1.0
     rows = []
     for (file, line, name), (_cc, nc, tt, ct, _callers) in raw.items():
+        if file.endswith(("asyncio/subprocess.py", "bench/hotpath.py")):
+            continue  # the harness starting its client, not the server's work
         short = file
         for marker in ("/site-packages/", "/src/", "/bench/", "/lib/python3"):
             if marker in file:
@@ -423,7 +425,10 @@ def markdown(report: dict[str, Any]) -> str:
         if target not in results:
             continue
         tops.append(f"Top functions of `{target}` by own time on the event loop (cProfile; "
-                    "share of the loop thread's profiled time, calls per request):\n")
+                    "share of the loop thread's profiled time, calls per request)"
+                    + (". The thread lock's `release` is the hand-off to the thread pool "
+                       "that runs the function, inflated here by the call counter in that "
+                       "thread" if target == "service" else "") + ":\n")
         tops.append("| function | calls / request | own share | cumulative share |\n"
                     "|---|--:|--:|--:|")
         for row in results[target]["top"][:report["top_shown"]]:
@@ -434,8 +439,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Measured {report['date']} on {machine['cpu']}, {machine['cores']} cores (shared with",
         "other agents' work while this ran: instruction and call counts do not depend on that,",
         f"the CPU times do), Python {machine['python']}; shipyard git {report['git']}"
-        + (f" (before: git {report['before']['git']}, measured with the same harness)."
-           if before else "."),
+        + (f" (before: git {report['before']['git']}, measured with the same harness, `--src`"
+           " on that revision's tree from `git archive`)." if before else "."),
         f"{report['requests']:,} requests per target, one at a time on one kept-alive",
         "connection, after as many warm-up ones, under uvicorn (uvloop, httptools) in front of",
         "the fake upstream of bench/gateway.py. Instructions: valgrind callgrind over n and",

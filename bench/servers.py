@@ -202,8 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{m['rps_c1']:,.0f} | {m['p50_c1_ms']:.3f} |")
     intro = paragraph(
         f"Measured {report['date']} on {machine['cpu']}, {machine['cores']} cores, shared with",
-        f"other agents' work (load average {report['load_average_at_start']:.1f} at the start:",
-        "the wall-clock columns are skewed by it; CPU per request much less so); Python",
+        "other agents' work (the wall-clock columns are skewed by it; CPU per request much less",
+        "so); Python",
         f"{machine['python']}, uvicorn {report['versions']['uvicorn']}, granian",
         f"{report['versions']['granian']}, shipyard git {report['git']}. One worker each, uvloop,",
         f"HTTP/1.1; {report['requests']:,} sequential requests for the CPU column, then wrk",
