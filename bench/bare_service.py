@@ -30,13 +30,16 @@ async def invoke(request: Request) -> Response:
                                   "output": output}), media_type="application/json")
 
 
+def build_app() -> Starlette:
+    return Starlette(routes=[Route("/v1/services/echo/invoke", invoke, methods=["POST"])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    app = Starlette(routes=[Route("/v1/services/echo/invoke", invoke, methods=["POST"])])
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", loop="uvloop",
+    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="warning", loop="uvloop",
                 http="httptools", access_log=False)
 
 

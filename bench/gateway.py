@@ -84,6 +84,7 @@ SERVICES = ("e", "f")
 GOAL_ADDED_P50_MS = 0.35
 GOAL_RPS_VS_BARE = 0.6
 GOAL_RSS_VS_LITELLM = 1 / 3
+GOAL_RSS_MIB = 100.0  # the `shipyard` process at c=16
 FOREIGN_CPU_WARN = 0.05  # share of the machine used by processes outside the benchmark
 
 
@@ -579,6 +580,13 @@ def comparisons(results: dict[str, TargetResult]) -> dict[str, Any]:
             lambda v: v >= GOAL_RPS_VS_BARE,
         ),
         _goal(
+            "Shipyard peak RSS (one worker, through c=16)",
+            f"≤ {GOAL_RSS_MIB:g} MiB",
+            rss("c"),
+            lambda v: f"{v:.1f} MiB",
+            lambda v: v <= GOAL_RSS_MIB,
+        ),
+        _goal(
             "Shipyard peak RSS vs LiteLLM",
             "≤ 1/3 (0.33x)",
             out["shipyard_rss_vs_litellm"],
@@ -714,6 +722,12 @@ def markdown(
         "so absolute numbers are only comparable within one run.",
     )
     listed = "\n".join(notes + errors)
+    where = paragraph(
+        "Where Shipyard's time goes, counted rather than timed (instructions and function",
+        "calls per request, Shipyard vs the bare proxy and the bare service, with the top",
+        "functions): see the hot-path section below (`bench/hotpath.py`); uvicorn vs granian:",
+        "the ASGI servers section (`bench/servers.py`).",
+    )
     return "\n\n".join(
         part
         for part in (
@@ -723,6 +737,7 @@ def markdown(
             results_table(results),
             goals_table(summary),
             listed,
+            where,
             f"Reproduce: `{report['command']}`",
         )
         if part

@@ -63,6 +63,7 @@ _ADMITTED = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
              "/v1/embeddings": "embeddings", "/v1/responses": "responses",
              "/v1/messages": "messages"}
 _PROBES = frozenset({"/livez", "/readyz"})
+_INVOKE = "/v1/services/{name}/invoke"  # its endpoint, too, renders all of its own errors
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -192,10 +193,14 @@ class FastPath:
                 allow_credentials=cors.allow_credentials, max_age=cors.max_age_s,
                 expose_headers=["x-request-id", "x-shipyard-trace-id", "retry-after"])
         self._direct: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+        self._invoke: Route | None = None  # POST /v1/services/{name}/invoke
         for route in routes:
             if isinstance(route, Route) and route.path in _DIRECT and route.methods:
                 for method in route.methods:
                     self._direct[(method, route.path)] = route.endpoint
+            elif isinstance(route, Route) and route.path == _INVOKE and route.methods \
+                    and "POST" in route.methods:
+                self._invoke = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._entry(scope, receive, send)
@@ -229,6 +234,18 @@ class FastPath:
             response = await endpoint(Request(scope, receive, send))
             await response(scope, receive, send)
             return
+        if self._invoke is not None and scope["method"] == "POST":
+            name = _service_of(scope["path"])
+            if name is not None:
+                # What Starlette's router would set for this route (its `{name}` matches
+                # one non-empty path segment), without walking the route table.
+                scope["app"] = self.app
+                scope["route"] = self._invoke
+                scope["endpoint"] = self._invoke.endpoint
+                scope["path_params"] = {"name": name}
+                response = await self._invoke.endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, _with_security_headers(send))
 
     async def _admitted(self, gateway: Gateway, route: tuple[str, str | None], scope: Scope,
@@ -261,6 +278,15 @@ class FastPath:
             # Overload signals (429, 503, 504) teach an adaptive limit to back off.
             admission.observe(time.monotonic() - started, overloaded=status in (429, 503, 504))
             admission.release()
+
+
+def _service_of(path: str) -> str | None:
+    """The service name of a `/v1/services/{name}/invoke` path, or None."""
+    if path.startswith("/v1/services/") and path.endswith("/invoke"):
+        name = path[13:-7]
+        if name and "/" not in name:
+            return name
+    return None
 
 
 def _inference_route(path: str) -> tuple[str, str | None] | None:

@@ -168,27 +168,28 @@ class Recorder:
         """Count the request and queue its trace; never raises, never blocks."""
         try:
             queued = finishing = time.perf_counter()  # the root span ends with this call
-            self.metrics.in_flight.dec()
+            metrics = self.metrics
+            metrics.in_flight.dec()
             service = ctx.service or ""
             model = ctx.model_alias or ""
             outcome = outcome_of(ctx)
-            count, latency = self.metrics.request_series(ctx.route, service, model, ctx.status)
+            count, latency = metrics.request_series(ctx.route, service, model, ctx.status)
             count.inc()
             latency.observe(ctx.elapsed_ms() / 1000.0)
             if outcome != "ok":
-                self.metrics.outcomes.labels(service, outcome).inc()
+                metrics.child(metrics.outcomes, service, outcome).inc()
             if ctx.version is not None and ctx.service:
-                self.metrics.version_requests.labels(service, ctx.version, ctx.route,
-                                                     outcome).inc()
+                metrics.child(metrics.version_requests, service, ctx.version, ctx.route,
+                              outcome).inc()
             if ctx.upstream_ms is not None and ctx.provider:
-                self.metrics.upstream_latency.labels(ctx.provider).observe(ctx.upstream_ms / 1e3)
-            self.metrics.overhead.observe(ctx.overhead_ms() / 1000.0)
+                metrics.child(metrics.upstream_latency, ctx.provider).observe(ctx.upstream_ms / 1e3)
+            metrics.overhead.observe(ctx.overhead_ms() / 1000.0)
             if ctx.ttft_ms is not None:
-                self.metrics.ttft.labels(service, model).observe(ctx.ttft_ms / 1000.0)
+                metrics.child(metrics.ttft, service, model).observe(ctx.ttft_ms / 1000.0)
             if ctx.prompt_tokens:
-                self.metrics.tokens.labels(service, model, "prompt").inc(ctx.prompt_tokens)
+                metrics.child(metrics.tokens, service, model, "prompt").inc(ctx.prompt_tokens)
             if ctx.completion_tokens:
-                self.metrics.tokens.labels(service, model, "completion").inc(
+                metrics.child(metrics.tokens, service, model, "completion").inc(
                     ctx.completion_tokens)
             if ctx.spans or ctx.attributes:
                 self._count_attempts(model, ctx)
@@ -199,7 +200,7 @@ class Recorder:
                     alias=ctx.model_alias, upstream_model=ctx.upstream_model,
                     prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens)
                 if ctx.cost_usd:
-                    self.metrics.cost.labels(service, model).inc(ctx.cost_usd)
+                    metrics.child(metrics.cost, service, model).inc(ctx.cost_usd)
             if ctx.budget is not None:  # settle the reservation with the real cost
                 self.spawn(self.budgets.settle(ctx.budget, ctx.cost_usd or 0.0))
             elif ctx.cost_usd and self.budgets.budgets:
@@ -300,8 +301,8 @@ class Recorder:
             tried += 1
             alias = attributes.get("shipyard.model", model)
             outcome = attributes.get("shipyard.outcome", "")
-            self.metrics.attempts.labels(alias, attributes.get("shipyard.deployment", ""),
-                                         outcome).inc()
+            self.metrics.child(self.metrics.attempts, alias,
+                               attributes.get("shipyard.deployment", ""), outcome).inc()
             served = alias if outcome == "ok" else None
         if tried > 1:
             self.metrics.retries.labels(model).inc(tried - 1)
@@ -313,7 +314,7 @@ class Recorder:
                 self.metrics.retry_budget_spent.labels(model).inc()
         cache = (ctx.attributes or {}).get("cache")
         if cache:
-            self.metrics.cache.labels(model or ctx.service or "", cache).inc()
+            self.metrics.child(self.metrics.cache, model or ctx.service or "", cache).inc()
 
     def readable(self, row: dict[str, Any]) -> dict[str, Any]:
         """A stored trace with its payloads decrypted (when this gateway holds the keys)."""

@@ -347,9 +347,11 @@ class Gateway:
     async def authorize(self, request: Request, scope: str,
                         ctx: RequestContext | None = None) -> Principal:
         """Authenticate the caller and check `scope`; notes the tenant and key on `ctx`."""
-        client = request.client.host if request.client is not None else None
-        route = request.scope.get("route")
-        path = route.path if route is not None else request.scope["path"]
+        scope_ = request.scope
+        address = scope_.get("client")  # what `request.client` wraps, without the wrapping
+        client = address[0] if address is not None else None
+        route = scope_.get("route")
+        path = route.path if route is not None else scope_["path"]
         if ctx is None:
             return await self.auth.authenticate(request.headers, scope, client=client,
                                                 route=path)

@@ -12,16 +12,16 @@ text takes tens of microseconds. numpy is the `guards` extra: `pip install 'ship
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
 from shipyard.errors import ConfigError
 from shipyard.guards.normalize import fold
 
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - the extra is installed in CI
-    np = None  # type: ignore[assignment]
+# numpy (the `guards` extra) is imported on first use: ~20 MiB resident that a gateway whose
+# config needs no n-gram guard, classifier or semantic cache never pays.
+_numpy: Any = None
 
 __all__ = ["INSTALL_HINT", "NGRAMS", "featurize", "have_numpy", "idf_of", "need_numpy"]
 
@@ -30,16 +30,26 @@ NGRAMS = (3, 4, 5)
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
+def _np() -> Any:
+    global _numpy
+    if _numpy is None:
+        import numpy
+
+        _numpy = numpy
+    return _numpy
+
+
 def have_numpy() -> bool:
-    return np is not None
+    return _numpy is not None or importlib.util.find_spec("numpy") is not None
 
 
 def need_numpy(what: str) -> None:
-    if np is None:
+    if not have_numpy():
         raise ConfigError(f"{what} needs numpy; install it with: {INSTALL_HINT}")
 
 
 def _counts(text: str, dim: int) -> Any:
+    np = _np()
     data = (" " + fold(text) + " ").encode("utf-8", "ignore")
     a = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
     bits = np.uint64(64 - (dim.bit_length() - 1))
@@ -59,6 +69,7 @@ def _counts(text: str, dim: int) -> Any:
 
 def featurize(text: str, *, dim: int = 8192, idf: Any = None, normalize: bool = True) -> Any:
     """The feature vector of `text` (float32, length `dim`, a power of two)."""
+    np = _np()
     counts = _counts(text, dim)
     nz = counts > 0
     counts[nz] = 1.0 + np.log(counts[nz])
@@ -73,6 +84,7 @@ def featurize(text: str, *, dim: int = 8192, idf: Any = None, normalize: bool = 
 
 def idf_of(texts: Sequence[str], *, dim: int = 8192) -> Any:
     """Smoothed inverse document frequency of each bucket over `texts`."""
+    np = _np()
     df = np.zeros(dim, dtype=np.float32)
     for text in texts:
         df += _counts(text, dim) > 0

@@ -6,6 +6,7 @@ Each app gets its own `CollectorRegistry`, so several apps (and tests) never sha
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -198,6 +199,7 @@ class Metrics:
             "database or folder and running, 0 otherwise.", ("connector",), registry=r,
             multiprocess_mode="livemax")
         self._series: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
         self.in_flight = Gauge(
             "shipyard_requests_in_flight", "Requests being processed now.", registry=r,
             multiprocess_mode="livesum")
@@ -233,6 +235,17 @@ class Metrics:
             if len(self._series) < 10_000:  # bounded: labels come from config, not clients
                 self._series[key] = series
         return series
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached for the labels the request path uses on every
+        request (provider, model, service: they come from config, not from clients)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < 10_000:
+                self._children[key] = found
+        return found
 
     def count_webhook(self, endpoint: str, event_type: str, outcome: str) -> None:
         """One webhook delivery attempt's outcome (escalation events are also counted under

@@ -105,6 +105,7 @@ class PriceTable:
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
+        self._base: dict[str, Price | None] = {}  # upstream model -> price via its base name
 
     def cost(self, *, alias: str | None, upstream_model: str | None,
              prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
@@ -112,9 +113,16 @@ class PriceTable:
             if name and name in self.prices:
                 return self.prices[name].cost(prompt_tokens, completion_tokens)
         if upstream_model:
-            base = base_model(upstream_model)
-            if base in self.prices:
-                return self.prices[base].cost(prompt_tokens, completion_tokens)
+            # Every request of an alias asks about the same few names: remember the answer
+            # rather than run three regular expressions each time.
+            if upstream_model in self._base:
+                price = self._base[upstream_model]
+            else:
+                price = self.prices.get(base_model(upstream_model))
+                if len(self._base) < 10_000:
+                    self._base[upstream_model] = price
+            if price is not None:
+                return price.cost(prompt_tokens, completion_tokens)
         return None
 
     def bound(self, names: Iterable[str]) -> Price | None:
