@@ -47,6 +47,9 @@ from shipyard.webhooks.signing import WebhookVerificationError, sign, verify
 
 __all__ = ["CheckOptions", "CheckReport", "Progress", "run_check"]
 
+QUICK_REDTEAM_PER_CATEGORY = 8  # red-team items per (label, category) with --quick
+FULL_REDTEAM_PER_CATEGORY = 40  # ... and in the full run
+
 Progress = Callable[[str, float, str], None]  # stage key, fraction done (0-1), detail
 
 
@@ -554,13 +557,18 @@ class _Runner:
         items = load_outside("holdout") if self.o.corpus == "outside-holdout" else \
             load_outside("calibration")
         described = describe_corpus(self.o.corpus)
-        if self.o.quick:  # a stratified sample: every category, a few items each
-            rng = random.Random(self.o.seed)
-            by: dict[tuple[str, str], list[Any]] = {}
-            for item in items:
-                by.setdefault((item.label, item.category), []).append(item)
-            items = [i for group in by.values() for i in rng.sample(group, min(len(group), 8))]
-            described += f" — a stratified sample of {len(items)} (quick mode)"
+        # A stratified sample (every category, at most `per` items each), so the time is
+        # bounded whatever the target costs per request: a RAG service answering in a second
+        # would need over ten minutes for the whole corpus.
+        per = QUICK_REDTEAM_PER_CATEGORY if self.o.quick else FULL_REDTEAM_PER_CATEGORY
+        rng = random.Random(self.o.seed)
+        by: dict[tuple[str, str], list[Any]] = {}
+        for item in items:
+            by.setdefault((item.label, item.category), []).append(item)
+        if any(len(group) > per for group in by.values()):
+            items = [i for group in by.values() for i in rng.sample(group, min(len(group), per))]
+            described += (f" — a stratified sample of {len(items)}, at most {per} per category"
+                          f"{' (quick mode)' if self.o.quick else ''}")
         self.progress("trust", 0.05, f"red team: {len(items)} requests")
         if self.service is not None:
             target = redteam_engine.Target(url=self.o.url + "/v1", api_key=self.client_key,
