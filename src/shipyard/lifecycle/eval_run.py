@@ -70,7 +70,8 @@ def _score(engine: Engine, target: str, number: int, dataset: EvalDataset, *,
                                  dataset.y, metrics=["agree"], progress=progress)
         return evaluate_classifier(caller, dataset.x, dataset.y)
     return evaluate_text(function, dataset.inputs, dataset.expected, metrics=metrics,
-                         schema=schema, embed=embed, judge=judge, progress=progress)
+                         schema=schema, embed=embed, judge=judge, contexts=dataset.context,
+                         progress=progress)
 
 
 def run_eval(engine: Engine, config: Config | None, target: str, dataset: EvalDataset, *,
@@ -92,9 +93,11 @@ def run_eval(engine: Engine, config: Config | None, target: str, dataset: EvalDa
                               "baseline_version": baseline,
                               "baseline_label": f"v{baseline}" if baseline else None}
     result["candidate"] = _score(engine, target, candidate, dataset, metrics=metrics,
-                                 schema=schema, embed=embed, judge=judge, progress=progress)
+                                 schema=schema, embed=embed, judge=judge, contexts=dataset.context,
+                         progress=progress)
     result["baseline"] = (_score(engine, target, baseline, dataset, metrics=metrics,
-                                 schema=schema, embed=embed, judge=judge, progress=progress)
+                                 schema=schema, embed=embed, judge=judge, contexts=dataset.context,
+                         progress=progress)
                           if baseline is not None else None)
     result["gates"] = [g.text() for g in gates]
     result["failures"] = check_gates(gates, result["candidate"], result["baseline"])
