@@ -93,11 +93,9 @@ def run_eval(engine: Engine, config: Config | None, target: str, dataset: EvalDa
                               "baseline_version": baseline,
                               "baseline_label": f"v{baseline}" if baseline else None}
     result["candidate"] = _score(engine, target, candidate, dataset, metrics=metrics,
-                                 schema=schema, embed=embed, judge=judge, contexts=dataset.context,
-                         progress=progress)
+                                 schema=schema, embed=embed, judge=judge, progress=progress)
     result["baseline"] = (_score(engine, target, baseline, dataset, metrics=metrics,
-                                 schema=schema, embed=embed, judge=judge, contexts=dataset.context,
-                         progress=progress)
+                                 schema=schema, embed=embed, judge=judge, progress=progress)
                           if baseline is not None else None)
     result["gates"] = [g.text() for g in gates]
     result["failures"] = check_gates(gates, result["candidate"], result["baseline"])
