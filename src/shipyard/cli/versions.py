@@ -25,7 +25,8 @@ app = typer.Typer(help="Versions of services: list, show, register, promote, rol
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
-Service = Annotated[str, typer.Argument(help="The service (a name under `services:`).")]
+Service = Annotated[str, typer.Argument(help="The service (a name under `services:`); for "
+                    "`list` and `show`, also a model alias as model/ALIAS.")]
 
 
 def _service(config: Path | None, name: str) -> None:
@@ -39,7 +40,8 @@ def _service(config: Path | None, name: str) -> None:
 def list_versions(service: Service, config: ConfigOpt = None,
                   as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
                   ) -> None:
-    """List a service's versions, which aliases point at them and the running rollout.
+    """List a service's versions, which aliases point at them and the running rollout
+    (model/ALIAS: a model alias's configuration versions).
 
     Example: shipyard versions list cancer
     """
@@ -68,7 +70,7 @@ def list_versions(service: Service, config: ConfigOpt = None,
         table.add_column(column)
     for v in versions:
         what = (f"{v.artifact.format} {v.artifact.sha256[:12]}" if v.artifact
-                else v.function or "")
+                else f"config {v.spec_hash[:12]}" if v.kind == "config" else v.function or "")
         table.add_row(str(v.number), ", ".join(sorted(by_version.get(v.number, []))), v.kind,
                       escape(what), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       escape(v.created_by))

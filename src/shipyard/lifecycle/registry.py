@@ -94,7 +94,8 @@ class Version:
                 "artifact": None if self.artifact is None else {
                     "path": str(self.artifact.path), "sha256": self.artifact.sha256,
                     "format": self.artifact.format},
-                "call": self.call, "config": self.config, "meta": self.meta,
+                "call": self.call, "spec_hash": self.spec_hash, "config": self.config,
+                "meta": self.meta,
                 "created_at": self.created_at.isoformat(), "created_by": self.created_by}
 
 
