@@ -31,6 +31,11 @@ Service = Annotated[str, typer.Argument(help="The service (a name under `service
 
 def _service(config: Path | None, name: str) -> None:
     _, cfg = resolve_config(config, secrets=False)
+    if name.startswith("model/") and name[6:] in cfg.models:
+        raise fail(f"'{name}' is a model alias: its versions are its configuration, and the "
+                   "config file decides which one serves; this command is only for "
+                   f"services. Edit models.{name[6:]} in the config and reload "
+                   "('shipyard reload') to deploy a change.")
     if name not in cfg.services:
         raise fail(f"The config has no service '{name}' (it has "
                    f"{', '.join(sorted(cfg.services)) or 'none'}).")
