@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["evaluate"]
 
 _SHOWN = ("rows", "accuracy", "precision", "recall", "f1", "roc_auc", "brier", "ece",
-          "exact", "contains", "regex", "json_schema", "similarity", "agree", "judge",
-          "error_rate", "latency_p50_ms", "latency_p95_ms", "rows_per_s")
+          "exact", "contains", "regex", "json_schema", "similarity", "agree", "grounding",
+          "judge", "error_rate", "latency_p50_ms", "latency_p95_ms", "rows_per_s")
 
 
 def _dataset(engine: Any, service: str, dataset: Path | None, from_feedback_: bool,
@@ -76,7 +76,7 @@ def evaluate(
     ] = "stable",
     metric: Annotated[list[str] | None, typer.Option(
         help="Text metrics (repeatable): exact, contains, regex, json_schema, similarity, "
-        "agree, judge.")] = None,
+        "agree, grounding (needs a 'context' column), judge.")] = None,
     schema: Annotated[Path | None, typer.Option(
         help="A JSON Schema file for the json_schema metric.")] = None,
     judge_url: Annotated[str | None, typer.Option(

@@ -25,11 +25,17 @@ app = typer.Typer(help="Versions of services: list, show, register, promote, rol
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
-Service = Annotated[str, typer.Argument(help="The service (a name under `services:`).")]
+Service = Annotated[str, typer.Argument(help="The service (a name under `services:`); for "
+                    "`list` and `show`, also a model alias as model/ALIAS.")]
 
 
 def _service(config: Path | None, name: str) -> None:
     _, cfg = resolve_config(config, secrets=False)
+    if name.startswith("model/") and name[6:] in cfg.models:
+        raise fail(f"'{name}' is a model alias: its versions are its configuration, and the "
+                   "config file decides which one serves; this command is only for "
+                   f"services. Edit models.{name[6:]} in the config and reload "
+                   "('shipyard reload') to deploy a change.")
     if name not in cfg.services:
         raise fail(f"The config has no service '{name}' (it has "
                    f"{', '.join(sorted(cfg.services)) or 'none'}).")
@@ -39,7 +45,8 @@ def _service(config: Path | None, name: str) -> None:
 def list_versions(service: Service, config: ConfigOpt = None,
                   as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
                   ) -> None:
-    """List a service's versions, which aliases point at them and the running rollout.
+    """List a service's versions, which aliases point at them and the running rollout
+    (model/ALIAS: a model alias's configuration versions).
 
     Example: shipyard versions list cancer
     """
@@ -68,7 +75,7 @@ def list_versions(service: Service, config: ConfigOpt = None,
         table.add_column(column)
     for v in versions:
         what = (f"{v.artifact.format} {v.artifact.sha256[:12]}" if v.artifact
-                else v.function or "")
+                else f"config {v.spec_hash[:12]}" if v.kind == "config" else v.function or "")
         table.add_row(str(v.number), ", ".join(sorted(by_version.get(v.number, []))), v.kind,
                       escape(what), v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       escape(v.created_by))

@@ -24,6 +24,7 @@ from shipyard.lifecycle.serving import ShadowResult, VersionRouter
 from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
 from shipyard.targets.build import build_targets
+from shipyard.targets.model import ModelTarget
 from shipyard.targets.service import ServiceTarget
 
 if TYPE_CHECKING:
@@ -63,6 +64,13 @@ class LifecycleHooks:
         for service in services.values():
             service.router.on_shadow = record
             service.router.shadow_limit = gw.config.lifecycle.shadow_concurrency
+
+    def stamp_models(self, models: dict[str, ModelTarget]) -> None:
+        """Each model alias carries its configuration's registered version number."""
+        numbers = self.gw.lifecycle.alias_versions
+        for alias, target in models.items():
+            number = numbers.get(alias)
+            target.version = str(number) if number is not None else None
 
     def count_decision(self, decision: Decision) -> None:
         if decision.action != "wait":
@@ -119,6 +127,7 @@ class LifecycleHooks:
             self.wire_shadows(targets.services)
             routers = {n: (s.router, s.config) for n, s in targets.services.items()}
             await gw.lifecycle.sync(routers, config)
+            self.stamp_models(targets.models)
             failed = [r.load_error for r, _ in routers.values() if r.load_error]
             if failed:
                 raise ConfigError("Reload refused, the running config keeps serving: "
@@ -135,6 +144,7 @@ class LifecycleHooks:
             return {"reloaded": True, "models": sorted(gw.models),
                     "services": {n: s.router.plan.stable.label
                                  for n, s in sorted(gw.services.items())},
+                    "model_versions": {n: m.version for n, m in sorted(gw.models.items())},
                     "restart_needed": restart}
 
     async def _close_later(self, providers: list[Provider]) -> None:

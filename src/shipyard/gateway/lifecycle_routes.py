@@ -30,6 +30,7 @@ from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
 from shipyard.lifecycle import registry
+from shipyard.lifecycle.aliases import alias_target
 from shipyard.lifecycle.artifacts import artifact_dir
 from shipyard.security.roles import PLATFORM_TENANT
 
@@ -101,6 +102,36 @@ class LifecycleRoutes:
         if not raw.isdigit():
             raise InvalidRequest(f"Version '{raw}' is not a number.", param="version")
         version = await asyncio.to_thread(registry.get_version, self.gw.engine, name, int(raw))
+        return json_response(version.to_dict())
+
+    def _alias(self, request: Request) -> str:
+        alias = str(request.path_params["alias"])
+        if alias not in self.gw.models:
+            known = ", ".join(sorted(self.gw.models)) or "none are configured"
+            raise NotFound(f"The model alias '{alias}' does not exist; available aliases: "
+                           f"{known}.", param="alias")
+        return alias
+
+    async def model_versions(self, request: Request) -> Response:
+        """A model alias's configuration versions (`shipyard.lifecycle.aliases`)."""
+        await self._principal(request, "status:read")
+        alias = self._alias(request)
+        target = alias_target(alias)
+        engine = self.gw.engine
+        versions = await asyncio.to_thread(registry.list_versions, engine, target)
+        aliases = (await asyncio.to_thread(registry.aliases_of, engine, target)).get(target, {})
+        return json_response({"object": "list", "model": alias, "target": target,
+                              "aliases": aliases, "serving": self.gw.models[alias].version,
+                              "data": [v.to_dict() for v in versions]})
+
+    async def model_version(self, request: Request) -> Response:
+        await self._principal(request, "status:read")
+        alias = self._alias(request)
+        raw = request.path_params["version"]
+        if not raw.isdigit():
+            raise InvalidRequest(f"Version '{raw}' is not a number.", param="version")
+        version = await asyncio.to_thread(registry.get_version, self.gw.engine,
+                                          alias_target(alias), int(raw))
         return json_response(version.to_dict())
 
     async def register(self, request: Request) -> Response:
@@ -218,5 +249,9 @@ def lifecycle_routes(gateway: Gateway) -> list[ScopedRoute]:
         ScopedRoute(f"{base}/rollback", r.rollback, methods=["POST"], scope="deploy"),
         ScopedRoute(f"{base}/rollouts", r.start_rollout, methods=["POST"], scope="deploy"),
         ScopedRoute(f"{base}/evals", r.evals, methods=["GET"], scope="status:read"),
+        ScopedRoute("/v1/admin/models/{alias}/versions", r.model_versions, methods=["GET"],
+                    scope="status:read"),
+        ScopedRoute("/v1/admin/models/{alias}/versions/{version}", r.model_version,
+                    methods=["GET"], scope="status:read"),
         ScopedRoute("/v1/admin/reload", r.reload, methods=["POST"], scope="config:write"),
     ]

@@ -567,7 +567,8 @@ _SCHEMAS: dict[str, JSON] = {
     "Version": {
         "type": "object", "required": ["target", "version", "kind"],
         "properties": {"target": _STRING, "version": {"type": "integer"},
-                       "kind": {"enum": ["function", "model"]},
+                       "kind": {"enum": ["function", "model", "config"]},
+                       "spec_hash": _STRING,
                        "function": _nullable("string"), "artifact": {"type": ["object", "null"]},
                        "call": _nullable("string"), "config": {"type": "object"},
                        "meta": {"type": "object"}, "created_at": _TIME,
@@ -580,6 +581,14 @@ _SCHEMAS: dict[str, JSON] = {
                        "serving": {"type": ["object", "null"]},
                        "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/"
                                                                        "Rollout"}},
+                       "data": {"type": "array",
+                                "items": {"$ref": "#/components/schemas/Version"}}}},
+    "ModelVersionList": {
+        "type": "object", "required": ["object", "model", "target", "aliases", "data"],
+        "properties": {"object": {"const": "list"}, "model": _STRING, "target": _STRING,
+                       "aliases": {"type": "object",
+                                   "additionalProperties": {"type": "integer"}},
+                       "serving": _nullable("string"),
                        "data": {"type": "array",
                                 "items": {"$ref": "#/components/schemas/Version"}}}},
     "VersionRegister": {
@@ -671,6 +680,8 @@ def _query(name: str, schema: JSON, description: str) -> JSON:
 
 _SERVICE = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
             "description": "A service name."}
+_ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"},
+          "description": "A model alias (a name under `models:`)."}
 _ESCALATION_ID = {"name": "escalation_id", "in": "path", "required": True,
                   "description": "A ticket id (`esc_…`).", "schema": _STRING}
 _JOB_ID = _path_param("job_id", "A job id (`job_…`).")
@@ -967,6 +978,13 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("GET", "/v1/admin/services/{name}/evals"): _Op(
         "listEvals", "Stored eval results of a service, newest first", "lifecycle",
         _ok("EvalList"), (400, *_AUTH, 404), params=(_SERVICE,)),
+    ("GET", "/v1/admin/models/{alias}/versions"): _Op(
+        "listModelVersions", "A model alias's configuration versions and which one serves",
+        "lifecycle", _ok("ModelVersionList"), (400, *_AUTH, 404), params=(_ALIAS,)),
+    ("GET", "/v1/admin/models/{alias}/versions/{version}"): _Op(
+        "getModelVersion", "One configuration version of a model alias", "lifecycle",
+        _ok("Version"), (400, *_AUTH, 404),
+        params=(_ALIAS, _path_param("version", "A version number."))),
     ("POST", "/v1/admin/reload"): _Op(
         "reload", "Reload the config without downtime (new targets load beside the running "
         "ones, then swap)", "lifecycle", _ok("Reloaded"), (*_AUTH, 409)),

@@ -65,6 +65,8 @@ from shipyard.work import IdempotencyStore, Worker, WorkQueue
 __all__ = ["Gateway"]
 
 log = logging.getLogger("shipyard.gateway")
+# The trace attribute naming the version of a model alias's configuration that answered.
+ALIAS_VERSION = "alias_version"
 
 
 class Gateway:
@@ -205,6 +207,7 @@ class Gateway:
         self.background.spawn(self._announce_recent_jobs())
         await self.background.start(traces=self.recorder.writer is not None)
         await self.lifecycle.start()
+        self.hooks.stamp_models(self.models)
         if self.ray is not None:
             await self.ray.start()
         self._watch_sigterm()
@@ -411,6 +414,8 @@ class Gateway:
         principal.may_use_model(alias)
         ctx.service = alias
         ctx.model_alias = alias
+        if target.version is not None:  # the alias's config version (lifecycle/aliases.py)
+            ctx.attributes = {**(ctx.attributes or {}), ALIAS_VERSION: target.version}
         self.recorder.set_capture(ctx, target.config.capture)
         return target
 
@@ -476,11 +481,15 @@ class Gateway:
         ctx.error_message = exc.message
 
     def headers(self, ctx: RequestContext) -> dict[str, str]:
-        return {
+        headers = {
             "x-request-id": ctx.request_id,
             "x-shipyard-trace-id": ctx.trace_id,
             "x-shipyard-overhead-ms": f"{ctx.overhead_ms():.3f}",
         }
+        version = (ctx.attributes or {}).get(ALIAS_VERSION) if ctx.model_alias else None
+        if version is not None:
+            headers["x-shipyard-version"] = version
+        return headers
 
 
 def _admissions(admissions: list[Admission]) -> list[dict[str, Any]]:

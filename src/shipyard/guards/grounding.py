@@ -23,7 +23,7 @@ from itertools import pairwise
 from shipyard.guards.base import Guard, Subject, Verdict, text_of
 from shipyard.guards.normalize import fold
 
-__all__ = ["GroundingGuard", "sentences", "support"]
+__all__ = ["GroundingGuard", "grounding_score", "sentences", "support"]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n+")
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
@@ -94,6 +94,31 @@ def _passages(texts: Sequence[str], size: int = 3) -> list[str]:
     return out
 
 
+def _is_claim(sentence: str, min_words: int) -> bool:
+    """Sentences that are not claims (too short, questions, greetings) are not judged."""
+    return not (len(_content(sentence)) < min_words or sentence.endswith("?")
+                or _CHAT.match(fold(sentence)))
+
+
+def grounding_score(text: str, context: Sequence[str], *, threshold: float = 0.6,
+                    min_words: int = 3) -> float | None:
+    """The fraction of `text`'s claims that `context` supports, judged as the guard judges
+    them (`shipyard eval --metric grounding`); None when there is no context or no claim.
+
+    >>> grounding_score("Refunds are issued within 14 days. Shipping is free worldwide.",
+    ...                 ["Refunds are issued within 14 days of receiving the item."])
+    0.5
+    """
+    context = [c for c in context if c and c.strip()]
+    if not context:
+        return None
+    claims = [s for s in sentences(text) if _is_claim(s, min_words)]
+    if not claims:
+        return None
+    passages = _passages(context)
+    return sum(support(s, passages) >= threshold for s in claims) / len(claims)
+
+
 class GroundingGuard(Guard):
     """Check each sentence of an answer against the retrieved context.
 
@@ -137,8 +162,7 @@ class GroundingGuard(Guard):
         uncited: list[int] = []
         judged = 0
         for i, sentence in enumerate(parts):
-            if (len(_content(sentence)) < self.min_words or sentence.endswith("?")
-                    or _CHAT.match(fold(sentence))):
+            if not _is_claim(sentence, self.min_words):
                 continue
             judged += 1
             if support(sentence, passages) < self.threshold:

@@ -42,6 +42,7 @@ from shipyard.config.lifecycle import RolloutConfig
 from shipyard.config.schema import Config
 from shipyard.config.targets import ServiceConfig
 from shipyard.lifecycle import registry
+from shipyard.lifecycle.aliases import register_aliases
 from shipyard.lifecycle.artifacts import artifact_dir
 from shipyard.lifecycle.gates import Check, check_gates
 from shipyard.lifecycle.retrain import claim_stale, due_triggers
@@ -124,11 +125,13 @@ class Controller:
         self._sends: set[asyncio.Task[None]] = set()
         self.synced = False
         self.ticks = 0
+        self.alias_versions: dict[str, int] = {}  # model alias → its config's version
 
     # -- loop ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Register the configured versions, serve what the registry says, then tick."""
         if not self.routers():
+            await self.register_aliases(self.config)
             return
         await self.sync()
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -171,9 +174,16 @@ class Controller:
             for name, (_, service) in routers.items():
                 register_configured(self.engine, config, name, service)
 
+        await self.register_aliases(config)
         await asyncio.to_thread(register)
         await self.refresh(routers)
         self.synced = True
+
+    async def register_aliases(self, config: Config) -> dict[str, int]:
+        """Register each model alias's configuration as a version (`aliases.py`); the
+        numbers are kept on `alias_versions` for the gateway to stamp on answers."""
+        self.alias_versions = await asyncio.to_thread(register_aliases, self.engine, config)
+        return self.alias_versions
 
     async def run_once(self) -> list[Decision]:
         """One tick: refresh routing; decide rollouts and retraining when leader."""

@@ -70,7 +70,8 @@ def _score(engine: Engine, target: str, number: int, dataset: EvalDataset, *,
                                  dataset.y, metrics=["agree"], progress=progress)
         return evaluate_classifier(caller, dataset.x, dataset.y)
     return evaluate_text(function, dataset.inputs, dataset.expected, metrics=metrics,
-                         schema=schema, embed=embed, judge=judge, progress=progress)
+                         schema=schema, embed=embed, judge=judge, contexts=dataset.context,
+                         progress=progress)
 
 
 def run_eval(engine: Engine, config: Config | None, target: str, dataset: EvalDataset, *,

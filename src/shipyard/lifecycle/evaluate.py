@@ -10,7 +10,9 @@ second.
 Functions (text datasets) are called once per row: exact match, contains, regex
 (`expected` is then a pattern), JSON-schema validity (`--schema`), semantic similarity
 (cosine of the packaged MiniLM sentence embeddings, the `embeddings` extra), agreement with
-a structured expected answer, and an LLM judge's 0-1 score when a judge model is given;
+a structured expected answer, grounding (the fraction of the answer's claims its row's
+`context` supports, judged by the grounding guard's own scoring), and an LLM judge's 0-1
+score when a judge model is given;
 plus latency percentiles (a local model or function has no per-call price; the cost of
 served traffic per version is on its traces).
 
@@ -35,7 +37,8 @@ from shipyard.lifecycle.serving import same_answer
 __all__ = ["TEXT_METRICS", "Gate", "check_gates", "compare_gate", "evaluate_classifier",
            "evaluate_text", "parse_gate"]
 
-TEXT_METRICS = ("exact", "contains", "regex", "json_schema", "similarity", "agree", "judge")
+TEXT_METRICS = ("exact", "contains", "regex", "json_schema", "similarity", "agree",
+                "grounding", "judge")
 BATCH = 262_144
 
 
@@ -172,17 +175,35 @@ def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _passages_of(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v if isinstance(v, str) else _text(v) for v in value if v is not None]
+    return [_text(value)]
+
+
 def evaluate_text(function: Callable[[Any], Any], inputs: Sequence[Any],
                   expected: Sequence[Any], *, metrics: Sequence[str] = ("exact", "contains"),
                   schema: dict[str, Any] | None = None,
                   embed: Callable[[list[str]], Any] | None = None,
                   judge: Callable[[Any, Any, Any], float | None] | None = None,
+                  contexts: Sequence[Any] | None = None,
                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Call `function` on every input and score its answers (see the module docstring)."""
+    """Call `function` on every input and score its answers (see the module docstring).
+    `contexts`: each row's retrieved context (a text or a list of texts), for `grounding`."""
     unknown = [m for m in metrics if m not in TEXT_METRICS]
     if unknown:
         raise InvalidRequest(f"Unknown metric(s) {', '.join(unknown)}; use "
                              f"{', '.join(TEXT_METRICS)}.", param="metric")
+    passages: list[list[str]] = [_passages_of(c) for c in contexts or []]
+    if "grounding" in metrics and not any(passages):
+        raise InvalidRequest("The grounding metric needs a 'context' column in the dataset "
+                             "(each row's retrieved text, or a list of texts) to check the "
+                             "answers against.", param="metric")
+    from shipyard.guards.grounding import grounding_score  # the grounding guard's scoring
     validator = None
     if "json_schema" in metrics:
         if schema is None:
@@ -226,6 +247,11 @@ def evaluate_text(function: Callable[[Any], Any], inputs: Sequence[Any],
                     except ValueError:
                         parsed = None
                 scores[metric].append(float(parsed is not None and validator.is_valid(parsed)))
+            elif metric == "grounding":
+                grounded = (grounding_score(text, passages[i]) if i < len(passages)
+                            else None)
+                if grounded is not None:  # no context or no claim on this row: not scored
+                    scores[metric].append(grounded)
             elif metric == "judge":
                 if judge is None:
                     raise InvalidRequest("The judge metric needs a judge model "

@@ -42,6 +42,7 @@ from shipyard.store.tables import (
 )
 
 __all__ = [
+    "ALIAS_PREFIX",
     "Rollout",
     "Routing",
     "Version",
@@ -54,6 +55,7 @@ __all__ = [
     "list_versions",
     "promote",
     "record_event",
+    "register_config",
     "register_version",
     "rollback",
     "rollouts_of",
@@ -67,13 +69,16 @@ __all__ = [
 ]
 
 
+ALIAS_PREFIX = "model/"  # the registry's name of a model alias: `model/ALIAS`
+
+
 @dataclass(frozen=True)
 class Version:
     """One immutable version of a target."""
 
     target: str
     number: int
-    kind: str  # function | model
+    kind: str  # function | model | config (a model alias's configuration)
     function: str | None
     artifact: StoredArtifact | None
     call: str | None
@@ -89,7 +94,8 @@ class Version:
                 "artifact": None if self.artifact is None else {
                     "path": str(self.artifact.path), "sha256": self.artifact.sha256,
                     "format": self.artifact.format},
-                "call": self.call, "config": self.config, "meta": self.meta,
+                "call": self.call, "spec_hash": self.spec_hash, "config": self.config,
+                "meta": self.meta,
                 "created_at": self.created_at.isoformat(), "created_by": self.created_by}
 
 
@@ -217,6 +223,43 @@ def register_version(engine: Engine, target: str, *, function: str | None = None
     config = dict(config or {})
     spec = _spec_hash(kind, function, artifact.sha256 if artifact else None,
                       call if artifact else None, config)
+    return _store(engine, target, kind, spec, function=function, artifact=artifact,
+                  call=call if artifact else None, config=config, meta=meta, actor=actor,
+                  audit=audit)
+
+
+def register_config(engine: Engine, target: str, config: dict[str, Any], *,
+                    meta: dict[str, Any] | None = None, actor: str,
+                    audit: bool = True) -> tuple[Version, bool]:
+    """Register a model alias's configuration as a version of kind `config` (`target` is
+    `model/ALIAS`, see `shipyard.lifecycle.aliases`): named by the SHA-256 of its canonical
+    JSON, so the same configuration registered again returns the existing version. The
+    config file decides what serves, so `stable` follows it: it moves to this version
+    (a new one, or an earlier one the config went back to)."""
+    config = orjson.loads(orjson.dumps(config))  # canonical JSON types (tuples → lists)
+    spec = _spec_hash("config", None, None, None, config)
+    version, new = _store(engine, target, "config", spec, function=None, artifact=None,
+                          call=None, config=config, meta=meta, actor=actor, audit=audit)
+    stable = aliases_of(engine, target).get(target, {}).get("stable")
+    if stable != version.number:
+        _promote(engine, target, version.number, actor=actor,
+                 reason="first version" if stable is None else "the config names it")
+    return version, new
+
+
+def _refuse_config(version: Version, what: str) -> None:
+    if version.kind == "config":
+        raise Conflict(f"'{version.target}' is a model alias: its versions are its "
+                       f"configuration, and the config file decides which one serves; "
+                       f"{what} is only for services. Edit "
+                       f"models.{version.target[len(ALIAS_PREFIX):]} in the config and "
+                       "reload ('shipyard reload') to deploy a change.")
+
+
+def _store(engine: Engine, target: str, kind: str, spec: str, *, function: str | None,
+           artifact: StoredArtifact | None, call: str | None, config: dict[str, Any],
+           meta: dict[str, Any] | None, actor: str, audit: bool) -> tuple[Version, bool]:
+    """Insert a version with the next number, unless one with `spec` exists."""
     for _ in range(5):  # two registrations racing for the next number: the loser retries
         with engine.begin() as connection:
             found = connection.execute(select(target_versions).where(
@@ -232,7 +275,7 @@ def register_version(engine: Engine, target: str, *, function: str | None = None
                       "artifact_sha256": artifact.sha256 if artifact else None,
                       "artifact_path": str(artifact.path) if artifact else None,
                       "artifact_format": artifact.format if artifact else None,
-                      "call": call if artifact else None, "spec_hash": spec,
+                      "call": call, "spec_hash": spec,
                       "config": _json(config), "meta": _json(meta), "created_at": now,
                       "created_by": actor[:128]}
             try:
@@ -322,7 +365,12 @@ def promote(engine: Engine, target: str, number: int, *, actor: str,
             reason: str | None = None) -> int | None:
     """Make version `number` stable (ending a running rollout of it as promoted, and any
     other as stopped); returns the version that was stable before."""
-    get_version(engine, target, number)
+    _refuse_config(get_version(engine, target, number), "promoting a version")
+    return _promote(engine, target, number, actor=actor, reason=reason)
+
+
+def _promote(engine: Engine, target: str, number: int, *, actor: str,
+             reason: str | None) -> int | None:
     now = datetime.now(UTC)
     with engine.begin() as connection:
         before = connection.execute(select(target_aliases.c.version).where(
@@ -346,6 +394,11 @@ def rollback(engine: Engine, target: str, *, actor: str, to: int | None = None,
     """Undo the last change: a running rollout is rolled back (stable keeps serving alone);
     otherwise stable moves back to the version it pointed at before (or to `to`).
     Returns what happened (`rollout` or `stable`) and the version stable serves now."""
+    if target.startswith(ALIAS_PREFIX):
+        raise Conflict(f"'{target}' is a model alias: the config file decides which of its "
+                       "versions serves; a rollback is only for services. Restore the "
+                       f"previous models.{target[len(ALIAS_PREFIX):]} in the config and "
+                       "reload ('shipyard reload').")
     running = [r for r in running_rollouts(engine) if r.target == target]
     if running and to is None:
         finish_rollout(engine, running[0], "rolled_back", actor=actor,
@@ -387,7 +440,7 @@ def rollback(engine: Engine, target: str, *, actor: str, to: int | None = None,
 def start_rollout(engine: Engine, target: str, candidate: int, *, mode: str, share: float,
                   actor: str) -> Rollout:
     """Start a canary or shadow rollout of `candidate` against the current stable version."""
-    get_version(engine, target, candidate)
+    _refuse_config(get_version(engine, target, candidate), "a rollout")
     stable = aliases_of(engine, target).get(target, {}).get("stable")
     if stable is None:
         raise Conflict(f"'{target}' has no stable version yet; promote one first "

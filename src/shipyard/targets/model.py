@@ -25,6 +25,9 @@ class ModelTarget(Target):
         self.budget = budget
         self.fallback_targets: list[ModelTarget] = []
         self.admissions: list[Admission] = []
+        # The version of this alias's configuration in the registry (`model/ALIAS`), set
+        # by the gateway once registered; on the `x-shipyard-version` header and traces.
+        self.version: str | None = None
 
     @property
     def alias(self) -> str:

@@ -34,7 +34,9 @@ def _when(value: datetime | None) -> str:
 
 def _services(ctx: PageContext) -> list[str]:
     configured = set(ctx.config.services) if ctx.config is not None else set()
-    return sorted(configured | set(registry.aliases_of(ctx.engine)))
+    # Model aliases' config versions (`model/ALIAS`) have no rollouts: not listed here.
+    return sorted(configured | {t for t in registry.aliases_of(ctx.engine)
+                                if not t.startswith(registry.ALIAS_PREFIX)})
 
 
 def versions_page(ctx: PageContext) -> dict[str, Any]:
