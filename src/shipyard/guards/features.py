@@ -40,7 +40,12 @@ def _np() -> Any:
 
 
 def have_numpy() -> bool:
-    return _numpy is not None or importlib.util.find_spec("numpy") is not None
+    if _numpy is not None:
+        return True
+    try:  # a finder may refuse the name outright (an environment that blocks the extra)
+        return importlib.util.find_spec("numpy") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def need_numpy(what: str) -> None:
