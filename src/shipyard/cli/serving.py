@@ -26,6 +26,13 @@ def prepare(file: Path, environ: dict[str, str] | None = None, *,
     try:
         install_python_path(cfg)
         Gateway(cfg, migrate=False).engine.dispose()  # imports and schemas, as serving will
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    except Exception as exc:  # an import or a constructor in the user's code or an extra
+        raise fail(f"{file}: the gateway cannot be built from this config "
+                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                   "; fix the config or install what it needs.") from None
+    try:
         if cfg.store.migrate:
             engine = create_store_engine(cfg.store.url)
             try:
