@@ -1,0 +1,323 @@
+"""The shell and Python blocks of the docs that talk to a running gateway, run as printed from a
+folder outside the repository, in one terminal per doc, against one gateway and one simulated
+upstream shared by the module (the docs agree on one `shipyard.yaml`: the `demo` and `support`
+aliases on `shipyard sim`, the `loan-score` service of services.md).
+
+The gateway is started with docs/operations.md's serve command and the upstream with
+docs/sim.md's first command (each server in a terminal of its own). The only change made to the
+text: the ports 8000 and 9100 become free ports. What the reader has set before a block (the
+keys the prose names: `$SHIPYARD_API_KEY`, `$KEY`, `$ADMIN`, ...) is set in the terminal's
+environment: the static admin key of the config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import free_port
+from doc_blocks import Shell, clean_env, start_background, stop_background, take
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-docs-" + "d" * 32
+
+SERVE = take("docs/operations.md", "## Serving", "bash")[0]
+SIM = take("docs/sim.md", "# The simulated upstream", "bash", containing="healthy, instant")[0]
+STAGES = take("docs/architecture.md", "### Your own stages", "python")[0]
+GUARD_FUNCTION, GUARD_CLASS, GUARD_PLUGIN = take("docs/guards.md", "## Your own guards", "python")
+LOANS = take("docs/services.md", "# Hosting Python services", "python",
+             containing="my_app/loans.py")[0]
+RETRIEVAL = take("docs/services.md", "## Retrieval", "python")[0]
+SUMMARISE = take("docs/services.md", "## Calling models from a service", "python")[0]
+# the reader's own retrieval and model call, which services.md's RAG example names
+OWN_RAG = """
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Passage:
+    id: str
+    text: str
+
+
+def search(text):
+    return [Passage("faq-7", "Refunds are paid within 5 days.")]
+
+
+def generate(text, passages):
+    return passages[0].text
+"""
+
+CONFIG = """\
+python_path: ["."]
+plugins: [mycompany.plugins]
+stages: [{stage: "mycompany.stages:Tag", team: search}]
+auth:
+  api_keys: [{$env: SHIPYARD_API_KEY}]
+traces:
+  flush_interval_s: 0.05
+  sample_spans: 1.0
+  retention: {days: 30, payload_days: 7}
+providers:
+  sim: {kind: openai, base_url: "http://127.0.0.1:9100/v1", timeout_s: 10}
+models:
+  demo: {provider: sim, model: sim-chat, capture: full}
+  support-llm: {provider: sim, model: sim-chat}
+  support:
+    provider: sim
+    model: sim-chat
+    escalation: {enabled: true, sla_s: 3600}
+    guards:
+      input:
+        - mycompany.guards:no_account_numbers
+        - {guard: max_questions, limit: 5}
+services:
+  loan-score:
+    function: my_app.loans:score
+    input_model: my_app.loans:Loan
+    timeout_s: 5
+    capture: metadata
+  answer: {function: my_app.support:answer}
+  summarise:
+    function: my_app.support:summarise
+    gateway_key: {$env: SUMMARISE_KEY}
+"""
+
+
+@dataclass
+class Site:
+    folder: Path
+    ports: dict[str, str]
+    url: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        keys = dict.fromkeys(("SHIPYARD_API_KEY", "KEY", "ADMIN", "SHIPYARD_ADMIN_KEY",
+                              "CLIENT_KEY", "OPERATOR_KEY"), KEY)
+        return clean_env(**{**keys, **extra})
+
+    def shell(self, **extra: str) -> Shell:
+        """A new terminal in the site's folder (nothing exported yet, the keys set)."""
+        return Shell(self.folder, self.ports, env=self.env(**extra))
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, headers={"Authorization": f"Bearer {KEY}"},
+                         timeout=30)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    folder = tmp_path_factory.mktemp("site")
+    ports = {"8000": str(free_port()), "9100": str(free_port())}
+    shell = Shell(folder, ports, env=clean_env(SHIPYARD_API_KEY=KEY, SUMMARISE_KEY=KEY))
+    shell.write("shipyard.yaml", CONFIG)
+    shell.write("my_app/__init__.py", "")
+    shell.write("my_app/loans.py", LOANS.text)
+    shell.write("my_app/support.py", RETRIEVAL.text + "\n\n" + SUMMARISE.text + OWN_RAG)
+    shell.write("mycompany/__init__.py", "")
+    shell.write("mycompany/stages.py", STAGES.text)
+    shell.write("mycompany/guards.py", GUARD_FUNCTION.text + "\n\n" + GUARD_CLASS.text)
+    shell.write("mycompany/plugins.py", GUARD_PLUGIN.text)
+    [sim_line] = [line for line in SIM.text.splitlines() if "healthy, instant" in line]
+    servers = [start_background(shell.local(sim_line), folder, shell.env, "sim.log")]
+    shell.wait_for(f"http://127.0.0.1:{ports['9100']}/livez", 60, folder / "sim.log")
+    servers.append(start_background(shell.local(SERVE.text), folder, shell.env, "serve.log"))
+    try:
+        shell.wait_for(f"http://127.0.0.1:{ports['8000']}/livez", 120, folder / "serve.log")
+        yield Site(folder, ports, f"http://127.0.0.1:{ports['8000']}")
+    finally:
+        for server in servers:
+            stop_background(server)
+        shell.close()
+
+
+def json_values(text: str) -> list[object]:
+    """Every JSON value printed one after the other (curl prints no newline after a body)."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while True:
+        start = min((j for j in (text.find("{", i), text.find("[", i)) if j >= 0), default=-1)
+        if start < 0:
+            return out
+        try:
+            value, i = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            i = start + 1
+            continue
+        out.append(value)
+
+
+def chat(site: Site, model: str = "demo", content: str = "hello", **headers: str) -> httpx.Response:
+    return httpx.post(site.url + "/v1/chat/completions",
+                      headers={"Authorization": f"Bearer {KEY}", **headers},
+                      json={"model": model, "messages": [{"role": "user", "content": content}]},
+                      timeout=30)
+
+
+# --- docs/sim.md ---------------------------------------------------------------------------
+
+SIM_FAULTS = take("docs/sim.md", "## Changing faults while it runs", "bash")[0]
+
+
+def test_sim_doc_runs_as_printed(site: Site, tmp_path: Path) -> None:
+    """Each of the first block's commands is a server of its own (alternatives): each starts
+    and answers; then the fault commands change the shared sim and put it back."""
+    for line in SIM.text.splitlines()[1:]:
+        port = str(free_port())
+        with Shell(tmp_path, {"9100": port}) as shell:
+            proc = start_background(shell.local(line.split("#")[0]), tmp_path, shell.env)
+            try:
+                shell.wait_for(f"http://127.0.0.1:{port}/livez", 60, tmp_path / "background.log")
+            finally:
+                stop_background(proc)
+    assert chat(site).status_code == 200  # so the stats have a request to count
+    with site.shell() as shell:
+        out = shell.run(SIM_FAULTS.text).stdout
+    changed, healthy, faults, stats = json_values(out)
+    assert changed["error_rates"] == {"500": 0.3}, changed
+    assert healthy == {} or not any(faults["error_rates"].values()), (healthy, faults)
+    assert "chat" in json.dumps(stats), stats
+    assert chat(site).status_code == 200  # healthy again
+
+
+def run_following(shell: Shell, block: str, follow: str, then: object = None) -> str:
+    """Run a block whose line containing `follow` keeps running until stopped (like
+    `traces tail`): the lines before it, then it in the background while `then()` runs, then
+    the lines after it. Returns what the following command printed."""
+    lines = block.splitlines()
+    [at] = [i for i, line in enumerate(lines) if follow in line]
+    if any(line.strip() for line in lines[:at]):
+        shell.run("\n".join(lines[:at]))
+    log = f"follow-{shell.logs}.log"
+    proc = start_background(f"[ -f {shell.state} ] && source {shell.state}\n{lines[at]}",
+                            shell.folder, shell.env, log)
+    try:
+        if callable(then):
+            then()
+    finally:
+        stop_background(proc)
+    if any(line.strip() for line in lines[at + 1:]):
+        shell.run("\n".join(lines[at + 1:]))
+    return (shell.folder / log).read_text(errors="replace")
+
+
+def wait_until(check: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {check}")
+        time.sleep(0.2)
+
+
+# --- docs/traces.md, docs/operations.md, docs/resilience.md ---------------------------------
+
+TRACES = take("docs/traces.md", "## Reading them back", "bash")[0]
+STATUS = take("docs/resilience.md", "## Watching it live", "bash")[0]
+
+
+def test_traces_doc_runs_as_printed(site: Site) -> None:
+    assert chat(site, content="traced for the docs").status_code == 200
+    assert httpx.post(site.url + "/v1/chat/completions", json={"model": "nope", "messages": []},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code >= 400
+    time.sleep(0.5)  # the writer flushes every 50 ms
+    marker = "followed by traces tail"
+    with site.shell() as shell:
+        def request_while_following() -> None:
+            time.sleep(2)
+            assert chat(site, content=marker).status_code == 200
+            wait_until(lambda: "demo" in (shell.folder / f"follow-{shell.logs}.log").read_text())
+
+        followed = run_following(shell, TRACES.text, "traces tail", request_while_following)
+        assert "demo" in followed, followed
+        out = (shell.folder / f"shell-{shell.logs - 1}.out").read_text()
+        assert "auth" in out and "store.write" in out, out  # the waterfall of `show --spans`
+    exported = [json.loads(line)
+                for line in (site.folder / "traces.jsonl").read_text().splitlines()]
+    assert any(t["model_alias"] == "demo" for t in exported), exported[:2]
+
+
+def test_status_runs_as_printed(site: Site) -> None:
+    with site.shell() as shell:
+        out = shell.run(STATUS.text).stdout
+    assert "circuit" in out.lower() or "writer" in out.lower(), out
+
+
+# --- docs/architecture.md and docs/guards.md: your own stage and guards, in the config -----
+
+def test_own_stage_and_guards_of_the_docs_run_in_the_gateway(site: Site) -> None:
+    """The shared config lists architecture.md's `Tag` stage and guards.md's guards (the
+    function, the class registered by the plugin module), written to files as printed."""
+    answer = chat(site)
+    assert answer.status_code == 200 and answer.headers["x-shipyard-team"] == "search"
+    blocked = chat(site, "support", "my number is ACCT-1234")
+    assert "Account numbers are handled by phone only." in blocked.text, blocked.text
+    questions = chat(site, "support", "why? how? when? where? who? what?")
+    assert "Many questions at once" in questions.text, questions.text
+
+
+# --- docs/gateway.md -----------------------------------------------------------------------
+
+RESPONSES = take("docs/gateway.md", "## The Responses API", "python", containing="responses")[0]
+OPENAPI = take("docs/gateway.md", "## OpenAPI document", "bash")[0]
+
+
+def test_gateway_doc_runs_as_printed(site: Site) -> None:
+    with site.shell() as shell:
+        out = shell.python(RESPONSES.text, "responses_demo.py")
+        shell.run(OPENAPI.text)
+    assert len(out.strip()) > 10, out
+    document = json.loads((site.folder / "shipyard-openapi.json").read_text())
+    assert document["openapi"].startswith("3.1") and "/v1/chat/completions" in document["paths"]
+
+
+# --- docs/observability.md -----------------------------------------------------------------
+
+TRACEPARENT = take("docs/observability.md", "### W3C trace context", "bash")[0]
+SPANS = take("docs/observability.md", "### Spans in the store", "python")[0]
+OWN_SPAN = take("docs/observability.md", "### Spans of your own stage", "python")[0]
+METRICS = take("docs/observability.md", "## Metrics", "bash")[0]
+PURGE = take("docs/observability.md", "## Retention", "bash")[0]
+PURGE_PYTHON = take("docs/observability.md", "## Retention", "python")[0]
+
+
+def test_observability_doc_runs_as_printed(site: Site) -> None:
+    with site.shell() as shell:
+        answer = json.loads(shell.run(TRACEPARENT.text).stdout)
+        assert answer["object"] == "chat.completion", answer
+        time.sleep(0.5)  # the trace writer's batch
+        spans = shell.python(SPANS.text, "spans.py")
+        assert "auth" in spans and ("attempt" in spans or "upstream" in spans), spans
+        shell.python(OWN_SPAN.text + "\nassert issubclass(NoSecrets, Stage)\n", "own_span.py")
+        metrics = shell.run(METRICS.text).stdout
+        assert "shipyard_requests_total" in metrics, metrics[:500]
+        purged = shell.run(PURGE.text).stdout
+        assert purged.strip(), purged
+        out = shell.python(PURGE_PYTHON.text, "purge.py").split()
+        assert [int(x) for x in out] == [0, 0, 0], out  # nothing is 30 days old here
+
+
+# --- docs/services.md ----------------------------------------------------------------------
+
+INVOKE = take("docs/services.md", "# Hosting Python services", "bash")[0]
+
+
+def test_services_doc_runs_as_printed(site: Site) -> None:
+    with site.shell() as shell:
+        got = json.loads(shell.run(INVOKE.text).stdout)
+    shown = json.loads(INVOKE.text.split("# ", 1)[1].replace("<trace id>", got["id"]))
+    assert got["output"] == shown["output"] and got["service"] == "loan-score", got
+    rag = httpx.post(site.url + "/v1/services/answer/invoke", json={"text": "refund?"},
+                     headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert rag.json()["output"] == {"answer": "Refunds are paid within 5 days."}, rag.text
+    summary = httpx.post(site.url + "/v1/services/summarise/invoke", json={"body": "Late."},
+                         headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert summary.status_code == 200 and summary.json()["output"]["summary"], summary.text
+    time.sleep(0.5)
+    tree = site.get(f"/v1/traces/{summary.json()['id']}/tree").json()
+    assert "support-llm" in json.dumps(tree), tree  # the model call is in the service's tree
