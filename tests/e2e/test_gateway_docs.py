@@ -321,3 +321,27 @@ def test_services_doc_runs_as_printed(site: Site) -> None:
     time.sleep(0.5)
     tree = site.get(f"/v1/traces/{summary.json()['id']}/tree").json()
     assert "support-llm" in json.dumps(tree), tree  # the model call is in the service's tree
+
+
+# --- docs/security.md ----------------------------------------------------------------------
+
+KEYS_CLI = take("docs/security.md", "## Tenants and API keys", "bash", containing="--bootstrap")[0]
+KEYS_HTTP = take("docs/security.md", "## Tenants and API keys", "bash", containing="curl")[0]
+
+
+def test_security_doc_runs_as_printed(site: Site, tmp_path: Path) -> None:
+    """The CLI block on a store of its own (it bootstraps the first admin key), the same
+    actions over HTTP on the shared gateway."""
+    with Shell(tmp_path) as shell:
+        shell.write("shipyard.yaml", "providers:\n  sim: {kind: sim}\n"
+                    "models:\n  demo: {provider: sim, model: sim-chat}\n")
+        out = shell.run(KEYS_CLI.text).stdout
+    assert out.count("sk-sy-") >= 3 and "Created tenant 'acme'" in out, out
+    assert "revoked" in out.lower(), out
+    with site.shell() as shell:
+        out = shell.run(KEYS_HTTP.text).stdout
+    tenant, rotated, revoked, traces = json_values(out)
+    created = json.loads((site.folder / "key.json").read_text())
+    assert tenant["id"] == "acme" and created["secret"].startswith("sk-sy-"), (tenant, created)
+    assert rotated["replaces"]["id"] == created["id"] and revoked["status"] == "revoked", out
+    assert "data" in traces, traces

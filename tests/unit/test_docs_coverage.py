@@ -113,10 +113,6 @@ NOT_RUN: dict[str, str] = {
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/providers.md | ## Every kind offline | shipyard sim --format anthropic --port 9201 --api-key sk-ant-sim &':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/security.md | ## Tenants and API keys | shipyard keys create --bootstrap --config shipyard.yaml      # the first admin key, printed once':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/security.md | ## Tenants and API keys | curl -s localhost:8000/v1/admin/tenants -H "Authorization: Bearer $ADMIN" -d \'{"id": "acme"}\'':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
 }
 
 
