@@ -13,9 +13,12 @@ environment: the static admin key of the config.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
@@ -79,6 +82,13 @@ models:
       input:
         - mycompany.guards:no_account_numbers
         - {guard: max_questions, limit: 5}
+alerts:
+  channels:
+    - {name: oncall, kind: webhook, url: "http://127.0.0.1:9900/alerts"}
+  rules:
+    - {name: demo-errors, metric: error_rate, service: demo, window: 5m, threshold: 0.05}
+slos:
+  - {name: demo-availability, sli: availability, objective: 0.999, period: 30d, service: demo}
 services:
   loan-score:
     function: my_app.loans:score
@@ -92,6 +102,21 @@ services:
 """
 
 
+class Hook(BaseHTTPRequestHandler):
+    """The webhook receiver of the site (alert channel): keeps what it was sent."""
+
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        Hook.received.append({"path": self.path, "body": json.loads(body or b"null")})
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @dataclass
 class Site:
     folder: Path
@@ -100,7 +125,7 @@ class Site:
 
     def env(self, **extra: str) -> dict[str, str]:
         keys = dict.fromkeys(("SHIPYARD_API_KEY", "KEY", "ADMIN", "SHIPYARD_ADMIN_KEY",
-                              "CLIENT_KEY", "OPERATOR_KEY"), KEY)
+                              "CLIENT_KEY", "OPERATOR_KEY", "SUMMARISE_KEY"), KEY)
         return clean_env(**{**keys, **extra})
 
     def shell(self, **extra: str) -> Shell:
@@ -115,7 +140,9 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("site")
-    ports = {"8000": str(free_port()), "9100": str(free_port())}
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    ports = {"8000": str(free_port()), "9100": str(free_port()), "9900": str(hook.server_port)}
     shell = Shell(folder, ports, env=clean_env(SHIPYARD_API_KEY=KEY, SUMMARISE_KEY=KEY))
     shell.write("shipyard.yaml", CONFIG)
     shell.write("my_app/__init__.py", "")
@@ -136,6 +163,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for server in servers:
             stop_background(server)
         shell.close()
+        hook.shutdown()
+        hook.server_close()
 
 
 def json_values(text: str) -> list[object]:
@@ -345,3 +374,64 @@ def test_security_doc_runs_as_printed(site: Site, tmp_path: Path) -> None:
     assert tenant["id"] == "acme" and created["secret"].startswith("sk-sy-"), (tenant, created)
     assert rotated["replaces"]["id"] == created["id"] and revoked["status"] == "revoked", out
     assert "data" in traces, traces
+
+
+# --- docs/alerts.md ------------------------------------------------------------------------
+
+ALERTS_QUICK = take("docs/alerts.md", "## Quick start", "bash")[0]
+ALERTS_LIST, ALERTS_HTTP = take("docs/alerts.md", "## Reading alerts", "bash")
+
+
+def test_alerts_doc_runs_as_printed(site: Site) -> None:
+    before = len(Hook.received)
+    with site.shell() as shell:
+        out = shell.run(ALERTS_QUICK.text).stdout
+        assert "oncall" in out, out
+        assert any(r["path"] == "/alerts" for r in Hook.received[before:]), Hook.received
+        listed = shell.run(ALERTS_LIST.text).stdout
+        answer = json_values(shell.run(ALERTS_HTTP.text).stdout)[0]
+    assert answer["object"] == "list" and "slos" in answer, answer
+    assert "demo-availability" in json.dumps(answer["slos"]), answer
+    assert listed.strip(), listed
+
+
+# --- docs/audit.md -------------------------------------------------------------------------
+
+AUDIT = take("docs/audit.md", "# Audit log", "bash")[0]
+AUDIT_PYTHON = take("docs/audit.md", "## Verifying", "python")[0]
+AUDIT_ANCHOR = take("docs/audit.md", "## Anchoring the head externally", "bash")[0]
+
+
+def test_audit_doc_runs_as_printed(site: Site) -> None:
+    with site.shell() as shell:
+        out = shell.run(AUDIT.text).stdout
+        assert "Audit log intact" in out, out
+        ok, head = shell.python(AUDIT_PYTHON.text, "audit_check.py").split()[:2]
+        assert ok == "True" and re.fullmatch(r"\d+:[0-9a-f]{64}", head), (ok, head)
+        out = shell.run(AUDIT_ANCHOR.text).stdout
+        assert "intact" in out, out
+    assert (site.folder / "audit-heads.txt").read_text().strip() == json.loads(
+        (site.folder / "audit-verify.json").read_text())["head"]
+
+
+# --- docs/feedback.md ----------------------------------------------------------------------
+
+FEEDBACK_CURL = take("docs/feedback.md", "## Give feedback", "bash")[0]
+FEEDBACK_PYTHON = take("docs/feedback.md", "## Give feedback", "python")[0]
+FEEDBACK_READ = take("docs/feedback.md", "## Read it", "bash")[0]
+FEEDBACK_EXPORT = take("docs/feedback.md", "## Export a labelled dataset", "bash")[0]
+FEEDBACK_PANDAS = take("docs/feedback.md", "## Export a labelled dataset", "python")[0]
+
+
+def test_feedback_doc_runs_as_printed(site: Site) -> None:
+    trace_id = chat(site, "support", "Do you ship to Norway?").headers["x-shipyard-trace-id"]
+    with site.shell(SHIPYARD_URL=site.url, TRACE_ID=trace_id) as shell:
+        given = json_values(shell.run(FEEDBACK_CURL.text).stdout)[0]
+        assert given["trace_id"] == trace_id and given["label"] == "helpful", given
+        shell.python(FEEDBACK_PYTHON.text, "feedback_demo.py")
+        listed, summary = json_values(shell.run(FEEDBACK_READ.text).stdout)
+        assert {f["label"] for f in listed["data"]} >= {"helpful", "wrong_answer"}, listed
+        assert summary["data"] and summary["data"][0]["count"] >= 2, summary
+        shell.run(FEEDBACK_EXPORT.text)
+        bad = shell.python(FEEDBACK_PANDAS.text, "labels.py")
+    assert "wrong_answer" in bad, bad
