@@ -435,3 +435,41 @@ def test_feedback_doc_runs_as_printed(site: Site) -> None:
         shell.run(FEEDBACK_EXPORT.text)
         bad = shell.python(FEEDBACK_PANDAS.text, "labels.py")
     assert "wrong_answer" in bad, bad
+
+
+# --- docs/dashboard.md ---------------------------------------------------------------------
+
+ROLLUP = take("docs/dashboard.md", "## Fast on millions of traces", "bash")[0]
+PAGE, SPAN_SOURCE = take("docs/dashboard.md", "## Adding pages", "python")
+# the reader's own functions that dashboard.md's examples name
+OWN_LOADERS = """\
+from types import SimpleNamespace
+
+
+def load_drift_results(engine, tenant_id, since):
+    return [{"check": "support", "drifted": False}]
+
+
+def load_from_backend(trace_id):
+    return [SimpleNamespace(name="otel.root", start_ms=0.0, duration_ms=12.5, depth=1,
+                            error=None)]
+
+"""
+DASHBOARD_CHECK = """
+from shipyard.ui.pages import PAGES
+from shipyard.ui.spans import trace_spans
+
+ctx = PageContext(engine=None, tenant_id="default", role="admin", params={})
+print(PAGES["/ui/drift"].render(ctx)["checks"])
+print(trace_spans(None, {"id": "t1"}))
+"""
+
+
+def test_dashboard_doc_runs_as_printed(site: Site) -> None:
+    assert chat(site).status_code == 200
+    with site.shell() as shell:
+        rolled = shell.run(ROLLUP.text)
+        assert (rolled.stdout + rolled.stderr).strip(), rolled
+        out = shell.python(OWN_LOADERS + PAGE.text + "\n" + SPAN_SOURCE.text + DASHBOARD_CHECK,
+                           "pages_demo.py")
+    assert "'drifted': False" in out and "otel.root" in out and "'stored'" in out, out

@@ -31,12 +31,6 @@ NOT_RUN: dict[str, str] = {
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     "docs/dashboard.md | # Dashboard | pip install 'shipyard[ui]'          # jinja2 + plotly":
         "installs from the package index (pip install 'shipyard[ui]' would fetch a published shipyard, not this checkout)",
-    'docs/dashboard.md | ## Fast on millions of traces | shipyard traces rollup            # all traces; --since 7d for recent ones only':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/dashboard.md | ## Adding pages (for features and plugins) | from shipyard.ui.pages import Page, PageContext, register':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/dashboard.md | ## Adding pages (for features and plugins) | from shipyard.ui.spans import Span, register_span_source':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/deployment.md | ## The container image | docker build --build-arg EXTRAS=postgres,redis,otel -t shipyard:local .':
         'needs a Docker engine (none on this machine); the Dockerfile is linted by hadolint in tests/e2e/test_deploy.py',
     'docs/deployment.md | ## Kubernetes | kubectl apply -k deploy/kubernetes':
