@@ -473,3 +473,36 @@ def test_dashboard_doc_runs_as_printed(site: Site) -> None:
         out = shell.python(OWN_LOADERS + PAGE.text + "\n" + SPAN_SOURCE.text + DASHBOARD_CHECK,
                            "pages_demo.py")
     assert "'drifted': False" in out and "otel.root" in out and "'stored'" in out, out
+
+
+# --- docs/escalation.md --------------------------------------------------------------------
+
+ASK_PERSON = take("docs/escalation.md", "### What the user sees", "bash")[0]
+POLL = take("docs/escalation.md", "### How the answer comes back", "bash")[0]
+REVIEW_HTTP, REVIEW_CLI = take("docs/escalation.md", "### The reviewer's workflow", "bash")
+
+
+def test_escalation_doc_runs_as_printed(site: Site) -> None:
+    """A ticket worked over HTTP and polled; then (its conversation's ticket resolved) the
+    user asks again and a second ticket is worked from the terminal."""
+    with site.shell() as shell:
+        answer = json_values(shell.run(ASK_PERSON.text).stdout)[0]
+        ticket = answer["shipyard"]["escalation"]
+        assert ticket["status"] == "open" and ticket["trigger"] == "user_request", answer
+        assert "Your reference is esc_" in answer["choices"][0]["message"]["content"]
+        out = json_values(shell.run(REVIEW_HTTP.text).stdout)
+        queue, _overdue, shown, claimed, answered, resolved = out
+        assert ticket["id"] in json.dumps(queue) and shown["id"] == ticket["id"], out
+        assert "<EMAIL_1>" in json.dumps(shown) and "jane@" not in json.dumps(shown), shown
+        assert (claimed["status"], answered["status"], resolved["status"]) == (
+            "claimed", "answered", "resolved"), out
+        polled, mine = json_values(shell.run(POLL.text).stdout)
+        assert polled["answer"].startswith("Your parcel left"), polled
+        assert ticket["id"] in json.dumps(mine), mine
+        second = json_values(shell.run(ASK_PERSON.text).stdout)[0]
+        assert second["shipyard"]["escalation"]["id"] != ticket["id"], second
+        out = shell.run(REVIEW_CLI.text).stdout
+    assert second["shipyard"]["escalation"]["id"] in out, out
+    rows = [json.loads(line) for line in (site.folder / "feedback.jsonl").read_text().splitlines()]
+    assert {r["escalation_id"] for r in rows} >= {ticket["id"],
+                                                  second["shipyard"]["escalation"]["id"]}, rows

@@ -41,16 +41,6 @@ NOT_RUN: dict[str, str] = {
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/drift.md | ## Features from traces | from shipyard.monitor.drift.checks import DriftScheduler, run_check':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### What the user sees | curl -s http://127.0.0.1:8000/v1/chat/completions \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### How the answer comes back | curl -s http://127.0.0.1:8000/v1/escalations/esc_5f1c… -H "Authorization: Bearer $CLIENT_KEY"':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### The reviewer\'s workflow | export OP="Authorization: Bearer $OPERATOR_KEY"':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    "docs/escalation.md | ### The reviewer's workflow | shipyard escalations list --status open              # or --overdue, --service support, --json":
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ## From Python: guards and your own code | ticket = await gateway.escalations.open(':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/guards.md | ## Train your own classifier | # one example per line: {"text": "...", "label": 1}  (1/attack, 0/benign)':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/guards.md | ## Train your own classifier | shipyard guards train labelled.jsonl --embeddings builtin -o adapter.safetensors':
