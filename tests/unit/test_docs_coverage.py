@@ -41,10 +41,6 @@ NOT_RUN: dict[str, str] = {
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/drift.md | ## Features from traces | from shipyard.monitor.drift.checks import DriftScheduler, run_check':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Train your own classifier | # one example per line: {"text": "...", "label": 1}  (1/attack, 0/benign)':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Train your own classifier | shipyard guards train labelled.jsonl --embeddings builtin -o adapter.safetensors':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/guards.md | ## Red team | shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/loadtest.md | ## Try it (copy-paste) | shipyard sim --port 9100 --latency lognormal:50,0.5 &':
@@ -69,8 +65,6 @@ NOT_RUN: dict[str, str] = {
         'installs from the package index and downloads a spaCy model (no network here)',
     'docs/privacy.md | ## Names (NER backend) | from shipyard.privacy import PIIEngine, default_recognizers':
         'needs spaCy pipelines (en_core_web_sm, /models/my-ner) this machine does not have (the NER backend is tested in tests/unit/test_privacy_ner.py)',
-    'docs/privacy.md | ## Command line | shipyard pii scan notes.txt                       # line:col, entity, score, recognizer, masked value':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/providers.md | ## Every kind offline | shipyard sim --format anthropic --port 9201 --api-key sk-ant-sim &':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
 }
