@@ -87,6 +87,11 @@ alerts:
     - {name: oncall, kind: webhook, url: "http://127.0.0.1:9900/alerts"}
   rules:
     - {name: demo-errors, metric: error_rate, service: demo, window: 5m, threshold: 0.05}
+drift:
+  checks:
+    support:
+      service: support
+      columns: [prompt_length, language, output_length, status, latency_ms, prompt_tokens]
 slos:
   - {name: demo-availability, sli: availability, objective: 0.999, period: 30d, service: demo}
 services:
@@ -550,3 +555,31 @@ def test_guards_classifier_commands_run_as_printed(tmp_path: Path) -> None:
         assert score and float(score[-1]) > 0.5, out  # the check of an attack
         out = shell.run(GUARDS_ADAPTER.text, timeout=600).stdout
     assert (tmp_path / "adapter.safetensors").stat().st_size > 0, out
+
+
+# --- docs/drift.md -------------------------------------------------------------------------
+
+DRIFT_FILES = take("docs/drift.md", "## Quick start", "bash", containing="--reference")[0]
+DRIFT_CHECKS = take("docs/drift.md", "## Quick start", "bash", containing="drift history")[0]
+DRIFT_SOURCES = take("docs/drift.md", "## Features from traces", "python")[0]
+
+
+def test_drift_doc_runs_as_printed(site: Site) -> None:
+    for i in range(12):
+        assert chat(site, "support", f"Where is parcel {i}? It is late.").status_code == 200
+    time.sleep(0.5)
+    with site.shell() as shell:
+        # the reader's two data files
+        shell.write("last_month.csv", "amount,plan\n" + "".join(
+            f"{100 + i % 7},{'pro' if i % 3 else 'free'}\n" for i in range(400)))
+        shell.write("today.csv", "amount,plan\n" + "".join(
+            f"{130 + i % 7},{'pro' if i % 3 else 'free'}\n" for i in range(200)))
+        out = shell.run(DRIFT_FILES.text).stdout
+        assert "amount" in out and (site.folder / "drift.html").stat().st_size > 1000, out
+        out = shell.run(DRIFT_CHECKS.text).stdout
+        # every trace is from today, so the rolling 7-day reference before it is empty
+        assert "support: skipped (the reference window has 0 traces" in out, out
+        assert '"skipped": "the reference window has 0 traces' in out, out  # --json
+        assert (site.folder / "drift-history.html").exists()
+        out = shell.python(DRIFT_SOURCES.text, "drift_sources.py")
+    assert "the reference window has 0 traces" in out, out

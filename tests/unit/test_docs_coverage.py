@@ -35,12 +35,6 @@ NOT_RUN: dict[str, str] = {
         'needs a Docker engine (none on this machine); the Dockerfile is linted by hadolint in tests/e2e/test_deploy.py',
     'docs/deployment.md | ## Kubernetes | kubectl apply -k deploy/kubernetes':
         'needs a Kubernetes cluster; the manifests are validated offline in tests/e2e/test_deploy.py',
-    'docs/drift.md | ## Quick start | shipyard drift check --reference last_month.csv --current today.csv':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/drift.md | ## Quick start | shipyard drift check                    # run every configured check now (results are stored)':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/drift.md | ## Features from traces | from shipyard.monitor.drift.checks import DriftScheduler, run_check':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/guards.md | ## Red team | shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/loadtest.md | ## Try it (copy-paste) | shipyard sim --port 9100 --latency lognormal:50,0.5 &':
