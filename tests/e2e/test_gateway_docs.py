@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from conftest import free_port
-from doc_blocks import Shell, clean_env, start_background, stop_background, take
+from doc_blocks import REPO, Shell, clean_env, start_background, stop_background, take
 
 pytestmark = pytest.mark.slow
 
@@ -583,3 +584,34 @@ def test_drift_doc_runs_as_printed(site: Site) -> None:
         assert (site.folder / "drift-history.html").exists()
         out = shell.python(DRIFT_SOURCES.text, "drift_sources.py")
     assert "the reference window has 0 traces" in out, out
+
+
+# --- docs/loadtest.md (its own sim and the README quick start's gateway) ------------------
+
+START_SIM, LOAD_SIM, START_GATEWAY, LOAD_GATEWAY, LOAD_SERVICE = take(
+    "docs/loadtest.md", "## Try it", "bash")
+LOAD_PYTHON = take("docs/loadtest.md", "## From Python", "python")[0]
+
+
+def test_loadtest_doc_runs_as_printed(tmp_path: Path) -> None:
+    """In one terminal at a checkout's root (examples/quickstart copied): the sim and a run on
+    it, the quick start's gateway and runs on it (ramp, steps, capacity search, a service),
+    then the Python example on the sim."""
+    shutil.copytree(REPO / "examples" / "quickstart", tmp_path / "examples" / "quickstart")
+    ports = {"8000": str(free_port()), "9100": str(free_port())}
+    with Shell(tmp_path, ports) as shell:
+        config = tmp_path / "examples" / "quickstart" / "shipyard.yaml"
+        config.write_text(shell.local(config.read_text()))
+        shell.run(START_SIM.text)  # each `&` line: the next block waits until it answers
+        out = shell.run(LOAD_SIM.text).stdout
+        assert "p99" in out, out
+        shell.run(START_GATEWAY.text)
+        shell.run(LOAD_GATEWAY.text, timeout=600)
+        ramp = json.loads((tmp_path / "ramp.json").read_text())
+        assert ramp["ok"] > 0, {k: ramp[k] for k in ramp if k != "buckets"}
+        for page in ("ramp.html", "steps.html", "capacity.html"):
+            assert (tmp_path / page).stat().st_size > 10_000, page
+        out = shell.run(LOAD_SERVICE.text).stdout
+        assert "triage" in out, out
+        out = shell.python(LOAD_PYTHON.text, "capacity.py")
+    assert json.loads((tmp_path / "capacity.json").read_text())["max_rate"] is not None, out

@@ -37,16 +37,6 @@ NOT_RUN: dict[str, str] = {
         'needs a Kubernetes cluster; the manifests are validated offline in tests/e2e/test_deploy.py',
     'docs/guards.md | ## Red team | shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\':
         'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | shipyard sim --port 9100 --latency lognormal:50,0.5 &':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | shipyard demo &                       # gateway on :8000, simulated upstream on :9100':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | printf \'%s\\n\' \'{"subject": "Refund", "body": "I was charged twice"}\' \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## The maximum sustainable rate at an SLO | shipyard loadtest URL --model M --find-max-rate --slo-p99-ms 500 --slo-error-rate 0.01 \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## From Python | from pathlib import Path':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     "docs/observability.md | ### OTLP export | pip install 'shipyard[otel]'":
         "installs from the package index (pip install 'shipyard[otel]' would fetch a published shipyard, not this checkout)",
     'docs/oidc.md | ## Sending the token | curl https://shipyard.example/v1/chat/completions \\':
