@@ -615,3 +615,27 @@ def test_loadtest_doc_runs_as_printed(tmp_path: Path) -> None:
         assert "triage" in out, out
         out = shell.python(LOAD_PYTHON.text, "capacity.py")
     assert json.loads((tmp_path / "capacity.json").read_text())["max_rate"] is not None, out
+
+
+# --- docs/providers.md: every kind offline -------------------------------------------------
+
+KIND_SIMS = take("docs/providers.md", "## Every kind offline", "bash")[0]
+KIND_CONFIG = take("docs/providers.md", "## Every kind offline", "yaml")[0]
+
+
+def test_every_provider_kind_runs_offline_as_printed(tmp_path: Path) -> None:
+    """The five sims of the block, then a gateway on the config printed after it: every alias
+    answers through its own wire API."""
+    ports = {str(p): str(free_port()) for p in range(9201, 9206)}
+    ports["8000"] = str(free_port())
+    with Shell(tmp_path, ports, env=clean_env(SHIPYARD_API_KEY=KEY)) as shell:
+        shell.run(KIND_SIMS.text)  # each `&` line: waits until that sim answers
+        shell.write("shipyard.yaml", KIND_CONFIG.text)
+        shell.run("shipyard serve --config shipyard.yaml --port 8000 &")
+        for model in ("claude", "gem", "bed", "llama", "gpt"):
+            answer = httpx.post(f"http://127.0.0.1:{ports['8000']}/v1/chat/completions",
+                                headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                                json={"model": model,
+                                      "messages": [{"role": "user", "content": "hi"}]})
+            assert answer.status_code == 200, (model, answer.text)
+            assert answer.json()["choices"][0]["message"]["content"], (model, answer.text)
