@@ -639,3 +639,24 @@ def test_every_provider_kind_runs_offline_as_printed(tmp_path: Path) -> None:
                                       "messages": [{"role": "user", "content": "hi"}]})
             assert answer.status_code == 200, (model, answer.text)
             assert answer.json()["choices"][0]["message"]["content"], (model, answer.text)
+
+
+# --- docs/chaos.md -------------------------------------------------------------------------
+
+CHAOS_START, CHAOS_RUN = take("docs/chaos.md", "# Chaos drills", "bash")
+CHAOS_CONFIG = take("docs/chaos.md", "## A config worth drilling", "yaml")[0]
+CHAOS_PYTHON = take("docs/chaos.md", "## Python", "python")[0]
+
+
+def test_chaos_doc_runs_as_printed(tmp_path: Path) -> None:
+    ports = {"8000": str(free_port()), "9100": str(free_port()), "9101": str(free_port())}
+    with Shell(tmp_path, ports) as shell:
+        shell.write("shipyard.yaml", CHAOS_CONFIG.text)
+        shell.run(CHAOS_START.text)
+        out = shell.run(CHAOS_RUN.text, timeout=400).stdout
+        assert "errors-30" in out and "cut-streams" in out, out
+        report = json.loads((tmp_path / "chaos.json").read_text())
+        assert {s["name"] for s in report["scenarios"]} == {"errors-30", "outage",
+                                                            "cut-streams"}, report.keys()
+        out = shell.python(CHAOS_PYTHON.text, "chaos_drill.py", timeout=300)
+    assert [line.split()[0] for line in out.splitlines()] == ["errors-30", "outage"], out

@@ -25,10 +25,6 @@ TESTS = Path(__file__).resolve().parents[1]
 NOT_RUN: dict[str, str] = {
     'README.md | # Shipyard | # 1. Install and run the main job: the reference support assistant behind the gateway, on the':
         'owned by a parallel change (newcomer: README command 1 / shipyard demo); it installs from scratch into a new venv',
-    'docs/chaos.md | # Chaos drills (`shipyard chaos`) | shipyard sim --port 9100 --admin-token "$SIM_TOKEN" &         # the upstream that will misbehave':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/chaos.md | ## Python | from shipyard.readiness.chaos import run_scenarios, write_json':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     "docs/dashboard.md | # Dashboard | pip install 'shipyard[ui]'          # jinja2 + plotly":
         "installs from the package index (pip install 'shipyard[ui]' would fetch a published shipyard, not this checkout)",
     'docs/deployment.md | ## The container image | docker build --build-arg EXTRAS=postgres,redis,otel -t shipyard:local .':
@@ -36,7 +32,7 @@ NOT_RUN: dict[str, str] = {
     'docs/deployment.md | ## Kubernetes | kubectl apply -k deploy/kubernetes':
         'needs a Kubernetes cluster; the manifests are validated offline in tests/e2e/test_deploy.py',
     'docs/guards.md | ## Red team | shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
+        'BACKLOG: sends the 5,111-item outside corpus through the worked example\'s embedding guards: minutes of CPU per run on this shared machine (the command and its thresholds are run on the holdout split in tests/integration/test_redteam.py)',
     "docs/observability.md | ### OTLP export | pip install 'shipyard[otel]'":
         "installs from the package index (pip install 'shipyard[otel]' would fetch a published shipyard, not this checkout)",
     'docs/oidc.md | ## Sending the token | curl https://shipyard.example/v1/chat/completions \\':
