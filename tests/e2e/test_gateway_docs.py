@@ -380,6 +380,11 @@ def test_security_doc_runs_as_printed(site: Site, tmp_path: Path) -> None:
     assert tenant["id"] == "acme" and created["secret"].startswith("sk-sy-"), (tenant, created)
     assert rotated["replaces"]["id"] == created["id"] and revoked["status"] == "revoked", out
     assert "data" in traces, traces
+    # without ?tenant=, a platform admin is told which tenant the key belongs to
+    astray = httpx.post(f"{site.url}/v1/admin/keys/{created['id']}/revoke",
+                        headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert astray.status_code == 404, astray.text
+    assert "?tenant=acme" in astray.json()["error"]["message"], astray.text
 
 
 # --- docs/alerts.md ------------------------------------------------------------------------
