@@ -8,6 +8,12 @@ docs/sim.md's first command (each server in a terminal of its own). The only cha
 text: the ports 8000 and 9100 become free ports. What the reader has set before a block (the
 keys the prose names: `$SHIPYARD_API_KEY`, `$KEY`, `$ADMIN`, ...) is set in the terminal's
 environment: the static admin key of the config.
+
+Docs whose blocks start their own servers (loadtest.md, chaos.md, providers.md's "Every kind
+offline") run in a terminal of their own, with their own sims and gateway; privacy.md's
+`pii` command line and guards.md's classifier training need no server. Where a doc names the
+reader's own files or functions (notes.txt, labelled.jsonl, `search()`, `load_from_backend()`),
+the test writes a small one and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -160,9 +167,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     shell.write("mycompany/plugins.py", GUARD_PLUGIN.text)
     [sim_line] = [line for line in SIM.text.splitlines() if "healthy, instant" in line]
     servers = [start_background(shell.local(sim_line), folder, shell.env, "sim.log")]
-    shell.wait_for(f"http://127.0.0.1:{ports['9100']}/livez", 60, folder / "sim.log")
-    servers.append(start_background(shell.local(SERVE.text), folder, shell.env, "serve.log"))
     try:
+        shell.wait_for(f"http://127.0.0.1:{ports['9100']}/livez", 60, folder / "sim.log")
+        servers.append(start_background(shell.local(SERVE.text), folder, shell.env,
+                                        "serve.log"))
         shell.wait_for(f"http://127.0.0.1:{ports['8000']}/livez", 120, folder / "serve.log")
         yield Site(folder, ports, f"http://127.0.0.1:{ports['8000']}")
     finally:
@@ -173,7 +181,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         hook.server_close()
 
 
-def json_values(text: str) -> list[object]:
+def json_values(text: str) -> list[Any]:
     """Every JSON value printed one after the other (curl prints no newline after a body)."""
     decoder, out, i = json.JSONDecoder(), [], 0
     while True:
@@ -216,7 +224,7 @@ def test_sim_doc_runs_as_printed(site: Site, tmp_path: Path) -> None:
         out = shell.run(SIM_FAULTS.text).stdout
     changed, healthy, faults, stats = json_values(out)
     assert changed["error_rates"] == {"500": 0.3}, changed
-    assert healthy == {} or not any(faults["error_rates"].values()), (healthy, faults)
+    assert not any(faults["error_rates"].values()), (healthy, faults)  # PUT {}: healthy
     assert "chat" in json.dumps(stats), stats
     assert chat(site).status_code == 200  # healthy again
 
