@@ -197,7 +197,9 @@ def test_api_validation_names_the_field_and_the_fix() -> None:
     for spec, message in [("step:100,abc", "--profile is 'step:100,abc'; write a rate"),
                           ("ramp:50->0", "every rate must be a positive number"),
                           ("constant:1,2", "a constant profile has one rate"),
-                          ("ramp:5", "--profile is 'ramp:5'; write a rate")]:
+                          ("ramp:5", "--profile is 'ramp:5'; write a rate"),
+                          # `--profile ramp:50->500` unquoted: the shell redirects at '>'
+                          ("ramp:50-", "quote the profile: --profile 'ramp:50->500'")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_profile(spec, duration_s=10)
     with pytest.raises(ConfigError, match=re.escape("arrivals (--arrivals) is 'bursty'")):

@@ -25,140 +25,26 @@ TESTS = Path(__file__).resolve().parents[1]
 NOT_RUN: dict[str, str] = {
     'README.md | # Shipyard | # 1. Install and run the main job: the reference support assistant behind the gateway, on the':
         'owned by a parallel change (newcomer: README command 1 / shipyard demo); it installs from scratch into a new venv',
-    'docs/alerts.md | ## Quick start | shipyard alerts test                 # a test notification through every channel':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/alerts.md | ## Reading alerts | shipyard alerts list                         # newest first':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/alerts.md | ## Reading alerts | curl -H "Authorization: Bearer $SHIPYARD_ADMIN_KEY" \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/architecture.md | ### Your own stages | # mycompany/stages.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/audit.md | # Audit log | shipyard audit list --config shipyard.yaml                      # newest first':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/audit.md | ## Verifying | $ shipyard audit verify --config shipyard.yaml':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/audit.md | ## Verifying | from shipyard.security.audit import AuditLog':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/audit.md | ## Anchoring the head externally | # nightly: verify, then publish the new head':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/chaos.md | # Chaos drills (`shipyard chaos`) | shipyard sim --port 9100 --admin-token "$SIM_TOKEN" &         # the upstream that will misbehave':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/chaos.md | ## Python | from shipyard.readiness.chaos import run_scenarios, write_json':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     "docs/dashboard.md | # Dashboard | pip install 'shipyard[ui]'          # jinja2 + plotly":
         "installs from the package index (pip install 'shipyard[ui]' would fetch a published shipyard, not this checkout)",
-    'docs/dashboard.md | ## Fast on millions of traces | shipyard traces rollup            # all traces; --since 7d for recent ones only':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/dashboard.md | ## Adding pages (for features and plugins) | from shipyard.ui.pages import Page, PageContext, register':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/dashboard.md | ## Adding pages (for features and plugins) | from shipyard.ui.spans import Span, register_span_source':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/deployment.md | ## The container image | docker build --build-arg EXTRAS=postgres,redis,otel -t shipyard:local .':
         'needs a Docker engine (none on this machine); the Dockerfile is linted by hadolint in tests/e2e/test_deploy.py',
     'docs/deployment.md | ## Kubernetes | kubectl apply -k deploy/kubernetes':
         'needs a Kubernetes cluster; the manifests are validated offline in tests/e2e/test_deploy.py',
-    'docs/drift.md | ## Quick start | shipyard drift check --reference last_month.csv --current today.csv':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/drift.md | ## Quick start | shipyard drift check                    # run every configured check now (results are stored)':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/drift.md | ## Features from traces | from shipyard.monitor.drift.checks import DriftScheduler, run_check':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### What the user sees | curl -s http://127.0.0.1:8000/v1/chat/completions \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### How the answer comes back | curl -s http://127.0.0.1:8000/v1/escalations/esc_5f1c… -H "Authorization: Bearer $CLIENT_KEY"':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ### The reviewer\'s workflow | export OP="Authorization: Bearer $OPERATOR_KEY"':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    "docs/escalation.md | ### The reviewer's workflow | shipyard escalations list --status open              # or --overdue, --service support, --json":
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/escalation.md | ## From Python: guards and your own code | ticket = await gateway.escalations.open(':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/feedback.md | ## Give feedback: `POST /v1/feedback` | curl -s $SHIPYARD_URL/v1/feedback \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/feedback.md | ## Give feedback: `POST /v1/feedback` | from openai import OpenAI':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/feedback.md | ## Read it: `GET /v1/feedback` and `GET /v1/feedback/summary` | # newest first; filters: limit (1-1000), since (ISO time), service; platform admins: tenant':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/feedback.md | ## Export a labelled dataset: `shipyard feedback export` | shipyard feedback export --format jsonl -o feedback.jsonl            # every tenant':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/feedback.md | ## Export a labelled dataset: `shipyard feedback export` | import pandas as pd':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/gateway.md | ## The Responses API | import os':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/gateway.md | ## OpenAPI document | curl -s localhost:8000/openapi.json -H "Authorization: Bearer $KEY" > shipyard-openapi.json':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Your own guards | # mycompany/guards.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Your own guards | from shipyard.guards import Guard, Subject, Verdict':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Your own guards | # mycompany/plugins.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Train your own classifier | # one example per line: {"text": "...", "label": 1}  (1/attack, 0/benign)':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/guards.md | ## Train your own classifier | shipyard guards train labelled.jsonl --embeddings builtin -o adapter.safetensors':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/guards.md | ## Red team | shipyard redteam --url http://127.0.0.1:8000/v1 --model support --key-env SHIPYARD_API_KEY \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | shipyard sim --port 9100 --latency lognormal:50,0.5 &':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | shipyard demo &                       # gateway on :8000, simulated upstream on :9100':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## Try it (copy-paste) | printf \'%s\\n\' \'{"subject": "Refund", "body": "I was charged twice"}\' \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## The maximum sustainable rate at an SLO | shipyard loadtest URL --model M --find-max-rate --slo-p99-ms 500 --slo-error-rate 0.01 \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/loadtest.md | ## From Python | from pathlib import Path':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/observability.md | ### W3C trace context | curl -s http://127.0.0.1:8000/v1/chat/completions \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/observability.md | ### Spans in the store (no collector needed) | from shipyard.store import create_store_engine, get_spans':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
+        'BACKLOG: sends the 5,111-item outside corpus through the worked example\'s embedding guards: minutes of CPU per run on this shared machine (the command and its thresholds are run on the holdout split in tests/integration/test_redteam.py)',
     "docs/observability.md | ### OTLP export | pip install 'shipyard[otel]'":
         "installs from the package index (pip install 'shipyard[otel]' would fetch a published shipyard, not this checkout)",
-    'docs/observability.md | ### Spans of your own stage | from shipyard.gateway.pipeline import Call, Handler, Stage':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/observability.md | ## Metrics | curl -s -H "authorization: Bearer $SHIPYARD_API_KEY" http://127.0.0.1:8000/metrics':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/observability.md | ## Retention | shipyard traces purge --dry-run            # what would go, per scope; changes nothing':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/observability.md | ## Retention | from shipyard.config.schema import RetentionConfig':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     'docs/oidc.md | ## Sending the token | curl https://shipyard.example/v1/chat/completions \\':
         'needs a real identity provider and a deployed gateway at shipyard.example',
     'docs/oidc.md | ## Sending the token | from openai import OpenAI':
         "needs a real identity provider's token and a deployed gateway at shipyard.example",
     'docs/oidc.md | ## Sending the token | curl -s https://<keycloak-host>/realms/<realm>/protocol/openid-connect/token \\':
         "needs a real Keycloak server (the placeholders <keycloak-host>, <realm> are the reader's)",
-    'docs/operations.md | ## Serving | shipyard serve --config shipyard.yaml --host 0.0.0.0 --port 8000':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
     "docs/privacy.md | ## Names (NER backend) | pip install 'shipyard[ner]'                 # spaCy":
         'installs from the package index and downloads a spaCy model (no network here)',
     'docs/privacy.md | ## Names (NER backend) | from shipyard.privacy import PIIEngine, default_recognizers':
         'needs spaCy pipelines (en_core_web_sm, /models/my-ner) this machine does not have (the NER backend is tested in tests/unit/test_privacy_ner.py)',
-    'docs/privacy.md | ## Command line | shipyard pii scan notes.txt                       # line:col, entity, score, recognizer, masked value':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/providers.md | ## Every kind offline | shipyard sim --format anthropic --port 9201 --api-key sk-ant-sim &':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/resilience.md | ## Watching it live | shipyard status --url http://127.0.0.1:8000     # circuits, load, queues, trace writer':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/security.md | ## Tenants and API keys | shipyard keys create --bootstrap --config shipyard.yaml      # the first admin key, printed once':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/security.md | ## Tenants and API keys | curl -s localhost:8000/v1/admin/tenants -H "Authorization: Bearer $ADMIN" -d \'{"id": "acme"}\'':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/services.md | # Hosting Python services | # my_app/loans.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/services.md | # Hosting Python services | curl -s localhost:8000/v1/services/loan-score/invoke -H "Authorization: Bearer $KEY" \\':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/services.md | ## Retrieval: hand back the context you used | # my_app/support.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/services.md | ## Calling models from a service: one trace | # my_app/support.py':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/sim.md | # The simulated upstream (`shipyard sim`) | shipyard sim --port 9100                               # healthy, instant':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/sim.md | ## Changing faults while it runs | curl -X PATCH localhost:9100/_sim/faults -d \'{"error_rates": {"500": 0.3}}\'   # change some':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
-    'docs/traces.md | ## Reading them back | shipyard traces list --config shipyard.yaml --limit 20 --errors --since 1h --service demo':
-        'BACKLOG: not run by a test yet (docsweep ran out of time); run it in a doc test',
 }
 
 

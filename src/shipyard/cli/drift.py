@@ -136,6 +136,7 @@ def check(
     from shipyard.monitor.drift.detect import detect_drift
 
     reports: dict[str, DriftReport] = {}
+    skipped: dict[str, str] = {}  # check name -> why it did not run
     try:
         if reference is not None or current is not None:
             if reference is None or current is None:
@@ -160,14 +161,18 @@ def check(
                     spec = DriftCheckConfig(**{**spec.model_dump(), "columns": column})
                 outcome = run_check(engine, key, spec, store=store)
                 if outcome.report is None:
-                    console.print(f"[yellow]{key}: skipped[/] ({outcome.skipped}).",
-                                  highlight=False)
+                    skipped[key] = outcome.skipped or "skipped"
+                    if not as_json:  # with --json, stdout is JSON only: it says so there
+                        console.print(f"[yellow]{key}: skipped[/] ({outcome.skipped}).",
+                                      highlight=False)
                     continue
                 reports[key] = outcome.report
     except ShipyardError as exc:
         raise fail(exc) from None
     if as_json:
-        console.print_json(orjson.dumps({k: r.to_dict() for k, r in reports.items()}).decode())
+        shown: dict[str, Any] = {k: r.to_dict() for k, r in reports.items()}
+        shown.update({k: {"skipped": why} for k, why in skipped.items()})
+        console.print_json(orjson.dumps(shown).decode())
     else:
         for key, report in reports.items():
             _print_report(report, f"Drift: {key}")

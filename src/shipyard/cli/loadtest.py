@@ -172,7 +172,7 @@ def loadtest(
         "turn).")] = None,
     profile: Annotated[str | None, typer.Option(
         help="Offered load: 100 (constant), step:100,200,400 (each for --step-duration), "
-        "ramp:50->500 (over --duration). Default: constant 10/s.")] = None,
+        "'ramp:50->500' (over --duration; quoted). Default: constant 10/s.")] = None,
     rate: Annotated[float | None, typer.Option(
         help="Shorthand for --profile constant:RATE (requests per second).")] = None,
     duration: Annotated[float, typer.Option(
@@ -229,7 +229,7 @@ def loadtest(
     Examples:
       shipyard loadtest http://127.0.0.1:9100/v1 --model sim-chat --rate 100 --duration 20
       shipyard loadtest http://127.0.0.1:8000/v1 --model demo --api-key-env SHIPYARD_API_KEY \\
-          --profile ramp:50->500 --duration 60 --arrivals poisson --html report.html
+          --profile 'ramp:50->500' --duration 60 --arrivals poisson --html report.html
       shipyard loadtest http://127.0.0.1:8000/v1 --model demo --profile step:50,100,200 \\
           --step-duration 10 --stream --json run.json
       shipyard loadtest http://127.0.0.1:8000/v1 --model demo --find-max-rate \\

@@ -180,8 +180,12 @@ class AdminRoutes:
         principal = await self.gw.authorize(request, "keys:manage")
         tenant = acting_tenant(principal, request)
         key_id = request.path_params["key_id"]
-        record = await asyncio.to_thread(store.revoke_key, self.gw.engine, key_id,
-                                         tenant_id=tenant)
+        try:
+            record = await asyncio.to_thread(store.revoke_key, self.gw.engine, key_id,
+                                             tenant_id=tenant)
+        except NotFound:
+            await self._other_tenants_key(principal, request, key_id, "revoke")
+            raise
         self.gw.auth.remember(record)  # in force at once, and through a store outage
         self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.revoke",
                       target=key_id)
@@ -193,9 +197,13 @@ class AdminRoutes:
         key_id = request.path_params["key_id"]
         body = await self._body(request) if await request.body() else {}
         overlap = _number(body, "overlap_s")
-        new, secret, old = await asyncio.to_thread(
-            store.rotate_key, self.gw.engine, key_id, tenant_id=tenant,
-            overlap_s=3600.0 if overlap is None else overlap, created_by=_actor(principal))
+        try:
+            new, secret, old = await asyncio.to_thread(
+                store.rotate_key, self.gw.engine, key_id, tenant_id=tenant,
+                overlap_s=3600.0 if overlap is None else overlap, created_by=_actor(principal))
+        except NotFound:
+            await self._other_tenants_key(principal, request, key_id, "rotate")
+            raise
         self.gw.auth.remember(new)
         self.gw.auth.remember(old)
         self.gw.audit(tenant_id=tenant, actor=_actor(principal), action="key.rotate",
@@ -203,6 +211,22 @@ class AdminRoutes:
                                               "old_expires_at": str(old.expires_at)})
         return json_response({**new.public(), "secret": secret, "replaces": old.public(),
                               "note": "The secret is shown once; store it now."}, status=201)
+
+    async def _other_tenants_key(self, principal: Principal, request: Request, key_id: str,
+                                 action: str) -> None:
+        """A platform admin who names another tenant's key without `?tenant=` learns which
+        tenant to name (they may see every tenant's keys anyway); others learn nothing."""
+        if not principal.platform_admin or store_param(request, "tenant") is not None:
+            return
+        try:
+            record = await asyncio.to_thread(store.get_key, self.gw.engine, key_id,
+                                             tenant_id=None)
+        except NotFound:
+            return
+        raise NotFound(f"Key '{key_id}' belongs to tenant '{record.tenant_id}'; a platform "
+                       f"admin acts on it with ?tenant={record.tenant_id}, e.g. POST "
+                       f"/v1/admin/keys/{key_id}/{action}?tenant={record.tenant_id}.",
+                       param="tenant")
 
     # -- audit ----------------------------------------------------------------------------
     async def list_audit(self, request: Request) -> Response:

@@ -67,7 +67,7 @@ OK = "ok"
 
 _NUMBER = r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
 _RAMP = re.compile(rf"^\s*({_NUMBER})\s*(?:->|-|\.\.)\s*>?\s*({_NUMBER})\s*$")
-_PROFILE_HELP = "write a rate (100), constant:100, step:100,200,400 or ramp:50->500"
+_PROFILE_HELP = "write a rate (100), constant:100, step:100,200,400 or 'ramp:50->500' (quoted)"
 
 
 def _positive(value: float, what: str, fix: str) -> None:
@@ -309,6 +309,11 @@ def parse_profile(spec: str, *, duration_s: float, step_duration_s: float | None
         else:
             rates = tuple(float(part) for part in rest.split(","))
     except ValueError:
+        if kind == "ramp" and rest.rstrip().endswith("-"):  # `--profile ramp:50->500` in a shell
+            raise ConfigError(
+                f"{option} is '{spec}': the shell took '>' for a redirect (and wrote a file "
+                "named after the end rate); quote the profile: --profile 'ramp:50->500'.",
+                param="profile") from None
         raise ConfigError(f"{option} is '{spec}'; {_PROFILE_HELP}.", param="profile") from None
     for rate in rates:
         if not math.isfinite(rate) or rate <= 0:
