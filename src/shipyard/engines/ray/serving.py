@@ -222,6 +222,12 @@ class RayServing:
         found = _App(name, service, version.label, spec_hash, handle)
         with self._lock:
             self.apps[name] = found
+        # Read the status at once: `shipyard status` and the dashboard show the replicas of
+        # a fresh deployment now, not after the next `status_interval_s` tick.
+        try:
+            self.poll(retire=False)
+        except Exception as exc:  # the status loop will try again; serving goes on
+            log.debug("ray: reading Serve status after deploying %s failed (%s)", name, exc)
         return found
 
     def _wait_healthy(self, name: str, started: float) -> None:
@@ -289,9 +295,9 @@ class RayServing:
                     log.warning("ray: reading Serve status failed (%s)", text)
                 self.last_error = text
 
-    def poll(self) -> None:
-        """Read every application's status once; update metrics, events, and retire
-        versions no plan serves."""
+    def poll(self, *, retire: bool = True) -> None:
+        """Read every application's status once; update metrics, events, and (with `retire`)
+        retire versions no plan serves."""
         if self._serve is None:
             return
         details = _details(self._serve)
@@ -304,6 +310,8 @@ class RayServing:
             old = self.snapshots.get(name)
             self.snapshots[name] = found
             self._report(app, old, found)
+            if not retire:  # right after a deploy: the plan serving it may not be set yet
+                continue
             if name in wanted:
                 app.unused_since = None
             elif app.unused_since is None:
