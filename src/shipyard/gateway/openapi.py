@@ -90,6 +90,13 @@ _SECRET = {"type": "string", "pattern": "^sk-sy-",
 # Request and answer bodies. Requests list what Shipyard checks; every other OpenAI parameter
 # passes through to the upstream (additional properties are allowed).
 _SCHEMAS: dict[str, JSON] = {
+    "AnthropicError": {
+        "description": "An error in the Anthropic Messages API's shape.",
+        "type": "object", "required": ["type", "error"],
+        "properties": {"type": {"enum": ["error"]}, "error": {
+            "type": "object", "required": ["type", "message"],
+            "properties": {"type": _STRING, "message": _STRING}}},
+    },
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
         "properties": {"error": {
@@ -710,6 +717,13 @@ class _Op:
     body_required: bool = True
     params: tuple[JSON, ...] = ()
     extra: JSON = field(default_factory=dict)
+    error_schema: str = "Error"  # the error body's shape ("AnthropicError" on /v1/messages)
+
+
+def _error_response(status: int, schema: str) -> JSON:
+    if schema == "Error":
+        return {"$ref": f"#/components/responses/E{status}"}
+    return {"description": _ERRORS[status], "content": _json(_ref(schema))}
 
 
 def _ok(schema: str, status: int = 200, description: str = "OK.") -> JSON:
@@ -751,11 +765,11 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
     ("POST", "/v1/messages"): _Op(
         "createMessage", "Anthropic Messages API over any chat model alias (errors in "
         "Anthropic's shape)", "inference", _streaming("AnthropicMessage"), _INFERENCE,
-        "AnthropicMessageRequest", params=(_PRIORITY,)),
+        "AnthropicMessageRequest", params=(_PRIORITY,), error_schema="AnthropicError"),
     ("POST", "/v1/messages/count_tokens"): _Op(
         "countMessageTokens", "A Messages request's input size in tokens (estimated)",
         "inference", _ok("AnthropicTokenCount"), (400, *_AUTH, 404, 413),
-        "AnthropicMessageRequest"),
+        "AnthropicMessageRequest", error_schema="AnthropicError"),
     ("GET", "/v1/models"): _Op("listModels", "The model aliases this key may use", "models",
                                _ok("ModelList")),
     ("GET", "/v1/models/{model}"): _Op(
@@ -780,7 +794,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         _ok("Job", 202, "Queued."), (400, *_AUTH, 404, 409, 413, 422, 503), "JobCreate",
         params=(_IDEMPOTENCY,)),
     ("GET", "/v1/jobs"): _Op(
-        "listJobs", "This tenant's jobs, newest first", "jobs", _ok("JobList"), (400, *_AUTH),
+        "listJobs", "This tenant's jobs, newest first", "jobs", _ok("JobList"), (400, *_AUTH, 404),
         params=(_query("status", {"enum": ["queued", "running", "succeeded", "dead",
                                             "cancelled"]}, "Only this status."),
                 _query("target", _STRING, "Only this model alias or service."),
@@ -803,7 +817,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         (400, *_AUTH, 413), extra={"requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": _ref("FileUpload")}}}}),
     ("GET", "/v1/files"): _Op(
-        "listFiles", "This tenant's files", "files", _ok("FileList"), (400, *_AUTH),
+        "listFiles", "This tenant's files", "files", _ok("FileList"), (400, *_AUTH, 404),
         params=(_query("purpose", _STRING, "Only this purpose."),
                 _query("limit", {"type": "integer"}, "How many (1-10000, default 100)."),
                 _query("after", _STRING, "The last id of the previous page."),
@@ -824,7 +838,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         (400, *_AUTH, 404, 413, 503), "BatchCreate"),
     ("GET", "/v1/batches"): _Op(
         "listBatches", "This tenant's batches, newest first", "batches", _ok("BatchList"),
-        (400, *_AUTH),
+        (400, *_AUTH, 404),
         params=(_query("limit", {"type": "integer"}, "How many (1-100, default 20)."),
                 _query("after", _STRING, "The last id of the previous page."), _TENANT)),
     ("GET", "/v1/batches/{batch_id}"): _Op(
@@ -1014,7 +1028,7 @@ def _operation(op: _Op, scope: str | None) -> JSON:
         "operationId": op.id, "summary": op.summary, "description": description,
         "tags": [op.tag], "x-scope": scope,
         "security": [{"bearer": []}] if scope is not None else [],
-        "responses": {**op.ok, **{str(s): {"$ref": f"#/components/responses/E{s}"}
+        "responses": {**op.ok, **{str(s): _error_response(s, op.error_schema)
                                   for s in op.errors}},
     }
     if op.params:
