@@ -52,7 +52,7 @@ from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat
 from shipyard.observe.tokens import estimate_chat_prompt, estimate_text
 from shipyard.pipeline import Call, RequestContext
-from shipyard.pipeline.sse import data_of, events
+from shipyard.pipeline.sse import chunks
 from shipyard.providers.formats.anthropic import StreamWriter, to_anthropic_response, to_openai
 from shipyard.providers.formats.openai import sse
 
@@ -219,16 +219,7 @@ class AnthropicRoutes:
         sent = 0
         pinged = False
         try:
-            async for event in events(source):
-                data = data_of(event)
-                if data is None or data == b"[DONE]":
-                    continue
-                try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(obj, dict):
-                    continue
+            async for obj in chunks(source):
                 error = obj.get("error")
                 if isinstance(error, dict):
                     out = sse(_stream_error(ctx, error), "error")

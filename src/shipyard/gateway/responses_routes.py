@@ -35,7 +35,7 @@ from shipyard.gateway.streaming import relay_sse
 from shipyard.gateway.validation import validate_chat
 from shipyard.observe.tokens import estimate_chat_prompt
 from shipyard.pipeline import Call, RequestContext
-from shipyard.pipeline.sse import data_of, events
+from shipyard.pipeline.sse import chunks
 from shipyard.providers.formats.responses import (
     EventWriter,
     conversation,
@@ -132,16 +132,7 @@ class ResponsesRoutes:
             first = writer.start()
             sent += len(first)
             yield first
-            async for event in events(source):
-                data = data_of(event)
-                if data is None or data == b"[DONE]":
-                    continue
-                try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(obj, dict):
-                    continue
+            async for obj in chunks(source):
                 error = obj.get("error")
                 if isinstance(error, dict):
                     out = writer.failed(str(error.get("message", "")), error.get("code"))

@@ -11,8 +11,11 @@ b'{"a": 1}'
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
-__all__ = ["DONE", "data_of", "events"]
+import orjson
+
+__all__ = ["DONE", "chunks", "data_of", "events"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -45,3 +48,18 @@ def data_of(event: bytes) -> bytes | None:
                 value = value[1:]
             data = value if data is None else data + b"\n" + value
     return data
+
+
+async def chunks(source: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI-style stream's `data:` lines (`[DONE]`, comments and
+    anything that is not a JSON object skipped): what a translator to another format reads."""
+    async for event in events(source):
+        data = data_of(event)
+        if data is None or data == b"[DONE]":
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
