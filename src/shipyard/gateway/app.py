@@ -7,9 +7,10 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -26,6 +27,7 @@ from shipyard.errors import (
     CapacityError,
     ClientError,
     ConfigError,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     ShipyardError,
@@ -116,6 +118,8 @@ def create_app(config: Config, *, engine: Engine | None = None,
         return error_response(error, path=request.url.path)
 
     async def server_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DataError) and "NUL" in str(exc.orig):
+            return error_response(_nul_error(request.scope), path=request.url.path)
         if isinstance(exc, OperationalError | InterfaceError | TimeoutError | OSError):
             # The store (or another dependency) is down: the caller should retry, and it is
             # not an internal error of ours.
@@ -166,6 +170,22 @@ def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
                 route.matches({**scope, "method": "GET"})[0] != Match.NONE:
             allowed |= route.methods
     return sorted(allowed)
+
+
+def _nul_error(scope: Scope) -> InvalidRequest:
+    """The 400 for a NUL character that reached the store, naming the parameter holding it.
+
+    PostgreSQL text cannot hold a NUL and no Shipyard field needs one; a route that forgot to
+    refuse one still answers a 400, after authentication (so a caller without the scope
+    still gets its 401/403 first), never a 500."""
+    if "\x00" in scope["path"]:
+        return InvalidRequest(f"The path {scope['path']!r} contains a NUL character; remove it.")
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return InvalidRequest(f"Query parameter {name!r} contains a NUL character (%00); "
+                                  "remove it.", param=name)
+    return InvalidRequest("The request contains a NUL character (\\u0000 or %00), which the "
+                          "store cannot hold; remove it.")
 
 
 class FastPath:

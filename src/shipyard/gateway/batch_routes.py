@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from shipyard.errors import Conflict, InvalidRequest, PayloadTooLarge
-from shipyard.gateway.admin_routes import acting_tenant
+from shipyard.gateway.admin_routes import acting_tenant, store_param
 from shipyard.gateway.http import json_response, read_json
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.scopes import ScopedRoute
@@ -96,8 +96,8 @@ class BatchRoutes:
         principal = await self.gw.authorize(request, "inference")
         tenant = acting_tenant(principal, request)
         found, more = await asyncio.to_thread(
-            self.gw.files.list, tenant_id=tenant, purpose=request.query_params.get("purpose"),
-            limit=_limit(request, 100, 10_000), after=request.query_params.get("after"),
+            self.gw.files.list, tenant_id=tenant, purpose=store_param(request, "purpose"),
+            limit=_limit(request, 100, 10_000), after=store_param(request, "after"),
             order=request.query_params.get("order", "desc"))
         return json_response(_page([f.public() for f in found], more))
 
@@ -155,7 +155,7 @@ class BatchRoutes:
         principal = await self.gw.authorize(request, "inference")
         found, more = await asyncio.to_thread(
             self.gw.batches.list_batches, tenant_id=acting_tenant(principal, request),
-            limit=_limit(request, 20, 100), after=request.query_params.get("after"))
+            limit=_limit(request, 20, 100), after=store_param(request, "after"))
         return json_response(_page([b.public() for b in found], more))
 
     async def get_batch(self, request: Request) -> Response:

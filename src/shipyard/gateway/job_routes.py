@@ -34,7 +34,7 @@ from shipyard.errors import (
     ModelNotFound,
     NotFound,
 )
-from shipyard.gateway.admin_routes import acting_tenant
+from shipyard.gateway.admin_routes import acting_tenant, store_param
 from shipyard.gateway.auth import Principal
 from shipyard.gateway.http import error_response, json_response, read_body
 from shipyard.gateway.idempotent import begin, in_progress
@@ -249,9 +249,9 @@ class JobRoutes:
             raise InvalidRequest(f"Query parameter 'limit' is {limit}; use 1 to 100.",
                                  param="limit")
         jobs, more = await asyncio.to_thread(
-            self.gw.jobs.list, tenant_id=tenant, status=request.query_params.get("status"),
-            target=request.query_params.get("target"), limit=limit,
-            after=request.query_params.get("after"))
+            self.gw.jobs.list, tenant_id=tenant, status=store_param(request, "status"),
+            target=store_param(request, "target"), limit=limit,
+            after=store_param(request, "after"))
         data = [j.public() for j in jobs]
         return json_response({"object": "list", "data": data,
                               "first_id": data[0]["id"] if data else None,

@@ -1022,6 +1022,9 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
 
 
 def _operation(op: _Op, scope: str | None) -> JSON:
+    errors = set(op.errors)
+    if scope is not None and any(p.get("in") in ("path", "query") for p in op.params):
+        errors.add(400)  # a NUL character (%00) in a parameter that reaches the store
     description = (f"Needs scope `{scope}`." if scope is not None
                    else "Public: no credentials needed.")
     out: JSON = {
@@ -1029,7 +1032,7 @@ def _operation(op: _Op, scope: str | None) -> JSON:
         "tags": [op.tag], "x-scope": scope,
         "security": [{"bearer": []}] if scope is not None else [],
         "responses": {**op.ok, **{str(s): _error_response(s, op.error_schema)
-                                  for s in op.errors}},
+                                  for s in sorted(errors)}},
     }
     if op.params:
         out["parameters"] = list(op.params)
