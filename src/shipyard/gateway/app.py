@@ -300,11 +300,14 @@ class FastPath:
         if gateway is None or method != b"POST" or self._cors or gateway.draining:
             return None
         admission = gateway.admission
-        if not admission.full():
+        if admission.max_in_flight is None:
             return None
         text = path.decode("latin-1")
         route = _inference_route(text)
         if route is None:
+            return None
+        if not admission.full():
+            admission.expect()  # it will take a slot or a queue place: the next may not
             return None
         admission.refuse()
         gateway.recorder.shed(route[0], _known(gateway, route[1]))

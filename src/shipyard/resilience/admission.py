@@ -70,6 +70,7 @@ class Admission:
         self.in_flight = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiting = 0  # waiters whose future is not done: set with every transition
+        self._arriving = 0  # passed `full()` this turn of the event loop (`expect`)
         self._seq = itertools.count()
         self.shed = 0
 
@@ -118,9 +119,26 @@ class Admission:
 
     def full(self) -> bool:
         """True when a request arriving now would be refused at once (every slot taken, the
-        queue full): what the server checks before it reads a request (`refuse`)."""
+        queue full, counting the requests `expect`ed this turn): what the server checks before
+        it reads a request."""
         limit = self.max_in_flight
-        return limit is not None and self.in_flight >= limit and self._waiting >= self.max_queue
+        if limit is None:
+            return False
+        room = max(0, limit - self.in_flight) + max(0, self.max_queue - self._waiting)
+        return self._arriving >= room
+
+    def expect(self) -> None:
+        """Note a request that passed `full()` and will call `acquire` on the event loop's
+        next turn. A flood's requests are parsed many at a time (every connection with data,
+        one after the other) before any of them reaches `acquire`: without this, each would
+        see the room the first one takes, and be refused later at a higher cost. The count
+        lasts one turn of the loop, so nothing can leave it wrong for longer."""
+        if not self._arriving:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._arriving += 1
+
+    def _next_turn(self) -> None:
+        self._arriving = 0
 
     def refuse(self) -> None:
         """Count a request refused because `full()` was true (it never reached `acquire`)."""
