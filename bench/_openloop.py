@@ -29,7 +29,7 @@ class OpenLoopResult:
     target_rps: float
     duration_s: float
     sent: int  # requests that went out (or were due while no connection could be had)
-    offered_rps: float  # sent / duration: the rate actually offered
+    offered_rps: float  # sent / the time it took to send them: the rate actually offered
     statuses: dict[int, int]
     timeouts: int  # no answer within timeout_s of the due time
     errors: dict[str, int]  # connect failures, resets
@@ -209,19 +209,20 @@ async def _run(host: str, port: int, request: bytes, rate: float, duration_s: fl
     loop = client.loop
     start = loop.time() + 0.01
     end = start + duration_s
+    total = int(duration_s * rate)
     sent = 0
-    while True:
+    while sent < total:  # every request of the window goes out, late if the client lags
         now = loop.time()
-        if now >= end:
-            break
-        due = min(int((now - start) * rate) + 1, int(duration_s * rate))
+        due = min(int((now - start) * rate) + 1, total)
         while sent < due:
             client.due(start + sent / rate)
             sent += 1
         client.sweep(now)
         await asyncio.sleep(0.001)
+    # The rate actually offered: over the window, or longer if the client fell behind.
+    span = max(duration_s, loop.time() - start)
     # What is still out gets its full timeout, then counts as timed out.
-    drain_until = end + timeout_s
+    drain_until = max(end, loop.time()) + timeout_s
     while (client.in_flight or client.waiting) and loop.time() < drain_until:
         client.sweep(loop.time())
         await asyncio.sleep(0.005)
@@ -229,7 +230,7 @@ async def _run(host: str, port: int, request: bytes, rate: float, duration_s: fl
     client.close()
     return OpenLoopResult(
         target_rps=rate, duration_s=duration_s, sent=sent,
-        offered_rps=round(sent / duration_s, 1), statuses=dict(sorted(client.statuses.items())),
+        offered_rps=round(sent / span, 1), statuses=dict(sorted(client.statuses.items())),
         timeouts=client.timeouts, errors=client.errors,
         latency_ms={status: _percentiles(values)
                     for status, values in sorted(client.latencies.items())},

@@ -310,6 +310,11 @@ def _ms(run: dict[str, Any], status: str, key: str) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _cost(run: dict[str, Any]) -> str:
+    value = run.get("cpu_us_per_shed")
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     up = report["upstream"]
@@ -326,60 +331,71 @@ def markdown(report: dict[str, Any]) -> str:
                   f"ceiling of {up['ceiling_rps']:,.0f} req/s); the rest wait in its queue. "
                   "It sits behind `shipyard serve` (one worker, API-key auth, traces on). "
                   f"**Capacity** is the goodput through the gateway with every slot busy (wrk, "
-                  f"{capacity['connections']} connections, nothing refused): "
+                  f"{capacity['connections']} connections, admission on, nothing refused): "
                   f"**{capacity['rps']:,.0f} req/s**, using {capacity['gateway_cpu_cores']} "
-                  f"of the gateway's core ({capacity['cpu_us_per_served']:,.0f} µs of CPU per "
-                  f"served request). With admission: `{report['admission']}`; without: no "
-                  f"limit. Each phase runs {report['duration_s']:g} s on a fresh gateway, with "
-                  f"a {report['client_timeout_s']:g} s client timeout."),
+                  f"of a core ({capacity['cpu_us_per_served']:,.0f} µs of gateway CPU per "
+                  f"served request). With admission: `{report['admission']}` (as many slots "
+                  "as the upstream has); without: no limit. Each phase runs "
+                  f"{report['duration_s']:g} s on a fresh gateway, with a "
+                  f"{report['client_timeout_s']:g} s client timeout. *Served too late* counts "
+                  "trace rows beyond the 200s the clients received: work done for a client "
+                  "that had given up. *CPU per refusal* is the gateway's CPU time less the "
+                  "served requests' (at the capacity rate's cost), per 503."),
         "",
         "### Open loop: new requests at ten times the capacity",
         "",
-        paragraph(f"`bench/_openloop.py` starts request *i* at *i* / rate whatever the answers "
+        paragraph("`bench/_openloop.py` sends request *i* at *i* / rate whatever the answers "
                   f"(users keep arriving; target {report['factor']:g} x capacity), each on an "
-                  "idle keep-alive connection or a new one; latency counts from when a request "
-                  "was due, so a client that fell behind is not hidden."),
+                  "idle keep-alive connection or a new one (at most 8,000); latency counts "
+                  "from when a request was due, so a client that fell behind hides nothing. "
+                  "The offered rate is the one achieved: requests sent over the time it took."),
         "",
         "| gateway | offered req/s | goodput req/s | share of capacity | 503 refused | "
-        "client timeouts | 200 p50 / p99 ms | 503 p99 / max ms | trace rows | sheds in "
-        "rollups | gateway CPU (cores) | CPU µs per shed |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "client timeouts | 200 p50 / p99 ms | 503 p99 / max ms | trace rows | served too late "
+        "| sheds in rollups | gateway CPU (cores) | CPU µs per refusal | peak RSS MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, run in report["open_loop"].items():
-        shed_cost = run.get("cpu_us_per_shed")
         lines.append(
             f"| {name} | {run['offered_rps']:,.0f} | {run['goodput_rps']:,.0f} | "
             f"{run['goodput_share']:.0%} | {run['refused_503']:,} | {run['client_timeouts']:,} | "
             f"{_ms(run, '200', 'p50')} / {_ms(run, '200', 'p99')} | "
             f"{_ms(run, '503', 'p99')} / {_ms(run, '503', 'max')} | {run['trace_rows']:,} | "
-            f"{run['shed_in_rollups']:,} | {run['gateway_cpu_cores']} | "
-            f"{'-' if shed_cost is None else f'{shed_cost:,.0f}'} |")
+            f"{max(0, run['trace_rows'] - run['ok']):,} | {run['shed_in_rollups']:,} | "
+            f"{run['gateway_cpu_cores']} | {_cost(run)} | {run['peak_rss_mib']:.0f} |")
     run = report["open_loop"].get("with admission")
     if run:
         met = run["goodput_share"] >= 0.8 and run["client_timeouts"] == 0
-        lines += ["", f"Goal (issue 16, with admission): goodput ≥ 80% of capacity at 10x "
-                      f"offered load, no client timeouts — **{'met' if met else 'not met'}** "
-                      f"({run['goodput_share']:.0%}, {run['client_timeouts']:,} timeouts)."]
+        slowest = max(v.get("max", 0.0) for v in run["latency_ms"].values())
+        lines += ["", paragraph(
+            f"Goal (issue 16, with admission): goodput ≥ 80% of capacity at 10x offered load, "
+            f"no client timeouts — **{'met' if met else 'not met'}**: "
+            f"{run['goodput_share']:.0%} of the measured capacity "
+            f"({run['goodput_rps'] / up['ceiling_rps']:.0%} of the upstream's ceiling), "
+            f"{run['client_timeouts']:,} timeouts, the slowest answer {slowest:,.0f} ms "
+            f"(queue limit {QUEUE_MS} ms + {up['latency_ms']:g} ms upstream). "
+            f"{run['trace_rows']:,} trace rows for {run['ok']:,} answers of 200 and "
+            f"{run['refused_503']:,} of 503; {run['shed_in_rollups']:,} refusals counted in "
+            "the rollups.")]
     if report["retry_storm"]:
         lines += [
             "", "### Retry storm: clients that ignore Retry-After", "",
             paragraph(f"wrk's closed loop on {STORM_CONNECTIONS} connections: each connection "
                       "sends again the instant its answer arrives, so refused clients come "
-                      "straight back and the offered rate is whatever the gateway can refuse."),
+                      "straight back and the offered rate is whatever the gateway can refuse — "
+                      "the cheaper a refusal, the faster the storm."),
             "",
             "| gateway | answers req/s | goodput req/s | share of capacity | 503 refused | "
             "client timeouts | trace rows | sheds in rollups | gateway CPU (cores) | "
-            "CPU µs per shed |",
+            "CPU µs per refusal |",
             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for name, run in report["retry_storm"].items():
-            shed_cost = run.get("cpu_us_per_shed")
             lines.append(
                 f"| {name} | {run['answered_rps']:,.0f} | {run['goodput_rps']:,.0f} | "
                 f"{run['goodput_share']:.0%} | {run['refused_503']:,} | "
                 f"{run['client_timeouts']:,} | {run['trace_rows']:,} | "
-                f"{run['shed_in_rollups']:,} | {run['gateway_cpu_cores']} | "
-                f"{'-' if shed_cost is None else f'{shed_cost:,.0f}'} |")
+                f"{run['shed_in_rollups']:,} | {run['gateway_cpu_cores']} | {_cost(run)} |")
     lines += ["", "Reproduce: `.venv/bin/python bench/overload.py`"]
     return "\n".join(lines)
 
