@@ -140,7 +140,7 @@ models:
     holder.start()
     _wait_for_in_flight(gateway, 1)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        # Three refusals on one kept-alive connection, bodies sent and dropped unread.
+        # Refusals on one kept-alive connection, bodies sent and dropped unread.
         sock.sendall(_post("/v1/chat/completions", chat, auth=False))
         openai_shape = _read_response(sock)
         sock.sendall(_post("/v1/messages", {"model": "fast", "max_tokens": 5,
@@ -148,6 +148,12 @@ models:
         anthropic_shape = _read_response(sock)
         sock.sendall(_post("/v1/services/made-up-name/invoke", {"input": {}}, auth=False))
         unknown_service = _read_response(sock)
+        # A client that asks to close gets its refusal, then the end of the connection.
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as closing:
+            closing.sendall(_post("/v1/chat/completions", chat, auth=False).replace(
+                b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
+            closed = _read_response(closing)
+            assert closing.recv(1) == b""
         holder.join(30)
         _wait_for_in_flight(gateway, 0)
         # The slot is free again: the same connection is served.
@@ -157,6 +163,7 @@ models:
         assert answer.startswith("HTTP/1.1 503"), answer
         assert "retry-after: 1" in answer.lower()
         assert "connection: close" not in answer.lower()
+    assert closed.startswith("HTTP/1.1 503") and "connection: close" in closed.lower()
     error = json.loads(openai_shape.partition("\r\n\r\n")[2])["error"]
     assert error["code"] == "overloaded" and error["type"] == "server_error"
     assert error["message"].startswith("The gateway is at capacity")
@@ -165,7 +172,7 @@ models:
     assert served.startswith("HTTP/1.1 200"), served
 
     metrics = _metrics(gateway)
-    assert 'shipyard_requests_shed_total{scope="global"} 3.0' in metrics
+    assert 'shipyard_requests_shed_total{scope="global"} 4.0' in metrics
     # A service name from an unauthenticated path is no metric label (nor a new series).
     assert "made-up-name" not in metrics
     engine = create_store_engine(f"sqlite:///{tmp_path}/store.db")
@@ -176,9 +183,9 @@ models:
                 shed = connection.execute(select(func.sum(trace_rollups.c.shed)).where(
                     trace_rollups.c.span == 1)).scalar()
                 rows = connection.execute(select(func.count()).select_from(traces)).scalar()
-            if (shed == 3 and rows == 2) or time.monotonic() > deadline:
+            if (shed == 4 and rows == 2) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert (shed, rows) == (3, 2)  # two served requests' rows, no row for a refusal
+        assert (shed, rows) == (4, 2)  # two served requests' rows, no row for a refusal
     finally:
         engine.dispose()

@@ -8,6 +8,10 @@ calls. Here it is one write of a pre-built answer (`FastPath.refuse_unread`), an
 follows is dropped as it arrives. That is what lets one process refuse a flood at ten times
 its capacity and keep serving at capacity (`bench/overload.py`).
 
+The connection stays open after a refusal (unless the client asked to close it): closing it
+would make the client's next request pay for a new connection, which costs this side an
+accept and a new protocol object — more than the refusal itself.
+
 Only the plain case is decided here: no pipelined request still being answered on the
 connection, no upgrade, no CORS or access log that the answer must go through. Everything
 else reaches the app as usual, where `FastPath._admitted` applies the same admission.
@@ -15,6 +19,7 @@ else reaches the app as usual, where `FastPath._admitted` applies the same admis
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,6 +27,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shipyard.gateway.app import FastPath
 
 __all__ = ["AdmissionProtocol"]
+
+log = logging.getLogger("shipyard.gateway")
 
 _CLOSE = b"\r\nconnection: close\r\n\r\n"
 
@@ -40,8 +47,12 @@ class AdmissionProtocol(HttpToolsProtocol):
         if (gate is not None and (cycle is None or cycle.response_complete)
                 and not self.root_path and not self.parser.should_upgrade()):
             path = self.url.partition(b"?")[0]
-            answer = None if b"%" in path else gate.refuse_unread(self.parser.get_method(),
-                                                                   path)
+            try:
+                answer = None if b"%" in path else gate.refuse_unread(
+                    self.parser.get_method(), path)
+            except Exception:  # a bug here must cost the shortcut, not the connection
+                log.exception("refusing a request before reading it failed")
+                answer = None
             if answer is not None:
                 self._refuse(answer)
                 return
