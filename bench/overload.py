@@ -332,7 +332,9 @@ def markdown(report: dict[str, Any]) -> str:
                   "It sits behind `shipyard serve` (one worker, API-key auth, traces on). "
                   f"**Capacity** is the goodput through the gateway with every slot busy (wrk, "
                   f"{capacity['connections']} connections, admission on, nothing refused): "
-                  f"**{capacity['rps']:,.0f} req/s**, using {capacity['gateway_cpu_cores']} "
+                  f"**{capacity['rps']:,.0f} req/s**, below the ceiling because each of the "
+                  "gateway's slots also covers its own part of a request, while the upstream's "
+                  f"slot idles; it used {capacity['gateway_cpu_cores']} "
                   f"of a core ({capacity['cpu_us_per_served']:,.0f} µs of gateway CPU per "
                   f"served request). With admission: `{report['admission']}` (as many slots "
                   "as the upstream has); without: no limit. Each phase runs "
@@ -383,7 +385,10 @@ def markdown(report: dict[str, Any]) -> str:
             paragraph(f"wrk's closed loop on {STORM_CONNECTIONS} connections: each connection "
                       "sends again the instant its answer arrives, so refused clients come "
                       "straight back and the offered rate is whatever the gateway can refuse — "
-                      "the cheaper a refusal, the faster the storm."),
+                      "the cheaper a refusal, the faster the storm. Without admission the same "
+                      f"clients are only ever {STORM_CONNECTIONS} requests at a time: they wait "
+                      "in the gateway and the upstream's queue and are served, so this table "
+                      "tests refusals, not overload (the open loop does)."),
             "",
             "| gateway | answers req/s | goodput req/s | share of capacity | 503 refused | "
             "client timeouts | trace rows | sheds in rollups | gateway CPU (cores) | "
