@@ -438,6 +438,12 @@ def _proc_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children alive now."""
+    ticks = sum(_proc_ticks(each) for each in process_tree(pid))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class ForeignCpu:
     """Measures how much of the machine's CPU went to processes outside the benchmark.
 

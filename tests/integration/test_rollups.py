@@ -162,3 +162,31 @@ def test_percentile_interpolates_inside_a_bucket() -> None:
     assert percentile(buckets, 0.5) == 87.5
     buckets[-1] = 90  # slower than the last bound
     assert percentile(buckets, 0.99) == LATENCY_BOUNDS_MS[-1]
+
+
+def test_a_counted_rollup_only_record_stands_for_that_many_sheds(store_url: str) -> None:
+    """The gateway hands sheds to the writer summed (one record a second per service): they
+    count in every rollup sum as that many refused requests, and write no trace row."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    served = new_trace_record(route="chat", status=200, service="support", started_at=NOW,
+                              total_ms=40.0, request_id="served")
+    writer = TraceWriter(engine)
+    writer.start()
+    writer.submit(served)
+    writer.submit({"rollup_only": True, "count": 250, "tenant_id": served["tenant_id"],
+                   "started_at": NOW, "service": "support", "model_alias": None,
+                   "status": 503, "error_type": "CapacityError", "total_ms": 0.0,
+                   "prompt_tokens": None, "completion_tokens": None, "cost_usd": None,
+                   "outcome": "shed"})
+    writer.stop()
+    with engine.connect() as connection:
+        assert connection.execute(select(traces.c.request_id)).scalars().all() == ["served"]
+        minute = connection.execute(select(trace_rollups).where(
+            trace_rollups.c.span == 1, trace_rollups.c.status == 503)).mappings().one()
+    assert (minute["requests"], minute["errors"], minute["shed"]) == (250, 250, 250)
+    assert minute["b0"] == 250  # 0 ms each: the first latency bucket
+    total = summary(engine, tenant_id=served["tenant_id"], since=NOW - timedelta(minutes=5),
+                    until=NOW + timedelta(minutes=5))
+    assert total.requests == 251 and total.errors == 250
+    engine.dispose()

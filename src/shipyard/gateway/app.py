@@ -39,7 +39,12 @@ from shipyard.gateway.batch_routes import batch_routes
 from shipyard.gateway.escalation_routes import escalation_routes
 from shipyard.gateway.feedback_routes import feedback_routes
 from shipyard.gateway.health import health_routes
-from shipyard.gateway.http import error_response, internal_error
+from shipyard.gateway.http import (
+    ANTHROPIC_PREFIX,
+    error_response,
+    internal_error,
+    raw_error_response,
+)
 from shipyard.gateway.invoke import Invoker
 from shipyard.gateway.job_routes import attach_runners, job_routes
 from shipyard.gateway.lifecycle_routes import lifecycle_routes
@@ -206,7 +211,11 @@ class FastPath:
         # CORS is closed unless origins are configured; then every response (fast path too)
         # goes through Starlette's CORS middleware, and preflights are answered there.
         self._entry: ASGIApp = self._dispatch
+        self._cors = False
+        # Pre-built refusals (`refuse_unread`), by (Anthropic shape, in flight, queued, wait).
+        self._refusals: dict[tuple[bool, int, int, float], bytes] = {}
         if cors is not None and cors.allow_origins:
+            self._cors = True
             self._entry = CORSMiddleware(
                 self._dispatch, allow_origins=cors.allow_origins,
                 allow_methods=cors.allow_methods, allow_headers=cors.allow_headers,
@@ -279,7 +288,7 @@ class FastPath:
         try:
             waited = await admission.acquire(_priority(scope))
         except CapacityError as exc:
-            gateway.recorder.shed(*route)
+            gateway.recorder.shed(route[0], _known(gateway, route[1]))
             await error_response(exc, path=scope["path"])(scope, receive, send)
             return
         scope.setdefault("state", {})[QUEUE_MS] = waited
@@ -298,6 +307,45 @@ class FastPath:
             # Overload signals (429, 503, 504) teach an adaptive limit to back off.
             admission.observe(time.monotonic() - started, overloaded=status in (429, 503, 504))
             admission.release()
+
+    def refuse_unread(self, method: bytes, path: bytes) -> bytes | None:
+        """The whole HTTP answer (a 503 with `Retry-After`) for a request that the
+        gateway-wide admission has no room for, not even in its queue — decided from the
+        request line alone, so the server can write it before the body is read, anyone is
+        authenticated or the app is called (`gateway.protocol`). The refusal is counted as a
+        shed, exactly as `_admitted` counts it. None when the request may be admitted or queued,
+        or is not one admission guards, or CORS must decorate the answer: then the server goes
+        on as usual and `_admitted` decides."""
+        gateway = self.gateway
+        if gateway is None or method != b"POST" or self._cors or gateway.draining:
+            return None
+        admission = gateway.admission
+        if admission.max_in_flight is None:
+            return None
+        text = path.decode("latin-1")
+        route = _inference_route(text)
+        if route is None:
+            return None
+        if not admission.full():
+            admission.expect()  # it will take a slot or a queue place: the next may not
+            return None
+        admission.refuse()
+        gateway.recorder.shed(route[0], _known(gateway, route[1]))
+        anthropic = text.startswith(ANTHROPIC_PREFIX)
+        key = (anthropic, admission.in_flight, admission.queued, admission.max_queue_ms)
+        answer = self._refusals.get(key)
+        if answer is None:
+            if len(self._refusals) >= 64:  # bounded: the keys come from config and load
+                self._refusals.clear()
+            answer = self._refusals[key] = raw_error_response(admission.full_error(),
+                                                              path=text)
+        return answer
+
+
+def _known(gateway: Gateway, service: str | None) -> str | None:
+    """The service a refused request named, if it is one: a name from an unauthenticated path
+    must not become a metric label (every new label value is a new series, kept forever)."""
+    return service if service is not None and service in gateway.services else None
 
 
 def _service_of(path: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ __all__ = [
     "internal_error",
     "json_depth_exceeds",
     "json_response",
+    "raw_error_response",
     "read_json",
     "request_priority",
 ]
@@ -141,6 +143,18 @@ def request_priority(request: Request) -> int:
         return BATCH
     raise InvalidRequest(f"Header 'x-shipyard-priority' is {value!r}; it must be 'interactive' "
                          "or 'batch'.", param="x-shipyard-priority")
+
+
+def raw_error_response(exc: ShipyardError, *, path: str = "") -> bytes:
+    """`error_response` as the bytes of an HTTP/1.1 answer (status line, headers, body), for
+    a server that writes it to the socket itself (`gateway.protocol`)."""
+    body = orjson.dumps(anthropic_error_body(exc) if path.startswith(ANTHROPIC_PREFIX)
+                        else exc.to_dict())
+    reason = HTTPStatus(exc.status).phrase
+    lines = [f"HTTP/1.1 {exc.status} {reason}", "content-type: application/json",
+             f"content-length: {len(body)}",
+             *(f"{name}: {value}" for name, value in exc.headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None,

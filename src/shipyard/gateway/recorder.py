@@ -90,6 +90,8 @@ class Recorder:
         self.sample_payloads = traces.sample_payloads
         self.max_payload_chars = traces.max_payload_chars
         self.durable = traces.durable
+        self._sheds: dict[str, int] = {}  # service -> sheds not yet handed to the writer
+        self._sheds_since = datetime.now(UTC)
         self.writer: TraceWriter | None = None
         if traces.enabled:
             self.writer = TraceWriter(
@@ -133,21 +135,42 @@ class Recorder:
 
     def shed(self, route: str, service: str | None) -> None:
         """A request refused for capacity before it was read (global admission): counted in
-        metrics and in the rollups, with no trace row, no authentication, no body read."""
+        metrics at once and in the rollups within a second, with no trace row, no
+        authentication, no body read. Under a flood that is tens of thousands a second, so the
+        rollups get one record per service a second (`flush_sheds`), not one per refusal."""
         try:
-            self.metrics.shed.labels("global").inc()
-            self.metrics.outcomes.labels(service or "", "shed").inc()
-            count, _ = self.metrics.request_series(route, service or "", "", 503)
-            count.inc()
+            metrics = self.metrics
+            metrics.child(metrics.shed, "global").inc()
+            metrics.child(metrics.outcomes, service or "", "shed").inc()
+            metrics.request_series(route, service or "", "", 503)[0].inc()
             if self.writer is not None:
-                now = datetime.now(UTC)
-                self.writer.submit({
-                    "rollup_only": True, "tenant_id": PLATFORM_TENANT, "started_at": now,
-                    "service": service, "model_alias": None, "status": 503,
-                    "error_type": "CapacityError", "total_ms": 0.0, "prompt_tokens": None,
-                    "completion_tokens": None, "cost_usd": None, "outcome": "shed"})
+                pending = self._sheds
+                if not pending:
+                    self._sheds_since = datetime.now(UTC)
+                    try:
+                        asyncio.get_running_loop().call_later(1.0, self.flush_sheds)
+                    except RuntimeError:  # no event loop (a test, a script): at once
+                        pending[service or ""] = 1
+                        self.flush_sheds()
+                        return
+                pending[service or ""] = pending.get(service or "", 0) + 1
         except Exception:  # recording must never break a response
             log.exception("recording a shed request failed")
+
+    def flush_sheds(self) -> None:
+        """Hand the sheds counted since the last flush to the trace writer: one rollup-only
+        record per service carrying their `count`, stamped with the first one's time (so a
+        shed lands in its own minute's rollup, or at most a second early)."""
+        pending, self._sheds = self._sheds, {}
+        if self.writer is None:
+            return
+        for service, count in pending.items():
+            self.writer.submit({
+                "rollup_only": True, "count": count, "tenant_id": PLATFORM_TENANT,
+                "started_at": self._sheds_since, "service": service or None,
+                "model_alias": None, "status": 503, "error_type": "CapacityError",
+                "total_ms": 0.0, "prompt_tokens": None, "completion_tokens": None,
+                "cost_usd": None, "outcome": "shed"})
 
     def set_capture(self, ctx: RequestContext, capture: str) -> None:
         """Note what the trace keeps; `full` capture of bodies is sampled
@@ -332,6 +355,7 @@ class Recorder:
     def stop(self) -> None:
         """Flush every queued trace (blocking: call it in a thread)."""
         if self.writer is not None:
+            self.flush_sheds()
             self.writer.stop()
             log.info("traces flushed: %d written, %d dropped, %d lost",
                      self.writer.written, self.writer.dropped, self.writer.lost)

@@ -22,6 +22,7 @@ from shipyard.config.schema import Config
 from shipyard.config.server import per_process_state
 from shipyard.errors import ConfigError
 from shipyard.gateway.app import FastPath, create_app
+from shipyard.gateway.protocol import AdmissionProtocol
 
 __all__ = ["check_state", "main", "serve", "worker_app"]
 
@@ -85,7 +86,7 @@ def serve(config_path: str, *, host: str, port: int, workers: int, migrate: bool
     _configure_logging(server.log_level)
     check_state(config, workers)
     options = dict(host=host, port=port, log_level=server.log_level,
-                   access_log=server.access_log, loop="uvloop", http="httptools",
+                   access_log=server.access_log, loop="uvloop", http=AdmissionProtocol,
                    timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
                    server_header=False, date_header=False,
                    ssl_certfile=server.tls_certfile, ssl_keyfile=server.tls_keyfile)

@@ -69,6 +69,8 @@ class Admission:
         self.max_queue_ms = max_queue_ms
         self.in_flight = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiting = 0  # waiters whose future is not done: set with every transition
+        self._arriving = 0  # passed `full()` this turn of the event loop (`expect`)
         self._seq = itertools.count()
         self.shed = 0
 
@@ -105,17 +107,54 @@ class Admission:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
                 self.in_flight += 1
+                self._waiting -= 1
                 future.set_result(None)
                 return True
         return False
 
     @property
     def queued(self) -> int:
-        return sum(1 for _, _, f in self._waiters if not f.done())
+        """Requests waiting for a slot now."""
+        return self._waiting
 
-    def _refuse(self, why: str) -> CapacityError:
+    def full(self) -> bool:
+        """True when a request arriving now would be refused at once (every slot taken, the
+        queue full, counting the requests `expect`ed this turn): what the server checks before
+        it reads a request."""
+        limit = self.max_in_flight
+        if limit is None:
+            return False
+        room = max(0, limit - self.in_flight) + max(0, self.max_queue - self._waiting)
+        return self._arriving >= room
+
+    def expect(self) -> None:
+        """Note a request that passed `full()` and will call `acquire` on the event loop's
+        next turn. A flood's requests are parsed many at a time (every connection with data,
+        one after the other) before any of them reaches `acquire`: without this, each would
+        see the room the first one takes, and be refused later at a higher cost. The count
+        lasts one turn of the loop, so nothing can leave it wrong for longer."""
+        if not self._arriving:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._arriving += 1
+
+    def _next_turn(self) -> None:
+        self._arriving = 0
+
+    def refuse(self) -> None:
+        """Count a request refused because `full()` was true (it never reached `acquire`)."""
         self.shed += 1
-        retry = max(1, math.ceil(self.max_queue_ms / 1000.0))
+
+    @property
+    def retry_after_s(self) -> int:
+        """The `Retry-After` of a refusal: the longest queue wait, rounded up to seconds."""
+        return max(1, math.ceil(self.max_queue_ms / 1000.0))
+
+    def full_error(self) -> CapacityError:
+        """The 503 for a request refused because every slot is taken and the queue full."""
+        return self._error(f"{self.in_flight} requests in flight, {self.queued} queued")
+
+    def _error(self, why: str) -> CapacityError:
+        retry = self.retry_after_s
         return CapacityError(
             f"{self.name} is at capacity ({why}); retry after {retry} s.",
             headers={"retry-after": str(retry)})
@@ -131,29 +170,37 @@ class Admission:
             return 0.0
         if self.in_flight < limit:
             self._wake_one()  # a slot is free: serve the queue first, in priority order
-        if self.queued >= self.max_queue:
-            raise self._refuse(f"{self.in_flight} requests in flight, {self.queued} queued")
+        if self._waiting >= self.max_queue:
+            self.shed += 1
+            raise self.full_error()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (priority, next(self._seq), future)
         heapq.heappush(self._waiters, entry)
+        self._waiting += 1
         started = time.perf_counter()
         try:
             await asyncio.wait_for(asyncio.shield(future), self.max_queue_ms / 1000.0)
         except TimeoutError:
             if future.done() and not future.cancelled():
                 return (time.perf_counter() - started) * 1000.0  # granted at the last moment
-            future.cancel()
+            self._cancel(future)
             self._forget(entry)
-            raise self._refuse(
+            self.shed += 1
+            raise self._error(
                 f"waited {self.max_queue_ms:g} ms in the queue without a free slot") from None
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # granted, but the caller went away
             else:
-                future.cancel()
+                self._cancel(future)
                 self._forget(entry)
             raise
         return (time.perf_counter() - started) * 1000.0
+
+    def _cancel(self, future: asyncio.Future[None]) -> None:
+        if not future.done():
+            self._waiting -= 1
+        future.cancel()
 
     def _forget(self, entry: tuple[int, int, asyncio.Future[None]]) -> None:
         try:

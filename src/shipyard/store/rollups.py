@@ -78,17 +78,20 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         sums = groups.get(key)
         if sums is None:
             sums = groups[key] = [0] * n
+        # `count`: a rollup-only record standing for that many identical requests (the sheds
+        # of one second); its total_ms, tokens and cost are per request.
+        many = row.get("count") or 1
         total = float(row["total_ms"] or 0.0)
-        sums[0] += 1
-        sums[1] += status >= 400
-        sums[2] += total
-        sums[3] += row["prompt_tokens"] or 0
-        sums[4] += row["completion_tokens"] or 0
-        sums[5] += row["cost_usd"] or 0.0
+        sums[0] += many
+        sums[1] += many if status >= 400 else 0
+        sums[2] += total * many
+        sums[3] += (row["prompt_tokens"] or 0) * many
+        sums[4] += (row["completion_tokens"] or 0) * many
+        sums[5] += (row["cost_usd"] or 0.0) * many
         outcome = row.get("outcome")
         if outcome in _OUTCOMES:
-            sums[6 + _OUTCOMES.index(outcome)] += 1
-        sums[_FIRST_BUCKET + bisect_left(LATENCY_BOUNDS_MS, total)] += 1
+            sums[6 + _OUTCOMES.index(outcome)] += many
+        sums[_FIRST_BUCKET + bisect_left(LATENCY_BOUNDS_MS, total)] += many
     hours: dict[tuple[Any, ...], list[Any]] = {}
     for key, sums in groups.items():
         hour = (key[0], HOUR, key[2] - key[2] % 60, *key[3:])
