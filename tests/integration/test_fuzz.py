@@ -119,7 +119,9 @@ def live(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     # has its own tests (test_auth_hardening.py).
     config = gateway_config(sim.port, url, extra=SERVICES).replace("\nauth:\n", (
         "\nauth:\n  lockout: {max_failures_per_address: 1000000, "
-        "max_failures_per_key: 1000000}\n"), 1)
+        "max_failures_per_key: 1000000}\n"
+        # An unknown key id waits for the next read of the key ids (1 s by default).
+        "  key_ids_refresh_s: 0.02\n"), 1)
     gateway = launch_gateway(folder, config)
     try:
         request = urllib.request.Request(

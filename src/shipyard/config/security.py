@@ -165,6 +165,11 @@ class AuthConfig(Section):
         5.0, gt=0, le=300, description="How long a stored key's record is used before it is "
         "read again: a revocation made through another gateway (or the CLI) applies within "
         "this time.")
+    key_ids_refresh_s: float = Field(
+        1.0, gt=0, le=60, description="How often the set of existing key ids is re-read. A "
+        "request with an unknown key id waits for the next read (at most this long) before "
+        "its 401: one query per interval however many random ids arrive, and a key just "
+        "created on another replica is found within it.")
     outage_grace_s: float = Field(
         900.0, ge=0, le=7 * 86_400, description="While the store is unreachable, keys are "
         "checked against their last known records if those were read at most this many "

@@ -72,6 +72,7 @@ class Authenticator:
             digest = hashlib.sha256(key.get_secret_value().encode()).digest()
             self._static.append((digest, "key-" + digest.hex()[:8]))
         self.keys = KeyCache(engine, cache_s=config.key_cache_s,
+                             refresh_s=config.key_ids_refresh_s,
                              outage_grace_s=config.outage_grace_s) if engine is not None else None
         lockout = config.lockout
         self.limiter = FailureLimiter(
