@@ -515,7 +515,7 @@ class _Runner:
                 self.o.url, self.client_key, self.model or "", self.o.sims, names,
                 sim_admin_token=self.o.sim_admin_token, store_down_cmd=self.o.store_down_cmd,
                 store_up_cmd=self.o.store_up_cmd, stream_share=0.2, seed=self.o.seed,
-                timeout_s=10.0, on_scenario=on_scenario, **plan)
+                timeout_s=10.0, on_scenario=on_scenario, stop_when_recovered=True, **plan)
         except ShipyardError as exc:
             section.add(Finding("chaos", "fail", f"chaos could not run: {exc.message}",
                                 fix="Check --sim (the sim's root URL) and its admin token."))
