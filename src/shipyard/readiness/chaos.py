@@ -645,12 +645,17 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
             await asyncio.sleep(0.1)
             if current[0] != "recovery":
                 continue
-            now = loop.time() - start
-            horizon = min([s.at for s in samples if s.latency is None] + [now])
+            now, removed = loop.time() - start, boundaries[-1]
+            # Requests of the fault phase may still hang: the windows do not need them.
+            pending = [s.at for s in samples if s.latency is None
+                       and (s.at >= removed or s.at < boundaries[1])]
+            horizon = min([*pending, now])
+            if horizon < removed:  # a baseline request has not ended yet
+                continue
             done = [s for s in samples if s.at < horizon]
             base = _phase("baseline", {}, 0.0, boundaries[1],
                           [s for s in done if s.at < boundaries[1]], None)
-            if _recovery_time(done, base, boundaries[-1], horizon, window_s=plan.window_s,
+            if _recovery_time(done, base, removed, horizon, window_s=plan.window_s,
                               hold_s=plan.hold_s, latency_factor=plan.latency_factor,
                               success_tolerance=plan.success_tolerance,
                               latency_slack_ms=plan.latency_slack_ms,
