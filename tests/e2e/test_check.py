@@ -268,6 +268,13 @@ def test_check_starts_the_assistant_itself_and_scores_its_guards(
         ["per_category"].values())
     # the chaos drills broke the sim the check started
     assert _finding(data, "chaos.errors-30")["evidence"]["success_rate"] is not None
+    # where the time went, phase by phase: the data audit ran while the deployment started
+    phases = list(data["timings"])
+    assert {"deployment start-up (overlapping the data audit)", "scale: load search",
+            "scale: chaos", "trust: red team (72 requests)", "deployment stop"} <= set(phases)
+    assert phases.index("data: PII detector") < phases.index(
+        "waiting for the gateway to start") < phases.index("setup: temporary tenants")
+    assert "time: data: PII detector" in assistant_run["output"]
     # everything was stopped, and the temporary config copy removed
     port = urlsplit(data["url"]).port
     with pytest.raises(OSError):
