@@ -7,8 +7,9 @@
    the check starts the gateway and the sim itself, so its wall time includes start-up.
 
 Each wall time is reported against its budget (quick: 60 s, full: 300 s; the assistant's
-start-up counts against it) with the time each challenge took. Writes bench/results/check.json
-and the "check" section of docs/benchmarks.md.
+start-up counts against it) with the time each challenge and each phase took (the report's
+`timings`) and the 1-minute load average before and after each run: the machine is shared.
+Writes bench/results/check.json and the "check" section of docs/benchmarks.md.
 
     .venv/bin/python bench/check.py
 """
@@ -74,6 +75,7 @@ def main() -> None:
                     "--pipeline", str(REPO_DIR / "examples/data/pipeline.yaml"), "--out",
                     str(out), "--no-save"] + (["--quick"] if mode == "quick" else [])
             log(f"shipyard check ({mode})")
+            load = load_average()
             started = time.perf_counter()
             done = subprocess.run(argv, env=env, cwd=folder, capture_output=True, text=True)
             seconds = time.perf_counter() - started
@@ -82,7 +84,9 @@ def main() -> None:
             report = json.loads((out / "readiness.json").read_text())
             runs[mode] = {"seconds": round(seconds, 1), "budget_s": BUDGETS[mode],
                           "ratio": round(seconds / BUDGETS[mode], 2), "score": report["score"],
-                          "sections": {s["key"]: s["seconds"] for s in report["sections"]}}
+                          "load": [load, load_average()],
+                          "sections": {s["key"]: s["seconds"] for s in report["sections"]},
+                          "timings": report.get("timings", {})}
             log(f"{mode}: {seconds:.1f} s (budget {BUDGETS[mode]:g} s), score {report['score']}")
     assistant = folder / "assistant"
     assistant.mkdir()
@@ -93,6 +97,7 @@ def main() -> None:
                 str(REPO_DIR / "examples/support-assistant/shipyard.yaml"), "--out", str(out),
                 "--no-save"] + (["--quick"] if mode == "quick" else [])
         log(f"shipyard check on the assistant, no --url ({mode})")
+        load = load_average()
         started = time.perf_counter()
         done = subprocess.run(argv, env=own_env, cwd=assistant, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -102,9 +107,10 @@ def main() -> None:
         runs[f"assistant-{mode}"] = {
             "seconds": round(seconds, 1), "budget_s": BUDGETS[mode],
             "ratio": round(seconds / BUDGETS[mode], 2), "score": report["score"],
-            "check_s": report["seconds"],
+            "check_s": report["seconds"], "load": [load, load_average()],
             "trust": next(x["score"] for x in report["sections"] if x["key"] == "trust"),
-            "sections": {x["key"]: x["seconds"] for x in report["sections"]}}
+            "sections": {x["key"]: x["seconds"] for x in report["sections"]},
+            "timings": report.get("timings", {})}
         log(f"assistant {mode}: {seconds:.1f} s, score {report['score']}")
     shutil.rmtree(folder, ignore_errors=True)
     result = {"when": now_iso(), "command": command_line(), "revision": git_revision(),
@@ -116,10 +122,17 @@ def main() -> None:
         quick = " --quick" if mode.endswith("quick") else ""
         sections = " · ".join(f"{k} {v:g} s"
                               for k, v in r["sections"].items())  # type: ignore[attr-defined]
+        load = " → ".join(f"{x:.1f}" for x in r["load"])  # type: ignore[attr-defined]
         return (f"| `shipyard check{quick}` | {target} | **{r['seconds']} s** | "
-                f"{r['budget_s']:g} s | {r['ratio']}x | {sections} | {r['score']} |")
+                f"{r['budget_s']:g} s | {r['ratio']}x | {load} | {sections} | {r['score']} |")
+
+    def phases(mode: str, r: dict[str, object]) -> str:
+        timings = r["timings"]
+        return (f"- `{mode}`: " + " · ".join(
+            f"{k} {v:g} s" for k, v in timings.items()))  # type: ignore[attr-defined]
 
     rows = "\n".join(row(m, r) for m, r in runs.items())
+    phase_lines = "\n".join(phases(m, r) for m, r in runs.items())
     write_docs_section("check", f"""## `shipyard check` wall time
 
 {paragraph(f"Measured {result['when']} with `{result['command']}`, on a shared machine (load",
@@ -130,9 +143,15 @@ def main() -> None:
            "the sim itself (their start-up is in the wall time); ratio = wall time / budget",
            "(below 1 is within budget).")}
 
-| run | target | wall time | budget | ratio | per challenge | score |
-|---|---|--:|--:|--:|---|--:|
+| run | target | wall time | budget | ratio | load avg before → after | per challenge | score |
+|---|---|--:|--:|--:|---|---|--:|
 {rows}
+
+Where the time went, phase by phase (the report's `timings`; with no --url the deployment starts
+while the data audit runs, so "waiting for the gateway" is the part of its start-up that the
+audit did not cover):
+
+{phase_lines}
 """)
     print(json.dumps(runs, indent=2))
 

@@ -268,6 +268,13 @@ def test_check_starts_the_assistant_itself_and_scores_its_guards(
         ["per_category"].values())
     # the chaos drills broke the sim the check started
     assert _finding(data, "chaos.errors-30")["evidence"]["success_rate"] is not None
+    # where the time went, phase by phase: the data audit ran while the deployment started
+    phases = list(data["timings"])
+    assert {"deployment start-up (overlapping the data audit)", "scale: load search",
+            "scale: chaos", "trust: red team (72 requests)", "deployment stop"} <= set(phases)
+    assert phases.index("data: PII detector") < phases.index(
+        "waiting for the gateway to start") < phases.index("setup: temporary tenants")
+    assert "time: data: PII detector" in assistant_run["output"]
     # everything was stopped, and the temporary config copy removed
     port = urlsplit(data["url"]).port
     with pytest.raises(OSError):
@@ -286,3 +293,27 @@ def test_check_names_an_unknown_service(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "--service is 'nope'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_deployment_that_fails_to_start_ends_the_check_after_the_data_audit(
+        tmp_path: Path) -> None:
+    """The gateway starts in a thread while the data audit runs: when it cannot start, the
+    check still fails with the reason (exit 1), stops the sim it started, removes the config
+    copy."""
+    (tmp_path / "shipyard.yaml").write_text(
+        "store: {url: 'sqlite:///s.db'}\nauth: {api_keys: [{$env: SHIPYARD_API_KEY}]}\n"
+        "providers: {sim: {kind: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "models: {chat: {provider: sim, model: sim-chat}}\npython_path: ['.']\n"
+        "services: {broken: {function: 'nosuchmodule_for_check:answer'}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "SHIPYARD_API_KEY"}
+    done = subprocess.run([sys.executable, "-m", "shipyard", "check", "-c", "shipyard.yaml",
+                           "--quick", "--out", "out", "--no-save"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=200,
+                          env={**env, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"})
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "The gateway did not become ready" in output and "Traceback" not in output
+    data_row = next(line for line in output.splitlines() if line.startswith("Data "))
+    assert " done " in data_row  # the audit ran while the gateway was (not) starting
+    assert "nosuchmodule_for_check" in (tmp_path / "out" / "deployment.log").read_text()
+    assert not list(tmp_path.glob(".*.check-*.yaml"))

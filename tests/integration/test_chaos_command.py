@@ -128,6 +128,23 @@ def test_scenarios_report_success_circuits_and_stream_correctness(
     assert _faults(primary)["error_rates"] == {} and _faults(primary)["cut_rate"] == 0.0
 
 
+def test_recovery_phase_ends_once_the_recovery_has_held(stack: tuple[Proc, Proc, Proc]) -> None:
+    gateway, primary, _ = stack
+    report = run_scenarios(gateway.url, API_KEY, "demo", [primary.url], ["errors-30"],
+                           rate=20, baseline_s=1, fault_s=2, recovery_s=20, window_s=0.5,
+                           hold_s=1, sim_admin_token=SIM_TOKEN, seed=7, latency_factor=20,
+                           stop_when_recovered=True)
+    result = report.scenarios[0]
+    assert result.recovered and result.recovery_time_s is not None
+    recovery = result.phases[-1]
+    # It waited for the recovery to hold (1 s of windows after the recovery time), not for
+    # all 20 s; the recovery time is the one the whole phase's samples give.
+    assert recovery.end_s - recovery.start_s >= result.recovery_time_s + 1
+    assert recovery.requests < 20 * 20
+    assert any("recovery phase ended" in note for note in result.notes)
+    assert _faults(primary)["error_rates"] == {}
+
+
 def _chaos(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
     env.update(NO_COLOR="1", TERM="dumb", COLUMNS="200", SHIPYARD_API_KEY=API_KEY,

@@ -134,6 +134,28 @@ def test_slo_search_finds_a_sane_max_rate(start_sim: StartSim) -> None:
     assert search.best is not None and search.best.rate == search.max_rate
 
 
+def test_a_run_stops_waiting_once_its_p99_objective_is_certainly_missed(
+        start_sim: StartSim) -> None:
+    slow = start_sim("--latency", "3000")
+    # Every answer takes 3 s; 200 ms after the last send all 10 are in flight, so the p99 is
+    # over 200 ms whatever they take: they are not waited for (up to the 30 s timeout).
+    result = run_load(target(slow, timeout_s=30), parse_profile("20", duration_s=0.5),
+                      slo_p99_ms=200)
+    assert result.scheduled == result.sent == result.unfinished == 10
+    assert result.ok == 0 and result.errors == {}  # neither answered nor failed
+    assert result.latency.count == 10 and result.latency.p99_ms >= 200  # lower bounds
+    assert SLO(p99_ms=200).violations(result) == [
+        f"p99 {result.latency.p99_ms:.0f} ms >= 200 ms (10 requests still unanswered then, not "
+        "waited for)"]
+    search = find_max_rate(target(slow, timeout_s=30), SLO(p99_ms=200), low=10, high=20,
+                           step_duration_s=0.5, cooldown_s=0.0)
+    assert search.limited_by == "low" and search.probes[0].result.unfinished == 5
+    # A run that can meet the objective is waited for to the end, as without it.
+    fast = start_sim("--latency", "20")
+    kept = run_load(target(fast), parse_profile("20", duration_s=0.5), slo_p99_ms=200)
+    assert kept.ok == 10 and kept.unfinished == 0
+
+
 def test_cli_writes_json_and_an_offline_html_report(start_sim: StartSim,
                                                      tmp_path: Path) -> None:
     sim = start_sim("--latency", "10")

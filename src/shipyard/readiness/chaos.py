@@ -373,9 +373,11 @@ def _phase(name: str, faults: dict[str, Any], start: float, end: float,
 
 def _recovery_time(samples: Sequence[_Sample], baseline: PhaseResult, removed_at: float,
                    end: float, *, window_s: float, hold_s: float, latency_factor: float,
-                   success_tolerance: float, latency_slack_ms: float) -> float | None:
+                   success_tolerance: float, latency_slack_ms: float,
+                   full_hold: bool = False) -> float | None:
     """Seconds from `removed_at` until the sliding windows meet the baseline and keep meeting
-    it for `hold_s` (or until the end of the phase, when that comes first)."""
+    it for `hold_s` (or until the end of the phase, when that comes first; with `full_hold`,
+    the whole `hold_s` before `end` is needed)."""
     success_floor = (baseline.success_rate if not math.isnan(baseline.success_rate) else 1.0)
     success_floor -= success_tolerance
     base_p99 = baseline.p99_ms if not math.isnan(baseline.p99_ms) else 0.0
@@ -396,6 +398,8 @@ def _recovery_time(samples: Sequence[_Sample], baseline: PhaseResult, removed_at
     # A window is one sample of the state; a single lucky one is not a recovery.
     needed = max(1, round(max(hold_s - window_s, 0.0) / step) + 1)
     for i, start in enumerate(starts):
+        if full_hold and i + needed > len(starts):
+            break
         if all(good[i:i + needed]):
             return round(start - removed_at, 3)
     return None
@@ -549,6 +553,7 @@ class _Plan:
     latency_slack_ms: float
     status: bool
     seed: int | None
+    stop_when_recovered: bool = False
 
 
 async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url: str,
@@ -582,6 +587,7 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
         plan_phases.append((label, knobs, step, plan.fault_s * step.share / total_share))
     plan_phases.append(("recovery", {}, None, plan.recovery_s))
     duration = sum(p[3] for p in plan_phases)
+    ended = asyncio.Event()  # set when the recovery is certain (stop_when_recovered)
 
     await controls.set_faults({})
     loop = asyncio.get_running_loop()
@@ -628,8 +634,35 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
             current[0] = name
             progress()
             planned += length
-        await asyncio.sleep(max(start + duration - loop.time(), 0.0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), max(start + duration - loop.time(), 0.0))
         await read_status()
+
+    async def watch_recovery() -> None:
+        """End the recovery phase as soon as the recovery has held for `hold_s`, counting
+        only requests that have ended, and every one sent before the held windows' end."""
+        while True:
+            await asyncio.sleep(0.1)
+            if current[0] != "recovery":
+                continue
+            now, removed = loop.time() - start, boundaries[-1]
+            # Requests of the fault phase may still hang: the windows do not need them.
+            pending = [s.at for s in samples if s.latency is None
+                       and (s.at >= removed or s.at < boundaries[1])]
+            horizon = min([*pending, now])
+            if horizon < removed:  # a baseline request has not ended yet
+                continue
+            done = [s for s in samples if s.at < horizon]
+            base = _phase("baseline", {}, 0.0, boundaries[1],
+                          [s for s in done if s.at < boundaries[1]], None)
+            if _recovery_time(done, base, removed, horizon, window_s=plan.window_s,
+                              hold_s=plan.hold_s, latency_factor=plan.latency_factor,
+                              success_tolerance=plan.success_tolerance,
+                              latency_slack_ms=plan.latency_slack_ms,
+                              full_hold=True) is not None:
+                end[0] = now
+                ended.set()
+                return
 
     async def ticker() -> None:
         while True:
@@ -642,14 +675,16 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
             "messages": [{"role": "user", "content": f"chaos {scenario.name} #{len(samples)}"}]})
         await _send(client, url, body, sample, scheduled, loop, headers)
 
+    end = [duration]
     controller = asyncio.create_task(control())
     reporter = asyncio.create_task(ticker())
+    watcher = asyncio.create_task(watch_recovery()) if plan.stop_when_recovered else None
     try:
         progress()
         index = 0
         while True:
             offset = index / plan.rate
-            if offset >= duration:
+            if offset >= end[0]:
                 break
             index += 1
             await asyncio.sleep(max(start + offset - loop.time(), 0.0))
@@ -663,6 +698,8 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
             await asyncio.wait(set(tasks))
     finally:
         reporter.cancel()
+        if watcher is not None:
+            watcher.cancel()
         if not controller.done():
             controller.cancel()
         for task in list(tasks):
@@ -674,7 +711,11 @@ async def _run_scenario(controls: _Controls, client: aiohttp.ClientSession, url:
         if key_id is not None:
             await controls.revoke(key_id)
     progress()
-
+    if end[0] < duration:
+        notes.append(f"The recovery phase ended {end[0] - boundaries[-1]:.1f} s after the "
+                     f"faults were removed (of up to {plan.recovery_s:g} s), once the recovery "
+                     f"had held for {plan.hold_s:g} s.")
+        duration = max(end[0], max(s.at for s in samples) + 1e-6)
     edges = [*boundaries, duration]
     phases: list[PhaseResult] = []
     for i, (name, knobs, _step, _length) in enumerate(plan_phases):
@@ -740,6 +781,7 @@ async def run_scenarios_async(
     store_down_cmd: str | None = None, store_up_cmd: str | None = None,
     seed: int | None = None, on_progress: Callable[[ChaosProgress], None] | None = None,
     on_scenario: Callable[[ScenarioResult], None] | None = None,
+    stop_when_recovered: bool = False,
 ) -> ChaosReport:
     """`run_scenarios` for callers already inside an event loop."""
     gateway = _root(gateway_url, "url")
@@ -775,7 +817,8 @@ async def run_scenarios_async(
     plan = _Plan(rate=float(rate), stream_share=float(stream_share), baseline_s=baseline_s,
                  fault_s=fault_s, recovery_s=recovery_s, window_s=window_s, hold_s=hold_s,
                  latency_factor=latency_factor, success_tolerance=success_tolerance,
-                 latency_slack_ms=latency_slack_ms, status=status, seed=seed)
+                 latency_slack_ms=latency_slack_ms, status=status, seed=seed,
+                 stop_when_recovered=stop_when_recovered)
     url = f"{gateway}/v1/chat/completions"
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -816,7 +859,10 @@ def run_scenarios(
     `shipyard sim` processes that receive the faults (a healthy fallback sim is simply left out).
     Options are those of `run_scenarios_async`: `rate`, `stream_share`, `baseline_s`,
     `fault_s`, `recovery_s`, `window_s`, `hold_s`, `latency_factor`, `timeout_s`, `status`,
-    `sim_admin_token`, `store_down_cmd`, `store_up_cmd`, `seed`, `on_progress`, `on_scenario`.
+    `sim_admin_token`, `store_down_cmd`, `store_up_cmd`, `seed`, `on_progress`, `on_scenario`,
+    `stop_when_recovered` (end the recovery phase once the recovery has held for `hold_s`,
+    counting only ended requests, instead of after all of `recovery_s`: `recovery_s` becomes
+    the longest it waits).
     The sims are always left healthy (`PUT {}`) when a scenario ends, even on an error.
 
     >>> run_scenarios("http://127.0.0.1:8000", key, "demo", ["http://127.0.0.1:9100"],

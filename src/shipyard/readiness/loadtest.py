@@ -64,6 +64,9 @@ CLIENT_OVERLOAD = "client_overload"
 STREAM_ERROR = "stream_error"
 BAD_RESPONSE = "bad_response"
 OK = "ok"
+# Not an error: still unanswered when the run stopped waiting, because its latency objective
+# was already certainly missed (`slo_p99_ms` of `run_load`). Its latency is a lower bound.
+UNFINISHED = "unfinished"
 
 _NUMBER = r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
 _RAMP = re.compile(rf"^\s*({_NUMBER})\s*(?:->|-|\.\.)\s*>?\s*({_NUMBER})\s*$")
@@ -384,7 +387,10 @@ class LoadResult:
 
     `latency` covers every request that was sent and ended (answered, failed or timed out),
     measured from its scheduled send time; `client_overload` requests were never sent and have
-    no latency, but count as errors. `send_lag` shows how late the client itself launched
+    no latency, but count as errors. `unfinished` requests (only with `slo_p99_ms`) were not
+    waited for once the p99 objective was certainly missed; neither ok nor errors, their
+    latency up to that moment (already over the objective) is in `latency` as a lower bound.
+    `send_lag` shows how late the client itself launched
     requests: large values mean the load generator, not the target, was the bottleneck.
     """
 
@@ -411,6 +417,7 @@ class LoadResult:
     buckets: list[Bucket]
     max_in_flight: int
     connections: int
+    unfinished: int = 0  # not waited for: the p99 objective was already missed (lower bound)
 
     @property
     def error_count(self) -> int:
@@ -512,17 +519,18 @@ def _summarize(samples: list[_Sample], profile: Profile, target: Target, *, star
     buckets = []
     for second, group in enumerate(by_second):
         lat = sorted(s.latency * 1000.0 for s in group if s.latency is not None)
-        kinds = Counter(s.outcome for s in group if s.outcome != OK)
+        kinds = Counter(s.outcome for s in group if s.outcome not in (OK, UNFINISHED))
         buckets.append(Bucket(
             second=second, scheduled=len(group),
             offered_rate=profile.rate_at(second + 0.5) if second < profile.duration_s else 0.0,
-            ok=len(group) - sum(kinds.values()), errors=sum(kinds.values()),
+            ok=sum(1 for s in group if s.outcome == OK), errors=sum(kinds.values()),
             completed=completed[second], p50_ms=percentile(lat, 50),
             p90_ms=percentile(lat, 90), p99_ms=percentile(lat, 99), error_kinds=dict(kinds)))
-    errors = Counter(s.outcome for s in samples if s.outcome != OK)
+    errors = Counter(s.outcome for s in samples if s.outcome not in (OK, UNFINISHED))
     sent = sum(1 for s in samples if s.outcome != CLIENT_OVERLOAD)
-    ok = len(samples) - sum(errors.values())
-    ended = sum(1 for s in samples if s.latency is not None)
+    ok = sum(1 for s in samples if s.outcome == OK)
+    unfinished = sum(1 for s in samples if s.outcome == UNFINISHED)
+    ended = sum(1 for s in samples if s.latency is not None and s.outcome != UNFINISHED)
     window = max(elapsed_s, 1e-9)
     ttfts = [s.ttft for s in samples if s.ttft is not None]
     return LoadResult(
@@ -537,13 +545,15 @@ def _summarize(samples: list[_Sample], profile: Profile, target: Target, *, star
         latency=LatencyStats.of([s.latency for s in samples if s.latency is not None]),
         ttft=LatencyStats.of(ttfts) if target.streams else None,
         send_lag=LatencyStats.of([s.lag for s in samples if s.outcome != CLIENT_OVERLOAD]),
-        buckets=buckets, max_in_flight=max_in_flight, connections=connections)
+        buckets=buckets, max_in_flight=max_in_flight, connections=connections,
+        unfinished=unfinished)
 
 
 async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int = 5000,
                          connections: int = 1000,
                          on_progress: Callable[[Progress], None] | None = None,
-                         progress_interval_s: float = 0.25) -> LoadResult:
+                         progress_interval_s: float = 0.25,
+                         slo_p99_ms: float | None = None) -> LoadResult:
     """`run_load` for callers already inside an event loop."""
     if not isinstance(max_in_flight, int) or max_in_flight < 1:
         raise ConfigError(f"max_in_flight (--max-in-flight) is {max_in_flight!r}; it must be "
@@ -556,6 +566,7 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
     samples: list[_Sample] = []
     in_flight = sent = ok = errors = 0
     tasks: set[asyncio.Task[None]] = set()
+    sample_of: dict[asyncio.Task[None], tuple[_Sample, float]] = {}
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     # The pool is the only client-side queue: a request waiting for a socket is still on the
     # clock, because its latency runs from the scheduled time.
@@ -572,11 +583,12 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
                 await _send(session, target, payload, headers, sample, scheduled, loop)
             finally:
                 in_flight -= 1
-                sample.done_at = loop.time() - start
                 if sample.outcome == OK:
                     ok += 1
-                else:
+                elif sample.outcome != UNFINISHED:
                     errors += 1
+                if sample.outcome != UNFINISHED:
+                    sample.done_at = loop.time() - start
 
         def snapshot() -> Progress:
             recent = sorted(s.latency for s in samples[-2000:] if s.latency is not None)
@@ -612,6 +624,10 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
                                             payloads[(len(samples) - 1) % len(payloads)]))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                sample_of[task] = (sample, scheduled)
+            if tasks and slo_p99_ms is not None:
+                await _stop_waiting_once_missed(tasks, sample_of, sent, loop,
+                                                start + profile.duration_s + slo_p99_ms / 1000)
             if tasks:
                 await asyncio.wait(set(tasks))
         finally:
@@ -625,20 +641,44 @@ async def run_load_async(target: Target, profile: Profile, *, max_in_flight: int
                       max_in_flight=max_in_flight, connections=connections)
 
 
+async def _stop_waiting_once_missed(tasks: set[asyncio.Task[None]],
+                                    sample_of: dict[asyncio.Task[None], tuple[_Sample, float]],
+                                    sent: int, loop: asyncio.AbstractEventLoop,
+                                    cutoff: float) -> None:
+    """At `cutoff` (the objective's p99 after the schedule's end), every request still in
+    flight is already slower than the objective. When they are more than the nearest-rank p99
+    allows (`sent - ceil(0.99 sent) + 1` of them), the p99 is over the objective whatever they
+    end up taking: stop waiting (up to the timeout) for them and count them `unfinished`.
+    Otherwise the run waits for every answer as usual, so a run that may pass is unchanged."""
+    _, pending = await asyncio.wait(set(tasks), timeout=max(cutoff - loop.time(), 0.0))
+    if len(pending) < sent - math.ceil(0.99 * sent) + 1:
+        return
+    now = loop.time()
+    for task in pending:
+        sample, scheduled = sample_of[task]
+        sample.outcome, sample.latency = UNFINISHED, now - scheduled
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
 def run_load(target: Target, profile: Profile, *, max_in_flight: int = 5000,
              connections: int = 1000,
-             on_progress: Callable[[Progress], None] | None = None) -> LoadResult:
+             on_progress: Callable[[Progress], None] | None = None,
+             slo_p99_ms: float | None = None) -> LoadResult:
     """Drive `target` with `profile` (open loop) and return what was measured.
 
     `max_in_flight` caps outstanding requests (memory, file descriptors): arrivals beyond it are
     not sent and count as `client_overload` errors. `connections` caps sockets; requests waiting
-    for one are still timed from their scheduled send time.
+    for one are still timed from their scheduled send time. With `slo_p99_ms`, the run stops
+    waiting for answers as soon as its p99 is certain to be at or over it (more requests still
+    in flight, `slo_p99_ms` after the last send, than the p99 allows): those are `unfinished`.
 
     >>> run_load(Target(url="http://127.0.0.1:9100/v1", model="sim-chat"),
     ...          parse_profile("100", duration_s=10)).throughput  # doctest: +SKIP
     """
     return asyncio.run(run_load_async(target, profile, max_in_flight=max_in_flight,
-                                      connections=connections, on_progress=on_progress))
+                                      connections=connections, on_progress=on_progress,
+                                      slo_p99_ms=slo_p99_ms))
 
 
 # -- preflight --------------------------------------------------------------------------------
@@ -699,7 +739,9 @@ class SLO:
         out = []
         p99 = result.latency.p99_ms
         if math.isnan(p99) or p99 >= self.p99_ms:
-            out.append(f"p99 {p99:.0f} ms >= {self.p99_ms:g} ms")
+            out.append(f"p99 {p99:.0f} ms >= {self.p99_ms:g} ms" + (
+                f" ({result.unfinished:,} requests still unanswered then, not waited for)"
+                if result.unfinished else ""))
         # "errors < Y": an error-free run always passes, even against a 0% objective.
         if result.error_count and result.error_rate >= self.error_rate:
             out.append(f"errors {result.error_rate:.2%} >= {self.error_rate:.2%}")
@@ -770,8 +812,11 @@ def find_max_rate(target: Target, slo: SLO, *, low: float, high: float, step_dur
         profile = Profile(kind="constant", rates=(rate,), duration_s=step_duration_s,
                           arrivals=arrivals, seed=seed)
         callback = None if on_progress is None else (lambda p: on_progress(rate, p))
+        # A probe that has certainly missed the p99 objective ends there, instead of waiting
+        # up to the timeout for its slowest answers (a saturated target's queue).
         result = run_load(target, profile, max_in_flight=max_in_flight,
-                          connections=connections, on_progress=callback)
+                          connections=connections, on_progress=callback,
+                          slo_p99_ms=slo.p99_ms)
         reasons = slo.violations(result)
         done = Probe(rate=rate, passed=not reasons, reasons=reasons, result=result)
         probes.append(done)

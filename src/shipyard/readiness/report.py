@@ -90,7 +90,9 @@ def _summary(result: LoadResult) -> str:
         ("started", result.started_at),
         ("requests", f"{result.scheduled:,} scheduled, {result.sent:,} sent, "
                      f"{result.ok:,} ok, {result.error_count:,} errors "
-                     f"({result.error_rate:.2%})"),
+                     f"({result.error_rate:.2%})"
+                     + (f", {result.unfinished:,} unfinished (not waited for: the p99 "
+                        "objective was already missed)" if result.unfinished else "")),
         ("rate", f"offered {result.offered_rate:,.1f}/s, achieved {result.throughput:,.1f}/s "
                  f"(ok {result.goodput:,.1f}/s) over {result.elapsed_s:.1f} s"),
         ("latency", f"p50 {_ms(lat.p50_ms)} · p90 {_ms(lat.p90_ms)} · p95 {_ms(lat.p95_ms)} · "

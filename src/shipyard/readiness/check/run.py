@@ -15,11 +15,12 @@ disabled afterwards, so real tenants see none of it (their limits, budgets, dash
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class CheckReport:
     runbooks: list[dict[str, Any]]
     plots: dict[str, Any]
     notes: list[str]
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds
 
     @property
     def score(self) -> float | None:
@@ -116,7 +118,8 @@ class CheckReport:
                 "gate": {**self.gate.to_dict(), "given": given, "passed": not violations,
                          "violations": violations},
                 "sections": [s.to_dict() for s in self.sections],
-                "runbooks": self.runbooks, "plots": self.plots, "notes": self.notes}
+                "runbooks": self.runbooks, "plots": self.plots, "notes": self.notes,
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ class _Runner:
         self.sections = {key: Section(key, title) for key, title, _ in SECTIONS}
         self.plots: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.timings: dict[str, float] = {}
         self.temp = probes.TempTenants(options.api_key)
         self.client_key = ""
         chat = [n for n, m in self.cfg.models.items() if m.type == "chat"]
@@ -189,6 +193,15 @@ class _Runner:
     def _gw(self) -> Any:
         return probes.open_gateway(self.o.url)
 
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Record the wall time of one phase (`timings` in the report: where the time goes)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+
     # -- data ---------------------------------------------------------------------------------
     def data(self) -> None:
         section = self.sections["data"]
@@ -221,7 +234,8 @@ class _Runner:
                                     "--pipeline pipeline.yaml (or register datasets with "
                                     "shipyard data run)."))
         self.progress("data", 0.7, "PII detector accuracy")
-        self._pii_eval(section)
+        with self._timed("data: PII detector"):
+            self._pii_eval(section)
         self.progress("data", 1.0, "done")
 
     def _datasets(self) -> list[dict[str, Any]]:
@@ -322,7 +336,9 @@ class _Runner:
         if self.model is None:
             section.add(Finding("auth.probes", "skip", "no chat model to probe"))
         else:
-            for finding in asyncio.run(self._auth()):
+            with self._timed("security: auth probes"):
+                findings = asyncio.run(self._auth())
+            for finding in findings:
                 section.add(finding)
         self.progress("security", 0.7, "webhook signing")
         section.add(self._webhooks())
@@ -388,10 +404,11 @@ class _Runner:
 
         target = Target(url=self.o.url + "/v1", model=self.model, api_key=self.client_key,
                         timeout_s=10.0 if quick else 30.0)
-        search = find_max_rate(target, slo, low=low, high=high, step_duration_s=step,
-                               tolerance=0.25 if quick else 0.1, max_probes=probes_max,
-                               max_in_flight=2000, connections=200, cooldown_s=0.3,
-                               on_probe=on_probe)
+        with self._timed("scale: load search"):
+            search = find_max_rate(target, slo, low=low, high=high, step_duration_s=step,
+                                   tolerance=0.25 if quick else 0.1, max_probes=probes_max,
+                                   max_in_flight=2000, connections=200, cooldown_s=0.3,
+                                   on_probe=on_probe)
         self._save("check-loadtest.json", load_to_dict(search), section, "loadtest")
         self.plots["loadtest"] = [{"rate": p.rate, "passed": p.passed,
                                    "p99_ms": p.result.latency.p99_ms,
@@ -399,9 +416,11 @@ class _Runner:
         self.plots["slo"] = {"p99_ms": slo.p99_ms, "error_rate": slo.error_rate}
         self._max_rate(section, search, slo)
         self.progress("scale", 0.65, "cost")
-        self._cost(section)
+        with self._timed("scale: cost"):
+            self._cost(section)
         self.progress("scale", 0.7, "chaos")
-        self._chaos(section)
+        with self._timed("scale: chaos"):
+            self._chaos(section)
         self.progress("scale", 1.0, "done")
 
     def _slo(self) -> SLO:
@@ -481,7 +500,12 @@ class _Runner:
                                 "and store-down drills."))
             return
         names = ["errors-30", "latency-spike", "store-down"]
-        plan = ({"rate": 10.0, "baseline_s": 1.5, "fault_s": 3.0, "recovery_s": 3.0,
+        # The fault phase's success rate is graded against 99%: with n requests and none
+        # failed, the failure rate is below 3/n at 95% confidence, so n must be in the
+        # hundreds before "99%" means anything. Quick mode sends 40/s for 3 s (120 requests:
+        # below 2.5%); at 10/s its 30 requests all passed on a deployment whose full run
+        # measured 91-96%.
+        plan = ({"rate": 40.0, "baseline_s": 1.5, "fault_s": 3.0, "recovery_s": 3.0,
                  "hold_s": 1.0, "settle_s": 0.3} if self.o.quick else
                 {"rate": 20.0, "baseline_s": 3.0, "fault_s": 8.0, "recovery_s": 10.0,
                  "hold_s": 3.0, "settle_s": 1.0})
@@ -496,7 +520,7 @@ class _Runner:
                 self.o.url, self.client_key, self.model or "", self.o.sims, names,
                 sim_admin_token=self.o.sim_admin_token, store_down_cmd=self.o.store_down_cmd,
                 store_up_cmd=self.o.store_up_cmd, stream_share=0.2, seed=self.o.seed,
-                timeout_s=10.0, on_scenario=on_scenario, **plan)
+                timeout_s=10.0, on_scenario=on_scenario, stop_when_recovered=True, **plan)
         except ShipyardError as exc:
             section.add(Finding("chaos", "fail", f"chaos could not run: {exc.message}",
                                 fix="Check --sim (the sim's root URL) and its admin token."))
@@ -577,9 +601,10 @@ class _Runner:
         else:
             target = redteam_engine.Target(url=self.o.url + "/v1", api_key=self.client_key,
                                            model=self.model)
-        result = asyncio.run(redteam_engine.run_redteam(target, items, concurrency=8,
-                                                        timeout_s=15.0,
-                                                        corpus_name=described))
+        with self._timed(f"trust: red team ({len(items)} requests)"):
+            result = asyncio.run(redteam_engine.run_redteam(target, items, concurrency=8,
+                                                            timeout_s=15.0,
+                                                            corpus_name=described))
         self._save("check-redteam.json", redteam_engine.to_dict(result), section, "redteam")
         summary = result.summary()
         self.plots["redteam"] = {
@@ -629,7 +654,8 @@ class _Runner:
                 evidence={"errors": errors, "requests": len(result.items)},
                 link="check-redteam.json"))
         self.progress("trust", 0.8, "graceful answers and escalation")
-        section.add(asyncio.run(self._trust_probes()))
+        with self._timed("trust: graceful answer and escalation"):
+            section.add(asyncio.run(self._trust_probes()))
         self.progress("trust", 1.0, "done")
 
     async def _trust_probes(self) -> Finding:
@@ -716,22 +742,32 @@ class _Runner:
         async with self._gw() as gw:
             await self.temp.cleanup(gw)
 
-    def run(self) -> CheckReport:
+    def _section(self, key: str, step: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        self.progress(key, 0.0, "starting")
+        step()
+        self.sections[key].seconds = time.perf_counter() - t0
+        self.progress(key, 1.0, "done")
+
+    def run(self, gateway: Callable[[], str] | None = None) -> CheckReport:
         started = time.perf_counter()
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        asyncio.run(self._setup())
+        steps = [("data", self.data), ("security", self.security), ("trust", self.trust),
+                 ("scale", self.scale), ("lifecycle", self.lifecycle)]
+        if gateway is not None:
+            # The data section sends no request: it runs while the deployment starts.
+            self._section(*steps.pop(0))
+            with self._timed("waiting for the gateway to start"):
+                self.o = replace(self.o, url=gateway().rstrip("/").removesuffix("/v1"))
+        with self._timed("setup: temporary tenants"):
+            asyncio.run(self._setup())
         try:
-            for key, step in (("data", self.data), ("security", self.security),
-                              ("trust", self.trust), ("scale", self.scale),
-                              ("lifecycle", self.lifecycle)):
-                t0 = time.perf_counter()
-                self.progress(key, 0.0, "starting")
-                step()
-                self.sections[key].seconds = time.perf_counter() - t0
-                self.progress(key, 1.0, "done")
+            for key, step in steps:
+                self._section(key, step)
         finally:
             try:
-                asyncio.run(self._cleanup())
+                with self._timed("cleanup"):
+                    asyncio.run(self._cleanup())
             except Exception as exc:  # report it: the keys expire within the hour anyway
                 self.notes.append(f"cleanup failed: {exc}; the check's keys expire within "
                                   "the hour")
@@ -751,9 +787,16 @@ class _Runner:
             mode="quick" if self.o.quick else "full", started_at=started_at,
             seconds=time.perf_counter() - started,
             sections=[self.sections[k] for k, _, _ in SECTIONS], gate=self.o.gate,
-            runbooks=runbooks(self.cfg), plots=self.plots, notes=self.notes)
+            runbooks=runbooks(self.cfg), plots=self.plots, notes=self.notes,
+            timings=self.timings)
 
 
-def run_check(options: CheckOptions, progress: Progress | None = None) -> CheckReport:
-    """Run every section against the gateway at `options.url` and score it."""
-    return _Runner(options, progress).run()
+def run_check(options: CheckOptions, progress: Progress | None = None, *,
+              gateway: Callable[[], str] | None = None) -> CheckReport:
+    """Run every section against the gateway at `options.url` and score it.
+
+    `gateway`, when given, is called once the sections that send no request (the data
+    audit) are done: it waits for a gateway that is still starting and returns its root URL,
+    which replaces `options.url`. So the data audit overlaps the deployment's start-up.
+    """
+    return _Runner(options, progress).run(gateway)
