@@ -228,7 +228,7 @@ def rollout(
     service: Service,
     version: Annotated[int, typer.Argument(help="The candidate version.")],
     mode: Annotated[str | None, typer.Option(
-        help="canary or shadow (default: the service's rollout.mode).")] = None,
+        help="canary or shadow (default: the service's or alias's rollout.mode).")] = None,
     share: Annotated[float | None, typer.Option(
         help="Starting canary share in percent (default: the first of rollout.steps).")
     ] = None,

@@ -7,7 +7,8 @@ the cache are part of it. So the chain is split in two. The alias's *outer* stag
 limits, the budget reservation, admission) belong to the alias as the config file states
 it; they run once per request. Between them and the rest sits the version router: it picks
 the version that answers (stable, a canary's candidate, sticky as for services) and runs
-that version's *own* chain — its escalation, PII, guards, stages, cache and failover — so a
+that version's *own* chain — escalation (the alias's policy), its PII rules, guards,
+stages, cache and failover — so a
 whole request, streamed or not, is answered by one version. A canary request the candidate
 fails (5xx before an answer started) is answered by stable when the rollout's `fallback` is
 on, the failure recorded against the candidate (a trace of route `canary`); in shadow mode
@@ -98,8 +99,9 @@ class ModelTarget(Target):
             return await self.chain(call)
         plan = router.plan
         if plan.candidate is None:
-            _stamp(call.ctx, plan.stable.label if plan.stable.number is not None
-                   else self.version)
+            # The gateway stamped stable's version (`serving`); a swap since is re-stamped.
+            if plan.stable.number is not None and call.ctx.version != plan.stable.label:
+                _stamp(call.ctx, plan.stable.label)
             return await _via(plan.stable, self, call)
         choice = router.choose(call)
         kept = _Kept(call) if choice.fallback is not None or choice.shadow is not None else None
