@@ -4,10 +4,12 @@ the admin API; the rollout controller's gates decide."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -25,8 +27,11 @@ from shipyard.store.tables import audit_log, traces
 
 def _config(folder: Path, good: Proc, bad: Proc, *, provider: str = "good",
             upstream: str = "sim-chat", steps: str = "[50, 100]", mode: str = "canary",
-            min_samples: int = 10) -> str:
+            min_samples: int = 10, hook: str = "") -> str:
+    alerts = (f'alerts: {{channels: [{{name: hook, kind: webhook, url: "{hook}", '
+              'backoff_s: 0.05}]}' if hook else "")
     return f"""
+{alerts}
 store: {{url: "sqlite:///{folder}/store.db"}}
 auth: {{api_keys: [{{$env: SHIPYARD_API_KEY}}]}}
 traces: {{flush_interval_s: 0.05}}
@@ -119,10 +124,35 @@ def _rows(store: Path, *columns: Any, where: Any) -> list[Any]:
         engine.dispose()
 
 
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[bytes] = []
+
+    def do_POST(self) -> None:  # http.server calls it by this name
+        _Hook.received.append(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 def test_a_failing_candidate_is_rolled_back_and_no_caller_sees_it(
         tmp_path: Path, start_sim: Any, start_gateway: Any) -> None:
     good, bad = start_sim(), start_sim("--error-rate", "500=1.0")
-    gateway = start_gateway(_config(tmp_path, good, bad))
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    _Hook.received = []
+    try:
+        _rolled_back(tmp_path, good, bad, start_gateway,
+                     f"http://127.0.0.1:{hook.server_address[1]}/hook")
+    finally:
+        hook.shutdown()
+        hook.server_close()
+
+
+def _rolled_back(tmp_path: Path, good: Proc, bad: Proc, start_gateway: Any,
+                 hook: str) -> None:
+    gateway = start_gateway(_config(tmp_path, good, bad, hook=hook))
     config: Path = gateway.extra["config"]  # type: ignore[assignment]
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text(_config(tmp_path, good, bad, provider="bad"))
@@ -158,6 +188,12 @@ def test_a_failing_candidate_is_rolled_back_and_no_caller_sees_it(
     assert {"rollout.start", "rollout.rollback"} <= actions
     history = _cli("versions", "history", "model/support", "-c", str(config), cwd=tmp_path)
     assert "rolled_back" in history.stdout and "canary_started" in history.stdout
+    # The alert every rollback sends, through the configured channel.
+    deadline = time.monotonic() + 20
+    while not _Hook.received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alert = json.loads(_Hook.received[0])
+    assert "model/support" in json.dumps(alert) and "rolled back" in json.dumps(alert)
 
 
 def test_shadow_then_canary_steps_promote_a_good_candidate(
