@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 from sqlalchemy import select
 
@@ -113,6 +115,17 @@ def _traffic_until(url: str, done: Callable[[], bool], *, what: str, limit_s: fl
                           stream=n % stream_every == 0)] += 1
                 n += 1
     return seen
+
+
+def _dashboard(gateway: Proc, path: str) -> str:
+    with httpx.Client(base_url=gateway.url, follow_redirects=True, timeout=30) as client:
+        form = client.get("/ui/login").text
+        found = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert found is not None, form[:500]
+        client.post("/ui/login", data={"key": API_KEY, "csrf": found.group(1), "next": path})
+        answer = client.get(path)
+        assert answer.status_code == 200 and "/ui/login" not in str(answer.url), answer.text
+        return answer.text
 
 
 def _rows(store: Path, *columns: Any, where: Any) -> list[Any]:
@@ -243,6 +256,13 @@ def test_shadow_then_canary_steps_promote_a_good_candidate(
     actions = {a for (a,) in _rows(store, audit_log.c.action,
                                    where=audit_log.c.target == "model/support@2")}
     assert {"rollout.start", "rollout.step", "version.promote"} <= actions
+
+    # The dashboard's versions pages show the alias, its rollout and both versions' traffic.
+    listing = _dashboard(gateway, "/ui/versions")
+    assert 'href="/ui/versions/model/support"' in listing
+    page = _dashboard(gateway, "/ui/versions/model/support")
+    assert "Versions of model/support" in page and "promoted" in page
+    assert "v2 (shadow)" in page and "shadow_passed" in page
 
     # The promoted version stays pinned over an unchanged reload ...
     assert _admin(gateway.url, "POST", "/v1/admin/reload")["model_versions"] == {
