@@ -248,9 +248,12 @@ def register_config(engine: Engine, target: str, config: dict[str, Any], *,
     names = aliases_of(engine, target).get(target, {})
     stable, named = names.get("stable"), names.get("config")
     if named != version.number:
-        with engine.begin() as connection:
-            _put_alias(connection, target, "config", version.number, actor,
-                       datetime.now(UTC))
+        try:
+            with engine.begin() as connection:
+                _put_alias(connection, target, "config", version.number, actor,
+                           datetime.now(UTC))
+        except IntegrityError:  # another process (a worker starting too) wrote it first
+            pass
     if stable is None or (named != version.number and stable != version.number):
         _promote(engine, target, version.number, actor=actor,
                  reason="first version" if stable is None else "the config names it")
