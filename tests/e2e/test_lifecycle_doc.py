@@ -23,7 +23,10 @@ from doc_blocks import take
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "lifecycle.md"
 # every file it writes and every console block it runs (the test reads them from DOC in order)
-TAKEN = take("docs/lifecycle.md", marker="file:") + take("docs/lifecycle.md", lang="console")
+# (the model alias example is tests/e2e/test_lifecycle_alias_doc.py's)
+SECTION = "## Worked example: a pickle"
+TAKEN = (take("docs/lifecycle.md", SECTION, marker="<!-- file:")
+         + take("docs/lifecycle.md", SECTION, lang="console"))
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
@@ -58,6 +61,7 @@ def _wait(url: str, timeout: float = 90) -> None:
 
 def test_the_worked_example_runs_as_printed(tmp_path: Path) -> None:
     text = DOC.read_text(encoding="utf-8")
+    text = text[text.index(SECTION):text.index("\n## ", text.index(SECTION) + 1)]
     port = str(free_port())
     for name, content in _files(text).items():
         (tmp_path / name).write_text(content.replace("8000", port), encoding="utf-8")

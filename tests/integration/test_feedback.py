@@ -61,7 +61,8 @@ def test_feedback_end_to_end(stack: dict[str, Any]) -> None:
         "trace_id": trace, "score": 1, "label": "helpful", "comment": "spot on", "by": "u-1"})
     assert status == 201, body
     assert body["trace_id"] == trace and body["tenant"] == "acme"
-    assert body["service"] == "demo-full" and body["version"] == "sim-chat"
+    # A model alias's version is its configuration's (docs/lifecycle.md).
+    assert body["service"] == "demo-full" and body["version"] == "1"
     assert (body["score"], body["label"], body["comment"], body["by"]) == (
         1.0, "helpful", "spot on", "u-1")
 
@@ -78,11 +79,11 @@ def test_feedback_end_to_end(stack: dict[str, Any]) -> None:
     status, summary = _call(gw, "GET", "/v1/feedback/summary?bucket=day", keys["acme:admin"])
     assert status == 200, summary
     by_service = {(b["service"], b["version"]): b for b in summary["data"]}
-    full = by_service[("demo-full", "sim-chat")]
+    full = by_service[("demo-full", "1")]
     assert (full["count"], full["scored"]) == (4, 3)
     assert full["mean_score"] == pytest.approx(2 / 3)
     assert full["labels"] == {"helpful": 1, "wrong_tone": 1}
-    assert by_service[("demo", "sim-chat")]["mean_score"] == 0.5
+    assert by_service[("demo", "1")]["mean_score"] == 0.5
 
     status, listed = _call(gw, "GET", "/v1/feedback?limit=2", keys["acme:admin"])
     assert status == 200 and len(listed["data"]) == 2

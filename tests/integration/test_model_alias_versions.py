@@ -64,6 +64,8 @@ def _trace_versions(store: Path, want: int) -> list[str | None]:
             time.sleep(0.1)
     finally:
         engine.dispose()
+    assert [v for _, v in rows] == [json.loads(a or "{}").get("alias_version")
+                                    for a, _ in rows]
     return [json.loads(a or "{}").get("alias_version") for a, _ in rows]
 
 
@@ -83,7 +85,7 @@ def test_config_change_and_reload_makes_version_2_unchanged_keeps_it(
 
     assert _ask(gateway.url) == "1"
     listed = _admin(gateway.url, "GET", "/v1/admin/models/chat/versions")
-    assert listed["aliases"] == {"stable": 1} and listed["serving"] == "1"
+    assert listed["aliases"] == {"stable": 1, "config": 1} and listed["serving"] == "1"
     assert [(v["version"], v["kind"]) for v in listed["data"]] == [(1, "config")]
     assert listed["data"][0]["config"]["deployments"][0]["model"] == "sim-chat"
 
@@ -100,16 +102,13 @@ def test_config_change_and_reload_makes_version_2_unchanged_keeps_it(
     assert one["kind"] == "config" and one["config"]["deployments"][0]["model"] == (
         "sim-chat-large")
 
-    # Each answer's trace names the alias's version (the version column keeps the
-    # upstream model, as before).
+    # Each answer's trace names the alias's version (attribute and version column; the
+    # upstream model is in upstream_model).
     assert _trace_versions(tmp_path / "store.db", 3) == ["1", "2", "2"]
 
     shown = _cli("versions", "list", "model/chat", "--json", "-c", str(config_path),
                  cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout)
-    assert data["aliases"] == {"stable": 2}
+    assert data["aliases"] == {"stable": 2, "config": 2}
     assert [v["version"] for v in data["versions"]] == [1, 2]
-    refused = _cli("versions", "promote", "model/chat", "1", "-c", str(config_path),
-                   cwd=tmp_path)
-    assert refused.returncode != 0 and "model alias" in refused.stdout + refused.stderr

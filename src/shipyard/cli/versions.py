@@ -7,7 +7,7 @@ controller tick (`lifecycle.tick_s`). Every change is in the audit log.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -20,25 +20,27 @@ from shipyard.errors import ShipyardError
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Versions of services: list, show, register, promote, roll out, "
-                  "roll back.", no_args_is_help=True)
+app = typer.Typer(help="Versions of services and model aliases (model/ALIAS): list, show, "
+                  "register, promote, roll out, roll back.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c",
                       help="shipyard.yaml (default: $SHIPYARD_CONFIG or ./shipyard.yaml).")]
-Service = Annotated[str, typer.Argument(help="The service (a name under `services:`); for "
-                    "`list` and `show`, also a model alias as model/ALIAS.")]
+Service = Annotated[str, typer.Argument(help="The service (a name under `services:`), or a "
+                    "model alias as model/ALIAS (its configuration versions).")]
 
 
-def _service(config: Path | None, name: str) -> None:
+def _service(config: Path | None, name: str) -> Any:
+    """The rollout policy of the service or model alias (model/ALIAS) `name`."""
     _, cfg = resolve_config(config, secrets=False)
-    if name.startswith("model/") and name[6:] in cfg.models:
-        raise fail(f"'{name}' is a model alias: its versions are its configuration, and the "
-                   "config file decides which one serves; this command is only for "
-                   f"services. Edit models.{name[6:]} in the config and reload "
-                   "('shipyard reload') to deploy a change.")
+    if name.startswith("model/"):
+        if name[6:] not in cfg.models:
+            raise fail(f"The config has no model alias '{name[6:]}' (it has "
+                       f"{', '.join(sorted(cfg.models)) or 'none'}).")
+        return cfg.models[name[6:]].rollout
     if name not in cfg.services:
         raise fail(f"The config has no service '{name}' (it has "
                    f"{', '.join(sorted(cfg.services)) or 'none'}).")
+    return cfg.services[name].rollout
 
 
 @app.command("list")
@@ -119,16 +121,24 @@ def register(
     call: Annotated[str | None, typer.Option(
         help="predict or predict_proba (default: the service's `call`).")] = None,
     note: Annotated[str | None, typer.Option(help="A note kept with the version.")] = None,
+    from_config: Annotated[Path | None, typer.Option(
+        "--from-config", help="model/ALIAS: a shipyard.yaml whose models.ALIAS is the "
+        "configuration to register (a candidate; providers by name, as in the config).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Register a new immutable version (it serves nothing until promoted or rolled out).
 
-    Example: shipyard versions register cancer --model model-v2.joblib
+    Example: shipyard versions register cancer --model model-v2.joblib;
+    shipyard versions register model/support --from-config candidate.yaml
     """
     from shipyard.lifecycle import registry
     from shipyard.lifecycle.artifacts import artifact_dir
 
     _, cfg = resolve_config(config, secrets=False)
+    if service.startswith("model/"):
+        _register_alias(service, cfg, from_config, note, config)
+        return
     if service not in cfg.services:
         raise fail(f"The config has no service '{service}' (it has "
                    f"{', '.join(sorted(cfg.services)) or 'none'}).")
@@ -151,12 +161,52 @@ def register(
                       "artifact; nothing new was registered.")
 
 
+def _register_alias(service: str, cfg: Any, source: Path | None, note: str | None,
+                    config: Path | None) -> None:
+    """Register models.ALIAS of another config file as a version of model/ALIAS."""
+    from shipyard.lifecycle import registry
+    from shipyard.lifecycle.aliases import alias_config
+
+    alias = service[len("model/"):]
+    if alias not in cfg.models:
+        raise fail(f"The config has no model alias '{alias}' (it has "
+                   f"{', '.join(sorted(cfg.models)) or 'none'}).")
+    if source is None:
+        raise fail(f"Give --from-config FILE: a shipyard.yaml whose models.{alias} is the "
+                   "configuration to register (the running config's own configuration is "
+                   "registered by the gateway when it starts or reloads).")
+    _, other = resolve_config(source, secrets=False)
+    if alias not in other.models:
+        raise fail(f"{source} has no model alias '{alias}' under models.")
+    missing = [d.provider for d in other.models[alias].targets(alias)
+               if d.provider not in cfg.providers]
+    if missing:
+        raise fail(f"models.{alias} in {source} sends to provider(s) "
+                   f"{', '.join(missing)}, which the config does not have; add them there.")
+    engine = open_store(config, None, migrate=True)
+    try:
+        version, new = registry.register_config(
+            engine, service, alias_config(alias, other.models[alias], other),
+            meta={"source": "cli", "file": str(source), **({"note": note} if note else {})},
+            actor=actor(), deploy=False)
+    except ShipyardError as exc:
+        raise fail(exc) from None
+    finally:
+        engine.dispose()
+    if new:
+        console.print(f"Registered {escape(service)} version {version.number}.")
+    else:
+        console.print(f"{escape(service)} version {version.number} already is this "
+                      "configuration; nothing new was registered.")
+
+
 @app.command()
 def promote(service: Service,
             version: Annotated[int, typer.Argument(help="The version to make stable.")],
             reason: Annotated[str | None, typer.Option(help="Why (audit log).")] = None,
             config: ConfigOpt = None) -> None:
-    """Make a version stable now (ends a running rollout).
+    """Make a version stable now (ends a running rollout). A model alias's promoted
+    version stays stable until the config file names another configuration.
 
     Example: shipyard versions promote cancer 2
     """
@@ -178,7 +228,7 @@ def rollout(
     service: Service,
     version: Annotated[int, typer.Argument(help="The candidate version.")],
     mode: Annotated[str | None, typer.Option(
-        help="canary or shadow (default: the service's rollout.mode).")] = None,
+        help="canary or shadow (default: the service's or alias's rollout.mode).")] = None,
     share: Annotated[float | None, typer.Option(
         help="Starting canary share in percent (default: the first of rollout.steps).")
     ] = None,
@@ -186,14 +236,12 @@ def rollout(
 ) -> None:
     """Start a canary (or shadow) rollout of a version; the gates decide the rest.
 
-    Example: shipyard versions rollout cancer 2
+    Example: shipyard versions rollout cancer 2; shipyard versions rollout model/support 1
+    --mode shadow
     """
     from shipyard.lifecycle import registry
 
-    _, cfg = resolve_config(config, secrets=False)
-    if service not in cfg.services:
-        raise fail(f"The config has no service '{service}'.")
-    policy = cfg.services[service].rollout
+    policy = _service(config, service)
     mode = mode or policy.mode
     if mode not in ("canary", "shadow"):
         raise fail(f"--mode is '{mode}'; use canary or shadow.")

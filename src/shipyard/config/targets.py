@@ -331,6 +331,11 @@ class ModelConfig(Section):
         default_factory=list,
         description="Your own pipeline stages for this alias, after the global `stages` "
         "(see docs/architecture.md).")
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(),
+        description="How a candidate version of this alias's configuration takes over "
+        "(canary or shadow, steps, gates; see docs/lifecycle.md). Not part of a version: "
+        "changing it is not a new version.")
 
     @model_validator(mode="after")
     def _one_target(self) -> ModelConfig:

@@ -58,7 +58,8 @@ class EscalationStage(Stage):
         self.policy = policy
 
     async def __call__(self, call: Call, call_next: Handler) -> Reply:
-        if call.endpoint not in ("chat/completions", "invoke"):
+        # A shadow copy (a candidate version's answer nobody sees) never reaches a person.
+        if call.endpoint not in ("chat/completions", "invoke") or call.ctx.route == "shadow":
             return await call_next(call)
         hooks = _Hooks(self.escalations, self.policy, call)
         early = await hooks.before()

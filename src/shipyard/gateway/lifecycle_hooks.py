@@ -15,20 +15,25 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from shipyard.config.loader import install_python_path, load_config
 from shipyard.config.schema import Config
 from shipyard.errors import ConfigError, ShipyardError
-from shipyard.lifecycle.controller import Decision
+from shipyard.lifecycle import registry
+from shipyard.lifecycle.aliases import alias_config, alias_target, model_config_of
+from shipyard.lifecycle.controller import Decision, Routed
 from shipyard.lifecycle.retrain import RetrainJob, start_job
-from shipyard.lifecycle.serving import ShadowResult, VersionRouter
+from shipyard.lifecycle.serving import LoadedVersion, Plan, ShadowResult, VersionRouter
 from shipyard.pipeline import RequestContext
 from shipyard.providers import Provider, build_provider
-from shipyard.targets.build import build_targets
+from shipyard.targets.build import build_targets, build_version
 from shipyard.targets.model import ModelTarget
 from shipyard.targets.service import ServiceTarget
 
 if TYPE_CHECKING:
-    from shipyard.config.targets import ServiceConfig
+    from collections.abc import Mapping
+
     from shipyard.gateway.runtime import Gateway
 
 __all__ = ["RESTART_SECTIONS", "LifecycleHooks"]
@@ -48,10 +53,11 @@ class LifecycleHooks:
         self.reloads = 0
         self._lock = asyncio.Lock()
 
-    def routers(self) -> dict[str, tuple[VersionRouter, ServiceConfig]]:
-        return {name: (svc.router, svc.config) for name, svc in self.gw.services.items()}
+    def routers(self) -> Routed:
+        return routed(self.gw.services, self.gw.models)
 
-    def wire_shadows(self, services: dict[str, ServiceTarget]) -> None:
+    def wire_shadows(self, services: dict[str, ServiceTarget],
+                     models: Mapping[str, ModelTarget] | None = None) -> None:
         """Shadow copies and a canary's failed attempts become traces of their own."""
         gw = self.gw
 
@@ -61,9 +67,51 @@ class LifecycleHooks:
                     "agree" if result.agree else "differ")).inc()
             gw.recorder.record(ctx)
 
-        for service in services.values():
-            service.router.on_shadow = record
-            service.router.shadow_limit = gw.config.lifecycle.shadow_concurrency
+        routers = [s.router for s in services.values()]
+        routers += [m.router for m in (models or {}).values() if m.router is not None]
+        for router in routers:
+            router.on_shadow = record
+            router.shadow_limit = gw.config.lifecycle.shadow_concurrency
+
+    def wire_models(self, models: dict[str, ModelTarget], config: Config,
+                    providers: Mapping[str, Provider]) -> None:
+        """Give each model alias its version router: it serves the registry's stable
+        version of the alias's configuration and, during a rollout, the candidate, each
+        built from its registered configuration beside this config's targets."""
+        shared = self.gw.shared
+        for alias, target in models.items():
+            name = alias_target(alias)
+            # This configuration's own version is this target; others are built once.
+            own = orjson.loads(orjson.dumps(alias_config(alias, target.config, config)))
+            built: dict[int, LoadedVersion] = {}
+
+            def build(version: registry.Version, alias: str = alias,
+                      target: ModelTarget = target, own: Any = own,
+                      built: dict[int, LoadedVersion] = built) -> LoadedVersion:
+                found = built.get(version.number)
+                if found is not None:
+                    return found
+                label = str(version.number)
+                if version.config == own:
+                    loaded = LoadedVersion(label, target.chain, number=version.number,
+                                           target=target)
+                else:
+                    model = model_config_of(alias, version.config, config)
+                    if model.type != target.config.type:
+                        raise ConfigError(f"It is a {model.type} model and the alias now "
+                                          f"serves {target.config.type}.")
+                    candidate = build_version(alias, model, config, providers, shared,
+                                              models, cache_name=f"{alias}@v{label}")
+                    candidate.version = label
+                    loaded = LoadedVersion(label, candidate.chain, number=version.number,
+                                           target=candidate)
+                built[version.number] = loaded
+                return loaded
+
+            rollout = target.config.rollout
+            target.router = VersionRouter(name, Plan(
+                LoadedVersion(target.version or "config", target.chain, target=target),
+                sticky=rollout.sticky, rules=tuple(rollout.rules)), build=build)
 
     def stamp_models(self, models: dict[str, ModelTarget]) -> None:
         """Each model alias carries its configuration's registered version number."""
@@ -124,8 +172,9 @@ class LifecycleHooks:
             config = config.model_copy(update={n: getattr(gw.config, n) for n in restart})
             providers = {name: build_provider(name, p) for name, p in config.providers.items()}
             targets = await asyncio.to_thread(build_targets, config, providers, gw.shared)
-            self.wire_shadows(targets.services)
-            routers = {n: (s.router, s.config) for n, s in targets.services.items()}
+            self.wire_models(targets.models, config, providers)
+            self.wire_shadows(targets.services, targets.models)
+            routers = routed(targets.services, targets.models)
             await gw.lifecycle.sync(routers, config)
             self.stamp_models(targets.models)
             failed = [r.load_error for r, _ in routers.values() if r.load_error]
@@ -144,7 +193,7 @@ class LifecycleHooks:
             return {"reloaded": True, "models": sorted(gw.models),
                     "services": {n: s.router.plan.stable.label
                                  for n, s in sorted(gw.services.items())},
-                    "model_versions": {n: m.version for n, m in sorted(gw.models.items())},
+                    "model_versions": {n: m.serving for n, m in sorted(gw.models.items())},
                     "restart_needed": restart}
 
     async def _close_later(self, providers: list[Provider]) -> None:
@@ -155,3 +204,13 @@ class LifecycleHooks:
                 await provider.close()
             except Exception:
                 log.exception("closing replaced provider %s failed", provider.name)
+
+
+def routed(services: Mapping[str, ServiceTarget], models: Mapping[str, ModelTarget]) -> Routed:
+    """Every versioned target's router and config: services by name, model aliases as
+    `model/ALIAS` (the registry's names)."""
+    out: Routed = {name: (svc.router, svc.config) for name, svc in services.items()}
+    for alias, model in models.items():
+        if model.router is not None:
+            out[alias_target(alias)] = (model.router, model.config)
+    return out

@@ -11,7 +11,14 @@ registry) and served by this replica at once (the others follow within a control
 | POST /v1/admin/services/{name}/rollback | deploy |
 | POST /v1/admin/services/{name}/rollouts | deploy |
 | GET /v1/admin/services/{name}/evals | status:read |
+| GET /v1/admin/models/{alias}/versions | status:read |
+| GET /v1/admin/models/{alias}/versions/{version} | status:read |
+| POST /v1/admin/models/{alias}/promote | deploy |
+| POST /v1/admin/models/{alias}/rollback | deploy |
+| POST /v1/admin/models/{alias}/rollouts | deploy |
 | POST /v1/admin/reload | config:write |
+
+A model alias's routes act on `model/ALIAS` in the registry, exactly as a service's do.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shipyard.config.lifecycle import RolloutConfig
 from shipyard.errors import ConfigError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from shipyard.gateway.admin_routes import acting_tenant
 from shipyard.gateway.auth import Principal
@@ -59,8 +67,8 @@ class LifecycleRoutes:
         principal = await self.gw.authorize(request, scope)
         acting_tenant(principal, request)  # refuses NUL characters in path parameters
         if principal.tenant_id != PLATFORM_TENANT:
-            raise PermissionDenied("Services and their versions belong to the platform; use a "
-                                   "key of the platform tenant ('default').")
+            raise PermissionDenied("Services, model aliases and their versions belong to the "
+                                   "platform; use a key of the platform tenant ('default').")
         return principal
 
     def _service(self, request: Request) -> str:
@@ -104,6 +112,15 @@ class LifecycleRoutes:
         version = await asyncio.to_thread(registry.get_version, self.gw.engine, name, int(raw))
         return json_response(version.to_dict())
 
+    def _target(self, request: Request) -> tuple[str, str, RolloutConfig]:
+        """(what the answer calls it, the registry's name, the rollout policy) of the
+        service or model alias a route names."""
+        if "alias" in request.path_params:
+            alias = self._alias(request)
+            return alias, alias_target(alias), self.gw.models[alias].config.rollout
+        name = self._service(request)
+        return name, name, self.gw.services[name].config.rollout
+
     def _alias(self, request: Request) -> str:
         alias = str(request.path_params["alias"])
         if alias not in self.gw.models:
@@ -120,8 +137,11 @@ class LifecycleRoutes:
         engine = self.gw.engine
         versions = await asyncio.to_thread(registry.list_versions, engine, target)
         aliases = (await asyncio.to_thread(registry.aliases_of, engine, target)).get(target, {})
+        rollouts = await asyncio.to_thread(registry.rollouts_of, engine, target, limit=10)
         return json_response({"object": "list", "model": alias, "target": target,
-                              "aliases": aliases, "serving": self.gw.models[alias].version,
+                              "aliases": aliases, "serving": self.gw.models[alias].serving,
+                              "status": self.gw.lifecycle.status().get(target),
+                              "rollouts": [r.to_dict() for r in rollouts],
                               "data": [v.to_dict() for v in versions]})
 
     async def model_version(self, request: Request) -> Response:
@@ -175,18 +195,18 @@ class LifecycleRoutes:
 
     async def promote(self, request: Request) -> Response:
         principal = await self._principal(request, "deploy")
-        name = self._service(request)
+        shown, name, _ = self._target(request)
         body = await self._body(request)
         number = _int(body, "version")
         reason = body.get("reason") if isinstance(body.get("reason"), str) else None
         before = await asyncio.to_thread(registry.promote, self.gw.engine, name, number or 0,
                                          actor=_actor(principal), reason=reason)
         await self._after_change()
-        return json_response({"service": name, "stable": number, "previous": before})
+        return json_response({_kind(request): shown, "stable": number, "previous": before})
 
     async def rollback(self, request: Request) -> Response:
         principal = await self._principal(request, "deploy")
-        name = self._service(request)
+        shown, name, _ = self._target(request)
         body = await self._body(request)
         to = _int(body, "to", required=False)
         what, stable = await asyncio.to_thread(registry.rollback, self.gw.engine, name,
@@ -194,14 +214,13 @@ class LifecycleRoutes:
                                                reason=body.get("reason") if isinstance(
                                                    body.get("reason"), str) else None)
         await self._after_change()
-        return json_response({"service": name, "rolled_back": what, "stable": stable})
+        return json_response({_kind(request): shown, "rolled_back": what, "stable": stable})
 
     async def start_rollout(self, request: Request) -> Response:
         principal = await self._principal(request, "deploy")
-        name = self._service(request)
+        _, name, policy = self._target(request)
         body = await self._body(request)
         number = _int(body, "version") or 0
-        policy = self.gw.services[name].config.rollout
         mode = body.get("mode", policy.mode)
         if mode not in ("canary", "shadow"):
             raise InvalidRequest(f"Field 'mode' is {mode!r}; use canary or shadow.",
@@ -237,6 +256,10 @@ class LifecycleRoutes:
         return json_response(result)
 
 
+def _kind(request: Request) -> str:
+    return "model" if "alias" in request.path_params else "service"
+
+
 def lifecycle_routes(gateway: Gateway) -> list[ScopedRoute]:
     r = LifecycleRoutes(gateway)
     base = "/v1/admin/services/{name}"
@@ -253,5 +276,11 @@ def lifecycle_routes(gateway: Gateway) -> list[ScopedRoute]:
                     scope="status:read"),
         ScopedRoute("/v1/admin/models/{alias}/versions/{version}", r.model_version,
                     methods=["GET"], scope="status:read"),
+        ScopedRoute("/v1/admin/models/{alias}/promote", r.promote, methods=["POST"],
+                    scope="deploy"),
+        ScopedRoute("/v1/admin/models/{alias}/rollback", r.rollback, methods=["POST"],
+                    scope="deploy"),
+        ScopedRoute("/v1/admin/models/{alias}/rollouts", r.start_rollout, methods=["POST"],
+                    scope="deploy"),
         ScopedRoute("/v1/admin/reload", r.reload, methods=["POST"], scope="config:write"),
     ]

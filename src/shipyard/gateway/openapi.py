@@ -596,6 +596,9 @@ _SCHEMAS: dict[str, JSON] = {
                        "aliases": {"type": "object",
                                    "additionalProperties": {"type": "integer"}},
                        "serving": _nullable("string"),
+                       "status": {"type": ["object", "null"]},
+                       "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/"
+                                                                       "Rollout"}},
                        "data": {"type": "array",
                                 "items": {"$ref": "#/components/schemas/Version"}}}},
     "VersionRegister": {
@@ -607,13 +610,13 @@ _SCHEMAS: dict[str, JSON] = {
     "Promote": {"type": "object", "required": ["version"],
                 "properties": {"version": {"type": "integer", "minimum": 1},
                                "reason": _STRING}},
-    "Promoted": {"type": "object", "properties": {"service": _STRING,
+    "Promoted": {"type": "object", "properties": {"service": _STRING, "model": _STRING,
                                                   "stable": {"type": "integer"},
                                                   "previous": {"type": ["integer", "null"]}}},
     "Rollback": {"type": "object", "properties": {"to": {"type": "integer", "minimum": 1},
                                                   "reason": _STRING}},
     "RolledBack": {"type": "object", "properties": {
-        "service": _STRING, "rolled_back": {"enum": ["rollout", "stable"]},
+        "service": _STRING, "model": _STRING, "rolled_back": {"enum": ["rollout", "stable"]},
         "stable": {"type": ["integer", "null"]}}},
     "RolloutStart": {"type": "object", "required": ["version"],
                      "properties": {"version": {"type": "integer", "minimum": 1},
@@ -993,8 +996,21 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         "listEvals", "Stored eval results of a service, newest first", "lifecycle",
         _ok("EvalList"), (400, *_AUTH, 404), params=(_SERVICE,)),
     ("GET", "/v1/admin/models/{alias}/versions"): _Op(
-        "listModelVersions", "A model alias's configuration versions and which one serves",
-        "lifecycle", _ok("ModelVersionList"), (400, *_AUTH, 404), params=(_ALIAS,)),
+        "listModelVersions", "A model alias's configuration versions, which one serves, and "
+        "its rollouts", "lifecycle", _ok("ModelVersionList"), (400, *_AUTH, 404),
+        params=(_ALIAS,)),
+    ("POST", "/v1/admin/models/{alias}/promote"): _Op(
+        "promoteModelVersion", "Make a configuration version of a model alias stable now (it "
+        "stays pinned until the config file names another configuration)", "lifecycle",
+        _ok("Promoted"), (400, *_AUTH, 404, 413), "Promote", params=(_ALIAS,)),
+    ("POST", "/v1/admin/models/{alias}/rollback"): _Op(
+        "rollbackModelVersion", "Roll back a model alias's running rollout, or stable to its "
+        "previous version", "lifecycle", _ok("RolledBack"), (400, *_AUTH, 404, 409, 413),
+        "Rollback", body_required=False, params=(_ALIAS,)),
+    ("POST", "/v1/admin/models/{alias}/rollouts"): _Op(
+        "startModelRollout", "Start a canary or shadow rollout of a model alias's "
+        "configuration version", "lifecycle", _ok("Rollout", 201, "Started."),
+        (400, *_AUTH, 404, 409, 413), "RolloutStart", params=(_ALIAS,)),
     ("GET", "/v1/admin/models/{alias}/versions/{version}"): _Op(
         "getModelVersion", "One configuration version of a model alias", "lifecycle",
         _ok("Version"), (400, *_AUTH, 404),

@@ -19,7 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shipyard.errors import NotFound
+from shipyard.errors import InvalidRequest, NotFound
 from shipyard.gateway.http import conversation_of, json_response, read_json, request_priority
 from shipyard.gateway.idempotent import idempotent
 from shipyard.gateway.openai_routes import (
@@ -61,6 +61,9 @@ class ResponsesRoutes:
         if not isinstance(previous, str):
             raise NotFound("'previous_response_id' must be the id of an earlier response.",
                            param="previous_response_id")
+        if "\x00" in previous:  # the store cannot hold one (PostgreSQL text)
+            raise InvalidRequest("Field 'previous_response_id' contains a NUL character; "
+                                 "remove it.", param="previous_response_id")
         found = await asyncio.to_thread(get_response, self.gw.engine, previous,
                                         tenant_id=ctx.tenant_id)
         if found is None:

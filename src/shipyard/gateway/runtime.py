@@ -57,7 +57,7 @@ from shipyard.state.memory import MemoryKeyValue
 from shipyard.state.redis import RedisKeyValue, RedisState
 from shipyard.store.engine import create_store_engine, migrate, ping
 from shipyard.targets.build import Shared, build_targets
-from shipyard.targets.model import ModelTarget
+from shipyard.targets.model import ALIAS_VERSION, ModelTarget
 from shipyard.targets.service import ServiceTarget
 from shipyard.webhooks.delivery import WebhookOutbox
 from shipyard.work import IdempotencyStore, Worker, WorkQueue
@@ -66,7 +66,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("shipyard.gateway")
 # The trace attribute naming the version of a model alias's configuration that answered.
-ALIAS_VERSION = "alias_version"
 
 
 class Gateway:
@@ -171,7 +170,8 @@ class Gateway:
                          if self.redis is not None else None)
         # Versions and rollouts (shipyard.lifecycle): serve what the registry says, decide.
         self.hooks = LifecycleHooks(self)
-        self.hooks.wire_shadows(self.services)
+        self.hooks.wire_models(self.models, config, self.providers)
+        self.hooks.wire_shadows(self.services, self.models)
         self.lifecycle = Controller(config, self.engine, routers=self.hooks.routers,
                                     retrain=self.hooks.retrain, resume=self.hooks.run_job,
                                     on_decision=self.hooks.count_decision)
@@ -281,6 +281,7 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """Live state for `shipyard status`: circuits, admission, budgets, trace writer."""
         models: dict[str, Any] = {}
+        versions = self.lifecycle.status()
         for alias, target in sorted(self.models.items()):
             deployments = []
             for d in target.deployments:
@@ -294,8 +295,8 @@ class Gateway:
             models[alias] = {
                 "deployments": deployments, "fallbacks": target.config.fallbacks,
                 "retry_budget_exhausted": target.budget.exhausted,
-                "admission": _admissions(target.admissions)}
-        versions = self.lifecycle.status()
+                "admission": _admissions(target.admissions),
+                **versions.get(f"model/{alias}", {})}
         services = {name: {"admission": _admissions(s.admissions), **versions.get(name, {})}
                     for name, s in sorted(self.services.items())}
         if self.ray is not None:
@@ -414,8 +415,10 @@ class Gateway:
         principal.may_use_model(alias)
         ctx.service = alias
         ctx.model_alias = alias
-        if target.version is not None:  # the alias's config version (lifecycle/aliases.py)
-            ctx.attributes = {**(ctx.attributes or {}), ALIAS_VERSION: target.version}
+        version = target.serving  # the alias's configuration version (lifecycle/aliases.py)
+        if version is not None:  # a canary's candidate replaces it (targets/model.py)
+            ctx.version = version
+            ctx.attributes = {**(ctx.attributes or {}), ALIAS_VERSION: version}
         self.recorder.set_capture(ctx, target.config.capture)
         return target
 

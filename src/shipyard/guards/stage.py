@@ -312,7 +312,8 @@ class GuardStage(Stage):
     async def _escalate(self, call: Call, outcome: Outcome,
                         subject: Subject) -> dict[str, Any] | None:
         hook = self.hooks.on_escalate
-        if hook is None or outcome.verdict is None:
+        # A shadow copy (a candidate version's answer nobody sees) never reaches a person.
+        if hook is None or outcome.verdict is None or call.ctx.route == "shadow":
             return None
         ctx = call.ctx
         try:

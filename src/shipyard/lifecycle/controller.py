@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 
 from shipyard.config.lifecycle import RolloutConfig
 from shipyard.config.schema import Config
-from shipyard.config.targets import ServiceConfig
+from shipyard.config.targets import ModelConfig, ServiceConfig
 from shipyard.lifecycle import registry
 from shipyard.lifecycle.aliases import register_aliases
 from shipyard.lifecycle.artifacts import artifact_dir
@@ -61,7 +61,10 @@ __all__ = ["Controller", "Decision", "register_configured"]
 log = logging.getLogger("shipyard.lifecycle")
 LEASE = "lifecycle"
 
-Routers = Callable[[], dict[str, tuple[VersionRouter, ServiceConfig]]]
+# Registry target → its router and config: services by name, model aliases as `model/ALIAS`
+# (both configs carry the `rollout` policy).
+Routed = dict[str, tuple[VersionRouter, ServiceConfig | ModelConfig]]
+Routers = Callable[[], Routed]
 
 
 def register_configured(engine: Engine, config: Config, name: str,
@@ -163,8 +166,7 @@ class Controller:
                             type(exc).__name__, str(exc)[:200], tick)
                 self.leader = False
 
-    async def sync(self, routers: dict[str, tuple[VersionRouter, ServiceConfig]] | None = None,
-                   config: Config | None = None) -> None:
+    async def sync(self, routers: Routed | None = None, config: Config | None = None) -> None:
         """Register every service's configured version and serve the registry's routing
         (on `routers`, e.g. a reload's new services before they are swapped in)."""
         routers = routers if routers is not None else self.routers()
@@ -172,7 +174,8 @@ class Controller:
 
         def register() -> None:
             for name, (_, service) in routers.items():
-                register_configured(self.engine, config, name, service)
+                if isinstance(service, ServiceConfig):  # aliases: register_aliases
+                    register_configured(self.engine, config, name, service)
 
         await self.register_aliases(config)
         await asyncio.to_thread(register)
@@ -211,8 +214,7 @@ class Controller:
         return decisions
 
     # -- routing ------------------------------------------------------------------------------
-    async def refresh(self, routers: dict[str, tuple[VersionRouter, ServiceConfig]] | None = None
-                      ) -> list[str]:
+    async def refresh(self, routers: Routed | None = None) -> list[str]:
         """Swap in the registry's routing where it changed; returns the services swapped."""
         async with self._lock:
             routing = await asyncio.to_thread(registry.routing, self.engine)
@@ -243,12 +245,12 @@ class Controller:
         for key in [k for k in self._cache.versions if k not in used]:
             del self._cache.versions[key]
 
-    def _plan(self, name: str, router: VersionRouter, service: ServiceConfig,
+    def _plan(self, name: str, router: VersionRouter, service: ServiceConfig | ModelConfig,
               wanted: registry.Routing) -> Plan | None:
         """Load what `wanted` needs beside what serves now (blocking: a worker thread)."""
         try:
-            stable = self._load(name, wanted.stable)
-            candidate = (self._load(name, wanted.candidate)
+            stable = self._load(name, wanted.stable, router)
+            candidate = (self._load(name, wanted.candidate, router)
                          if wanted.candidate is not None else None)
         except Exception as exc:
             message = (f"version {exc.args[1]} of '{name}' failed to load ({exc.args[0]}); "
@@ -275,13 +277,18 @@ class Controller:
         router.load_error = None
         return plan
 
-    def _load(self, name: str, number: int) -> LoadedVersion:
+    def _load(self, name: str, number: int, router: VersionRouter) -> LoadedVersion:
         key = (name, number)
         found = self._cache.versions.get(key)
         if found is not None:
             return found
         try:
             version = registry.get_version(self.engine, name, number)
+            if version.kind == "config":
+                if router.build is None:
+                    raise ValueError("this gateway cannot build model alias versions")
+                # Built (and kept) by the gateway per set of targets: a reload builds anew.
+                return router.build(version)
             if version.artifact is not None:
                 loaded = load_model_version(version.artifact, version.call or "predict_proba",
                                             name=name, label=str(number), number=number)
@@ -358,7 +365,8 @@ class Controller:
                    "threshold": None,
                    "summary": f"Rollout of '{decision.target}' rolled back automatically",
                    "detail": "; ".join(decision.check.failures), "labels": {
-                       "service": decision.target}, "tenant": "default",
+                       "service": decision.target.removeprefix(registry.ALIAS_PREFIX),
+                       "target": decision.target}, "tenant": "default",
                    "runbook": "See the service's versions page for the comparison; fix the "
                    "candidate and register a new version.",
                    "url": f"{base}/ui/versions/{decision.target}", "started_at": now,
@@ -383,7 +391,7 @@ class Controller:
                 log.info("lifecycle: resuming retraining job %s", job_id)
         due = []
         for name, (_, service) in self.routers().items():
-            if service.retrain is None:
+            if not isinstance(service, ServiceConfig) or service.retrain is None:
                 continue
             due += [(name, trigger) for trigger in due_triggers(
                 self.engine, name, service.retrain, holder=self.holder)]

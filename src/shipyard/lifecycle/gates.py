@@ -5,6 +5,10 @@ sentence saying by how much) or waits for data: a comparison needs `min_samples`
 each version in the window. Errors are server-side failures (5xx) only: a caller's bad input
 is not the version's fault. Latency is the function's own time (`upstream_ms`), so a canary
 answer and a shadow copy are measured alike.
+
+A model alias (`model/ALIAS`) is judged from the same table: its traces carry the alias as
+`service` and the configuration version that answered as `version`, whichever endpoint it
+was called on (chat, completions, embeddings, responses, messages, jobs).
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, desc, func, select
 
 from shipyard.config.lifecycle import GatesConfig, RolloutConfig
-from shipyard.lifecycle.registry import Rollout, latest_eval
+from shipyard.lifecycle.registry import ALIAS_PREFIX, Rollout, latest_eval
 from shipyard.store.tables import drift_results, feedback, traces
 
-__all__ = ["Check", "VersionStats", "check_gates", "version_stats"]
+__all__ = ["Check", "VersionStats", "check_gates", "traced_as", "version_stats"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,34 @@ def _p95(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(0.95 * len(ordered)) - 1))]
 
 
+# The routes of a version's own answers, of a canary's failed attempts (stable answered
+# them) and of shadow copies; a model alias answers on several routes, a service on one.
+_ANSWERED = "answered"
+_EXTRA = ("canary", "shadow")
+
+
+def _routes(query: Any, routes: tuple[str, ...]) -> Any:
+    if _ANSWERED not in routes:
+        return query.where(traces.c.route.in_(routes))
+    skipped = [r for r in _EXTRA if r not in routes]
+    return query.where(traces.c.route.not_in(skipped)) if skipped else query
+
+
+def traced_as(target: str) -> tuple[str, str]:
+    """(the trace's `service`, the route of a version's own answers) for a registry target."""
+    if target.startswith(ALIAS_PREFIX):
+        return target[len(ALIAS_PREFIX):], _ANSWERED
+    return target, "invoke"
+
+
 def version_stats(engine: Engine, service: str, version: int, *, routes: tuple[str, ...],
                   since: datetime, until: datetime | None = None) -> VersionStats:
     """Requests, 5xx errors, guard blocks and p95 function latency of one version (a
-    canary's failed attempts that stable answered are traces of route `canary`)."""
-    query = select(traces.c.status, traces.c.outcome, traces.c.upstream_ms).where(
+    canary's failed attempts that stable answered are traces of route `canary`). `routes`
+    may hold "answered": every route but `canary` and `shadow` (a model alias's)."""
+    query = _routes(select(traces.c.status, traces.c.outcome, traces.c.upstream_ms).where(
         traces.c.service == service, traces.c.version == str(version),
-        traces.c.started_at >= since, traces.c.route.in_(routes))
+        traces.c.started_at >= since), routes)
     if until is not None:
         query = query.where(traces.c.started_at < until)
     errors = blocked = requests = 0
@@ -122,16 +147,17 @@ def check_gates(engine: Engine, rollout: Rollout, policy: RolloutConfig,
                 now: datetime) -> Check:
     """Evaluate every configured gate of `rollout` at `now`."""
     since = max(now - timedelta(seconds=policy.window_s), rollout.step_started_at)
-    candidate_routes = ("shadow",) if rollout.mode == "shadow" else ("invoke", "canary")
+    service, answered = traced_as(rollout.target)
+    candidate_routes = ("shadow",) if rollout.mode == "shadow" else (answered, "canary")
     if rollout.mode == "canary" and rollout.share >= 100:
         # Stable serves nothing at the last step: compare with its last window before it.
         start = rollout.step_started_at
-        stable = version_stats(engine, rollout.target, rollout.stable, routes=("invoke",),
+        stable = version_stats(engine, service, rollout.stable, routes=(answered,),
                                since=start - timedelta(seconds=policy.window_s), until=start)
     else:
-        stable = version_stats(engine, rollout.target, rollout.stable, routes=("invoke",),
+        stable = version_stats(engine, service, rollout.stable, routes=(answered,),
                                since=since)
-    candidate = version_stats(engine, rollout.target, rollout.candidate,
+    candidate = version_stats(engine, service, rollout.candidate,
                               routes=candidate_routes, since=since)
     gates: GatesConfig = policy.gates
     enough = min(stable.requests, candidate.requests) >= policy.min_samples
@@ -143,8 +169,8 @@ def check_gates(engine: Engine, rollout: Rollout, policy: RolloutConfig,
             f"samples: {candidate.requests} candidate and {stable.requests} stable requests "
             f"in the window; each needs {policy.min_samples}")
     if gates.feedback_score is not None:
-        n_c, mean_c = _feedback(engine, rollout.target, rollout.candidate, since)
-        n_s, mean_s = _feedback(engine, rollout.target, rollout.stable, since)
+        n_c, mean_c = _feedback(engine, service, rollout.candidate, since)
+        n_s, mean_s = _feedback(engine, service, rollout.stable, since)
         if min(n_c, n_s) < gates.min_feedback or mean_c is None or mean_s is None:
             check.waiting.append(f"feedback_score: {n_c} candidate and {n_s} stable scores; "
                                  f"each needs {gates.min_feedback}")

@@ -230,30 +230,34 @@ def register_version(engine: Engine, target: str, *, function: str | None = None
 
 def register_config(engine: Engine, target: str, config: dict[str, Any], *,
                     meta: dict[str, Any] | None = None, actor: str,
-                    audit: bool = True) -> tuple[Version, bool]:
+                    audit: bool = True, deploy: bool = True) -> tuple[Version, bool]:
     """Register a model alias's configuration as a version of kind `config` (`target` is
     `model/ALIAS`, see `shipyard.lifecycle.aliases`): named by the SHA-256 of its canonical
     JSON, so the same configuration registered again returns the existing version. The
-    config file decides what serves, so `stable` follows it: it moves to this version
-    (a new one, or an earlier one the config went back to)."""
+    `config` alias notes the version the config file names; when that changes (a new
+    configuration, or the config went back to an earlier one), it deploys: `stable` moves
+    to it (ending a running rollout). Unchanged, the registry's `stable` wins, so a version
+    promoted by a rollout (or a rollback) stays pinned across restarts and reloads.
+    `deploy=False` only registers (a candidate to roll out, from another config file)."""
     config = orjson.loads(orjson.dumps(config))  # canonical JSON types (tuples → lists)
     spec = _spec_hash("config", None, None, None, config)
     version, new = _store(engine, target, "config", spec, function=None, artifact=None,
                           call=None, config=config, meta=meta, actor=actor, audit=audit)
-    stable = aliases_of(engine, target).get(target, {}).get("stable")
-    if stable != version.number:
+    if not deploy:
+        return version, new
+    names = aliases_of(engine, target).get(target, {})
+    stable, named = names.get("stable"), names.get("config")
+    if named != version.number:
+        try:
+            with engine.begin() as connection:
+                _put_alias(connection, target, "config", version.number, actor,
+                           datetime.now(UTC))
+        except IntegrityError:  # another process (a worker starting too) wrote it first
+            pass
+    if stable is None or (named != version.number and stable != version.number):
         _promote(engine, target, version.number, actor=actor,
                  reason="first version" if stable is None else "the config names it")
     return version, new
-
-
-def _refuse_config(version: Version, what: str) -> None:
-    if version.kind == "config":
-        raise Conflict(f"'{version.target}' is a model alias: its versions are its "
-                       f"configuration, and the config file decides which one serves; "
-                       f"{what} is only for services. Edit "
-                       f"models.{version.target[len(ALIAS_PREFIX):]} in the config and "
-                       "reload ('shipyard reload') to deploy a change.")
 
 
 def _store(engine: Engine, target: str, kind: str, spec: str, *, function: str | None,
@@ -365,7 +369,7 @@ def promote(engine: Engine, target: str, number: int, *, actor: str,
             reason: str | None = None) -> int | None:
     """Make version `number` stable (ending a running rollout of it as promoted, and any
     other as stopped); returns the version that was stable before."""
-    _refuse_config(get_version(engine, target, number), "promoting a version")
+    get_version(engine, target, number)
     return _promote(engine, target, number, actor=actor, reason=reason)
 
 
@@ -394,11 +398,6 @@ def rollback(engine: Engine, target: str, *, actor: str, to: int | None = None,
     """Undo the last change: a running rollout is rolled back (stable keeps serving alone);
     otherwise stable moves back to the version it pointed at before (or to `to`).
     Returns what happened (`rollout` or `stable`) and the version stable serves now."""
-    if target.startswith(ALIAS_PREFIX):
-        raise Conflict(f"'{target}' is a model alias: the config file decides which of its "
-                       "versions serves; a rollback is only for services. Restore the "
-                       f"previous models.{target[len(ALIAS_PREFIX):]} in the config and "
-                       "reload ('shipyard reload').")
     running = [r for r in running_rollouts(engine) if r.target == target]
     if running and to is None:
         finish_rollout(engine, running[0], "rolled_back", actor=actor,
@@ -440,7 +439,7 @@ def rollback(engine: Engine, target: str, *, actor: str, to: int | None = None,
 def start_rollout(engine: Engine, target: str, candidate: int, *, mode: str, share: float,
                   actor: str) -> Rollout:
     """Start a canary or shadow rollout of `candidate` against the current stable version."""
-    _refuse_config(get_version(engine, target, candidate), "a rollout")
+    get_version(engine, target, candidate)
     stable = aliases_of(engine, target).get(target, {}).get("stable")
     if stable is None:
         raise Conflict(f"'{target}' has no stable version yet; promote one first "

@@ -1,4 +1,5 @@
-"""Serving versions: a loaded version, and the router inside a service's terminal step that
+"""Serving versions: a loaded version, and the router (inside a service's terminal step, or
+around a model alias's per-version chain, `shipyard.targets.model`) that
 picks which version answers a call (stable, or the candidate of a canary) and sends shadow
 copies to a candidate off the caller's path.
 
@@ -51,6 +52,9 @@ class LoadedVersion:
     # replica): the `module:function` reference, or the artifact and its call style.
     reference: str | None = None
     artifact: StoredArtifact | None = None
+    # A model alias's version: the target (a `shipyard.targets.model.ModelTarget`) built
+    # from its configuration, whose own chain answers.
+    target: Any = None
 
 
 def load_function(reference: str, *, key: str, label: str = "config",
@@ -149,6 +153,9 @@ class VersionRouter:
     # engine that runs versions elsewhere deploys them here (`shipyard.engines.ray`). An
     # exception leaves the previous plan serving, like a version that fails to load.
     prepare: Callable[[Plan], None] | None = None
+    # Builds a model alias's configuration version (a registry `Version` of kind
+    # `config`) into a servable one (blocking; set by the gateway, which owns the targets).
+    build: Callable[[Any], LoadedVersion] | None = None
     shadow_in_flight: int = 0
     shadow_skipped: int = 0
     load_error: str | None = None  # the last version that failed to load, and why

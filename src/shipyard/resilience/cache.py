@@ -154,8 +154,11 @@ def sse_to_completion(raw: bytes) -> bytes | None:
 
 class CacheStage(Stage):
     def __init__(self, alias: str, config: CacheConfig, store: KeyValue, *,
-                 semantic: SemanticCache | None = None) -> None:
+                 semantic: SemanticCache | None = None, namespace: str | None = None) -> None:
         self.alias = alias
+        # Whose answers the entries are: the alias, or one version of its configuration
+        # during a rollout (`alias@vN`), so no version answers from another's cache.
+        self.namespace = namespace or alias
         self.config = config
         self.store = store
         self.semantic = semantic
@@ -175,7 +178,7 @@ class CacheStage(Stage):
             _mark(call, "bypass")
             return await call_next(call)
         looked = time.perf_counter()
-        key = cache_key(call.ctx.tenant_id, self.alias, call.endpoint, call.payload)
+        key = cache_key(call.ctx.tenant_id, self.namespace, call.endpoint, call.payload)
         value = await self._get(key)
         if value is None and key in self._inflight:
             try:

@@ -105,7 +105,8 @@ traces = Table(
     # ok, cached, fixed, blocked, escalated, shed, limited, error.
     Column("outcome", String(16), nullable=True),
     # The version of the target that answered (`shipyard.lifecycle`): a service's version
-    # number, or the upstream model of a model alias; "shadow" traces name the candidate.
+    # number, or a model alias's configuration version number (`upstream_model` names the
+    # upstream model); "shadow" and "canary" traces name the candidate.
     Column("version", String(64), nullable=True),
     Index(None, "started_at"),
     Index(None, "tenant_id", "started_at"),

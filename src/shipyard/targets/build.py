@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipyard.config.schema import Config
-from shipyard.config.targets import StageSpec
+from shipyard.config.targets import ModelConfig, StageSpec
 from shipyard.config.trust import GuardsConfig, PIIConfig
 from shipyard.engines.ray.serving import RayServing
 from shipyard.errors import ConfigError
@@ -51,7 +51,7 @@ from shipyard.state.base import KeyValue
 from shipyard.targets.model import ModelTarget
 from shipyard.targets.service import ServiceTarget
 
-__all__ = ["Shared", "Targets", "build_targets", "user_stage"]
+__all__ = ["Shared", "Targets", "build_targets", "build_version", "user_stage"]
 
 log = logging.getLogger("shipyard.targets")
 
@@ -141,9 +141,44 @@ def _models(config: Config, providers: Mapping[str, Provider],
             for alias, model in config.models.items()}
 
 
+def build_version(alias: str, model: ModelConfig, config: Config,
+                  providers: Mapping[str, Provider], shared: Shared,
+                  models: Mapping[str, ModelTarget], *, cache_name: str) -> ModelTarget:
+    """The target of one registered configuration version of a model alias (its own
+    deployments, retries, fallbacks, guards, PII, stages and cache) beside the running
+    ones: deployments the running targets also have share their circuit breakers, and
+    its cache is its own (`cache_name`), so no version answers from another's cache."""
+    running = {(d.provider.name, d.model): d for t in models.values() for d in t.deployments}
+    deployments = []
+    for spec in model.targets(alias):
+        upstream = spec.model or alias
+        found = running.get((spec.provider, upstream))
+        if found is not None:
+            deployments.append(Deployment(found.provider, upstream, spec.weight,
+                                          found.breaker))
+            continue
+        provider = providers.get(spec.provider)
+        if provider is None:
+            raise ConfigError(f"It sends to provider '{spec.provider}', which the config "
+                              "no longer has.")
+        name = f"{spec.provider}/{upstream}"
+        breaker = CircuitBreaker(provider.config.circuit, name=name,
+                                 on_change=_report(shared.metrics, name))
+        deployments.append(Deployment(provider, upstream, spec.weight, breaker))
+    target = ModelTarget(alias, model, deployments, RetryBudget(model.retry))
+    missing = [n for n in model.fallbacks if n not in models]
+    if missing:
+        raise ConfigError(f"It falls back to {', '.join(missing)}, which the config no "
+                          "longer has.")
+    target.fallback_targets = [models[n] for n in model.fallbacks]
+    _chain(target, f"models.{alias}", config, shared, cache_name=cache_name)
+    return target
+
+
 def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
-           shared: Shared) -> None:
-    """Install the standard chain (see the module docstring) on `target`."""
+           shared: Shared, *, cache_name: str | None = None) -> None:
+    """Install the standard chain (see the module docstring) on `target`; a model alias's
+    rate limits, budget and admission are its outer part (`ModelTarget.use_split`)."""
     own = target.config
     name = target.name
     stages: list[Stage] = [RateLimitStage(name, shared.limiter, config.rate_limits,
@@ -161,6 +196,7 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
     target.admissions = [a for a, _ in scoped]
     if scoped:
         stages.append(AdmissionStage(target.admissions, [scope for _, scope in scoped]))
+    outer = len(stages)
     policy = (shared.escalations.for_model(name) if target.kind == "model"
               else shared.escalations.for_service(name))
     if policy is not None:
@@ -181,10 +217,15 @@ def _chain(target: ModelTarget | ServiceTarget, where: str, config: Config,
                 raise ConfigError(
                     f"Config key '{where}.cache.semantic' is set, but the semantic cache "
                     "matches chat prompts only; remove it here (the exact cache stays).")
-            semantic = semantic_cache(name, own.cache.semantic, ttl_s=own.cache.ttl_s,
+            semantic = semantic_cache(cache_name or name, own.cache.semantic,
+                                      ttl_s=own.cache.ttl_s,
                                       store=shared.cache, where=f"{where}.cache.semantic")
-        stages.append(CacheStage(name, own.cache, shared.cache, semantic=semantic))
-    target.use(*stages)
+        stages.append(CacheStage(name, own.cache, shared.cache, semantic=semantic,
+                                 namespace=cache_name))
+    if isinstance(target, ModelTarget):
+        target.use_split(stages[:outer], stages[outer:])
+    else:
+        target.use(*stages)
 
 
 def _priced(target: ModelTarget, seen: set[str] | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from shipyard.config.lifecycle import GATE_NAMES
 from shipyard.lifecycle import registry
+from shipyard.lifecycle.gates import traced_as
 from shipyard.lifecycle.retrain import list_jobs
 from shipyard.store.tables import traces
 from shipyard.ui.charts import bar_chart, line_chart
@@ -33,10 +34,11 @@ def _when(value: datetime | None) -> str:
 
 
 def _services(ctx: PageContext) -> list[str]:
+    """Services and model aliases (`model/ALIAS`): every target with versions."""
     configured = set(ctx.config.services) if ctx.config is not None else set()
-    # Model aliases' config versions (`model/ALIAS`) have no rollouts: not listed here.
-    return sorted(configured | {t for t in registry.aliases_of(ctx.engine)
-                                if not t.startswith(registry.ALIAS_PREFIX)})
+    if ctx.config is not None:
+        configured |= {registry.ALIAS_PREFIX + alias for alias in ctx.config.models}
+    return sorted(configured | set(registry.aliases_of(ctx.engine)))
 
 
 def versions_page(ctx: PageContext) -> dict[str, Any]:
@@ -61,8 +63,9 @@ def _p95(values: list[float]) -> float | None:
     return round(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)], 3)
 
 
-def _comparison(ctx: PageContext, name: str) -> list[dict[str, Any]]:
+def _comparison(ctx: PageContext, target: str) -> list[dict[str, Any]]:
     """Requests, error rate and p95 per version and minute; shadow agreement."""
+    name, _ = traced_as(target)
     query = (select(traces.c.started_at, traces.c.version, traces.c.route, traces.c.status,
                     traces.c.upstream_ms, traces.c.attributes)
              .where(traces.c.service == name, traces.c.started_at >= ctx.since,
@@ -117,7 +120,7 @@ def _comparison(ctx: PageContext, name: str) -> list[dict[str, Any]]:
 def versions_detail(ctx: PageContext) -> dict[str, Any]:
     name = ctx.path_params["name"]
     if name not in _services(ctx):
-        raise PageError(404, f"There is no service '{name}'.")
+        raise PageError(404, f"There is no service or model alias '{name}'.")
     versions = registry.list_versions(ctx.engine, name)
     aliases = registry.aliases_of(ctx.engine, name).get(name, {})
     by_version: dict[int, list[str]] = {}
@@ -138,9 +141,14 @@ def versions_detail(ctx: PageContext) -> dict[str, Any]:
     events = [{"at": _when(e["at"]), "event": e["event"], "version": e["version"],
                "actor": e["actor"], "reason": _reason(e["details"])}
               for e in registry.list_events(ctx.engine, name, limit=100)]
-    policy = ctx.config.services[name].rollout if (
-        ctx.config is not None and name in ctx.config.services) else None
-    return {"title": f"Versions of {name}", "service": name,
+    model = name.removeprefix(registry.ALIAS_PREFIX) if name.startswith(
+        registry.ALIAS_PREFIX) else None
+    policy = None
+    if ctx.config is not None and model is not None and model in ctx.config.models:
+        policy = ctx.config.models[model].rollout
+    elif ctx.config is not None and name in ctx.config.services:
+        policy = ctx.config.services[name].rollout
+    return {"title": f"Versions of {name}", "service": name, "evaluable": model is None,
             "versions": [{"number": v.number, "aliases": ", ".join(sorted(
                 by_version.get(v.number, []))), "kind": v.kind,
                 "what": (f"{v.artifact.format} sha256:{v.artifact.sha256[:12]}"
@@ -175,5 +183,5 @@ def _reason(details: dict[str, Any]) -> str:
 
 
 register(Page("/ui/versions", "Versions", "traces:read", "versions.html", versions_page))
-register(Page("/ui/versions/{name}", "Versions", "traces:read", "versions_detail.html",
+register(Page("/ui/versions/{name:path}", "Versions", "traces:read", "versions_detail.html",
               versions_detail, nav=False))
