@@ -137,7 +137,8 @@ def live(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         gateway.stop()
         sim.stop()
         if "Traceback" in output:  # an internal error the answers did not show
-            pytest.fail(f"the gateway logged a traceback:\n{output[-6000:]}")
+            first = output.index("Traceback")
+            pytest.fail(f"the gateway logged a traceback:\n{output[max(0, first - 1500):first + 4500]}")
 
 
 def schema_of(live: Live) -> Any:
