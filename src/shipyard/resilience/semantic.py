@@ -30,7 +30,7 @@ codes by Hamming distance (popcount over six 64-bit words a vector, `np.bitwise_
 numpy 2, a SWAR popcount on 1.x) and re-scores the best `CANDIDATES` exactly (float16
 vectors, float32 dot products). The codes are stored word-major in one array grown by
 doubling, and a lookup works in buffers kept between lookups: under 1 ms at 100,000 entries
-in one partition, against about 15 ms for brute-force cosine (bench/frontdoor.py).
+in one partition, against about 5 ms for brute-force cosine (bench/frontdoor.py).
 """
 
 from __future__ import annotations
