@@ -55,6 +55,7 @@ from shipyard.gateway.responses_routes import responses_routes
 from shipyard.gateway.runtime import Gateway
 from shipyard.gateway.service_routes import service_routes
 from shipyard.gateway.webhook_routes import webhook_routes
+from shipyard.guards.embeddings import use_threads
 from shipyard.resilience.admission import BATCH, INTERACTIVE
 from shipyard.types import ASGIApp, Message, Receive, Scope, Send
 from shipyard.ui.chat import chat_routes
@@ -86,6 +87,7 @@ def create_app(config: Config, *, engine: Engine | None = None,
     it starts the serving process).
     """
     install_python_path(config)
+    use_threads(config.server.embedding_threads)
     gateway = Gateway(config, engine=engine, migrate=migrate, config_path=config_path)
     attach_runners(gateway)
 
