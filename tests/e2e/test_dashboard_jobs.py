@@ -36,6 +36,7 @@ jobs:
   targets:
     slow: {concurrency: 1}
     broken: {max_attempts: 2}
+batches: {line_concurrency: 1, checkpoint_s: 0.2}
 """
 
 
@@ -114,11 +115,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for i in range(3)]), purpose="batch")
     done = client.batches.create(input_file_id=done_in.id, endpoint="/v1/chat/completions",
                                  completion_window="24h")
-    slow_in = client.files.create(file=_jsonl([
-        {"custom_id": f"s{i}", "method": "POST", "url": "/v1/services/slow/invoke",
-         "body": {"seconds": 60}} for i in range(2)]), purpose="batch")
-    slow = client.batches.create(input_file_id=slow_in.id,
-                                 endpoint="/v1/services/slow/invoke", completion_window="24h")
     done = _wait(lambda: (b := client.batches.retrieve(done.id)).status == "completed" and b,
                  "the batch")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -127,12 +123,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
             yield {"url": gateway.url, "keys": keys, "browser": browser, "jobs": jobs,
-                   "acme": acme, "client": client, "done": done, "slow": slow.id}
+                   "acme": acme, "client": client, "done": done}
         finally:
             browser.close()
             for name in ("slow1", "slow2", "slow3"):  # nothing left running at shutdown
                 acme.http.post(f"/v1/jobs/{jobs[name]}/cancel")
-            acme.http.post(f"/v1/batches/{slow.id}/cancel")
             acme.http.close()
             globex.http.close()
             gateway.stop()
@@ -272,10 +267,23 @@ def test_the_batches_page(site: dict[str, Any], browser_page: Watched) -> None:
     assert sorted(json.loads(line)["custom_id"] for line in lines) == ["q0", "q1", "q2"]
     browser_page.shot("batches")
 
+    # A batch under way shows how far it got (one line at a time, 1.5 s each).
+    client = site["client"]
+    slow_in = client.files.create(file=_jsonl([
+        {"custom_id": f"s{i}", "method": "POST", "url": "/v1/services/slow/invoke",
+         "body": {"seconds": 1.5}} for i in range(40)]), purpose="batch")
+    site["slow"] = client.batches.create(input_file_id=slow_in.id,
+                                         endpoint="/v1/services/slow/invoke",
+                                         completion_window="24h").id
+    _wait(lambda: client.batches.retrieve(site["slow"]).request_counts.completed >= 2,
+          "two lines of the slow batch")
+    browser_page.goto("/ui/batches")
     slow = page.locator(f"tr[data-batch={site['slow']}]")
+    assert slow.locator("td.status").inner_text() == "in_progress"
+    assert slow.locator("td.total").inner_text() == "40"
+    assert 5 <= int(slow.locator("progress").get_attribute("value") or 0) < 100
     slow.locator("button", has_text="Cancel").click()
     page.wait_for_url("**done=**")
-    client = site["client"]
     _wait(lambda: client.batches.retrieve(site["slow"]).status == "cancelled",
           "the batch to be cancelled")
     browser_page.goto("/ui/batches")
