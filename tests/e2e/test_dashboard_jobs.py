@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,21 @@ jobs:
     slow: {concurrency: 1}
     broken: {max_attempts: 2}
 batches: {line_concurrency: 1, checkpoint_s: 0.2}
+webhooks:
+  endpoints:
+    hooks: {url: "http://127.0.0.1:PORT/hooks", events: ["job.*"],
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
 """
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def _wait(check: Any, what: str, timeout: float = 60) -> Any:
@@ -89,8 +105,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             for role in ("operator", "viewer")}
     keys["globex"] = store.create_key(engine, tenant_id="globex", name="g", role="operator")[1]
     engine.dispose()
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     sim = launch_sim(folder)
-    gateway = launch_gateway(folder, gateway_config(sim.port, url, extra=EXTRA))
+    extra = EXTRA.replace("PORT", str(receiver.server_port))
+    gateway = launch_gateway(folder, gateway_config(sim.port, url, extra=extra))
     acme, globex = Api(gateway.url, keys["operator"]), Api(gateway.url, keys["globex"])
     jobs = {
         "classify": acme.job("/v1/services/classify/jobs", {"text": "I want a refund"}),
@@ -117,13 +136,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                  completion_window="24h")
     done = _wait(lambda: (b := client.batches.retrieve(done.id)).status == "completed" and b,
                  "the batch")
+    theirs = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=keys["globex"])
+    their_file = theirs.files.create(file=_jsonl([
+        {"custom_id": "g0", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "demo", "messages": [{"role": "user", "content": "g"}]}}]),
+        purpose="batch")
+    their_batch = theirs.batches.create(input_file_id=their_file.id,
+                                        endpoint="/v1/chat/completions",
+                                        completion_window="24h")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
             yield {"url": gateway.url, "keys": keys, "browser": browser, "jobs": jobs,
-                   "acme": acme, "client": client, "done": done}
+                   "acme": acme, "client": client, "done": done,
+                   "theirs": (their_batch.id, their_file.id)}
         finally:
             browser.close()
             for name in ("slow1", "slow2", "slow3"):  # nothing left running at shutdown
@@ -132,6 +160,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             globex.http.close()
             gateway.stop()
             sim.stop()
+            receiver.shutdown()
+            receiver.server_close()
 
 
 @pytest.fixture
@@ -196,6 +226,16 @@ def test_a_job_page(site: dict[str, Any], browser_page: Watched) -> None:
     assert '"label": "complaint"' in page.inner_text("#result")
     trace = acme.get(jobs["classify"])["trace_id"]
     assert trace and page.get_attribute("#trace-link", "href") == f"/ui/traces/{trace}"
+
+    # Its job.completed webhook, linked to the delivery's page.
+    def announced() -> bool:
+        browser_page.goto(f"/ui/jobs/{jobs['classify']}")
+        table = page.locator("#delivery-table")
+        return table.count() == 1 and "succeeded" in table.inner_text()
+    _wait(announced, "the job.completed delivery")
+    assert "job.completed" in page.inner_text("#delivery-table")
+    page.click("#delivery-table a")
+    assert page.inner_text("#delivery-status") == "succeeded"
 
     # demo-full captures payloads: its trace's request is shown (as on the trace page).
     def captured() -> bool:
@@ -265,6 +305,10 @@ def test_the_batches_page(site: dict[str, Any], browser_page: Watched) -> None:
     assert href == f"/ui/files/{done.output_file_id}"
     lines = page.request.get(site["url"] + href).text().splitlines()
     assert sorted(json.loads(line)["custom_id"] for line in lines) == ["q0", "q1", "q2"]
+    # Another tenant's batch is neither listed nor its file downloadable.
+    their_batch, their_file = site["theirs"]
+    assert their_batch not in page.content()
+    assert page.request.get(f"{site['url']}/ui/files/{their_file}").status == 404
     browser_page.shot("batches")
 
     # A batch under way shows how far it got (one line at a time, 1.5 s each).

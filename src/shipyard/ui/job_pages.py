@@ -36,6 +36,7 @@ from shipyard.jobs.jobs import KIND_PREFIX
 from shipyard.store.traces import get_trace
 from shipyard.ui.pages import Page, PageContext, PageError, register
 from shipyard.webhooks.delivery import KIND as WEBHOOK_KIND
+from shipyard.webhooks.delivery import Delivery
 from shipyard.work import FINISHED, STATUSES
 
 __all__ = ["batches_page", "job_detail", "jobs_page"]
@@ -153,10 +154,11 @@ def job_detail(ctx: PageContext) -> dict[str, Any]:
                  "ended": _when(a.ended_at), "took": _seconds(a.started_at, a.ended_at),
                  "code": a.detail.get("status_code", ""), "trace": a.detail.get("trace_id"),
                  "error": a.error or ""} for a in jobs.queue.attempts(job.id)]
-    deliveries = [{"id": d.id, "endpoint": d.ref or "", "event": _event(d.payload),
+    deliveries = [{"id": d.id, "endpoint": d.endpoint, "event": d.event_type,
                    "status": d.status, "attempts": f"{d.attempts}/{d.max_attempts}"}
-                  for d in jobs.queue.list_items(tenant_id=ctx.tenant_id, kind=WEBHOOK_KIND,
-                                                 key_prefix=f"{job.id}:", limit=20)]
+                  for d in map(Delivery.of, jobs.queue.list_items(
+                      tenant_id=ctx.tenant_id, kind=WEBHOOK_KIND, key_prefix=f"{job.id}:",
+                      limit=20))]
     trace_id = public["trace_id"]
     trace = get_trace(ctx.engine, trace_id, tenant_id=ctx.tenant_id) if trace_id else None
     captured = ctx.readable(trace) if trace is not None else None
@@ -186,10 +188,6 @@ def job_detail(ctx: PageContext) -> dict[str, Any]:
                 "capture": captured.get("capture") or ""},
             "can_act": can_read, "can_webhooks": ctx.can("webhooks:read"),
             "notice": ctx.params.get("done", "")}
-
-
-def _event(payload: Any) -> str:
-    return str(payload.get("event_type", "")) if isinstance(payload, dict) else ""
 
 
 def batches_page(ctx: PageContext) -> dict[str, Any]:
