@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import gateway_config, launch_gateway, launch_sim
+from conftest import API_KEY, gateway_config, launch_gateway, launch_sim
 from shipyard.store import create_store_engine, migrate
 from shipyard.store import tenants as store
 
@@ -333,4 +333,22 @@ def test_the_batches_page(site: dict[str, Any], browser_page: Watched) -> None:
     browser_page.goto("/ui/batches")
     assert page.locator(f"tr[data-batch={site['slow']}] td.status").inner_text() == "cancelled"
     assert page.locator(f"tr[data-batch={site['slow']}] button").count() == 0
+    browser_page.clean()
+
+
+def test_a_platform_admin_acts_on_a_tenant(site: dict[str, Any],
+                                           browser_page: Watched) -> None:
+    """Admins of the platform tenant see and act on any tenant's jobs with `?tenant=`, as
+    the API's `?tenant=` lets them."""
+    page, jobs, acme = browser_page.page, site["jobs"], site["acme"]
+    browser_page.login(API_KEY)
+    browser_page.goto("/ui/jobs")
+    assert jobs["slow3"] not in page.inner_text("#job-table")  # the platform's own jobs
+    browser_page.goto("/ui/jobs?tenant=acme")
+    assert jobs["slow3"] in page.inner_text("#job-table")
+    assert jobs["globex"] not in page.content()
+    page.locator(f"tr[data-job={jobs['slow3']}] button", has_text="Cancel").click()
+    page.wait_for_url("**tenant=acme**")
+    _wait(lambda: acme.status(jobs["slow3"]) == "cancelled", "the job to be cancelled")
+    assert jobs["slow3"] in page.inner_text("#job-table")
     browser_page.clean()

@@ -339,7 +339,7 @@ class Dashboard:
         if action not in allowed or "\x00" in item_id:
             return self.html("error.html", 404, title=page.title, **base, message=(
                 f"'{action}' is not an action on {thing}s; use {' or '.join(allowed)}."))
-        tenant = session.tenant_id
+        tenant = self._tenant(session, request)
         try:
             if thing == "batch":
                 await asyncio.to_thread(self.gw.batches.cancel, item_id, tenant_id=tenant)
@@ -352,9 +352,10 @@ class Dashboard:
                              message=exc.message)
         self.gw.audit(tenant_id=tenant, actor=f"key:{session.key_id or session.kind}",
                       action=f"{thing}.{action}", target=item_id)
+        also = "" if tenant == session.tenant_id else f"&tenant={quote(tenant, safe='')}"
         if form.get("back") == "detail" and thing == "job":
-            return RedirectResponse(f"/ui/jobs/{quoted}?done={action}", 303)
-        return RedirectResponse(f"{listing}?done={quoted}", 303)
+            return RedirectResponse(f"/ui/jobs/{quoted}?done={action}{also}", 303)
+        return RedirectResponse(f"{listing}?done={quoted}{also}", 303)
 
     async def file_content(self, request: Request) -> Response:
         """A batch's input, output or error file (scope `inference`, as
