@@ -196,6 +196,8 @@ def test_the_jobs_page(site: dict[str, Any], browser_page: Watched) -> None:
     page.wait_for_url("**status=dead**")
     assert jobs["broken"] in page.inner_text("#job-table")
     assert jobs["classify"] not in page.inner_text("#job-table")
+    assert browser_page.goto("/ui/jobs?target=a%00b").status == 400
+    assert browser_page.goto("/ui/jobs?status=lost").status == 400
     browser_page.goto("/ui/jobs?target=classify")
     assert jobs["classify"] in page.inner_text("#job-table")
     assert jobs["model"] not in page.inner_text("#job-table")
@@ -213,7 +215,7 @@ def test_the_jobs_page(site: dict[str, Any], browser_page: Watched) -> None:
     assert "updated" in page.inner_text("#notice")
     assert acme.status(jobs["slow2"]) == "cancelled"
     assert page.inner_text("#count-cancelled") == "1"
-    browser_page.clean(404)
+    browser_page.clean(400, 404)
 
 
 def test_a_job_page(site: dict[str, Any], browser_page: Watched) -> None:

@@ -74,7 +74,7 @@ def _preview(value: Any) -> str:
     return text
 
 
-def _services(ctx: PageContext) -> PageContext:
+def _attached(ctx: PageContext) -> PageContext:
     if ctx.jobs is None:
         raise PageError(503, "This dashboard is not attached to a gateway's job queue.")
     return ctx
@@ -120,9 +120,12 @@ def _lanes(ctx: PageContext) -> list[dict[str, Any]]:
 
 def jobs_page(ctx: PageContext) -> dict[str, Any]:
     """Counts, lanes, the dead letter and the jobs newest first (filtered)."""
-    jobs = _services(ctx).jobs
+    jobs = _attached(ctx).jobs
     status = ctx.params.get("status") or None
     target = (ctx.params.get("target") or "").strip() or None
+    if target is not None and "\x00" in target:  # PostgreSQL text cannot hold one
+        raise PageError(400, "The target filter holds a NUL character; name a model alias "
+                             "or a service.")
     try:
         listed, more = jobs.list(tenant_id=ctx.tenant_id, status=status, target=target,
                                  limit=_LISTED)
@@ -140,7 +143,7 @@ def jobs_page(ctx: PageContext) -> dict[str, Any]:
 
 def job_detail(ctx: PageContext) -> dict[str, Any]:
     """One job: its timings, attempts, error, answer, webhook deliveries and trace."""
-    jobs = _services(ctx).jobs
+    jobs = _attached(ctx).jobs
     job_id = ctx.path_params["job_id"]
     try:
         if "\x00" in job_id:  # PostgreSQL text cannot hold one: no job has it
