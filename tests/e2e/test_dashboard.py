@@ -168,6 +168,8 @@ PAGES = [  # path, name, has charts
     ("/ui/drift", "drift", False),
     ("/ui/alerts", "alerts", False),
     ("/ui/keys", "keys", False),
+    ("/ui/jobs", "jobs-empty", False),
+    ("/ui/batches", "batches-empty", False),
 ]
 
 

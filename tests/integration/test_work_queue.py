@@ -378,3 +378,23 @@ def test_a_kind_registered_after_start_is_served(engine: Engine) -> None:
             await worker.stop()
 
     asyncio.run(run())
+
+
+def test_lists_by_key_prefix_and_counts_kinds_per_tenant(engine: Engine) -> None:
+    """What the dashboard's job pages read: a job's webhook deliveries (by the prefix of
+    their idempotency keys, `%` and `_` taken literally) and each lane's counts per tenant."""
+    queue = WorkQueue(engine)
+    run = f"{random.getrandbits(40):x}"
+    kind = f"lane{run}:"
+    mine = queue.enqueue("hook" + run, {}, tenant_id="acme",
+                         idempotency_key=f"job_{run}%:job.completed:a").item
+    queue.enqueue("hook" + run, {}, tenant_id="acme", idempotency_key=f"job_{run}x:other")
+    queue.enqueue("hook" + run, {}, tenant_id="globex",
+                  idempotency_key=f"job_{run}%:job.completed:a")
+    found = queue.list_items(tenant_id="acme", kind="hook" + run, key_prefix=f"job_{run}%:")
+    assert [i.id for i in found] == [mine.id]
+    for tenant, n in (("acme", 2), ("globex", 1)):
+        for _ in range(n):
+            queue.enqueue(kind + "a", {}, tenant_id=tenant)
+    assert queue.counts_by_kind(kind, tenant_id="acme") == {(kind + "a", "queued"): 2}
+    assert queue.counts_by_kind(kind) == {(kind + "a", "queued"): 3}

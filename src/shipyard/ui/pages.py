@@ -70,6 +70,8 @@ class PageContext:
     # A service's live engine state in this gateway process (replicas on Ray), if any.
     live: Callable[[str], dict[str, Any] | None] | None = None
     connectors: Any = None  # the process's running connectors (shipyard.connectors), if any
+    jobs: Any = None  # the gateway's `shipyard.jobs.Jobs`, if any
+    batches: Any = None  # the gateway's `shipyard.jobs.Batches`, if any
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def can(self, scope: str) -> bool:

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote
 import orjson
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from shipyard._version import __version__
 from shipyard.config.traces import default_spool_dir
@@ -43,6 +43,7 @@ from shipyard.gateway.scopes import ScopedRoute
 from shipyard.security.roles import PLATFORM_TENANT, ROLE_SCOPES
 from shipyard.store.tenants import KEY_PREFIX
 from shipyard.ui import connector_pages as _connector_pages  # noqa: F401  (registers its pages)
+from shipyard.ui import job_pages as _job_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import lifecycle_pages as _lifecycle_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import monitor_pages as _monitor_pages  # noqa: F401  (registers its pages)
 from shipyard.ui import readiness_pages as _readiness_pages  # noqa: F401  (registers its pages)
@@ -311,6 +312,85 @@ class Dashboard:
             return RedirectResponse(f"/ui/webhooks/{quoted}?done=1", 303)
         return RedirectResponse(f"/ui/webhooks?done={quoted}", 303)
 
+    # -- jobs and batches --------------------------------------------------------------------
+    async def work_action(self, request: Request) -> Response:
+        """Cancel or retry a job, or cancel a batch, from its page (CSRF token, and scope
+        `inference`: what `POST /v1/jobs/{id}/cancel` and friends need)."""
+        thing = "batch" if request.url.path.startswith("/ui/batches/") else "job"
+        item_id = request.path_params["item_id"]
+        action = request.path_params["action"]
+        listing = "/ui/batches" if thing == "batch" else "/ui/jobs"
+        quoted = quote(item_id, safe="")
+        session = await self.session(request)
+        if session is None:
+            return RedirectResponse(f"/ui/login?next={quote(listing, safe='')}", 303)
+        form = await _form(request)
+        page = PAGES[listing]
+        base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
+                                "path": listing, "params": request.query_params}
+        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+            return self.html("error.html", 400, title=page.title, **base, message=(
+                "The form expired or was sent from elsewhere; reload the page and try again."))
+        if "inference" not in ROLE_SCOPES.get(session.role, frozenset()):
+            return self.html("error.html", 403, title=page.title, **base, message=(
+                f"Cancelling or retrying {thing}s needs scope 'inference', which the role "
+                f"'{session.role}' does not have."))
+        allowed = ("cancel",) if thing == "batch" else ("cancel", "retry")
+        if action not in allowed or "\x00" in item_id:
+            return self.html("error.html", 404, title=page.title, **base, message=(
+                f"'{action}' is not an action on {thing}s; use {' or '.join(allowed)}."))
+        tenant = self._tenant(session, request)
+        try:
+            if thing == "batch":
+                await asyncio.to_thread(self.gw.batches.cancel, item_id, tenant_id=tenant)
+            elif action == "cancel":
+                await asyncio.to_thread(self.gw.jobs.cancel, item_id, tenant_id=tenant)
+            else:
+                await asyncio.to_thread(self.gw.jobs.retry, item_id, tenant_id=tenant)
+        except ShipyardError as exc:
+            return self.html("error.html", exc.status, title=page.title, **base,
+                             message=exc.message)
+        self.gw.audit(tenant_id=tenant, actor=f"key:{session.key_id or session.kind}",
+                      action=f"{thing}.{action}", target=item_id)
+        also = "" if tenant == session.tenant_id else f"&tenant={quote(tenant, safe='')}"
+        if form.get("back") == "detail" and thing == "job":
+            return RedirectResponse(f"/ui/jobs/{quoted}?done={action}{also}", 303)
+        return RedirectResponse(f"{listing}?done={quoted}{also}", 303)
+
+    async def file_content(self, request: Request) -> Response:
+        """A batch's input, output or error file (scope `inference`, as
+        `GET /v1/files/{id}/content`), for a browser that holds a session, not a key."""
+        file_id = request.path_params["file_id"]
+        session = await self.session(request)
+        if session is None:
+            return RedirectResponse(f"/ui/login?next={quote('/ui/batches', safe='')}", 303)
+        page = PAGES["/ui/batches"]
+        base: dict[str, Any] = {"session": session, "nav": nav(session.role), "page": page,
+                                "path": "/ui/batches", "params": request.query_params}
+        if "inference" not in ROLE_SCOPES.get(session.role, frozenset()):
+            return self.html("error.html", 403, title=page.title, **base, message=(
+                f"Downloading batch files needs scope 'inference', which the role "
+                f"'{session.role}' does not have."))
+        try:
+            found = await asyncio.to_thread(self.gw.files.get, file_id,
+                                            tenant_id=self._tenant(session, request))
+        except ShipyardError as exc:
+            return self.html("error.html", exc.status, title=page.title, **base,
+                             message=exc.message)
+        return FileResponse(self.gw.files.path_of(found), media_type="application/jsonl",
+                            filename=found.filename,
+                            headers={"cache-control": "no-store",
+                                     "x-content-type-options": "nosniff"})
+
+    @staticmethod
+    def _tenant(session: Session, request: Request) -> str:
+        """The session's tenant, or `?tenant=` for a platform admin."""
+        asked = request.query_params.get("tenant")
+        if asked and asked != session.tenant_id and session.role == "admin" and (
+                session.tenant_id == PLATFORM_TENANT):
+            return asked  # platform admins may look at any tenant
+        return session.tenant_id
+
     # -- static assets ----------------------------------------------------------------------
     async def static(self, request: Request) -> Response:
         asset = self.asset(request.path_params["name"])
@@ -350,15 +430,12 @@ class Dashboard:
             return self.html("error.html", 403, title=page.title, **base, message=(
                 f"This page needs scope '{page.scope}', which the role '{session.role}' "
                 "does not have. Sign in with another key to see it."))
-        tenant = session.tenant_id
-        asked = request.query_params.get("tenant")
-        if asked and asked != tenant and session.role == "admin" and (
-                session.tenant_id == PLATFORM_TENANT):
-            tenant = asked  # platform admins may look at any tenant
+        tenant = self._tenant(session, request)
         ctx = PageContext(engine=self.gw.engine, tenant_id=tenant, role=session.role,
                           params=request.query_params, path_params=request.path_params,
                           readable=self.gw.recorder.readable, config=self.gw.config,
-                          live=self._live, connectors=self.gw.connectors)
+                          live=self._live, connectors=self.gw.connectors,
+                          jobs=self.gw.jobs, batches=self.gw.batches)
         try:
             data = await asyncio.to_thread(page.render, ctx)
         except PageError as exc:
@@ -419,6 +496,12 @@ def ui_routes(gateway: Gateway) -> list[ScopedRoute]:
     routes.append(ScopedRoute("/ui/webhooks/{delivery_id}/redeliver", ui.webhook_redeliver,
                               methods=["POST"], scope="webhooks:manage",
                               include_in_schema=False))
+    for prefix in ("/ui/jobs", "/ui/batches"):
+        routes.append(ScopedRoute(prefix + "/{item_id}/{action}", ui.work_action,
+                                  methods=["POST"], scope="inference",
+                                  include_in_schema=False))
+    routes.append(ScopedRoute("/ui/files/{file_id}", ui.file_content, methods=["GET"],
+                              scope="inference", include_in_schema=False))
     for path, page in PAGES.items():
         routes.append(ScopedRoute(path, ui.page_endpoint(path), methods=["GET"],
                                   scope=page.scope, include_in_schema=False))

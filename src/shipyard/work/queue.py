@@ -584,9 +584,11 @@ class WorkQueue:
                    kinds: Sequence[str] | None = None, status: str | None = None,
                    ref: str | None = None, limit: int = 100,
                    before: tuple[datetime, str] | None = None,
-                   kind_prefix: str | None = None) -> list[WorkItem]:
+                   kind_prefix: str | None = None,
+                   key_prefix: str | None = None) -> list[WorkItem]:
         """Items newest first; `before` (created_at, id) of the last row pages on;
-        `kind_prefix` selects every kind that starts with it (e.g. all jobs)."""
+        `kind_prefix` selects every kind that starts with it (e.g. all jobs), `key_prefix`
+        every idempotency key (e.g. the webhook deliveries announcing one job)."""
         if status is not None and status not in STATUSES:
             raise InvalidRequest(f"Status {status!r} is not a work item status; use one of "
                                  f"{', '.join(STATUSES)}.", param="status")
@@ -600,6 +602,8 @@ class WorkQueue:
             query = query.where(t.c.kind.in_(list(kinds)))
         if kind_prefix is not None:
             query = query.where(t.c.kind.startswith(kind_prefix, autoescape=True))
+        if key_prefix is not None:
+            query = query.where(t.c.idempotency_key.startswith(key_prefix, autoescape=True))
         if status is not None:
             query = query.where(t.c.status == status)
         if ref is not None:
@@ -655,13 +659,16 @@ class WorkQueue:
                 out[str(status)] = int(n)
         return out
 
-    def counts_by_kind(self, kind_prefix: str) -> dict[tuple[str, str], int]:
+    def counts_by_kind(self, kind_prefix: str, *,
+                       tenant_id: str | None = None) -> dict[tuple[str, str], int]:
         """How many items of each kind starting with `kind_prefix` are in each status (for
-        gauges): {(kind, status): n}, only the pairs that exist."""
+        gauges; of one tenant when given): {(kind, status): n}, only the pairs that exist."""
         t = work_items
         query = (select(t.c.kind, t.c.status, func.count())
                  .where(t.c.kind.startswith(kind_prefix, autoescape=True))
                  .group_by(t.c.kind, t.c.status))
+        if tenant_id is not None:
+            query = query.where(t.c.tenant_id == tenant_id)
         with self.engine.connect() as connection:
             return {(str(k), str(s)): int(n) for k, s, n in connection.execute(query)}
 
