@@ -138,7 +138,8 @@ def live(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         sim.stop()
         if "Traceback" in output:  # an internal error the answers did not show
             first = output.index("Traceback")
-            pytest.fail(f"the gateway logged a traceback:\n{output[max(0, first - 1500):first + 4500]}")
+            around = output[max(0, first - 1500):first + 4500]
+            pytest.fail(f"the gateway logged a traceback:\n{around}")
 
 
 def schema_of(live: Live) -> Any:
