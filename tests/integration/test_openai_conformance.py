@@ -141,7 +141,14 @@ def _narrowed() -> dict[str, Any]:
     for properties in (chat, completion):
         properties.pop("stream_options", None)
     chat.pop("top_logprobs", None)
+    # It is also declared on ModelResponseProperties, which the chat request includes through
+    # CreateModelResponseProperties: left there, about one chat request in four carried it.
+    schemas["ModelResponseProperties"]["properties"].pop("top_logprobs", None)
+    for part in schemas["CreateModelResponseProperties"].get("allOf", []):
+        part.get("properties", {}).pop("top_logprobs", None)
     completion["best_of"] = {**completion["best_of"], "minimum": 1}
+    function = schemas["FunctionObject"]["properties"]
+    function["name"] = {**function["name"], "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
     for parameter in spec["paths"]["/models/{model}"].get("parameters", []) + \
             spec["paths"]["/models/{model}"]["get"].get("parameters", []):
         if parameter.get("name") == "model":
